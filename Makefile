@@ -1,0 +1,49 @@
+# Herald: `make run` starts the whole service locally, `make test` runs the test suite.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: install migrate run worker gateway test test-fast lint format bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+migrate: install
+	$(BIN)/herald migrate
+
+run: install          ## migrate, then one worker and one gateway in the foreground (Ctrl-C stops both)
+	$(BIN)/herald dev
+
+worker: install
+	$(BIN)/herald-worker
+
+gateway: install
+	$(BIN)/herald-gateway
+
+test: install         ## the whole suite against the local RabbitMQ and Postgres
+	$(BIN)/pytest
+
+test-fast: install    ## everything but the fault tests
+	$(BIN)/pytest -m "not fault"
+
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install
+	$(BIN)/python bench/worker_throughput.py
+	$(BIN)/python bench/gateway_fanout.py
+	$(BIN)/python bench/requests.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,6 @@
+"""Herald's shared leaf package: settings, models, topology names, logging, producer and client helpers.
+
+Nothing here imports from ``worker`` or ``gateway``.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,177 @@
+"""Producer events (PROTOCOL §4): the accepted shapes, their limits, and one parser for all of them.
+
+Sans-I/O: :func:`parse_event` takes the raw body and two AMQP properties and returns a validated event or
+raises :class:`InvalidEvent` with a reason fit for the ``x-herald-error`` header. Whether the ``type`` is in
+the catalog is the worker's question (the catalog is data in Postgres), not this module's.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Final, Literal
+
+import orjson
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from shared.topology import BROADCAST_ROUTING_KEY, SEND_ROUTING_KEY
+
+MAX_BODY_BYTES: Final = 64 * 1024
+MAX_DATA_BYTES: Final = 8 * 1024
+MAX_TITLE_CHARS: Final = 200
+MAX_MESSAGE_CHARS: Final = 2000
+MAX_RECIPIENTS: Final = 1000
+MAX_EVENT_ID_CHARS: Final = 200
+USER_ID_PATTERN: Final = r"^[A-Za-z0-9._:@-]{1,128}$"
+TYPE_PATTERN: Final = r"^[A-Z][A-Z0-9_]{0,63}$"
+CHANNELS: Final = ("in_app", "email", "push")
+
+Channel = Literal["in_app", "email", "push"]
+UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
+_USER_ID_RE: Final = re.compile(USER_ID_PATTERN)
+
+
+class InvalidEvent(ValueError):
+    """The event can never be processed; ``reason`` says why (it goes into ``x-herald-error``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _data_within_limit(value: dict[str, Any]) -> dict[str, Any]:
+    if len(orjson.dumps(value)) > MAX_DATA_BYTES:
+        raise ValueError(f"must serialize to at most {MAX_DATA_BYTES} bytes")
+    return value
+
+
+class _EventFields(BaseModel):
+    """What send and broadcast events have in common."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    event_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_EVENT_ID_CHARS,
+        validation_alias=AliasChoices("event_id", "eventId"),
+    )
+    type: Annotated[str, StringConstraints(pattern=TYPE_PATTERN)]
+    title: str = Field(min_length=1, max_length=MAX_TITLE_CHARS)
+    message: str = Field(default="", max_length=MAX_MESSAGE_CHARS)
+    data: Annotated[dict[str, Any], AfterValidator(_data_within_limit)] = Field(default_factory=dict)
+    channels: frozenset[Channel] | None = None
+    expires_at: datetime | None = Field(
+        default=None, validation_alias=AliasChoices("expires_at", "expiresAt")
+    )
+
+    @field_validator("expires_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("must include a time zone offset")
+        return value
+
+
+class SendEvent(_EventFields):
+    """``notification.send``: one notification for each of ``user_ids`` (deduplicated, order kept)."""
+
+    user_ids: tuple[UserId, ...] = Field(min_length=1, max_length=MAX_RECIPIENTS)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect_recipients(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        single = raw.get("user_id", raw.get("userId"))
+        many = raw.get("user_ids", raw.get("userIds"))
+        if single is not None and many is not None:
+            raise ValueError("give either user_id or user_ids, not both")
+        if single is not None:
+            return {**raw, "user_ids": [single]}
+        if many is None:
+            raise ValueError("user_id or user_ids is required")
+        return {**raw, "user_ids": many}
+
+    @field_validator("user_ids", mode="after")
+    @classmethod
+    def _dedupe(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(value))
+
+
+class BroadcastEvent(_EventFields):
+    """``notification.broadcast``: stored for every known user whose preferences allow the type."""
+
+
+Event = SendEvent | BroadcastEvent
+
+
+def is_valid_user_id(user_id: str) -> bool:
+    """Whether ``user_id`` satisfies PROTOCOL §4 (1–128 chars of ``[A-Za-z0-9._:@-]``)."""
+    return _USER_ID_RE.fullmatch(user_id) is not None
+
+
+def _reason(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors()[:3]:
+        where = ".".join(str(part) for part in item["loc"]) or "body"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)
+
+
+def parse_event(body: bytes, routing_key: str | None, message_id: str | None = None) -> Event:
+    """Validate one AMQP message as a Herald event.
+
+    Args:
+        body: the raw message body; parsed as JSON whatever ``content_type`` claims (NestJS sends none).
+        routing_key: the AMQP routing key; a NestJS envelope's ``pattern`` takes precedence, and so does
+            ``pattern`` when the message came through the default exchange keyed by the queue name.
+        message_id: the AMQP ``message_id``, the idempotency key when the body has no ``event_id``.
+
+    Returns:
+        A :class:`SendEvent` or :class:`BroadcastEvent`, with ``event_id`` filled from ``message_id``.
+
+    Raises:
+        InvalidEvent: the body is too large, not JSON, not an object, of an unknown kind, or breaks a limit.
+    """
+    if len(body) > MAX_BODY_BYTES:
+        raise InvalidEvent(f"body: {len(body)} bytes is over the {MAX_BODY_BYTES}-byte limit")
+    try:
+        raw = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"body: not valid JSON ({exc.msg})") from None
+    if not isinstance(raw, dict):
+        raise InvalidEvent("body: must be a JSON object")
+
+    kind = routing_key
+    if "pattern" in raw and "data" in raw:
+        kind = raw["pattern"] if isinstance(raw["pattern"], str) else None
+        raw = raw["data"]
+        if not isinstance(raw, dict):
+            raise InvalidEvent("data: the envelope's data must be a JSON object")
+
+    model: type[SendEvent] | type[BroadcastEvent]
+    if kind == BROADCAST_ROUTING_KEY:
+        model = BroadcastEvent
+    elif kind == SEND_ROUTING_KEY or kind is None or not kind.startswith("notification."):
+        # Through the default exchange the routing key is the queue's name: treat it as a send.
+        model = SendEvent
+    else:
+        raise InvalidEvent(f"routing key: unknown event kind {kind!r}")
+
+    if message_id and not raw.get("event_id") and not raw.get("eventId"):
+        raw = {**raw, "event_id": message_id}
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidEvent(_reason(exc)) from None

@@ -1,0 +1,89 @@
+"""JSON-RPC 2.0 frames and error codes shared by the worker and the gateway (PROTOCOL §5).
+
+Frames are built once, as bytes, with orjson: the worker serializes a ``notification:new`` frame a single
+time and every gateway relays those bytes untouched.
+
+The gateway → worker wire format on ``herald.rpc`` is a JSON object
+``{"method", "params", "user_id", "admin"}``; the worker replies with exactly one of ``{"result": ...}`` or
+``{"error": {"code", "message", "data"?}}``, so the gateway can splice the client's ``id`` in front of the
+reply bytes without parsing them (:func:`splice_reply`).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any, Final
+
+import orjson
+
+VERSION: Final = "2.0"
+
+
+class ErrorCode(IntEnum):
+    """Every error code a client can receive."""
+
+    PARSE_ERROR = -32700
+    INVALID_REQUEST = -32600
+    METHOD_NOT_FOUND = -32601
+    INVALID_PARAMS = -32602
+    INTERNAL_ERROR = -32603
+    FORBIDDEN = 4003
+    RATE_LIMITED = 4029
+    UNAVAILABLE = 5003
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes the gateway uses."""
+
+    GOING_AWAY = 1001
+    MESSAGE_TOO_BIG = 1009
+    TRY_AGAIN_LATER = 1013
+    TOO_MANY_CONNECTIONS = 4008
+    UNAUTHORIZED = 4401
+
+
+def _dumps(value: Any) -> bytes:
+    # OPT_PASSTHROUGH_DATACLASS is not needed: frames hold plain JSON values; datetimes become RFC 3339.
+    return orjson.dumps(value, option=orjson.OPT_UTC_Z)
+
+
+def notification_frame(method: str, params: Any) -> bytes:
+    """A server → client notification (no ``id``)."""
+    return _dumps({"jsonrpc": VERSION, "method": method, "params": params})
+
+
+def result_frame(request_id: Any, result: Any) -> bytes:
+    """A successful reply to the client request ``request_id``."""
+    return _dumps({"jsonrpc": VERSION, "id": request_id, "result": result})
+
+
+def error_object(code: int, message: str, data: Any = None) -> dict[str, Any]:
+    """A JSON-RPC error object; ``data`` is omitted when ``None``."""
+    error: dict[str, Any] = {"code": int(code), "message": message}
+    if data is not None:
+        error["data"] = data
+    return error
+
+
+def error_frame(request_id: Any, code: int, message: str, data: Any = None) -> bytes:
+    """An error reply; ``request_id`` is ``None`` when the request's id could not be read."""
+    return _dumps({"jsonrpc": VERSION, "id": request_id, "error": error_object(code, message, data)})
+
+
+def rpc_result(result: Any) -> bytes:
+    """Worker → gateway reply body carrying a result."""
+    return _dumps({"result": result})
+
+
+def rpc_error(code: int, message: str, data: Any = None) -> bytes:
+    """Worker → gateway reply body carrying an error."""
+    return _dumps({"error": error_object(code, message, data)})
+
+
+def splice_reply(request_id: Any, reply_body: bytes) -> bytes:
+    """Turn a worker reply body (``{"result": ...}`` / ``{"error": ...}``) into the client's frame.
+
+    The reply is not parsed: the client's id and the version are written in front of its members.
+    """
+    head = b'{"jsonrpc":"2.0","id":' + _dumps(request_id) + b","
+    return head + reply_body.lstrip()[1:]

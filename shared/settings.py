@@ -1,0 +1,185 @@
+"""Typed configuration for every Herald process.
+
+All settings come from the environment (prefix ``HERALD_``) or a ``.env`` file in the working directory.
+:func:`load_settings` is the one entry point processes use: a missing or malformed value stops the process
+at start with a single line that names the variable, instead of a traceback minutes later.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Literal, NoReturn
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "HERALD_"
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of Herald; each field maps to ``HERALD_<FIELD NAME IN UPPER CASE>``.
+
+    Parameters (defaults in brackets):
+
+    Connections
+        amqp_url: RabbitMQ URL [``amqp://guest:guest@127.0.0.1:5672/``].
+        amqp_prefix: prefix of every exchange and queue name [``herald``].
+        database_url: PostgreSQL DSN [``postgresql://postgres@127.0.0.1:5432/herald``].
+        db_pool_min, db_pool_max: asyncpg pool bounds per process [2, 10].
+
+    JWT (the gateway needs one of secret, public key or JWKS URL)
+        jwt_secret: HS256 secret; also what ``herald token`` and ``/dev/token`` sign with.
+        jwt_public_key: PEM text, or ``@path`` to read it from a file (RS256/ES256/EdDSA).
+        jwt_jwks_url: JWKS endpoint; keys are cached and refetched on an unknown ``kid``.
+        jwt_algorithms: comma-separated allowlist [``HS256``]; ``none`` is always refused.
+        jwt_audience, jwt_issuer: checked only when set.
+
+    Gateway
+        gateway_host, gateway_port: listen address [``127.0.0.1``, 8765].
+        allowed_origins: comma-separated browser origins; unset = same-origin and Origin-less clients
+            only; ``*`` allows every origin.
+        auth_timeout: seconds a client without a handshake token has to send ``auth`` [10].
+        max_frame_bytes: largest client frame; larger ones close with 1009 [65536].
+        max_connections_per_user: per gateway process; one more closes with 4008 [16].
+        send_buffer_bytes: per-connection write buffer cap; a reader above it closes with 1013 [1 MiB].
+        rate_limit_per_second, rate_limit_burst: per-connection request token bucket [20, 40].
+        rpc_timeout: seconds the gateway waits for the worker before error 5003 [5].
+        ping_interval, ping_timeout: keepalive, seconds [20, 20].
+        dev_tokens: serve ``GET /dev/token`` (``herald dev`` only; never in production) [false].
+
+    Worker
+        worker_http_host, worker_http_port: ``/healthz``, ``/readyz``, ``/metrics`` [127.0.0.1, 8766].
+        prefetch: unacked events in flight per worker [500].
+        batch_size: events committed in one transaction [200].
+        batch_timeout_ms: how long a partial batch waits for more events [5].
+        retention_days: notifications older than this are deleted [90].
+        retention_interval_seconds: pause between retention passes [3600].
+        retention_batch_size: rows per DELETE statement [1000].
+        delivery_limit: redeliveries of a crashing event before the queue dead-letters it [20].
+
+    Logging
+        log_format: ``json``, ``console`` or ``auto`` (console on a terminal, JSON otherwise) [auto].
+        log_level: ``DEBUG`` … ``ERROR`` [INFO].
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    amqp_prefix: str = Field(default="herald", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/herald"
+    db_pool_min: int = Field(default=2, ge=1)
+    db_pool_max: int = Field(default=10, ge=1)
+
+    jwt_secret: SecretStr | None = None
+    jwt_public_key: str | None = None
+    jwt_jwks_url: str | None = None
+    jwt_algorithms: Annotated[tuple[str, ...], NoDecode] = ("HS256",)
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(default=8765, ge=0, le=65535)
+    allowed_origins: Annotated[tuple[str, ...] | None, NoDecode] = None
+    auth_timeout: float = Field(default=10.0, gt=0)
+    max_frame_bytes: int = Field(default=65536, ge=1024)
+    max_connections_per_user: int = Field(default=16, ge=1)
+    send_buffer_bytes: int = Field(default=1 << 20, ge=1024)
+    rate_limit_per_second: float = Field(default=20.0, gt=0)
+    rate_limit_burst: int = Field(default=40, ge=1)
+    rpc_timeout: float = Field(default=5.0, gt=0)
+    ping_interval: float = Field(default=20.0, gt=0)
+    ping_timeout: float = Field(default=20.0, gt=0)
+    dev_tokens: bool = False
+
+    worker_http_host: str = "127.0.0.1"
+    worker_http_port: int = Field(default=8766, ge=0, le=65535)
+    prefetch: int = Field(default=500, ge=1, le=65535)
+    batch_size: int = Field(default=200, ge=1, le=5000)
+    batch_timeout_ms: float = Field(default=5.0, ge=0)
+    retention_days: int = Field(default=90, ge=1)
+    retention_interval_seconds: float = Field(default=3600.0, gt=0)
+    retention_batch_size: int = Field(default=1000, ge=1)
+    delivery_limit: int = Field(default=20, ge=1)
+
+    log_format: Literal["json", "console", "auto"] = "auto"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("jwt_algorithms", mode="before")
+    @classmethod
+    def _parse_algorithms(cls, value: object) -> object:
+        value = _split_commas(value)
+        if isinstance(value, tuple | list):
+            if not value:
+                raise ValueError("at least one algorithm is required")
+            if any(str(alg).lower() == "none" for alg in value):
+                raise ValueError("'none' is never an accepted algorithm")
+        return value
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _parse_origins(cls, value: object) -> object:
+        return _split_commas(value) if value != "" else None
+
+    @field_validator("jwt_public_key", mode="after")
+    @classmethod
+    def _read_key_file(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith("@"):
+            path = Path(value[1:])
+            try:
+                return path.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ValueError(f"cannot read public key file {path}: {exc.strerror}") from exc
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    def require_jwt_key(self) -> None:
+        """Raise :class:`ConfigError` unless a way to verify tokens is configured (gateway only)."""
+        if not (self.jwt_secret or self.jwt_public_key or self.jwt_jwks_url):
+            raise ConfigError(
+                f"{ENV_PREFIX}JWT_SECRET: one of {ENV_PREFIX}JWT_SECRET, {ENV_PREFIX}JWT_PUBLIC_KEY "
+                f"or {ENV_PREFIX}JWT_JWKS_URL is required"
+            )
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message starts with the variable's name."""
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line naming the first offending variable and why it was refused."""
+    first = error.errors()[0]
+    field = str(first["loc"][0]) if first["loc"] else "?"
+    value = first.get("input")
+    shown = "" if field.startswith("jwt_secret") else f" (got {value!r})"
+    return f"{ENV_PREFIX}{field.upper()}: {first['msg']}{shown}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build :class:`Settings`, or exit with status 2 and one line naming the bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        exit_with_config_error(describe_validation_error(exc))
+
+
+def exit_with_config_error(message: str) -> NoReturn:
+    """Print ``herald: configuration error: <message>`` to stderr and exit with status 2."""
+    print(f"herald: configuration error: {message}", file=sys.stderr)
+    raise SystemExit(2)
