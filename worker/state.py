@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import asyncpg
+    from faststream.rabbit import RabbitBroker
 
     from shared.preferences import Catalog
     from shared.settings import Settings
@@ -19,10 +20,11 @@ if TYPE_CHECKING:
 
 @dataclass
 class WorkerState:
-    """The settings, topology names, database pool and catalog of this worker process."""
+    """The settings, topology names, broker, database pool and catalog of this worker process."""
 
     settings: Settings
     topology: Topology
+    broker: RabbitBroker
     pool: asyncpg.Pool
     catalog: Catalog
 
