@@ -1,0 +1,131 @@
+"""Publishing from the worker: live frames, broadcast frames, deliveries and dead letters.
+
+Every publish goes to one of the permanent exchanges declared at start (``herald.users``,
+``herald.broadcast``, ``herald.deliveries``, ``herald.dlx``) and never to a per-user exchange: a publish to
+an exchange that does not exist closes the channel (LIBRARY-NOTES).
+
+Frames are published with ``mandatory=False`` (a frame for a user connected nowhere is dropped by RabbitMQ
+instead of being returned to us) on the broker's publisher-confirm channel; callers ``await`` the confirm,
+and the batcher awaits all confirms of a batch together (``asyncio.gather``) before it acks the batch.
+
+:class:`Publisher` is built once at start-up (``worker.app``) and installed here; request handlers
+(``worker.rpc``) call :func:`publish_user_frame`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+from aio_pika import DeliveryMode, Message
+
+from shared.topology import ERROR_HEADER, ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER
+
+if TYPE_CHECKING:
+    from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, HeadersType
+
+JSON: Final = "application/json"
+BROADCAST_TYPE_HEADER: Final = "x-herald-type"
+
+
+class Publisher:
+    """The worker's handles on the permanent exchanges (aio-pika exchanges on a confirm channel)."""
+
+    __slots__ = ("broadcast", "deliveries", "dlx", "users")
+
+    def __init__(
+        self,
+        *,
+        users: AbstractExchange,
+        broadcast: AbstractExchange,
+        deliveries: AbstractExchange,
+        dlx: AbstractExchange,
+    ) -> None:
+        self.users = users
+        self.broadcast = broadcast
+        self.deliveries = deliveries
+        self.dlx = dlx
+
+    async def user_frame(self, user_id: str, method: str, frame: bytes) -> None:
+        """Publish one JSON-RPC frame to ``herald.users`` keyed by ``user_id``; waits for the confirm.
+
+        The AMQP ``type`` property carries ``method`` so the gateway routes without parsing the body.
+        """
+        await self.users.publish(
+            Message(frame, content_type=JSON, type=method), routing_key=user_id, mandatory=False
+        )
+
+    async def broadcast_frame(self, notification_type: str, method: str, frame: bytes) -> None:
+        """Publish one frame to ``herald.broadcast`` with header ``x-herald-type``; waits for the confirm."""
+        await self.broadcast.publish(
+            Message(
+                frame, content_type=JSON, type=method, headers={BROADCAST_TYPE_HEADER: notification_type}
+            ),
+            routing_key="",
+            mandatory=False,
+        )
+
+    async def delivery(self, channel: str, body: bytes, message_id: str) -> None:
+        """Publish one persistent email/push job to ``herald.deliveries`` with routing key ``channel``."""
+        await self.deliveries.publish(
+            Message(
+                body,
+                content_type=JSON,
+                delivery_mode=DeliveryMode.PERSISTENT,
+                message_id=message_id,
+                type=channel,
+            ),
+            routing_key=channel,
+            mandatory=False,
+        )
+
+    async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
+        """Copy a rejected event to ``herald.dlx`` with its reason; the caller then acks the original.
+
+        The body and properties are kept; headers gain ``x-herald-error`` and the original routing key
+        and exchange, which a broker-side reject could not carry.
+        """
+        headers: HeadersType = dict(message.headers or {})
+        headers[ERROR_HEADER] = reason
+        headers[ORIGINAL_ROUTING_KEY_HEADER] = message.routing_key or ""
+        headers[ORIGINAL_EXCHANGE_HEADER] = message.exchange or ""
+        await self.dlx.publish(
+            Message(
+                message.body,
+                headers=headers,
+                content_type=message.content_type,
+                content_encoding=message.content_encoding,
+                delivery_mode=DeliveryMode.PERSISTENT,
+                priority=message.priority,
+                correlation_id=message.correlation_id,
+                message_id=message.message_id,
+                timestamp=message.timestamp,
+                type=message.type,
+                app_id=message.app_id,
+            ),
+            routing_key=message.routing_key or "",
+            mandatory=False,
+        )
+
+
+_publisher: Publisher | None = None
+
+
+def install(publisher: Publisher) -> None:
+    """Make ``publisher`` the one :func:`current` and :func:`publish_user_frame` use."""
+    global _publisher
+    _publisher = publisher
+
+
+def current() -> Publisher:
+    """The running worker's publisher; raises ``RuntimeError`` before start-up finished."""
+    if _publisher is None:
+        raise RuntimeError("the worker has not started")
+    return _publisher
+
+
+async def publish_user_frame(user_id: str, method: str, frame: bytes) -> None:
+    """Publish ``frame`` (JSON-RPC bytes) to ``herald.users`` for ``user_id`` with AMQP type ``method``.
+
+    ``mandatory=False``: a user connected nowhere is not an error. Waits for the publisher confirm.
+    """
+    await current().user_frame(user_id, method, frame)
