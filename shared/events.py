@@ -121,7 +121,8 @@ def is_valid_user_id(user_id: str) -> bool:
     return _USER_ID_RE.fullmatch(user_id) is not None
 
 
-def _reason(error: ValidationError) -> str:
+def validation_reason(error: ValidationError) -> str:
+    """Up to three field errors of ``error`` as one ``field: message; ...`` line."""
     parts = []
     for item in error.errors()[:3]:
         where = ".".join(str(part) for part in item["loc"]) or "body"
@@ -174,4 +175,4 @@ def parse_event(body: bytes, routing_key: str | None, message_id: str | None = N
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise InvalidEvent(_reason(exc)) from None
+        raise InvalidEvent(validation_reason(exc)) from None
