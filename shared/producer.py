@@ -50,7 +50,7 @@ class Producer:
 
     async def __aenter__(self) -> Self:
         self._connection = await aio_pika.connect_robust(self._url)
-        channel = await self._connection.channel(publisher_confirms=True)
+        channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
         self._exchange = await channel.declare_exchange(
             self._topology.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
         )

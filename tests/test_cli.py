@@ -1,0 +1,102 @@
+"""The ``herald`` command and the producer helper against the real broker."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+import aio_pika
+import jwt
+import orjson
+import pytest
+
+from shared.events import InvalidEvent
+from shared.producer import Producer, PublishError
+from shared.topology import Topology
+from tests.support import TEST_JWT_SECRET
+
+if TYPE_CHECKING:
+    from aio_pika.abc import AbstractQueue, AbstractRobustConnection
+
+    from tests.support import Stack
+
+TOPOLOGY = Topology()
+
+
+def herald(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args],
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def bind_probe(connection: AbstractRobustConnection, routing_key: str) -> AbstractQueue:
+    """A private queue bound to the events exchange, standing in for the worker's input queue."""
+    channel = await connection.channel()
+    exchange = await channel.declare_exchange(
+        TOPOLOGY.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    queue = await channel.declare_queue(exclusive=True)
+    await queue.bind(exchange, routing_key)
+    return queue
+
+
+def test_token_carries_sub_exp_and_roles(stack: Stack) -> None:
+    result = herald(stack, "token", "--user", "alice", "--admin", "--ttl", "120")
+    assert result.returncode == 0, result.stderr
+    claims = jwt.decode(result.stdout.strip(), TEST_JWT_SECRET, algorithms=["HS256"])
+    assert claims["sub"] == "alice"
+    assert claims["roles"] == ["admin"]
+    assert 100 <= claims["exp"] - claims["iat"] <= 120
+
+
+async def test_send_publishes_a_persistent_event_keyed_by_its_id(
+    stack: Stack, amqp: AbstractRobustConnection
+) -> None:
+    probe = await bind_probe(amqp, "notification.#")
+    result = herald(
+        stack,
+        *("send", "--user", "u-cli", "--type", "GRADE_RELEASED", "--title", "Graded"),
+        *("--data", '{"grade": "A"}', "--event-id", "grade-1"),
+    )
+    assert result.returncode == 0, result.stderr
+    message = await probe.get(timeout=10)
+    await message.ack()
+    body = orjson.loads(message.body)
+    assert message.routing_key == "notification.send"
+    assert message.message_id == "grade-1"
+    assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert body["user_ids"] == ["u-cli"]
+    assert body["data"] == {"grade": "A"}
+
+
+def test_send_refuses_an_invalid_event_before_publishing(stack: Stack) -> None:
+    result = herald(stack, "send", "--user", "bad user!", "--type", "GRADE_RELEASED", "--title", "x")
+    assert result.returncode == 1
+    assert "user_ids" in result.stderr
+
+
+async def test_producer_reports_unroutable_events(stack: Stack) -> None:
+    async with Producer(stack.amqp_url, prefix="herald_unbound") as producer:
+        with pytest.raises(PublishError, match="unroutable"):
+            await producer.send("u1", "GRADE_RELEASED", "Graded")
+
+
+async def test_producer_validates_locally(stack: Stack) -> None:
+    async with Producer(stack.amqp_url) as producer:
+        with pytest.raises(InvalidEvent, match="title"):
+            await producer.send("u1", "GRADE_RELEASED", "x" * 201)
+
+
+async def test_producer_broadcast(stack: Stack, amqp: AbstractRobustConnection) -> None:
+    probe = await bind_probe(amqp, "notification.broadcast")
+    async with Producer(stack.amqp_url) as producer:
+        event_id = await producer.broadcast("SYSTEM_ANNOUNCEMENT", "Maintenance", "Tonight")
+    message = await probe.get(timeout=10)
+    await message.ack()
+    assert message.message_id == event_id
+    assert orjson.loads(message.body)["title"] == "Maintenance"
