@@ -63,6 +63,7 @@ class Settings(BaseSettings):
         retention_interval_seconds: pause between retention passes [3600].
         retention_batch_size: rows per DELETE statement [1000].
         delivery_limit: redeliveries of a crashing event before the queue dead-letters it [20].
+        rpc_prefetch: client requests a worker answers concurrently [64].
 
     Logging
         log_format: ``json``, ``console`` or ``auto`` (console on a terminal, JSON otherwise) [auto].
@@ -113,6 +114,7 @@ class Settings(BaseSettings):
     retention_interval_seconds: float = Field(default=3600.0, gt=0)
     retention_batch_size: int = Field(default=1000, ge=1)
     delivery_limit: int = Field(default=20, ge=1)
+    rpc_prefetch: int = Field(default=64, ge=1, le=65535)
 
     log_format: Literal["json", "console", "auto"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
