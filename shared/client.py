@@ -1,0 +1,671 @@
+"""Async Python client for Herald's WebSocket protocol (PROTOCOL §5), built on ``websockets``.
+
+Semantics (the same as ``clients/js/herald.js``):
+
+- **Authentication** is always the first frame (``auth``), never the URL. ``token_provider`` (a plain or
+  async callable returning a JWT) is called on every (re)connect and again shortly before the current
+  token's ``exp`` (read from the JWT payload, not verified) to send ``auth.refresh``.
+- **Reconnects** use exponential backoff with full jitter. Close code 4401 fetches a fresh token and
+  reconnects (the client stops after two authentication failures in a row, or when the token provider
+  raises); 4008 (too many connections) stops the client; every other close — 1001 shutdown, 1013 slow
+  reader, network loss — reconnects.
+- **Nothing missed, nothing twice**: after a reconnect, or on ``sync:required``, the client calls
+  ``notifications.sync`` from its *watermark* and pages while ``has_more``; notifications it already
+  delivered are dropped by ``id``. The watermark is the highest ``seq`` below which no notification can be
+  missing: it advances over contiguous ``seq`` values of live frames and to the last item of each sync
+  page, so a frame published out of order by a second worker just before a disconnect is not skipped.
+- **unread_count** follows ``connected``, ``notification:*`` frames and request results.
+
+Usage::
+
+    async with HeraldClient("ws://127.0.0.1:8765/notifications", get_token) as client:
+        page = await client.list_notifications(limit=10)
+        async for event in client.events():
+            print(event.method, event.params)
+
+Events (``Event.method``): the server's notification methods (``connected``, ``notification:new``,
+``notification:read``, ``notification:unread``, ``notification:deleted``, ``preferences:updated``,
+``sync:required``) plus the client's own ``unread`` (``{"count"}``), ``state`` (``{"state"}``: one of
+``connecting``, ``open``, ``reconnecting``, ``closed``), ``disconnected`` (``{"code", "reason", "retry_in"}``)
+and ``closed`` (``{"code", "reason"}``: the client stopped for good). Notifications recovered by a sync
+arrive as ``notification:new`` with ``Event.replayed`` true.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import json
+import logging
+import random
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
+    from websockets.asyncio.client import ClientConnection
+
+    TokenProvider = Callable[[], Awaitable[str] | str]
+    Listener = Callable[["Event"], Any]
+
+__all__ = [
+    "Event",
+    "HeraldAuthError",
+    "HeraldClient",
+    "HeraldClosedError",
+    "HeraldConnectionError",
+    "HeraldError",
+    "HeraldRequestError",
+    "HeraldTimeoutError",
+]
+
+log = logging.getLogger("herald.client")
+
+CLOSE_UNAUTHORIZED: Final = 4401
+CLOSE_TOO_MANY_CONNECTIONS: Final = 4008
+#: Consecutive authentication failures (4401 or a failed ``auth``) after which the client gives up.
+MAX_AUTH_FAILURES: Final = 2
+#: How many notification ids are remembered for de-duplication.
+SEEN_IDS: Final = 10_000
+SYNC_PAGE: Final = 500
+
+State = Literal["idle", "connecting", "open", "reconnecting", "closed"]
+
+
+class HeraldError(Exception):
+    """Base class of every error this module raises."""
+
+
+class HeraldRequestError(HeraldError):
+    """The server answered a request with a JSON-RPC error.
+
+    ``code`` is the JSON-RPC code (PROTOCOL §5: ``-32602`` invalid params with ``data`` naming the field,
+    ``4003`` forbidden, ``4029`` rate limited, ``5003`` worker unavailable, ...), ``message`` the server's
+    text and ``data`` its optional details.
+    """
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(f"{code}: {message}" + (f" ({data!r})" if data is not None else ""))
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+class HeraldTimeoutError(HeraldError, TimeoutError):
+    """No reply within the request timeout (the request may still have been applied)."""
+
+
+class HeraldConnectionError(HeraldError, ConnectionError):
+    """The connection dropped while the request was in flight (it may or may not have been applied)."""
+
+
+class HeraldClosedError(HeraldError):
+    """The client has stopped for good (closed by the caller, 4008, or authentication gave up).
+
+    ``code``/``reason`` are the last close code and reason, or ``None`` when the caller closed it.
+    """
+
+    def __init__(self, message: str, code: int | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+
+
+class HeraldAuthError(HeraldClosedError):
+    """The token provider raised, or the server refused fresh tokens repeatedly (4401)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event: a server notification frame or a client state change (see the module docstring)."""
+
+    method: str
+    params: Any
+    replayed: bool = False
+
+
+def token_expiry(token: str) -> float | None:
+    """The ``exp`` claim (Unix seconds) of a JWT, read without verifying it; ``None`` if absent."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    return float(exp) if isinstance(exp, int | float) else None
+
+
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Full-jitter exponential backoff: uniform in ``[0, min(cap, base * 2**attempt)]``."""
+    return random.uniform(0, min(cap, base * 2 ** min(attempt, 30)))
+
+
+class _Disconnected(Exception):
+    def __init__(self, code: int | None, reason: str) -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+
+
+class HeraldClient:
+    """A self-healing connection to a Herald gateway; see the module docstring for the semantics.
+
+    Parameters:
+        url: ``ws(s)://HOST:PORT/notifications``.
+        token_provider: returns a JWT (sync or async); called per connect and before expiry.
+        request_timeout: default seconds :meth:`request` waits for a reply, including the time spent
+            waiting for a connection when the client is reconnecting.
+        backoff_base, backoff_max: reconnect delays, seconds (full jitter).
+        refresh_margin: refresh the token this many seconds before ``exp`` (at most half its lifetime).
+        open_timeout: seconds for the handshake plus authentication.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token_provider: TokenProvider,
+        *,
+        request_timeout: float = 10.0,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        refresh_margin: float = 60.0,
+        open_timeout: float = 15.0,
+    ) -> None:
+        self.url = url
+        self._token_provider = token_provider
+        self.request_timeout = request_timeout
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.refresh_margin = refresh_margin
+        self.open_timeout = open_timeout
+
+        self.state: State = "idle"
+        self.user_id: str | None = None
+        self.connection_id: str | None = None
+        #: The user's unread count as last reported or derived; ``None`` until known.
+        self.unread_count: int | None = None
+        #: Highest ``seq`` below which nothing can be missing (``None`` until the first ``connected``).
+        self.watermark: int | None = None
+        self.close_code: int | None = None
+        self.close_reason = ""
+
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._above_watermark: set[int] = set()
+        self._listeners: dict[str, list[Listener]] = {}
+        self._queues: set[asyncio.Queue[Event | None]] = set()
+        self._ws: ClientConnection | None = None
+        self._open = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._first_open: asyncio.Future[None] | None = None
+        self._closing = False
+        self._sync_lock = asyncio.Lock()
+
+    # ----------------------------------------------------------------------------------------- lifecycle
+
+    async def __aenter__(self) -> HeraldClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Connect and authenticate; returns once the first ``connected`` frame arrived.
+
+        Raises :class:`HeraldAuthError` / :class:`HeraldClosedError` when the client stops before that;
+        network failures are retried with backoff, so this waits as long as the gateway is unreachable.
+        """
+        if self._runner is None:
+            self._first_open = asyncio.get_running_loop().create_future()
+            self._runner = asyncio.create_task(self._run(), name="herald-client")
+        assert self._first_open is not None
+        await asyncio.shield(self._first_open)
+
+    async def close(self) -> None:
+        """Stop for good: close the socket, fail pending requests, end every :meth:`events` iterator."""
+        self._closing = True
+        if self._ws is not None:
+            await self._ws.close()
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        self._stop(None, "closed by the client", HeraldClosedError("client closed"))
+
+    async def wait_closed(self) -> None:
+        """Wait until the client stops for good (after :meth:`close`, 4008 or an authentication failure)."""
+        if self._runner is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._runner)
+
+    # -------------------------------------------------------------------------------------------- events
+
+    def on(self, method: str, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(event)`` for every event named ``method`` (``"*"`` = all); returns an unsubscriber.
+
+        A listener may be a plain function or a coroutine function (its coroutine is run as a task).
+        """
+        self._listeners.setdefault(method, []).append(listener)
+        return lambda: self._listeners.get(method, []).remove(listener)
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Every event from now on, in order; ends when the client stops for good."""
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._queues.add(queue)
+        try:
+            if self.state == "closed":
+                return
+            while (event := await queue.get()) is not None:
+                yield event
+        finally:
+            self._queues.discard(queue)
+
+    def _emit(self, method: str, params: Any, replayed: bool = False) -> None:
+        event = Event(method, params, replayed)
+        for queue in self._queues:
+            queue.put_nowait(event)
+        for listener in [*self._listeners.get(method, ()), *self._listeners.get("*", ())]:
+            try:
+                outcome = listener(event)
+                if asyncio.iscoroutine(outcome):
+                    self._spawn(outcome)
+            except Exception:
+                log.exception("herald client listener for %s failed", method)
+
+    def _set_state(self, state: State) -> None:
+        if state != self.state:
+            self.state = state
+            self._emit("state", {"state": state})
+
+    def _set_unread(self, count: Any) -> None:
+        if isinstance(count, int) and count != self.unread_count:
+            self.unread_count = count
+            self._emit("unread", {"count": count})
+
+    # ------------------------------------------------------------------------------------------ requests
+
+    async def request(
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - a per-request budget is the documented API
+    ) -> Any:
+        """Send a JSON-RPC request and return its ``result``.
+
+        Waits for the connection when the client is reconnecting; the whole wait is bounded by ``timeout``
+        (default :attr:`request_timeout`). Raises :class:`HeraldRequestError` for an error reply,
+        :class:`HeraldTimeoutError`, :class:`HeraldConnectionError` if the socket dropped meanwhile, or
+        :class:`HeraldClosedError` once the client stopped.
+        """
+        budget = self.request_timeout if timeout is None else timeout
+        deadline = time.monotonic() + budget
+        try:
+            async with asyncio.timeout(budget):
+                while True:
+                    if self.state == "closed":
+                        raise HeraldClosedError("client is closed", self.close_code, self.close_reason)
+                    await self._open.wait()
+                    ws = self._ws
+                    if self.state == "open" and ws is not None:
+                        break
+                return await self._call(ws, method, params, deadline - time.monotonic())
+        except TimeoutError as exc:
+            if isinstance(exc, HeraldTimeoutError):
+                raise
+            raise HeraldTimeoutError(f"{method}: no reply within {budget}s") from None
+
+    async def _call(self, ws: ClientConnection, method: str, params: Any, budget: float) -> Any:
+        request_id = next(self._ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        frame = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params or {}}
+        try:
+            await ws.send(json.dumps(frame, separators=(",", ":")))
+            async with asyncio.timeout(max(budget, 0.0)):
+                return await future
+        except TimeoutError:
+            raise HeraldTimeoutError(f"{method}: no reply within the timeout") from None
+        except ConnectionClosed:
+            raise HeraldConnectionError(f"{method}: connection closed") from None
+        finally:
+            self._pending.pop(request_id, None)
+
+    # Typed helpers for the client methods of PROTOCOL §5.
+
+    async def list_notifications(
+        self,
+        *,
+        limit: int | None = None,
+        before: int | None = None,
+        unread_only: bool | None = None,
+        types: list[str] | None = None,
+        categories: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """``notifications.list``: ``{"items" (newest first), "next_cursor", "total", "unread_count"}``."""
+        params = {"limit": limit, "before": before, "unread_only": unread_only, "types": types}
+        params["categories"] = categories
+        result: dict[str, Any] = await self.request(
+            "notifications.list", {k: v for k, v in params.items() if v is not None}
+        )
+        self._set_unread(result.get("unread_count"))
+        return result
+
+    async def sync(self, since: int, limit: int | None = None) -> dict[str, Any]:
+        """``notifications.sync`` (one page, no side effects): ``{"items" (seq ascending), "has_more"}``."""
+        params: dict[str, Any] = {"since": since} | ({"limit": limit} if limit is not None else {})
+        result: dict[str, Any] = await self.request("notifications.sync", params)
+        return result
+
+    async def fetch_unread_count(self) -> int:
+        """``notifications.unread_count``; also updates :attr:`unread_count`."""
+        count: int = (await self.request("notifications.unread_count"))["count"]
+        self._set_unread(count)
+        return count
+
+    async def mark_read(self, ids: list[str]) -> dict[str, Any]:
+        """``notifications.mark_read``: ``{"updated", "unread_count"}``."""
+        return await self._counting("notifications.mark_read", {"ids": ids})
+
+    async def mark_unread(self, ids: list[str]) -> dict[str, Any]:
+        """``notifications.mark_unread``: ``{"updated", "unread_count"}``."""
+        return await self._counting("notifications.mark_unread", {"ids": ids})
+
+    async def mark_all_read(self) -> dict[str, Any]:
+        """``notifications.mark_all_read``: ``{"updated", "unread_count": 0}``."""
+        return await self._counting("notifications.mark_all_read", {})
+
+    async def delete(self, ids: list[str]) -> dict[str, Any]:
+        """``notifications.delete``: ``{"deleted", "unread_count"}``."""
+        return await self._counting("notifications.delete", {"ids": ids})
+
+    async def get_preferences(self) -> dict[str, Any]:
+        """``preferences.get``: the effective Preferences document."""
+        result: dict[str, Any] = await self.request("preferences.get")
+        return result
+
+    async def update_preferences(self, patch: dict[str, Any]) -> dict[str, Any]:
+        """``preferences.update`` with a partial document (deep merge); returns the new document."""
+        result: dict[str, Any] = await self.request("preferences.update", patch)
+        return result
+
+    async def reset_preferences(self) -> dict[str, Any]:
+        """``preferences.reset``: back to the catalog defaults; returns the new document."""
+        result: dict[str, Any] = await self.request("preferences.reset")
+        return result
+
+    async def broadcast(
+        self, title: str, message: str, *, type: str | None = None, data: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """``notifications.broadcast`` (admin tokens only, else error 4003): ``{"accepted", "event_id"}``."""
+        params: dict[str, Any] = {"title": title, "message": message}
+        params |= {k: v for k, v in (("type", type), ("data", data)) if v is not None}
+        result: dict[str, Any] = await self.request("notifications.broadcast", params)
+        return result
+
+    async def ping(self) -> str:
+        """``ping`` → ``"pong"``."""
+        result: str = await self.request("ping")
+        return result
+
+    async def _counting(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request(method, params)
+        self._set_unread(result.get("unread_count"))
+        return result
+
+    # ------------------------------------------------------------------------------------ connection loop
+
+    async def _token(self) -> str:
+        outcome = self._token_provider()
+        token = (
+            await outcome if asyncio.iscoroutine(outcome) or isinstance(outcome, asyncio.Future) else outcome
+        )
+        if not isinstance(token, str) or not token:
+            raise TypeError(f"token provider returned {type(token).__name__}, not a JWT string")
+        return token
+
+    async def _run(self) -> None:
+        attempt = 0
+        auth_failures = 0
+        while not self._closing:
+            self._set_state("connecting" if self.state in ("idle", "connecting") else "reconnecting")
+            try:
+                token = await self._token()
+            except Exception as exc:
+                self._stop(
+                    None, f"token provider failed: {exc}", HeraldAuthError(f"token provider failed: {exc}")
+                )
+                return
+            code: int | None
+            try:
+                await self._session(token)
+                code, reason = None, ""
+            except _Disconnected as gone:
+                code, reason = gone.code, gone.reason
+            except (OSError, InvalidHandshake, TimeoutError) as exc:
+                code, reason = None, f"{type(exc).__name__}: {exc}"
+            opened = self._open.is_set()
+            self._open.clear()
+            self._ws = None
+            self._fail_pending()
+            if self._closing:
+                return
+            self.close_code, self.close_reason = code, reason
+            if code == CLOSE_TOO_MANY_CONNECTIONS:
+                self._stop(
+                    code, reason, HeraldClosedError("too many connections for this user", code, reason)
+                )
+                return
+            # A 4401 after a working session is an expired token: only refusals of fresh tokens count.
+            auth_failures = auth_failures + 1 if code == CLOSE_UNAUTHORIZED and not opened else 0
+            if auth_failures >= MAX_AUTH_FAILURES:
+                self._stop(code, reason, HeraldAuthError("authentication refused", code, reason))
+                return
+            if opened:
+                attempt = 0
+            # An expired token (4401 after a working session) or a server restart retries at once.
+            delay = (
+                0.0
+                if opened and code in (CLOSE_UNAUTHORIZED, 1001)
+                else backoff_delay(attempt, self.backoff_base, self.backoff_max)
+            )
+            attempt += 1
+            self._emit("disconnected", {"code": code, "reason": reason, "retry_in": delay})
+            self._set_state("reconnecting")
+            await asyncio.sleep(delay)
+
+    async def _session(self, token: str) -> None:
+        """One connection: handshake, ``auth``, then read frames until it closes (raises why)."""
+        connected = asyncio.get_running_loop().create_future()
+        async with asyncio.timeout(self.open_timeout):
+            ws = await connect(self.url, open_timeout=None, max_size=1 << 20, compression=None)
+        self._ws = ws
+        reader = asyncio.create_task(self._read(ws, connected))
+        auth = asyncio.create_task(self._call(ws, "auth", {"token": token}, self.open_timeout))
+        refresher: asyncio.Task[None] | None = None
+        try:
+            try:
+                async with asyncio.timeout(self.open_timeout):
+                    await asyncio.wait({connected, reader}, return_when=asyncio.FIRST_COMPLETED)
+            except TimeoutError:
+                await ws.close(1000, "authentication timed out")
+            if not connected.done():
+                await asyncio.wait({reader})  # the close code says why
+            else:
+                self._on_open(connected.result())
+                refresher = asyncio.create_task(self._refresh_loop(ws, token))
+            await reader
+        finally:
+            tasks = [task for task in (auth, reader, refresher) if task is not None]
+            for task in tasks:
+                task.cancel()
+            # Collect the outcomes so a refused ``auth`` is not reported as "never retrieved".
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await ws.close()
+        rcvd = ws.close_code
+        raise _Disconnected(rcvd, ws.close_reason or "")
+
+    async def _read(self, ws: ClientConnection, connected: asyncio.Future[dict[str, Any]]) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for raw in ws:
+                try:
+                    frame = json.loads(raw)
+                except ValueError:
+                    log.warning("herald client: unparseable frame dropped")
+                    continue
+                if not isinstance(frame, dict):
+                    continue
+                if "id" in frame and "method" not in frame:
+                    self._resolve(frame)
+                elif frame.get("method") == "connected":
+                    if not connected.done():
+                        connected.set_result(frame.get("params") or {})
+                else:
+                    self._on_notification(str(frame.get("method")), frame.get("params"))
+
+    def _resolve(self, frame: dict[str, Any]) -> None:
+        future = self._pending.get(frame["id"]) if isinstance(frame["id"], int) else None
+        if future is None or future.done():
+            return
+        error = frame.get("error")
+        if isinstance(error, dict):
+            code, message = error.get("code", -32603), str(error.get("message", ""))
+            future.set_exception(HeraldRequestError(int(code), message, error.get("data")))
+        else:
+            future.set_result(frame.get("result"))
+
+    def _on_open(self, params: dict[str, Any]) -> None:
+        self.user_id = params.get("user_id")
+        self.connection_id = params.get("connection_id")
+        server_seq = params.get("last_seq")
+        resume_from = self.watermark
+        if self.watermark is None and isinstance(server_seq, int):
+            # First session: history is what notifications.list is for; live starts now.
+            self.watermark = server_seq
+        self._set_unread(params.get("unread_count"))
+        self._open.set()
+        self._set_state("open")
+        self._emit("connected", params)
+        if self._first_open is not None and not self._first_open.done():
+            self._first_open.set_result(None)
+        elif resume_from is not None and (not isinstance(server_seq, int) or server_seq > resume_from):
+            self._spawn(self._catch_up())
+
+    def _on_notification(self, method: str, params: Any) -> None:
+        if method == "notification:new" and isinstance(params, dict):
+            self._deliver(params, replayed=False)
+            return
+        if isinstance(params, dict) and method.startswith("notification:"):
+            self._set_unread(params.get("unread_count"))
+        self._emit(method, params)
+        if method == "sync:required":
+            self._spawn(self._catch_up())
+
+    def _deliver(self, item: dict[str, Any], replayed: bool) -> None:
+        """Emit a notification unless its id was delivered already; advance the watermark."""
+        seq = item.get("seq")
+        if isinstance(seq, int):
+            self._advance(seq)
+        key = str(item.get("id"))
+        if key in self._seen:
+            return
+        self._seen[key] = None
+        if len(self._seen) > SEEN_IDS:
+            self._seen.popitem(last=False)
+        # Replayed items are already in the count ``connected`` reported after the reconnect.
+        if not replayed and item.get("read_at") is None and self.unread_count is not None:
+            self._set_unread(self.unread_count + 1)
+        self._emit("notification:new", item, replayed)
+
+    def _advance(self, seq: int) -> None:
+        mark = self.watermark
+        if mark is None or seq <= mark:
+            return
+        self._above_watermark.add(seq)
+        while mark + 1 in self._above_watermark:
+            mark += 1
+            self._above_watermark.discard(mark)
+        self.watermark = mark
+
+    async def _catch_up(self) -> None:
+        """Page ``notifications.sync`` from the watermark until ``has_more`` is false."""
+        async with self._sync_lock:
+            try:
+                while self.watermark is not None:
+                    page = await self.sync(self.watermark, SYNC_PAGE)
+                    items = page.get("items") or []
+                    for item in items:
+                        self._deliver(item, replayed=True)
+                    if items:
+                        last = items[-1].get("seq")
+                        if isinstance(last, int) and last > self.watermark:
+                            # Sync returns every seq > since, so everything up to ``last`` is known now.
+                            self.watermark = last
+                            self._above_watermark = {s for s in self._above_watermark if s > last}
+                    if not page.get("has_more") or not items:
+                        return
+            except HeraldError as exc:
+                # The next reconnect syncs again from the same watermark.
+                log.warning("herald client: sync failed: %s", exc)
+
+    async def _refresh_loop(self, ws: ClientConnection, token: str) -> None:
+        """Send ``auth.refresh`` with a fresh token shortly before the current one expires."""
+        while True:
+            exp = token_expiry(token)
+            if exp is None:
+                return
+            lifetime = exp - time.time()
+            await asyncio.sleep(max(lifetime - min(self.refresh_margin, lifetime / 2), 0.0))
+            try:
+                token = await self._token()
+                await self._call(ws, "auth.refresh", {"token": token}, self.request_timeout)
+            except (HeraldError, ConnectionClosed):
+                # The server closes with 4401 at expiry; the reconnect asks for a token again.
+                return
+            except Exception as exc:
+                self._stop(
+                    None, f"token provider failed: {exc}", HeraldAuthError(f"token provider failed: {exc}")
+                )
+                await ws.close(1000, "token provider failed")
+                return
+
+    # ---------------------------------------------------------------------------------------- internals
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _fail_pending(self) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(HeraldConnectionError("connection closed before the reply"))
+        self._pending.clear()
+
+    def _stop(self, code: int | None, reason: str, error: HeraldClosedError) -> None:
+        """Enter the terminal state once: wake waiters, end iterators, emit ``closed``."""
+        if self.state == "closed":
+            return
+        self._closing = True
+        self.close_code, self.close_reason = code, reason
+        self._fail_pending()
+        for task in self._tasks:
+            task.cancel()
+        self._set_state("closed")
+        self._emit("closed", {"code": code, "reason": reason})
+        if self._first_open is not None and not self._first_open.done():
+            self._first_open.set_exception(error)
+        # Requests waiting for a connection see state "closed" once woken.
+        self._open.set()
+        for queue in self._queues:
+            queue.put_nowait(None)
