@@ -1,0 +1,105 @@
+"""Client requests forwarded by gateways over ``herald.rpc`` (PROTOCOL §5, the RPC wire format in contracts).
+
+A gateway publishes ``{"method", "params", "user_id", "admin"}`` with ``reply_to`` and ``correlation_id``;
+this module answers with exactly :func:`shared.jsonrpc.rpc_result` or :func:`shared.jsonrpc.rpc_error` bytes,
+which FastStream publishes to ``reply_to`` with the request's ``correlation_id``. The methods themselves
+(SQL, events) live in :mod:`worker.inbox`; this module is transport and error mapping only.
+
+No exception escapes a handler: a bad envelope is -32600, an unknown method -32601, bad params -32602 with
+``data.field`` naming the offending value, a database that cannot be reached 5003, anything else -32603
+(logged with its traceback). The request is acked in every case: a redelivered request would run again
+for a gateway that stopped waiting (``expiration`` drops requests nobody waits for any more).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import structlog
+from faststream import AckPolicy
+from faststream.rabbit import Channel, RabbitQueue, RabbitResponse, RabbitRouter
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.events import USER_ID_PATTERN
+from shared.jsonrpc import ErrorCode, rpc_error, rpc_result
+from worker.db import TRANSIENT_DB_ERRORS
+from worker.inbox import METHODS, Caller, RequestError, invalid_params
+from worker.state import current
+
+if TYPE_CHECKING:
+    from faststream.rabbit.message import RabbitMessage
+
+    from shared.settings import Settings
+    from shared.topology import Topology
+    from worker.state import WorkerState
+
+log = structlog.get_logger(__name__)
+
+
+class Envelope(BaseModel):
+    """A gateway's request: the client's method and params plus the verified caller."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
+
+    method: str = Field(min_length=1, max_length=100)
+    params: Any = Field(default_factory=dict)
+    user_id: str = Field(pattern=USER_ID_PATTERN)
+    admin: bool = False
+
+
+def build_router(settings: Settings, topology: Topology) -> RabbitRouter:
+    """The ``herald.rpc`` subscriber, on its own channel so requests never wait behind event batches.
+
+    ``settings.rpc_prefetch`` bounds how many requests one worker answers at once (aiormq runs one task
+    per delivery). The queue is durable and classic with no arguments, as every declarer agrees.
+    """
+    router = RabbitRouter()
+    queue = RabbitQueue(topology.rpc_queue, durable=True, auto_delete=False)
+
+    @router.subscriber(
+        queue,
+        channel=Channel(prefetch_count=settings.rpc_prefetch),
+        ack_policy=AckPolicy.ACK,
+        title="herald.rpc",
+        description="Client requests forwarded by gateways; replies go to reply_to.",
+    )
+    async def answer_request() -> RabbitResponse:
+        state = current()
+        # Taken from the context rather than a handler parameter: parameters cost a thread-pool hop.
+        message: RabbitMessage = state.broker.context.get_local("message")
+        reply = await handle_request(state, message.body)
+        # mandatory=False: a gateway that went away leaves nobody to route the reply to, and that is fine.
+        return RabbitResponse(reply, content_type="application/json", mandatory=False)
+
+    return router
+
+
+async def handle_request(state: WorkerState, body: bytes) -> bytes:
+    """Run one request body and return the reply body; never raises."""
+    try:
+        envelope = Envelope.model_validate(orjson.loads(body))
+    except (orjson.JSONDecodeError, ValidationError) as exc:
+        return rpc_error(ErrorCode.INVALID_REQUEST, "Invalid request", {"reason": str(exc)[:200]})
+    method = METHODS.get(envelope.method)
+    if method is None:
+        return rpc_error(ErrorCode.METHOD_NOT_FOUND, "Method not found", {"method": envelope.method})
+    if method.admin_only and not envelope.admin:
+        return rpc_error(ErrorCode.FORBIDDEN, "Forbidden: admin only")
+    caller = Caller(user_id=envelope.user_id, admin=envelope.admin)
+    try:
+        # JSON-RPC allows omitting params; a method without params takes {}.
+        params = method.params.model_validate({} if envelope.params is None else envelope.params)
+        result = await method.run(state, caller, params)
+    except ValidationError as exc:
+        error = invalid_params(exc)
+        return rpc_error(error.code, error.message, error.data)
+    except RequestError as exc:
+        return rpc_error(exc.code, exc.message, exc.data)
+    except TRANSIENT_DB_ERRORS:
+        log.warning("rpc_unavailable", method=envelope.method, exc_info=True)
+        return rpc_error(ErrorCode.UNAVAILABLE, "Unavailable, try again")
+    except Exception:
+        log.exception("rpc_failed", method=envelope.method, user_id=envelope.user_id)
+        return rpc_error(ErrorCode.INTERNAL_ERROR, "Internal error")
+    return rpc_result(result)
