@@ -419,7 +419,7 @@ async def update_preferences(
     """``preferences.update``: deep-merge a partial document; publishes ``preferences:updated``.
 
     ``updated_at`` in the update is ignored (clients may send back the document they got). Nothing is
-    written or published when the merge changes nothing.
+    written or published when the effective document stays the same.
     """
     update = {key: value for key, value in params.root.items() if key != "updated_at"}
     async with state.pool.acquire() as conn, conn.transaction():
@@ -430,10 +430,12 @@ async def update_preferences(
             merged = merge_update(state.catalog, stored, update)
         except InvalidPreferences as exc:
             raise bad_param(exc.field, exc.message) from None
-        unchanged = merged == (stored or {"channels": {}, "types": {}, "quiet_hours": None})
-        if unchanged:
-            updated_at = row["updated_at"] if row else None
-        else:
+        updated_at = row["updated_at"] if row else None
+        # Compared as effective documents: re-sending what get returned stores and publishes nothing.
+        unchanged = effective_preferences(state.catalog, merged, updated_at) == effective_preferences(
+            state.catalog, stored, updated_at
+        )
+        if not unchanged:
             updated_at = await conn.fetchval(
                 _STORE_PREFERENCES,
                 caller.user_id,

@@ -1,0 +1,533 @@
+"""Request methods (worker.rpc + worker.inbox) against real Postgres and RabbitMQ, in process.
+
+Each request goes through :func:`worker.rpc.handle_request` with a gateway's envelope bytes, exactly what
+the ``herald.rpc`` subscriber runs; events are read back from a queue bound to ``herald.users``. The same
+methods over AMQP with a real worker process, and through the real gateway, are in
+``test_requests_amqp.py`` and ``test_requests_gateway.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import TYPE_CHECKING, Any
+
+import aio_pika
+import orjson
+import pytest
+from faststream.rabbit import RabbitBroker
+
+from shared.settings import Settings
+from shared.topology import BROADCAST_ROUTING_KEY, Topology
+from tests.requests_support import new_user, seed, unread_truth
+from tests.support import wait_until
+from worker import publish, state
+from worker.db import create_pool, load_catalog
+from worker.rpc import handle_request
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    import asyncpg
+    from aio_pika.abc import AbstractChannel, AbstractQueue
+
+    from tests.support import Stack
+
+TOPOLOGY = Topology()
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module")
+async def worker_state(stack: Stack) -> AsyncIterator[state.WorkerState]:
+    """The state a worker installs at start: pool, catalog, a started broker, a publisher on herald.users."""
+    settings = Settings(amqp_url=stack.amqp_url, database_url=stack.database_url)
+    pool = await create_pool(settings)
+    broker = RabbitBroker(settings.amqp_url, logger=None)
+    await broker.start()
+    connection = await aio_pika.connect(stack.amqp_url)
+    channel = await connection.channel()
+    exchanges = {
+        name: await channel.declare_exchange(name, kind, durable=True)
+        for name, kind in (
+            (TOPOLOGY.users_exchange, aio_pika.ExchangeType.DIRECT),
+            (TOPOLOGY.broadcast_exchange, aio_pika.ExchangeType.FANOUT),
+            (TOPOLOGY.deliveries_exchange, aio_pika.ExchangeType.TOPIC),
+            (TOPOLOGY.dead_letter_exchange, aio_pika.ExchangeType.FANOUT),
+            (TOPOLOGY.events_exchange, aio_pika.ExchangeType.TOPIC),
+        )
+    }
+    publish.install(
+        publish.Publisher(
+            users=exchanges[TOPOLOGY.users_exchange],
+            broadcast=exchanges[TOPOLOGY.broadcast_exchange],
+            deliveries=exchanges[TOPOLOGY.deliveries_exchange],
+            dlx=exchanges[TOPOLOGY.dead_letter_exchange],
+        )
+    )
+    installed = state.WorkerState(settings, TOPOLOGY, broker, pool, await load_catalog(pool))
+    state.install(installed)
+    try:
+        yield installed
+    finally:
+        await connection.close()
+        await broker.stop()
+        await pool.close()
+
+
+@pytest.fixture
+async def channel(amqp: aio_pika.abc.AbstractRobustConnection) -> AsyncIterator[AbstractChannel]:
+    ch = await amqp.channel()
+    yield ch
+    await ch.close()
+
+
+class Events:
+    """The frames published to ``herald.users`` for one user, read from a private bound queue."""
+
+    def __init__(self, queue: AbstractQueue, user_id: str) -> None:
+        self.queue = queue
+        self.user_id = user_id
+
+    @classmethod
+    async def listen(cls, channel: AbstractChannel, user_id: str) -> Events:
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(TOPOLOGY.users_exchange, user_id)
+        return cls(queue, user_id)
+
+    async def _next_message(self) -> aio_pika.abc.AbstractIncomingMessage:
+        got: list[aio_pika.abc.AbstractIncomingMessage] = []
+
+        async def arrived() -> bool:
+            message = await self.queue.get(no_ack=True, fail=False)
+            if message is not None:
+                got.append(message)
+            return bool(got)
+
+        await wait_until(arrived, 10, f"a frame on herald.users for {self.user_id}")
+        return got[0]
+
+    async def next(self) -> tuple[str, Any]:
+        """(method, params) of the next frame, checking its AMQP properties."""
+        message = await self._next_message()
+        frame = orjson.loads(message.body)
+        assert message.type == frame["method"]
+        assert message.content_type == "application/json"
+        return frame["method"], frame["params"]
+
+    async def assert_none(self) -> None:
+        """Nothing was published: a marker sent now is the next frame in the queue."""
+        marker = b'{"marker":true}'
+        await publish.current().users.publish(aio_pika.Message(marker), routing_key=self.user_id)
+        message = await self._next_message()
+        assert message.body == marker, f"unexpected frame {message.body!r}"
+
+
+async def call(
+    worker_state: state.WorkerState, method: str, params: Any = None, *, user: str, admin: bool = False
+) -> dict[str, Any]:
+    envelope: dict[str, Any] = {"method": method, "user_id": user, "admin": admin}
+    if params is not None:
+        envelope["params"] = params
+    reply: dict[str, Any] = orjson.loads(await handle_request(worker_state, orjson.dumps(envelope)))
+    return reply
+
+
+async def result(worker_state: state.WorkerState, method: str, params: Any = None, *, user: str) -> Any:
+    reply = await call(worker_state, method, params, user=user)
+    assert "result" in reply, reply
+    return reply["result"]
+
+
+async def invalid_field(worker_state: state.WorkerState, method: str, params: Any, *, user: str) -> str:
+    reply = await call(worker_state, method, params, user=user)
+    assert reply["error"]["code"] == -32602, reply
+    field: str = reply["error"]["data"]["field"]
+    return field
+
+
+# ---------------------------------------------------------------------------------------- envelope
+
+
+async def test_unknown_method_and_bad_envelope_are_errors_not_exceptions(
+    worker_state: state.WorkerState,
+) -> None:
+    user = new_user()
+    reply = await call(worker_state, "notifications.explode", user=user)
+    assert reply["error"]["code"] == -32601
+    for body in (b"not json", b"[]", b'{"method": "preferences.get"}', b'{"method": 1, "user_id": "u"}'):
+        reply = orjson.loads(await handle_request(worker_state, body))
+        assert reply["error"]["code"] == -32600, body
+    # A user id that breaks PROTOCOL §4 never reaches SQL.
+    reply = orjson.loads(
+        await handle_request(worker_state, b'{"method": "session.open", "user_id": "bad user!"}')
+    )
+    assert reply["error"]["code"] == -32600
+
+
+async def test_session_open_makes_the_user_known_and_reports_counters(
+    worker_state: state.WorkerState, pg: asyncpg.Connection
+) -> None:
+    user = new_user()
+    opened = await result(worker_state, "session.open", user=user)
+    assert (opened["unread_count"], opened["last_seq"]) == (0, 0)
+    assert opened["preferences"]["types"]["SECURITY_ALERT"] == {"in_app": True, "email": True, "push": True}
+    assert await pg.fetchval("SELECT count(*) FROM users WHERE user_id = $1", user) == 1
+
+    await seed(pg, user, 5)
+    again = await result(worker_state, "session.open", user=user)
+    assert (again["unread_count"], again["last_seq"]) == (5, 5)
+
+
+# ------------------------------------------------------------------------------------------- reads
+
+
+async def test_list_pages_newest_first_with_cursor_total_and_unread(
+    worker_state: state.WorkerState, pg: asyncpg.Connection
+) -> None:
+    user = new_user()
+    await seed(pg, user, 45)
+    await pg.execute("UPDATE notifications SET read_at = now() WHERE user_id = $1 AND seq <= 10", user)
+    await pg.execute("UPDATE users SET unread_count = 35 WHERE user_id = $1", user)
+
+    seen: list[int] = []
+    cursor = None
+    while True:
+        page = await result(
+            worker_state, "notifications.list", {"before": cursor} if cursor else {}, user=user
+        )
+        assert (page["total"], page["unread_count"]) == (45, 35)
+        seen += [item["seq"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+        assert cursor == page["items"][-1]["seq"]
+    assert seen == list(range(45, 0, -1))
+    first = (await result(worker_state, "notifications.list", {"limit": 1}, user=user))["items"][0]
+    assert set(first) == {
+        "id",
+        "seq",
+        "type",
+        "category",
+        "title",
+        "message",
+        "data",
+        "created_at",
+        "read_at",
+    }
+    assert first["id"] == f"{user}-45"
+    assert first["read_at"] is None
+    assert first["created_at"].endswith("Z")
+
+
+async def test_list_filters(worker_state: state.WorkerState, pg: asyncpg.Connection) -> None:
+    user = new_user()
+    await seed(pg, user, 20)  # types cycle: COURSE_NEW_CONTENT, GRADE_RELEASED, NEW_COMMENT, SYSTEM_...
+    await result(
+        worker_state, "notifications.mark_read", {"ids": [f"{user}-{s}" for s in (1, 2, 3)]}, user=user
+    )
+
+    unread = await result(worker_state, "notifications.list", {"unread_only": True, "limit": 100}, user=user)
+    assert [item["seq"] for item in unread["items"]] == list(range(20, 3, -1))
+    assert unread["total"] == unread["unread_count"] == 17
+
+    grades = await result(worker_state, "notifications.list", {"types": ["GRADE_RELEASED"]}, user=user)
+    assert {item["type"] for item in grades["items"]} == {"GRADE_RELEASED"}
+    assert grades["total"] == 5
+
+    mixed = await result(
+        worker_state,
+        "notifications.list",
+        {"categories": ["social", "course"], "unread_only": True, "limit": 3},
+        user=user,
+    )
+    assert [item["seq"] for item in mixed["items"]] == [19, 17, 15]
+    assert mixed["total"] == 8  # odd seqs are course or social; seqs 1 and 3 are read
+    assert mixed["next_cursor"] == 15
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": 101}, "limit"),
+        ({"limit": "20"}, "limit"),
+        ({"before": -5}, "before"),
+        ({"unread_only": "yes"}, "unread_only"),
+        ({"types": ["NOT_A_TYPE"]}, "types.0"),
+        ({"types": "GRADE_RELEASED"}, "types"),
+        ({"categories": ["course", "nope"]}, "categories.1"),
+        ({"cursor": 3}, "cursor"),
+        ([1, 2], "params"),
+    ],
+)
+async def test_list_bad_params_name_the_field(
+    worker_state: state.WorkerState, params: Any, field: str
+) -> None:
+    assert await invalid_field(worker_state, "notifications.list", params, user=new_user()) == field
+
+
+async def test_sync_returns_everything_after_since_in_order(
+    worker_state: state.WorkerState, pg: asyncpg.Connection
+) -> None:
+    user = new_user()
+    await seed(pg, user, 30)
+    synced = await result(worker_state, "notifications.sync", {"since": 10}, user=user)
+    assert [item["seq"] for item in synced["items"]] == list(range(11, 31))
+    assert synced["has_more"] is False
+    part = await result(worker_state, "notifications.sync", {"since": 10, "limit": 7}, user=user)
+    assert [item["seq"] for item in part["items"]] == list(range(11, 18))
+    assert part["has_more"] is True
+    everything = await result(worker_state, "notifications.sync", user=user)
+    assert len(everything["items"]) == 30
+    assert await invalid_field(worker_state, "notifications.sync", {"limit": 501}, user=user) == "limit"
+    assert await invalid_field(worker_state, "notifications.sync", {"since": -1}, user=user) == "since"
+    assert await invalid_field(worker_state, "notifications.sync", {"since": 1.5}, user=user) == "since"
+
+
+# ---------------------------------------------------------------------------------------- mutations
+
+
+async def test_mark_read_unread_delete_keep_the_counter_and_publish_events(
+    worker_state: state.WorkerState, pg: asyncpg.Connection, channel: AbstractChannel
+) -> None:
+    user = new_user()
+    await seed(pg, user, 10)
+    events = await Events.listen(channel, user)
+    ids = [f"{user}-{s}" for s in (3, 1, 2)]
+
+    assert await result(worker_state, "notifications.mark_read", {"ids": [*ids, ids[0]]}, user=user) == {
+        "updated": 3,
+        "unread_count": 7,
+    }
+    assert await events.next() == (
+        "notification:read",
+        {"ids": [f"{user}-{s}" for s in (1, 2, 3)], "unread_count": 7},
+    )
+
+    # Already read: nothing changes, nothing is published.
+    assert await result(worker_state, "notifications.mark_read", {"ids": ids[:1]}, user=user) == {
+        "updated": 0,
+        "unread_count": 7,
+    }
+    await events.assert_none()
+
+    assert await result(
+        worker_state, "notifications.mark_unread", {"ids": [ids[0], f"{user}-9"]}, user=user
+    ) == {
+        "updated": 1,
+        "unread_count": 8,
+    }
+    assert await events.next() == ("notification:unread", {"ids": [ids[0]], "unread_count": 8})
+
+    deleted = await result(
+        worker_state, "notifications.delete", {"ids": [f"{user}-1", f"{user}-4", "missing"]}, user=user
+    )
+    assert deleted == {"deleted": 2, "unread_count": 7}  # seq 1 was read, seq 4 unread
+    assert await events.next() == (
+        "notification:deleted",
+        {"ids": [f"{user}-1", f"{user}-4"], "unread_count": 7},
+    )
+    assert await unread_truth(pg, user) == (7, 7)
+
+    assert await result(worker_state, "notifications.unread_count", user=user) == {"count": 7}
+    assert await result(worker_state, "notifications.mark_all_read", user=user) == {
+        "updated": 7,
+        "unread_count": 0,
+    }
+    assert await events.next() == ("notification:read", {"all": True, "unread_count": 0})
+    assert await result(worker_state, "notifications.mark_all_read", user=user) == {
+        "updated": 0,
+        "unread_count": 0,
+    }
+    await events.assert_none()
+    assert await unread_truth(pg, user) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "method", ["notifications.mark_read", "notifications.mark_unread", "notifications.delete"]
+)
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({}, "ids"),
+        ({"ids": "n-1"}, "ids"),
+        ({"ids": [1]}, "ids.0"),
+        ({"ids": [""]}, "ids.0"),
+        ({"ids": [f"n-{i}" for i in range(501)]}, "ids"),
+    ],
+)
+async def test_id_methods_bad_params_name_the_field(
+    worker_state: state.WorkerState, method: str, params: Any, field: str
+) -> None:
+    assert await invalid_field(worker_state, method, params, user=new_user()) == field
+
+
+async def test_other_users_ids_change_nothing_and_reveal_nothing(
+    worker_state: state.WorkerState, pg: asyncpg.Connection, channel: AbstractChannel
+) -> None:
+    owner, intruder = new_user("owner"), new_user("intruder")
+    await seed(pg, owner, 5)
+    await seed(pg, intruder, 2)
+    owner_events = await Events.listen(channel, owner)
+    intruder_events = await Events.listen(channel, intruder)
+    theirs = [f"{owner}-{s}" for s in range(1, 6)]
+    before = await pg.fetch("SELECT seq, read_at FROM notifications WHERE user_id = $1 ORDER BY seq", owner)
+
+    for method in ("notifications.mark_read", "notifications.delete"):
+        answer = await result(worker_state, method, {"ids": theirs}, user=intruder)
+        assert answer == {"updated" if method.endswith("read") else "deleted": 0, "unread_count": 2}
+    await pg.execute("UPDATE notifications SET read_at = now() WHERE user_id = $1 AND seq = 1", owner)
+    await pg.execute("UPDATE users SET unread_count = 4 WHERE user_id = $1", owner)
+    before = await pg.fetch("SELECT seq, read_at FROM notifications WHERE user_id = $1 ORDER BY seq", owner)
+    assert (await result(worker_state, "notifications.mark_unread", {"ids": theirs}, user=intruder))[
+        "updated"
+    ] == 0
+    listed = await result(worker_state, "notifications.list", {"limit": 100}, user=intruder)
+    assert {item["id"] for item in listed["items"]} == {f"{intruder}-1", f"{intruder}-2"}
+
+    assert (
+        await pg.fetch("SELECT seq, read_at FROM notifications WHERE user_id = $1 ORDER BY seq", owner)
+        == before
+    )
+    assert await unread_truth(pg, owner) == (4, 4)
+    await owner_events.assert_none()
+    await intruder_events.assert_none()
+
+
+async def test_concurrent_mutations_of_one_user_keep_the_counter_exact(
+    worker_state: state.WorkerState, pg: asyncpg.Connection
+) -> None:
+    user = new_user()
+    await seed(pg, user, 200)
+    rng = random.Random(4)
+    methods = ["notifications.mark_read", "notifications.mark_unread", "notifications.delete"]
+
+    async def one() -> None:
+        ids = [f"{user}-{rng.randint(1, 200)}" for _ in range(rng.randint(1, 30))]
+        await result(worker_state, rng.choice(methods), {"ids": ids}, user=user)
+
+    await asyncio.gather(*(one() for _ in range(150)), seed(pg, user, 20))
+    counter, actual = await unread_truth(pg, user)
+    assert counter == actual
+    final = await result(worker_state, "notifications.unread_count", user=user)
+    assert final == {"count": actual}
+
+
+# -------------------------------------------------------------------------------------- preferences
+
+
+async def test_preferences_update_merges_validates_and_publishes(
+    worker_state: state.WorkerState, channel: AbstractChannel
+) -> None:
+    user = new_user()
+    events = await Events.listen(channel, user)
+    defaults = await result(worker_state, "preferences.get", user=user)
+    assert defaults["updated_at"] is None
+    assert defaults["types"]["COURSE_NEW_CONTENT"] == {"in_app": True, "email": False, "push": True}
+
+    first = await result(
+        worker_state, "preferences.update", {"types": {"COURSE_NEW_CONTENT": {"email": True}}}, user=user
+    )
+    assert first["types"]["COURSE_NEW_CONTENT"] == {"in_app": True, "email": True, "push": True}
+    assert first["updated_at"] is not None
+    assert await events.next() == ("preferences:updated", first)
+
+    second = await result(
+        worker_state,
+        "preferences.update",
+        {
+            "channels": {"push": False},
+            "types": {"COURSE_NEW_CONTENT": {"in_app": False}},
+            "quiet_hours": {"start": "22:00", "end": "07:00", "timezone": "Europe/Berlin"},
+        },
+        user=user,
+    )
+    # Deep merge: the earlier email switch of the same type survives.
+    assert second["types"]["COURSE_NEW_CONTENT"] == {"in_app": False, "email": True, "push": True}
+    assert second["channels"] == {"in_app": True, "email": True, "push": False}
+    assert second["quiet_hours"] == {"start": "22:00", "end": "07:00", "timezone": "Europe/Berlin"}
+    assert await events.next() == ("preferences:updated", second)
+    assert await result(worker_state, "preferences.get", user=user) == second
+
+    # Sending back what get returned (with updated_at) changes nothing and publishes nothing.
+    assert await result(worker_state, "preferences.update", second, user=user) == second
+    await events.assert_none()
+
+    reset = await result(worker_state, "preferences.reset", user=user)
+    assert reset == defaults
+    assert await events.next() == ("preferences:updated", defaults)
+    assert await result(worker_state, "preferences.reset", user=user) == defaults
+    await events.assert_none()
+
+
+@pytest.mark.parametrize(
+    ("update", "field"),
+    [
+        ({"types": {"SECURITY_ALERT": {"in_app": False}}}, "types.SECURITY_ALERT.in_app"),
+        ({"types": {"SECURITY_ALERT": {"email": False}}}, "types.SECURITY_ALERT.email"),
+        ({"types": {"NOPE": {"email": False}}}, "types.NOPE"),
+        ({"channels": {"sms": True}}, "channels.sms"),
+        ({"channels": {"push": "off"}}, "channels.push"),
+        ({"quiet_hours": {"start": "25:00", "end": "07:00"}}, "quiet_hours.start"),
+        (
+            {"quiet_hours": {"start": "22:00", "end": "07:00", "timezone": "Mars/Olympus"}},
+            "quiet_hours.timezone",
+        ),
+        ({"colour": "blue"}, "colour"),
+        ([], "params"),
+    ],
+)
+async def test_preferences_update_bad_params_name_the_field(
+    worker_state: state.WorkerState, update: Any, field: str
+) -> None:
+    user = new_user()
+    assert await invalid_field(worker_state, "preferences.update", update, user=user) == field
+    assert (await result(worker_state, "preferences.get", user=user))["updated_at"] is None
+
+
+async def test_security_alert_push_may_be_turned_off(worker_state: state.WorkerState) -> None:
+    user = new_user()
+    doc = await result(
+        worker_state, "preferences.update", {"types": {"SECURITY_ALERT": {"push": False}}}, user=user
+    )
+    assert doc["types"]["SECURITY_ALERT"] == {"in_app": True, "email": True, "push": False}
+
+
+# ---------------------------------------------------------------------------------------- broadcast
+
+
+async def test_broadcast_is_admin_only_and_becomes_a_broadcast_event(
+    worker_state: state.WorkerState, channel: AbstractChannel
+) -> None:
+    probe = await channel.declare_queue(exclusive=True)
+    await probe.bind(TOPOLOGY.events_exchange, BROADCAST_ROUTING_KEY)
+    params = {"title": "Maintenance", "message": "Tonight 22:00", "data": {"window": "2h"}}
+
+    denied = await call(worker_state, "notifications.broadcast", params, user=new_user())
+    assert denied["error"]["code"] == 4003
+    # Refused before validation: a non-admin learns nothing about the params.
+    denied = await call(worker_state, "notifications.broadcast", {"type": 5}, user=new_user())
+    assert denied["error"]["code"] == 4003
+
+    accepted = await call(worker_state, "notifications.broadcast", params, user=new_user(), admin=True)
+    event_id = accepted["result"]["event_id"]
+    assert accepted["result"] == {"accepted": True, "event_id": event_id}
+    messages: list[aio_pika.abc.AbstractIncomingMessage] = []
+
+    async def arrived() -> bool:
+        message = await probe.get(no_ack=True, fail=False)
+        if message is not None:
+            messages.append(message)
+        return bool(messages)
+
+    await wait_until(arrived, 10, "the broadcast event")
+    message = messages[0]
+    assert message.routing_key == BROADCAST_ROUTING_KEY
+    assert message.message_id == event_id
+    assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert orjson.loads(message.body) == {"event_id": event_id, "type": "SYSTEM_ANNOUNCEMENT", **params}
+
+    for bad, field in (({"message": "no title"}, "title"), ({"title": "t", "type": "NOPE"}, "type")):
+        reply = await call(worker_state, "notifications.broadcast", bad, user=new_user(), admin=True)
+        assert reply["error"]["code"] == -32602
+        assert reply["error"]["data"]["field"] == field
