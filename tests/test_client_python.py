@@ -1,0 +1,291 @@
+"""The Python client (shared/client.py) against a real worker + gateway, plus its pure parts.
+
+Same scenarios as the JS client's tests (clients/js/test/): first-frame auth, live notifications with the
+unread count in step, requests and their errors, tabs in step, reconnect + sync without duplicates after
+the gateway is killed, token refresh before expiry, and the close codes that stop the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from shared.client import (
+    Event,
+    HeraldAuthError,
+    HeraldClient,
+    HeraldClosedError,
+    HeraldRequestError,
+    backoff_delay,
+    token_expiry,
+)
+from tests.clientkit import event_body, mint, publish, running_stack, unique_user
+from tests.support import wait_until
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+    from tests.support import HeraldProcess, Stack
+
+
+@pytest.fixture(scope="module")
+def herald() -> Iterator[tuple[Stack, HeraldProcess]]:
+    with running_stack() as running:
+        yield running
+
+
+class Recorder:
+    """Collects a client's events through its public async iterator."""
+
+    def __init__(self, client: HeraldClient) -> None:
+        self.events: list[Event] = []
+        self._task = asyncio.create_task(self._collect(client))
+
+    async def _collect(self, client: HeraldClient) -> None:
+        async for event in client.events():
+            self.events.append(event)
+
+    def named(self, method: str) -> list[Event]:
+        return [event for event in self.events if event.method == method]
+
+    def new_ids(self) -> list[str]:
+        return [event.params["id"] for event in self.named("notification:new")]
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+@contextlib.asynccontextmanager
+async def session(url: str, user: str, **options: Any) -> AsyncIterator[tuple[HeraldClient, Recorder]]:
+    client = HeraldClient(url, lambda: mint(user), **options)
+    recorder = Recorder(client)
+    await asyncio.sleep(0)  # the recorder subscribes before the first event
+    try:
+        async with client:
+            yield client, recorder
+    finally:
+        await recorder.stop()
+
+
+async def test_connects_with_first_frame_auth(herald: tuple[Stack, HeraldProcess]) -> None:
+    _, gateway = herald
+    user = unique_user()
+    async with session(gateway.ws_url, user) as (client, recorder):
+        assert client.state == "open"
+        assert client.user_id == user
+        assert client.unread_count == 0
+        assert await client.ping() == "pong"
+        [connected] = recorder.named("connected")
+        assert connected.params["user_id"] == user
+
+
+async def test_live_notification_updates_unread_count(herald: tuple[Stack, HeraldProcess]) -> None:
+    stack, gateway = herald
+    user = unique_user()
+    async with session(gateway.ws_url, user) as (client, recorder):
+        body = event_body(user, title="Hello live")
+        await publish(stack.amqp_url, body)
+        await wait_until(lambda: len(recorder.named("notification:new")) == 1, 10, "the live notification")
+        item = recorder.named("notification:new")[0].params
+        assert (item["title"], item["type"], item["read_at"]) == ("Hello live", "COURSE_NEW_CONTENT", None)
+        assert client.unread_count == 1
+        assert [e.params["count"] for e in recorder.named("unread")][-1] == 1
+
+        page = await client.list_notifications(limit=10)
+        assert [i["id"] for i in page["items"]] == [item["id"]]
+        result = await client.mark_read([item["id"]])
+        assert result == {"updated": 1, "unread_count": 0}
+        assert client.unread_count == 0
+        await wait_until(lambda: recorder.named("notification:read"), 10, "notification:read")
+
+        # Redelivery of the same event id stores nothing twice; whatever is pushed again is dropped by id.
+        await publish(stack.amqp_url, body, event_body(user, title="second"))
+        await wait_until(lambda: len(recorder.named("notification:new")) == 2, 10, "the second notification")
+        assert len(set(recorder.new_ids())) == 2
+        assert client.unread_count == 1
+
+
+async def test_requests_and_errors(herald: tuple[Stack, HeraldProcess]) -> None:
+    stack, gateway = herald
+    user = unique_user()
+    async with session(gateway.ws_url, user) as (client, recorder):
+        await publish(stack.amqp_url, *(event_body(user, title=f"n{i}") for i in range(3)))
+        await wait_until(lambda: len(recorder.new_ids()) == 3, 10, "three notifications")
+        ids = recorder.new_ids()
+        assert (await client.delete([ids[0]]))["unread_count"] == 2
+        assert client.unread_count == 2
+        assert (await client.mark_all_read())["unread_count"] == 0
+        assert (await client.mark_unread([ids[1]]))["unread_count"] == 1
+        assert await client.fetch_unread_count() == 1
+        assert (await client.sync(0))["items"][-1]["id"] == ids[2]
+
+        prefs = await client.update_preferences({"types": {"NEW_COMMENT": {"email": True}}})
+        assert prefs["types"]["NEW_COMMENT"]["email"] is True
+        assert (await client.get_preferences())["types"]["NEW_COMMENT"]["email"] is True
+        assert (await client.reset_preferences())["types"]["NEW_COMMENT"]["email"] is False
+
+        with pytest.raises(HeraldRequestError) as invalid:
+            await client.mark_read("not-a-list")  # type: ignore[arg-type]
+        assert invalid.value.code == -32602
+        with pytest.raises(HeraldRequestError) as unknown:
+            await client.request("session.open")
+        assert unknown.value.code == -32601
+        with pytest.raises(HeraldRequestError) as forbidden:
+            await client.broadcast("hi", "not an admin")
+        assert forbidden.value.code == 4003
+        assert client.state == "open"  # errors never cost the connection
+
+
+async def test_two_tabs_stay_in_step(herald: tuple[Stack, HeraldProcess]) -> None:
+    stack, gateway = herald
+    user = unique_user()
+    async with session(gateway.ws_url, user) as (first, _), session(gateway.ws_url, user) as (second, seen):
+        await publish(stack.amqp_url, event_body(user))
+        await wait_until(lambda: first.unread_count == 1 and second.unread_count == 1, 10, "both counts at 1")
+        await first.mark_read([seen.new_ids()[0]])
+        await wait_until(lambda: second.unread_count == 0, 10, "the second tab's count back to 0")
+        assert seen.named("notification:read")[-1].params["ids"] == seen.new_ids()
+
+
+async def test_reconnect_after_gateway_restart_syncs_without_duplicates(
+    herald: tuple[Stack, HeraldProcess],
+) -> None:
+    stack, gateway = herald
+    user = unique_user()
+    tokens: list[str] = []
+
+    def provider() -> str:
+        tokens.append(mint(user))
+        return tokens[-1]
+
+    client = HeraldClient(gateway.ws_url, provider, backoff_base=0.05, backoff_max=0.5)
+    recorder = Recorder(client)
+    try:
+        async with client:
+            await publish(stack.amqp_url, event_body(user, title="before"))
+            await wait_until(lambda: len(recorder.new_ids()) == 1, 10, "the first notification")
+
+            gateway.kill()
+            await wait_until(lambda: client.state == "reconnecting", 10, "the client to notice")
+            await publish(stack.amqp_url, *(event_body(user, title=f"missed {i}") for i in range(3)))
+            # The worker stores them while no gateway is up; then the gateway comes back on the same port.
+            await asyncio.to_thread(gateway.launch)
+            await wait_until(lambda: len(recorder.new_ids()) == 4, 20, "the missed notifications")
+
+            assert len(set(recorder.new_ids())) == 4
+            replayed = [e.params["title"] for e in recorder.named("notification:new") if e.replayed]
+            assert sorted(replayed) == ["missed 0", "missed 1", "missed 2"]
+            assert client.unread_count == 4
+            assert len(tokens) >= 2  # a fresh token for the reconnect
+            assert recorder.named("disconnected")
+
+            # Live delivery works again and nothing is repeated.
+            await publish(stack.amqp_url, event_body(user, title="after"))
+            await wait_until(lambda: len(recorder.new_ids()) == 5, 10, "a live notification after reconnect")
+            assert len(set(recorder.new_ids())) == 5
+    finally:
+        await recorder.stop()
+        if gateway.popen is not None and gateway.popen.poll() is not None:
+            await asyncio.to_thread(gateway.launch)
+
+
+async def test_token_is_refreshed_before_expiry(herald: tuple[Stack, HeraldProcess]) -> None:
+    _, gateway = herald
+    user = unique_user()
+    issued: list[str] = []
+
+    def provider() -> str:
+        issued.append(mint(user, ttl=3))
+        return issued[-1]
+
+    client = HeraldClient(gateway.ws_url, provider, refresh_margin=1.5)
+    recorder = Recorder(client)
+    try:
+        async with client:
+            first_connection = client.connection_id
+            # Well past the first token's expiry the same connection is still up: auth.refresh worked.
+            await wait_until(lambda: len(issued) >= 3, 15, "two refreshes")
+            assert await client.ping() == "pong"
+            assert client.connection_id == first_connection
+            assert not recorder.named("disconnected")
+    finally:
+        await recorder.stop()
+
+
+async def test_refused_tokens_stop_the_client(herald: tuple[Stack, HeraldProcess]) -> None:
+    _, gateway = herald
+    calls: list[int] = []
+
+    def bad_provider() -> str:
+        calls.append(1)
+        return mint("mallory", secret="not-the-gateway-secret-but-long-enough!!")
+
+    client = HeraldClient(gateway.ws_url, bad_provider, backoff_base=0.05)
+    with pytest.raises(HeraldAuthError) as refused:
+        await client.start()
+    assert refused.value.code == 4401
+    assert len(calls) == 2  # one fresh token was tried before giving up
+    assert client.state == "closed"
+    with pytest.raises(HeraldClosedError):
+        await client.ping()
+
+
+async def test_token_provider_failure_stops_the_client(herald: tuple[Stack, HeraldProcess]) -> None:
+    _, gateway = herald
+
+    def failing() -> str:
+        raise RuntimeError("auth service down")
+
+    client = HeraldClient(gateway.ws_url, failing)
+    with pytest.raises(HeraldAuthError, match="auth service down"):
+        await client.start()
+    assert client.state == "closed"
+
+
+async def test_too_many_connections_stops_with_4008(herald: tuple[Stack, HeraldProcess]) -> None:
+    stack, _ = herald
+    gateway = stack.start_gateway(max_connections_per_user=1)
+    user = unique_user()
+    try:
+        async with session(gateway.ws_url, user) as (first, _):
+            extra = HeraldClient(gateway.ws_url, lambda: mint(user), backoff_base=0.05)
+            with pytest.raises(HeraldClosedError) as refused:
+                await extra.start()
+            assert refused.value.code == 4008
+            assert extra.state == "closed"
+            assert first.state == "open"
+    finally:
+        gateway.stop()
+
+
+def test_watermark_survives_out_of_order_frames() -> None:
+    """Seq 12 arriving before 11 must not move the sync point past 11 (it may still be in flight)."""
+    client = HeraldClient("ws://unused", lambda: "t")
+    client.watermark = 10
+    client.unread_count = 0
+    for seq in (12, 13):
+        client._deliver({"id": f"n{seq}", "seq": seq, "read_at": None}, replayed=False)
+    assert client.watermark == 10
+    client._deliver({"id": "n11", "seq": 11, "read_at": None}, replayed=False)
+    assert client.watermark == 13
+    client._deliver({"id": "n11", "seq": 11, "read_at": None}, replayed=True)
+    client._deliver({"id": "b1", "seq": None, "read_at": None}, replayed=False)  # a live broadcast
+    assert client.unread_count == 4  # the duplicate was dropped
+    assert client.watermark == 13
+
+
+def test_token_expiry_and_backoff() -> None:
+    token = mint("u", ttl=100)
+    exp = token_expiry(token)
+    assert exp is not None
+    assert 90 < exp - time.time() <= 100
+    assert token_expiry("not-a-jwt") is None
+    delays = [backoff_delay(attempt, 0.5, 4.0) for attempt in range(20) for _ in range(20)]
+    assert all(0 <= d <= 4.0 for d in delays)
+    assert max(delays) > 2.0  # the cap is reached, jitter spreads below it
