@@ -1,0 +1,186 @@
+"""The deployment files agree with the code: settings names, commands, queue names, metric names.
+
+No engine is needed: compose and Kubernetes files are parsed as YAML (``.ci/deploy-checks`` runs the real
+validators). A rename in ``shared/settings.py``, ``pyproject.toml`` or the metrics modules that the
+deployment files do not follow fails here instead of in production.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import yaml
+
+from shared.settings import ENV_PREFIX, Settings
+from shared.topology import Topology
+from tests.support import ROOT
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+DEPLOY = ROOT / "deploy"
+SETTINGS_ENV = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields}
+SCRIPTS = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"])
+
+
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    return loaded
+
+
+def k8s_documents(with_patches: bool = False) -> list[dict[str, Any]]:
+    """The resources under deploy/k8s (and, when asked, the patches kustomize applies to them)."""
+    pattern = "**/*.yaml" if with_patches else "*.yaml"
+    return [
+        doc
+        for path in sorted((DEPLOY / "k8s").glob(pattern))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc and "kind" in doc
+    ]
+
+
+def herald_services() -> dict[str, dict[str, Any]]:
+    """Compose services that run the Herald image."""
+    return {name: svc for name, svc in compose()["services"].items() if svc.get("image") == "herald:latest"}
+
+
+def containers(doc: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    spec = doc.get("spec", {})
+    pod = spec.get("template", {}).get("spec", {})
+    yield from pod.get("containers", [])
+    yield from pod.get("initContainers", [])
+
+
+def k8s_env_names() -> set[str]:
+    """Every variable the manifests set: env entries, ConfigMap data and Secret keys."""
+    names: set[str] = set()
+    for doc in k8s_documents(with_patches=True):
+        if doc["kind"] == "ConfigMap":
+            names.update(doc.get("data", {}))
+        elif doc["kind"] == "Secret":
+            names.update(doc.get("stringData", {}))
+            names.update(doc.get("data", {}))
+        for container in containers(doc):
+            names.update(entry["name"] for entry in container.get("env", []))
+    return names
+
+
+def test_compose_sets_only_known_settings() -> None:
+    services = herald_services()
+    assert {"migrate", "worker-1", "worker-2", "gateway-1", "gateway-2"} <= set(services)
+    for name, service in services.items():
+        herald_vars = {key for key in service["environment"] if key.startswith(ENV_PREFIX)}
+        assert herald_vars, f"{name} sets no HERALD_ variable"
+        unknown = herald_vars - SETTINGS_ENV
+        assert not unknown, f"compose service {name} sets variables Settings does not have: {unknown}"
+
+
+def test_k8s_sets_only_known_settings() -> None:
+    names = {name for name in k8s_env_names() if name.startswith(ENV_PREFIX)}
+    assert {"HERALD_AMQP_URL", "HERALD_DATABASE_URL", "HERALD_JWT_SECRET"} <= names
+    unknown = names - SETTINGS_ENV
+    assert not unknown, f"deploy/k8s sets variables Settings does not have: {unknown}"
+
+
+def test_every_set_value_is_accepted_by_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The literal values of the ConfigMap parse: a typo such as ``HERALD_PREFETCH: lots`` fails here."""
+    config = next(doc for doc in k8s_documents() if doc["kind"] == "ConfigMap")
+    for key, value in config["data"].items():
+        monkeypatch.setenv(key, str(value))
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.gateway_host == "0.0.0.0"
+    assert settings.worker_http_host == "0.0.0.0"
+
+
+def test_commands_are_console_scripts() -> None:
+    commands = {name: svc["command"][0] for name, svc in herald_services().items()}
+    assert commands["migrate"] == "herald"
+    assert herald_services()["migrate"]["command"][1] == "migrate"
+    assert set(commands.values()) <= SCRIPTS
+    k8s_commands = {
+        container["args"][0]
+        for doc in k8s_documents()
+        for container in containers(doc)
+        if container.get("image") == "herald"
+    }
+    assert k8s_commands == {"herald", "herald-worker", "herald-gateway"}
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    default = re.search(r'^CMD \["([^"]+)"', dockerfile, re.MULTILINE)
+    assert default is not None
+    assert default.group(1) in SCRIPTS
+
+
+def test_ports_and_probes_match_the_settings() -> None:
+    config = next(doc for doc in k8s_documents() if doc["kind"] == "ConfigMap")["data"]
+    for doc in k8s_documents():
+        if doc["kind"] != "Deployment":
+            continue
+        (container,) = containers(doc)
+        port = container["ports"][0]["containerPort"]
+        role = container["args"][0]
+        expected = config["HERALD_GATEWAY_PORT" if role == "herald-gateway" else "HERALD_WORKER_HTTP_PORT"]
+        assert port == int(expected), doc["metadata"]["name"]
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_gateway_termination_outlasts_its_drain() -> None:
+    """Kubernetes must not SIGKILL a gateway before it closed its clients with 1001."""
+    gateway = next(
+        doc
+        for doc in k8s_documents()
+        if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "herald-gateway"
+    )
+    pod = gateway["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    pre_stop = " ".join(container["lifecycle"]["preStop"]["exec"]["command"])
+    pre_stop_seconds = float(re.findall(r"sleep\((\d+(?:\.\d+)?)\)", pre_stop)[0])
+    drain_fields = [name for name in Settings.model_fields if re.search("drain|shutdown", name)]
+    drain = max((float(Settings.model_fields[name].default) for name in drain_fields), default=30.0)
+    assert pod["terminationGracePeriodSeconds"] > pre_stop_seconds + drain
+    pdb = next(doc for doc in k8s_documents() if doc["kind"] == "PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"] == gateway["spec"]["selector"]["matchLabels"]
+
+
+def test_keda_scales_the_worker_on_the_events_queue() -> None:
+    scaled = next(doc for doc in k8s_documents() if doc["kind"] == "ScaledObject")
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "herald-worker"
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "rabbitmq"
+    assert trigger["metadata"]["queueName"] == Topology().events_queue
+    assert trigger["metadata"]["mode"] == "QueueLength"
+    engines = {doc["kind"]: doc.get("spec", {}) for doc in k8s_documents()}
+    assert engines["RabbitmqCluster"]["replicas"] == 3
+    assert engines["Cluster"]["instances"] == 3
+
+
+def _exported_series() -> set[str]:
+    """Every series name the worker and the gateway can expose (counters with ``_total`` etc.)."""
+    from prometheus_client import REGISTRY
+
+    import worker.metrics  # noqa: F401  (registers the worker's metrics in the default registry)
+    from gateway.metrics import Metrics
+
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "gauge": ("",),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "summary": ("", "_sum", "_count", "_created"),
+    }
+    names: set[str] = set()
+    for registry in (REGISTRY, Metrics().registry):
+        for family in registry.collect():
+            names.update(family.name + suffix for suffix in suffixes.get(family.type, ("",)))
+    return {name for name in names if name.startswith("herald_")}
+
+
+@pytest.mark.parametrize("path", ["prometheus/alerts.yaml", "grafana/herald.json"])
+def test_alerts_and_dashboard_use_exported_metrics(path: str) -> None:
+    exported = _exported_series()
+    used = set(re.findall(r"\bherald_[a-z_]+[a-z]", (DEPLOY / path).read_text()))
+    assert used, f"{path} uses no Herald metric"
+    missing = used - exported
+    assert not missing, f"{path} uses series that neither process exports: {sorted(missing)}"
