@@ -23,6 +23,7 @@ from tests.requests_support import new_user, seed, unread_truth
 from tests.support import wait_until
 from worker import publish, state
 from worker.db import create_pool, load_catalog
+from worker.inbox import METHODS, Caller, Method, NoParams
 from worker.rpc import handle_request
 
 if TYPE_CHECKING:
@@ -162,6 +163,23 @@ async def test_unknown_method_and_bad_envelope_are_errors_not_exceptions(
         await handle_request(worker_state, b'{"method": "session.open", "user_id": "bad user!"}')
     )
     assert reply["error"]["code"] == -32600
+
+
+async def test_a_failing_method_is_an_internal_error_and_a_lost_database_is_unavailable(
+    worker_state: state.WorkerState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(worker_state: state.WorkerState, caller: Caller, params: NoParams) -> None:
+        raise KeyError("a bug")
+
+    async def unreachable(worker_state: state.WorkerState, caller: Caller, params: NoParams) -> None:
+        raise ConnectionRefusedError("postgres is down")
+
+    monkeypatch.setitem(METHODS, "test.broken", Method(NoParams, broken))
+    monkeypatch.setitem(METHODS, "test.unreachable", Method(NoParams, unreachable))
+    broken_reply = await call(worker_state, "test.broken", user=new_user())
+    assert broken_reply == {"error": {"code": -32603, "message": "Internal error"}}
+    unreachable_reply = await call(worker_state, "test.unreachable", user=new_user())
+    assert unreachable_reply["error"]["code"] == 5003
 
 
 async def test_session_open_makes_the_user_known_and_reports_counters(

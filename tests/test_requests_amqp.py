@@ -1,0 +1,124 @@
+"""``herald.rpc`` over the wire: a real worker process answers a gateway stand-in over direct reply-to."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import aio_pika
+import asyncpg
+import orjson
+import pytest
+
+from shared.topology import Topology
+from tests.requests_support import AmqpRpc, new_user, seed
+from tests.support import stack_context, wait_until
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+    from tests.support import Stack
+
+TOPOLOGY = Topology()
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture(scope="module")
+def worker_stack() -> Iterator[Stack]:
+    """A stack of its own with one worker process."""
+    with stack_context() as stack:
+        stack.start_worker()
+        yield stack
+
+
+@pytest.fixture
+async def rpc(worker_stack: Stack) -> AsyncIterator[AmqpRpc]:
+    client = await AmqpRpc.connect(worker_stack.amqp_url, TOPOLOGY.rpc_queue)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+async def db(worker_stack: Stack) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(worker_stack.database_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def test_replies_carry_the_correlation_id_and_the_wire_format(rpc: AmqpRpc) -> None:
+    user = new_user()
+    replies: list[aio_pika.abc.AbstractIncomingMessage] = []
+    # A second channel's own direct reply-to consumer, to look at the reply's properties.
+    channel = await rpc.connection.channel()
+    reply_queue = await channel.get_queue("amq.rabbitmq.reply-to", ensure=False)
+
+    async def keep(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        replies.append(message)
+
+    await reply_queue.consume(keep, no_ack=True)
+    body = orjson.dumps({"method": "session.open", "params": {}, "user_id": user, "admin": False})
+    await channel.default_exchange.publish(
+        aio_pika.Message(body, reply_to="amq.rabbitmq.reply-to", correlation_id="c-42", expiration=10),
+        routing_key=TOPOLOGY.rpc_queue,
+    )
+    await wait_until(lambda: bool(replies), 10, "the session.open reply")
+    reply = replies[0]
+    assert reply.correlation_id == "c-42"
+    assert reply.content_type == "application/json"
+    opened = orjson.loads(reply.body)["result"]
+    assert (opened["unread_count"], opened["last_seq"]) == (0, 0)
+    assert opened["preferences"]["channels"] == {"in_app": True, "email": True, "push": True}
+    # The gateway splices without parsing: the body is exactly one member, result or error.
+    assert reply.body.startswith(b'{"result":')
+    assert (await rpc.call("nope", user=user))["error"]["code"] == -32601
+    bad = await rpc.call("notifications.list", {"limit": 1000}, user=user)
+    assert bad["error"] == {
+        "code": -32602,
+        "message": "Invalid params",
+        "data": {"field": "limit", "reason": bad["error"]["data"]["reason"]},
+    }
+
+
+async def test_mutation_event_is_published_to_the_users_exchange(
+    rpc: AmqpRpc, db: asyncpg.Connection
+) -> None:
+    user = new_user()
+    await seed(db, user, 4)
+    channel = await rpc.connection.channel()
+    probe = await channel.declare_queue(exclusive=True)
+    await probe.bind(TOPOLOGY.users_exchange, user)
+
+    reply = await rpc.call("notifications.mark_read", {"ids": [f"{user}-2", f"{user}-3"]}, user=user)
+    assert reply == {"result": {"updated": 2, "unread_count": 2}}
+    got: list[aio_pika.abc.AbstractIncomingMessage] = []
+
+    async def arrived() -> bool:
+        message = await probe.get(no_ack=True, fail=False)
+        if message is not None:
+            got.append(message)
+        return bool(got)
+
+    await wait_until(arrived, 10, "notification:read on herald.users")
+    assert got[0].type == "notification:read"
+    assert orjson.loads(got[0].body) == {
+        "jsonrpc": "2.0",
+        "method": "notification:read",
+        "params": {"ids": [f"{user}-2", f"{user}-3"], "unread_count": 2},
+    }
+
+
+async def test_many_requests_in_flight_are_each_answered_for_their_own_user(
+    rpc: AmqpRpc, db: asyncpg.Connection
+) -> None:
+    users = [new_user() for _ in range(20)]
+    for index, user in enumerate(users):
+        await seed(db, user, index)
+    replies = await asyncio.gather(
+        *(rpc.call("notifications.unread_count", user=user) for user in users for _ in range(10))
+    )
+    counts = [reply["result"]["count"] for reply in replies]
+    assert counts == [index for index in range(20) for _ in range(10)]
