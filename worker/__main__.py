@@ -1,0 +1,17 @@
+"""``herald-worker`` / ``python -m worker``: run the worker app on uvloop until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import uvloop
+
+
+def main() -> None:
+    """Entry point of the ``herald-worker`` console script."""
+    # Imported here so a configuration error is reported by load_settings before anything else starts.
+    from worker.app import app
+
+    uvloop.run(app.run())
+
+
+if __name__ == "__main__":
+    main()

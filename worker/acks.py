@@ -1,0 +1,76 @@
+"""Settling deliveries of the input queue: one ``basic.ack(multiple=True)`` per committed prefix.
+
+Acking each event costs a frame per event; ``multiple=True`` acks every outstanding delivery up to a tag
+at once, which is only safe for a prefix of deliveries that are *all* settled (LIBRARY-NOTES): batches
+commit and publish concurrently, and an unsettled delivery under an acked tag would be lost in a crash.
+
+Delivery tags are consecutive integers per channel, so :class:`AckTracker` keeps the last acked tag and the
+set of settled tags above it, and acks only when the run of consecutive settled tags grows. A tag that is
+not yet settled (still in a batch, or not yet handed to the batcher) stops the run, whatever the order in
+which handlers happened to run. Tags restart at 1 on a new channel (a reconnect), so the tracker keeps
+one state per channel object; a closed channel's deliveries are requeued by RabbitMQ and redelivered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
+
+import aiormq
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from aiormq.abc import AbstractChannel
+
+# What acking on a channel that just closed raises; the deliveries come back anyway.
+_CLOSED_CHANNEL_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError)
+
+
+class _ChannelState:
+    __slots__ = ("acked", "settled")
+
+    def __init__(self) -> None:
+        self.acked = 0
+        self.settled: set[int] = set()
+
+
+class AckTracker:
+    """Acks settled deliveries of one consumer, in contiguous runs, with ``multiple=True``."""
+
+    __slots__ = ("_channels",)
+
+    def __init__(self) -> None:
+        self._channels: dict[AbstractChannel, _ChannelState] = {}
+
+    def _state(self, channel: AbstractChannel) -> _ChannelState:
+        state = self._channels.get(channel)
+        if state is None:
+            # Forget channels that closed: their unacked deliveries were requeued by the broker.
+            for old in [c for c in self._channels if c.is_closed]:
+                del self._channels[old]
+            state = self._channels[channel] = _ChannelState()
+        return state
+
+    async def settle(self, channel: AbstractChannel, tags: Iterable[int]) -> None:
+        """Mark ``tags`` (acked or already nacked) as done and ack the grown contiguous prefix."""
+        state = self._state(channel)
+        state.settled.update(tags)
+        top = state.acked
+        while top + 1 in state.settled:
+            top += 1
+            state.settled.discard(top)
+        if top == state.acked:
+            return
+        state.acked = top
+        with contextlib.suppress(*_CLOSED_CHANNEL_ERRORS):
+            await channel.basic_ack(top, multiple=True)
+
+    async def requeue(self, channel: AbstractChannel, tags: Iterable[int]) -> None:
+        """Nack ``tags`` with requeue (the quorum queue counts it against ``x-delivery-limit``)."""
+        done = []
+        for tag in tags:
+            with contextlib.suppress(*_CLOSED_CHANNEL_ERRORS):
+                await channel.basic_nack(tag, multiple=False, requeue=True)
+            done.append(tag)
+        await self.settle(channel, done)

@@ -1,0 +1,63 @@
+"""The worker's side of the PROTOCOL §3 topology, declared idempotently at every start.
+
+Flags are explicit everywhere (FastStream and aio-pika defaults differ, and a redeclaration with other flags
+fails with PRECONDITION_FAILED): every exchange durable and not auto-delete; ``herald.events`` a quorum
+queue dead-lettering to ``herald.dlx`` with ``x-delivery-limit``; ``herald.events.dead`` and ``herald.rpc``
+durable classic queues.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, cast
+
+from faststream.rabbit import ExchangeType, QueueType, RabbitExchange, RabbitQueue
+
+from shared.topology import EVENTS_BINDING_KEY
+from worker.publish import Publisher
+
+if TYPE_CHECKING:
+    from faststream.rabbit import RabbitBroker
+    from faststream.rabbit.schemas.queue import QuorumQueueArgs
+
+    from shared.topology import Topology
+
+
+def _exchange(name: str, kind: ExchangeType) -> RabbitExchange:
+    return RabbitExchange(name, type=kind, durable=True, auto_delete=False)
+
+
+def events_exchange(topology: Topology) -> RabbitExchange:
+    """``herald.events``: the topic exchange producers publish to."""
+    return _exchange(topology.events_exchange, ExchangeType.TOPIC)
+
+
+def events_queue(topology: Topology, delivery_limit: int) -> RabbitQueue:
+    """``herald.events``: the worker's quorum input queue, bound ``notification.#``."""
+    return RabbitQueue(
+        topology.events_queue,
+        QueueType.QUORUM,
+        durable=True,
+        arguments=cast("QuorumQueueArgs", topology.events_queue_arguments(delivery_limit)),
+        routing_key=EVENTS_BINDING_KEY,
+    )
+
+
+async def declare_topology(broker: RabbitBroker, topology: Topology, delivery_limit: int) -> Publisher:
+    """Declare every entity of §3 the worker owns and return a :class:`Publisher` on the permanent exchanges.
+
+    The input queue and its binding are declared here too, so the topology is complete even before the
+    subscriber starts (and for producers that publish while no worker ever ran).
+    """
+    events = await broker.declare_exchange(events_exchange(topology))
+    queue = await broker.declare_queue(events_queue(topology, delivery_limit))
+    await queue.bind(events, routing_key=EVENTS_BINDING_KEY)
+    dlx = await broker.declare_exchange(_exchange(topology.dead_letter_exchange, ExchangeType.FANOUT))
+    dead = await broker.declare_queue(RabbitQueue(topology.dead_letter_queue, durable=True))
+    await dead.bind(dlx, routing_key="")
+    await broker.declare_queue(RabbitQueue(topology.rpc_queue, durable=True, auto_delete=False))
+    return Publisher(
+        users=await broker.declare_exchange(_exchange(topology.users_exchange, ExchangeType.DIRECT)),
+        broadcast=await broker.declare_exchange(_exchange(topology.broadcast_exchange, ExchangeType.FANOUT)),
+        deliveries=await broker.declare_exchange(_exchange(topology.deliveries_exchange, ExchangeType.TOPIC)),
+        dlx=dlx,
+    )

@@ -1,0 +1,487 @@
+"""The event pipeline: validate, micro-batch, store, publish, ack.
+
+Life of an event (docs/design.md has the reasons):
+
+1. :meth:`Pipeline.accept` (called by the FastStream handler) parses the body with
+   :func:`shared.events.parse_event` and checks the type against the in-memory catalog. An invalid event is
+   copied to ``herald.dlx`` with its ``x-herald-error`` reason and acked, at once; it never enters a batch.
+2. Valid events wait in the batcher until ``batch_size`` are pending or ``batch_timeout_ms`` passed. One
+   batch of sends is one transaction: users rows ensured and locked in id order, preferences read with the
+   lock, duplicates (same user and idempotency key) read back, the rest inserted by one multi-row statement
+   that allocates each user's next ``seq``s and bumps ``last_seq`` and ``unread_count``. Each broadcast is
+   its own transaction (one set-based statement).
+3. After the commit, every frame and delivery of the batch is published with confirms in flight together;
+   then the batch's deliveries are acked (:class:`worker.acks.AckTracker`). Publishing overlaps with the
+   next batch's commit; acks happen only after both commit and confirms.
+
+Failures: deadlocks and serialization failures retry the batch at once; an outage (``TRANSIENT_DB_ERRORS``)
+keeps the batch unacked and retries it with capped exponential backoff — the broker stops delivering once
+``prefetch`` events are unacked, so the worker takes nothing more until the database is back; any other
+error splits the batch in halves until the one event that causes it is found, which is dead-lettered
+(a database error about its data) or requeued (a bug; the queue's delivery limit dead-letters it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+
+import asyncpg
+import orjson
+import structlog
+
+from shared.events import BroadcastEvent, InvalidEvent, SendEvent, parse_event
+from shared.jsonrpc import notification_frame
+from shared.preferences import decide_channels, default_preferences, effective_preferences, quiet_hours_end
+from worker import metrics, store
+from worker.db import TRANSIENT_DB_ERRORS, notification_json
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
+
+    from aio_pika.abc import AbstractIncomingMessage
+    from aiormq.abc import AbstractChannel
+
+    from shared.preferences import Catalog
+    from shared.settings import Settings
+    from worker.acks import AckTracker
+    from worker.publish import Publisher
+    from worker.store import Connection
+
+log = structlog.get_logger("herald.worker")
+
+NEW_METHOD: Final = "notification:new"
+_CONFLICT_ERRORS: Final = (
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    # Two workers inserting the same (user, key) at once: the retry sees the winner's row.
+    asyncpg.UniqueViolationError,
+)
+_BACKOFF_START: Final = 0.1
+_BACKOFF_MAX: Final = 5.0
+_MAX_PUBLISHING_BATCHES: Final = 4
+
+
+def notification_id(idempotency_key: str | None) -> str:
+    """The id of the notification an event creates: 32 hex characters.
+
+    With an idempotency key the id is derived from it, so a redelivered or repeated event yields the same
+    id everywhere (in-app row, live frame, email/push jobs — senders can deduplicate on it) and a broadcast
+    shares one id among its recipients. Without a key: time-ordered (millisecond prefix) and random.
+    """
+    if idempotency_key is not None:
+        return hashlib.blake2b(idempotency_key.encode(), digest_size=16).hexdigest()
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+
+
+@dataclass(slots=True)
+class Pending:
+    """An accepted event waiting for its batch, with what it takes to settle its delivery."""
+
+    event: SendEvent | BroadcastEvent
+    message: AbstractIncomingMessage
+    channel: AbstractChannel
+    tag: int
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """What a committed batch publishes: frames per user, broadcast frames, email/push jobs."""
+
+    frames: list[tuple[str, bytes]] = field(default_factory=list)
+    broadcasts: list[tuple[str, bytes]] = field(default_factory=list)
+    deliveries: list[tuple[str, bytes, str]] = field(default_factory=list)
+
+    def extend(self, other: Outgoing) -> None:
+        self.frames += other.frames
+        self.broadcasts += other.broadcasts
+        self.deliveries += other.deliveries
+
+
+@dataclass(slots=True)
+class _Recipient:
+    """One (event, user) pair and the Notification object it gets (``seq`` filled in after the insert)."""
+
+    item: Pending
+    user: str
+    key: str | None
+    params: dict[str, Any]
+
+
+def _params(nid: str, event: SendEvent | BroadcastEvent, category: str, now: datetime) -> dict[str, Any]:
+    return {
+        "id": nid,
+        "seq": None,
+        "type": event.type,
+        "category": category,
+        "title": event.title,
+        "message": event.message,
+        "data": event.data,
+        "created_at": now,
+        "read_at": None,
+    }
+
+
+def _dumps(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_UTC_Z)
+
+
+class _Shutdown(Exception):
+    """The worker is stopping while the database is down: leave the batch to a redelivery."""
+
+
+class Pipeline:
+    """Accepts events from the handler, batches, stores, publishes and acks them."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        publisher: Publisher,
+        acks: AckTracker,
+        catalog: Callable[[], Catalog],
+    ) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._publisher = publisher
+        self._acks = acks
+        self._catalog = catalog
+        self._batch_size = settings.batch_size
+        self._batch_timeout = settings.batch_timeout_ms / 1000
+        self._pending: list[Pending] = []
+        self._wake = asyncio.Event()
+        self._full = asyncio.Event()
+        self._closing = False
+        self._publishing: set[asyncio.Task[None]] = set()
+        self._publish_slots = asyncio.Semaphore(_MAX_PUBLISHING_BATCHES)
+        self._runner: asyncio.Task[None] | None = None
+        self.database_up = True
+
+    # -- intake ---------------------------------------------------------------------------------------
+
+    async def accept(self, message: AbstractIncomingMessage) -> None:
+        """Validate one delivery; queue it for a batch or dead-letter it. Never raises for bad input."""
+        try:
+            channel = message.channel
+        except RuntimeError:
+            return  # its channel closed while the handler waited: RabbitMQ redelivers it
+        try:
+            event = parse_event(message.body, message.routing_key, message.message_id)
+            if event.type not in self._catalog():
+                raise InvalidEvent(f"type: unknown notification type {event.type!r}")
+        except InvalidEvent as exc:
+            await self.dead_letter(message, channel, exc.reason)
+            return
+        if self._closing:
+            return  # stopping: left unacked, requeued when the channel closes
+        self._pending.append(Pending(event, message, channel, message.delivery_tag or 0))
+        if len(self._pending) == 1:
+            self._wake.set()
+        if len(self._pending) >= self._batch_size:
+            self._full.set()
+
+    async def dead_letter(
+        self, message: AbstractIncomingMessage, channel: AbstractChannel, reason: str
+    ) -> None:
+        """Publish ``message`` to ``herald.dlx`` with ``reason`` (confirmed), then ack it."""
+        await self._publisher.dead_letter(message, reason)
+        metrics.EVENTS.labels("dead_lettered").inc()
+        log.info("event dead-lettered", reason=reason, message_id=message.message_id)
+        await self._acks.settle(channel, (message.delivery_tag or 0,))
+
+    # -- batching -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the batching loop (call once, from the running event loop)."""
+        self._runner = asyncio.create_task(self._run(), name="herald-batcher")
+
+    async def close(self) -> None:
+        """Flush what is pending, wait for its publishes and acks, and stop the loop.
+
+        Call after the consumer was cancelled. If the database is down the pending events are left unacked:
+        RabbitMQ requeues them when the channel closes.
+        """
+        self._closing = True
+        self._wake.set()
+        self._full.set()
+        if self._runner is not None:
+            await self._runner
+        if self._publishing:
+            await asyncio.gather(*self._publishing, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if len(self._pending) < self._batch_size and not self._closing and self._batch_timeout > 0:
+                self._full.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._batch_timeout):
+                        await self._full.wait()
+            batch = self._pending[: self._batch_size]
+            del self._pending[: self._batch_size]
+            try:
+                await self._process(batch)
+            except _Shutdown:
+                self._pending.clear()
+                return
+            except Exception:  # a bug: keep the loop alive; the batch is redelivered by the broker
+                log.exception("batch failed")
+                await self._requeue(batch)
+
+    async def _process(self, batch: list[Pending]) -> None:
+        sends = [item for item in batch if isinstance(item.event, SendEvent)]
+        groups = [sends] if sends else []
+        groups += [[item] for item in batch if not isinstance(item.event, SendEvent)]
+        started = time.perf_counter()
+        committed: list[Pending] = []
+        outgoing = Outgoing()
+        for group in groups:
+            for items, out in await self._commit_resilient(group):
+                committed += items
+                outgoing.extend(out)
+        metrics.STORE_SECONDS.observe(time.perf_counter() - started)
+        metrics.BATCH_SIZE.observe(len(batch))
+        await self._publish_slots.acquire()
+        task = asyncio.create_task(self._publish_and_ack(committed, outgoing))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+
+    async def _commit_resilient(self, items: list[Pending]) -> list[tuple[list[Pending], Outgoing]]:
+        """Commit ``items``; returns the committed groups (a poison event is settled on its own)."""
+        delay = _BACKOFF_START
+        conflicts = 0
+        while True:
+            try:
+                outgoing = await self._commit(items)
+            except _CONFLICT_ERRORS:
+                conflicts += 1
+                metrics.DB_RETRIES.labels("conflict").inc()
+                await asyncio.sleep(random.uniform(0, 0.01 * min(conflicts, 10)))
+                continue
+            except TRANSIENT_DB_ERRORS as exc:
+                self._set_database_up(False, exc)
+                metrics.DB_RETRIES.labels("outage").inc()
+                if self._closing:
+                    raise _Shutdown from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MAX)
+                continue
+            except Exception as exc:
+                if len(items) == 1:
+                    await self._poison(items[0], exc)
+                    return []
+                middle = len(items) // 2
+                return await self._commit_resilient(items[:middle]) + await self._commit_resilient(
+                    items[middle:]
+                )
+            self._set_database_up(True)
+            return [(items, outgoing)]
+
+    def _set_database_up(self, up: bool, error: BaseException | None = None) -> None:
+        if up != self.database_up:
+            if up:
+                log.info("database is back; resuming")
+            else:
+                log.warning("database unavailable; holding events unacked", error=repr(error))
+        self.database_up = up
+        metrics.DB_UP.set(1 if up else 0)
+
+    async def _poison(self, item: Pending, exc: Exception) -> None:
+        if isinstance(exc, asyncpg.PostgresError):
+            # The database refused this event's data (e.g. a NUL character in a text field).
+            await self.dead_letter(item.message, item.channel, f"store: {exc.__class__.__name__}: {exc}")
+            return
+        log.error("event failed; requeued", message_id=item.message.message_id, exc_info=exc)
+        await self._requeue([item])
+
+    async def _requeue(self, items: list[Pending]) -> None:
+        metrics.EVENTS.labels("requeued").inc(len(items))
+        for channel, tags in _tags_by_channel(items).items():
+            await self._acks.requeue(channel, tags)
+
+    # -- storing --------------------------------------------------------------------------------------
+
+    async def _commit(self, items: list[Pending]) -> Outgoing:
+        catalog = self._catalog()
+        now = datetime.now(UTC)
+        async with self._pool.acquire() as conn, conn.transaction():
+            if isinstance(items[0].event, BroadcastEvent):
+                return await self._store_broadcast(conn, catalog, items[0].event, now)
+            return await self._store_sends(conn, catalog, items, now)
+
+    async def _store_sends(
+        self, conn: Connection, catalog: Catalog, items: list[Pending], now: datetime
+    ) -> Outgoing:
+        user_ids = list({user for item in items for user in item.event.user_ids})  # type: ignore[union-attr]
+        overrides = await store.lock_users(conn, user_ids)
+        defaults = default_preferences(catalog)
+        preferences: dict[str, dict[str, Any]] = {}
+        in_app: list[_Recipient] = []
+        by_mail: list[tuple[_Recipient, str, datetime | None]] = []
+        seen: set[tuple[str, str]] = set()
+        muted = 0
+
+        for item in items:
+            event = item.event
+            assert isinstance(event, SendEvent)
+            kind = catalog[event.type]
+            key = event.event_id
+            nid = notification_id(key)
+            reached = False
+            for user in event.user_ids:
+                prefs = preferences.get(user)
+                if prefs is None:
+                    stored_overrides = overrides.get(user)
+                    prefs = preferences[user] = (
+                        effective_preferences(catalog, stored_overrides) if stored_overrides else defaults
+                    )
+                channels = decide_channels(kind, prefs, event.channels)
+                if key is not None:
+                    if (user, key) in seen:
+                        continue  # the same event twice in one batch
+                    seen.add((user, key))
+                if not channels:
+                    continue
+                reached = True
+                recipient = _Recipient(item, user, key, _params(nid, event, kind.category, now))
+                if "in_app" in channels:
+                    in_app.append(recipient)
+                external = sorted(channels - {"in_app"})
+                if external:
+                    held = quiet_hours_end(prefs["quiet_hours"], now)
+                    by_mail += [(recipient, channel, held) for channel in external]
+            muted += not reached
+
+        keyed = [r for r in in_app if r.key is not None]
+        stored = await store.existing(conn, [r.user for r in keyed], [r.key for r in keyed])  # type: ignore[misc]
+        rows = store.NewRows()
+        fresh: list[_Recipient] = []
+        out = Outgoing()
+        duplicates: set[tuple[str, str | None]] = set()
+        for recipient in in_app:
+            previous = stored.get((recipient.user, recipient.key)) if recipient.key else None
+            if previous is not None:
+                duplicates.add((recipient.user, recipient.key))
+                recipient.params = notification_json(previous)
+                continue
+            event = recipient.item.event
+            rows.user_id.append(recipient.user)
+            rows.id.append(recipient.params["id"])
+            rows.type.append(event.type)
+            rows.category.append(recipient.params["category"])
+            rows.title.append(event.title)
+            rows.message.append(event.message)
+            rows.data.append(orjson.dumps(event.data).decode())
+            rows.idempotency_key.append(recipient.key)
+            rows.expires_at.append(event.expires_at)
+            fresh.append(recipient)
+        for recipient, inserted in zip(fresh, await store.insert(conn, rows), strict=True):
+            recipient.params["seq"] = inserted["seq"]
+            recipient.params["created_at"] = inserted["created_at"]
+
+        out.frames = [(r.user, notification_frame(NEW_METHOD, r.params)) for r in in_app]
+        for recipient, channel, held in by_mail:
+            if (recipient.user, recipient.key) in duplicates and not recipient.item.message.redelivered:
+                continue  # a producer's repeat: its jobs went out the first time
+            body: dict[str, Any] = {
+                "notification": recipient.params,
+                "user_id": recipient.user,
+                "channel": channel,
+            }
+            body["deliver_after"] = held
+            out.deliveries.append(
+                (channel, _dumps(body), f"{recipient.params['id']}:{recipient.user}:{channel}")
+            )
+
+        metrics.NOTIFICATIONS.inc(len(rows))
+        metrics.EVENTS.labels("stored").inc(len(items) - muted)
+        metrics.EVENTS.labels("muted").inc(muted)
+        metrics.EVENTS.labels("duplicate").inc(len(duplicates))
+        return out
+
+    async def _store_broadcast(
+        self, conn: Connection, catalog: Catalog, event: BroadcastEvent, now: datetime
+    ) -> Outgoing:
+        kind = catalog[event.type]
+        nid = notification_id(event.event_id)
+        out = Outgoing()
+        if event.channels is not None and "in_app" not in event.channels:
+            return out  # broadcasts are in-app only
+        recipients = await store.broadcast(
+            conn,
+            notification_id=nid,
+            type_=event.type,
+            category=kind.category,
+            title=event.title,
+            message=event.message,
+            data_json=orjson.dumps(event.data).decode(),
+            idempotency_key=event.event_id,
+            expires_at=event.expires_at,
+        )
+        metrics.NOTIFICATIONS.inc(recipients)
+        metrics.EVENTS.labels("broadcast").inc()
+        frame = notification_frame(NEW_METHOD, _params(nid, event, kind.category, now))
+        out.broadcasts.append((event.type, frame))
+        return out
+
+    # -- publishing -----------------------------------------------------------------------------------
+
+    async def _publish_and_ack(self, items: list[Pending], outgoing: Outgoing) -> None:
+        try:
+            started = time.perf_counter()
+            publisher = self._publisher
+            sends: list[Coroutine[Any, Any, None]] = [
+                publisher.user_frame(user, NEW_METHOD, frame) for user, frame in outgoing.frames
+            ]
+            sends += [
+                publisher.broadcast_frame(kind, NEW_METHOD, frame) for kind, frame in outgoing.broadcasts
+            ]
+            sends += [publisher.delivery(channel, body, mid) for channel, body, mid in outgoing.deliveries]
+            try:
+                await _gather(sends)
+            except Exception as exc:
+                # Not acked: redelivered, found stored, published again.
+                log.warning("publish failed; batch requeued", error=repr(exc), events=len(items))
+                await self._requeue(items)
+                return
+            metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)
+            for channel, count in _count_channels(outgoing).items():
+                metrics.DELIVERIES.labels(channel).inc(count)
+            for amqp_channel, tags in _tags_by_channel(items).items():
+                await self._acks.settle(amqp_channel, tags)
+        finally:
+            self._publish_slots.release()
+
+
+async def _gather(coroutines: list[Coroutine[Any, Any, None]]) -> None:
+    if len(coroutines) == 1:
+        await coroutines[0]
+    elif coroutines:
+        await asyncio.gather(*coroutines)
+
+
+def _count_channels(outgoing: Outgoing) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for channel, _, _ in outgoing.deliveries:
+        counts[channel] = counts.get(channel, 0) + 1
+    return counts
+
+
+def _tags_by_channel(items: list[Pending]) -> dict[AbstractChannel, list[int]]:
+    tags: dict[AbstractChannel, list[int]] = {}
+    for item in items:
+        tags.setdefault(item.channel, []).append(item.tag)
+    return tags
