@@ -1,0 +1,282 @@
+"""The demo inbox (gateway/static/) in headless Chromium against a real worker + gateway.
+
+Driven by Playwright for Python with Debian's ``chromium`` (Playwright's own browser download is not
+used). Without chromium or playwright these tests skip with the reason — unless ``CI`` is set, where they
+fail: ``.ci/install-browser`` installs both.
+
+Also writes the README's screenshots: docs/img/inbox.png and docs/img/preferences.png.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import shutil
+import time
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import pytest
+
+from tests.clientkit import event_body, publish, running_stack, unique_user
+from tests.support import ROOT, wait_until
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+    from playwright.async_api import Browser, Page
+
+    from tests.support import HeraldProcess, Stack
+
+CHROMIUM = os.environ.get("HERALD_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = ROOT / "docs" / "img"
+
+
+def _missing() -> str | None:
+    if importlib.util.find_spec("playwright") is None:
+        return "the playwright package is not installed (run .ci/install-browser)"
+    if not (os.access(CHROMIUM, os.X_OK) or shutil.which(CHROMIUM)):
+        return f"chromium is not installed at {CHROMIUM} (run .ci/install-browser)"
+    return None
+
+
+MISSING = _missing()
+if MISSING and os.environ.get("CI"):
+    raise RuntimeError(f"browser tests cannot run in CI: {MISSING}")
+
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
+
+
+@pytest.fixture(scope="module")
+def herald() -> Iterator[tuple[Stack, HeraldProcess]]:
+    with running_stack() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    from playwright.async_api import async_playwright
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+async def open_inbox(browser: Browser, gateway: HeraldProcess, user: str) -> Page:
+    """A new tab signed in as ``user``, connected, recording every notification:new with its arrival time."""
+    page = await browser.new_page(viewport={"width": 1180, "height": 760})
+    await page.goto(f"{gateway.url}/?user={user}")
+    await page.wait_for_selector('#status[data-state="open"]', timeout=15000)
+    await page.evaluate(
+        """() => {
+            window.seen = [];
+            heraldDemo.client.on("notification:new", (n, meta) =>
+                seen.push({id: n.id, title: n.title, replayed: meta.replayed, at: Date.now()}));
+        }"""
+    )
+    return page
+
+
+async def badge(page: Page) -> int:
+    """The unread badge as a number (0 when hidden)."""
+    text: str | None = await page.evaluate(
+        "() => { const b = document.getElementById('badge'); return b.hidden ? null : b.textContent; }"
+    )
+    return int(text) if text else 0
+
+
+async def seen(page: Page) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = await page.evaluate("() => window.seen")
+    return result
+
+
+async def listed_ids(page: Page) -> list[str]:
+    ids: list[str] = await page.eval_on_selector_all("#list li.item", "items => items.map(i => i.dataset.id)")
+    return ids
+
+
+async def test_published_notification_appears_within_a_second(
+    herald: tuple[Stack, HeraldProcess], browser: Browser
+) -> None:
+    stack, gateway = herald
+    user = unique_user("b")
+    page = await open_inbox(browser, gateway, user)
+    try:
+        assert await badge(page) == 0
+        started = time.time() * 1000
+        await publish(stack.amqp_url, event_body(user, title="Quiz 3 is open"))
+        await wait_until(lambda: badge(page), 10, "the badge to show 1")
+        assert await badge(page) == 1
+        [arrival] = await seen(page)
+        latency_ms = arrival["at"] - started
+        print(f"publish → page latency: {latency_ms:.0f} ms")
+        assert latency_ms < 1000, f"the notification took {latency_ms:.0f} ms to reach the page"
+        await page.wait_for_selector(".toast >> text=Quiz 3 is open")
+        await page.click("#bell")
+        await page.wait_for_selector("#list li.item.unread >> text=Quiz 3 is open")
+    finally:
+        await page.close()
+
+
+async def test_mark_read_in_one_tab_updates_the_other(
+    herald: tuple[Stack, HeraldProcess], browser: Browser
+) -> None:
+    stack, gateway = herald
+    user = unique_user("b")
+    first = await open_inbox(browser, gateway, user)
+    second = await open_inbox(browser, gateway, user)
+    try:
+        await publish(stack.amqp_url, event_body(user, title="Grade released"))
+        for page in (first, second):
+            await wait_until(lambda page=page: badge(page), 10, "both badges at 1")
+        await first.click("#bell")
+        await first.click("#list li.item.unread")  # opening an item marks it read
+        await wait_until(lambda: _is_zero(second), 10, "the second tab's badge to clear")
+        await wait_until(lambda: _is_zero(first), 10, "the first tab's badge to clear")
+        await second.click("#bell")
+        await second.wait_for_selector("#list li.item:not(.unread) >> text=Grade released")
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def _is_zero(page: Page) -> bool:
+    return await badge(page) == 0
+
+
+async def test_muting_a_type_in_preferences_stops_it(
+    herald: tuple[Stack, HeraldProcess], browser: Browser
+) -> None:
+    stack, gateway = herald
+    user = unique_user("b")
+    page = await open_inbox(browser, gateway, user)
+    try:
+        await page.click("#prefs-button")
+        toggle = page.locator('input[name="types.NEW_COMMENT.in_app"]')
+        await toggle.wait_for()
+        assert await toggle.is_checked()
+        await toggle.click()
+        await page.wait_for_selector("#prefs-updated >> text=Saved")
+        assert not await toggle.is_checked()
+        await page.screenshot(path=str(SCREENSHOTS / "preferences.png"))
+
+        # The muted type and then an unmuted marker: once the marker is shown, the muted one had its chance.
+        await publish(
+            stack.amqp_url,
+            event_body(user, type="NEW_COMMENT", title="Muted comment"),
+            event_body(user, type="COURSE_UPDATE", title="Marker"),
+        )
+        await wait_until(lambda: _titles_include(page, "Marker"), 10, "the marker notification")
+        assert [s["title"] for s in await seen(page)] == ["Marker"]
+        assert await badge(page) == 1
+
+        # Reset brings the type back.
+        await page.click("#prefs-reset")
+        await wait_until(toggle.is_checked, 10, "the reset to turn NEW_COMMENT back on")
+    finally:
+        await page.close()
+
+
+async def _titles_include(page: Page, title: str) -> bool:
+    return title in [s["title"] for s in await seen(page)]
+
+
+async def test_screenshot_of_the_inbox(herald: tuple[Stack, HeraldProcess], browser: Browser) -> None:
+    stack, gateway = herald
+    user = unique_user("demo")
+    samples = [
+        (
+            "COURSE_NEW_CONTENT",
+            "New lesson available",
+            "Lesson 7 “Indexes and query plans” was added to Databases 101",
+        ),
+        ("GRADE_RELEASED", "Your grade is out", "Assignment 2 of Distributed Systems: 92/100"),
+        (
+            "ASSIGNMENT_DEADLINE",
+            "Deadline tomorrow",
+            "Project proposal for Machine Learning is due Friday 23:59",
+        ),
+        (
+            "NEW_REPLY",
+            "Maya replied to your comment",
+            "“Good point — the quorum queue also needs a delivery limit.”",
+        ),
+        ("MILESTONE_ACHIEVED", "7-day streak!", "You studied every day this week. Keep going"),
+        (
+            "SYSTEM_ANNOUNCEMENT",
+            "Scheduled maintenance",
+            "The platform is read-only on Sunday 02:00–03:00 UTC",
+        ),
+    ]
+    await publish(
+        stack.amqp_url, *(event_body(user, type=t, title=title, message=m) for t, title, m in samples)
+    )
+    page = await open_inbox(browser, gateway, user)
+    try:
+        await page.click("#bell")
+        await page.wait_for_function("document.querySelectorAll('#list li.item').length === 6")
+        ids = await listed_ids(page)
+        await page.evaluate("id => heraldDemo.client.markRead([id])", ids[-1])
+        await page.wait_for_selector(f'#list li.item[data-id="{ids[-1]}"]:not(.unread)')
+        await page.screenshot(path=str(SCREENSHOTS / "inbox.png"))
+    finally:
+        await page.close()
+
+
+async def test_gateway_restart_delivers_missed_notifications_once(
+    herald: tuple[Stack, HeraldProcess], browser: Browser
+) -> None:
+    stack, gateway = herald
+    user = unique_user("b")
+    page = await open_inbox(browser, gateway, user)
+    try:
+        await publish(stack.amqp_url, event_body(user, title="before the restart"))
+        await wait_until(lambda: badge(page), 10, "the first notification")
+
+        gateway.kill()
+        await page.wait_for_selector('#status[data-state="reconnecting"]', timeout=10000)
+        await publish(stack.amqp_url, *(event_body(user, title=f"missed {i}") for i in range(3)))
+        await wait_until(lambda: _stored(stack, user, 4), 10, "the worker to store the missed ones")
+        await asyncio.to_thread(gateway.launch)  # same port
+
+        await page.wait_for_selector('#status[data-state="open"]', timeout=20000)
+        await wait_until(lambda: _badge_is(page, 4), 15, "the badge to reach 4")
+        arrivals = await seen(page)
+        assert len(arrivals) == 4
+        assert len({a["id"] for a in arrivals}) == 4
+        assert sorted(a["title"] for a in arrivals if a["replayed"]) == ["missed 0", "missed 1", "missed 2"]
+        await page.click("#bell")
+        await page.wait_for_function("document.querySelectorAll('#list li.item').length === 4")
+        assert len(set(await listed_ids(page))) == 4
+    finally:
+        await page.close()
+        if gateway.popen is not None and gateway.popen.poll() is not None:
+            await asyncio.to_thread(gateway.launch)
+
+
+async def _badge_is(page: Page, count: int) -> bool:
+    return await badge(page) == count
+
+
+async def _stored(stack: Stack, user: str, count: int) -> bool:
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        stored: int = await conn.fetchval("SELECT count(*) FROM notifications WHERE user_id = $1", user)
+    finally:
+        await conn.close()
+    return stored == count
