@@ -1,0 +1,189 @@
+"""JWT verification (PyJWT) and the per-connection authentication state machine (PROTOCOL §5).
+
+:class:`TokenVerifier` turns a token into :class:`Claims` or raises :class:`AuthError`:
+
+- the header's ``alg`` must be in ``HERALD_JWT_ALGORITHMS`` (``none`` never is);
+- HMAC algorithms are verified with ``HERALD_JWT_SECRET`` only, asymmetric ones with
+  ``HERALD_JWT_PUBLIC_KEY`` or the JWKS key named by ``kid`` — so an HS256 token signed with the RSA
+  public key is checked against the secret and fails (no algorithm confusion);
+- ``exp`` and ``sub`` are required, ``nbf`` is honoured, ``aud``/``iss`` are checked when configured;
+- ``sub`` must be a valid user id (PROTOCOL §4), since it names an exchange and a routing key;
+- ``roles`` (a list) containing ``admin`` grants admin methods.
+
+JWKS keys come from :class:`jwt.PyJWKClient` (cached; refetched on an unknown ``kid``, at most once per
+cool-down); its blocking HTTP fetch runs in a thread, never on the event loop.
+
+:class:`AuthState` is sans-I/O: it records who the connection is and until when, and decides what an
+``auth.refresh`` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import parse_qs
+
+import jwt
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from gateway.errors import AuthError, SubjectMismatch
+from shared.events import USER_ID_PATTERN
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from shared.settings import Settings
+
+_USER_ID: Final = re.compile(USER_ID_PATTERN)
+_HMAC: Final = frozenset({"HS256", "HS384", "HS512"})
+JWKS_LIFESPAN_SECONDS: Final = 300.0
+JWKS_TIMEOUT_SECONDS: Final = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """What the gateway takes from a verified token."""
+
+    user_id: str
+    expires_at: float
+    admin: bool
+
+
+class TokenVerifier:
+    """Verifies tokens with the configured keys; see the module docstring for the rules."""
+
+    def __init__(self, settings: Settings) -> None:
+        settings.require_jwt_key()
+        self._algorithms = frozenset(a for a in settings.jwt_algorithms if a.lower() != "none")
+        self._secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+        self._public_key: Any = (
+            load_pem_public_key(settings.jwt_public_key.encode()) if settings.jwt_public_key else None
+        )
+        self._jwks = (
+            jwt.PyJWKClient(
+                settings.jwt_jwks_url,
+                cache_keys=True,
+                lifespan=JWKS_LIFESPAN_SECONDS,
+                timeout=JWKS_TIMEOUT_SECONDS,
+            )
+            if settings.jwt_jwks_url
+            else None
+        )
+        self._audience = settings.jwt_audience
+        self._issuer = settings.jwt_issuer
+
+    async def verify(self, token: str) -> Claims:
+        """The token's claims; :class:`AuthError` with a short reason when it is refused."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise AuthError("malformed token") from None
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self._algorithms:
+            raise AuthError("token algorithm not allowed")
+        key = await self._key_for(alg, header, token)
+        try:
+            payload = jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                audience=self._audience,
+                issuer=self._issuer,
+                options={"require": ["exp", "sub"], "verify_aud": self._audience is not None},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("token expired") from None
+        except jwt.ImmatureSignatureError:
+            raise AuthError("token not yet valid") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise AuthError(f"token lacks the {exc.claim} claim") from None
+        except (jwt.InvalidAudienceError, jwt.InvalidIssuerError):
+            raise AuthError("token audience or issuer not accepted") from None
+        except jwt.PyJWTError:
+            raise AuthError("invalid token") from None
+        return claims_from_payload(payload)
+
+    async def _key_for(self, alg: str, header: Mapping[str, Any], token: str) -> Any:
+        if alg in _HMAC:
+            if self._secret is None:
+                raise AuthError("token algorithm not allowed")
+            return self._secret
+        if self._jwks is not None and (header.get("kid") is not None or self._public_key is None):
+            try:
+                signing_key = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
+            except jwt.PyJWTError:
+                raise AuthError("unknown signing key") from None
+            return signing_key.key
+        if self._public_key is None:
+            raise AuthError("token algorithm not allowed")
+        return self._public_key
+
+
+def claims_from_payload(payload: Mapping[str, Any]) -> Claims:
+    """:class:`Claims` from a verified payload; :class:`AuthError` when ``sub`` is not a valid user id."""
+    sub = payload.get("sub")
+    if not isinstance(sub, str) or not _USER_ID.match(sub):
+        raise AuthError("token sub is not a valid user id")
+    roles = payload.get("roles")
+    admin = isinstance(roles, list | tuple) and "admin" in roles
+    return Claims(sub, float(payload["exp"]), admin)
+
+
+def handshake_token(headers: Mapping[str, str], query: str) -> str | None:
+    """The token a client put in the handshake: ``Authorization: Bearer …``, else ``?token=…``, else ``None``.
+
+    A present but empty value is returned as ``""`` so that it is refused (401) rather than ignored.
+    """
+    authorization = headers.get("Authorization")
+    if authorization is not None:
+        scheme, _, value = authorization.partition(" ")
+        return value.strip() if scheme.lower() == "bearer" else ""
+    values = parse_qs(query, keep_blank_values=True).get("token")
+    return values[0] if values else None
+
+
+def rfc3339(timestamp: float) -> str:
+    """``timestamp`` (Unix seconds) as an RFC 3339 UTC string, e.g. ``2026-01-01T00:00:00Z``."""
+    return datetime.fromtimestamp(int(timestamp), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class AuthState:
+    """Who a connection is and until when. Sans-I/O: callers pass the time and schedule the expiry check.
+
+    States: *pending* (``claims is None``, waiting for the first-frame ``auth``) → *authenticated*. An
+    authenticated connection is *expired* once ``now ≥ expires_at``; the caller closes it with 4401.
+    """
+
+    __slots__ = ("claims",)
+
+    def __init__(self, claims: Claims | None = None) -> None:
+        self.claims = claims
+
+    @property
+    def authenticated(self) -> bool:
+        return self.claims is not None
+
+    def authenticate(self, claims: Claims) -> None:
+        """Leave *pending*; ``auth`` is accepted once per connection (a second one is a caller error)."""
+        if self.claims is not None:
+            raise RuntimeError("already authenticated")
+        self.claims = claims
+
+    def refresh(self, claims: Claims) -> None:
+        """Adopt a newer token for the same user: later expiry, current roles.
+
+        Raises:
+            SubjectMismatch: the token is for another user; the connection keeps its current token.
+        """
+        if self.claims is None:
+            raise RuntimeError("not authenticated")
+        if claims.user_id != self.claims.user_id:
+            raise SubjectMismatch("token is for another user")
+        self.claims = claims
+
+    def expired(self, now: float) -> bool:
+        """Whether the current token has expired at ``now`` (Unix seconds)."""
+        return self.claims is not None and now >= self.claims.expires_at

@@ -1,0 +1,208 @@
+"""Plain HTTP on the WebSocket port, and the checks a WebSocket handshake must pass (``process_request``).
+
+Routes (anything else is 404): ``/healthz`` (the process answers), ``/readyz`` (503 while the broker link
+is down), ``/metrics`` (Prometheus), ``/dev/token?user=U[&admin=1]`` (only with ``HERALD_DEV_TOKENS=1``),
+``/`` and ``/static/<file>`` (helper C's demo page, from ``gateway/static/``), ``/client/herald.js`` and
+``/client/herald.d.ts`` (the browser client, from ``clients/js/``).
+
+A WebSocket handshake must target ``/notifications`` (else 404) from an allowed Origin (else 403); a
+token in ``Authorization: Bearer`` or ``?token=`` must verify (else 401), and its claims travel on the
+connection to the handler. Without a token the handler expects a first-frame ``auth``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import mimetypes
+import re
+import time
+from http import HTTPStatus
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+import structlog
+from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
+from websockets.http11 import Response
+
+from gateway.auth import Claims, handshake_token, rfc3339
+from gateway.errors import AuthError
+from shared.events import USER_ID_PATTERN
+from shared.tokens import TokenError, mint_dev_token
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from websockets.http11 import Request
+
+    from gateway.auth import TokenVerifier
+    from gateway.metrics import Metrics
+    from shared.settings import Settings
+
+log = structlog.get_logger("gateway.http")
+
+WS_PATH: Final = "/notifications"
+DEV_TOKEN_TTL: Final = 3600.0
+CLIENT_FILES: Final = frozenset({"herald.js", "herald.d.ts"})
+_USER_ID: Final = re.compile(USER_ID_PATTERN)
+_PACKAGE_DIR: Final = Path(__file__).resolve().parent
+
+
+class HeraldConnection(ServerConnection):
+    """A server connection that carries the claims verified during the handshake (``None`` otherwise)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.handshake_claims: Claims | None = None
+
+
+def default_client_dir() -> Path:
+    """``clients/js`` beside the packages in a checkout, else ``./clients/js``."""
+    beside = _PACKAGE_DIR.parent / "clients" / "js"
+    return beside if beside.is_dir() else Path.cwd() / "clients" / "js"
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...] | None) -> bool:
+    """The Origin policy: Origin-less clients and same-origin pages always; others only when listed.
+
+    ``allowed`` is ``HERALD_ALLOWED_ORIGINS`` (``None`` = unset; ``"*"`` allows every origin). Origins are
+    compared as ``scheme://host[:port]``, case-insensitively.
+    """
+    if origin is None:
+        return True
+    normalized = origin.strip().rstrip("/").lower()
+    if allowed is not None and ("*" in allowed or normalized in {a.rstrip("/").lower() for a in allowed}):
+        return True
+    return host is not None and urlsplit(normalized).netloc == host.strip().lower()
+
+
+def resolve_static(root: Path, relative: str) -> Path | None:
+    """The file ``relative`` under ``root``, or ``None`` if it is missing or escapes ``root``."""
+    if not relative or "\x00" in relative:
+        return None
+    base = root.resolve()
+    candidate = (base / relative).resolve()
+    if not candidate.is_relative_to(base) or not candidate.is_file():
+        return None
+    return candidate
+
+
+def _is_upgrade(headers: Headers) -> bool:
+    return "websocket" in headers.get("Upgrade", "").lower()
+
+
+def _response(
+    status: int, body: bytes, content_type: str, extra: Mapping[str, str] | None = None
+) -> Response:
+    code = HTTPStatus(status)
+    headers = Headers(
+        [
+            ("Date", email.utils.formatdate(usegmt=True)),
+            ("Connection", "close"),
+            ("Content-Length", str(len(body))),
+            ("Content-Type", content_type),
+            ("Cache-Control", "no-store"),
+        ]
+    )
+    for name, value in (extra or {}).items():
+        headers[name] = value
+    return Response(code.value, code.phrase, headers, body)
+
+
+def _text(status: int, text: str) -> Response:
+    return _response(status, text.encode(), "text/plain; charset=utf-8")
+
+
+class HttpRoutes:
+    """The ``process_request`` callable; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        verifier: TokenVerifier,
+        metrics: Metrics,
+        ready: Callable[[], bool],
+        static_dir: Path | None = None,
+        client_dir: Path | None = None,
+    ) -> None:
+        self._settings = settings
+        self._verifier = verifier
+        self._metrics = metrics
+        self._ready = ready
+        self._static_dir = static_dir or _PACKAGE_DIR / "static"
+        self._client_dir = client_dir or default_client_dir()
+
+    async def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
+        path, _, query = request.path.partition("?")
+        if _is_upgrade(request.headers):
+            return await self._handshake(connection, request.headers, path, query)
+        return self._route(path, query)
+
+    async def _handshake(
+        self, connection: ServerConnection, headers: Headers, path: str, query: str
+    ) -> Response | None:
+        if path != WS_PATH:
+            return _text(404, "Not Found\n")
+        if not origin_allowed(headers.get("Origin"), headers.get("Host"), self._settings.allowed_origins):
+            return _text(403, "Forbidden: origin not allowed\n")
+        token = handshake_token(headers, query)
+        if token is None:
+            return None
+        try:
+            claims = await self._verifier.verify(token)
+        except AuthError as exc:
+            self._metrics.auth_failures.labels("handshake").inc()
+            return _text(401, f"Unauthorized: {exc.reason}\n")
+        if isinstance(connection, HeraldConnection):
+            connection.handshake_claims = claims
+        return None
+
+    def _route(self, path: str, query: str) -> Response:
+        if path == "/healthz":
+            return _text(200, "ok\n")
+        if path == "/readyz":
+            return _text(200, "ready\n") if self._ready() else _text(503, "broker link down\n")
+        if path == "/metrics":
+            return _response(200, self._metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+        if path == "/dev/token":
+            return self._dev_token(query)
+        if path in ("/", "/index.html"):
+            return self._file(self._static_dir, "index.html")
+        if path.startswith("/static/"):
+            return self._file(self._static_dir, path.removeprefix("/static/"))
+        if path.startswith("/client/") and path.removeprefix("/client/") in CLIENT_FILES:
+            return self._file(self._client_dir, path.removeprefix("/client/"))
+        return _text(404, "Not Found\n")
+
+    def _file(self, root: Path, relative: str) -> Response:
+        found = resolve_static(root, relative)
+        if found is None:
+            return _text(404, "Not Found\n")
+        content_type = mimetypes.guess_type(found.name)[0] or "application/octet-stream"
+        if found.suffix == ".ts":
+            content_type = "application/typescript"
+        if content_type.startswith("text/") or content_type.endswith(("javascript", "typescript", "json")):
+            content_type += "; charset=utf-8"
+        return _response(200, found.read_bytes(), content_type)
+
+    def _dev_token(self, query: str) -> Response:
+        if not self._settings.dev_tokens:
+            return _text(404, "Not Found\n")
+        params = parse_qs(query)
+        user = params.get("user", [""])[0]
+        if not _USER_ID.match(user):
+            return _text(400, "Bad Request: user must be 1-128 characters of [A-Za-z0-9._:@-]\n")
+        admin = params.get("admin", ["0"])[0] in ("1", "true", "yes")
+        try:
+            token = mint_dev_token(self._settings, user, admin=admin, ttl=DEV_TOKEN_TTL)
+        except TokenError as exc:
+            return _text(500, f"cannot mint a dev token: {exc}\n")
+        body = {
+            "token": token,
+            "user_id": user,
+            "admin": admin,
+            "expires_at": rfc3339(time.time() + DEV_TOKEN_TTL),
+        }
+        return _response(200, orjson.dumps(body), "application/json")

@@ -1,0 +1,259 @@
+"""Users ↔ local connections, per-user attach/detach, and the relay of frames from the broker.
+
+Each user with a connection here has a :class:`UserSlot`: its connections, a lock serializing its topology
+work, the broker generation it is attached in, and its cached in-app switches for broadcasts. Topology
+calls happen once per user per process (first connection attaches, last one detaches), not per connection.
+
+A connection is *pending* from the moment it is admitted (its user's exchange is being bound and
+``session.open`` asked) until ``connected`` was written; frames arriving meanwhile are buffered and
+written right after ``connected``, so nothing committed after the worker read ``last_seq`` is missed and
+nothing precedes ``connected``. Then it is *live*: relayed frames are written to it synchronously with
+:func:`websockets.broadcast`, byte for byte as the worker published them. A live connection whose
+transport holds more than ``send_buffer_bytes`` unsent bytes is dropped from the relay at once and closed
+with 1013; nobody else waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import orjson
+import structlog
+from websockets.asyncio.server import broadcast
+from websockets.protocol import State
+
+from gateway.background import spawn
+from gateway.errors import GatewayError
+from gateway.limits import admission_close_code, lagging
+from shared.jsonrpc import CloseCode, notification_frame
+
+if TYPE_CHECKING:
+    from websockets.asyncio.server import ServerConnection
+
+    from gateway.metrics import Metrics
+
+log = structlog.get_logger("gateway.hub")
+
+SYNC_REQUIRED: Final = notification_frame("sync:required", {})
+PREFERENCES_UPDATED: Final = "preferences:updated"
+#: Frames buffered for a pending connection; past this it gets ``sync:required`` instead.
+PENDING_FRAMES_CAP: Final = 256
+
+
+class UserTopology(Protocol):
+    """What the hub needs from the broker link (see :class:`gateway.broker.BrokerLink`)."""
+
+    @property
+    def generation(self) -> int:
+        """Increments at every successful (re)connect; 0 while never connected."""
+        ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def attach(self, user_id: str) -> None:
+        """Declare the user's exchange and bind it both ways; raises :class:`GatewayError` on failure."""
+        ...
+
+    async def detach(self, user_id: str, generation: int) -> None:
+        """Unbind the process queue from the user's exchange, if still attached in ``generation``."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class InAppFilter:
+    """A user's in-app switches, as far as broadcasts need them. Sans-I/O."""
+
+    master: bool = True
+    off_types: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_document(cls, document: Any) -> InAppFilter:
+        """From an effective Preferences document; anything unreadable counts as "on" (the default)."""
+        if not isinstance(document, dict):
+            return cls()
+        channels = document.get("channels")
+        master = not (isinstance(channels, dict) and channels.get("in_app") is False)
+        types = document.get("types")
+        off = (
+            frozenset(t for t, s in types.items() if isinstance(s, dict) and s.get("in_app") is False)
+            if isinstance(types, dict)
+            else frozenset()
+        )
+        return cls(master, off)
+
+    def allows(self, notification_type: str | None, critical: bool = False) -> bool:
+        """Whether a broadcast of ``notification_type`` is relayed; critical types always are."""
+        if critical:
+            return True
+        return self.master and notification_type not in self.off_types
+
+
+@dataclass(slots=True, eq=False)
+class UserSlot:
+    """One user's local state; see the module docstring."""
+
+    user_id: str
+    live: set[ServerConnection] = field(default_factory=set)
+    #: pending connection → frames to write after ``connected`` (``None`` once the cap overflowed).
+    pending: dict[ServerConnection, list[bytes] | None] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    attached_generation: int = 0
+    prefs: InAppFilter = field(default_factory=InAppFilter)
+
+    @property
+    def connection_count(self) -> int:
+        return len(self.live) + len(self.pending)
+
+
+class Hub:
+    """The user registry and the relay; one per process."""
+
+    def __init__(
+        self, topology: UserTopology, metrics: Metrics, send_buffer_bytes: int, max_per_user: int
+    ) -> None:
+        self.users: dict[str, UserSlot] = {}
+        self._topology = topology
+        self._metrics = metrics
+        self._buffer_limit = send_buffer_bytes
+        self._max_per_user = max_per_user
+
+    @property
+    def connection_count(self) -> int:
+        return sum(slot.connection_count for slot in self.users.values())
+
+    def admit(self, connection: ServerConnection, user_id: str) -> UserSlot | CloseCode:
+        """Register ``connection`` as pending for ``user_id``, or return the close code refusing it (4008)."""
+        slot = self.users.get(user_id)
+        if slot is None:
+            slot = self.users[user_id] = UserSlot(user_id)
+        refusal = admission_close_code(slot.connection_count, self._max_per_user)
+        if refusal is not None:
+            self._forget_if_empty(slot)
+            return refusal
+        slot.pending[connection] = []
+        return slot
+
+    async def attach(self, slot: UserSlot) -> None:
+        """Make sure the user's frames reach this process (no-op when already attached or the broker is down).
+
+        A failure is logged, not raised: the connection stays usable for requests, and the rebuild after
+        the next broker reconnect attaches the user again.
+        """
+        async with slot.lock:
+            await self._attach_locked(slot)
+
+    async def _attach_locked(self, slot: UserSlot) -> bool:
+        generation = self._topology.generation
+        if not slot.connection_count or slot.attached_generation == generation or not self._topology.ready:
+            return False
+        try:
+            await self._topology.attach(slot.user_id)
+        except GatewayError as exc:
+            log.warning("attach failed", user_id=slot.user_id, error=str(exc))
+            return False
+        slot.attached_generation = generation
+        return True
+
+    def go_live(self, connection: ServerConnection, slot: UserSlot) -> None:
+        """``connected`` was written: write the frames buffered meanwhile, then relay directly."""
+        buffered = slot.pending.pop(connection, [])
+        if connection.protocol.state is not State.OPEN:
+            return
+        frames = [SYNC_REQUIRED] if buffered is None else buffered
+        for frame in frames:
+            broadcast((connection,), frame, text=True)
+        slot.live.add(connection)
+
+    async def release(self, connection: ServerConnection, slot: UserSlot) -> None:
+        """``connection`` closed: forget it; the user's last connection detaches the user."""
+        slot.live.discard(connection)
+        slot.pending.pop(connection, None)
+        async with slot.lock:
+            if not slot.connection_count and slot.attached_generation:
+                generation, slot.attached_generation = slot.attached_generation, 0
+                try:
+                    await self._topology.detach(slot.user_id, generation)
+                except GatewayError as exc:
+                    log.warning("detach failed", user_id=slot.user_id, error=str(exc))
+            self._forget_if_empty(slot)
+
+    def _forget_if_empty(self, slot: UserSlot) -> None:
+        # Only the slot registered under the name is removed; a newer one may have replaced it.
+        if not slot.connection_count and self.users.get(slot.user_id) is slot:
+            del self.users[slot.user_id]
+
+    def set_preferences(self, slot: UserSlot, document: Any) -> None:
+        """Cache the in-app switches from an effective Preferences document (``session.open``)."""
+        slot.prefs = InAppFilter.from_document(document)
+
+    async def rebuild(self) -> None:
+        """After a broker (re)connect: attach every user still connected here, then tell them to sync.
+
+        Users whose connections all closed meanwhile are not attached again.
+        """
+        rebuilt = 0
+        for slot in list(self.users.values()):
+            async with slot.lock:
+                if await self._attach_locked(slot):
+                    rebuilt += 1
+                    self._deliver(slot, SYNC_REQUIRED)
+        if rebuilt:
+            log.info("rebuilt user bindings after reconnect", users=rebuilt)
+
+    def relay_user(self, user_id: str, body: bytes, method: str | None) -> None:
+        """A frame from ``herald.users`` for ``user_id``: to all its local connections, bytes untouched."""
+        slot = self.users.get(user_id)
+        if slot is None:
+            return
+        if method == PREFERENCES_UPDATED:
+            try:
+                slot.prefs = InAppFilter.from_document(orjson.loads(body).get("params"))
+            except (orjson.JSONDecodeError, AttributeError):
+                log.warning("unreadable preferences:updated frame", user_id=user_id)
+        self._metrics.user_frames.inc(self._deliver(slot, body))
+
+    def relay_broadcast(self, body: bytes, notification_type: str | None, critical: bool) -> None:
+        """A frame from ``herald.broadcast``: to every connection whose user has the type on in-app."""
+        targets: list[ServerConnection] = []
+        for slot in self.users.values():
+            if slot.prefs.allows(notification_type, critical):
+                if slot.pending:
+                    self._buffer(slot, body)
+                self._collect(slot, targets)
+        broadcast(targets, body, text=True)
+        self._metrics.broadcast_frames.inc(len(targets))
+
+    def _deliver(self, slot: UserSlot, body: bytes) -> int:
+        if slot.pending:
+            self._buffer(slot, body)
+        if not slot.live:
+            return 0
+        targets: list[ServerConnection] = []
+        self._collect(slot, targets)
+        broadcast(targets, body, text=True)
+        return len(targets)
+
+    @staticmethod
+    def _buffer(slot: UserSlot, body: bytes) -> None:
+        for connection, frames in slot.pending.items():
+            if frames is not None:
+                if len(frames) < PENDING_FRAMES_CAP:
+                    frames.append(body)
+                else:
+                    slot.pending[connection] = None
+
+    def _collect(self, slot: UserSlot, targets: list[ServerConnection]) -> None:
+        """Append ``slot``'s live connections to ``targets``, dropping (and closing 1013) the laggards."""
+        laggards: list[ServerConnection] = []
+        for connection in slot.live:
+            if lagging(connection.transport.get_write_buffer_size(), self._buffer_limit):
+                laggards.append(connection)
+            else:
+                targets.append(connection)
+        for connection in laggards:
+            slot.live.discard(connection)
+            self._metrics.closes.labels(str(int(CloseCode.TRY_AGAIN_LATER))).inc()
+            spawn(connection.close(CloseCode.TRY_AGAIN_LATER, "reader too slow"))

@@ -1,0 +1,49 @@
+"""Per-connection protections and the close codes they lead to (PROTOCOL §7). Sans-I/O.
+
+Frames over ``max_size`` are refused by websockets itself (close 1009); everything else the gateway
+decides lives here as plain functions and a small class, with time passed in so tests need no clock.
+"""
+
+from __future__ import annotations
+
+from shared.jsonrpc import CloseCode
+
+
+class TokenBucket:
+    """Token bucket: ``burst`` tokens, refilled at ``rate`` per second; each request takes one.
+
+    Every client frame (valid or not) takes a token, so a flood of garbage is limited like a flood of
+    requests. A refused frame gets error 4029 and takes nothing.
+    """
+
+    __slots__ = ("_burst", "_rate", "_stamp", "_tokens")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._stamp = now
+
+    def take(self, now: float) -> bool:
+        """Take one token at time ``now`` (monotonic seconds); ``False`` when the bucket is empty."""
+        elapsed = now - self._stamp
+        if elapsed > 0:
+            self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
+            self._stamp = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+def admission_close_code(open_connections: int, cap: int) -> CloseCode | None:
+    """4008 when a user already holds ``cap`` connections on this gateway, else ``None`` (admit)."""
+    return CloseCode.TOO_MANY_CONNECTIONS if open_connections >= cap else None
+
+
+def lagging(write_buffer_bytes: int, limit: int) -> bool:
+    """Whether a connection whose transport holds ``write_buffer_bytes`` unsent bytes must be closed 1013.
+
+    Checked before every relayed frame, so a buffer exceeds ``limit`` by at most one frame.
+    """
+    return write_buffer_bytes > limit

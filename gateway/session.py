@@ -1,0 +1,292 @@
+"""One WebSocket connection, from authentication to close.
+
+1. Authenticated in the handshake (claims verified by :mod:`gateway.http`), or by a first-frame ``auth``
+   within ``HERALD_AUTH_TIMEOUT``: its reply is ``{"user_id", "expires_at"}``; failure (a bad token, a
+   first frame that is not a valid ``auth``, or silence) sends the error, then closes 4401.
+2. Admitted by the hub (one connection over ``max_connections_per_user`` closes 4008), the user attached,
+   ``session.open`` asked of the worker (within ``HERALD_RPC_TIMEOUT``), ``connected`` written.
+3. Serves frames: every frame takes a rate-limit token (4029 when empty); ``ping`` and ``auth.refresh``
+   are answered here, the other client methods forwarded, many at once, each answered when the worker
+   replies. Bad frames get a JSON-RPC error; the connection stays open.
+4. Closes with 4401 when the token expires without a successful ``auth.refresh`` for the same user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+import structlog
+from websockets.exceptions import ConnectionClosed
+
+from gateway.auth import AuthState, rfc3339
+from gateway.background import spawn
+from gateway.errors import AuthError, FrameError, RpcTimeout, RpcUnavailable, SubjectMismatch
+from gateway.limits import TokenBucket
+from gateway.protocol import (
+    AUTH,
+    AUTH_REFRESH,
+    PING,
+    Request,
+    forward_body,
+    parse_request,
+    session_open_body,
+    token_param,
+)
+from shared.jsonrpc import CloseCode, ErrorCode, error_frame, notification_frame, result_frame, splice_reply
+
+if TYPE_CHECKING:
+    from gateway.auth import Claims, TokenVerifier
+    from gateway.http import HeraldConnection
+    from gateway.hub import Hub, UserSlot
+    from gateway.metrics import Metrics
+    from gateway.rpc import RpcClient
+    from shared.settings import Settings
+
+log = structlog.get_logger("gateway.session")
+
+UNAUTHORIZED: Final = int(CloseCode.UNAUTHORIZED)
+_ERROR_PREFIX: Final = b'{"error"'
+
+
+class Sessions:
+    """The WebSocket handler (``serve(handler=sessions.handle)``) and what it shares across connections."""
+
+    def __init__(
+        self, settings: Settings, verifier: TokenVerifier, hub: Hub, rpc: RpcClient, metrics: Metrics
+    ) -> None:
+        self._settings = settings
+        self._verifier = verifier
+        self._hub = hub
+        self._rpc = rpc
+        self._metrics = metrics
+
+    async def handle(self, connection: HeraldConnection) -> None:
+        """Serve ``connection`` until it closes; see the module docstring."""
+        auth = AuthState(connection.handshake_claims)
+        if not auth.authenticated and not await self._first_frame_auth(connection, auth):
+            return
+        claims = auth.claims
+        assert claims is not None
+        admitted = self._hub.admit(connection, claims.user_id)
+        if isinstance(admitted, CloseCode):
+            await self._close(connection, admitted, "too many connections for this user")
+            return
+        session = _Session(self, connection, auth, admitted)
+        try:
+            await session.run()
+        finally:
+            session.stop()
+            await self._hub.release(connection, admitted)
+
+    async def _first_frame_auth(self, connection: HeraldConnection, auth: AuthState) -> bool:
+        request_id: Any = None
+        try:
+            async with asyncio.timeout(self._settings.auth_timeout):
+                frame = await connection.recv(decode=False)
+            request = parse_request(frame)
+            request_id = request.id
+            if request.method != AUTH:
+                raise FrameError(
+                    ErrorCode.INVALID_REQUEST, "the first frame must be auth", "method", request.id
+                )
+            claims = await self._verifier.verify(token_param(request.params, request.id))
+        except TimeoutError:
+            await self._close(connection, CloseCode.UNAUTHORIZED, "authentication timed out")
+            return False
+        except ConnectionClosed:
+            return False
+        except (FrameError, AuthError) as exc:
+            self._metrics.auth_failures.labels("frame").inc()
+            reason = exc.reason if isinstance(exc, AuthError) else exc.message
+            if isinstance(exc, FrameError):
+                request_id = exc.request_id
+            with contextlib.suppress(ConnectionClosed):
+                await connection.send(
+                    error_frame(request_id, UNAUTHORIZED, f"authentication failed: {reason}"), text=True
+                )
+            await self._close(connection, CloseCode.UNAUTHORIZED, f"authentication failed: {reason}"[:120])
+            return False
+        auth.authenticate(claims)
+        with contextlib.suppress(ConnectionClosed):
+            await connection.send(
+                result_frame(
+                    request_id, {"user_id": claims.user_id, "expires_at": rfc3339(claims.expires_at)}
+                ),
+                text=True,
+            )
+        return True
+
+    async def _close(self, connection: HeraldConnection, code: CloseCode, reason: str) -> None:
+        self._metrics.closes.labels(str(int(code))).inc()
+        await connection.close(code, reason)
+
+
+class _Session:
+    """State of one admitted connection: its token, rate limit, expiry timer and requests in flight."""
+
+    __slots__ = ("_auth", "_bucket", "_connection", "_expiry", "_owner", "_slot", "_tasks")
+
+    def __init__(
+        self, owner: Sessions, connection: HeraldConnection, auth: AuthState, slot: UserSlot
+    ) -> None:
+        self._owner = owner
+        self._connection = connection
+        self._auth = auth
+        self._slot = slot
+        settings = owner._settings
+        loop = asyncio.get_running_loop()
+        self._bucket = TokenBucket(settings.rate_limit_per_second, settings.rate_limit_burst, loop.time())
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._expiry: asyncio.TimerHandle | None = None
+
+    @property
+    def _claims(self) -> Claims:
+        claims = self._auth.claims
+        assert claims is not None
+        return claims
+
+    async def run(self) -> None:
+        owner, connection = self._owner, self._connection
+        self._schedule_expiry()
+        await owner._hub.attach(self._slot)
+        params: dict[str, Any] = {"user_id": self._claims.user_id, "connection_id": str(connection.id)}
+        opened = await self._session_open()
+        if opened is not None:
+            owner._hub.set_preferences(self._slot, opened.get("preferences"))
+            for key in ("unread_count", "last_seq"):
+                if key in opened:
+                    params[key] = opened[key]
+        try:
+            await connection.send(notification_frame("connected", params), text=True)
+        except ConnectionClosed:
+            return
+        owner._hub.go_live(connection, self._slot)
+        await self._serve()
+
+    def stop(self) -> None:
+        """The connection is over: cancel the expiry timer and the requests still waiting for the worker."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+        for task in self._tasks:
+            task.cancel()
+
+    async def _session_open(self) -> dict[str, Any] | None:
+        claims = self._claims
+        try:
+            reply = orjson.loads(await self._owner._rpc.call(session_open_body(claims.user_id, claims.admin)))
+        except (RpcTimeout, RpcUnavailable) as exc:
+            log.warning(
+                "session.open unanswered; connected without counts", user_id=claims.user_id, error=str(exc)
+            )
+            return None
+        result = reply.get("result") if isinstance(reply, dict) else None
+        if not isinstance(result, dict):
+            log.warning("session.open failed", user_id=claims.user_id, reply=reply)
+            return None
+        return result
+
+    async def _serve(self) -> None:
+        connection = self._connection
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                frame = await connection.recv(decode=False)
+            except ConnectionClosed:
+                return
+            allowed = self._bucket.take(loop.time())
+            try:
+                request = parse_request(frame)
+            except FrameError as exc:
+                self._owner._metrics.requests.labels("-", "invalid").inc()
+                if allowed:
+                    await self._send(error_frame(exc.request_id, exc.code, exc.message, exc.data))
+                else:
+                    await self._send(error_frame(exc.request_id, ErrorCode.RATE_LIMITED, "rate limited"))
+                continue
+            if not allowed:
+                self._owner._metrics.requests.labels(request.method, "rate_limited").inc()
+                await self._reply(request, error_frame(request.id, ErrorCode.RATE_LIMITED, "rate limited"))
+            elif request.method == PING:
+                self._owner._metrics.requests.labels(PING, "ok").inc()
+                await self._reply(request, result_frame(request.id, "pong"))
+            elif request.method == AUTH_REFRESH:
+                await self._reply(request, await self._refresh(request))
+            elif request.method == AUTH:
+                self._owner._metrics.requests.labels(AUTH, "invalid").inc()
+                await self._reply(
+                    request,
+                    error_frame(
+                        request.id, ErrorCode.INVALID_REQUEST, "already authenticated; use auth.refresh"
+                    ),
+                )
+            else:
+                task = asyncio.create_task(self._forward(request))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _refresh(self, request: Request) -> bytes:
+        metrics = self._owner._metrics
+        try:
+            claims = await self._owner._verifier.verify(token_param(request.params, request.id))
+            self._auth.refresh(claims)
+        except SubjectMismatch as exc:
+            metrics.auth_failures.labels("refresh").inc()
+            metrics.requests.labels(AUTH_REFRESH, "error").inc()
+            return error_frame(request.id, ErrorCode.FORBIDDEN, exc.reason, "token")
+        except AuthError as exc:
+            metrics.auth_failures.labels("refresh").inc()
+            metrics.requests.labels(AUTH_REFRESH, "error").inc()
+            return error_frame(request.id, ErrorCode.INVALID_PARAMS, f"token refused: {exc.reason}", "token")
+        self._schedule_expiry()
+        metrics.requests.labels(AUTH_REFRESH, "ok").inc()
+        return result_frame(request.id, {"expires_at": rfc3339(claims.expires_at)})
+
+    async def _forward(self, request: Request) -> None:
+        metrics = self._owner._metrics
+        claims = self._claims
+        started = time.perf_counter()
+        try:
+            reply = await self._owner._rpc.call(forward_body(request, claims.user_id, claims.admin))
+        except RpcTimeout:
+            outcome, frame = (
+                "timeout",
+                error_frame(request.id, ErrorCode.UNAVAILABLE, "the worker did not answer in time"),
+            )
+        except RpcUnavailable:
+            outcome, frame = (
+                "unavailable",
+                error_frame(request.id, ErrorCode.UNAVAILABLE, "service unavailable"),
+            )
+        else:
+            outcome = "error" if reply.lstrip().startswith(_ERROR_PREFIX) else "ok"
+            frame = splice_reply(request.id, reply)
+        metrics.requests.labels(request.method, outcome).inc()
+        metrics.request_seconds.labels(request.method).observe(time.perf_counter() - started)
+        await self._reply(request, frame)
+
+    async def _reply(self, request: Request, frame: bytes) -> None:
+        if not request.is_notification:
+            await self._send(frame)
+
+    async def _send(self, frame: bytes) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await self._connection.send(frame, text=True)
+
+    def _schedule_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, self._claims.expires_at - time.time())
+        self._expiry = loop.call_later(delay, self._on_expiry)
+
+    def _on_expiry(self) -> None:
+        self._expiry = None
+        if not self._auth.expired(time.time()):
+            self._schedule_expiry()
+            return
+        self._owner._metrics.closes.labels(str(UNAUTHORIZED)).inc()
+        spawn(self._connection.close(CloseCode.UNAUTHORIZED, "token expired"))
