@@ -1,0 +1,250 @@
+"""``herald dlq``: a dead-lettered event goes back through a real worker exactly once after the fix.
+
+The worker dead-letters an event of a type missing from the catalog; the operator adds the type, restarts
+the worker and runs ``herald dlq replay``. The event is stored once even though the producer had sent it
+twice (both copies were dead-lettered, both are replayed: the kept ``message_id``/``event_id`` makes the
+second a duplicate), the replayed copies carry their original routing key and properties without the
+dead-lettering headers, and dead letters that were not selected stay where they were.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import aio_pika
+import asyncpg
+import orjson
+
+from shared.dlq import DeadLetter, Selection, describe, list_dead_letters, replay_message
+from shared.topology import ERROR_HEADER, ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER, Topology
+from tests.support import ROOT, rabbitmqctl, wait_until
+
+if TYPE_CHECKING:
+    from tests.support import Stack
+
+TOPOLOGY = Topology()
+NEW_TYPE = "COURSE_BETA_FEATURE"
+USER = "dlq-user-1"
+EVENT_ID = "dlq-event-1"
+
+
+def herald_dlq(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``herald dlq ARGS`` as the operator would, against ``stack``."""
+    from shared.cli import build_parser
+
+    subcommands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    # Until the lead wires `dlq` into `herald`, the module's own entry point runs the same parser.
+    argv = ["-m", "shared.cli", "dlq", *args] if "dlq" in subcommands else ["-m", "shared.dlq", *args]
+    return subprocess.run(
+        [sys.executable, *argv], env=stack.env(), cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+def queue_depth(stack: Stack, queue: str) -> int:
+    """Ready plus unacknowledged messages of ``queue`` (0 when it does not exist)."""
+    out = rabbitmqctl("list_queues", "-p", stack.name, "--no-table-headers", "name", "messages").stdout
+    for line in out.splitlines():
+        name, _, count = line.partition("\t")
+        if name == queue:
+            return int(count)
+    return 0
+
+
+async def publish_event(channel: aio_pika.abc.AbstractChannel, body: bytes, message_id: str) -> None:
+    exchange = await channel.get_exchange(TOPOLOGY.events_exchange)
+    await exchange.publish(
+        aio_pika.Message(
+            body,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message_id,
+            app_id="courses-service",
+            headers={"x-trace": "t-1"},
+        ),
+        routing_key="notification.send",
+    )
+
+
+async def test_replay_after_fix_stores_the_event_exactly_once(fresh_stack: Stack) -> None:
+    stack = fresh_stack
+    worker = stack.start_worker()
+    event = {
+        "event_id": EVENT_ID,
+        "user_id": USER,
+        "type": NEW_TYPE,
+        "title": "Beta feature",
+        "message": "Try the new editor",
+        "data": {"courseId": "42"},
+    }
+    connection = await aio_pika.connect(stack.amqp_url)
+    pg = await asyncpg.connect(stack.database_url)
+    try:
+        channel = await connection.channel()
+        # The producer retried: the same event twice. And one unrelated broken event.
+        await publish_event(channel, orjson.dumps(event), EVENT_ID)
+        await publish_event(channel, orjson.dumps(event), EVENT_ID)
+        await publish_event(channel, b"{not json", "junk-1")
+        await wait_until(lambda: queue_depth(stack, TOPOLOGY.dead_letter_queue) == 3, 20, "3 dead letters")
+
+        letters = await list_dead_letters(stack.amqp_url, TOPOLOGY, Selection())
+        assert [letter.message_id for letter in letters] == [EVENT_ID, EVENT_ID, "junk-1"]
+        assert all(letter.routing_key == "notification.send" for letter in letters)
+        assert all(letter.exchange == TOPOLOGY.events_exchange for letter in letters)
+        assert NEW_TYPE in letters[0].reason
+        assert EVENT_ID in letters[0].preview()
+        # Listing changes nothing, and keeps the order.
+        assert await list_dead_letters(stack.amqp_url, TOPOLOGY, Selection()) == letters
+
+        listed = herald_dlq(stack, "list")
+        assert listed.returncode == 0, listed.stderr
+        assert "3 dead letter(s) shown" in listed.stdout
+        assert NEW_TYPE in listed.stdout
+
+        # The fix: the type joins the catalog, the worker restarts with it.
+        await pg.execute(
+            """INSERT INTO notification_types (name, category, default_in_app, default_email, default_push)
+               VALUES ($1, 'course', true, false, false)""",
+            NEW_TYPE,
+        )
+        worker.stop()
+        worker.launch()
+
+        # A spy bound like the worker's queue sees exactly what the replay publishes.
+        spy = await channel.declare_queue("", exclusive=True)
+        await spy.bind(TOPOLOGY.events_exchange, routing_key="notification.#")
+
+        replayed = herald_dlq(stack, "replay", "--message-id", EVENT_ID)
+        assert replayed.returncode == 0, replayed.stderr
+        assert f"replayed 2 event(s) to {TOPOLOGY.events_exchange}" in replayed.stdout
+
+        async def stored() -> int:
+            count: int = await pg.fetchval("SELECT count(*) FROM notifications WHERE user_id = $1", USER)
+            return count
+
+        await wait_until(lambda: queue_depth(stack, TOPOLOGY.events_queue) == 0, 20, "events queue drained")
+        await wait_until(lambda: stored(), 20, "the replayed notification stored")
+        assert await stored() == 1
+        row = await pg.fetchrow("SELECT type, title, data FROM notifications WHERE user_id = $1", USER)
+        assert (row["type"], row["title"]) == (NEW_TYPE, "Beta feature")
+        assert orjson.loads(row["data"]) == {"courseId": "42"}
+        unread = await pg.fetchval("SELECT unread_count FROM users WHERE user_id = $1", USER)
+        assert unread == 1
+
+        copies = [await spy.get(timeout=5) for _ in range(2)]
+        for copy in copies:
+            await copy.ack()
+            assert copy.routing_key == "notification.send"
+            assert copy.message_id == EVENT_ID
+            assert copy.app_id == "courses-service"
+            assert copy.content_type == "application/json"
+            assert copy.headers == {"x-trace": "t-1"}
+            assert orjson.loads(copy.body) == event
+        assert await spy.get(fail=False) is None
+
+        # The broken event was not selected: still there, alone.
+        remaining = await list_dead_letters(stack.amqp_url, TOPOLOGY, Selection())
+        assert [letter.message_id for letter in remaining] == ["junk-1"]
+        assert await stored() == 1
+    finally:
+        await pg.close()
+        await connection.close()
+
+
+async def test_purge_needs_yes_and_honours_filters(fresh_stack: Stack) -> None:
+    stack = fresh_stack
+    stack.start_worker()
+    connection = await aio_pika.connect(stack.amqp_url)
+    try:
+        channel = await connection.channel()
+        for n in range(3):
+            await publish_event(channel, b"[]", f"bad-{n}")
+        await wait_until(lambda: queue_depth(stack, TOPOLOGY.dead_letter_queue) == 3, 20, "3 dead letters")
+
+        refused = herald_dlq(stack, "purge")
+        assert refused.returncode == 1
+        assert "would purge 3" in refused.stderr
+        assert queue_depth(stack, TOPOLOGY.dead_letter_queue) == 3
+
+        one = herald_dlq(stack, "purge", "--yes", "--message-id", "bad-1")
+        assert one.returncode == 0, one.stderr
+        assert "purged 1" in one.stdout
+        left = await list_dead_letters(stack.amqp_url, TOPOLOGY, Selection())
+        assert [letter.message_id for letter in left] == ["bad-0", "bad-2"]
+
+        limited = await list_dead_letters(stack.amqp_url, TOPOLOGY, Selection(limit=1))
+        assert [letter.message_id for letter in limited] == ["bad-0"]
+
+        everything = herald_dlq(stack, "purge", "--yes")
+        assert everything.returncode == 0, everything.stderr
+        assert "purged 2" in everything.stdout
+        assert queue_depth(stack, TOPOLOGY.dead_letter_queue) == 0
+    finally:
+        await connection.close()
+
+
+@dataclass
+class _Delivered:
+    """The attributes of an incoming message that :func:`describe` and :func:`replay_message` read."""
+
+    body: bytes
+    headers: dict[str, Any]
+    routing_key: str = "herald.dlx-key"
+    message_id: str | None = "m-1"
+    content_type: str | None = "application/json"
+    content_encoding: str | None = None
+    delivery_mode: int = 2
+    priority: int | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    timestamp: Any = None
+    type: str | None = None
+    app_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def test_broker_dead_letters_are_described_from_x_death() -> None:
+    """Events the queue dead-lettered after x-delivery-limit carry x-death instead of Herald's headers."""
+    message = _Delivered(
+        b'{"user_id": "u1"}',
+        {
+            "x-death": [
+                {
+                    "reason": "delivery_limit",
+                    "queue": "herald.events",
+                    "exchange": "",
+                    "routing-keys": ["herald.events"],
+                    "count": 1,
+                }
+            ],
+            "x-first-death-reason": "delivery_limit",
+            "x-delivery-count": 20,
+            "x-trace": "t-9",
+        },
+    )
+    letter = describe(message, 4, TOPOLOGY)  # type: ignore[arg-type]
+    assert letter == DeadLetter(4, "broker: delivery_limit", "", "herald.events", "m-1", message.body)
+    again = replay_message(message)  # type: ignore[arg-type]
+    assert again.headers == {"x-trace": "t-9"}
+    assert again.message_id == "m-1"
+
+
+def test_worker_dead_letters_are_described_from_herald_headers() -> None:
+    message = _Delivered(
+        b"x" * 500,
+        {
+            ERROR_HEADER: b"type: unknown notification type 'X'",
+            ORIGINAL_ROUTING_KEY_HEADER: "notification.broadcast",
+            ORIGINAL_EXCHANGE_HEADER: "herald.events",
+        },
+    )
+    letter = describe(message, 1, TOPOLOGY)  # type: ignore[arg-type]
+    assert letter.reason == "type: unknown notification type 'X'"
+    assert letter.routing_key == "notification.broadcast"
+    assert letter.exchange == "herald.events"
+    assert len(letter.preview()) == 160
+    assert replay_message(message).headers == {}  # type: ignore[arg-type]
+    assert Selection(reason="UNKNOWN").matches(letter)
+    assert not Selection(routing_key="notification.send").matches(letter)
