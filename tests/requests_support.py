@@ -202,6 +202,10 @@ class WsClient:
                 params: dict[str, Any] = frame["params"]
                 return params
 
+    async def next_frame(self, timeout: float = 10) -> dict[str, Any]:
+        """The next server notification, whatever its method."""
+        return await asyncio.wait_for(self.events.get(), timeout)
+
     def drain(self, methods: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Every notification received so far (optionally only ``methods``), removing them all."""
         frames = []

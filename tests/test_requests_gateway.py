@@ -1,0 +1,376 @@
+"""Issue 4 acceptance through the real gateway: real WebSocket clients, real worker processes.
+
+Notifications are either seeded in Postgres (``tests.requests_support.seed``, for volume) or sent through
+the real pipeline with :class:`shared.producer.Producer` (recovery and "while new ones arrive").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import pytest
+
+from shared.producer import Producer
+from shared.topology import Topology
+from tests.requests_support import WsClient, new_user, seed, unread_truth
+from tests.support import rabbitmqctl, stack_context, wait_until
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+    from tests.support import HeraldProcess, Stack
+
+TOPOLOGY = Topology()
+pytestmark = pytest.mark.timeout(120)
+
+
+@dataclass
+class Env:
+    stack: Stack
+    gateway: HeraldProcess
+
+    async def connect(self, user: str, *, admin: bool = False) -> tuple[WsClient, dict[str, Any]]:
+        """A client of ``user`` and the params of its ``connected`` frame."""
+        client = await WsClient.connect(self.gateway.ws_url, user, admin=admin)
+        return client, await client.next_event("connected")
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
+    """A stack of its own: one worker, one gateway."""
+    with stack_context() as stack:
+        stack.start_worker()
+        yield Env(stack, stack.start_gateway())
+
+
+@pytest.fixture
+async def db(env: Env) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(env.stack.database_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def producer(env: Env) -> AsyncIterator[Producer]:
+    async with Producer(env.stack.amqp_url) as publishing:
+        yield publishing
+
+
+@contextlib.asynccontextmanager
+async def clients(env: Env, *users: str) -> AsyncIterator[list[WsClient]]:
+    """Connected clients (``connected`` already received), closed on exit."""
+    opened = [(await env.connect(user))[0] for user in users]
+    try:
+        yield opened
+    finally:
+        for client in opened:
+            await client.close()
+
+
+async def error_of(client: WsClient, method: str, params: Any) -> dict[str, Any]:
+    reply = await client.request(method, params)
+    assert "error" in reply, reply
+    error: dict[str, Any] = reply["error"]
+    return error
+
+
+# ------------------------------------------------------------------------------------- happy paths
+
+
+async def test_connected_reports_the_counters(env: Env, db: asyncpg.Connection) -> None:
+    user = new_user()
+    await seed(db, user, 3)
+    client, connected = await env.connect(user)
+    await client.close()
+    assert connected["user_id"] == user
+    assert (connected["unread_count"], connected["last_seq"]) == (3, 3)
+
+
+async def test_every_method_answers_through_the_gateway(env: Env, db: asyncpg.Connection) -> None:
+    user = new_user()
+    await seed(db, user, 8)
+    ids = [f"{user}-{seq}" for seq in range(1, 9)]
+    async with clients(env, user) as (client,):
+        page = await client.result("notifications.list", {"limit": 3})
+        assert [item["seq"] for item in page["items"]] == [8, 7, 6]
+        assert (page["next_cursor"], page["total"], page["unread_count"]) == (6, 8, 8)
+        synced = await client.result("notifications.sync", {"since": 5})
+        assert [item["id"] for item in synced["items"]] == ids[5:]
+        assert synced["has_more"] is False
+        assert await client.result("notifications.unread_count") == {"count": 8}
+        assert await client.result("notifications.mark_read", {"ids": ids[:3]}) == {
+            "updated": 3,
+            "unread_count": 5,
+        }
+        assert await client.result("notifications.mark_unread", {"ids": ids[:1]}) == {
+            "updated": 1,
+            "unread_count": 6,
+        }
+        assert await client.result("notifications.delete", {"ids": ids[:2]}) == {
+            "deleted": 2,
+            "unread_count": 5,
+        }
+        assert await client.result("notifications.mark_all_read") == {"updated": 5, "unread_count": 0}
+        defaults = await client.result("preferences.get")
+        assert defaults["types"]["NEW_COMMENT"] == {"in_app": True, "email": False, "push": False}
+        updated = await client.result("preferences.update", {"types": {"NEW_COMMENT": {"push": True}}})
+        assert updated["types"]["NEW_COMMENT"] == {"in_app": True, "email": False, "push": True}
+        assert await client.result("preferences.reset") == defaults
+        forbidden = await error_of(client, "notifications.broadcast", {"title": "Hello"})
+        assert forbidden["code"] == 4003
+    assert await unread_truth(db, user) == (0, 0)
+
+    admin, _ = await env.connect(new_user("admin"), admin=True)
+    try:
+        accepted = await admin.result("notifications.broadcast", {"title": "Hello everyone"})
+        assert accepted["accepted"] is True
+        assert accepted["event_id"]
+    finally:
+        await admin.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "field"),
+    [
+        ("notifications.list", {"limit": 0}, "limit"),
+        ("notifications.list", {"before": "x"}, "before"),
+        ("notifications.list", {"types": ["BOGUS"]}, "types.0"),
+        ("notifications.sync", {"limit": 501}, "limit"),
+        ("notifications.sync", {"since": -1}, "since"),
+        ("notifications.unread_count", {"extra": 1}, "extra"),
+        ("notifications.mark_read", {"ids": "a"}, "ids"),
+        ("notifications.mark_unread", {"ids": [7]}, "ids.0"),
+        ("notifications.delete", {"ids": [f"x{i}" for i in range(501)]}, "ids"),
+        ("notifications.mark_all_read", {"all": True}, "all"),
+        ("preferences.get", {"user": "someone-else"}, "user"),
+        (
+            "preferences.update",
+            {"types": {"SECURITY_ALERT": {"in_app": False}}},
+            "types.SECURITY_ALERT.in_app",
+        ),
+        ("preferences.update", {"quiet_hours": {"start": "7am", "end": "09:00"}}, "quiet_hours.start"),
+        ("preferences.reset", {"now": True}, "now"),
+    ],
+)
+async def test_bad_params_name_the_field(env: Env, method: str, params: Any, field: str) -> None:
+    async with clients(env, new_user()) as (client,):
+        error = await error_of(client, method, params)
+    assert error["code"] == -32602
+    assert error["data"]["field"] == field
+
+
+async def test_bad_broadcast_params_name_the_field_for_an_admin(env: Env) -> None:
+    admin, _ = await env.connect(new_user("admin"), admin=True)
+    try:
+        error = await error_of(admin, "notifications.broadcast", {"title": ""})
+    finally:
+        await admin.close()
+    assert (error["code"], error["data"]["field"]) == (-32602, "title")
+
+
+# ------------------------------------------------------------------------------------------ events
+
+
+async def test_a_second_connection_receives_every_event_with_the_unread_count(
+    env: Env, db: asyncpg.Connection
+) -> None:
+    user = new_user()
+    await seed(db, user, 6)
+    ids = [f"{user}-{seq}" for seq in range(1, 7)]
+    async with clients(env, user, user) as (acting, watching):
+        steps: list[tuple[str, Any, str, dict[str, Any]]] = [
+            (
+                "notifications.mark_read",
+                {"ids": ids[:2]},
+                "notification:read",
+                {"ids": ids[:2], "unread_count": 4},
+            ),
+            (
+                "notifications.mark_unread",
+                {"ids": ids[1:2]},
+                "notification:unread",
+                {"ids": ids[1:2], "unread_count": 5},
+            ),
+            (
+                "notifications.delete",
+                {"ids": [ids[2], ids[0]]},
+                "notification:deleted",
+                {"ids": [ids[0], ids[2]], "unread_count": 4},
+            ),
+            ("notifications.mark_all_read", None, "notification:read", {"all": True, "unread_count": 0}),
+        ]
+        for method, params, event, expected in steps:
+            await acting.result(method, params)
+            assert await watching.next_event(event) == expected
+            assert await acting.next_event(event) == expected
+
+        updated = await acting.result("preferences.update", {"channels": {"email": False}})
+        assert await watching.next_event("preferences:updated") == updated
+        reset = await acting.result("preferences.reset")
+        assert await watching.next_event("preferences:updated") == reset
+        assert watching.drain() == []
+
+
+async def test_another_users_ids_change_nothing_and_reveal_nothing(env: Env, db: asyncpg.Connection) -> None:
+    owner, intruder = new_user("owner"), new_user("intruder")
+    await seed(db, owner, 4)
+    await seed(db, intruder, 1)
+    theirs = [f"{owner}-{seq}" for seq in range(1, 5)]
+    async with clients(env, owner, intruder) as (owner_client, intruder_client):
+        listing_before = await owner_client.result("notifications.list")
+        for method, counted in (
+            ("notifications.mark_read", "updated"),
+            ("notifications.mark_unread", "updated"),
+            ("notifications.delete", "deleted"),
+        ):
+            # Someone else's ids and ids that exist nowhere get the very same answer.
+            assert await intruder_client.result(method, {"ids": theirs}) == {counted: 0, "unread_count": 1}
+            assert await intruder_client.result(method, {"ids": ["no-such-id"]}) == {
+                counted: 0,
+                "unread_count": 1,
+            }
+        listed = await intruder_client.result("notifications.list", {"limit": 100})
+        assert [item["id"] for item in listed["items"]] == [f"{intruder}-1"]
+
+        assert await owner_client.result("notifications.list") == listing_before
+        assert await unread_truth(db, owner) == (4, 4)
+        # The owner's next frame is one of their own making: the intruder's requests published nothing.
+        await owner_client.result("notifications.mark_read", {"ids": theirs[:1]})
+        assert await owner_client.next_frame() == {
+            "jsonrpc": "2.0",
+            "method": "notification:read",
+            "params": {"ids": theirs[:1], "unread_count": 3},
+        }
+
+
+# ---------------------------------------------------------------------------------------- recovery
+
+
+async def publish_titles(producer: Producer, user: str, titles: list[str]) -> None:
+    await asyncio.gather(*(producer.send(user, "COURSE_UPDATE", title) for title in titles))
+
+
+async def test_sync_after_a_disconnect_returns_exactly_what_was_missed(
+    env: Env, db: asyncpg.Connection, producer: Producer
+) -> None:
+    user = new_user()
+    client, _ = await env.connect(user)
+    await publish_titles(producer, user, ["seen-0", "seen-1", "seen-2"])
+    live = [await client.next_event("notification:new") for _ in range(3)]
+    watermark = max(item["seq"] for item in live)
+    await client.close()
+
+    missed = [f"missed-{i}" for i in range(20)]
+    await publish_titles(producer, user, missed)
+    await wait_until(lambda: _count_after(db, user, watermark, 20), 30, "the 20 missed notifications stored")
+
+    client, connected = await env.connect(user)
+    try:
+        assert connected["last_seq"] == watermark + 20
+        synced = await client.result("notifications.sync", {"since": watermark})
+    finally:
+        await client.close()
+    seqs = [item["seq"] for item in synced["items"]]
+    assert seqs == sorted(seqs)
+    assert len(seqs) == len(set(seqs)) == 20
+    assert all(seq > watermark for seq in seqs)
+    assert sorted(item["title"] for item in synced["items"]) == sorted(missed)
+    assert synced["has_more"] is False
+
+
+async def _count_after(db: asyncpg.Connection, user: str, seq: int, expected: int) -> bool:
+    stored = await db.fetchval(
+        "SELECT count(*) FROM notifications WHERE user_id = $1 AND seq > $2", user, seq
+    )
+    return bool(stored == expected)
+
+
+async def test_sync_from_a_watermark_misses_nothing_with_two_workers_storing(
+    env: Env, db: asyncpg.Connection, producer: Producer
+) -> None:
+    second = env.stack.start_worker()
+    try:
+        user = new_user()
+        client, connected = await env.connect(user)
+        watermark = connected["last_seq"]
+        seen: list[dict[str, Any]] = []
+        titles = [f"burst-{i}" for i in range(200)]
+        publishing = asyncio.create_task(publish_titles(producer, user, titles))
+        # Both workers consume the input queue while the burst is stored.
+        assert event_consumers(env.stack) == 2
+
+        async def caught_up() -> bool:
+            # What a reconnecting client does: sync from the highest seq it saw, repeatedly.
+            nonlocal watermark
+            while True:
+                page = await client.result("notifications.sync", {"since": watermark, "limit": 50})
+                seen.extend(page["items"])
+                if page["items"]:
+                    watermark = page["items"][-1]["seq"]
+                if not page["has_more"]:
+                    return len(seen) >= len(titles)
+
+        await wait_until(caught_up, 60, "every burst notification synced")
+        await publishing
+
+        # A client that disconnected mid-burst and syncs from what it saw gets exactly the rest.
+        await client.close()
+        cut = seen[49]["seq"]
+        again, _ = await env.connect(user)
+        try:
+            rest = await again.result("notifications.sync", {"since": cut})
+        finally:
+            await again.close()
+    finally:
+        second.stop()
+
+    seqs = [item["seq"] for item in seen]
+    assert seqs == sorted(set(seqs)), "sync returned a seq twice or out of order"
+    assert sorted(item["title"] for item in seen) == sorted(titles), "a notification was skipped"
+    assert [item["seq"] for item in rest["items"]] == seqs[50:]
+
+
+def event_consumers(stack: Stack) -> int:
+    """Consumers of the input queue, from ``rabbitmqctl``."""
+    listing = rabbitmqctl("list_queues", "-p", stack.name, "name", "consumers").stdout
+    counts = dict(line.split("\t") for line in listing.splitlines() if "\t" in line)
+    return int(counts[TOPOLOGY.events_queue])
+
+
+# -------------------------------------------------------------------------------------- pagination
+
+
+async def test_pages_of_20_walk_250_notifications_without_repeat_or_gap_while_new_ones_arrive(
+    env: Env, db: asyncpg.Connection, producer: Producer
+) -> None:
+    user = new_user()
+    await seed(db, user, 250)
+    async with clients(env, user) as (client,):
+        arriving = asyncio.create_task(publish_titles(producer, user, [f"late-{i}" for i in range(40)]))
+        walked: list[int] = []
+        pages = 0
+        cursor = None
+        while True:
+            page = await client.result(
+                "notifications.list", {"limit": 20, **({"before": cursor} if cursor else {})}
+            )
+            pages += 1
+            assert len(page["items"]) <= 20
+            walked += [item["seq"] for item in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        await arriving
+    top = walked[0]
+    stored_up_to_top = await db.fetch(
+        "SELECT seq FROM notifications WHERE user_id = $1 AND seq <= $2 ORDER BY seq DESC", user, top
+    )
+    assert walked == [row["seq"] for row in stored_up_to_top], "a page repeated or skipped a notification"
+    assert set(range(1, 251)) <= set(walked)
+    assert pages == -(-len(walked) // 20)
