@@ -22,7 +22,7 @@ class Metrics:
 
     def __init__(self) -> None:
         # ``*_created`` series double the exposition and say nothing a restart counter would not.
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
         self.connections = Gauge(

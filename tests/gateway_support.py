@@ -1,0 +1,177 @@
+"""Helpers for the gateway tests: tokens, WebSocket clients, a test responder on ``herald.rpc``, and
+looking at the broker's bindings through ``rabbitmqctl``.
+
+The responder stands in for the worker's request handlers: ``session.open`` answers counts and the
+preferences set for the user in :attr:`Responder.preferences`; every other method echoes what the gateway
+sent (``{"echo": {method, params, user_id, admin}}``) after ``params["delay"]`` seconds when given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import aio_pika
+import orjson
+from websockets.asyncio.client import connect
+
+from shared.jsonrpc import notification_frame, rpc_result
+from shared.tokens import mint_token
+from shared.topology import Topology
+from tests.support import TEST_JWT_SECRET, rabbitmqctl
+
+if TYPE_CHECKING:
+    from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+    from websockets.asyncio.client import ClientConnection
+
+    from tests.support import HeraldProcess
+
+NAMES = Topology("herald")
+SESSION_COUNTS = {"unread_count": 2, "last_seq": 5}
+_ids = itertools.count(1)
+
+
+def new_user(prefix: str = "g") -> str:
+    """A user id no other test uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def token(user: str, ttl: float = 3600.0, admin: bool = False, **extra: Any) -> str:
+    """An HS256 token for ``user`` signed with the test secret."""
+    return mint_token(TEST_JWT_SECRET, user, admin=admin, ttl=ttl, extra=extra or None)
+
+
+async def recv_json(ws: ClientConnection, timeout: float = 10.0) -> dict[str, Any]:
+    """The next frame, parsed."""
+    async with asyncio.timeout(timeout):
+        frame = await ws.recv()
+    parsed: dict[str, Any] = orjson.loads(frame)
+    return parsed
+
+
+async def open_client(
+    gateway: HeraldProcess, user: str | None = None, *, jwt: str | None = None, **kwargs: Any
+) -> tuple[ClientConnection, dict[str, Any]]:
+    """Connect with ``?token=`` (a fresh token for ``user`` unless ``jwt``), return the socket and the
+    ``connected`` params."""
+    credential = jwt if jwt is not None else token(user or new_user())
+    ws = await connect(f"{gateway.ws_url}?token={credential}", compression=None, **kwargs)
+    frame = await recv_json(ws)
+    assert frame["method"] == "connected", frame
+    return ws, frame["params"]
+
+
+async def call(
+    ws: ClientConnection, method: str, params: Any = None, timeout: float = 10.0
+) -> dict[str, Any]:
+    """Send one request and return its reply (frames that are not the reply are skipped)."""
+    request_id = next(_ids)
+    request: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+    if params is not None:
+        request["params"] = params
+    await ws.send(orjson.dumps(request).decode())
+    async with asyncio.timeout(timeout):
+        while True:
+            frame = orjson.loads(await ws.recv())
+            if frame.get("id") == request_id:
+                reply: dict[str, Any] = frame
+                return reply
+
+
+async def wait_closed(ws: ClientConnection, timeout: float = 15.0) -> tuple[int | None, str | None]:
+    """Read until the connection closes; return the close code and reason the server sent."""
+    async with asyncio.timeout(timeout):
+        with contextlib.suppress(Exception):
+            while True:
+                await ws.recv()
+    await ws.wait_closed()
+    return ws.close_code, ws.close_reason
+
+
+def user_frame(user: str, n: int) -> bytes:
+    """A recognizable ``notification:new`` frame for ``user``."""
+    return notification_frame("notification:new", {"id": f"{user}-{n}", "seq": n, "type": "NEW_COMMENT"})
+
+
+async def publish_user(
+    channel: AbstractChannel, user: str, body: bytes, method: str = "notification:new"
+) -> None:
+    """Publish a frame to ``herald.users`` the way the worker does."""
+    exchange = await channel.get_exchange(NAMES.users_exchange)
+    message = aio_pika.Message(body, content_type="application/json", type=method)
+    await exchange.publish(message, routing_key=user, mandatory=False)
+
+
+async def publish_broadcast(channel: AbstractChannel, notification_type: str, body: bytes) -> None:
+    """Publish a frame to ``herald.broadcast`` the way the worker does."""
+    exchange = await channel.get_exchange(NAMES.broadcast_exchange)
+    message = aio_pika.Message(
+        body,
+        content_type="application/json",
+        type="notification:new",
+        headers={"x-herald-type": notification_type},
+    )
+    await exchange.publish(message, routing_key="", mandatory=False)
+
+
+def user_bindings(vhost: str, user: str) -> int:
+    """How many queues are bound to ``herald.user.<user>`` right now (0 when the exchange is gone)."""
+    listing = rabbitmqctl("list_bindings", "-p", vhost, "source_name", "destination_kind").stdout
+    source = NAMES.user_exchange(user)
+    return sum(1 for line in listing.splitlines() if line.split("\t")[:2] == [source, "queue"])
+
+
+def user_exchanges(vhost: str) -> set[str]:
+    """Names of the per-user exchanges that exist in ``vhost``."""
+    listing = rabbitmqctl("list_exchanges", "-p", vhost, "name").stdout
+    return {line.strip() for line in listing.splitlines() if line.startswith(f"{NAMES.prefix}.user.")}
+
+
+def stray_user_bindings(vhost: str) -> list[str]:
+    """Every binding that has a per-user exchange as source or destination."""
+    listing = rabbitmqctl("list_bindings", "-p", vhost, "source_name", "destination_name").stdout
+    marker = f"{NAMES.prefix}.user."
+    return [line for line in listing.splitlines() if marker in line]
+
+
+class Responder:
+    """A stand-in worker on ``herald.rpc``; see the module docstring."""
+
+    def __init__(self, amqp_url: str) -> None:
+        self.amqp_url = amqp_url
+        self.preferences: dict[str, Any] = {}
+        self.seen: list[dict[str, Any]] = []
+        self._connection: AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None
+
+    async def start(self) -> None:
+        self._connection = await aio_pika.connect(self.amqp_url)
+        self._channel = await self._connection.channel()
+        queue = await self._channel.declare_queue(NAMES.rpc_queue, durable=True)
+        await queue.consume(self._on_request)
+
+    async def stop(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+
+    async def _on_request(self, message: AbstractIncomingMessage) -> None:
+        async with message.process():
+            request = orjson.loads(message.body)
+            self.seen.append(request)
+            if request["method"] == "session.open":
+                reply = rpc_result(
+                    {**SESSION_COUNTS, "preferences": self.preferences.get(request["user_id"], {})}
+                )
+            else:
+                delay = request["params"].get("delay") if isinstance(request["params"], dict) else None
+                if isinstance(delay, int | float):
+                    await asyncio.sleep(delay)
+                reply = rpc_result({"echo": request})
+            assert self._channel is not None
+            assert message.reply_to
+            await self._channel.default_exchange.publish(
+                aio_pika.Message(reply, correlation_id=message.correlation_id), routing_key=message.reply_to
+            )
