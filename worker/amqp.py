@@ -45,16 +45,16 @@ def events_queue(topology: Topology, delivery_limit: int) -> RabbitQueue:
 async def declare_topology(broker: RabbitBroker, topology: Topology, delivery_limit: int) -> Publisher:
     """Declare every entity of §3 the worker owns and return a :class:`Publisher` on the permanent exchanges.
 
-    The input queue and its binding are declared here too, so the topology is complete even before the
-    subscriber starts (and for producers that publish while no worker ever ran).
+    The two consumed queues, ``herald.events`` (with its binding) and ``herald.rpc``, are declared by
+    their subscribers when the broker starts, on the subscribers' own channels: FastStream's declarer
+    caches queue objects by their properties, so declaring them here first would make the subscribers
+    consume on this default channel, without their ``prefetch_count`` (measured: both consumers on
+    channel 1 with prefetch 0).
     """
-    events = await broker.declare_exchange(events_exchange(topology))
-    queue = await broker.declare_queue(events_queue(topology, delivery_limit))
-    await queue.bind(events, routing_key=EVENTS_BINDING_KEY)
+    await broker.declare_exchange(events_exchange(topology))
     dlx = await broker.declare_exchange(_exchange(topology.dead_letter_exchange, ExchangeType.FANOUT))
     dead = await broker.declare_queue(RabbitQueue(topology.dead_letter_queue, durable=True))
     await dead.bind(dlx, routing_key="")
-    await broker.declare_queue(RabbitQueue(topology.rpc_queue, durable=True, auto_delete=False))
     return Publisher(
         users=await broker.declare_exchange(_exchange(topology.users_exchange, ExchangeType.DIRECT)),
         broadcast=await broker.declare_exchange(_exchange(topology.broadcast_exchange, ExchangeType.FANOUT)),
