@@ -38,6 +38,7 @@ class Settings(BaseSettings):
         jwt_secret: HS256 secret; also what ``herald token`` and ``/dev/token`` sign with.
         jwt_public_key: PEM text, or ``@path`` to read it from a file (RS256/ES256/EdDSA).
         jwt_jwks_url: JWKS endpoint; keys are cached and refetched on an unknown ``kid``.
+        jwt_jwks_cooldown: minimum seconds between two refetches forced by unknown ``kid`` values [30].
         jwt_algorithms: comma-separated allowlist [``HS256``]; ``none`` is always refused.
         jwt_audience, jwt_issuer: checked only when set.
 
@@ -87,6 +88,7 @@ class Settings(BaseSettings):
     jwt_secret: SecretStr | None = None
     jwt_public_key: str | None = None
     jwt_jwks_url: str | None = None
+    jwt_jwks_cooldown: float = Field(default=30.0, ge=0)
     jwt_algorithms: Annotated[tuple[str, ...], NoDecode] = ("HS256",)
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
