@@ -63,7 +63,7 @@ _INSERT: Final = """
     SELECT n.user_id, b.base + n.rn, n.id, n.type, n.category, n.title, n.message, n.data::jsonb,
            n.idempotency_key, n.expires_at
       FROM numbered n JOIN bumped b USING (user_id)
-    RETURNING seq, created_at"""
+    RETURNING user_id, id, seq, created_at"""
 
 # One statement for a broadcast: every known user whose effective preferences allow the type in-app
 # (critical types always), minus those who already have it, locked in user-id order, each given its
@@ -187,7 +187,9 @@ async def insert(conn: Connection, rows: NewRows) -> list[asyncpg.Record]:
     """Insert ``rows`` with the next seqs of their (locked) users; ``(seq, created_at)`` in input order."""
     if not rows:
         return []
-    return list(await conn.fetch(_INSERT, *rows.columns()))
+    returned = {(row["user_id"], row["id"]): row for row in await conn.fetch(_INSERT, *rows.columns())}
+    # RETURNING follows the plan's join order, not the input's: put the records back in input order.
+    return [returned[key] for key in zip(rows.user_id, rows.id, strict=True)]
 
 
 async def broadcast(
