@@ -10,8 +10,9 @@
 - ``sub`` must be a valid user id (PROTOCOL §4), since it names an exchange and a routing key;
 - ``roles`` (a list) containing ``admin`` grants admin methods.
 
-JWKS keys come from :class:`jwt.PyJWKClient` (cached; refetched on an unknown ``kid``, at most once per
-cool-down); its blocking HTTP fetch runs in a thread, never on the event loop.
+JWKS keys come from :class:`jwt.PyJWKClient` (cached for 5 minutes; refetched on an unknown ``kid``, at
+most once per ``HERALD_JWT_JWKS_COOLDOWN`` so a stream of made-up ``kid`` values cannot hammer the
+identity provider); its blocking HTTP fetch runs in a thread, never on the event loop.
 
 :class:`AuthState` is sans-I/O: it records who the connection is and until when, and decides what an
 ``auth.refresh`` does.
@@ -58,7 +59,8 @@ class TokenVerifier:
     def __init__(self, settings: Settings) -> None:
         settings.require_jwt_key()
         self._algorithms = frozenset(a for a in settings.jwt_algorithms if a.lower() != "none")
-        self._secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+        # An empty secret is no secret: HMAC with "" would accept tokens anyone can mint.
+        self._secret = (settings.jwt_secret.get_secret_value() if settings.jwt_secret else "") or None
         self._public_key: Any = (
             load_pem_public_key(settings.jwt_public_key.encode()) if settings.jwt_public_key else None
         )
@@ -68,6 +70,7 @@ class TokenVerifier:
                 cache_keys=True,
                 lifespan=JWKS_LIFESPAN_SECONDS,
                 timeout=JWKS_TIMEOUT_SECONDS,
+                cooldown_duration=settings.jwt_jwks_cooldown,
             )
             if settings.jwt_jwks_url
             else None
