@@ -1,0 +1,143 @@
+"""Scale-out on one machine: 2 workers and 2 gateways, each user's connections spread over both gateways.
+
+Acceptance (issue 6): every notification reaches every connection of its user exactly once, and each
+user's ``seq`` values are gap-free (1..N) however the two workers interleaved their commits. Connections
+are raw WebSocket clients (no client-side de-duplication), so a duplicate or a loss shows as it happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from shared.producer import Producer
+from tests.gateway_support import call, open_client, recv_json
+from tests.support import http_get, rabbitmqctl, wait_until
+
+if TYPE_CHECKING:
+    from websockets.asyncio.client import ClientConnection
+
+    from tests.support import HeraldProcess, Stack
+
+USERS = 10
+EVENTS_PER_USER = 30
+MULTI_RECIPIENT_EVENTS = 5  # each addressed to every user at once (user_ids), on top of the above
+# Connections per user and the gateway of each: (0, 1) = one on each; (0, 0, 1) = two on the first, etc.
+LAYOUTS = [(0, 1), (0, 0, 1), (1, 1, 0), (0, 1, 1, 0)]
+
+
+@dataclass
+class Connection:
+    """One raw WebSocket connection and the ``notification:new`` params it received."""
+
+    user: str
+    gateway: int
+    ws: ClientConnection
+    received: list[dict[str, Any]] = field(default_factory=list)
+    others: list[dict[str, Any]] = field(default_factory=list)
+
+    async def read_until(self, marker_id: str, timeout: float) -> None:
+        """Collect frames until the one with ``marker_id`` (sent after everything else) arrives."""
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = await recv_json(self.ws, timeout)
+                if frame.get("method") != "notification:new":
+                    self.others.append(frame)
+                    continue
+                self.received.append(frame["params"])
+                if frame["params"]["title"] == marker_id:
+                    return
+
+
+def queue_depth(stack: Stack, queue: str) -> int:
+    out = rabbitmqctl("list_queues", "-p", stack.name, "--no-table-headers", "name", "messages").stdout
+    return next((int(line.split("\t")[1]) for line in out.splitlines() if line.split("\t")[0] == queue), 0)
+
+
+def stored_events(worker: HeraldProcess) -> float:
+    """The worker's ``herald_worker_events_total{outcome="stored"}``."""
+    _, body = http_get(f"{worker.url}/metrics")
+    match = re.search(rb'^herald_worker_events_total\{outcome="stored"\} (\S+)$', body, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+async def test_two_workers_two_gateways_deliver_once_without_gaps(fresh_stack: Stack) -> None:
+    stack = fresh_stack
+    # Small prefetch and batches so both workers take part and their commits interleave per user.
+    workers = [stack.start_worker(prefetch=20, batch_size=10) for _ in range(2)]
+    gateways = [stack.start_gateway() for _ in range(2)]
+    run = uuid.uuid4().hex[:6]
+    users = [f"scale-{run}-{n}" for n in range(USERS)]
+
+    connections: list[Connection] = []
+    for index, user in enumerate(users):
+        for gateway in LAYOUTS[index % len(LAYOUTS)]:
+            ws, params = await open_client(gateways[gateway], user)
+            assert params["user_id"] == user
+            connections.append(Connection(user, gateway, ws))
+    assert {c.gateway for c in connections} == {0, 1}
+
+    try:
+        async with Producer(stack.amqp_url) as producer:
+            sends = [
+                producer.send(user, "NEW_COMMENT", f"{user}/{n}", event_id=f"{user}-{n}")
+                for user in users
+                for n in range(EVENTS_PER_USER)
+            ]
+            sends += [
+                producer.send(users, "NEW_REPLY", f"all/{n}", event_id=f"all-{run}-{n}")
+                for n in range(MULTI_RECIPIENT_EVENTS)
+            ]
+            await asyncio.gather(*sends)
+            # Once the queue is empty every frame has been published (workers ack after publishing);
+            # a last notification per user then travels behind them through each gateway's queue.
+            await wait_until(lambda: queue_depth(stack, "herald.events") == 0, 60, "events consumed")
+            await asyncio.gather(*(producer.send(u, "NEW_COMMENT", f"marker-{u}") for u in users))
+        await asyncio.gather(*(c.read_until(f"marker-{c.user}", 60) for c in connections))
+
+        expected = EVENTS_PER_USER + MULTI_RECIPIENT_EVENTS + 1
+        for c in connections:
+            ids = Counter(item["id"] for item in c.received)
+            assert not [i for i, n in ids.items() if n > 1], f"{c.user}@gateway{c.gateway} got duplicates"
+            titles = {item["title"] for item in c.received}
+            assert titles == {f"{c.user}/{n}" for n in range(EVENTS_PER_USER)} | {
+                f"all/{n}" for n in range(MULTI_RECIPIENT_EVENTS)
+            } | {f"marker-{c.user}"}, f"{c.user}@gateway{c.gateway} missed or got foreign notifications"
+            seqs = sorted(item["seq"] for item in c.received)
+            assert seqs == list(range(1, expected + 1)), f"{c.user}: seq has gaps or repeats: {seqs}"
+
+        # Every connection of a user saw the same notifications (same ids and seqs).
+        by_user: dict[str, set[tuple[str, int]]] = {}
+        for c in connections:
+            seen = {(item["id"], item["seq"]) for item in c.received}
+            assert by_user.setdefault(c.user, seen) == seen
+
+        # The store agrees, and `sync` through either gateway returns the same gap-free history.
+        pg = await asyncpg.connect(stack.database_url)
+        try:
+            rows = await pg.fetch(
+                "SELECT user_id, count(*) AS n, max(seq) AS top, min(seq) AS low FROM notifications "
+                "WHERE user_id = ANY($1) GROUP BY user_id",
+                users,
+            )
+        finally:
+            await pg.close()
+        assert {(r["user_id"], r["n"], r["low"], r["top"]) for r in rows} == {
+            (u, expected, 1, expected) for u in users
+        }
+        for c in connections[:4]:
+            reply = await call(c.ws, "notifications.sync", {"since": 0, "limit": 500})
+            items = reply["result"]["items"]
+            assert [item["seq"] for item in items] == list(range(1, expected + 1))
+            assert {(item["id"], item["seq"]) for item in items} == by_user[c.user]
+
+        # Both workers did part of the work.
+        assert all(stored_events(worker) > 0 for worker in workers)
+    finally:
+        await asyncio.gather(*(c.ws.close() for c in connections), return_exceptions=True)
