@@ -20,14 +20,14 @@ from faststream.rabbit import RabbitBroker
 from shared.settings import Settings
 from shared.topology import BROADCAST_ROUTING_KEY, Topology
 from tests.requests_support import new_user, seed, unread_truth
-from tests.support import wait_until
+from tests.support import stack_context, wait_until
 from worker import publish, state
 from worker.db import create_pool, load_catalog
 from worker.inbox import METHODS, Caller, Method, NoParams
 from worker.rpc import handle_request
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterator
 
     import asyncpg
     from aio_pika.abc import AbstractChannel, AbstractQueue
@@ -36,6 +36,17 @@ if TYPE_CHECKING:
 
 TOPOLOGY = Topology()
 pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    """This module's own vhost and database (overrides the session's, also for ``pg`` and ``amqp``).
+
+    The broadcast test publishes a real broadcast event: in a shared vhost, some later test's worker
+    would store it for everyone.
+    """
+    with stack_context() as own:
+        yield own
 
 
 @pytest.fixture(scope="module")
@@ -389,7 +400,6 @@ async def test_other_users_ids_change_nothing_and_reveal_nothing(
     owner_events = await Events.listen(channel, owner)
     intruder_events = await Events.listen(channel, intruder)
     theirs = [f"{owner}-{s}" for s in range(1, 6)]
-    before = await pg.fetch("SELECT seq, read_at FROM notifications WHERE user_id = $1 ORDER BY seq", owner)
 
     for method in ("notifications.mark_read", "notifications.delete"):
         answer = await result(worker_state, method, {"ids": theirs}, user=intruder)

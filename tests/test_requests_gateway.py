@@ -131,6 +131,10 @@ async def test_every_method_answers_through_the_gateway(env: Env, db: asyncpg.Co
         accepted = await admin.result("notifications.broadcast", {"title": "Hello everyone"})
         assert accepted["accepted"] is True
         assert accepted["event_id"]
+        # The admin is a known user: their live copy means the broadcast is stored everywhere, so it
+        # cannot land in a later test's counts.
+        delivered = await admin.next_event("notification:new")
+        assert (delivered["title"], delivered["seq"]) == ("Hello everyone", None)
     finally:
         await admin.close()
 
