@@ -65,6 +65,8 @@ class Settings(BaseSettings):
         retention_batch_size: rows per DELETE statement [1000].
         delivery_limit: redeliveries of a crashing event before the queue dead-letters it [20].
         rpc_prefetch: client requests a worker answers concurrently [64].
+        confirm_frames: wait for publisher confirms of live event frames before acking [false]; see
+            docs/design.md (frames precede the ack on the same connection either way).
 
     Logging
         log_format: ``json``, ``console`` or ``auto`` (console on a terminal, JSON otherwise) [auto].
@@ -117,6 +119,7 @@ class Settings(BaseSettings):
     retention_batch_size: int = Field(default=1000, ge=1)
     delivery_limit: int = Field(default=20, ge=1)
     rpc_prefetch: int = Field(default=64, ge=1, le=65535)
+    confirm_frames: bool = False
 
     log_format: Literal["json", "console", "auto"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
