@@ -147,9 +147,15 @@ async def test_two_tabs_stay_in_step(herald: tuple[Stack, HeraldProcess]) -> Non
     user = unique_user()
     async with session(gateway.ws_url, user) as (first, _), session(gateway.ws_url, user) as (second, seen):
         await publish(stack.amqp_url, event_body(user))
-        await wait_until(lambda: first.unread_count == 1 and second.unread_count == 1, 10, "both counts at 1")
+        await wait_until(
+            lambda: first.unread_count == 1 and second.unread_count == 1 and seen.new_ids(),
+            10,
+            "both counts at 1",
+        )
         await first.mark_read([seen.new_ids()[0]])
-        await wait_until(lambda: second.unread_count == 0, 10, "the second tab's count back to 0")
+        await wait_until(
+            lambda: second.unread_count == 0 and seen.named("notification:read"), 10, "the second tab at 0"
+        )
         assert seen.named("notification:read")[-1].params["ids"] == seen.new_ids()
 
 
@@ -210,7 +216,11 @@ async def test_token_is_refreshed_before_expiry(herald: tuple[Stack, HeraldProce
         async with client:
             first_connection = client.connection_id
             # Well past the first token's expiry the same connection is still up: auth.refresh worked.
-            await wait_until(lambda: len(issued) >= 3, 15, "two refreshes")
+            first_expiry = token_expiry(issued[0])
+            assert first_expiry is not None
+            await wait_until(
+                lambda: len(issued) >= 3 and time.time() > first_expiry + 0.5, 15, "two refreshes"
+            )
             assert await client.ping() == "pong"
             assert client.connection_id == first_connection
             assert not recorder.named("disconnected")

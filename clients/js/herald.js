@@ -284,7 +284,21 @@ export class HeraldClient {
     const ws = new this.options.WebSocket(this.url);
     this._ws = ws;
     let opened = false;
-    const openTimer = setTimeout(() => ws.close(1000, "authentication timed out"), this.options.openTimeoutMs);
+    // Runs once per socket, from onclose or from the open timeout: some WebSocket implementations (Node
+    // 20's undici) never fire close for a connection dropped during the handshake.
+    const finish = (code, reason) => {
+      clearTimeout(openTimer);
+      ws.onopen = ws.onmessage = ws.onclose = null;
+      if (this._ws === ws) this._onClose(code, reason, opened);
+    };
+    const openTimer = setTimeout(() => {
+      try {
+        ws.close(1000, "connection timed out");
+      } catch {
+        // Already closing.
+      }
+      finish(1006, "connection or authentication timed out");
+    }, this.options.openTimeoutMs);
 
     ws.onopen = () => {
       this._call("auth", { token }, this.options.openTimeoutMs).catch(() => {
@@ -309,10 +323,7 @@ export class HeraldClient {
         this._onNotification(frame.method, frame.params);
       }
     };
-    ws.onclose = (event) => {
-      clearTimeout(openTimer);
-      if (this._ws === ws) this._onClose(event.code, event.reason ?? "", opened);
-    };
+    ws.onclose = (event) => finish(event.code, event.reason ?? "");
   }
 
   _onConnected(params, token) {

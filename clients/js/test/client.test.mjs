@@ -75,7 +75,8 @@ async function waitUntil(predicate, timeoutMs, what) {
 
 /** A client plus a record of everything it emitted. */
 function open(url, getToken, options = {}) {
-  const client = new HeraldClient(url, { getToken, backoffBaseMs: 50, backoffMaxMs: 500, ...options });
+  // Node 20's WebSocket never reports a connection dropped during the handshake: the open timeout does.
+  const client = new HeraldClient(url, { getToken, backoffBaseMs: 50, backoffMaxMs: 500, openTimeoutMs: 1000, ...options });
   clients.push(client);
   const events = [];
   client.on("*", (params, meta) => events.push({ ...meta, params }));
