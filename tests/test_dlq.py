@@ -31,16 +31,22 @@ USER = "dlq-user-1"
 EVENT_ID = "dlq-event-1"
 
 
-def herald_dlq(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``herald dlq ARGS`` as the operator would, against ``stack``."""
+def _herald_has_dlq() -> bool:
     from shared.cli import build_parser
 
-    subcommands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    # Until the lead wires `dlq` into `herald`, the module's own entry point runs the same parser.
-    argv = ["-m", "shared.cli", "dlq", *args] if "dlq" in subcommands else ["-m", "shared.dlq", *args]
-    return subprocess.run(
-        [sys.executable, *argv], env=stack.env(), cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
+    try:
+        build_parser().parse_args(["dlq", "list"])
+    except SystemExit:
+        return False
+    return True
+
+
+def herald_dlq(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``herald dlq ARGS`` as the operator would, against ``stack``."""
+    # Until `dlq` is wired into `herald`, the module's own entry point runs the same parser.
+    module = "shared.cli" if _herald_has_dlq() else "shared.dlq"
+    argv = [sys.executable, "-m", module, *(["dlq"] if module == "shared.cli" else []), *args]
+    return subprocess.run(argv, env=stack.env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
 def queue_depth(stack: Stack, queue: str) -> int:
