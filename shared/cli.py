@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from shared import dlq
 from shared import migrate as migrate_module
 from shared.events import InvalidEvent
 from shared.settings import load_settings
@@ -224,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="migrate + worker + gateway in the foreground; Ctrl-C stops all")
     dev.add_argument("--user", default="demo", help="user id of the printed dev token [demo]")
     dev.set_defaults(handler=_cmd_dev)
+
+    dlq.register(sub)
     return parser
 
 
