@@ -9,6 +9,7 @@ link, and return so the process exits 0.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from typing import TYPE_CHECKING, Final
 
@@ -43,7 +44,13 @@ class Gateway:
         self.verifier = TokenVerifier(settings)
         names = Topology(settings.amqp_prefix)
         self.rpc = RpcClient(names.rpc_queue, settings.rpc_timeout)
-        self.broker = BrokerLink(settings.amqp_url, names, self.rpc, self.metrics)
+        self.broker = BrokerLink(
+            settings.amqp_url,
+            names,
+            self.rpc,
+            self.metrics,
+            f"herald-gateway {settings.gateway_host}:{settings.gateway_port} pid {os.getpid()}",
+        )
         self.hub = Hub(
             self.broker, self.metrics, settings.send_buffer_bytes, settings.max_connections_per_user
         )

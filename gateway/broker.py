@@ -57,8 +57,11 @@ _CHANNEL_FAILURES: Final = (aiormq.exceptions.ChannelClosed, aiormq.exceptions.C
 class BrokerLink:
     """See the module docstring. ``run()`` supervises until ``close()``."""
 
-    def __init__(self, amqp_url: str, names: Topology, rpc: RpcClient, metrics: Metrics) -> None:
+    def __init__(
+        self, amqp_url: str, names: Topology, rpc: RpcClient, metrics: Metrics, connection_name: str
+    ) -> None:
         self._url = amqp_url
+        self._connection_name = connection_name
         self._names = names
         self._rpc = rpc
         self._metrics = metrics
@@ -89,7 +92,11 @@ class BrokerLink:
         failures = 0
         while not self._closing:
             try:
-                connection = await aio_pika.connect(self._url, timeout=CONNECT_TIMEOUT)
+                connection = await aio_pika.connect(
+                    self._url,
+                    timeout=CONNECT_TIMEOUT,
+                    client_properties={"connection_name": self._connection_name},
+                )
             except (OSError, aiormq.exceptions.AMQPError, TimeoutError) as exc:
                 delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
                 failures += 1
