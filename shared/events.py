@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, cast
 
 import orjson
 from pydantic import (
@@ -25,6 +25,9 @@ from pydantic import (
 )
 
 from shared.topology import BROADCAST_ROUTING_KEY, SEND_ROUTING_KEY
+
+if TYPE_CHECKING:
+    from pydantic.config import JsonDict
 
 MAX_BODY_BYTES: Final = 64 * 1024
 MAX_DATA_BYTES: Final = 8 * 1024
@@ -83,8 +86,23 @@ class _EventFields(BaseModel):
         return value
 
 
+def _document_single_recipient(schema: JsonDict) -> None:
+    # The parser folds `user_id` into `user_ids` before validation, so the generated schema (AsyncAPI,
+    # docs/asyncapi.json) would otherwise hide the single-recipient form producers use most.
+    properties = cast("dict[str, JsonDict]", schema["properties"])
+    properties["user_id"] = {
+        **cast("JsonDict", properties["user_ids"]["items"]),
+        "title": "User Id",
+        "description": "A single recipient, instead of user_ids (camelCase userId is accepted too).",
+    }
+    schema["required"] = [name for name in cast("list[str]", schema["required"]) if name != "user_ids"]
+    schema["oneOf"] = [{"required": ["user_id"]}, {"required": ["user_ids"]}]
+
+
 class SendEvent(_EventFields):
     """``notification.send``: one notification for each of ``user_ids`` (deduplicated, order kept)."""
+
+    model_config = ConfigDict(json_schema_extra=_document_single_recipient)
 
     user_ids: tuple[UserId, ...] = Field(min_length=1, max_length=MAX_RECIPIENTS)
 
