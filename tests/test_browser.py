@@ -173,6 +173,7 @@ async def test_muting_a_type_in_preferences_stops_it(
         await toggle.click()
         await page.wait_for_selector("#prefs-updated >> text=Saved")
         assert not await toggle.is_checked()
+        await page.evaluate("document.querySelector('.drawer-body').scrollTop = 0")
         await page.screenshot(path=str(SCREENSHOTS / "preferences.png"))
 
         # The muted type and then an unmuted marker: once the marker is shown, the muted one had its chance.

@@ -8,7 +8,26 @@ import { HeraldClient, HeraldRequestError } from "/client/herald.js";
 const PAGE_SIZE = 20;
 const TOAST_MS = 5000;
 const CHANNELS = ["in_app", "email", "push"];
-const CATEGORY_ICONS = { course: "📘", assessment: "📝", progress: "🏆", social: "💬", system: "📣" };
+// 24×24 SVG paths; emoji would depend on the fonts installed where the page runs.
+const ICONS = {
+  course: "M4 4.5A2.5 2.5 0 0 1 6.5 2H20v17H6.5a1.5 1.5 0 0 0 0 3H20v-2h0v2H6.5A2.5 2.5 0 0 1 4 19.5zM8 6v2h8V6z",
+  assessment: "M9 2h6v2h4v18H5V4h4zm0 2v2h6V4zm-1.5 9.5 3 3 6-6-1.4-1.4-4.6 4.6-1.6-1.6z",
+  progress: "M7 3h10v2h4v3a5 5 0 0 1-5 5h-.3A5 5 0 0 1 13 15.9V19h4v2H7v-2h4v-3.1A5 5 0 0 1 8.3 13H8a5 5 0 0 1-5-5V5h4zm0 4H5v1a3 3 0 0 0 2 2.8zm10 0v3.8A3 3 0 0 0 19 8V7z",
+  social: "M4 3h16a2 2 0 0 1 2 2v11a2 2 0 0 1-2 2H8l-5 4V5a2 2 0 0 1 1-2zm3 6v2h10V9zm0-3v2h10V6zm0 6v2h6v-2z",
+  system: "M3 10v4a1 1 0 0 0 1 1h2l4 5h2v-5l7 4V5l-7 4H4a1 1 0 0 0-1 1z",
+  other: "M12 22a2.5 2.5 0 0 0 2.45-2h-4.9A2.5 2.5 0 0 0 12 22zm7-6V11a7 7 0 0 0-14 0v5l-2 2v1h18v-1z",
+  check: "M9.5 16.2 5.3 12l-1.4 1.4 5.6 5.6L20.6 7.9l-1.4-1.4z",
+  dot: "M12 7a5 5 0 1 1 0 10 5 5 0 0 1 0-10z",
+  trash: "M9 3h6l1 2h4v2H4V5h4zm-3 6h12l-1 12H7z",
+};
+// The catalog's grouping for the preferences grid; types an operator added show under "Other".
+const CATEGORIES = {
+  Course: ["COURSE_NEW_CONTENT", "COURSE_UPDATE", "COURSE_SCHEDULE_CHANGE"],
+  Assessment: ["ASSIGNMENT_DEADLINE", "QUIZ_AVAILABLE", "GRADE_RELEASED"],
+  Progress: ["MILESTONE_ACHIEVED", "CERTIFICATE_ISSUED", "COURSE_COMPLETED"],
+  Social: ["NEW_COMMENT", "NEW_REPLY", "INSTRUCTOR_MESSAGE"],
+  System: ["SYSTEM_ANNOUNCEMENT", "SECURITY_ALERT"],
+};
 
 const $ = (id) => document.getElementById(id);
 const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/notifications`;
@@ -194,7 +213,7 @@ function renderList() {
 
 function renderItem(item) {
   const li = element("li", { class: `item${item.read_at ? "" : " unread"}`, "data-id": item.id, "data-type": item.type });
-  const icon = element("span", { class: "item-icon", title: item.category }, CATEGORY_ICONS[item.category] ?? "🔔");
+  const icon = categoryIcon(item.category);
   const body = element(
     "div",
     { class: "item-body" },
@@ -205,13 +224,13 @@ function renderItem(item) {
   const toggle = element(
     "button",
     { class: "item-action toggle", title: item.read_at ? "Mark as unread" : "Mark as read" },
-    item.read_at ? "●" : "✓",
+    svg(item.read_at ? ICONS.dot : ICONS.check),
   );
   toggle.addEventListener("click", (event) => {
     event.stopPropagation();
     act(item.read_at ? inbox.client.markUnread([item.id]) : inbox.client.markRead([item.id]));
   });
-  const del = element("button", { class: "item-action delete", title: "Delete" }, "🗑");
+  const del = element("button", { class: "item-action delete", title: "Delete" }, svg(ICONS.trash));
   del.addEventListener("click", (event) => {
     event.stopPropagation();
     act(inbox.client.delete([item.id]));
@@ -277,15 +296,23 @@ function renderPreferences() {
   for (const channel of CHANNELS) {
     master.append(element("td", {}, checkbox(prefs.channels[channel], `channels.${channel}`, { channels: { [channel]: null } })));
   }
-  const rows = Object.entries(prefs.types).map(([type, channels]) => {
+  const typeRow = (type) => {
     const row = element("tr", { "data-type": type }, element("th", {}, humanize(type)));
     for (const channel of CHANNELS) {
-      const box = checkbox(channels[channel], `types.${type}.${channel}`, { types: { [type]: { [channel]: null } } });
+      const box = checkbox(prefs.types[type][channel], `types.${type}.${channel}`, { types: { [type]: { [channel]: null } } });
       box.disabled = !prefs.channels[channel];
       row.append(element("td", {}, box));
     }
     return row;
-  });
+  };
+  const listed = new Set(Object.values(CATEGORIES).flat());
+  const groups = { ...CATEGORIES, Other: Object.keys(prefs.types).filter((type) => !listed.has(type)) };
+  const rows = [];
+  for (const [title, types] of Object.entries(groups)) {
+    const present = types.filter((type) => type in prefs.types);
+    if (!present.length) continue;
+    rows.push(element("tr", { class: "group" }, element("th", { colspan: "4" }, title)), ...present.map(typeRow));
+  }
   $("prefs-grid").tBodies[0].replaceChildren(master, ...rows);
 
   const quiet = prefs.quiet_hours;
@@ -345,7 +372,7 @@ function toast(item) {
   const node = element(
     "div",
     { class: "toast", role: "status", "data-id": item.id },
-    element("span", { class: "item-icon" }, CATEGORY_ICONS[item.category] ?? "🔔"),
+    categoryIcon(item.category),
     element("div", {}, element("strong", {}, item.title), element("p", {}, item.message)),
   );
   node.addEventListener("click", () => {
@@ -378,6 +405,21 @@ function element(tag, attributes = {}, ...children) {
   for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, value);
   node.append(...children);
   return node;
+}
+
+function svg(path) {
+  const node = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  node.setAttribute("viewBox", "0 0 24 24");
+  node.setAttribute("aria-hidden", "true");
+  const shape = document.createElementNS("http://www.w3.org/2000/svg", "path");
+  shape.setAttribute("d", path);
+  node.append(shape);
+  return node;
+}
+
+function categoryIcon(category) {
+  const known = category in ICONS && !["check", "dot", "trash"].includes(category);
+  return element("span", { class: `item-icon cat-${known ? category : "other"}`, title: category }, svg(ICONS[known ? category : "other"]));
 }
 
 function humanize(type) {
