@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, cast
 
-from faststream.rabbit import ExchangeType, QueueType, RabbitExchange, RabbitQueue
+import aio_pika
+from faststream.rabbit import Channel, ExchangeType, QueueType, RabbitExchange, RabbitQueue
 
 from shared.topology import EVENTS_BINDING_KEY
 from worker.publish import Publisher
@@ -42,8 +43,11 @@ def events_queue(topology: Topology, delivery_limit: int) -> RabbitQueue:
     )
 
 
-async def declare_topology(broker: RabbitBroker, topology: Topology, delivery_limit: int) -> Publisher:
+async def declare_topology(broker: RabbitBroker, topology: Topology, *, confirm_frames: bool) -> Publisher:
     """Declare every entity of §3 the worker owns and return a :class:`Publisher` on the permanent exchanges.
+
+    Unless ``confirm_frames``, live event frames get a channel of their own without publisher confirms
+    (see ``worker.publish``).
 
     The two consumed queues, ``herald.events`` (with its binding) and ``herald.rpc``, are declared by
     their subscribers when the broker starts, on the subscribers' own channels: FastStream's declarer
@@ -55,8 +59,20 @@ async def declare_topology(broker: RabbitBroker, topology: Topology, delivery_li
     dlx = await broker.declare_exchange(_exchange(topology.dead_letter_exchange, ExchangeType.FANOUT))
     dead = await broker.declare_queue(RabbitQueue(topology.dead_letter_queue, durable=True))
     await dead.bind(dlx, routing_key="")
+    users_exchange = _exchange(topology.users_exchange, ExchangeType.DIRECT)
+    users = await broker.declare_exchange(users_exchange)
+    live = users
+    if not confirm_frames:
+        # Straight from the channel: FastStream's declarer caches exchanges by their flags alone and
+        # would hand back the confirm channel's object.
+        channel = await broker.config.channel_manager.get_channel(Channel(publisher_confirms=False))
+        live = await channel.declare_exchange(
+            users_exchange.name, aio_pika.ExchangeType.DIRECT, durable=True, auto_delete=False
+        )
     return Publisher(
-        users=await broker.declare_exchange(_exchange(topology.users_exchange, ExchangeType.DIRECT)),
+        users=users,
+        live=live,
+        live_confirmed=confirm_frames,
         broadcast=await broker.declare_exchange(_exchange(topology.broadcast_exchange, ExchangeType.FANOUT)),
         deliveries=await broker.declare_exchange(_exchange(topology.deliveries_exchange, ExchangeType.TOPIC)),
         dlx=dlx,

@@ -147,7 +147,7 @@ async def _startup() -> None:
     pool = await _connect_database()
     catalog = await load_catalog(pool)
     await broker.connect()
-    publisher = await declare_topology(broker, topology, settings.delivery_limit)
+    publisher = await declare_topology(broker, topology, confirm_frames=settings.confirm_frames)
     publish.install(publisher)
     worker_state = state.WorkerState(settings, topology, broker, pool, catalog)
     state.install(worker_state)

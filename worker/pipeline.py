@@ -443,17 +443,22 @@ class Pipeline:
         try:
             started = time.perf_counter()
             publisher = self._publisher
-            sends: list[Coroutine[Any, Any, None]] = [
-                publisher.user_frame(user, NEW_METHOD, frame) for user, frame in outgoing.frames
-            ]
-            sends += [
-                publisher.broadcast_frame(kind, NEW_METHOD, frame) for kind, frame in outgoing.broadcasts
-            ]
-            sends += [publisher.delivery(channel, body, mid) for channel, body, mid in outgoing.deliveries]
+            confirmed: list[Coroutine[Any, Any, None]] = []
             try:
-                await _gather(sends)
+                if publisher.live_confirmed:
+                    confirmed += [publisher.live_frame(u, NEW_METHOD, f) for u, f in outgoing.frames]
+                else:
+                    # No confirm to wait for: each call only queues the frame for the socket, in order,
+                    # ahead of the ack below on the same connection.
+                    for user, frame in outgoing.frames:
+                        await publisher.live_frame(user, NEW_METHOD, frame)
+                confirmed += [publisher.broadcast_frame(t, NEW_METHOD, f) for t, f in outgoing.broadcasts]
+                confirmed += [publisher.delivery(c, body, mid) for c, body, mid in outgoing.deliveries]
+                await _gather(confirmed)
             except Exception as exc:
                 # Not acked: redelivered, found stored, published again.
+                for coroutine in confirmed:
+                    coroutine.close()
                 log.warning("publish failed; batch requeued", error=repr(exc), events=len(items))
                 await self._requeue(items)
                 return

@@ -5,8 +5,15 @@ Every publish goes to one of the permanent exchanges declared at start (``herald
 an exchange that does not exist closes the channel (LIBRARY-NOTES).
 
 Frames are published with ``mandatory=False`` (a frame for a user connected nowhere is dropped by RabbitMQ
-instead of being returned to us) on the broker's publisher-confirm channel; callers ``await`` the confirm,
-and the batcher awaits all confirms of a batch together (``asyncio.gather``) before it acks the batch.
+instead of being returned to us). Deliveries, dead letters, broadcast frames and request frames
+(:func:`publish_user_frame`) use the broker's publisher-confirm channel and their callers ``await`` the
+confirm. The ``notification:new`` frames of event batches go on ``live`` — by default a channel without
+confirms on the same connection as the consumer, so each frame is written before the batch's ack
+(``HERALD_CONFIRM_FRAMES=true`` puts them on the confirm channel; docs/design.md weighs the two).
+
+Hot-path publishes (frames, deliveries) go straight to the underlying aiormq channel with ``wait=False``:
+aio-pika's ``Exchange.publish`` holds the channel lock until each frame is flushed to the socket, which
+serializes a batch's publishes one socket write at a time; here the confirms are still awaited.
 
 :class:`Publisher` is built once at start-up (``worker.app``) and installed here; request handlers
 (``worker.rpc``) call :func:`publish_user_frame`.
@@ -17,6 +24,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from aio_pika import DeliveryMode, Message
+from aiormq import spec
 
 from shared.topology import ERROR_HEADER, ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER
 
@@ -30,29 +38,52 @@ BROADCAST_TYPE_HEADER: Final = "x-herald-type"
 class Publisher:
     """The worker's handles on the permanent exchanges (aio-pika exchanges on a confirm channel)."""
 
-    __slots__ = ("broadcast", "deliveries", "dlx", "users")
+    __slots__ = ("broadcast", "deliveries", "dlx", "live", "live_confirmed", "users")
 
     def __init__(
         self,
         *,
         users: AbstractExchange,
+        live: AbstractExchange,
+        live_confirmed: bool,
         broadcast: AbstractExchange,
         deliveries: AbstractExchange,
         dlx: AbstractExchange,
     ) -> None:
         self.users = users
+        self.live = live
+        self.live_confirmed = live_confirmed
         self.broadcast = broadcast
         self.deliveries = deliveries
         self.dlx = dlx
+
+    async def _fast_publish(
+        self, exchange: AbstractExchange, routing_key: str, body: bytes, properties: spec.Basic.Properties
+    ) -> None:
+        # A fresh Properties per message: aiormq writes a message_id into it when it has none.
+        channel = await exchange.channel.get_underlay_channel()  # type: ignore[attr-defined]
+        await channel.basic_publish(
+            body,
+            exchange=exchange.name,
+            routing_key=routing_key,
+            properties=properties,
+            mandatory=False,
+            wait=False,
+        )
 
     async def user_frame(self, user_id: str, method: str, frame: bytes) -> None:
         """Publish one JSON-RPC frame to ``herald.users`` keyed by ``user_id``; waits for the confirm.
 
         The AMQP ``type`` property carries ``method`` so the gateway routes without parsing the body.
         """
-        await self.users.publish(
-            Message(frame, content_type=JSON, type=method), routing_key=user_id, mandatory=False
-        )
+        properties = spec.Basic.Properties(content_type=JSON, message_type=method, delivery_mode=1)
+        await self._fast_publish(self.users, user_id, frame, properties)
+
+    async def live_frame(self, user_id: str, method: str, frame: bytes) -> None:
+        """Like :meth:`user_frame` on the ``live`` channel: returns once queued for the socket unless
+        ``live_confirmed``, in which case it waits for the confirm."""
+        properties = spec.Basic.Properties(content_type=JSON, message_type=method, delivery_mode=1)
+        await self._fast_publish(self.live, user_id, frame, properties)
 
     async def broadcast_frame(self, notification_type: str, method: str, frame: bytes) -> None:
         """Publish one frame to ``herald.broadcast`` with header ``x-herald-type``; waits for the confirm."""
@@ -66,17 +97,10 @@ class Publisher:
 
     async def delivery(self, channel: str, body: bytes, message_id: str) -> None:
         """Publish one persistent email/push job to ``herald.deliveries`` with routing key ``channel``."""
-        await self.deliveries.publish(
-            Message(
-                body,
-                content_type=JSON,
-                delivery_mode=DeliveryMode.PERSISTENT,
-                message_id=message_id,
-                type=channel,
-            ),
-            routing_key=channel,
-            mandatory=False,
+        properties = spec.Basic.Properties(
+            content_type=JSON, message_type=channel, delivery_mode=2, message_id=message_id
         )
+        await self._fast_publish(self.deliveries, channel, body, properties)
 
     async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
         """Copy a rejected event to ``herald.dlx`` with its reason; the caller then acks the original.

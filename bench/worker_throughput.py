@@ -1,0 +1,217 @@
+"""Worker throughput, side by side in one run on the same queue (issue 2's benchmark).
+
+Variants, each on the same ``herald.events`` quorum queue pre-loaded with persistent events while
+nothing consumes it:
+
+1. ceiling — a bare FastStream subscriber that only acks (manual ack, same prefetch, uvloop);
+2. worker, one event at a time — ``herald-worker`` with ``HERALD_BATCH_SIZE=1``;
+3. worker, batched — ``herald-worker`` with the configured batch size (default 200).
+
+A worker run counts as done when every event is stored (rows in Postgres) *and* published (frames in a
+queue bound to ``herald.users`` for every recipient). Time starts when the consumer starts (the ceiling's
+``broker.start()``, the worker's ``/readyz``). Runs on its own vhost and database; bounded by ``--events``.
+
+    .venv/bin/python bench/worker_throughput.py [--events 20000] [--single-events 3000] [--users 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import aio_pika
+import asyncpg
+import orjson
+import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from faststream import AckPolicy
+from faststream.rabbit import Channel, RabbitBroker
+
+from shared.topology import Topology
+from tests.support import Stack, create_stack, destroy_stack
+from worker.amqp import events_exchange, events_queue
+
+DELIVERY_LIMIT = 20
+TOPOLOGY = Topology()
+
+
+async def preload(stack: Stack, events: int, users: int, tag: str) -> None:
+    """Publish ``events`` persistent send events (confirmed) into the input queue."""
+    connection = await aio_pika.connect(stack.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(TOPOLOGY.events_exchange)
+        window = 500
+        for start in range(0, events, window):
+            await asyncio.gather(
+                *(
+                    exchange.publish(
+                        aio_pika.Message(
+                            orjson.dumps(
+                                {
+                                    "event_id": f"{tag}-{i}",
+                                    "user_id": f"user-{i % users}",
+                                    "type": "NEW_COMMENT",
+                                    "title": f"Lesson {i}",
+                                    "message": "A new lesson is available",
+                                    "data": {"courseId": "42", "lessonId": str(i)},
+                                }
+                            ),
+                            content_type="application/json",
+                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        ),
+                        routing_key="notification.send",
+                    )
+                    for i in range(start, min(start + window, events))
+                )
+            )
+
+
+async def declare(stack: Stack, users: int) -> None:
+    """The input queue (as the worker declares it) and a frames queue bound for every recipient."""
+    broker = RabbitBroker(stack.amqp_url, logger=None)
+    await broker.connect()
+    exchange = await broker.declare_exchange(events_exchange(TOPOLOGY))
+    queue = await broker.declare_queue(events_queue(TOPOLOGY, DELIVERY_LIMIT))
+    await queue.bind(exchange, routing_key="notification.#")
+    await broker.stop()
+    connection = await aio_pika.connect(stack.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        users_exchange = await channel.declare_exchange(
+            TOPOLOGY.users_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+        )
+        frames = await channel.declare_queue("bench.frames", durable=False, auto_delete=False)
+        for i in range(users):
+            await frames.bind(users_exchange, routing_key=f"user-{i}")
+
+
+async def frames_waiting(channel: aio_pika.abc.AbstractChannel) -> int:
+    queue = await channel.declare_queue("bench.frames", passive=True)
+    count: int = queue.declaration_result.message_count or 0
+    return count
+
+
+async def purge_frames(stack: Stack) -> None:
+    connection = await aio_pika.connect(stack.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue("bench.frames", passive=True)
+        await queue.purge()
+
+
+async def ceiling(stack: Stack, events: int, prefetch: int) -> float:
+    """Events/s of a bare FastStream consume-and-ack loop."""
+    await preload(stack, events, 1, "ceiling")
+    broker = RabbitBroker(stack.amqp_url, logger=None)
+    done = asyncio.Event()
+    seen = 0
+
+    @broker.subscriber(
+        events_queue(TOPOLOGY, DELIVERY_LIMIT),
+        events_exchange(TOPOLOGY),
+        channel=Channel(prefetch_count=prefetch),
+        ack_policy=AckPolicy.MANUAL,
+        no_reply=True,
+    )
+    async def consume() -> None:
+        nonlocal seen
+        await broker.context.get_local("message").ack()
+        seen += 1
+        if seen == events:
+            done.set()
+
+    started = time.perf_counter()
+    await broker.start()
+    await done.wait()
+    elapsed = time.perf_counter() - started
+    await broker.stop()
+    return events / elapsed
+
+
+async def worker_run(stack: Stack, events: int, users: int, tag: str, **settings: object) -> float:
+    """Events/s of a worker process until every event is stored and its frame published."""
+    await preload(stack, events, users, tag)
+    pg = await asyncpg.connect(stack.database_url)
+    before = await pg.fetchval("SELECT coalesce(sum(last_seq), 0) FROM users")
+    await purge_frames(stack)
+    amqp = await aio_pika.connect(stack.amqp_url)
+    channel = await amqp.channel()
+    process = stack.start_worker(**settings)
+    started = time.perf_counter()
+    try:
+        while True:
+            # Cheap polls (the bench shares the two cores): the frame count first, rows only after.
+            if await frames_waiting(channel) >= events:
+                stored = await pg.fetchval("SELECT sum(last_seq) FROM users") - before
+                if stored >= events:
+                    break
+            await asyncio.sleep(0.05)
+        elapsed = time.perf_counter() - started
+    finally:
+        process.stop()
+        stack.processes.remove(process)
+        await pg.close()
+        await amqp.close()
+    return events / elapsed
+
+
+async def run_all(stack: Stack, args: argparse.Namespace) -> list[tuple[str, int, float]]:
+    """The three variants, in order; (name, events, events/s) each."""
+    await declare(stack, args.users)
+    rows: list[tuple[str, int, float]] = []
+    rows.append(
+        (
+            "bare FastStream consume + ack (ceiling)",
+            args.events,
+            await ceiling(stack, args.events, args.prefetch),
+        )
+    )
+    rows.append(
+        (
+            "worker, one event at a time (batch 1)",
+            args.single_events,
+            await worker_run(
+                stack, args.single_events, args.users, "single", batch_size=1, prefetch=args.prefetch
+            ),
+        )
+    )
+    rows.append(
+        (
+            f"worker, batched (batch {args.batch_size})",
+            args.events,
+            await worker_run(
+                stack, args.events, args.users, "batched", batch_size=args.batch_size, prefetch=args.prefetch
+            ),
+        )
+    )
+    return rows
+
+
+def main(args: argparse.Namespace) -> None:
+    stack = create_stack("herald_bench")
+    try:
+        rows = uvloop.run(run_all(stack, args))
+    finally:
+        destroy_stack(stack)
+    top = rows[0][2]
+    print(f"{'variant':<44} {'events':>7} {'events/s':>10} {'of ceiling':>11}")
+    for name, count, rate in rows:
+        print(f"{name:<44} {count:>7} {rate:>10,.0f} {rate / top:>10.0%}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--single-events", type=int, default=3_000)
+    parser.add_argument("--users", type=int, default=200)
+    parser.add_argument("--prefetch", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=200)
+    main(parser.parse_args())
