@@ -16,7 +16,7 @@ import aio_pika
 import jwt
 
 from shared.topology import SEND_ROUTING_KEY, Topology
-from tests.support import TEST_JWT_SECRET, create_stack, destroy_stack
+from tests.support import ROOT, TEST_JWT_SECRET, create_stack, destroy_stack
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -78,3 +78,14 @@ def running_stack(**gateway_overrides: Any) -> Iterator[tuple[Stack, HeraldProce
         yield stack, gateway
     finally:
         destroy_stack(stack)
+
+
+def doc_snippet(name: str) -> str:
+    """The code block after ``<!-- snippet:NAME -->`` in docs/clients.md (what the README copies)."""
+    text = (ROOT / "docs" / "clients.md").read_text(encoding="utf-8")
+    after = text.split(f"<!-- snippet:{name} -->", 1)[1]
+    return after.split("```", 2)[1].split("\n", 1)[1]
+
+
+#: The gateway address the snippets print; tests substitute their own gateway's.
+DOC_GATEWAY = "ws://127.0.0.1:8765/notifications"

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import pytest
 
-from tests.clientkit import event_body, publish, running_stack, unique_user
+from tests.clientkit import doc_snippet, event_body, publish, running_stack, unique_user
 from tests.support import ROOT, wait_until
 
 if TYPE_CHECKING:
@@ -281,3 +281,24 @@ async def _stored(stack: Stack, user: str, count: int) -> bool:
     finally:
         await conn.close()
     return stored == count
+
+
+async def test_the_documented_snippet_works_as_printed(
+    herald: tuple[Stack, HeraldProcess], browser: Browser
+) -> None:
+    """docs/clients.md's browser snippet (copied into the README) on a page of the gateway's origin."""
+    stack, gateway = herald
+    page = await browser.new_page()
+    logs: list[str] = []
+    page.on("console", lambda message: logs.append(message.text))
+    try:
+        await page.goto(f"{gateway.url}/healthz")  # any page of the gateway's origin
+        await page.set_content(doc_snippet("browser"))
+        await wait_until(lambda: any(line.startswith("latest:") for line in logs), 15, "the snippet's list()")
+        await publish(stack.amqp_url, event_body("alice", title="From the README"))
+        await wait_until(
+            lambda: "new: From the README - Lesson 7 was added to Databases 101" in logs, 10, "new"
+        )
+        assert (await page.title()).startswith("(")  # the unread count is in the title
+    finally:
+        await page.close()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +25,8 @@ from shared.client import (
     backoff_delay,
     token_expiry,
 )
-from tests.clientkit import event_body, mint, publish, running_stack, unique_user
-from tests.support import wait_until
+from tests.clientkit import DOC_GATEWAY, doc_snippet, event_body, mint, publish, running_stack, unique_user
+from tests.support import ROOT, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -299,3 +301,29 @@ def test_token_expiry_and_backoff() -> None:
     delays = [backoff_delay(attempt, 0.5, 4.0) for attempt in range(20) for _ in range(20)]
     assert all(0 <= d <= 4.0 for d in delays)
     assert max(delays) > 2.0  # the cap is reached, jitter spreads below it
+
+
+async def test_the_documented_snippet_works_as_printed(herald: tuple[Stack, HeraldProcess]) -> None:
+    """docs/clients.md's Python snippet (copied into the README), with only the gateway address changed."""
+    stack, gateway = herald
+    user = unique_user("doc")
+    code = doc_snippet("python")
+    assert DOC_GATEWAY in code
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        code.replace(DOC_GATEWAY, gateway.ws_url),
+        cwd=ROOT,
+        env={**os.environ, "HERALD_TOKEN": mint(user)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(20):
+            assert await process.stdout.readline() == b"unread: 0\n"
+            await publish(stack.amqp_url, event_body(user, title="Printed snippet"))
+            assert await process.stdout.readline() == b"new: Printed snippet\n"
+    finally:
+        process.kill()
+        await process.wait()
