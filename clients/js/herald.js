@@ -281,7 +281,13 @@ export class HeraldClient {
     }
     if (this.state === "closed") return;
 
-    const ws = new this.options.WebSocket(this.url);
+    let ws;
+    try {
+      ws = new this.options.WebSocket(this.url);
+    } catch (err) {
+      this._stop(null, `cannot open ${this.url}: ${err.message ?? err}`); // a malformed URL never heals
+      return;
+    }
     this._ws = ws;
     let opened = false;
     // Runs once per socket, from onclose or from the open timeout: some WebSocket implementations (Node

@@ -1,0 +1,42 @@
+// Pure parts of the browser client, no server needed: `node --test clients/js/test/units.test.mjs`.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import { HeraldClient, backoffDelay, tokenExpiry } from "../herald.js";
+
+const token = (claims) => `x.${Buffer.from(JSON.stringify(claims)).toString("base64url")}.y`;
+
+test("tokenExpiry reads exp from the payload", () => {
+  assert.equal(tokenExpiry(token({ sub: "u", exp: 1700000000 })), 1700000000);
+  assert.equal(tokenExpiry(token({ sub: "u" })), null);
+  assert.equal(tokenExpiry("garbage"), null);
+});
+
+test("backoff is full jitter under an exponential cap", () => {
+  const delays = Array.from({ length: 400 }, (_, i) => backoffDelay(i % 20, 500, 4000));
+  assert.ok(delays.every((d) => d >= 0 && d <= 4000));
+  assert.ok(Math.max(...delays) > 2000);
+  assert.ok(Array.from({ length: 50 }, () => backoffDelay(0, 500, 4000)).every((d) => d <= 500));
+});
+
+test("the watermark does not skip a seq that arrives out of order, and ids are delivered once", () => {
+  const client = new HeraldClient("ws://unused", { getToken: () => "t" });
+  const delivered = [];
+  client.on("notification:new", (n, meta) => delivered.push([n.id, meta.replayed]));
+  client.watermark = 10;
+  client.unreadCount = 0;
+  for (const seq of [12, 13]) client._deliver({ id: `n${seq}`, seq, read_at: null }, false);
+  assert.equal(client.watermark, 10);
+  client._deliver({ id: "n11", seq: 11, read_at: null }, false);
+  assert.equal(client.watermark, 13);
+  client._deliver({ id: "n11", seq: 11, read_at: null }, true);
+  client._deliver({ id: "b1", seq: null, read_at: null }, false);
+  assert.deepEqual(delivered.map(([id]) => id), ["n12", "n13", "n11", "b1"]);
+  assert.equal(client.unreadCount, 4);
+});
+
+test("a client that is closed rejects requests at once", async () => {
+  const client = new HeraldClient("ws://unused", { getToken: () => "t" });
+  client.close();
+  await assert.rejects(client.ping(), (err) => err.kind === "closed");
+});
