@@ -24,6 +24,7 @@ import asyncpg
 
 from tests.requests_support import WsClient, new_user, seed
 from tests.support import stack_context
+from worker.inbox import UNREAD_COUNT, ListParams, list_query
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -143,6 +144,22 @@ async def run(stack: Stack, args: argparse.Namespace) -> list[Outcome]:
     return outcomes
 
 
+async def explain(conn: asyncpg.Connection, user: str) -> None:
+    """Print the plans of the unread count and of list pages for a user with 100,000 notifications."""
+    statements = [("notifications.unread_count", UNREAD_COUNT, [user])]
+    for label, params in (
+        ("notifications.list first page", ListParams()),
+        ("notifications.list deep page", ListParams(before=BIG_USER // 2)),
+        ("notifications.list unread_only", ListParams(unread_only=True)),
+    ):
+        sql, args = list_query(params, user)
+        statements.append((label, sql, args))
+    for label, sql, args in statements:
+        plan = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {sql}", *args)
+        print(f"--- {label}")
+        print("\n".join(row[0] for row in plan))
+
+
 def report(outcomes: list[Outcome], markdown: bool) -> None:
     for outcome in outcomes:
         name, clients, rate, p50, p99 = outcome.row()
@@ -163,6 +180,7 @@ if __name__ == "__main__":
     parser.add_argument("--clients", type=int, default=16, help="concurrent connections")
     parser.add_argument("--users", type=int, default=4, help=f"users with {PER_USER:,} notifications each")
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
+    parser.add_argument("--explain", action="store_true", help="print query plans for the 100k user")
     arguments = parser.parse_args()
     # The stack is made outside the event loop: creating it runs the migrations with asyncio.run.
     with stack_context("herald_bench") as bench_stack:

@@ -22,6 +22,7 @@ from shared.topology import BROADCAST_ROUTING_KEY, Topology
 from tests.requests_support import new_user, seed, unread_truth
 from tests.support import stack_context, wait_until
 from worker import publish, state
+from worker.amqp import declare_topology
 from worker.db import create_pool, load_catalog
 from worker.inbox import METHODS, Caller, Method, NoParams
 from worker.rpc import handle_request
@@ -51,37 +52,18 @@ def stack() -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 async def worker_state(stack: Stack) -> AsyncIterator[state.WorkerState]:
-    """The state a worker installs at start: pool, catalog, a started broker, a publisher on herald.users."""
+    """What a worker installs at start: pool, catalog, a started broker, the publisher on herald.users."""
     settings = Settings(amqp_url=stack.amqp_url, database_url=stack.database_url)
     pool = await create_pool(settings)
     broker = RabbitBroker(settings.amqp_url, logger=None)
     await broker.start()
-    connection = await aio_pika.connect(stack.amqp_url)
-    channel = await connection.channel()
-    exchanges = {
-        name: await channel.declare_exchange(name, kind, durable=True)
-        for name, kind in (
-            (TOPOLOGY.users_exchange, aio_pika.ExchangeType.DIRECT),
-            (TOPOLOGY.broadcast_exchange, aio_pika.ExchangeType.FANOUT),
-            (TOPOLOGY.deliveries_exchange, aio_pika.ExchangeType.TOPIC),
-            (TOPOLOGY.dead_letter_exchange, aio_pika.ExchangeType.FANOUT),
-            (TOPOLOGY.events_exchange, aio_pika.ExchangeType.TOPIC),
-        )
-    }
-    publish.install(
-        publish.Publisher(
-            users=exchanges[TOPOLOGY.users_exchange],
-            broadcast=exchanges[TOPOLOGY.broadcast_exchange],
-            deliveries=exchanges[TOPOLOGY.deliveries_exchange],
-            dlx=exchanges[TOPOLOGY.dead_letter_exchange],
-        )
-    )
+    # The worker's own start-up step: declares the topology and builds the publisher requests use.
+    publish.install(await declare_topology(broker, TOPOLOGY, confirm_frames=True))
     installed = state.WorkerState(settings, TOPOLOGY, broker, pool, await load_catalog(pool))
     state.install(installed)
     try:
         yield installed
     finally:
-        await connection.close()
         await broker.stop()
         await pool.close()
 

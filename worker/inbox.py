@@ -146,7 +146,7 @@ SELECT u.last_seq, u.unread_count, p.channels, p.types, p.quiet_hours, p.updated
   LEFT JOIN user_preferences AS p ON p.user_id = $1
 """
 
-_UNREAD_COUNT = "SELECT unread_count FROM users WHERE user_id = $1"
+UNREAD_COUNT = "SELECT unread_count FROM users WHERE user_id = $1"
 
 _SYNC = f"""
 SELECT {NOTIFICATION_COLUMNS} FROM notifications
@@ -228,7 +228,7 @@ _DELETE = _mutation(
 )
 
 
-def _list_query(params: ListParams, user_id: str) -> tuple[str, list[Any]]:
+def list_query(params: ListParams, user_id: str) -> tuple[str, list[Any]]:
     """The page and its ``total`` and ``unread_count`` in one statement, with only the filters in use.
 
     Filters are spelled into the text rather than written ``($n IS NULL OR ...)``, so every combination
@@ -341,7 +341,7 @@ async def list_notifications(state: WorkerState, caller: Caller, params: ListPar
     """``notifications.list``: ``{items (newest first), next_cursor, total, unread_count}``."""
     _check_names("types", params.types, set(state.catalog.types))
     _check_names("categories", params.categories, state.catalog.categories)
-    sql, args = _list_query(params, caller.user_id)
+    sql, args = list_query(params, caller.user_id)
     rows = await state.pool.fetch(sql, *args)
     items = [notification_json(row) for row in rows if row["seq"] is not None]
     has_more = len(items) > params.limit
@@ -365,7 +365,7 @@ async def sync_notifications(state: WorkerState, caller: Caller, params: SyncPar
 
 async def unread_count(state: WorkerState, caller: Caller, params: NoParams) -> dict[str, Any]:
     """``notifications.unread_count``: ``{count}`` from the maintained counter."""
-    count = await state.pool.fetchval(_UNREAD_COUNT, caller.user_id)
+    count = await state.pool.fetchval(UNREAD_COUNT, caller.user_id)
     return {"count": count or 0}
 
 
