@@ -582,7 +582,7 @@ class HeraldClient:
         self._seen[key] = None
         if len(self._seen) > SEEN_IDS:
             self._seen.popitem(last=False)
-        # Replayed items are already in the count ``connected`` reported after the reconnect.
+        # Replayed items are counted by the unread_count fetch that ends every catch-up.
         if not replayed and item.get("read_at") is None and self.unread_count is not None:
             self._set_unread(self.unread_count + 1)
         self._emit("notification:new", item, replayed)
@@ -598,7 +598,7 @@ class HeraldClient:
         self.watermark = mark
 
     async def _catch_up(self) -> None:
-        """Page ``notifications.sync`` from the watermark until ``has_more`` is false."""
+        """Page ``notifications.sync`` from the watermark while ``has_more``, then refresh the count."""
         async with self._sync_lock:
             try:
                 while self.watermark is not None:
@@ -613,7 +613,10 @@ class HeraldClient:
                             self.watermark = last
                             self._above_watermark = {s for s in self._above_watermark if s > last}
                     if not page.get("has_more") or not items:
-                        return
+                        break
+                # Re-anchor the count: it covers what the sync recovered and any frame counted twice
+                # between ``connected`` and the sync.
+                await self.fetch_unread_count()
             except HeraldError as exc:
                 # The next reconnect syncs again from the same watermark.
                 log.warning("herald client: sync failed: %s", exc)

@@ -6,6 +6,7 @@ database of their own; :func:`running_stack` starts it and stops it.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import time
@@ -14,12 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 import aio_pika
 import jwt
+from websockets.asyncio.server import serve
+from websockets.exceptions import ConnectionClosed
 
 from shared.topology import SEND_ROUTING_KEY, Topology
 from tests.support import ROOT, TEST_JWT_SECRET, create_stack, destroy_stack
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    from websockets.asyncio.server import Server, ServerConnection
 
     from tests.support import HeraldProcess, Stack
 
@@ -89,3 +94,102 @@ def doc_snippet(name: str) -> str:
 
 #: The gateway address the snippets print; tests substitute their own gateway's.
 DOC_GATEWAY = "ws://127.0.0.1:8765/notifications"
+
+
+class ScriptedGateway:
+    """A stand-in gateway for the close codes and frames a real one only emits under failure.
+
+    It speaks the client side of the protocol: first-frame ``auth`` (any token whose payload has a
+    ``sub``; the token is recorded), ``connected`` with ``last_seq`` = the number of stored notifications,
+    ``notifications.sync`` over :attr:`stored` in pages of at most :attr:`page_size`, ``ping``. Tests
+    store notifications with :meth:`store` (optionally pushing them live) and drive the connections with
+    :meth:`send_all` and :meth:`close_all`.
+    """
+
+    def __init__(self, page_size: int = 2) -> None:
+        self.page_size = page_size
+        self.stored: list[dict[str, Any]] = []
+        self.tokens: list[str] = []
+        self.sync_calls: list[int] = []
+        self.connections: set[ServerConnection] = set()
+        self.url = ""
+        self._server: Server | None = None
+
+    async def __aenter__(self) -> ScriptedGateway:
+        self._server = await serve(self._handler, "127.0.0.1", 0)
+        port = next(iter(self._server.sockets)).getsockname()[1]
+        self.url = f"ws://127.0.0.1:{port}/notifications"
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    def store(self, title: str) -> dict[str, Any]:
+        seq = len(self.stored) + 1
+        item = {
+            "id": f"n{seq}",
+            "seq": seq,
+            "type": "COURSE_UPDATE",
+            "category": "course",
+            "title": title,
+            "message": "",
+            "data": {},
+            "created_at": "2026-01-01T00:00:00Z",
+            "read_at": None,
+        }
+        self.stored.append(item)
+        return item
+
+    async def send_all(self, method: str, params: Any) -> None:
+        frame = json.dumps({"jsonrpc": "2.0", "method": method, "params": params})
+        for connection in list(self.connections):
+            await connection.send(frame)
+
+    async def close_all(self, code: int, reason: str = "") -> None:
+        for connection in list(self.connections):
+            await connection.close(code, reason)
+
+    async def _handler(self, connection: ServerConnection) -> None:
+        first = json.loads(await connection.recv())
+        token = first["params"]["token"]
+        self.tokens.append(token)
+        payload = token.split(".")[1]
+        user = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["sub"]
+        await connection.send(json.dumps({"jsonrpc": "2.0", "id": first["id"], "result": {"user_id": user}}))
+        unread = sum(1 for item in self.stored if item["read_at"] is None)
+        connected = {"user_id": user, "connection_id": uuid.uuid4().hex, "unread_count": unread}
+        await connection.send(
+            json.dumps(
+                {
+                    "jsonrpc": "2.0",
+                    "method": "connected",
+                    "params": connected | {"last_seq": len(self.stored)},
+                }
+            )
+        )
+        self.connections.add(connection)
+        try:
+            async for raw in connection:
+                request = json.loads(raw)
+                await connection.send(
+                    json.dumps({"jsonrpc": "2.0", "id": request["id"]} | self._answer(request))
+                )
+        except ConnectionClosed:
+            pass
+        finally:
+            self.connections.discard(connection)
+
+    def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        params = request.get("params") or {}
+        if request["method"] == "notifications.sync":
+            self.sync_calls.append(params["since"])
+            newer = [item for item in self.stored if item["seq"] > params["since"]]
+            page = newer[: min(params.get("limit", 100), self.page_size)]
+            return {"result": {"items": page, "has_more": len(newer) > len(page)}}
+        if request["method"] == "notifications.unread_count":
+            return {"result": {"count": sum(1 for item in self.stored if item["read_at"] is None)}}
+        if request["method"] == "ping":
+            return {"result": "pong"}
+        return {"error": {"code": -32601, "message": "not scripted"}}

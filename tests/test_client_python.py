@@ -25,7 +25,16 @@ from shared.client import (
     backoff_delay,
     token_expiry,
 )
-from tests.clientkit import DOC_GATEWAY, doc_snippet, event_body, mint, publish, running_stack, unique_user
+from tests.clientkit import (
+    DOC_GATEWAY,
+    ScriptedGateway,
+    doc_snippet,
+    event_body,
+    mint,
+    publish,
+    running_stack,
+    unique_user,
+)
 from tests.support import ROOT, wait_until
 
 if TYPE_CHECKING:
@@ -327,3 +336,48 @@ async def test_the_documented_snippet_works_as_printed(herald: tuple[Stack, Hera
     finally:
         process.kill()
         await process.wait()
+
+
+# Close codes and frames a real gateway sends only under failure, against a scripted gateway.
+
+
+async def test_sync_required_pages_from_the_watermark_and_dedupes() -> None:
+    async with ScriptedGateway(page_size=2) as fake, session(fake.url, "u1") as (client, recorder):
+        lost = [fake.store(f"lost {i}") for i in (1, 2, 3)]  # their live frames never arrived
+        live = fake.store("live 4")
+        await fake.send_all("notification:new", live)
+        await wait_until(lambda: recorder.new_ids() == ["n4"], 5, "the live frame")
+        assert client.watermark == 0  # seq 1–3 are missing: the sync point must not move past them
+
+        await fake.send_all("sync:required", {})
+        await wait_until(lambda: len(recorder.new_ids()) == 4 and client.unread_count == 4, 5, "the sync")
+        assert fake.sync_calls == [0, 2]  # paged while has_more
+        assert recorder.new_ids() == ["n4", "n1", "n2", "n3"]
+        assert [e.params["id"] for e in recorder.named("notification:new") if e.replayed] == [
+            item["id"] for item in lost
+        ]
+        assert client.watermark == 4
+
+
+async def test_slow_reader_close_1013_reconnects_and_syncs() -> None:
+    async with ScriptedGateway() as fake, session(fake.url, "u1", backoff_base=0.01) as (client, recorder):
+        fake.store("missed 1")
+        fake.store("missed 2")
+        await fake.close_all(1013, "reader too slow")
+        await wait_until(lambda: len(recorder.new_ids()) == 2, 5, "the sync after reconnecting")
+        assert recorder.named("disconnected")[0].params["code"] == 1013
+        assert fake.sync_calls == [0]
+        assert client.state == "open"
+        assert client.unread_count == 2
+        assert len(fake.tokens) == 2  # a fresh token for the new connection
+
+
+@pytest.mark.parametrize(("code", "why"), [(4401, "token expired"), (1001, "server shutting down")])
+async def test_expiry_and_shutdown_reconnect_at_once(code: int, why: str) -> None:
+    async with ScriptedGateway() as fake, session(fake.url, "u1", backoff_base=60) as (client, recorder):
+        first = client.connection_id
+        await fake.close_all(code, why)
+        await wait_until(lambda: client.state == "open" and client.connection_id != first, 5, "the reconnect")
+        [gone] = recorder.named("disconnected")
+        assert gone.params == {"code": code, "reason": why, "retry_in": 0.0}
+        assert len(fake.tokens) == 2

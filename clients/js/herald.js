@@ -412,7 +412,7 @@ export class HeraldClient {
     if (this._seen.has(id)) return;
     this._seen.add(id);
     if (this._seen.size > SEEN_IDS) this._seen.delete(this._seen.values().next().value);
-    // Replayed items are already in the count `connected` reported after the reconnect.
+    // Replayed items are counted by the unread-count fetch that ends every catch-up.
     if (!replayed && item.read_at == null && this.unreadCount !== null) this._setUnread(this.unreadCount + 1);
     this._emit("notification:new", item, replayed);
   }
@@ -426,7 +426,7 @@ export class HeraldClient {
     }
   }
 
-  /** Page notifications.sync from the watermark until has_more is false (one run at a time). */
+  /** Page notifications.sync from the watermark until has_more is false, then refresh the count. */
   _catchUp() {
     const run = async () => {
       try {
@@ -440,8 +440,11 @@ export class HeraldClient {
             this.watermark = last;
             for (const seq of this._aboveWatermark) if (seq <= last) this._aboveWatermark.delete(seq);
           }
-          if (!page.has_more || !items.length) return;
+          if (!page.has_more || !items.length) break;
         }
+        // Re-anchor the count: it covers what the sync recovered and any frame counted twice between
+        // `connected` and the sync.
+        await this.fetchUnreadCount();
       } catch (err) {
         // The next reconnect syncs again from the same watermark.
         console.warn("herald: sync failed", err);
