@@ -110,6 +110,8 @@ async def run(stack: Stack, args: argparse.Namespace) -> list[Outcome]:
         await seed(conn, big, PER_USER)
     await conn.execute("VACUUM ANALYZE notifications")
     await conn.execute("VACUUM ANALYZE users")
+    if args.explain:
+        await explain(conn, big)
     await conn.close()
 
     outcomes = []
