@@ -6,9 +6,11 @@ database of their own; :func:`running_stack` starts it and stops it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
+import sys
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -193,3 +195,37 @@ class ScriptedGateway:
         if request["method"] == "ping":
             return {"result": "pong"}
         return {"error": {"code": -32601, "message": "not scripted"}}
+
+
+async def _serve_scripted(page_size: int) -> None:
+    async with ScriptedGateway(page_size) as fake:
+        print(json.dumps({"url": fake.url}), flush=True)
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        while line := await reader.readline():
+            command = json.loads(line)
+            result: Any = None
+            if command["op"] == "store":
+                result = fake.store(command["title"])
+            elif command["op"] == "send_all":
+                await fake.send_all(command["method"], command["params"])
+            elif command["op"] == "close_all":
+                await fake.close_all(command["code"], command.get("reason", ""))
+            elif command["op"] == "state":
+                result = {
+                    "sync_calls": fake.sync_calls,
+                    "tokens": len(fake.tokens),
+                    "open": len(fake.connections),
+                }
+            print(json.dumps({"result": result}), flush=True)
+
+
+def serve_scripted(page_size: int = 2) -> None:
+    """Run a :class:`ScriptedGateway` driven by JSON lines on stdin (for the JS client's tests).
+
+    Prints ``{"url"}`` first; then each command ``{"op": "store", "title"}``, ``{"op": "send_all",
+    "method", "params"}``, ``{"op": "close_all", "code", "reason"}`` or ``{"op": "state"}`` is answered
+    with one ``{"result"}`` line. Ends when stdin closes.
+    """
+    asyncio.run(_serve_scripted(page_size))
