@@ -1,0 +1,411 @@
+"""The event pipeline end to end: a real worker process, RabbitMQ and Postgres (issue 2's acceptance).
+
+One worker serves the whole module on its own vhost and database; every test uses fresh user ids.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import aio_pika
+import asyncpg
+import orjson
+import pytest
+
+from shared.events import MAX_BODY_BYTES
+from shared.preferences import decide_channels, effective_preferences
+from shared.settings import Settings
+from tests.support import Stack, create_stack, destroy_stack, http_get
+from tests.worker_kit import TOPOLOGY, Watcher, counters, event, frame_params, rows, unique
+from worker.db import create_pool, load_catalog
+from worker.retention import ADVISORY_LOCK_ID, retention_pass
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+    from tests.support import HeraldProcess
+
+
+@pytest.fixture(scope="module")
+def module_stack() -> Iterator[Stack]:
+    created = create_stack("herald_worker")
+    try:
+        yield created
+    finally:
+        destroy_stack(created)
+
+
+@pytest.fixture(scope="module")
+def worker(module_stack: Stack) -> HeraldProcess:
+    return module_stack.start_worker(batch_timeout_ms=20)
+
+
+@pytest.fixture(scope="module")
+async def watcher(module_stack: Stack, worker: HeraldProcess) -> AsyncIterator[Watcher]:
+    connection = await aio_pika.connect(module_stack.amqp_url)
+    try:
+        yield Watcher(await connection.channel())
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="module")
+async def db(module_stack: Stack) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(module_stack.database_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def set_preferences(db: asyncpg.Connection, user: str, **document: Any) -> None:
+    """Store ``user``'s overrides the way the preferences requests do (users row first)."""
+    await db.execute("INSERT INTO users (user_id) VALUES ($1) ON CONFLICT DO NOTHING", user)
+    await db.execute(
+        """INSERT INTO user_preferences (user_id, channels, types, quiet_hours)
+           VALUES ($1, $2::text::jsonb, $3::text::jsonb, $4::text::jsonb)""",
+        user,
+        orjson.dumps(document.get("channels", {})).decode(),
+        orjson.dumps(document.get("types", {})).decode(),
+        orjson.dumps(document["quiet_hours"]).decode() if "quiet_hours" in document else None,
+    )
+
+
+async def test_event_becomes_one_row_and_one_frame(watcher: Watcher, db: asyncpg.Connection) -> None:
+    user = unique("u")
+    frames = await watcher.frames(user)
+    body = event(user, "COURSE_NEW_CONTENT", data={"courseId": "42", "lessonId": "7"})
+
+    await watcher.publish(body)
+
+    (message,) = await watcher.take(frames, 1)
+    params = frame_params(message)
+    (row,) = await rows(db, user)
+    assert params == {
+        "id": row["id"],
+        "seq": 1,
+        "type": "COURSE_NEW_CONTENT",
+        "category": "course",
+        "title": body["title"],
+        "message": "Body",
+        "data": {"courseId": "42", "lessonId": "7"},
+        "created_at": row["created_at"].isoformat().replace("+00:00", "Z"),
+        "read_at": None,
+    }
+    assert (row["seq"], row["idempotency_key"]) == (1, body["event_id"])
+    assert await counters(db, user) == (1, 1)
+    assert await watcher.nothing_more(frames) == []
+
+
+async def test_accepted_shapes_camel_case_nest_envelope_and_fan_out(
+    watcher: Watcher, db: asyncpg.Connection
+) -> None:
+    camel, nest, many = unique("camel"), unique("nest"), [unique("fan") for _ in range(3)]
+    frames = await watcher.frames(camel, nest, *many)
+    await watcher.publish({"userId": camel, "eventId": unique("e"), "type": "NEW_REPLY", "title": "t"})
+    # NestJS emit: compact JSON, no content type, through the default exchange keyed by the queue name.
+    nest_body = {"pattern": "notification.send", "data": {"userId": nest, "type": "NEW_REPLY", "title": "n"}}
+    await watcher.channel.default_exchange.publish(
+        aio_pika.Message(orjson.dumps(nest_body)), routing_key=TOPOLOGY.events_queue
+    )
+    await watcher.publish(event(many))
+
+    got = await watcher.take(frames, 5)
+
+    assert sorted(m.routing_key or "" for m in got) == sorted([camel, nest, *many])
+    fan_ids = {frame_params(m)["id"] for m in got if m.routing_key in many}
+    assert len(fan_ids) == 1  # one event, one notification id for all its recipients
+    for user in (camel, nest, *many):
+        assert [r["seq"] for r in await rows(db, user)] == [1]
+
+
+BAD_INPUTS: list[tuple[str, bytes, str, str]] = [
+    ("bad json", b"{not json", "notification.send", "not valid JSON"),
+    ("not an object", b"[1, 2]", "notification.send", "must be a JSON object"),
+    ("unknown type", orjson.dumps(event("u-x", "NO_SUCH_TYPE")), "notification.send", "unknown notification"),
+    ("no user", orjson.dumps({"type": "NEW_COMMENT", "title": "t"}), "notification.send", "user_id"),
+    ("bad user id", orjson.dumps(event("bad user!")), "notification.send", "user_ids"),
+    ("user id too long", orjson.dumps(event("u" * 129)), "notification.send", "user_ids"),
+    ("title too long", orjson.dumps(event("u-x", title="t" * 201)), "notification.send", "title"),
+    ("no title", orjson.dumps(event("u-x", title="")), "notification.send", "title"),
+    ("message too long", orjson.dumps(event("u-x", message="m" * 2001)), "notification.send", "message"),
+    ("data too big", orjson.dumps(event("u-x", data={"x": "d" * 8200})), "notification.send", "data"),
+    ("too many users", orjson.dumps(event([f"u{i}" for i in range(1001)])), "notification.send", "user_ids"),
+    (
+        "body too big",
+        orjson.dumps(event("u-x", data={"x": "d" * MAX_BODY_BYTES})),
+        "notification.send",
+        "65536-byte limit",
+    ),
+    ("unknown channel", orjson.dumps(event("u-x", channels=["sms"])), "notification.send", "channels"),
+    ("unknown kind", orjson.dumps(event("u-x")), "notification.delete", "unknown event kind"),
+]
+
+
+async def test_every_bad_input_is_dead_lettered_with_a_reason(
+    watcher: Watcher, db: asyncpg.Connection
+) -> None:
+    ids = {name: unique("bad") for name, *_ in BAD_INPUTS}
+    for name, body, routing_key, _ in BAD_INPUTS:
+        await watcher.publish(body, routing_key=routing_key, message_id=ids[name])
+    user = unique("after")
+    frames = await watcher.frames(user)
+    await watcher.publish(event(user))
+
+    await watcher.take(frames, 1)  # the next valid event still flows
+    dead = await watcher.dead_letters(set(ids.values()))
+    for name, body, routing_key, reason in BAD_INPUTS:
+        letter = dead[ids[name]]
+        headers = letter.headers or {}
+        assert reason in str(headers["x-herald-error"]), (name, headers)
+        assert headers["x-herald-routing-key"] == routing_key, name
+        assert letter.body == body, name
+    assert len(await rows(db, user)) == 1
+
+
+async def test_an_event_the_database_refuses_is_isolated_from_its_batch(
+    watcher: Watcher, db: asyncpg.Connection
+) -> None:
+    users = [unique("split") for _ in range(6)]
+    frames = await watcher.frames(*users)
+    poison = unique("poison")
+    # jsonb refuses \u0000, which only the database notices: the batch is split to find this one event.
+    await watcher.publish(event(users[0], data={"x": "nul\u0000"}), message_id=poison)
+    for user in users[1:]:
+        await watcher.publish(event(user))
+
+    got = await watcher.take(frames, 5)
+
+    assert sorted(m.routing_key or "" for m in got) == sorted(users[1:])
+    letter = (await watcher.dead_letters({poison}))[poison]
+    assert str((letter.headers or {})["x-herald-error"]).startswith("store:")
+    assert await rows(db, users[0]) == []
+
+
+async def test_the_same_key_three_times_is_one_row(watcher: Watcher, db: asyncpg.Connection) -> None:
+    user, marker = unique("dup"), unique("marker")
+    frames = await watcher.frames(user)
+    marker_frames = await watcher.frames(marker)
+    body = event(user)
+    for _ in range(3):
+        await watcher.publish(body)
+    by_message_id = {k: v for k, v in event(user).items() if k != "event_id"}
+    for _ in range(3):
+        await watcher.publish(by_message_id, message_id="amqp-id-1")
+    await watcher.publish(event(marker))
+
+    await watcher.take(marker_frames, 1)
+    got = [frame_params(m) for m in await watcher.nothing_more(frames)]
+
+    stored = await rows(db, user)
+    assert [r["idempotency_key"] for r in stored] == [body["event_id"], "amqp-id-1"]
+    assert await counters(db, user) == (2, 2)
+    # A copy in a later batch is pushed live again with the stored id and seq (clients drop repeats);
+    # copies inside one batch share the first one's frame.
+    assert {(p["id"], p["seq"]) for p in got} == {(r["id"], r["seq"]) for r in stored}
+
+
+async def test_preferences_mute_a_type_in_app(watcher: Watcher, db: asyncpg.Connection) -> None:
+    user = unique("muted")
+    await set_preferences(db, user, types={"NEW_COMMENT": {"in_app": False}})
+    frames = await watcher.frames(user)
+
+    await watcher.publish(event(user, "NEW_COMMENT"))
+    await watcher.publish(event(user, "NEW_REPLY"))  # a marker that is not muted
+
+    (marker,) = await watcher.take(frames, 1)
+    assert frame_params(marker)["type"] == "NEW_REPLY"
+    assert [r["type"] for r in await rows(db, user)] == ["NEW_REPLY"]
+    assert await counters(db, user) == (1, 1)
+
+
+async def test_email_and_push_follow_channels(watcher: Watcher, db: asyncpg.Connection) -> None:
+    plain, no_push, no_in_app = unique("plain"), unique("nopush"), unique("noinapp")
+    await set_preferences(db, no_push, channels={"push": False})
+    await set_preferences(db, no_in_app, types={"GRADE_RELEASED": {"in_app": False}})
+    deliveries = await watcher.bound_queue(TOPOLOGY.deliveries_exchange, "email", "push")
+    frames = await watcher.frames(plain, no_push, no_in_app)
+
+    await watcher.publish(event([plain, no_push, no_in_app], "GRADE_RELEASED"))
+    narrowed = unique("narrow")
+    await watcher.publish(event(narrowed, "GRADE_RELEASED", channels=["push"]))
+
+    jobs = await watcher.take(deliveries, 2 + 1 + 2 + 1)
+    got = sorted((orjson.loads(m.body)["user_id"], m.routing_key) for m in jobs)
+    assert got == sorted(
+        [
+            (plain, "email"),
+            (plain, "push"),
+            (no_push, "email"),
+            (no_in_app, "email"),
+            (no_in_app, "push"),
+            (narrowed, "push"),
+        ]
+    )
+    for job in jobs:
+        body = orjson.loads(job.body)
+        assert body["channel"] == job.routing_key
+        assert body["notification"]["type"] == "GRADE_RELEASED"
+        assert body["notification"]["id"]
+        assert body["deliver_after"] is None
+    assert sorted(m.routing_key or "" for m in await watcher.take(frames, 2)) == sorted([plain, no_push])
+    assert await rows(db, no_in_app) == []
+    assert await rows(db, narrowed) == []
+
+
+async def test_critical_types_cannot_be_muted(watcher: Watcher, db: asyncpg.Connection) -> None:
+    user = unique("critical")
+    off = {"in_app": False, "email": False, "push": False}
+    await set_preferences(db, user, channels=off, types={"SECURITY_ALERT": off})
+    deliveries = await watcher.bound_queue(TOPOLOGY.deliveries_exchange, "email", "push")
+    frames = await watcher.frames(user)
+
+    await watcher.publish(event(user, "SECURITY_ALERT"))
+
+    assert frame_params((await watcher.take(frames, 1))[0])["type"] == "SECURITY_ALERT"
+    (job,) = await watcher.take(deliveries, 1)
+    assert job.routing_key == "email"  # in-app and email are locked on; push follows the user
+    assert len(await rows(db, user)) == 1
+
+
+async def test_quiet_hours_hold_email_and_push_only(watcher: Watcher, db: asyncpg.Connection) -> None:
+    user = unique("quiet")
+    now = datetime.now(UTC)
+    start, end = (now - timedelta(hours=1)).strftime("%H:%M"), (now + timedelta(hours=1)).strftime("%H:%M")
+    await set_preferences(db, user, quiet_hours={"start": start, "end": end, "timezone": "UTC"})
+    deliveries = await watcher.bound_queue(TOPOLOGY.deliveries_exchange, "email", "push")
+    frames = await watcher.frames(user)
+
+    await watcher.publish(event(user, "GRADE_RELEASED"))
+
+    await watcher.take(frames, 1)  # in-app is never held
+    jobs = await watcher.take(deliveries, 2)
+    for job in jobs:
+        held_until = datetime.fromisoformat(orjson.loads(job.body)["deliver_after"])
+        assert timedelta(minutes=58) < held_until - now <= timedelta(hours=1, minutes=1)
+
+
+async def test_broadcast_stores_one_row_per_allowed_known_user(
+    watcher: Watcher, db: asyncpg.Connection
+) -> None:
+    allowed, muted, master_off = unique("b-on"), unique("b-muted"), unique("b-off")
+    await db.execute("INSERT INTO users (user_id) VALUES ($1)", allowed)
+    await set_preferences(db, muted, types={"SYSTEM_ANNOUNCEMENT": {"in_app": False}})
+    await set_preferences(db, master_off, channels={"in_app": False})
+    catalog = await load_catalog(db)
+    known_before: dict[str, tuple[int, bool]] = {}
+    for row in await db.fetch(
+        """SELECT u.user_id, u.last_seq, p.channels, p.types, p.quiet_hours
+             FROM users u LEFT JOIN user_preferences p USING (user_id)"""
+    ):
+        overrides = (
+            {k: orjson.loads(row[k] or "null") for k in ("channels", "types", "quiet_hours")}
+            if row["channels"] is not None
+            else None
+        )
+        prefs = effective_preferences(catalog, overrides)
+        wanted = "in_app" in decide_channels(catalog["SYSTEM_ANNOUNCEMENT"], prefs, None)
+        known_before[row["user_id"]] = (row["last_seq"], wanted)
+    assert not known_before[muted][1]
+    assert not known_before[master_off][1]
+    live = await watcher.bound_queue(TOPOLOGY.broadcast_exchange)
+    body = {"event_id": unique("bc"), "type": "SYSTEM_ANNOUNCEMENT", "title": "Maintenance", "message": "m"}
+
+    await watcher.publish(body, routing_key="notification.broadcast")
+    await watcher.publish(body, routing_key="notification.broadcast")  # the same broadcast again
+
+    first, second = await watcher.take(live, 2)
+    params = frame_params(first)
+    assert params["seq"] is None
+    assert (first.headers or {})["x-herald-type"] == "SYSTEM_ANNOUNCEMENT"
+    assert frame_params(second)["id"] == params["id"]
+    stored = {
+        r["user_id"]: r
+        for r in await db.fetch("SELECT * FROM notifications WHERE idempotency_key = $1", body["event_id"])
+    }
+    assert allowed in stored
+    # Every known user whose preferences allow it got exactly one copy, with the shared id and their
+    # own next seq; nobody else got one.
+    assert set(stored) == {user for user, (_, wanted) in known_before.items() if wanted}
+    for user, row in stored.items():
+        assert row["id"] == params["id"]
+        assert row["seq"] == known_before[user][0] + 1
+
+
+async def test_health_readiness_metrics_and_asyncapi(worker: HeraldProcess, watcher: Watcher) -> None:
+    assert http_get(f"{worker.url}/healthz")[0] == 200
+    assert http_get(f"{worker.url}/readyz") == (200, b"ready\n")
+    status, metrics = http_get(f"{worker.url}/metrics")
+    assert status == 200
+    for name in (
+        b'herald_worker_events_total{outcome="stored"}',
+        b"herald_worker_batch_size_bucket",
+        b"herald_worker_store_seconds_bucket",
+        b"herald_worker_publish_seconds_bucket",
+    ):
+        assert name in metrics
+    status, document = http_get(f"{worker.url}/asyncapi.json")
+    schemas = orjson.loads(document)["components"]["schemas"]
+    assert status == 200
+    assert any("user_ids" in orjson.dumps(s).decode() for s in schemas.values())
+    assert http_get(f"{worker.url}/nope")[0] == 404
+
+
+async def test_retention_deletes_old_rows_and_adjusts_unread(
+    module_stack: Stack, db: asyncpg.Connection
+) -> None:
+    user = unique("old")
+    await db.execute("INSERT INTO users (user_id, last_seq, unread_count) VALUES ($1, 2600, 2510)", user)
+    await db.execute(
+        """INSERT INTO notifications (user_id, seq, id, type, category, title, message, created_at, read_at)
+           SELECT $1, s, 'id' || s, 'NEW_COMMENT', 'social', 't', 'm',
+                  now() - CASE WHEN s <= 2500 THEN interval '100 days' ELSE interval '1 day' END,
+                  CASE WHEN s > 2510 THEN now() END
+             FROM generate_series(1, 2600) AS s""",
+        user,
+    )
+    pool = await create_pool(Settings(database_url=module_stack.database_url, db_pool_min=1, db_pool_max=2))
+    try:
+        async with pool.acquire() as holder:
+            await holder.execute("SELECT pg_advisory_lock($1)", ADVISORY_LOCK_ID)
+            assert await retention_pass(pool, 90, 1000) is None  # another worker is at it
+            await holder.execute("SELECT pg_advisory_unlock($1)", ADVISORY_LOCK_ID)
+        assert await retention_pass(pool, 90, 1000) == 2500
+    finally:
+        await pool.close()
+    assert [r["seq"] for r in await rows(db, user)] == list(range(2501, 2601))
+    assert await counters(db, user) == (2600, 10)
+
+
+async def test_redelivery_of_a_stored_event_republishes_it(fresh_stack: Stack) -> None:
+    worker = fresh_stack.start_worker()
+    connection = await aio_pika.connect(fresh_stack.amqp_url)
+    pg = await asyncpg.connect(fresh_stack.database_url)
+    try:
+        watcher = Watcher(await connection.channel())
+        user = unique("redeliver")
+        frames = await watcher.frames(user)
+        deliveries = await watcher.bound_queue(TOPOLOGY.deliveries_exchange, "email", "push")
+        body = event(user, "GRADE_RELEASED")
+        await watcher.publish(body)
+        (first,) = await watcher.take(frames, 1)
+        await watcher.take(deliveries, 2)
+
+        # The same message again, delivered once to a consumer that dies: RabbitMQ redelivers it.
+        worker.stop()
+        await watcher.publish(body)
+        grabber = await connection.channel()
+        grabbed = await (await grabber.declare_queue(TOPOLOGY.events_queue, passive=True)).get()
+        assert grabbed.body == orjson.dumps(body)
+        await grabber.close()  # unacked: requeued as redelivered
+        worker.launch()
+
+        (again,) = await watcher.take(frames, 1)
+        assert frame_params(again) == frame_params(first)
+        assert sorted(m.routing_key or "" for m in await watcher.take(deliveries, 2)) == ["email", "push"]
+        assert len(await rows(pg, user)) == 1
+        assert await counters(pg, user) == (1, 1)
+    finally:
+        await pg.close()
+        await connection.close()
