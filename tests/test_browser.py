@@ -302,3 +302,37 @@ async def test_the_documented_snippet_works_as_printed(
         assert (await page.title()).startswith("(")  # the unread count is in the title
     finally:
         await page.close()
+
+
+async def test_infinite_scroll_delete_and_mark_all_read(
+    herald: tuple[Stack, HeraldProcess], browser: Browser
+) -> None:
+    stack, gateway = herald
+    user = unique_user("b")
+    await publish(stack.amqp_url, *(event_body(user, title=f"item {i:02d}") for i in range(45)))
+    await wait_until(lambda: _stored(stack, user, 45), 15, "45 stored notifications")
+    page = await open_inbox(browser, gateway, user)
+    try:
+        assert await badge(page) == 45
+        await page.click("#bell")
+        # Pages of 20: scrolling to the end of the list loads the next page until everything is there.
+        while (count := len(await listed_ids(page))) < 45:
+            await page.eval_on_selector("#scroller", "s => { s.scrollTop = s.scrollHeight; }")
+            await page.wait_for_function(f"document.querySelectorAll('#list li.item').length > {count}")
+        assert len(set(await listed_ids(page))) == 45
+        await page.wait_for_selector("#list-foot >> text=That's everything")
+
+        first = page.locator("#list li.item").first
+        doomed = await first.get_attribute("data-id")
+        await first.hover()
+        await first.locator(".item-action.delete").click()
+        await page.wait_for_selector(f'#list li.item[data-id="{doomed}"]', state="detached")
+        await wait_until(lambda: _badge_is(page, 44), 10, "the badge after a delete")
+
+        await page.click("#mark-all")
+        await wait_until(lambda: _badge_is(page, 0), 10, "the badge after mark all read")
+        assert await page.locator("#list li.item.unread").count() == 0
+        await page.click(".tab[data-filter=unread]")
+        await page.wait_for_selector("#list-foot >> text=You're all caught up")
+    finally:
+        await page.close()
