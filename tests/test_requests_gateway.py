@@ -260,9 +260,21 @@ async def publish_titles(producer: Producer, user: str, titles: list[str]) -> No
     await asyncio.gather(*(producer.send(user, "COURSE_UPDATE", title) for title in titles))
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_sync_after_a_disconnect_returns_exactly_what_was_missed(
-    env: Env, db: asyncpg.Connection, producer: Producer
+    env: Env, db: asyncpg.Connection, producer: Producer, workers: int
 ) -> None:
+    extra = [env.stack.start_worker() for _ in range(workers - 1)]
+    try:
+        # The quorum queue hands the 20 events round-robin to every consumer.
+        assert event_consumers(env.stack) == workers
+        await _disconnect_and_sync(env, db, producer)
+    finally:
+        for worker in extra:
+            worker.stop()
+
+
+async def _disconnect_and_sync(env: Env, db: asyncpg.Connection, producer: Producer) -> None:
     user = new_user()
     client, _ = await env.connect(user)
     await publish_titles(producer, user, ["seen-0", "seen-1", "seen-2"])
