@@ -1,0 +1,173 @@
+"""The worker under crashes, races and a database outage (issue 2's acceptance), each on a fresh stack."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+from typing import TYPE_CHECKING
+
+import aio_pika
+import asyncpg
+import pytest
+
+from tests.support import http_get, http_status, wait_until
+from tests.worker_kit import TOPOLOGY, Watcher, event
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from tests.support import HeraldProcess, Stack
+
+PG_CLUSTER = ("15", "main")
+
+
+@pytest.fixture
+async def watcher(fresh_stack: Stack) -> AsyncIterator[Watcher]:
+    connection = await aio_pika.connect(fresh_stack.amqp_url)
+    try:
+        yield Watcher(await connection.channel())
+    finally:
+        await connection.close()
+
+
+async def stored(pg: asyncpg.Connection) -> int:
+    count: int = await pg.fetchval("SELECT count(*) FROM notifications")
+    return count
+
+
+async def assert_each_stored_once(pg: asyncpg.Connection, expected: int) -> None:
+    """``expected`` rows, distinct keys, and per user: seq 1..n, last_seq = unread_count = n."""
+    assert (
+        await pg.fetchval("SELECT count(DISTINCT (user_id, idempotency_key)) FROM notifications") == expected
+    )
+    assert await stored(pg) == expected
+    for user in await pg.fetch("SELECT user_id, last_seq, unread_count FROM users"):
+        seqs = await pg.fetch(
+            "SELECT seq FROM notifications WHERE user_id = $1 ORDER BY seq", user["user_id"]
+        )
+        assert [r["seq"] for r in seqs] == list(range(1, len(seqs) + 1))
+        assert user["last_seq"] == user["unread_count"] == len(seqs)
+
+
+async def queue_settled(watcher: Watcher) -> bool:
+    """Nothing left in the input queue, ready or unacked."""
+    queue = await watcher.channel.declare_queue(TOPOLOGY.events_queue, passive=True)
+    return queue.declaration_result.message_count == 0
+
+
+async def stream(watcher: Watcher, bodies: list[dict[str, object]], window: int, pause: float) -> None:
+    """Publish ``bodies`` ``window`` at a time with a ``pause`` between (pacing only, nothing is timed)."""
+    for start in range(0, len(bodies), window):
+        await asyncio.gather(*(watcher.publish(b) for b in bodies[start : start + window]))
+        await asyncio.sleep(pause)
+
+
+def worker_stored(worker: HeraldProcess) -> float:
+    _, metrics = http_get(f"{worker.url}/metrics")
+    match = re.search(rb"^herald_worker_notifications_stored_total ([0-9.e+]+)$", metrics, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+async def test_sigkill_while_events_stream_in_loses_and_duplicates_nothing(
+    fresh_stack: Stack, watcher: Watcher
+) -> None:
+    worker = fresh_stack.start_worker()
+    pg = await asyncpg.connect(fresh_stack.database_url)
+    try:
+        bodies = [event(f"kill-{i % 25}", event_id=f"kill-{i}") for i in range(2000)]
+        streaming = asyncio.create_task(stream(watcher, bodies, window=50, pause=0.05))
+        await wait_until(lambda: _at_least(pg, 400), 30, "400 events stored")
+        worker.kill()
+        assert not streaming.done()  # killed while events were still arriving
+        await streaming
+        worker.launch()
+
+        await wait_until(lambda: _at_least(pg, 2000), 60, "all 2,000 events stored")
+        await wait_until(lambda: queue_settled(watcher), 30, "the input queue to drain")
+        await assert_each_stored_once(pg, 2000)
+        assert await watcher.dead_letter_count() == 0
+    finally:
+        await pg.close()
+
+
+async def _at_least(pg: asyncpg.Connection, count: int) -> bool:
+    return await stored(pg) >= count
+
+
+async def test_two_workers_racing_on_one_user_keep_seq_in_commit_order(
+    fresh_stack: Stack, watcher: Watcher
+) -> None:
+    # Small batches and prefetch so the two workers interleave their commits on the same user.
+    workers = [fresh_stack.start_worker(batch_size=size, prefetch=40) for size in (7, 13)]
+    pg = await asyncpg.connect(fresh_stack.database_url)
+    observer = await asyncpg.connect(fresh_stack.database_url)
+    try:
+        bodies = [
+            event(["racer", f"other-{i % 7}"] if i % 3 == 0 else "racer", event_id=f"race-{i}")
+            for i in range(1000)
+        ]
+        snapshots = 0
+        done = asyncio.Event()
+
+        async def observe() -> None:
+            # A client syncing at any moment must see a gap-free prefix 1..max: a later commit with a
+            # smaller seq would show up here as a hole.
+            nonlocal snapshots
+            while not done.is_set():
+                seqs = await observer.fetchval(
+                    "SELECT array_agg(seq ORDER BY seq) FROM notifications WHERE user_id = 'racer'"
+                )
+                seqs = list(seqs or [])
+                assert seqs == list(range(1, len(seqs) + 1)), "a hole in the visible seqs"
+                snapshots += 1
+
+        watching = asyncio.create_task(observe())
+        await asyncio.gather(*(watcher.publish(body) for body in bodies))
+        await wait_until(lambda: _at_least(pg, 1000 + 334), 60, "every notification stored")
+        done.set()
+        await watching
+
+        assert snapshots > 10
+        await assert_each_stored_once(pg, 1334)
+        assert await pg.fetchval("SELECT last_seq FROM users WHERE user_id = 'racer'") == 1000
+        assert all(worker_stored(w) > 0 for w in workers), "both workers took part"
+    finally:
+        await observer.close()
+        await pg.close()
+
+
+def pg_ctl(action: str) -> None:
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", *PG_CLUSTER, action], check=True, timeout=120
+    )
+
+
+@pytest.mark.fault
+async def test_postgres_down_for_30_seconds_loses_nothing(fresh_stack: Stack, watcher: Watcher) -> None:
+    worker = fresh_stack.start_worker()
+    pg = await asyncpg.connect(fresh_stack.database_url)
+    before = [event(f"outage-{i % 5}") for i in range(20)]
+    during = [event(f"outage-{i % 5}") for i in range(150)]
+    for body in before:
+        await watcher.publish(body)
+    await wait_until(lambda: _at_least(pg, 20), 20, "events stored before the outage")
+    await pg.close()
+    try:
+        pg_ctl("stop")
+        await wait_until(lambda: http_status(f"{worker.url}/readyz") == 503, 20, "/readyz to report 503")
+        await stream(watcher, during, window=1, pause=0.2)  # ~30 s of events arriving while Postgres is down
+        assert worker.popen is not None
+        assert worker.popen.poll() is None  # still running: it waits, it does not crash
+        assert http_status(f"{worker.url}/readyz") == 503
+    finally:
+        pg_ctl("start")
+    pg = await asyncpg.connect(fresh_stack.database_url)
+    try:
+        await wait_until(lambda: _at_least(pg, 170), 60, "every event stored after Postgres returned")
+        await wait_until(lambda: http_status(f"{worker.url}/readyz") == 200, 20, "/readyz back to 200")
+        await wait_until(lambda: queue_settled(watcher), 30, "the input queue to drain")
+        await assert_each_stored_once(pg, 170)
+        assert await watcher.dead_letter_count() == 0
+    finally:
+        await pg.close()
