@@ -537,7 +537,12 @@ async def test_broadcast_is_admin_only_and_becomes_a_broadcast_event(
     assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
     assert orjson.loads(message.body) == {"event_id": event_id, "type": "SYSTEM_ANNOUNCEMENT", **params}
 
-    for bad, field in (({"message": "no title"}, "title"), ({"title": "t", "type": "NOPE"}, "type")):
+    for bad, field in (
+        ({"message": "no title"}, "title"),
+        ({"title": "t", "type": "NOPE"}, "type"),
+        ({"title": "t", "user_id": "someone"}, "user_id"),
+        ({"title": "t", "data": {"blob": "x" * 9000}}, "data"),
+    ):
         reply = await call(worker_state, "notifications.broadcast", bad, user=new_user(), admin=True)
         assert reply["error"]["code"] == -32602
         assert reply["error"]["data"]["field"] == field

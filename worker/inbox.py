@@ -129,6 +129,7 @@ class PreferencesUpdateParams(RootModel[dict[str, Any]]):
 class BroadcastParams(BroadcastEvent):
     """``notifications.broadcast``: a broadcast event's body; ``type`` defaults to the announcement."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
     type: Annotated[str, StringConstraints(pattern=TYPE_PATTERN)] = DEFAULT_TYPE
 
 
@@ -280,10 +281,10 @@ def _overrides(row: asyncpg.Record | None) -> dict[str, Any] | None:
     return {"channels": row["channels"], "types": row["types"], "quiet_hours": row["quiet_hours"]}
 
 
-def _check_names(field: str, names: list[str] | None, known: set[str] | tuple[str, ...]) -> None:
+def _check_names(field: str, names: list[str] | None, known: set[str] | tuple[str, ...], what: str) -> None:
     for index, name in enumerate(names or ()):
         if name not in known:
-            raise bad_param(f"{field}.{index}", f"unknown {field[:-1] if field.endswith('s') else field}")
+            raise bad_param(f"{field}.{index}", f"unknown {what}")
 
 
 async def _publish(user_id: str, method: str, params: Any) -> None:
@@ -339,8 +340,8 @@ async def open_session(state: WorkerState, caller: Caller, params: NoParams) -> 
 
 async def list_notifications(state: WorkerState, caller: Caller, params: ListParams) -> dict[str, Any]:
     """``notifications.list``: ``{items (newest first), next_cursor, total, unread_count}``."""
-    _check_names("types", params.types, set(state.catalog.types))
-    _check_names("categories", params.categories, state.catalog.categories)
+    _check_names("types", params.types, set(state.catalog.types), "notification type")
+    _check_names("categories", params.categories, state.catalog.categories, "category")
     sql, args = list_query(params, caller.user_id)
     rows = await state.pool.fetch(sql, *args)
     items = [notification_json(row) for row in rows if row["seq"] is not None]
