@@ -1,0 +1,133 @@
+"""``shared.events.parse_event``: every accepted shape and every limit of PROTOCOL §4."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from shared.events import (
+    MAX_BODY_BYTES,
+    MAX_DATA_BYTES,
+    BroadcastEvent,
+    InvalidEvent,
+    SendEvent,
+    is_valid_user_id,
+    parse_event,
+)
+
+SEND = "notification.send"
+BASE = {"type": "NEW_COMMENT", "title": "Hello", "message": "World"}
+
+
+def parse(body: object, routing_key: str | None = SEND, message_id: str | None = None) -> object:
+    return parse_event(orjson.dumps(body), routing_key, message_id)
+
+
+def reason(body: object, routing_key: str | None = SEND) -> str:
+    with pytest.raises(InvalidEvent) as caught:
+        parse(body, routing_key)
+    return caught.value.reason
+
+
+def test_snake_case_single_user() -> None:
+    parsed = parse({**BASE, "user_id": "u1", "event_id": "e1", "data": {"a": 1}})
+    assert parsed == SendEvent(user_ids=("u1",), event_id="e1", data={"a": 1}, **BASE)
+
+
+def test_camel_case_keys() -> None:
+    parsed = parse({**BASE, "userId": "u1", "eventId": "e1", "expiresAt": "2030-01-01T00:00:00Z"})
+    assert isinstance(parsed, SendEvent)
+    assert (parsed.user_ids, parsed.event_id) == (("u1",), "e1")
+    assert parsed.expires_at == datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def test_user_ids_fan_out_is_deduplicated_in_order() -> None:
+    parsed = parse({**BASE, "userIds": ["b", "a", "b", "c"]})
+    assert isinstance(parsed, SendEvent)
+    assert parsed.user_ids == ("b", "a", "c")
+
+
+@pytest.mark.parametrize("pattern", [SEND, "notification.broadcast"])
+def test_nestjs_envelope_takes_its_pattern_over_the_routing_key(pattern: str) -> None:
+    parsed = parse({"pattern": pattern, "data": {**BASE, "userId": "u1"}}, routing_key="herald.events")
+    assert isinstance(parsed, BroadcastEvent if pattern.endswith("broadcast") else SendEvent)
+
+
+def test_default_exchange_routing_key_is_a_send() -> None:
+    assert isinstance(parse({**BASE, "user_id": "u1"}, routing_key="herald.events"), SendEvent)
+    assert isinstance(parse({**BASE, "user_id": "u1"}, routing_key=None), SendEvent)
+
+
+def test_broadcast_needs_no_user() -> None:
+    parsed = parse(BASE, routing_key="notification.broadcast")
+    assert isinstance(parsed, BroadcastEvent)
+    assert parsed.event_id is None
+
+
+def test_message_id_is_the_key_unless_the_body_has_one() -> None:
+    assert parse({**BASE, "user_id": "u"}, message_id="m1").event_id == "m1"  # type: ignore[attr-defined]
+    assert parse({**BASE, "user_id": "u", "eventId": "e"}, message_id="m1").event_id == "e"  # type: ignore[attr-defined]
+
+
+def test_channels_narrow_to_known_ones() -> None:
+    parsed = parse({**BASE, "user_id": "u", "channels": ["email", "in_app"]})
+    assert parsed.channels == frozenset({"email", "in_app"})  # type: ignore[attr-defined]
+    assert "channels" in reason({**BASE, "user_id": "u", "channels": ["sms"]})
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        ({**BASE}, "user_id"),
+        ({**BASE, "user_id": "u", "user_ids": ["v"]}, "either user_id or user_ids"),
+        ({**BASE, "user_ids": []}, "user_ids"),
+        ({**BASE, "user_ids": [f"u{i}" for i in range(1001)]}, "user_ids"),
+        ({**BASE, "user_id": ""}, "user_ids"),
+        ({**BASE, "user_id": "x" * 129}, "user_ids"),
+        ({**BASE, "user_id": "has space"}, "user_ids"),
+        ({**BASE, "user_id": "u", "title": ""}, "title"),
+        ({**BASE, "user_id": "u", "title": "t" * 201}, "title"),
+        ({**BASE, "user_id": "u", "message": "m" * 2001}, "message"),
+        ({**BASE, "user_id": "u", "data": {"x": "d" * MAX_DATA_BYTES}}, "data"),
+        ({**BASE, "user_id": "u", "data": [1]}, "data"),
+        ({**BASE, "user_id": "u", "type": "lower"}, "type"),
+        ({"user_id": "u", "title": "t"}, "type"),
+        ({**BASE, "user_id": "u", "event_id": "e" * 201}, "event_id"),
+        ({**BASE, "user_id": "u", "expires_at": "2030-01-01T00:00:00"}, "expires_at"),
+        ({"pattern": SEND, "data": "nope"}, "data"),
+    ],
+)
+def test_invalid_events_name_the_field(body: object, where: str) -> None:
+    assert where in reason(body)
+
+
+def test_limits_are_inclusive() -> None:
+    parsed = parse(
+        {
+            **BASE,
+            "user_ids": ["x" * 128, *(f"u{i}" for i in range(999))],
+            "title": "t" * 200,
+            "message": "m" * 2000,
+            "data": {"x": "d" * (MAX_DATA_BYTES - len('{"x":""}'))},
+        }
+    )
+    assert isinstance(parsed, SendEvent)
+    assert len(parsed.user_ids) == 1000
+
+
+def test_body_limit_not_json_not_object_unknown_kind() -> None:
+    with pytest.raises(InvalidEvent, match="over the 65536-byte limit"):
+        parse_event(b" " * (MAX_BODY_BYTES + 1), SEND)
+    with pytest.raises(InvalidEvent, match="not valid JSON"):
+        parse_event(b"{", SEND)
+    with pytest.raises(InvalidEvent, match="must be a JSON object"):
+        parse_event(b"[]", SEND)
+    assert "unknown event kind" in reason({**BASE, "user_id": "u"}, "notification.delete")
+
+
+def test_user_id_check() -> None:
+    assert is_valid_user_id("a.b:c@d-e_f")
+    assert not is_valid_user_id("a/b")
+    assert not is_valid_user_id("")
