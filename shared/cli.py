@@ -88,8 +88,12 @@ def _cmd_send(args: argparse.Namespace) -> int:
     return 0
 
 
+# The client's own state-keeping events; `tail` prints what the server sent.
+_CLIENT_BOOKKEEPING_EVENTS = frozenset({"state", "unread"})
+
+
 def _cmd_tail(args: argparse.Namespace) -> int:
-    from shared.client import HeraldClient
+    from shared.client import Event, HeraldClient
 
     settings = load_settings()
     try:
@@ -99,11 +103,18 @@ def _cmd_tail(args: argparse.Namespace) -> int:
         return 2
     url = args.url or f"ws://{settings.gateway_host}:{settings.gateway_port}/notifications"
 
+    def print_event(event: Event) -> None:
+        if event.method in _CLIENT_BOOKKEEPING_EVENTS:
+            return
+        line = {"method": event.method, "params": event.params}
+        sys.stdout.write(orjson.dumps(line, option=orjson.OPT_UTC_Z).decode() + "\n")
+        sys.stdout.flush()
+
     async def tail() -> None:
-        async with HeraldClient(url, lambda: token) as client:
-            async for event in client.events():
-                sys.stdout.write(orjson.dumps(event).decode() + "\n")
-                sys.stdout.flush()
+        client = HeraldClient(url, lambda: token)
+        client.on("*", print_event)  # before start(), so the `connected` frame is printed too
+        async with client:
+            await client.wait_closed()
 
     try:
         asyncio.run(tail())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import signal
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 import jwt
+import orjson
 
 from tests.support import TEST_JWT_SECRET, free_port, http_get, http_status, wait_until_sync
 
@@ -60,3 +62,48 @@ def test_dev_runs_everything_and_stops_on_ctrl_c(fresh_stack: Stack) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+SEND_ARGS = ("--type", "NEW_REPLY", "--title", "Someone replied")
+
+
+def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    """The next line of ``proc``'s stdout, failing after ``timeout`` seconds instead of hanging."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, f"no output within {timeout}s"
+    return proc.stdout.readline()
+
+
+def test_tail_prints_the_live_stream(fresh_stack: Stack) -> None:
+    fresh_stack.start_worker()
+    gateway = fresh_stack.start_gateway()
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "tail", "--user", "u-tail", "--url", gateway.ws_url],
+        env=fresh_stack.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert tail.stdout is not None
+        assert orjson.loads(read_line(tail, 30))["method"] == "connected"
+        sent = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "send", "--user", "u-tail", *SEND_ARGS],
+            env=fresh_stack.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert sent.returncode == 0, sent.stderr
+        frame = orjson.loads(read_line(tail, 30))
+        assert frame["method"] == "notification:new"
+        assert frame["params"]["title"] == "Someone replied"
+        assert frame["params"]["seq"] == 1
+    finally:
+        tail.send_signal(signal.SIGINT)
+        try:
+            tail.wait(15)
+        except subprocess.TimeoutExpired:
+            tail.kill()
+            tail.wait()
