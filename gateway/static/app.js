@@ -122,6 +122,11 @@ function showLoginError(text) {
 
 function wireEvents(client) {
   client.on("unread", ({ count }) => renderBadge(count));
+  let sessions = 0;
+  client.on("connected", () => {
+    // After a reconnect, reads and deletes made elsewhere meanwhile are only visible in a fresh list.
+    if (sessions++ > 0) resetList();
+  });
   client.on("state", ({ state }) => {
     $("status").dataset.state = state;
     $("status").title = `connection: ${state}`;
