@@ -5,6 +5,7 @@ One worker serves the whole module on its own vhost and database; every test use
 
 from __future__ import annotations
 
+import signal
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,7 @@ import pytest
 from shared.events import MAX_BODY_BYTES
 from shared.preferences import decide_channels, effective_preferences
 from shared.settings import Settings
-from tests.support import Stack, create_stack, destroy_stack, http_get
+from tests.support import Stack, create_stack, destroy_stack, http_get, wait_until
 from tests.worker_kit import TOPOLOGY, Watcher, counters, event, frame_params, rows, unique
 from worker.db import create_pool, load_catalog
 from worker.retention import ADVISORY_LOCK_ID, retention_pass
@@ -331,6 +332,25 @@ async def test_broadcast_stores_one_row_per_allowed_known_user(
     for user, row in stored.items():
         assert row["id"] == params["id"]
         assert row["seq"] == known_before[user][0] + 1
+
+
+async def test_a_type_added_to_the_catalog_is_picked_up_on_sighup(
+    worker: HeraldProcess, watcher: Watcher, db: asyncpg.Connection
+) -> None:
+    await db.execute(
+        """INSERT INTO notification_types (name, category, default_email, default_push)
+           VALUES ('STUDY_GROUP_INVITE', 'social', false, false)"""
+    )
+    worker.signal(signal.SIGHUP)
+    await wait_until(
+        lambda: b"herald_worker_catalog_types 15.0" in http_get(f"{worker.url}/metrics")[1], 20, "reload"
+    )
+    user = unique("newtype")
+    frames = await watcher.frames(user)
+
+    await watcher.publish(event(user, "STUDY_GROUP_INVITE"))
+
+    assert frame_params((await watcher.take(frames, 1))[0])["category"] == "social"
 
 
 async def test_health_readiness_metrics_and_asyncapi(worker: HeraldProcess, watcher: Watcher) -> None:

@@ -30,7 +30,7 @@ from shared.events import BroadcastEvent, SendEvent
 from shared.logs import configure_logging
 from shared.settings import load_settings
 from shared.topology import Topology
-from worker import http, publish, state
+from worker import http, metrics, publish, state
 from worker.acks import AckTracker
 from worker.amqp import declare_topology, events_exchange, events_queue
 from worker.db import TRANSIENT_DB_ERRORS, create_pool, load_catalog
@@ -146,6 +146,7 @@ async def _startup() -> None:
     configure_logging(settings)
     pool = await _connect_database()
     catalog = await load_catalog(pool)
+    metrics.CATALOG_TYPES.set(len(catalog))
     await broker.connect()
     publisher = await declare_topology(broker, topology, confirm_frames=settings.confirm_frames)
     publish.install(publisher)
@@ -157,6 +158,7 @@ async def _startup() -> None:
         publisher=publisher,
         acks=AckTracker(),
         catalog=lambda: worker_state.catalog,
+        reload_catalog=_reload_catalog,
     )
     pipeline.start()
     _runtime = Runtime(pool, pipeline)
@@ -208,9 +210,12 @@ async def _close() -> None:
 
 async def _reload_catalog() -> None:
     try:
-        state.current().catalog = await load_catalog(runtime().pool)
+        catalog = await load_catalog(runtime().pool)
     except TRANSIENT_DB_ERRORS as exc:
         log.warning("catalog reload failed", error=repr(exc))
+        return
+    state.current().catalog = catalog
+    metrics.CATALOG_TYPES.set(len(catalog))
 
 
 async def _refresh_catalog_periodically() -> None:

@@ -35,3 +35,4 @@ DB_RETRIES: Final = Counter(
 )
 DB_UP: Final = Gauge("herald_worker_database_up", "1 when the last database operation succeeded.")
 RETENTION_DELETED: Final = Counter("herald_worker_retention_deleted", "Notifications removed by retention.")
+CATALOG_TYPES: Final = Gauge("herald_worker_catalog_types", "Notification types in the loaded catalog.")

@@ -3,8 +3,10 @@
 Life of an event (docs/design.md has the reasons):
 
 1. :meth:`Pipeline.accept` (called by the FastStream handler) parses the body with
-   :func:`shared.events.parse_event` and checks the type against the in-memory catalog. An invalid event is
-   copied to ``herald.dlx`` with its ``x-herald-error`` reason and acked, at once; it never enters a batch.
+   :func:`shared.events.parse_event` and checks the type against the in-memory catalog (an unknown type
+   first reloads the catalog, at most every 5 s, so a type an operator just added is accepted). An invalid
+   event is copied to ``herald.dlx`` with its ``x-herald-error`` reason and acked, at once; it never enters
+   a batch.
 2. Valid events wait in the batcher until ``batch_size`` are pending or ``batch_timeout_ms`` passed. One
    batch of sends is one transaction: users rows ensured and locked in id order, preferences read with the
    lock, duplicates (same user and idempotency key) read back, the rest inserted by one multi-row statement
@@ -44,7 +46,7 @@ from worker import metrics, store
 from worker.db import TRANSIENT_DB_ERRORS, notification_json
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
+    from collections.abc import Awaitable, Callable, Coroutine
 
     from aio_pika.abc import AbstractIncomingMessage
     from aiormq.abc import AbstractChannel
@@ -67,6 +69,7 @@ _CONFLICT_ERRORS: Final = (
 _BACKOFF_START: Final = 0.1
 _BACKOFF_MAX: Final = 5.0
 _MAX_PUBLISHING_BATCHES: Final = 4
+_UNKNOWN_TYPE_RELOAD_SECONDS: Final = 5.0
 
 
 def notification_id(idempotency_key: str | None) -> str:
@@ -148,12 +151,15 @@ class Pipeline:
         publisher: Publisher,
         acks: AckTracker,
         catalog: Callable[[], Catalog],
+        reload_catalog: Callable[[], Awaitable[object]],
     ) -> None:
         self._settings = settings
         self._pool = pool
         self._publisher = publisher
         self._acks = acks
         self._catalog = catalog
+        self._reload_catalog = reload_catalog
+        self._catalog_checked = float("-inf")
         self._batch_size = settings.batch_size
         self._batch_timeout = settings.batch_timeout_ms / 1000
         self._pending: list[Pending] = []
@@ -175,7 +181,7 @@ class Pipeline:
             return  # its channel closed while the handler waited: RabbitMQ redelivers it
         try:
             event = parse_event(message.body, message.routing_key, message.message_id)
-            if event.type not in self._catalog():
+            if event.type not in self._catalog() and not await self._type_added(event.type):
                 raise InvalidEvent(f"type: unknown notification type {event.type!r}")
         except InvalidEvent as exc:
             await self.dead_letter(message, channel, exc.reason)
@@ -188,14 +194,32 @@ class Pipeline:
         if len(self._pending) >= self._batch_size:
             self._full.set()
 
+    async def _type_added(self, name: str) -> bool:
+        """Reload the catalog (at most every few seconds) in case an operator just added ``name``."""
+        now = time.monotonic()
+        if now - self._catalog_checked < _UNKNOWN_TYPE_RELOAD_SECONDS:
+            return False
+        self._catalog_checked = now
+        await self._reload_catalog()
+        return name in self._catalog()
+
     async def dead_letter(
         self, message: AbstractIncomingMessage, channel: AbstractChannel, reason: str
     ) -> None:
-        """Publish ``message`` to ``herald.dlx`` with ``reason`` (confirmed), then ack it."""
-        await self._publisher.dead_letter(message, reason)
+        """Publish ``message`` to ``herald.dlx`` with ``reason`` (confirmed), then ack it.
+
+        If the copy cannot be published the delivery is requeued instead, never left hanging unacked.
+        """
+        tag = message.delivery_tag or 0
+        try:
+            await self._publisher.dead_letter(message, reason)
+        except Exception as exc:
+            log.warning("dead-lettering failed; requeued", error=repr(exc), message_id=message.message_id)
+            await self._acks.requeue(channel, (tag,))
+            return
         metrics.EVENTS.labels("dead_lettered").inc()
         log.info("event dead-lettered", reason=reason, message_id=message.message_id)
-        await self._acks.settle(channel, (message.delivery_tag or 0,))
+        await self._acks.settle(channel, (tag,))
 
     # -- batching -------------------------------------------------------------------------------------
 
