@@ -35,7 +35,7 @@ from tests.clientkit import (
     running_stack,
     unique_user,
 )
-from tests.support import ROOT, wait_until
+from tests.support import ROOT, rabbitmqctl, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -336,6 +336,23 @@ async def test_the_documented_snippet_works_as_printed(herald: tuple[Stack, Hera
     finally:
         process.kill()
         await process.wait()
+
+
+async def test_gateway_broker_loss_sends_sync_required_and_the_client_catches_up(
+    herald: tuple[Stack, HeraldProcess],
+) -> None:
+    """The real gateway's ``sync:required`` after its AMQP connection drops (this stack's vhost only)."""
+    stack, gateway = herald
+    user = unique_user()
+    async with session(gateway.ws_url, user) as (client, recorder):
+        first = client.connection_id
+        await asyncio.to_thread(rabbitmqctl, "close_all_connections", "--vhost", stack.name, "client test")
+        await wait_until(lambda: recorder.named("sync:required"), 30, "sync:required from the gateway")
+        assert client.connection_id == first  # the WebSocket itself survived
+
+        await publish(stack.amqp_url, event_body(user, title="after the broker came back"))
+        await wait_until(lambda: len(recorder.new_ids()) == 1, 20, "live delivery after the rebuild")
+        assert client.unread_count == 1
 
 
 # Close codes and frames a real gateway sends only under failure, against a scripted gateway.
