@@ -2,7 +2,9 @@
 
 Same scenarios as the JS client's tests (clients/js/test/): first-frame auth, live notifications with the
 unread count in step, requests and their errors, tabs in step, reconnect + sync without duplicates after
-the gateway is killed, token refresh before expiry, and the close codes that stop the client.
+the gateway is killed or shut down (1001), the gateway's ``sync:required`` after it lost RabbitMQ, token
+refresh before expiry, the close codes that stop the client (4401 refusals, 4008), the documented snippet;
+and, against a scripted gateway, paging and de-duplication on ``sync:required``, 1013, 4401 at expiry.
 """
 
 from __future__ import annotations
@@ -352,6 +354,24 @@ async def test_gateway_broker_loss_sends_sync_required_and_the_client_catches_up
 
         await publish(stack.amqp_url, event_body(user, title="after the broker came back"))
         await wait_until(lambda: len(recorder.new_ids()) == 1, 20, "live delivery after the rebuild")
+        assert client.unread_count == 1
+
+
+async def test_gateway_shutdown_closes_1001_and_the_client_comes_back(
+    herald: tuple[Stack, HeraldProcess],
+) -> None:
+    stack, gateway = herald
+    user = unique_user()
+    async with session(gateway.ws_url, user, backoff_base=0.05, backoff_max=0.5) as (client, recorder):
+        try:
+            await asyncio.to_thread(gateway.stop)  # SIGTERM: a graceful shutdown
+            await wait_until(lambda: recorder.named("disconnected"), 10, "the close")
+            assert recorder.named("disconnected")[0].params["code"] == 1001
+            await publish(stack.amqp_url, event_body(user, title="during the restart"))
+        finally:
+            await asyncio.to_thread(gateway.launch)
+        await wait_until(lambda: recorder.new_ids(), 20, "the notification published during the restart")
+        assert client.state == "open"
         assert client.unread_count == 1
 
 
