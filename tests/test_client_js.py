@@ -42,10 +42,11 @@ def test_js_client_against_a_real_gateway() -> None:
             "HERALD_TEST_JWT_SECRET": TEST_JWT_SECRET,
             "HERALD_TEST_AMQP_URL": stack.amqp_url,
             "HERALD_TEST_PYTHON": sys.executable,
+            "HERALD_TEST_VHOST": stack.name,
         }
         run = subprocess.run(node_command(), cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     report = run.stdout + run.stderr
     assert run.returncode == 0, f"node --test failed:\n{report[-6000:]}"
     passed = re.search(r"^ℹ pass (\d+)", report, re.MULTILINE)
     assert passed is not None, report[-2000:]
-    assert int(passed.group(1)) >= 18, report[-2000:]  # client, scripted and unit tests all ran
+    assert int(passed.group(1)) >= 19, report[-2000:]  # client, scripted and unit tests all ran

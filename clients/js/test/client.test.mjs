@@ -7,6 +7,7 @@
 //   HERALD_TEST_JWT_SECRET   the HS256 secret both gateways verify with
 //   HERALD_TEST_AMQP_URL     the stack's vhost, where events are published
 //   HERALD_TEST_PYTHON       the venv's python (publishes through tests/clientkit.py)
+//   HERALD_TEST_VHOST        the stack's vhost (its AMQP connections are closed to get sync:required)
 // Reconnects are provoked with a TCP proxy in this process that can cut and hold connections.
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
@@ -30,6 +31,7 @@ const WS_URL_MAX1 = env("HERALD_TEST_WS_URL_MAX1");
 const SECRET = env("HERALD_TEST_JWT_SECRET");
 const AMQP_URL = env("HERALD_TEST_AMQP_URL");
 const PYTHON = env("HERALD_TEST_PYTHON");
+const VHOST = env("HERALD_TEST_VHOST");
 
 const clients = [];
 after(() => clients.forEach((client) => client.close()));
@@ -238,6 +240,19 @@ test("after a dropped connection it reconnects, syncs what it missed, and shows 
   await publish(event(user, { title: "after" }));
   await waitUntil(() => newIds().length === 5, 10000, "a live notification after the reconnect");
   assert.equal(new Set(newIds()).size, 5);
+});
+
+test("the gateway's sync:required after it lost RabbitMQ keeps the client going", async () => {
+  const user = uniqueUser();
+  const { client, named, newIds } = open(WS_URL, () => mint(user));
+  await client.connect();
+  const connectionId = client.connectionId;
+  await promisify(execFile)("rabbitmqctl", ["-q", "close_all_connections", "--vhost", VHOST, "js client test"]);
+  await waitUntil(() => named("sync:required").length > 0, 30000, "sync:required from the gateway");
+  assert.equal(client.connectionId, connectionId, "the WebSocket itself survived");
+  await publish(event(user, { title: "after the broker came back" }));
+  await waitUntil(() => newIds().length === 1, 20000, "live delivery after the rebuild");
+  assert.equal(client.unreadCount, 1);
 });
 
 test("a request without a reply times out", async () => {
