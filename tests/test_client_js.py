@@ -22,7 +22,8 @@ NODE = shutil.which("node")
 
 def node_command() -> list[str]:
     """``node --test`` over clients/js/test; Node < 22 needs ``--experimental-websocket``."""
-    assert NODE is not None
+    if NODE is None:
+        pytest.fail("node (≥ 20) is not installed: CI must install it for the JS client tests")
     version = subprocess.run([NODE, "--version"], capture_output=True, text=True, check=True).stdout
     major = int(re.match(r"v(\d+)", version).group(1))  # type: ignore[union-attr]
     if major < 20:
