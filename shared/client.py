@@ -148,13 +148,6 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
     return random.uniform(0, min(cap, base * 2 ** min(attempt, 30)))
 
 
-class _Disconnected(Exception):
-    def __init__(self, code: int | None, reason: str) -> None:
-        super().__init__(code, reason)
-        self.code = code
-        self.reason = reason
-
-
 class HeraldClient:
     """A self-healing connection to a Herald gateway; see the module docstring for the semantics.
 
@@ -448,10 +441,7 @@ class HeraldClient:
                 return
             code: int | None
             try:
-                await self._session(token)
-                code, reason = None, ""
-            except _Disconnected as gone:
-                code, reason = gone.code, gone.reason
+                code, reason = await self._session(token)
             except (OSError, InvalidHandshake, TimeoutError) as exc:
                 code, reason = None, f"{type(exc).__name__}: {exc}"
             opened = self._open.is_set()
@@ -484,8 +474,11 @@ class HeraldClient:
             self._set_state("reconnecting")
             await asyncio.sleep(delay)
 
-    async def _session(self, token: str) -> None:
-        """One connection: handshake, ``auth``, then read frames until it closes (raises why)."""
+    async def _session(self, token: str) -> tuple[int | None, str]:
+        """One connection: handshake, ``auth``, frames until it closes; returns (close code, reason).
+
+        Failures before the WebSocket is open (refused, timed out, bad HTTP answer) raise instead.
+        """
         connected = asyncio.get_running_loop().create_future()
         async with asyncio.timeout(self.open_timeout):
             ws = await connect(self.url, open_timeout=None, max_size=1 << 20, compression=None)
@@ -512,8 +505,7 @@ class HeraldClient:
             # Collect the outcomes so a refused ``auth`` is not reported as "never retrieved".
             await asyncio.gather(*tasks, return_exceptions=True)
             await ws.close()
-        rcvd = ws.close_code
-        raise _Disconnected(rcvd, ws.close_reason or "")
+        return ws.close_code, ws.close_reason or ""
 
     async def _read(self, ws: ClientConnection, connected: asyncio.Future[dict[str, Any]]) -> None:
         with contextlib.suppress(ConnectionClosed):
