@@ -174,7 +174,7 @@ async def test_muting_a_type_in_preferences_stops_it(
         await page.wait_for_selector("#prefs-updated >> text=Saved")
         assert not await toggle.is_checked()
         await page.evaluate("document.querySelector('.drawer-body').scrollTop = 0")
-        await page.screenshot(path=str(SCREENSHOTS / "preferences.png"))
+        await page.screenshot(path=str(SCREENSHOTS / "preferences.png"), animations="disabled")
 
         # The muted type and then an unmuted marker: once the marker is shown, the muted one had its chance.
         await publish(
@@ -234,7 +234,15 @@ async def test_screenshot_of_the_inbox(herald: tuple[Stack, HeraldProcess], brow
         ids = await listed_ids(page)
         await page.evaluate("id => heraldDemo.client.markRead([id])", ids[-1])
         await page.wait_for_selector(f'#list li.item[data-id="{ids[-1]}"]:not(.unread)')
-        await page.screenshot(path=str(SCREENSHOTS / "inbox.png"))
+        live = event_body(
+            user,
+            type="INSTRUCTOR_MESSAGE",
+            title="Message from Dr. Okafor",
+            message="Office hours move to 3 pm",
+        )
+        await publish(stack.amqp_url, live)
+        await page.wait_for_selector(".toast >> text=Message from Dr. Okafor")
+        await page.screenshot(path=str(SCREENSHOTS / "inbox.png"), animations="disabled")
     finally:
         await page.close()
 
