@@ -5,19 +5,22 @@ nothing consumes it:
 
 1. ceiling — a bare FastStream subscriber that only acks (manual ack, same prefetch, uvloop);
 2. worker, one event at a time — ``herald-worker`` with ``HERALD_BATCH_SIZE=1``;
-3. worker, batched — ``herald-worker`` with the configured batch size (default 200).
+3. worker, batched — ``herald-worker`` with the configured batch size (default 200);
+4. the same with ``HERALD_CONFIRM_FRAMES=true`` (live frames wait for publisher confirms), for the
+   trade-off discussed in docs/design.md.
 
 A worker run counts as done when every event is stored (rows in Postgres) *and* published (frames in a
 queue bound to ``herald.users`` for every recipient). Time starts when the consumer starts (the ceiling's
 ``broker.start()``, the worker's ``/readyz``). Runs on its own vhost and database; bounded by ``--events``.
 
-    .venv/bin/python bench/worker_throughput.py [--events 20000] [--single-events 3000] [--users 200]
+    .venv/bin/python bench/worker_throughput.py [--events 20000] [--single-events 3000] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -37,6 +40,9 @@ from tests.support import Stack, create_stack, destroy_stack
 from worker.amqp import events_exchange, events_queue
 
 DELIVERY_LIMIT = 20
+CEILING = "bare FastStream consume + ack (ceiling)"
+SINGLE = "worker, one event at a time (batch 1)"
+BATCHED = {False: "worker, batched", True: "worker, batched, frames confirmed"}
 TOPOLOGY = Topology()
 
 
@@ -161,48 +167,50 @@ async def worker_run(stack: Stack, events: int, users: int, tag: str, **settings
     return events / elapsed
 
 
-async def run_all(stack: Stack, args: argparse.Namespace) -> list[tuple[str, int, float]]:
-    """The three variants, in order; (name, events, events/s) each."""
+async def one_round(stack: Stack, args: argparse.Namespace, round_: int) -> dict[str, float]:
+    """Every variant once, in order; events/s by variant name."""
+    rates = {CEILING: await ceiling(stack, args.events, args.prefetch)}
+    rates[SINGLE] = await worker_run(
+        stack, args.single_events, args.users, f"single-{round_}", batch_size=1, prefetch=args.prefetch
+    )
+    for confirm in (False, True):
+        rates[BATCHED[confirm]] = await worker_run(
+            stack,
+            args.events,
+            args.users,
+            f"batched-{confirm}-{round_}",
+            batch_size=args.batch_size,
+            prefetch=args.prefetch,
+            confirm_frames=str(confirm).lower(),
+        )
+    return rates
+
+
+async def run_all(stack: Stack, args: argparse.Namespace) -> list[dict[str, float]]:
     await declare(stack, args.users)
-    rows: list[tuple[str, int, float]] = []
-    rows.append(
-        (
-            "bare FastStream consume + ack (ceiling)",
-            args.events,
-            await ceiling(stack, args.events, args.prefetch),
-        )
-    )
-    rows.append(
-        (
-            "worker, one event at a time (batch 1)",
-            args.single_events,
-            await worker_run(
-                stack, args.single_events, args.users, "single", batch_size=1, prefetch=args.prefetch
-            ),
-        )
-    )
-    rows.append(
-        (
-            f"worker, batched (batch {args.batch_size})",
-            args.events,
-            await worker_run(
-                stack, args.events, args.users, "batched", batch_size=args.batch_size, prefetch=args.prefetch
-            ),
-        )
-    )
-    return rows
+    return [await one_round(stack, args, i) for i in range(args.rounds)]
 
 
 def main(args: argparse.Namespace) -> None:
     stack = create_stack("herald_bench")
     try:
-        rows = uvloop.run(run_all(stack, args))
+        rounds = uvloop.run(run_all(stack, args))
     finally:
         destroy_stack(stack)
-    top = rows[0][2]
-    print(f"{'variant':<44} {'events':>7} {'events/s':>10} {'of ceiling':>11}")
-    for name, count, rate in rows:
-        print(f"{name:<44} {count:>7} {rate:>10,.0f} {rate / top:>10.0%}")
+    # The machine is shared: each variant's median over the rounds, and the median of the per-round
+    # ratios (a round's variants ran back to back, under similar load).
+    counts = {
+        CEILING: args.events,
+        SINGLE: args.single_events,
+        **dict.fromkeys(BATCHED.values(), args.events),
+    }
+    print(f"{'variant':<46} {'events':>7} {'events/s':>10} {'of ceiling':>11}   (median of {args.rounds})")
+    for name, count in counts.items():
+        rate = statistics.median(r[name] for r in rounds)
+        ratio = statistics.median(r[name] / r[CEILING] for r in rounds)
+        print(f"{name:<46} {count:>7} {rate:>10,.0f} {ratio:>10.0%}")
+    if args.rounds > 1:
+        print("per round:", "; ".join(", ".join(f"{v:,.0f}" for v in r.values()) for r in rounds))
 
 
 if __name__ == "__main__":
@@ -214,4 +222,5 @@ if __name__ == "__main__":
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--prefetch", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3)
     main(parser.parse_args())
