@@ -11,7 +11,7 @@ import aio_pika
 import asyncpg
 import pytest
 
-from tests.support import http_get, http_status, wait_until
+from tests.support import http_get, http_status, rabbitmqctl, wait_until
 from tests.worker_kit import TOPOLOGY, Watcher, event
 
 if TYPE_CHECKING:
@@ -169,5 +169,53 @@ async def test_postgres_down_for_30_seconds_loses_nothing(fresh_stack: Stack, wa
         await wait_until(lambda: queue_settled(watcher), 30, "the input queue to drain")
         await assert_each_stored_once(pg, 170)
         assert await watcher.dead_letter_count() == 0
+    finally:
+        await pg.close()
+
+
+async def test_sigterm_flushes_the_pending_batch(fresh_stack: Stack, watcher: Watcher) -> None:
+    # A long batch timeout keeps the events pending in the batcher until the shutdown flushes them.
+    worker = fresh_stack.start_worker(batch_size=5000, batch_timeout_ms=600_000, prefetch=1000)
+    pg = await asyncpg.connect(fresh_stack.database_url)
+    try:
+        await asyncio.gather(*(watcher.publish(event(f"term-{i % 10}")) for i in range(300)))
+        await wait_until(lambda: _all_delivered(watcher), 20, "all events handed to the worker")
+        assert await stored(pg) == 0
+
+        assert worker.stop() == 0
+
+        await assert_each_stored_once(pg, 300)
+        assert await queue_settled(watcher)  # and all of them were acked before the channel closed
+    finally:
+        await pg.close()
+
+
+async def _all_delivered(watcher: Watcher) -> bool:
+    queue = await watcher.channel.declare_queue(TOPOLOGY.events_queue, passive=True)
+    return queue.declaration_result.message_count == 0  # ready count: the rest are unacked in the worker
+
+
+async def test_a_dropped_amqp_connection_is_survived(fresh_stack: Stack, watcher: Watcher) -> None:
+    worker = fresh_stack.start_worker()
+    pg = await asyncpg.connect(fresh_stack.database_url)
+    try:
+        await asyncio.gather(*(watcher.publish(event(f"drop-{i % 10}")) for i in range(200)))
+        await wait_until(lambda: _at_least(pg, 200), 20, "events stored before the drop")
+        listing = rabbitmqctl("list_connections", "name", "vhost").stdout.splitlines()
+        names = [line.split("\t")[0] for line in listing if line.endswith(f"\t{fresh_stack.name}")]
+        assert names
+        for name in names:
+            rabbitmqctl("close_connection", name, "test: broker-side drop", check=False)
+        # This test's own connection went too; publish on a new one.
+        connection = await aio_pika.connect(fresh_stack.amqp_url)
+        try:
+            again = Watcher(await connection.channel())
+            await asyncio.gather(*(again.publish(event(f"drop-{i % 10}")) for i in range(200)))
+            await wait_until(lambda: _at_least(pg, 400), 60, "events stored after the reconnect")
+            await wait_until(lambda: http_status(f"{worker.url}/readyz") == 200, 20, "ready again")
+            await wait_until(lambda: queue_settled(again), 30, "the input queue to drain")
+        finally:
+            await connection.close()
+        await assert_each_stored_once(pg, 400)
     finally:
         await pg.close()
