@@ -185,6 +185,7 @@ async def test_muting_a_type_in_preferences_stops_it(
         await toggle.click()
         await page.wait_for_selector("#prefs-updated >> text=Saved")
         assert not await toggle.is_checked()
+        await page.set_viewport_size({"width": 1180, "height": 1330})  # the whole grid and quiet hours
         await page.evaluate("document.querySelector('.drawer-body').scrollTop = 0")
         await page.screenshot(path=screenshot_path("preferences.png"), animations="disabled")
 
