@@ -70,6 +70,8 @@ _BACKOFF_START: Final = 0.1
 _BACKOFF_MAX: Final = 5.0
 _MAX_PUBLISHING_BATCHES: Final = 4
 _UNKNOWN_TYPE_RELOAD_SECONDS: Final = 5.0
+# A batch of fan-out events (up to 1,000 recipients each) is cut short at this many recipients.
+_MAX_ROWS_PER_BATCH: Final = 5000
 
 
 def notification_id(idempotency_key: str | None) -> str:
@@ -130,6 +132,15 @@ def _params(nid: str, event: SendEvent | BroadcastEvent, category: str, now: dat
         "created_at": now,
         "read_at": None,
     }
+
+
+def _held_until(user: str, quiet_hours: dict[str, str] | None, now: datetime) -> datetime | None:
+    """End of ``user``'s quiet hours; stored hours that no longer parse hold nothing (and are logged)."""
+    try:
+        return quiet_hours_end(quiet_hours, now)
+    except (KeyError, TypeError, ValueError) as exc:  # ZoneInfoNotFoundError is a KeyError
+        log.warning("ignoring unusable quiet hours", user_id=user, quiet_hours=quiet_hours, error=repr(exc))
+        return None
 
 
 def _dumps(value: Any) -> bytes:
@@ -254,8 +265,7 @@ class Pipeline:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._batch_timeout):
                         await self._full.wait()
-            batch = self._pending[: self._batch_size]
-            del self._pending[: self._batch_size]
+            batch = self._take_batch()
             try:
                 await self._process(batch)
             except _Shutdown:
@@ -264,6 +274,19 @@ class Pipeline:
             except Exception:  # a bug: keep the loop alive; the batch is redelivered by the broker
                 log.exception("batch failed")
                 await self._requeue(batch)
+
+    def _take_batch(self) -> list[Pending]:
+        """Up to ``batch_size`` events, fewer when their recipients would exceed a transaction's worth."""
+        count = rows = 0
+        for item in self._pending[: self._batch_size]:
+            weight = len(item.event.user_ids) if isinstance(item.event, SendEvent) else 1
+            if count and rows + weight > _MAX_ROWS_PER_BATCH:
+                break
+            count += 1
+            rows += weight
+        batch = self._pending[:count]
+        del self._pending[:count]
+        return batch
 
     async def _process(self, batch: list[Pending]) -> None:
         sends = [item for item in batch if isinstance(item.event, SendEvent)]
@@ -385,7 +408,7 @@ class Pipeline:
                     in_app.append(recipient)
                 external = sorted(channels - {"in_app"})
                 if external:
-                    held = quiet_hours_end(prefs["quiet_hours"], now)
+                    held = _held_until(user, prefs["quiet_hours"], now)
                     by_mail += [(recipient, channel, held) for channel in external]
             muted += not reached
 
