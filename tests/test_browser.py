@@ -199,9 +199,20 @@ async def test_muting_a_type_in_preferences_stops_it(
         assert [s["title"] for s in await seen(page)] == ["Marker"]
         assert await badge(page) == 1
 
+        # Quiet hours round-trip through the server.
+        await page.check("#quiet-on")
+        await page.fill("#quiet-start", "21:30")
+        await page.fill("#quiet-tz", "Europe/Berlin")
+        await page.click("#quiet-save")
+        await page.wait_for_function(
+            "heraldDemo.preferences.quiet_hours?.start === '21:30'"
+            " && heraldDemo.preferences.quiet_hours.timezone === 'Europe/Berlin'"
+        )
+
         # Reset brings the type back.
         await page.click("#prefs-reset")
         await wait_until(toggle.is_checked, 10, "the reset to turn NEW_COMMENT back on")
+        assert not await page.is_checked("#quiet-on")
     finally:
         await page.close()
 
