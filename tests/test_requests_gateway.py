@@ -367,10 +367,10 @@ async def test_pages_of_20_walk_250_notifications_without_repeat_or_gap_while_ne
     user = new_user()
     await seed(db, user, 250)
     async with clients(env, user) as (client,):
-        arriving = asyncio.create_task(publish_titles(producer, user, [f"late-{i}" for i in range(40)]))
         walked: list[int] = []
         pages = 0
         cursor = None
+        arriving: asyncio.Task[None] | None = None
         while True:
             page = await client.result(
                 "notifications.list", {"limit": 20, **({"before": cursor} if cursor else {})}
@@ -379,8 +379,17 @@ async def test_pages_of_20_walk_250_notifications_without_repeat_or_gap_while_ne
             assert len(page["items"]) <= 20
             walked += [item["seq"] for item in page["items"]]
             cursor = page["next_cursor"]
+            if pages == 1:
+                # New notifications certainly arrive mid-walk: 20 stored before the second page, and
+                # 20 more trickling in while the rest is walked.
+                await publish_titles(producer, user, [f"late-{i}" for i in range(20)])
+                await wait_until(lambda: _count_after(db, user, 250, 20), 30, "20 new notifications stored")
+                arriving = asyncio.create_task(
+                    publish_titles(producer, user, [f"later-{i}" for i in range(20)])
+                )
             if cursor is None:
                 break
+        assert arriving is not None
         await arriving
     top = walked[0]
     stored_up_to_top = await db.fetch(
