@@ -76,6 +76,8 @@ MAX_AUTH_FAILURES: Final = 2
 #: How many notification ids are remembered for de-duplication.
 SEEN_IDS: Final = 10_000
 SYNC_PAGE: Final = 500
+#: Largest server frame accepted: a full sync page of maximal notifications (~10.5 KiB each) fits.
+MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
 
 State = Literal["idle", "connecting", "open", "reconnecting", "closed"]
 
@@ -481,7 +483,7 @@ class HeraldClient:
         """
         connected = asyncio.get_running_loop().create_future()
         async with asyncio.timeout(self.open_timeout):
-            ws = await connect(self.url, open_timeout=None, max_size=1 << 20, compression=None)
+            ws = await connect(self.url, open_timeout=None, max_size=MAX_FRAME_BYTES, compression=None)
         self._ws = ws
         reader = asyncio.create_task(self._read(ws, connected))
         auth = asyncio.create_task(self._call(ws, "auth", {"token": token}, self.open_timeout))
