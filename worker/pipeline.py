@@ -103,11 +103,17 @@ class Outgoing:
     frames: list[tuple[str, bytes]] = field(default_factory=list)
     broadcasts: list[tuple[str, bytes]] = field(default_factory=list)
     deliveries: list[tuple[str, bytes, str]] = field(default_factory=list)
+    rows: int = 0  # notifications inserted
+    outcomes: dict[str, int] = field(default_factory=dict)  # events by metrics outcome
 
     def extend(self, other: Outgoing) -> None:
+        """Append ``other``'s messages after these (publish order follows commit order)."""
         self.frames += other.frames
         self.broadcasts += other.broadcasts
         self.deliveries += other.deliveries
+        self.rows += other.rows
+        for outcome, count in other.outcomes.items():
+            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + count
 
 
 @dataclass(slots=True)
@@ -164,7 +170,6 @@ class Pipeline:
         catalog: Callable[[], Catalog],
         reload_catalog: Callable[[], Awaitable[object]],
     ) -> None:
-        self._settings = settings
         self._pool = pool
         self._publisher = publisher
         self._acks = acks
@@ -301,6 +306,9 @@ class Pipeline:
                 outgoing.extend(out)
         metrics.STORE_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.observe(len(batch))
+        metrics.NOTIFICATIONS.inc(outgoing.rows)
+        for outcome, count in outgoing.outcomes.items():
+            metrics.EVENTS.labels(outcome).inc(count)
         await self._publish_slots.acquire()
         task = asyncio.create_task(self._publish_and_ack(committed, outgoing))
         self._publishing.add(task)
@@ -372,7 +380,9 @@ class Pipeline:
     async def _store_sends(
         self, conn: Connection, catalog: Catalog, items: list[Pending], now: datetime
     ) -> Outgoing:
-        user_ids = list({user for item in items for user in item.event.user_ids})  # type: ignore[union-attr]
+        user_ids = list(
+            {u for item in items if isinstance(item.event, SendEvent) for u in item.event.user_ids}
+        )
         overrides = await store.lock_users(conn, user_ids)
         defaults = default_preferences(catalog)
         preferences: dict[str, dict[str, Any]] = {}
@@ -412,9 +422,11 @@ class Pipeline:
                     by_mail += [(recipient, channel, held) for channel in external]
             muted += not reached
 
-        keyed = [r for r in in_app if r.key is not None]
-        stored = await store.existing(conn, [r.user for r in keyed], [r.key for r in keyed])  # type: ignore[misc]
+        keyed = [(r.user, r.key) for r in in_app if r.key is not None]
+        stored = await store.existing(conn, [user for user, _ in keyed], [key for _, key in keyed])
         rows = store.NewRows()
+        data_of: Pending | None = None
+        data_json = ""
         fresh: list[_Recipient] = []
         out = Outgoing()
         duplicates: set[tuple[str, str | None]] = set()
@@ -431,7 +443,9 @@ class Pipeline:
             rows.category.append(recipient.params["category"])
             rows.title.append(event.title)
             rows.message.append(event.message)
-            rows.data.append(orjson.dumps(event.data).decode())
+            if recipient.item is not data_of:  # a fan-out event's recipients are contiguous
+                data_of, data_json = recipient.item, orjson.dumps(event.data).decode()
+            rows.data.append(data_json)
             rows.idempotency_key.append(recipient.key)
             rows.expires_at.append(event.expires_at)
             fresh.append(recipient)
@@ -453,10 +467,8 @@ class Pipeline:
                 (channel, _dumps(body), f"{recipient.params['id']}:{recipient.user}:{channel}")
             )
 
-        metrics.NOTIFICATIONS.inc(len(rows))
-        metrics.EVENTS.labels("stored").inc(len(items) - muted)
-        metrics.EVENTS.labels("muted").inc(muted)
-        metrics.EVENTS.labels("duplicate").inc(len(duplicates))
+        out.rows = len(rows)
+        out.outcomes = {"stored": len(items) - muted, "muted": muted, "duplicate": len(duplicates)}
         return out
 
     async def _store_broadcast(
@@ -466,7 +478,8 @@ class Pipeline:
         nid = notification_id(event.event_id)
         out = Outgoing()
         if event.channels is not None and "in_app" not in event.channels:
-            return out  # broadcasts are in-app only
+            out.outcomes = {"muted": 1}  # broadcasts are in-app only
+            return out
         recipients = await store.broadcast(
             conn,
             notification_id=nid,
@@ -478,8 +491,8 @@ class Pipeline:
             idempotency_key=event.event_id,
             expires_at=event.expires_at,
         )
-        metrics.NOTIFICATIONS.inc(recipients)
-        metrics.EVENTS.labels("broadcast").inc()
+        out.rows = recipients
+        out.outcomes = {"broadcast": 1}
         frame = notification_frame(NEW_METHOD, _params(nid, event, kind.category, now))
         out.broadcasts.append((event.type, frame))
         return out
