@@ -185,23 +185,24 @@ async def test_an_event_the_database_refuses_is_isolated_from_its_batch(
 
 
 async def test_the_same_key_three_times_is_one_row(watcher: Watcher, db: asyncpg.Connection) -> None:
-    user, marker = unique("dup"), unique("marker")
+    user = unique("dup")
     frames = await watcher.frames(user)
-    marker_frames = await watcher.frames(marker)
     body = event(user)
     for _ in range(3):
         await watcher.publish(body)
     by_message_id = {k: v for k, v in event(user).items() if k != "event_id"}
     for _ in range(3):
         await watcher.publish(by_message_id, message_id="amqp-id-1")
-    await watcher.publish(event(marker))
+    marker = event(user, "NEW_REPLY")
+    await watcher.publish(marker)
 
-    await watcher.take(marker_frames, 1)
-    got = [frame_params(m) for m in await watcher.nothing_more(frames)]
+    got = [frame_params(m) for m in await watcher.take(frames, 3)]
+    while got[-1]["type"] != "NEW_REPLY":  # frames of one user arrive in order; the marker is last
+        got += [frame_params(m) for m in await watcher.take(frames, 1)]
 
     stored = await rows(db, user)
-    assert [r["idempotency_key"] for r in stored] == [body["event_id"], "amqp-id-1"]
-    assert await counters(db, user) == (2, 2)
+    assert [r["idempotency_key"] for r in stored] == [body["event_id"], "amqp-id-1", marker["event_id"]]
+    assert await counters(db, user) == (3, 3)
     # A copy in a later batch is pushed live again with the stored id and seq (clients drop repeats);
     # copies inside one batch share the first one's frame.
     assert {(p["id"], p["seq"]) for p in got} == {(r["id"], r["seq"]) for r in stored}
@@ -263,10 +264,13 @@ async def test_critical_types_cannot_be_muted(watcher: Watcher, db: asyncpg.Conn
     frames = await watcher.frames(user)
 
     await watcher.publish(event(user, "SECURITY_ALERT"))
+    marker = unique("marker")
+    await watcher.publish(event(marker, "GRADE_RELEASED", channels=["email"]))
 
     assert frame_params((await watcher.take(frames, 1))[0])["type"] == "SECURITY_ALERT"
-    (job,) = await watcher.take(deliveries, 1)
-    assert job.routing_key == "email"  # in-app and email are locked on; push follows the user
+    jobs = [(orjson.loads(m.body)["user_id"], m.routing_key) for m in await watcher.take(deliveries, 2)]
+    # In-app and email are locked on; push follows the user's switch. The marker's job comes last.
+    assert jobs == [(user, "email"), (marker, "email")]
     assert len(await rows(db, user)) == 1
 
 
