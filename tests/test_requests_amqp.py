@@ -12,7 +12,7 @@ import pytest
 
 from shared.topology import Topology
 from tests.requests_support import AmqpRpc, new_user, seed
-from tests.support import stack_context, wait_until
+from tests.support import http_get, stack_context, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -122,3 +122,20 @@ async def test_many_requests_in_flight_are_each_answered_for_their_own_user(
     )
     counts = [reply["result"]["count"] for reply in replies]
     assert counts == [index for index in range(20) for _ in range(10)]
+
+
+async def test_answers_are_counted_in_the_worker_metrics(worker_stack: Stack, rpc: AmqpRpc) -> None:
+    user = new_user()
+    await rpc.call("notifications.list", user=user)
+    await rpc.call("notifications.list", {"limit": -1}, user=user)
+    await rpc.call("no.such.method", user=user)
+    status, body = http_get(f"{worker_stack.processes[0].url}/metrics")
+    assert status == 200
+    text = body.decode()
+    for sample in (
+        'herald_worker_requests_total{method="notifications.list",outcome="ok"}',
+        'herald_worker_requests_total{method="notifications.list",outcome="-32602"}',
+        'herald_worker_requests_total{method="unknown",outcome="-32601"}',
+        'herald_worker_request_seconds_count{method="notifications.list"}',
+    ):
+        assert sample in text, sample

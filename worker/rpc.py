@@ -7,18 +7,22 @@ which FastStream publishes to ``reply_to`` with the request's ``correlation_id``
 
 No exception escapes a handler: a bad envelope is -32600, an unknown method -32601, bad params -32602 with
 ``data.field`` naming the offending value, a database that cannot be reached 5003, anything else -32603
-(logged with its traceback). The request is acked in every case: a redelivered request would run again
-for a gateway that stopped waiting (``expiration`` drops requests nobody waits for any more).
+(logged with its traceback). Every answer is counted in ``herald_worker_requests_total{method, outcome}``
+and timed in ``herald_worker_request_seconds{method}``. The request is acked in every case: a redelivered
+request would run again for a gateway that stopped waiting (``expiration`` drops requests nobody waits
+for any more).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import time
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 import structlog
 from faststream import AckPolicy
 from faststream.rabbit import Channel, RabbitQueue, RabbitResponse, RabbitRouter
+from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.events import USER_ID_PATTERN
@@ -35,6 +39,19 @@ if TYPE_CHECKING:
     from worker.state import WorkerState
 
 log = structlog.get_logger(__name__)
+
+REQUESTS: Final = Counter(
+    "herald_worker_requests",
+    "Client requests answered, by method (``unknown`` for methods that do not exist) and outcome "
+    "(``ok`` or the JSON-RPC error code).",
+    ["method", "outcome"],
+)
+REQUEST_SECONDS: Final = Histogram(
+    "herald_worker_request_seconds",
+    "Time to answer one request in the worker (SQL and event publish included).",
+    ["method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
 
 
 class Envelope(BaseModel):
@@ -76,16 +93,26 @@ def build_router(settings: Settings, topology: Topology) -> RabbitRouter:
 
 
 async def handle_request(state: WorkerState, body: bytes) -> bytes:
-    """Run one request body and return the reply body; never raises."""
+    """Run one request body and return the reply body; never raises. Counted in the request metrics."""
+    started = time.perf_counter()
+    method, code, reply = await _answer(state, body)
+    REQUESTS.labels(method, "ok" if code is None else str(code)).inc()
+    REQUEST_SECONDS.labels(method).observe(time.perf_counter() - started)
+    return reply
+
+
+async def _answer(state: WorkerState, body: bytes) -> tuple[str, int | None, bytes]:
+    """(method label, error code or ``None``, reply body). Unknown methods are labelled ``unknown``."""
     try:
         envelope = Envelope.model_validate(orjson.loads(body))
     except (orjson.JSONDecodeError, ValidationError) as exc:
-        return rpc_error(ErrorCode.INVALID_REQUEST, "Invalid request", {"reason": str(exc)[:200]})
+        return _error("invalid", ErrorCode.INVALID_REQUEST, "Invalid request", {"reason": str(exc)[:200]})
     method = METHODS.get(envelope.method)
     if method is None:
-        return rpc_error(ErrorCode.METHOD_NOT_FOUND, "Method not found", {"method": envelope.method})
+        return _error("unknown", ErrorCode.METHOD_NOT_FOUND, "Method not found", {"method": envelope.method})
+    name = envelope.method
     if method.admin_only and not envelope.admin:
-        return rpc_error(ErrorCode.FORBIDDEN, "Forbidden: admin only")
+        return _error(name, ErrorCode.FORBIDDEN, "Forbidden: admin only")
     caller = Caller(user_id=envelope.user_id, admin=envelope.admin)
     try:
         # JSON-RPC allows omitting params; a method without params takes {}.
@@ -93,13 +120,17 @@ async def handle_request(state: WorkerState, body: bytes) -> bytes:
         result = await method.run(state, caller, params)
     except ValidationError as exc:
         error = invalid_params(exc)
-        return rpc_error(error.code, error.message, error.data)
+        return _error(name, error.code, error.message, error.data)
     except RequestError as exc:
-        return rpc_error(exc.code, exc.message, exc.data)
+        return _error(name, exc.code, exc.message, exc.data)
     except TRANSIENT_DB_ERRORS:
-        log.warning("rpc_unavailable", method=envelope.method, exc_info=True)
-        return rpc_error(ErrorCode.UNAVAILABLE, "Unavailable, try again")
+        log.warning("rpc_unavailable", method=name, exc_info=True)
+        return _error(name, ErrorCode.UNAVAILABLE, "Unavailable, try again")
     except Exception:
-        log.exception("rpc_failed", method=envelope.method, user_id=envelope.user_id)
-        return rpc_error(ErrorCode.INTERNAL_ERROR, "Internal error")
-    return rpc_result(result)
+        log.exception("rpc_failed", method=name, user_id=envelope.user_id)
+        return _error(name, ErrorCode.INTERNAL_ERROR, "Internal error")
+    return name, None, rpc_result(result)
+
+
+def _error(method: str, code: int, message: str, data: Any = None) -> tuple[str, int, bytes]:
+    return method, int(code), rpc_error(code, message, data)
