@@ -54,4 +54,5 @@ async def serve(
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    return await asyncio.start_server(handle, host, port, limit=_MAX_HEADER_BYTES)
+    # reuse_port: `faststream run worker.app:app --workers N` starts N processes on the same port.
+    return await asyncio.start_server(handle, host, port, limit=_MAX_HEADER_BYTES, reuse_port=True)
