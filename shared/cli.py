@@ -96,8 +96,13 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     from shared.client import Event, HeraldClient
 
     settings = load_settings()
+
+    def fresh_token() -> str:
+        # Minted anew on every (re)connect and refresh, so `tail` outlives any one token.
+        return mint_dev_token(settings, args.user, admin=False, ttl=args.ttl)
+
     try:
-        token = mint_dev_token(settings, args.user, admin=False, ttl=args.ttl)
+        fresh_token()
     except TokenError as exc:
         print(f"herald tail: {exc}", file=sys.stderr)
         return 2
@@ -111,7 +116,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
         sys.stdout.flush()
 
     async def tail() -> None:
-        client = HeraldClient(url, lambda: token)
+        client = HeraldClient(url, fresh_token)
         client.on("*", print_event)  # before start(), so the `connected` frame is printed too
         async with client:
             await client.wait_closed()
