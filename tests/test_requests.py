@@ -135,7 +135,7 @@ async def result(worker_state: state.WorkerState, method: str, params: Any = Non
 async def invalid_field(worker_state: state.WorkerState, method: str, params: Any, *, user: str) -> str:
     reply = await call(worker_state, method, params, user=user)
     assert reply["error"]["code"] == -32602, reply
-    field: str = reply["error"]["data"]["field"]
+    field: str = reply["error"]["data"]
     return field
 
 
@@ -170,7 +170,7 @@ async def test_a_failing_method_is_an_internal_error_and_a_lost_database_is_unav
     monkeypatch.setitem(METHODS, "test.broken", Method(NoParams, broken))
     monkeypatch.setitem(METHODS, "test.unreachable", Method(NoParams, unreachable))
     broken_reply = await call(worker_state, "test.broken", user=new_user())
-    assert broken_reply == {"error": {"code": -32603, "message": "Internal error"}}
+    assert broken_reply == {"error": {"code": -32603, "message": "internal error"}}
     unreachable_reply = await call(worker_state, "test.unreachable", user=new_user())
     assert unreachable_reply["error"]["code"] == 5003
 
@@ -545,4 +545,4 @@ async def test_broadcast_is_admin_only_and_becomes_a_broadcast_event(
     ):
         reply = await call(worker_state, "notifications.broadcast", bad, user=new_user(), admin=True)
         assert reply["error"]["code"] == -32602
-        assert reply["error"]["data"]["field"] == field
+        assert reply["error"]["data"] == field

@@ -63,8 +63,8 @@ class RequestError(Exception):
 
 
 def bad_param(field: str, reason: str) -> RequestError:
-    """-32602 naming ``field`` (a dotted path into params)."""
-    return RequestError(ErrorCode.INVALID_PARAMS, "Invalid params", {"field": field, "reason": reason})
+    """-32602 whose ``data`` is ``field`` (a dotted path into params), as the gateway's own -32602 errors."""
+    return RequestError(ErrorCode.INVALID_PARAMS, f"invalid params: {field}: {reason}", field)
 
 
 def invalid_params(error: ValidationError) -> RequestError:

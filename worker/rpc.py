@@ -6,7 +6,7 @@ which FastStream publishes to ``reply_to`` with the request's ``correlation_id``
 (SQL, events) live in :mod:`worker.inbox`; this module is transport and error mapping only.
 
 No exception escapes a handler: a bad envelope is -32600, an unknown method -32601, bad params -32602 with
-``data.field`` naming the offending value, a database that cannot be reached 5003, anything else -32603
+``data`` naming the offending field, a database that cannot be reached 5003, anything else -32603
 (logged with its traceback). Every answer is counted in ``herald_worker_requests_total{method, outcome}``
 and timed in ``herald_worker_request_seconds{method}``. The request is acked in every case: a redelivered
 request would run again for a gateway that stopped waiting (``expiration`` drops requests nobody waits
@@ -106,13 +106,13 @@ async def _answer(state: WorkerState, body: bytes) -> tuple[str, int | None, byt
     try:
         envelope = Envelope.model_validate(orjson.loads(body))
     except (orjson.JSONDecodeError, ValidationError) as exc:
-        return _error("invalid", ErrorCode.INVALID_REQUEST, "Invalid request", {"reason": str(exc)[:200]})
+        return _error("invalid", ErrorCode.INVALID_REQUEST, f"invalid request: {_first_line(exc)}")
     method = METHODS.get(envelope.method)
     if method is None:
-        return _error("unknown", ErrorCode.METHOD_NOT_FOUND, "Method not found", {"method": envelope.method})
+        return _error("unknown", ErrorCode.METHOD_NOT_FOUND, f"method not found: {envelope.method}")
     name = envelope.method
     if method.admin_only and not envelope.admin:
-        return _error(name, ErrorCode.FORBIDDEN, "Forbidden: admin only")
+        return _error(name, ErrorCode.FORBIDDEN, "forbidden: admin only")
     caller = Caller(user_id=envelope.user_id, admin=envelope.admin)
     try:
         # JSON-RPC allows omitting params; a method without params takes {}.
@@ -125,11 +125,16 @@ async def _answer(state: WorkerState, body: bytes) -> tuple[str, int | None, byt
         return _error(name, exc.code, exc.message, exc.data)
     except TRANSIENT_DB_ERRORS:
         log.warning("rpc_unavailable", method=name, exc_info=True)
-        return _error(name, ErrorCode.UNAVAILABLE, "Unavailable, try again")
+        return _error(name, ErrorCode.UNAVAILABLE, "unavailable: the database cannot be reached, try again")
     except Exception:
         log.exception("rpc_failed", method=name, user_id=envelope.user_id)
-        return _error(name, ErrorCode.INTERNAL_ERROR, "Internal error")
+        return _error(name, ErrorCode.INTERNAL_ERROR, "internal error")
     return name, None, rpc_result(result)
+
+
+def _first_line(error: Exception) -> str:
+    # pydantic's messages run over several lines; the first names what is wrong.
+    return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
 
 
 def _error(method: str, code: int, message: str, data: Any = None) -> tuple[str, int, bytes]:
