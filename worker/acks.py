@@ -13,6 +13,7 @@ one state per channel object; a closed channel's deliveries are requeued by Rabb
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import TYPE_CHECKING
 
@@ -28,11 +29,14 @@ _CLOSED_CHANNEL_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeE
 
 
 class _ChannelState:
-    __slots__ = ("acked", "settled")
+    __slots__ = ("acked", "lock", "settled")
 
     def __init__(self) -> None:
         self.acked = 0
         self.settled: set[int] = set()
+        # Acks must leave in tag order: a multiple-ack for a lower tag sent after a higher one names an
+        # already-acked tag, and the broker closes the channel (PRECONDITION_FAILED unknown delivery tag).
+        self.lock = asyncio.Lock()
 
 
 class AckTracker:
@@ -56,15 +60,16 @@ class AckTracker:
         """Mark ``tags`` (acked or already nacked) as done and ack the grown contiguous prefix."""
         state = self._state(channel)
         state.settled.update(tags)
-        top = state.acked
-        while top + 1 in state.settled:
-            top += 1
-            state.settled.discard(top)
-        if top == state.acked:
-            return
-        state.acked = top
-        with contextlib.suppress(*_CLOSED_CHANNEL_ERRORS):
-            await channel.basic_ack(top, multiple=True)
+        async with state.lock:
+            top = state.acked
+            while top + 1 in state.settled:
+                top += 1
+                state.settled.discard(top)
+            if top == state.acked:
+                return
+            state.acked = top
+            with contextlib.suppress(*_CLOSED_CHANNEL_ERRORS):
+                await channel.basic_ack(top, multiple=True)
 
     async def requeue(self, channel: AbstractChannel, tags: Iterable[int]) -> None:
         """Nack ``tags`` with requeue (the quorum queue counts it against ``x-delivery-limit``)."""
