@@ -189,6 +189,13 @@ async def test_session_open_makes_the_user_known_and_reports_counters(
     assert (again["unread_count"], again["last_seq"]) == (5, 5)
 
 
+async def test_concurrent_session_opens_of_a_new_user_all_succeed(worker_state: state.WorkerState) -> None:
+    # Several tabs connecting at once race to create the users row; each must still get its counters.
+    user = new_user()
+    opened = await asyncio.gather(*(result(worker_state, "session.open", user=user) for _ in range(20)))
+    assert {(o["unread_count"], o["last_seq"]) for o in opened} == {(0, 0)}
+
+
 # ------------------------------------------------------------------------------------------- reads
 
 
