@@ -27,6 +27,21 @@ def _exchange(name: str, kind: ExchangeType) -> RabbitExchange:
     return RabbitExchange(name, type=kind, durable=True, auto_delete=False)
 
 
+def users_exchange(topology: Topology) -> RabbitExchange:
+    """``herald.users``: direct exchange for live frames, routing key = user id."""
+    return _exchange(topology.users_exchange, ExchangeType.DIRECT)
+
+
+def broadcast_exchange(topology: Topology) -> RabbitExchange:
+    """``herald.broadcast``: fanout exchange for frames addressed to everyone."""
+    return _exchange(topology.broadcast_exchange, ExchangeType.FANOUT)
+
+
+def deliveries_exchange(topology: Topology) -> RabbitExchange:
+    """``herald.deliveries``: topic exchange for email/push jobs, routing key = channel."""
+    return _exchange(topology.deliveries_exchange, ExchangeType.TOPIC)
+
+
 def events_exchange(topology: Topology) -> RabbitExchange:
     """``herald.events``: the topic exchange producers publish to."""
     return _exchange(topology.events_exchange, ExchangeType.TOPIC)
@@ -59,21 +74,20 @@ async def declare_topology(broker: RabbitBroker, topology: Topology, *, confirm_
     dlx = await broker.declare_exchange(_exchange(topology.dead_letter_exchange, ExchangeType.FANOUT))
     dead = await broker.declare_queue(RabbitQueue(topology.dead_letter_queue, durable=True))
     await dead.bind(dlx, routing_key="")
-    users_exchange = _exchange(topology.users_exchange, ExchangeType.DIRECT)
-    users = await broker.declare_exchange(users_exchange)
+    users = await broker.declare_exchange(users_exchange(topology))
     live = users
     if not confirm_frames:
         # Straight from the channel: FastStream's declarer caches exchanges by their flags alone and
         # would hand back the confirm channel's object.
         channel = await broker.config.channel_manager.get_channel(Channel(publisher_confirms=False))
         live = await channel.declare_exchange(
-            users_exchange.name, aio_pika.ExchangeType.DIRECT, durable=True, auto_delete=False
+            topology.users_exchange, aio_pika.ExchangeType.DIRECT, durable=True, auto_delete=False
         )
     return Publisher(
         users=users,
         live=live,
         live_confirmed=confirm_frames,
-        broadcast=await broker.declare_exchange(_exchange(topology.broadcast_exchange, ExchangeType.FANOUT)),
-        deliveries=await broker.declare_exchange(_exchange(topology.deliveries_exchange, ExchangeType.TOPIC)),
+        broadcast=await broker.declare_exchange(broadcast_exchange(topology)),
+        deliveries=await broker.declare_exchange(deliveries_exchange(topology)),
         dlx=dlx,
     )

@@ -32,11 +32,19 @@ from shared.settings import load_settings
 from shared.topology import Topology
 from worker import http, metrics, publish, state
 from worker.acks import AckTracker
-from worker.amqp import declare_topology, events_exchange, events_queue
+from worker.amqp import (
+    broadcast_exchange,
+    declare_topology,
+    deliveries_exchange,
+    events_exchange,
+    events_queue,
+    users_exchange,
+)
 from worker.db import TRANSIENT_DB_ERRORS, create_pool, load_catalog
 from worker.pipeline import Pipeline
 from worker.retention import retention_loop
 from worker.rpc import build_router
+from worker.schemas import DeliveryJob, NotificationFrame
 
 if TYPE_CHECKING:
     import asyncpg
@@ -93,6 +101,27 @@ events_subscriber = broker.subscriber(
     decoder=_raw_body,
     title="herald.events",
     description="Producer events (routing keys notification.send and notification.broadcast).",
+)
+
+
+# Documentation only: the pipeline publishes through worker.publish, and AsyncAPI lists only publishers.
+broker.publisher(
+    exchange=users_exchange(topology),
+    title="herald.users",
+    schema=NotificationFrame,
+    description="Live JSON-RPC frames, routing key = user id, AMQP type = method.",
+)
+broker.publisher(
+    exchange=broadcast_exchange(topology),
+    title="herald.broadcast",
+    schema=NotificationFrame,
+    description="Broadcast notification:new frames: seq null, header x-herald-type = the type.",
+)
+broker.publisher(
+    exchange=deliveries_exchange(topology),
+    title="herald.deliveries",
+    schema=DeliveryJob,
+    description="Email/push jobs, routing key = channel; hold each until deliver_after when set.",
 )
 
 
