@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+import random
+from typing import TYPE_CHECKING, Any
 
 import aio_pika
 import asyncpg
 import orjson
 import pytest
 
+from shared.producer import Producer
 from shared.topology import Topology
-from tests.requests_support import AmqpRpc, new_user, seed
+from tests.requests_support import AmqpRpc, new_user, seed, unread_truth
 from tests.support import http_get, stack_context, wait_until
 
 if TYPE_CHECKING:
@@ -139,3 +141,42 @@ async def test_answers_are_counted_in_the_worker_metrics(worker_stack: Stack, rp
         'herald_worker_request_seconds_count{method="notifications.list"}',
     ):
         assert sample in text, sample
+
+
+async def test_counter_stays_exact_while_the_worker_stores_and_requests_mutate(
+    worker_stack: Stack, rpc: AmqpRpc, db: asyncpg.Connection
+) -> None:
+    """The worker's inserts and the requests' mutations adjust ``unread_count`` on the same row, unharmed."""
+    user = new_user()
+    await seed(db, user, 50)
+    rng = random.Random(7)
+    stored = 300
+
+    async def mutate() -> list[dict[str, Any]]:
+        replies = []
+        for _ in range(60):
+            ids = await db.fetch(
+                "SELECT id FROM notifications WHERE user_id = $1 ORDER BY random() LIMIT 10", user
+            )
+            method = rng.choice(
+                ["notifications.mark_read", "notifications.mark_unread", "notifications.delete"] * 3
+                + ["notifications.mark_all_read"]
+            )
+            params = {} if method.endswith("all_read") else {"ids": [row["id"] for row in ids]}
+            replies.append(await rpc.call(method, params, user=user))
+        return replies
+
+    async with Producer(worker_stack.amqp_url) as producer:
+        sending = asyncio.gather(*(producer.send(user, "NEW_COMMENT", f"live-{i}") for i in range(stored)))
+        replies, _ = await asyncio.gather(mutate(), sending)
+
+    assert all("result" in reply for reply in replies), [r for r in replies if "result" not in r][:3]
+    await wait_until(
+        lambda: _last_seq_is(db, user, 50 + stored), 60, f"all {stored} events stored for {user}"
+    )
+    counter, actual = await unread_truth(db, user)
+    assert counter == actual
+
+
+async def _last_seq_is(db: asyncpg.Connection, user: str, expected: int) -> bool:
+    return bool(await db.fetchval("SELECT last_seq FROM users WHERE user_id = $1", user) == expected)
