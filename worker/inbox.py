@@ -44,8 +44,9 @@ MAX_IDS: Final = 500
 MAX_PAGE: Final = 100
 MAX_SYNC: Final = 500
 DEFAULT_TYPE: Final = "SYSTEM_ANNOUNCEMENT"
-# Deadlocks cannot come from this module's own statements (see the module docstring), but a worker
-# process that locks in another order (e.g. an operator's script) must not turn into an error.
+# This module's statements and the worker's inserts and retention lock users rows first, so they cannot
+# deadlock one another; another writer locking in a different order (an operator's script) might, and
+# that must not reach the client as an error.
 DEADLOCK_RETRIES: Final = 3
 
 
