@@ -181,13 +181,25 @@ async def test_bad_broadcast_params_name_the_field_for_an_admin(env: Env) -> Non
 # ------------------------------------------------------------------------------------------ events
 
 
+@pytest.fixture(scope="module")
+def other_gateway(env: Env) -> HeraldProcess:
+    """A second gateway process on the same stack."""
+    return env.stack.start_gateway()
+
+
+@pytest.mark.parametrize("elsewhere", [False, True], ids=["same-gateway", "other-gateway"])
 async def test_a_second_connection_receives_every_event_with_the_unread_count(
-    env: Env, db: asyncpg.Connection
+    env: Env, db: asyncpg.Connection, other_gateway: HeraldProcess, elsewhere: bool
 ) -> None:
     user = new_user()
     await seed(db, user, 6)
     ids = [f"{user}-{seq}" for seq in range(1, 7)]
-    async with clients(env, user, user) as (acting, watching):
+    acting, _ = await env.connect(user)
+    watching = await WsClient.connect((other_gateway if elsewhere else env.gateway).ws_url, user)
+    await watching.next_event("connected")
+    async with contextlib.AsyncExitStack() as closing:
+        closing.push_async_callback(acting.close)
+        closing.push_async_callback(watching.close)
         steps: list[tuple[str, Any, str, dict[str, Any]]] = [
             (
                 "notifications.mark_read",
@@ -209,15 +221,16 @@ async def test_a_second_connection_receives_every_event_with_the_unread_count(
             ),
             ("notifications.mark_all_read", None, "notification:read", {"all": True, "unread_count": 0}),
         ]
+        # Each connection's very next frame is the event: nothing else, nothing missing.
         for method, params, event, expected in steps:
             await acting.result(method, params)
-            assert await watching.next_event(event) == expected
-            assert await acting.next_event(event) == expected
+            for client in (watching, acting):
+                assert await client.next_frame() == {"jsonrpc": "2.0", "method": event, "params": expected}
 
         updated = await acting.result("preferences.update", {"channels": {"email": False}})
-        assert await watching.next_event("preferences:updated") == updated
+        assert (await watching.next_frame())["params"] == updated
         reset = await acting.result("preferences.reset")
-        assert await watching.next_event("preferences:updated") == reset
+        assert (await watching.next_frame())["params"] == reset
         assert watching.drain() == []
 
 
