@@ -46,7 +46,7 @@ from shared.topology import (
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping
 
-    from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+    from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage, AbstractQueue
 
 # Headers that describe a past dead-lettering; a replayed event starts without them.
 _DEAD_LETTER_HEADERS: Final = frozenset(
@@ -54,6 +54,8 @@ _DEAD_LETTER_HEADERS: Final = frozenset(
 )
 _DEAD_LETTER_HEADER_PREFIXES: Final = ("x-first-death-", "x-last-death-")
 PREVIEW_CHARS: Final = 160
+#: Replayed events awaiting their publisher confirms at once.
+REPLAY_WINDOW: Final = 100
 
 
 class DeadLetterError(RuntimeError):
@@ -232,27 +234,61 @@ async def list_dead_letters(amqp_url: str, topology: Topology, selection: Select
         return [letter async for _, letter in _walk(queue, count, selection, topology)]
 
 
+async def _republish(
+    channel: AbstractChannel,
+    events: AbstractExchange,
+    window: list[tuple[AbstractIncomingMessage, DeadLetter]],
+    topology: Topology,
+) -> list[DeadLetter]:
+    """Publish a window of dead letters with their confirms in flight together; ack each confirmed one."""
+    outcomes = await asyncio.gather(
+        *(
+            (channel.default_exchange if letter.exchange == "" else events).publish(
+                replay_message(message), routing_key=letter.routing_key, mandatory=True
+            )
+            for message, letter in window
+        ),
+        return_exceptions=True,
+    )
+    done: list[DeadLetter] = []
+    refused: DeadLetter | None = None
+    for (message, letter), outcome in zip(window, outcomes, strict=True):
+        if isinstance(outcome, DeliveryError):
+            refused = refused or letter
+        elif isinstance(outcome, BaseException):
+            raise outcome
+        else:
+            await message.ack()
+            done.append(letter)
+    if refused is not None:
+        raise DeadLetterError(
+            f"event #{refused.position} ({refused.message_id}) is unroutable with routing key "
+            f"{refused.routing_key!r}; it stays in {topology.dead_letter_queue} "
+            f"({len(done)} of this window were replayed)"
+        )
+    return done
+
+
 async def replay(amqp_url: str, topology: Topology, selection: Selection) -> list[DeadLetter]:
     """Re-publish the selected dead letters (see the module contract); return those replayed.
 
+    Up to :data:`REPLAY_WINDOW` publications are awaiting their confirms at once.
+
     Raises:
         DeadLetterError: the broker returned an event as unroutable (no input queue bound); that event
-            and the ones after it stay in the dead-letter queue.
+            and the ones not yet replayed stay in the dead-letter queue.
     """
     replayed: list[DeadLetter] = []
     async with _dead_letter_queue(amqp_url, topology) as (channel, queue, count):
         events = await channel.get_exchange(topology.events_exchange)
-        async for message, letter in _walk(queue, count, selection, topology):
-            target = channel.default_exchange if letter.exchange == "" else events
-            try:
-                await target.publish(replay_message(message), routing_key=letter.routing_key, mandatory=True)
-            except DeliveryError as exc:
-                raise DeadLetterError(
-                    f"event #{letter.position} ({letter.message_id}) is unroutable with routing key "
-                    f"{letter.routing_key!r}; left in {topology.dead_letter_queue}"
-                ) from exc
-            await message.ack()
-            replayed.append(letter)
+        window: list[tuple[AbstractIncomingMessage, DeadLetter]] = []
+        async for item in _walk(queue, count, selection, topology):
+            window.append(item)
+            if len(window) == REPLAY_WINDOW:
+                replayed += await _republish(channel, events, window, topology)
+                window = []
+        if window:
+            replayed += await _republish(channel, events, window, topology)
     return replayed
 
 
