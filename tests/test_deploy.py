@@ -184,3 +184,29 @@ def test_alerts_and_dashboard_use_exported_metrics(path: str) -> None:
     assert used, f"{path} uses no Herald metric"
     missing = used - exported
     assert not missing, f"{path} uses series that neither process exports: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("path", ["prometheus/alerts.yaml", "grafana/herald.json"])
+def test_alerts_and_dashboard_name_real_queues(path: str) -> None:
+    queues = set(re.findall(r'queue=\\?"([^"\\]+)\\?"', (DEPLOY / path).read_text()))
+    assert queues == {Topology().events_queue, Topology().dead_letter_queue}
+
+
+def test_dockerfile_copies_what_exists_and_is_not_ignored() -> None:
+    """Every ``COPY`` source of the build stages exists and the .dockerignore lets it in."""
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    sources = [
+        source
+        for line in dockerfile.splitlines()
+        if line.startswith("COPY ") and "--from=" not in line
+        for source in line.split()[1:-1]
+    ]
+    assert {"pyproject.toml", "README.md", "shared", "worker", "gateway", "sql", "clients/js"} <= set(sources)
+    allowed = [
+        line[1:].removesuffix("/**")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    ]
+    for source in sources:
+        assert (ROOT / source).exists(), f"COPY {source}: missing"
+        assert source in allowed, f"COPY {source}: excluded by .dockerignore"
