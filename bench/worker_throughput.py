@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import time
@@ -111,8 +112,14 @@ async def purge_frames(stack: Stack) -> None:
         await queue.purge()
 
 
-async def ceiling(stack: Stack, events: int, prefetch: int) -> float:
-    """Events/s of a bare FastStream consume-and-ack loop."""
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process used so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def ceiling(stack: Stack, events: int, prefetch: int) -> tuple[float, float]:
+    """Events/s of a bare FastStream consume-and-ack loop, and its CPU ms per 1,000 events."""
     await preload(stack, events, 1, "ceiling")
     broker = RabbitBroker(stack.amqp_url, logger=None)
     done = asyncio.Event()
@@ -132,16 +139,19 @@ async def ceiling(stack: Stack, events: int, prefetch: int) -> float:
         if seen == events:
             done.set()
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     await broker.start()
     await done.wait()
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     await broker.stop()
-    return events / elapsed
+    return events / elapsed, cpu * 1e6 / events
 
 
-async def worker_run(stack: Stack, events: int, users: int, tag: str, **settings: object) -> float:
-    """Events/s of a worker process until every event is stored and its frame published."""
+async def worker_run(
+    stack: Stack, events: int, users: int, tag: str, **settings: object
+) -> tuple[float, float]:
+    """Events/s of a worker process until every event is stored and its frame published, and the
+    worker's CPU ms per 1,000 events (robust to other load on the machine, unlike events/s)."""
     await preload(stack, events, users, tag)
     pg = await asyncpg.connect(stack.database_url)
     before = await pg.fetchval("SELECT coalesce(sum(last_seq), 0) FROM users")
@@ -149,7 +159,8 @@ async def worker_run(stack: Stack, events: int, users: int, tag: str, **settings
     amqp = await aio_pika.connect(stack.amqp_url)
     channel = await amqp.channel()
     process = stack.start_worker(**settings)
-    started = time.perf_counter()
+    assert process.popen is not None
+    started, cpu = time.perf_counter(), process_cpu_seconds(process.popen.pid)
     try:
         while True:
             # Cheap polls (the bench shares the two cores): the frame count first, rows only after.
@@ -159,22 +170,23 @@ async def worker_run(stack: Stack, events: int, users: int, tag: str, **settings
                     break
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - started
+        cpu = process_cpu_seconds(process.popen.pid) - cpu
     finally:
         process.stop()
         stack.processes.remove(process)
         await pg.close()
         await amqp.close()
-    return events / elapsed
+    return events / elapsed, cpu * 1e6 / events
 
 
-async def one_round(stack: Stack, args: argparse.Namespace, round_: int) -> dict[str, float]:
-    """Every variant once, in order; events/s by variant name."""
-    rates = {CEILING: await ceiling(stack, args.events, args.prefetch)}
-    rates[SINGLE] = await worker_run(
+async def one_round(stack: Stack, args: argparse.Namespace, round_: int) -> dict[str, tuple[float, float]]:
+    """Every variant once, in order; (events/s, CPU ms per 1,000 events) by variant name."""
+    results = {CEILING: await ceiling(stack, args.events, args.prefetch)}
+    results[SINGLE] = await worker_run(
         stack, args.single_events, args.users, f"single-{round_}", batch_size=1, prefetch=args.prefetch
     )
     for confirm in (False, True):
-        rates[BATCHED[confirm]] = await worker_run(
+        results[BATCHED[confirm]] = await worker_run(
             stack,
             args.events,
             args.users,
@@ -183,10 +195,10 @@ async def one_round(stack: Stack, args: argparse.Namespace, round_: int) -> dict
             prefetch=args.prefetch,
             confirm_frames=str(confirm).lower(),
         )
-    return rates
+    return results
 
 
-async def run_all(stack: Stack, args: argparse.Namespace) -> list[dict[str, float]]:
+async def run_all(stack: Stack, args: argparse.Namespace) -> list[dict[str, tuple[float, float]]]:
     await declare(stack, args.users)
     return [await one_round(stack, args, i) for i in range(args.rounds)]
 
@@ -197,20 +209,24 @@ def main(args: argparse.Namespace) -> None:
         rounds = uvloop.run(run_all(stack, args))
     finally:
         destroy_stack(stack)
-    # The machine is shared: each variant's median over the rounds, and the median of the per-round
-    # ratios (a round's variants ran back to back, under similar load).
+    # The machine is shared: medians over the rounds; a ratio is taken within a round (its variants ran
+    # back to back, under similar load). CPU per event barely depends on the load: compare those too.
     counts = {
         CEILING: args.events,
         SINGLE: args.single_events,
         **dict.fromkeys(BATCHED.values(), args.events),
     }
-    print(f"{'variant':<46} {'events':>7} {'events/s':>10} {'of ceiling':>11}   (median of {args.rounds})")
+    print(
+        f"{'variant':<38} {'events':>7} {'events/s':>9} {'of ceiling':>11} {'CPU ms/1k ev':>13}"
+        f"   (median of {args.rounds} rounds)"
+    )
     for name, count in counts.items():
-        rate = statistics.median(r[name] for r in rounds)
-        ratio = statistics.median(r[name] / r[CEILING] for r in rounds)
-        print(f"{name:<46} {count:>7} {rate:>10,.0f} {ratio:>10.0%}")
+        rate = statistics.median(r[name][0] for r in rounds)
+        ratio = statistics.median(r[name][0] / r[CEILING][0] for r in rounds)
+        cpu = statistics.median(r[name][1] for r in rounds)
+        print(f"{name:<38} {count:>7} {rate:>9,.0f} {ratio:>10.0%} {cpu:>13,.0f}")
     if args.rounds > 1:
-        print("per round:", "; ".join(", ".join(f"{v:,.0f}" for v in r.values()) for r in rounds))
+        print("events/s per round:", "; ".join(", ".join(f"{v[0]:,.0f}" for v in r.values()) for r in rounds))
 
 
 if __name__ == "__main__":
