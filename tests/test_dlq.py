@@ -31,22 +31,16 @@ USER = "dlq-user-1"
 EVENT_ID = "dlq-event-1"
 
 
-def _herald_has_dlq() -> bool:
-    from shared.cli import build_parser
-
-    try:
-        build_parser().parse_args(["dlq", "list"])
-    except SystemExit:
-        return False
-    return True
-
-
 def herald_dlq(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     """Run ``herald dlq ARGS`` as the operator would, against ``stack``."""
-    # Until `dlq` is wired into `herald`, the module's own entry point runs the same parser.
-    module = "shared.cli" if _herald_has_dlq() else "shared.dlq"
-    argv = [sys.executable, "-m", module, *(["dlq"] if module == "shared.cli" else []), *args]
-    return subprocess.run(argv, env=stack.env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", "dlq", *args],
+        env=stack.env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def queue_depth(stack: Stack, queue: str) -> int:
