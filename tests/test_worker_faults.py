@@ -76,8 +76,8 @@ async def test_sigkill_while_events_stream_in_loses_and_duplicates_nothing(
     pg = await asyncpg.connect(fresh_stack.database_url)
     try:
         bodies = [event(f"kill-{i % 25}", event_id=f"kill-{i}") for i in range(2000)]
-        streaming = asyncio.create_task(stream(watcher, bodies, window=50, pause=0.05))
-        await wait_until(lambda: _at_least(pg, 400), 30, "400 events stored")
+        streaming = asyncio.create_task(stream(watcher, bodies, window=50, pause=0.1))
+        await wait_until(lambda: _at_least(pg, 300), 30, "300 events stored")
         worker.kill()
         assert not streaming.done()  # killed while events were still arriving
         await streaming
