@@ -219,3 +219,22 @@ async def test_a_dropped_amqp_connection_is_survived(fresh_stack: Stack, watcher
         await assert_each_stored_once(pg, 400)
     finally:
         await pg.close()
+
+
+async def test_confirmed_frames_mode_stores_and_publishes_everything(
+    fresh_stack: Stack, watcher: Watcher
+) -> None:
+    fresh_stack.start_worker(confirm_frames="true", batch_size=16)
+    pg = await asyncpg.connect(fresh_stack.database_url)
+    try:
+        users = [f"confirm-{i}" for i in range(5)]
+        frames = await watcher.frames(*users)
+        await asyncio.gather(*(watcher.publish(event(users[i % 5])) for i in range(100)))
+
+        got = await watcher.take(frames, 100)
+
+        assert sorted(m.routing_key or "" for m in got) == sorted(users * 20)
+        await assert_each_stored_once(pg, 100)
+        await wait_until(lambda: queue_settled(watcher), 20, "the input queue to drain")
+    finally:
+        await pg.close()
