@@ -250,3 +250,40 @@ def test_worker_dead_letters_are_described_from_herald_headers() -> None:
     assert replay_message(message).headers == {}  # type: ignore[arg-type]
     assert Selection(reason="UNKNOWN").matches(letter)
     assert not Selection(routing_key="notification.send").matches(letter)
+
+
+async def test_replay_of_an_event_published_to_the_queue_directly(fresh_stack: Stack) -> None:
+    """NestJS producers with ``noAssert`` publish through the default exchange to the queue itself; the
+    replay goes back the same way (the events exchange has no binding for the queue's name)."""
+    stack = fresh_stack
+    worker = stack.start_worker()
+    event = {"eventId": "nest-1", "userId": "nest-user", "type": NEW_TYPE, "title": "From Nest"}
+    connection = await aio_pika.connect(stack.amqp_url)
+    pg = await asyncpg.connect(stack.database_url)
+    try:
+        channel = await connection.channel()
+        await channel.default_exchange.publish(
+            aio_pika.Message(orjson.dumps({"pattern": "notification.send", "data": event})),
+            routing_key=TOPOLOGY.events_queue,
+        )
+        await wait_until(lambda: queue_depth(stack, TOPOLOGY.dead_letter_queue) == 1, 20, "dead letter")
+        (letter,) = await list_dead_letters(stack.amqp_url, TOPOLOGY, Selection())
+        assert (letter.exchange, letter.routing_key) == ("", TOPOLOGY.events_queue)
+
+        await pg.execute("INSERT INTO notification_types (name, category) VALUES ($1, 'course')", NEW_TYPE)
+        worker.stop()
+        worker.launch()
+        replayed = herald_dlq(stack, "replay")
+        assert replayed.returncode == 0, replayed.stderr
+
+        async def stored() -> int:
+            count: int = await pg.fetchval("SELECT count(*) FROM notifications WHERE user_id = 'nest-user'")
+            return count
+
+        await wait_until(stored, 20, "the replayed Nest event stored")
+        await wait_until(lambda: queue_depth(stack, TOPOLOGY.events_queue) == 0, 20, "events queue drained")
+        assert await stored() == 1
+        assert queue_depth(stack, TOPOLOGY.dead_letter_queue) == 0
+    finally:
+        await pg.close()
+        await connection.close()
