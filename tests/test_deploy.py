@@ -141,6 +141,9 @@ def test_gateway_termination_outlasts_its_drain() -> None:
     pre_stop_seconds = float(re.findall(r"sleep\((\d+(?:\.\d+)?)\)", pre_stop)[0])
     # On SIGTERM the gateway closes every client with 1001, each close waiting at most CLOSE_TIMEOUT.
     assert pod["terminationGracePeriodSeconds"] > pre_stop_seconds + CLOSE_TIMEOUT + 10
+    hpa = next(doc for doc in k8s_documents() if doc["kind"] == "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == gateway["metadata"]["name"]
+    assert "replicas" not in gateway["spec"], "the autoscaler owns the replica count"
     pdb = next(doc for doc in k8s_documents() if doc["kind"] == "PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"] == gateway["spec"]["selector"]["matchLabels"]
 
