@@ -1,0 +1,115 @@
+"""deploy/haproxy.cfg in front of two real gateways: WebSockets pass, both gateways get clients, and a
+stopped gateway leaves the rotation so new clients land on the other one.
+
+The configuration is the compose one with only addresses changed (loopback ports instead of the compose
+service names) and ``maxconn`` lowered for a test process. Skipped where ``haproxy`` is not installed
+(``.ci/deploy-checks`` installs it before the test suite runs in CI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import subprocess
+from typing import TYPE_CHECKING
+
+import aio_pika
+import pytest
+
+from shared.jsonrpc import notification_frame
+from tests.gateway_support import open_client, publish_user, recv_json, wait_closed
+from tests.support import ROOT, free_port, http_get, wait_until
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from tests.support import HeraldProcess, Stack
+
+pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
+
+
+def connections(gateway: HeraldProcess) -> float:
+    _, body = http_get(f"{gateway.url}/metrics")
+    match = re.search(rb"^herald_gateway_connections (\S+)$", body, re.MULTILINE)
+    return float(match.group(1)) if match else -1.0
+
+
+@pytest.fixture
+def balancer(tmp_path: Path, fresh_stack: Stack) -> Iterator[tuple[str, list[HeraldProcess]]]:
+    """Two gateways (and a worker) behind HAProxy; yields the balancer's base URL and the gateways."""
+    fresh_stack.start_worker()
+    gateways = [fresh_stack.start_gateway() for _ in range(2)]
+    port = free_port()
+    config = (ROOT / "deploy" / "haproxy.cfg").read_text()
+    config = config.replace("bind :8080", f"bind 127.0.0.1:{port}").replace("maxconn 50000", "maxconn 500")
+    for n, gateway in enumerate(gateways, start=1):
+        config = config.replace(f"gateway-{n}:8765", f"127.0.0.1:{gateway.port}")
+    path = tmp_path / "haproxy.cfg"
+    path.write_text(config)
+    proxy = subprocess.Popen(
+        ["haproxy", "-db", "-f", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        yield f"127.0.0.1:{port}", gateways
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
+
+
+async def test_websockets_through_haproxy_spread_and_fail_over(
+    balancer: tuple[str, list[HeraldProcess]], fresh_stack: Stack
+) -> None:
+    address, gateways = balancer
+    await wait_until(lambda: http_get(f"http://{address}/readyz")[0] == 200, 20, "HAProxy routes")
+    status, page = http_get(f"http://{address}/")
+    assert status == 200
+    assert b"<html" in page.lower()
+
+    class Via:
+        """Looks like a HeraldProcess to open_client, but points at the balancer."""
+
+        ws_url = f"ws://{address}/notifications"
+
+    user = f"lb-{fresh_stack.name[-6:]}"
+    sockets = [(await open_client(Via(), user))[0] for _ in range(6)]  # type: ignore[arg-type]
+    try:
+        # leastconn spreads the six connections over both gateways.
+        await wait_until(lambda: connections(gateways[0]) + connections(gateways[1]) == 6, 10, "6 counted")
+        assert connections(gateways[0]) > 0
+        assert connections(gateways[1]) > 0
+
+        amqp = await aio_pika.connect(fresh_stack.amqp_url)
+        try:
+            channel = await amqp.channel()
+            frame = notification_frame("notification:new", {"id": "lb-1", "seq": 1, "type": "NEW_COMMENT"})
+            await publish_user(channel, user, frame)
+        finally:
+            await amqp.close()
+        for ws in sockets:
+            received = await recv_json(ws)
+            assert received["params"]["id"] == "lb-1"
+
+        # Stop gateway 1: its clients are told 1001, HAProxy's /readyz check takes it out of rotation.
+        on_first = int(connections(gateways[0]))
+        assert gateways[0].stop() == 0
+        # Those on the other gateway stay open: their wait times out (an exception, not a close code).
+        codes = await asyncio.gather(*(wait_closed(ws, 3) for ws in sockets), return_exceptions=True)
+        assert sum(1 for code in codes if isinstance(code, tuple) and code[0] == 1001) == on_first
+
+        async def connects() -> bool:
+            try:
+                ws, _ = await open_client(Via(), user)  # type: ignore[arg-type]
+            except Exception:
+                return False
+            await ws.close()
+            return True
+
+        await wait_until(connects, 20, "a new client gets through to the remaining gateway")
+        for _ in range(3):
+            ws, params = await open_client(Via(), user)  # type: ignore[arg-type]
+            assert params["user_id"] == user
+            await ws.close()
+    finally:
+        await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
