@@ -23,6 +23,7 @@ from gateway.hub import Hub
 from gateway.metrics import Metrics
 from gateway.rpc import RpcClient
 from gateway.session import Sessions
+from gateway.timers import Keepalive
 from shared.topology import Topology
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ class Gateway:
         self.metrics.watch(
             lambda: self.hub.connection_count, lambda: len(self.hub.users), lambda: self.broker.ready
         )
+        self.keepalive = Keepalive(self.hub.connections, settings.ping_interval, settings.ping_timeout)
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -77,6 +79,7 @@ class Gateway:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop)
         broker_task = asyncio.create_task(self.broker.run(), name="broker-link")
+        keepalive_task = asyncio.create_task(self.keepalive.run(), name="keepalive")
         server = await serve(
             self.sessions.handle,  # type: ignore[arg-type]  # serve() builds HeraldConnection (create_connection)
             settings.gateway_host,
@@ -86,8 +89,7 @@ class Gateway:
             compression=None,  # permessage-deflate costs ~36 KiB per idle connection
             max_size=settings.max_frame_bytes,
             max_queue=MAX_QUEUE,
-            ping_interval=settings.ping_interval,
-            ping_timeout=settings.ping_timeout,
+            ping_interval=None,  # one process-wide Keepalive instead of a task per connection
             close_timeout=CLOSE_TIMEOUT,
             server_header=None,
         )
@@ -100,5 +102,6 @@ class Gateway:
             await server.wait_closed()
             await self.broker.close()
             broker_task.cancel()
-            await asyncio.gather(broker_task, return_exceptions=True)
+            keepalive_task.cancel()
+            await asyncio.gather(broker_task, keepalive_task, return_exceptions=True)
             log.info("gateway stopped")

@@ -6,9 +6,13 @@ auto-delete, non-durable), bind the queue to it, then bind it to ``herald.users`
 that order, so the exchange always has a queue bound before it can receive anything and deletes itself
 when the last gateway unbinds. Detaching = unbinding the queue.
 
-Topology runs on its own channel. Another gateway's unbind can delete a user's exchange between this
+Topology runs on its own channels, never the consuming or RPC ones: a small pool of
+:data:`TOPOLOGY_CHANNELS`, a user always on the same one, each running one operation (attach or detach,
+several AMQP calls) at a time. Another gateway's unbind can delete a user's exchange between this
 gateway's declare and bind; the broker answers 404 and closes the channel, so the channel is reopened and
-the attach retried from the declare.
+the attach retried from the declare. Because an operation has its channel to itself, a 404 (or a channel
+closing under it) always belongs to that operation — never to another user's detach queued behind it,
+which would otherwise fail and leave a stray binding.
 
 The connection is a plain (non-robust) aio-pika connection supervised here rather than by aio-pika's
 robust reconnect: a robust connection would re-declare every per-user exchange it ever saw, including
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 import aio_pika
@@ -34,6 +39,8 @@ import structlog
 from gateway.errors import TopologyError
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
     from gateway.hub import Hub
@@ -47,11 +54,20 @@ TYPE_HEADER: Final = "x-herald-type"
 #: Optional broadcast header: the type is critical, relay it whatever the user's in-app switches.
 CRITICAL_HEADER: Final = "x-herald-critical"
 ATTACH_ATTEMPTS: Final = 8
+TOPOLOGY_CHANNELS: Final = 4
 RECONNECT_DELAYS: Final = (0.2, 0.5, 1.0, 2.0, 5.0)
 CONNECT_TIMEOUT: Final = 10.0
 
 #: A channel-level failure that closed the topology channel; retrying on a new channel can succeed.
 _CHANNEL_FAILURES: Final = (aiormq.exceptions.ChannelClosed, aiormq.exceptions.ChannelInvalidStateError)
+
+
+@dataclass(eq=False)
+class _Lane:
+    """One topology channel and the lock that gives it to one operation at a time."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    channel: AbstractChannel | None = None
 
 
 class BrokerLink:
@@ -67,8 +83,7 @@ class BrokerLink:
         self._metrics = metrics
         self._hub: Hub | None = None
         self._connection: AbstractConnection | None = None
-        self._topology_channel: AbstractChannel | None = None
-        self._channel_lock = asyncio.Lock()
+        self._lanes = [_Lane() for _ in range(TOPOLOGY_CHANNELS)]
         self._queue_name = ""
         self._generation = 0
         self._ready = False
@@ -132,13 +147,12 @@ class BrokerLink:
     async def _open(self, connection: AbstractConnection) -> None:
         self._connection = connection
         consume_channel = await connection.channel(publisher_confirms=False)
-        self._topology_channel = await connection.channel(publisher_confirms=False)
         rpc_channel = await connection.channel(publisher_confirms=False)
         names = self._names
-        await self._topology_channel.declare_exchange(
+        await consume_channel.declare_exchange(
             names.users_exchange, aio_pika.ExchangeType.DIRECT, durable=True, auto_delete=False
         )
-        broadcast = await self._topology_channel.declare_exchange(
+        broadcast = await consume_channel.declare_exchange(
             names.broadcast_exchange, aio_pika.ExchangeType.FANOUT, durable=True, auto_delete=False
         )
         queue: AbstractQueue = await consume_channel.declare_queue("", exclusive=True, durable=False)
@@ -153,19 +167,35 @@ class BrokerLink:
         self._ready = False
         self._rpc.detach()
         self._connection = None
-        self._topology_channel = None
+        for lane in self._lanes:
+            lane.channel = None
         with contextlib.suppress(Exception):
             await connection.close()
 
-    async def _channel(self) -> AbstractChannel:
-        """The topology channel, reopened when a 404 (or anything else) closed it."""
-        async with self._channel_lock:
-            channel = self._topology_channel
-            if channel is None or channel.is_closed:
+    async def _on_lane(
+        self, user_id: str, operation: Callable[[AbstractChannel], Awaitable[None]], gone_ok: bool
+    ) -> None:
+        """Run ``operation`` alone on the user's topology channel, retrying on a fresh channel when the
+        broker closed it (404 included). With ``gone_ok`` a 404 means the target is gone: done."""
+        lane = self._lanes[hash(user_id) % len(self._lanes)]
+        async with lane.lock:
+            for attempt in range(ATTACH_ATTEMPTS):
                 if self._connection is None or self._connection.is_closed:
                     raise TopologyError("broker connection down")
-                channel = self._topology_channel = await self._connection.channel(publisher_confirms=False)
-            return channel
+                if lane.channel is None or lane.channel.is_closed:
+                    lane.channel = await self._connection.channel(publisher_confirms=False)
+                try:
+                    await operation(lane.channel)
+                    return
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    if gone_ok:
+                        return
+                    self._metrics.topology_retries.inc()
+                except _CHANNEL_FAILURES as exc:
+                    self._metrics.topology_retries.inc()
+                    log.debug("topology retried", user_id=user_id, attempt=attempt, error=str(exc))
+                await asyncio.sleep(0.01 * attempt)
+        raise TopologyError(f"topology for {user_id} failed {ATTACH_ATTEMPTS} times")
 
     async def attach(self, user_id: str) -> None:
         """Declare ``herald.user.<id>``, bind the queue to it, bind it to ``herald.users``; retry on 404.
@@ -174,35 +204,35 @@ class BrokerLink:
             TopologyError: the link is down, or every attempt failed.
         """
         exchange_name = self._names.user_exchange(user_id)
-        for attempt in range(ATTACH_ATTEMPTS):
-            channel = await self._channel()
-            try:
-                exchange = await channel.declare_exchange(
-                    exchange_name, aio_pika.ExchangeType.FANOUT, durable=False, auto_delete=True
-                )
-                queue = await channel.get_queue(self._queue_name, ensure=False)
-                await queue.bind(exchange)
-                await exchange.bind(self._names.users_exchange, routing_key=user_id)
-                return
-            except _CHANNEL_FAILURES as exc:
-                self._metrics.topology_retries.inc()
-                log.debug("attach retried", user_id=user_id, attempt=attempt, error=str(exc))
-                await asyncio.sleep(0.01 * attempt)
-        raise TopologyError(f"attaching {user_id} failed {ATTACH_ATTEMPTS} times")
+        queue_name = self._queue_name
+
+        async def operation(channel: AbstractChannel) -> None:
+            exchange = await channel.declare_exchange(
+                exchange_name, aio_pika.ExchangeType.FANOUT, durable=False, auto_delete=True
+            )
+            queue = await channel.get_queue(queue_name, ensure=False)
+            await queue.bind(exchange)
+            await exchange.bind(self._names.users_exchange, routing_key=user_id)
+
+        await self._on_lane(user_id, operation, gone_ok=False)
 
     async def detach(self, user_id: str, generation: int) -> None:
         """Unbind the queue from the user's exchange (which then deletes itself unless another gateway's
-        queue is bound). A no-op when that binding died with an earlier connection."""
+        queue is bound). A no-op when that binding died with an earlier connection.
+
+        Raises:
+            TopologyError: the link is down, or every attempt failed.
+        """
         if generation != self._generation or not self._ready:
             return
-        channel = await self._channel()
-        queue = await channel.get_queue(self._queue_name, ensure=False)
-        try:
-            await queue.unbind(self._names.user_exchange(user_id))
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            pass  # the exchange is already gone, and the binding with it
-        except _CHANNEL_FAILURES as exc:
-            raise TopologyError(f"detaching {user_id}: {exc}") from None
+        exchange_name = self._names.user_exchange(user_id)
+        queue_name = self._queue_name
+
+        async def operation(channel: AbstractChannel) -> None:
+            queue = await channel.get_queue(queue_name, ensure=False)
+            await queue.unbind(exchange_name)
+
+        await self._on_lane(user_id, operation, gone_ok=True)
 
     async def _on_frame(self, message: AbstractIncomingMessage) -> None:
         hub = self._hub

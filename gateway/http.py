@@ -58,6 +58,26 @@ class HeraldConnection(ServerConnection):
         self.handshake_claims: Claims | None = None
 
 
+_NO_HEADERS: Final = Headers()
+
+
+def release_handshake(connection: ServerConnection) -> None:
+    """Drop what the opening handshake left on ``connection`` once it is no longer needed.
+
+    websockets keeps the request and response (headers, and the ``?token=`` credential in the path) for
+    the connection's lifetime but never reads them after the handshake: ~2.5 KiB per idle connection,
+    an eighth of the budget. The objects stay; their headers become one shared empty ``Headers`` (never
+    mutated) and the path loses its query.
+    """
+    request, response = connection.request, connection.response
+    if request is not None:
+        request.headers = _NO_HEADERS
+        request.path = request.path.partition("?")[0]
+    if response is not None:
+        response.headers = _NO_HEADERS
+        response.body = b""
+
+
 def default_client_dir() -> Path:
     """``clients/js`` beside the packages in a checkout, else ``./clients/js``."""
     beside = _PACKAGE_DIR.parent / "clients" / "js"

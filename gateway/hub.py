@@ -30,6 +30,8 @@ from gateway.limits import admission_close_code, lagging
 from shared.jsonrpc import CloseCode, notification_frame
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from websockets.asyncio.server import ServerConnection
 
     from gateway.metrics import Metrics
@@ -73,7 +75,7 @@ class InAppFilter:
     def from_document(cls, document: Any) -> InAppFilter:
         """From an effective Preferences document; anything unreadable counts as "on" (the default)."""
         if not isinstance(document, dict):
-            return cls()
+            return ALL_ON
         channels = document.get("channels")
         master = not (isinstance(channels, dict) and channels.get("in_app") is False)
         types = document.get("types")
@@ -82,13 +84,17 @@ class InAppFilter:
             if isinstance(types, dict)
             else frozenset()
         )
-        return cls(master, off)
+        # Most users keep the defaults: share one instance rather than hold one per user.
+        return ALL_ON if master and not off else cls(master, off)
 
     def allows(self, notification_type: str | None, critical: bool = False) -> bool:
         """Whether a broadcast of ``notification_type`` is relayed; critical types always are."""
         if critical:
             return True
         return self.master and notification_type not in self.off_types
+
+
+ALL_ON: Final = InAppFilter()
 
 
 @dataclass(slots=True, eq=False)
@@ -101,11 +107,19 @@ class UserSlot:
     pending: dict[ServerConnection, list[bytes] | None] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     attached_generation: int = 0
-    prefs: InAppFilter = field(default_factory=InAppFilter)
+    prefs: InAppFilter = ALL_ON
 
     @property
     def connection_count(self) -> int:
         return len(self.live) + len(self.pending)
+
+
+def _pop_pending(slot: UserSlot, connection: ServerConnection) -> list[bytes] | None:
+    buffered = slot.pending.pop(connection, [])
+    if not slot.pending:
+        # A dict keeps its table after its last pop; an empty literal shares the interpreter's.
+        slot.pending = {}
+    return buffered
 
 
 class Hub:
@@ -123,6 +137,12 @@ class Hub:
     @property
     def connection_count(self) -> int:
         return sum(slot.connection_count for slot in self.users.values())
+
+    def connections(self) -> Iterator[ServerConnection]:
+        """Every admitted connection, live or pending."""
+        for slot in self.users.values():
+            yield from slot.live
+            yield from slot.pending
 
     def admit(self, connection: ServerConnection, user_id: str) -> UserSlot | CloseCode:
         """Register ``connection`` as pending for ``user_id``, or return the close code refusing it (4008)."""
@@ -159,7 +179,7 @@ class Hub:
 
     def go_live(self, connection: ServerConnection, slot: UserSlot) -> None:
         """``connected`` was written: write the frames buffered meanwhile, then relay directly."""
-        buffered = slot.pending.pop(connection, [])
+        buffered = _pop_pending(slot, connection)
         if connection.protocol.state is not State.OPEN:
             return
         frames = [SYNC_REQUIRED] if buffered is None else buffered
@@ -170,7 +190,7 @@ class Hub:
     async def release(self, connection: ServerConnection, slot: UserSlot) -> None:
         """``connection`` closed: forget it; the user's last connection detaches the user."""
         slot.live.discard(connection)
-        slot.pending.pop(connection, None)
+        _pop_pending(slot, connection)
         async with slot.lock:
             if not slot.connection_count and slot.attached_generation:
                 generation, slot.attached_generation = slot.attached_generation, 0

@@ -161,3 +161,25 @@ async def test_sigterm_closes_every_client_1001_unbinds_and_exits_0(
     assert await asyncio.to_thread(gateway.stop) == 0
     assert user_bindings(limits_stack.name, user) == 0
     assert "gateway stopped" in gateway.logs()
+
+
+async def test_keepalive_drops_a_peer_that_stops_answering_pings(
+    limits_stack: Stack, responder: Responder
+) -> None:
+    gateway = limits_stack.start_gateway(ping_interval=0.3, ping_timeout=0.3)
+    user = new_user()
+    # A client that stops reading (its one-frame queue is full) also stops answering pings.
+    mute = await connect(f"{gateway.ws_url}?token={token(user)}", max_queue=1, compression=None)
+    assert (await recv_json(mute))["method"] == "connected"
+    connection = await aio_pika.connect(limits_stack.amqp_url)
+    try:
+        channel = await connection.channel()
+        for n in range(3):
+            await publish_user(channel, user, notification_frame("notification:new", {"id": str(n)}))
+        await wait_until(
+            lambda: metric(gateway, "herald_gateway_connections") == 0, 15, "the silent peer was dropped"
+        )
+    finally:
+        await connection.close()
+        await mute.close()
+        await asyncio.to_thread(gateway.stop)
