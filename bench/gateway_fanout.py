@@ -143,16 +143,16 @@ async def wait_first_frames(clients: list[RawClient]) -> None:
         await asyncio.sleep(0.05)
 
 
-async def wait_gateway_idle(port: int) -> None:
-    """Wait until the gateway reports no connection and no user (every detach done)."""
+async def wait_gateway_connections(port: int, count: int) -> None:
+    """Wait until the gateway reports ``count`` connections and as many users (one per connection here)."""
     deadline = time.monotonic() + 120
+    expected = {f"herald_gateway_connections {count:.1f}", f"herald_gateway_users {count:.1f}"}
     while True:
         status, body = await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/metrics")
-        lines = body.decode().splitlines()
-        if status == 200 and {"herald_gateway_connections 0.0", "herald_gateway_users 0.0"} <= set(lines):
+        if status == 200 and expected <= set(body.decode().splitlines()):
             return
         if time.monotonic() > deadline:
-            raise TimeoutError("the gateway never went idle")
+            raise TimeoutError(f"the gateway never reported {count} connections")
         await asyncio.sleep(0.2)
 
 
@@ -330,11 +330,13 @@ class Bench:
             if gateway:
                 await wait_first_frames(clients)
             await asyncio.sleep(1.0)
+            if gateway:
+                await wait_gateway_connections(port, len(clients))
             waves.append((rss_kib(pid) - before) / len(clients))
             close_clients(clients)
             await asyncio.sleep(2.0)
             if gateway:
-                await wait_gateway_idle(port)
+                await wait_gateway_connections(port, 0)
         return waves[0], waves[1]
 
     async def memory(self) -> dict[str, float]:
