@@ -162,6 +162,12 @@ def close_clients(clients: list[RawClient]) -> None:
             client.transport.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time consumed so far by process ``pid``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -247,12 +253,19 @@ class Bench:
     def gateway_paths(users: list[str]) -> list[str]:
         return [f"/notifications?token={mint_token(SECRET, u, ttl=7200)}" for u in users]
 
-    async def measure(self, tally: Tally, expected_bytes: int, start: Any) -> float:
-        tally.expect(expected_bytes)
+    async def measure(
+        self, results: dict[str, float], key: str, pid: int, tally: Tally, frames: int, size: int, start: Any
+    ) -> None:
+        """Run ``start`` and wait until every client has ``frames`` more frames of ``size`` bytes; record
+        frames/s (wall clock) and the server process's CPU microseconds per frame."""
+        tally.expect(frames * size)
+        cpu_before = cpu_seconds(pid)
         began = time.perf_counter()
         await start()
         await asyncio.wait_for(tally.reached.wait(), 300)
-        return time.perf_counter() - began
+        elapsed = time.perf_counter() - began
+        results[key] = frames / elapsed
+        results[f"{key} cpu"] = (cpu_seconds(pid) - cpu_before) / frames * 1e6
 
     async def fanout(self) -> dict[str, float]:
         args = self.args
@@ -271,9 +284,18 @@ class Bench:
         broadcast_x = await channel.get_exchange("herald.broadcast")
 
         async def publish_user_frames() -> None:
-            for n in range(args.user_frames):
-                message = aio_pika.Message(frames[n % 1000], type="notification:new")
-                await users_x.publish(message, routing_key=users[n % len(users)], mandatory=False)
+            # Many publishes in flight: the publisher (in this process) must not be what is measured.
+            for start in range(0, args.user_frames, 500):
+                await asyncio.gather(
+                    *(
+                        users_x.publish(
+                            aio_pika.Message(frames[n % 1000], type="notification:new"),
+                            routing_key=users[n % len(users)],
+                            mandatory=False,
+                        )
+                        for n in range(start, min(start + 500, args.user_frames))
+                    )
+                )
 
         async def publish_broadcasts() -> None:
             for n in range(args.broadcasts):
@@ -282,14 +304,15 @@ class Bench:
                 )
                 await broadcast_x.publish(message, routing_key="", mandatory=False)
 
-        elapsed = await self.measure(tally, args.user_frames * size, publish_user_frames)
-        results["gateway user"] = args.user_frames / elapsed
-        elapsed = await self.measure(tally, args.broadcasts * args.clients * size, publish_broadcasts)
-        results["gateway broadcast"] = args.broadcasts * args.clients / elapsed
+        assert gateway.popen is not None
+        pid = gateway.popen.pid
+        await self.measure(results, "gateway user", pid, tally, args.user_frames, size, publish_user_frames)
+        fanned = args.broadcasts * args.clients
+        await self.measure(results, "gateway broadcast", pid, tally, fanned, size, publish_broadcasts)
         close_clients(clients)
         await connection.close()
 
-        bare_port, _ = self.start_bare()
+        bare_port, pid = self.start_bare()
         tally = Tally()
         clients = await open_clients(bare_port, ["/"] * args.clients, tally)
         async with connect(f"ws://127.0.0.1:{bare_port}/control") as control:
@@ -297,16 +320,26 @@ class Bench:
             async def command(kind: str, count: int) -> None:
                 await control.send(f"{kind} {count} {args.payload}")
 
-            elapsed = await self.measure(
-                tally, args.user_frames * size, lambda: command("user", args.user_frames)
+            await self.measure(
+                results,
+                "bare user",
+                pid,
+                tally,
+                args.user_frames,
+                size,
+                lambda: command("user", args.user_frames),
             )
             await control.recv()
-            results["bare user"] = args.user_frames / elapsed
-            elapsed = await self.measure(
-                tally, args.broadcasts * args.clients * size, lambda: command("broadcast", args.broadcasts)
+            await self.measure(
+                results,
+                "bare broadcast",
+                pid,
+                tally,
+                fanned,
+                size,
+                lambda: command("broadcast", args.broadcasts),
             )
             await control.recv()
-            results["bare broadcast"] = args.broadcasts * args.clients / elapsed
         close_clients(clients)
         return results
 
@@ -390,7 +423,9 @@ def report(args: argparse.Namespace, r: dict[str, float]) -> str:
     ]
     measures = [
         ("per-user frames/s", "user", "{:,.0f}", "{:.0%}"),
+        ("per-user: server CPU µs per frame", "user cpu", "{:.1f}", "{:.1f}×"),
         ("broadcast frames/s (written to sockets)", "broadcast", "{:,.0f}", "{:.0%}"),
+        ("broadcast: server CPU µs per frame", "broadcast cpu", "{:.2f}", "{:.1f}×"),
         ("RSS per idle connection, KiB (1st wave)", "KiB/conn", "{:.1f}", "{:.2f}×"),
         ("RSS per idle connection, KiB (2nd wave)", "KiB/conn (2nd wave)", "{:.1f}", "{:.2f}×"),
     ]
