@@ -18,7 +18,9 @@ from gateway.http import origin_allowed, resolve_static
 from gateway.hub import InAppFilter
 from gateway.limits import TokenBucket, admission_close_code, lagging
 from gateway.protocol import FORWARDED, MAX_ID_CHARS, forward_body, parse_request
+from gateway.timers import DeadlineQueue
 from shared.jsonrpc import CloseCode, ErrorCode, splice_reply
+from tests.support import wait_until
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -252,3 +254,33 @@ class TestInAppFilter:
         master_off = InAppFilter.from_document({"channels": {"in_app": False}, "types": {}})
         assert not master_off.allows("NEW_COMMENT")
         assert master_off.allows("SECURITY_ALERT", critical=True)
+
+
+class TestDeadlineQueue:
+    async def test_callbacks_fire_in_deadline_order_and_cancelled_ones_never(self) -> None:
+        queue = DeadlineQueue()
+        fired: list[str] = []
+        now = time.time()
+        queue.schedule(now + 0.10, lambda: fired.append("late"))
+        cancelled = queue.schedule(now + 0.05, lambda: fired.append("cancelled"))
+        queue.schedule(now + 0.02, lambda: fired.append("early"))
+        queue.cancel(cancelled)
+        assert len(queue) == 2
+        await wait_until(lambda: len(fired) == 2, 5, "both live deadlines fired")
+        assert fired == ["early", "late"]
+        assert len(queue) == 0
+
+    async def test_cancel_drops_the_callback_at_once(self) -> None:
+        queue = DeadlineQueue()
+        entry = queue.schedule(time.time() + 3600, lambda: None)
+        queue.cancel(entry)
+        assert entry.callback is None  # whatever the callback held (a session, a connection) is freed
+        assert len(queue) == 0
+
+    async def test_heap_is_compacted_when_cancelled_entries_dominate(self) -> None:
+        queue = DeadlineQueue()
+        entries = [queue.schedule(time.time() + 3600, lambda: None) for _ in range(200)]
+        for entry in entries[:150]:
+            queue.cancel(entry)
+        assert len(queue) == 50
+        assert len(queue._heap) < 200  # compacted, not just marked
