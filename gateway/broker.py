@@ -144,6 +144,8 @@ class BrokerLink:
         self._lost.set()
         if self._connection is not None:
             await self._drop(self._connection)
+            # aio-pika runs the close callbacks as tasks; let them finish before the loop is closed.
+            await asyncio.sleep(0.05)
 
     async def _open(self, connection: AbstractConnection) -> None:
         self._connection = connection
