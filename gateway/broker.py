@@ -160,8 +160,8 @@ class BrokerLink:
         )
         queue: AbstractQueue = await consume_channel.declare_queue("", exclusive=True, durable=False)
         await queue.bind(broadcast)
-        # Consumed through aiormq directly: aio-pika would build an IncomingMessage (decoding every
-        # property) and spawn a second task per frame, which halves the relay rate.
+        # Consumed through aiormq directly: aio-pika would build an IncomingMessage and spawn a second
+        # task per frame, and the relay needs neither.
         underlay = await consume_channel.get_underlay_channel()
         await underlay.basic_consume(queue.name, self._on_frame, no_ack=True)
         await self._rpc.attach(rpc_channel)
