@@ -55,17 +55,18 @@ _ERROR_PREFIX: Final = b'{"error"'
 
 
 class Sessions:
-    """The WebSocket handler (``serve(handler=sessions.handle)``) and what it shares across connections."""
+    """The WebSocket handler (``serve(handler=sessions.handle)``) and what every connection shares: the
+    settings, token verifier, hub, RPC client, metrics and the process-wide expiry queue."""
 
     def __init__(
         self, settings: Settings, verifier: TokenVerifier, hub: Hub, rpc: RpcClient, metrics: Metrics
     ) -> None:
-        self._settings = settings
-        self._verifier = verifier
-        self._hub = hub
-        self._rpc = rpc
-        self._metrics = metrics
-        self._deadlines = DeadlineQueue()
+        self.settings = settings
+        self.verifier = verifier
+        self.hub = hub
+        self.rpc = rpc
+        self.metrics = metrics
+        self.deadlines = DeadlineQueue()
 
     async def handle(self, connection: HeraldConnection) -> None:
         """Serve ``connection`` until it closes; see the module docstring."""
@@ -75,7 +76,7 @@ class Sessions:
             return
         claims = auth.claims
         assert claims is not None
-        admitted = self._hub.admit(connection, claims.user_id)
+        admitted = self.hub.admit(connection, claims.user_id)
         if isinstance(admitted, CloseCode):
             await self._close(connection, admitted, "too many connections for this user")
             return
@@ -84,12 +85,12 @@ class Sessions:
             await session.run()
         finally:
             session.stop()
-            await self._hub.release(connection, admitted)
+            await self.hub.release(connection, admitted)
 
     async def _first_frame_auth(self, connection: HeraldConnection, auth: AuthState) -> bool:
         request_id: Any = None
         try:
-            async with asyncio.timeout(self._settings.auth_timeout):
+            async with asyncio.timeout(self.settings.auth_timeout):
                 frame = await connection.recv(decode=False)
             request = parse_request(frame)
             request_id = request.id
@@ -97,14 +98,14 @@ class Sessions:
                 raise FrameError(
                     ErrorCode.INVALID_REQUEST, "the first frame must be auth", "method", request.id
                 )
-            claims = await self._verifier.verify(token_param(request.params, request.id))
+            claims = await self.verifier.verify(token_param(request.params, request.id))
         except TimeoutError:
             await self._close(connection, CloseCode.UNAUTHORIZED, "authentication timed out")
             return False
         except ConnectionClosed:
             return False
         except (FrameError, AuthError) as exc:
-            self._metrics.auth_failures.labels("frame").inc()
+            self.metrics.auth_failures.labels("frame").inc()
             reason = exc.reason if isinstance(exc, AuthError) else exc.message
             if isinstance(exc, FrameError):
                 request_id = exc.request_id
@@ -125,7 +126,7 @@ class Sessions:
         return True
 
     async def _close(self, connection: HeraldConnection, code: CloseCode, reason: str) -> None:
-        self._metrics.closes.labels(str(int(code))).inc()
+        self.metrics.closes.labels(str(int(code))).inc()
         await connection.close(code, reason)
 
 
@@ -143,7 +144,7 @@ class _Session:
         self._connection = connection
         self._auth = auth
         self._slot = slot
-        settings = owner._settings
+        settings = owner.settings
         loop = asyncio.get_running_loop()
         self._bucket = TokenBucket(settings.rate_limit_per_second, settings.rate_limit_burst, loop.time())
         self._tasks = None  # created with the first forwarded request: most connections never send one
@@ -158,11 +159,11 @@ class _Session:
     async def run(self) -> None:
         owner, connection = self._owner, self._connection
         self._schedule_expiry()
-        await owner._hub.attach(self._slot)
+        await owner.hub.attach(self._slot)
         params: dict[str, Any] = {"user_id": self._claims.user_id, "connection_id": str(connection.id)}
         opened = await self._session_open()
         if opened is not None:
-            owner._hub.set_preferences(self._slot, opened.get("preferences"))
+            owner.hub.set_preferences(self._slot, opened.get("preferences"))
             for key in ("unread_count", "last_seq"):
                 if key in opened:
                     params[key] = opened[key]
@@ -170,7 +171,7 @@ class _Session:
             await connection.send(notification_frame("connected", params), text=True)
         except ConnectionClosed:
             return
-        owner._hub.go_live(connection, self._slot)
+        owner.hub.go_live(connection, self._slot)
         # The receive loop lives here rather than in its own coroutine: one frame less per idle connection.
         loop = asyncio.get_running_loop()
         while True:
@@ -183,14 +184,14 @@ class _Session:
     def stop(self) -> None:
         """The connection is over: cancel the expiry timer and the requests still waiting for the worker."""
         if self._expiry is not None:
-            self._owner._deadlines.cancel(self._expiry)
+            self._owner.deadlines.cancel(self._expiry)
         for task in self._tasks or ():
             task.cancel()
 
     async def _session_open(self) -> dict[str, Any] | None:
         claims = self._claims
         try:
-            reply = orjson.loads(await self._owner._rpc.call(session_open_body(claims.user_id, claims.admin)))
+            reply = orjson.loads(await self._owner.rpc.call(session_open_body(claims.user_id, claims.admin)))
         except (RpcTimeout, RpcUnavailable) as exc:
             log.warning(
                 "session.open unanswered; connected without counts", user_id=claims.user_id, error=str(exc)
@@ -208,22 +209,22 @@ class _Session:
         try:
             request = parse_request(frame)
         except FrameError as exc:
-            self._owner._metrics.requests.labels("-", "invalid").inc()
+            self._owner.metrics.requests.labels("-", "invalid").inc()
             if allowed:
                 await self._send(error_frame(exc.request_id, exc.code, exc.message, exc.data))
             else:
                 await self._send(error_frame(exc.request_id, ErrorCode.RATE_LIMITED, "rate limited"))
             return
         if not allowed:
-            self._owner._metrics.requests.labels(request.method, "rate_limited").inc()
+            self._owner.metrics.requests.labels(request.method, "rate_limited").inc()
             await self._reply(request, error_frame(request.id, ErrorCode.RATE_LIMITED, "rate limited"))
         elif request.method == PING:
-            self._owner._metrics.requests.labels(PING, "ok").inc()
+            self._owner.metrics.requests.labels(PING, "ok").inc()
             await self._reply(request, result_frame(request.id, "pong"))
         elif request.method == AUTH_REFRESH:
             await self._reply(request, await self._refresh(request))
         elif request.method == AUTH:
-            self._owner._metrics.requests.labels(AUTH, "invalid").inc()
+            self._owner.metrics.requests.labels(AUTH, "invalid").inc()
             await self._reply(
                 request,
                 error_frame(request.id, ErrorCode.INVALID_REQUEST, "already authenticated; use auth.refresh"),
@@ -236,9 +237,9 @@ class _Session:
             task.add_done_callback(self._tasks.discard)
 
     async def _refresh(self, request: Request) -> bytes:
-        metrics = self._owner._metrics
+        metrics = self._owner.metrics
         try:
-            claims = await self._owner._verifier.verify(token_param(request.params, request.id))
+            claims = await self._owner.verifier.verify(token_param(request.params, request.id))
             self._auth.refresh(claims)
         except SubjectMismatch as exc:
             metrics.auth_failures.labels("refresh").inc()
@@ -253,11 +254,11 @@ class _Session:
         return result_frame(request.id, {"expires_at": rfc3339(claims.expires_at)})
 
     async def _forward(self, request: Request) -> None:
-        metrics = self._owner._metrics
+        metrics = self._owner.metrics
         claims = self._claims
         started = time.perf_counter()
         try:
-            reply = await self._owner._rpc.call(forward_body(request, claims.user_id, claims.admin))
+            reply = await self._owner.rpc.call(forward_body(request, claims.user_id, claims.admin))
         except RpcTimeout:
             outcome, frame = (
                 "timeout",
@@ -284,7 +285,7 @@ class _Session:
             await self._connection.send(frame, text=True)
 
     def _schedule_expiry(self) -> None:
-        deadlines = self._owner._deadlines
+        deadlines = self._owner.deadlines
         if self._expiry is not None:
             deadlines.cancel(self._expiry)
         self._expiry = deadlines.schedule(self._claims.expires_at, self._on_expiry)
@@ -294,5 +295,5 @@ class _Session:
         if not self._auth.expired(time.time()):
             self._schedule_expiry()
             return
-        self._owner._metrics.closes.labels(str(UNAUTHORIZED)).inc()
+        self._owner.metrics.closes.labels(str(UNAUTHORIZED)).inc()
         spawn(self._connection.close(CloseCode.UNAUTHORIZED, "token expired"))
