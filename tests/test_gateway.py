@@ -33,7 +33,7 @@ from tests.gateway_support import (
     user_exchanges,
     user_frame,
 )
-from tests.support import http_get, stack_context, wait_until
+from tests.support import ROOT, http_get, stack_context, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -337,3 +337,48 @@ async def test_metrics_count_requests_by_method_and_outcome(
     assert 'herald_gateway_requests_total{method="preferences.get",outcome="ok"}' in body
     assert 'herald_gateway_requests_total{method="ping",outcome="ok"}' in body
     assert 'herald_gateway_request_seconds_count{method="preferences.get"}' in body
+
+
+async def test_static_files_and_the_browser_client_are_served(
+    gateways: tuple[HeraldProcess, HeraldProcess],
+) -> None:
+    gw = gateways[0]
+    status, body = http_get(f"{gw.url}/")
+    assert status == 200
+    assert body == (ROOT / "gateway" / "static" / "index.html").read_bytes()
+    assert http_get(f"{gw.url}/static/app.js")[1] == (ROOT / "gateway" / "static" / "app.js").read_bytes()
+    assert http_get(f"{gw.url}/client/herald.js")[1] == (ROOT / "clients" / "js" / "herald.js").read_bytes()
+    assert http_get(f"{gw.url}/client/herald.d.ts")[0] == 200
+    assert http_get(f"{gw.url}/client/package.json")[0] == 404  # only the two client files
+
+
+async def test_dev_tokens_are_minted_only_when_enabled(gw_stack: Stack, responder: Responder) -> None:
+    gw = gw_stack.start_gateway(dev_tokens=1)
+    try:
+        assert "HERALD_DEV_TOKENS=1" in gw.logs()  # the loud warning
+        status, body = http_get(f"{gw.url}/dev/token?user=dev-user&admin=1")
+        assert status == 200
+        minted = orjson.loads(body)
+        assert (minted["user_id"], minted["admin"]) == ("dev-user", True)
+        ws, params = await open_client(gw, jwt=minted["token"])
+        assert params["user_id"] == "dev-user"
+        reply = await call(ws, "notifications.unread_count")
+        assert reply["result"]["echo"]["admin"] is True
+        await ws.close()
+        assert http_get(f"{gw.url}/dev/token?user=not%20valid")[0] == 400
+    finally:
+        await asyncio.to_thread(gw.stop)
+
+
+async def test_a_worker_that_does_not_answer_in_time_gives_5003(
+    gw_stack: Stack, responder: Responder
+) -> None:
+    gw = gw_stack.start_gateway(rpc_timeout=0.5)
+    try:
+        ws, _ = await open_client(gw)
+        slow = await call(ws, "preferences.get", {"delay": 1.5})
+        assert slow["error"]["code"] == 5003
+        assert (await call(ws, "preferences.get"))["result"]["echo"]["method"] == "preferences.get"
+        await ws.close()
+    finally:
+        await asyncio.to_thread(gw.stop)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -13,11 +14,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.auth import AuthState, Claims, claims_from_payload, handshake_token, rfc3339
-from gateway.errors import AuthError, FrameError, GatewayError, SubjectMismatch
+from gateway.errors import AuthError, FrameError, GatewayError, RpcTimeout, RpcUnavailable, SubjectMismatch
 from gateway.http import origin_allowed, resolve_static
 from gateway.hub import InAppFilter
 from gateway.limits import TokenBucket, admission_close_code, lagging
 from gateway.protocol import FORWARDED, MAX_ID_CHARS, forward_body, parse_request
+from gateway.rpc import RpcClient
 from gateway.timers import DeadlineQueue
 from shared.jsonrpc import CloseCode, ErrorCode, splice_reply
 from tests.support import wait_until
@@ -284,3 +286,36 @@ class TestDeadlineQueue:
             queue.cancel(entry)
         assert len(queue) == 50
         assert len(queue._heap) < 200  # compacted, not just marked
+
+
+class TestRpcClient:
+    class _Exchange:
+        async def publish(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    class _Channel:
+        is_closed = False
+
+        def __init__(self) -> None:
+            self.default_exchange = TestRpcClient._Exchange()
+
+    async def test_without_a_channel_requests_fail_fast(self) -> None:
+        with pytest.raises(RpcUnavailable):
+            await RpcClient("herald.rpc", 1.0).call(b"{}")
+
+    async def test_unanswered_request_times_out(self) -> None:
+        client = RpcClient("herald.rpc", 0.05)
+        client._channel = self._Channel()  # type: ignore[assignment]
+        with pytest.raises(RpcTimeout):
+            await client.call(b"{}")
+        assert client.in_flight == 0
+
+    async def test_losing_the_channel_fails_every_pending_request(self) -> None:
+        client = RpcClient("herald.rpc", 30.0)
+        client._channel = self._Channel()  # type: ignore[assignment]
+        calls = [asyncio.create_task(client.call(b"{}")) for _ in range(5)]
+        await wait_until(lambda: client.in_flight == 5, 5, "five requests in flight")
+        client.detach()
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(isinstance(outcome, RpcUnavailable) for outcome in outcomes)
+        assert client.in_flight == 0
