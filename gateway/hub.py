@@ -212,16 +212,21 @@ class Hub:
     async def rebuild(self) -> None:
         """After a broker (re)connect: attach every user still connected here, then tell them to sync.
 
-        Users whose connections all closed meanwhile are not attached again.
+        Users are rebuilt concurrently (the broker link runs them on its topology lanes), and each user's
+        connections get ``sync:required`` as soon as that user is attached again. Users whose connections
+        all closed meanwhile are not attached again.
         """
-        rebuilt = 0
-        for slot in list(self.users.values()):
+
+        async def rebuild_one(slot: UserSlot) -> bool:
             async with slot.lock:
-                if await self._attach_locked(slot):
-                    rebuilt += 1
-                    self._deliver(slot, SYNC_REQUIRED)
-        if rebuilt:
-            log.info("rebuilt user bindings after reconnect", users=rebuilt)
+                if not await self._attach_locked(slot):
+                    return False
+                self._deliver(slot, SYNC_REQUIRED)
+                return True
+
+        outcomes = await asyncio.gather(*(rebuild_one(slot) for slot in list(self.users.values())))
+        if any(outcomes):
+            log.info("rebuilt user bindings after reconnect", users=sum(outcomes))
 
     def relay_user(self, user_id: str, body: bytes, method: str | None) -> None:
         """A frame from ``herald.users`` for ``user_id``: to all its local connections, bytes untouched."""
