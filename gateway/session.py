@@ -191,15 +191,21 @@ class _Session:
     async def _session_open(self) -> dict[str, Any] | None:
         claims = self._claims
         try:
-            reply = orjson.loads(await self._owner.rpc.call(session_open_body(claims.user_id, claims.admin)))
+            body = await self._owner.rpc.call(session_open_body(claims.user_id, claims.admin))
         except (RpcTimeout, RpcUnavailable) as exc:
             log.warning(
                 "session.open unanswered; connected without counts", user_id=claims.user_id, error=str(exc)
             )
             return None
+        try:
+            reply = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            reply = None
         result = reply.get("result") if isinstance(reply, dict) else None
         if not isinstance(result, dict):
-            log.warning("session.open failed", user_id=claims.user_id, reply=reply)
+            log.warning(
+                "session.open failed; connected without counts", user_id=claims.user_id, reply=body[:200]
+            )
             return None
         return result
 
