@@ -1,0 +1,188 @@
+"""The hub's bookkeeping without sockets or a broker: attach/detach refcounting, buffering until
+``connected``, the relay, laggards, rebuild after a reconnect."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from websockets.protocol import State
+
+from gateway.errors import TopologyError
+from gateway.hub import PENDING_FRAMES_CAP, SYNC_REQUIRED, Hub
+from gateway.metrics import Metrics
+from shared.jsonrpc import CloseCode, notification_frame
+from tests.support import wait_until
+
+
+class FakeTopology:
+    def __init__(self) -> None:
+        self.generation = 1
+        self.ready = True
+        self.calls: list[tuple[str, str]] = []
+        self.fail_attach = False
+
+    async def attach(self, user_id: str) -> None:
+        if self.fail_attach:
+            raise TopologyError("down")
+        self.calls.append(("attach", user_id))
+
+    async def detach(self, user_id: str, generation: int) -> None:
+        if generation == self.generation:
+            self.calls.append(("detach", user_id))
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.buffered = 0
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+
+class FakeProtocol:
+    def __init__(self, sink: list[bytes]) -> None:
+        self.state = State.OPEN
+        self.sink = sink
+
+    def send_text(self, data: bytes) -> None:
+        self.sink.append(data)
+
+
+class FakeConnection:
+    """Just what ``websockets.broadcast`` and the hub touch."""
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.protocol = FakeProtocol(self.received)
+        self.transport = FakeTransport()
+        self.send_in_progress = None
+        self.closed_with: tuple[int, str] | None = None
+
+    def send_data(self) -> None:
+        pass
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed_with = (code, reason)
+        self.protocol.state = State.CLOSED
+
+
+def frame(n: int) -> bytes:
+    return notification_frame("notification:new", {"id": str(n)})
+
+
+@pytest.fixture
+def topology() -> FakeTopology:
+    return FakeTopology()
+
+
+@pytest.fixture
+def hub(topology: FakeTopology) -> Hub:
+    return Hub(topology, Metrics(), send_buffer_bytes=1024, max_per_user=2)
+
+
+async def live(hub: Hub, user: str) -> Any:
+    connection = FakeConnection()
+    slot = hub.admit(connection, user)  # type: ignore[arg-type]
+    assert not isinstance(slot, CloseCode)
+    await hub.attach(slot)
+    hub.go_live(connection, slot)  # type: ignore[arg-type]
+    return connection, slot
+
+
+async def test_one_attach_per_user_and_detach_with_the_last_connection(
+    hub: Hub, topology: FakeTopology
+) -> None:
+    first, slot = await live(hub, "u1")
+    second, _ = await live(hub, "u1")
+    assert topology.calls == [("attach", "u1")]
+    await hub.release(first, slot)
+    assert topology.calls == [("attach", "u1")]
+    await hub.release(second, slot)
+    assert topology.calls == [("attach", "u1"), ("detach", "u1")]
+    assert "u1" not in hub.users
+
+
+async def test_admission_is_capped_per_user(hub: Hub) -> None:
+    await live(hub, "u1")
+    await live(hub, "u1")
+    assert hub.admit(FakeConnection(), "u1") is CloseCode.TOO_MANY_CONNECTIONS  # type: ignore[arg-type]
+    assert not isinstance(hub.admit(FakeConnection(), "u2"), CloseCode)  # type: ignore[arg-type]
+
+
+async def test_frames_before_connected_are_buffered_then_written_in_order(hub: Hub) -> None:
+    connection = FakeConnection()
+    slot = hub.admit(connection, "u1")  # type: ignore[arg-type]
+    assert not isinstance(slot, CloseCode)
+    hub.relay_user("u1", frame(1), "notification:new")
+    hub.relay_broadcast(frame(2), "NEW_COMMENT", critical=False)
+    assert connection.received == []  # `connected` has not been written yet
+    connection.received.append(b"connected")
+    hub.go_live(connection, slot)  # type: ignore[arg-type]
+    hub.relay_user("u1", frame(3), "notification:new")
+    assert connection.received == [b"connected", frame(1), frame(2), frame(3)]
+
+
+async def test_too_many_buffered_frames_become_one_sync_required(hub: Hub) -> None:
+    connection = FakeConnection()
+    slot = hub.admit(connection, "u1")  # type: ignore[arg-type]
+    assert not isinstance(slot, CloseCode)
+    for n in range(PENDING_FRAMES_CAP + 1):
+        hub.relay_user("u1", frame(n), "notification:new")
+    hub.go_live(connection, slot)  # type: ignore[arg-type]
+    assert connection.received == [SYNC_REQUIRED]
+
+
+async def test_relay_reaches_only_the_user_and_skips_laggards(hub: Hub) -> None:
+    fast, _ = await live(hub, "u1")
+    slow, slot = await live(hub, "u1")
+    other, _ = await live(hub, "u2")
+    slow.transport.buffered = 4096  # above send_buffer_bytes
+    hub.relay_user("u1", frame(1), "notification:new")
+    assert fast.received == [frame(1)]
+    assert slow.received == []
+    assert other.received == []
+    assert slow not in slot.live
+    await wait_closed(slow)
+    assert slow.closed_with == (CloseCode.TRY_AGAIN_LATER, "reader too slow")
+
+
+async def wait_closed(connection: FakeConnection) -> None:
+    await wait_until(lambda: connection.closed_with is not None, 5, "the laggard closed")
+
+
+async def test_preferences_updated_frames_change_the_broadcast_filter(hub: Hub) -> None:
+    quiet, slot = await live(hub, "quiet")
+    hub.set_preferences(slot, {"channels": {"in_app": True}, "types": {"COURSE_UPDATE": {"in_app": False}}})
+    hub.relay_broadcast(frame(1), "COURSE_UPDATE", critical=False)
+    hub.relay_broadcast(frame(2), "COURSE_UPDATE", critical=True)
+    assert quiet.received == [frame(2)]
+    update = notification_frame("preferences:updated", {"channels": {"in_app": True}, "types": {}})
+    hub.relay_user("quiet", update, "preferences:updated")
+    hub.relay_broadcast(frame(3), "COURSE_UPDATE", critical=False)
+    assert quiet.received == [frame(2), update, frame(3)]
+
+
+async def test_rebuild_reattaches_only_connected_users_and_tells_them_to_sync(
+    hub: Hub, topology: FakeTopology
+) -> None:
+    stays, _ = await live(hub, "stays")
+    leaves, slot = await live(hub, "leaves")
+    topology.ready = False  # the broker link dropped: the process queue and its bindings are gone
+    await hub.release(leaves, slot)
+    topology.calls.clear()
+    topology.generation, topology.ready = 2, True
+    await hub.rebuild()
+    assert topology.calls == [("attach", "stays")]
+    assert stays.received == [SYNC_REQUIRED]
+
+
+async def test_a_failed_attach_is_retried_by_the_next_rebuild(hub: Hub, topology: FakeTopology) -> None:
+    topology.fail_attach = True
+    connection, slot = await live(hub, "u1")
+    assert slot.attached_generation == 0
+    topology.fail_attach = False
+    topology.generation += 1
+    await hub.rebuild()
+    assert slot.attached_generation == topology.generation
+    assert connection.received == [SYNC_REQUIRED]
