@@ -113,18 +113,19 @@ class BrokerLink:
                     timeout=CONNECT_TIMEOUT,
                     client_properties={"connection_name": self._connection_name},
                 )
-            except (OSError, aiormq.exceptions.AMQPError, TimeoutError) as exc:
+            except Exception as exc:  # the supervisor must outlive any connect failure, known or not
                 delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
                 failures += 1
                 log.warning("broker connect failed", error=str(exc) or type(exc).__name__, retry_in=delay)
                 await asyncio.sleep(delay)
                 continue
-            self._lost.clear()
-            connection.close_callbacks.add(lambda *_: self._lost.set())
+            # A fresh event per connection: a late close callback of the previous one cannot end this one.
+            lost = self._lost = asyncio.Event()
+            connection.close_callbacks.add(lambda *_, event=lost: event.set())
             try:
-                await self._open(connection)
-            except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, OSError) as exc:
-                log.error("broker set-up failed", error=str(exc))
+                await self._open(connection, lost)
+            except Exception as exc:  # same: a failed set-up is retried on a new connection
+                log.exception("broker set-up failed", error=str(exc))
                 await self._drop(connection)
                 await asyncio.sleep(RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)])
                 failures += 1
@@ -133,7 +134,7 @@ class BrokerLink:
             log.info("broker link up", queue=self._queue_name, generation=self._generation)
             if self._hub is not None:
                 await self._hub.rebuild()
-            await self._lost.wait()
+            await lost.wait()
             if not self._closing:
                 log.warning("broker link lost; reconnecting")
             await self._drop(connection)
@@ -147,10 +148,14 @@ class BrokerLink:
             # aio-pika runs the close callbacks as tasks; let them finish before the loop is closed.
             await asyncio.sleep(0.05)
 
-    async def _open(self, connection: AbstractConnection) -> None:
+    async def _open(self, connection: AbstractConnection, lost: asyncio.Event) -> None:
         self._connection = connection
         consume_channel = await connection.channel(publisher_confirms=False)
         rpc_channel = await connection.channel(publisher_confirms=False)
+        # Losing either channel while the connection stays up would silently stop the relay or the
+        # replies: treat it as losing the link (reconnect, rebuild, sync:required).
+        for channel in (consume_channel, rpc_channel):
+            channel.close_callbacks.add(lambda *_: lost.set())
         names = self._names
         await consume_channel.declare_exchange(
             names.users_exchange, aio_pika.ExchangeType.DIRECT, durable=True, auto_delete=False
