@@ -37,6 +37,7 @@ import aiormq
 import structlog
 
 from gateway.errors import TopologyError
+from shared.topology import BROADCAST_CRITICAL_HEADER, BROADCAST_TYPE_HEADER
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -51,9 +52,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("gateway.broker")
 
-TYPE_HEADER: Final = "x-herald-type"
-#: Optional broadcast header: the type is critical, relay it whatever the user's in-app switches.
-CRITICAL_HEADER: Final = "x-herald-critical"
 ATTACH_ATTEMPTS: Final = 8
 TOPOLOGY_CHANNELS: Final = 4
 RECONNECT_DELAYS: Final = (0.2, 0.5, 1.0, 2.0, 5.0)
@@ -253,11 +251,11 @@ class BrokerLink:
         properties = message.header.properties
         if delivery.exchange == self._names.broadcast_exchange:
             headers = properties.headers or {}
-            notification_type = headers.get(TYPE_HEADER)
+            notification_type = headers.get(BROADCAST_TYPE_HEADER)
             hub.relay_broadcast(
                 message.body,
                 notification_type if isinstance(notification_type, str) else None,
-                bool(headers.get(CRITICAL_HEADER)),
+                bool(headers.get(BROADCAST_CRITICAL_HEADER)),
             )
         else:
             hub.relay_user(delivery.routing_key or "", message.body, properties.message_type)

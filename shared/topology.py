@@ -16,6 +16,10 @@ DELIVERY_CHANNELS: Final = ("email", "push")
 ERROR_HEADER: Final = "x-herald-error"
 ORIGINAL_ROUTING_KEY_HEADER: Final = "x-herald-routing-key"
 ORIGINAL_EXCHANGE_HEADER: Final = "x-herald-exchange"
+# Broadcast frames carry their notification type (and whether it is critical) as headers, so gateways
+# filter them by the user's in-app switches without parsing the body.
+BROADCAST_TYPE_HEADER: Final = "x-herald-type"
+BROADCAST_CRITICAL_HEADER: Final = "x-herald-critical"
 
 
 @dataclass(frozen=True, slots=True)

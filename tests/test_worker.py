@@ -324,6 +324,7 @@ async def test_broadcast_stores_one_row_per_allowed_known_user(
     params = frame_params(first)
     assert params["seq"] is None
     assert (first.headers or {})["x-herald-type"] == "SYSTEM_ANNOUNCEMENT"
+    assert (first.headers or {})["x-herald-critical"] is False  # gateways relay critical ones to all
     assert frame_params(second)["id"] == params["id"]
     stored = {
         r["user_id"]: r

@@ -101,7 +101,7 @@ class Outgoing:
     """What a committed batch publishes: frames per user, broadcast frames, email/push jobs."""
 
     frames: list[tuple[str, bytes]] = field(default_factory=list)
-    broadcasts: list[tuple[str, bytes]] = field(default_factory=list)
+    broadcasts: list[tuple[str, bool, bytes]] = field(default_factory=list)
     deliveries: list[tuple[str, bytes, str]] = field(default_factory=list)
     rows: int = 0  # notifications inserted
     outcomes: dict[str, int] = field(default_factory=dict)  # events by metrics outcome
@@ -494,7 +494,7 @@ class Pipeline:
         out.rows = recipients
         out.outcomes = {"broadcast": 1}
         frame = notification_frame(NEW_METHOD, _params(nid, event, kind.category, now))
-        out.broadcasts.append((event.type, frame))
+        out.broadcasts.append((event.type, kind.critical, frame))
         return out
 
     # -- publishing -----------------------------------------------------------------------------------
@@ -512,7 +512,9 @@ class Pipeline:
                     # ahead of the ack below on the same connection.
                     for user, frame in outgoing.frames:
                         await publisher.live_frame(user, NEW_METHOD, frame)
-                confirmed += [publisher.broadcast_frame(t, NEW_METHOD, f) for t, f in outgoing.broadcasts]
+                confirmed += [
+                    publisher.broadcast_frame(t, c, NEW_METHOD, f) for t, c, f in outgoing.broadcasts
+                ]
                 confirmed += [publisher.delivery(c, body, mid) for c, body, mid in outgoing.deliveries]
                 await _gather(confirmed)
             except Exception as exc:

@@ -26,13 +26,18 @@ from typing import TYPE_CHECKING, Final
 from aio_pika import DeliveryMode, Message
 from aiormq import spec
 
-from shared.topology import ERROR_HEADER, ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER
+from shared.topology import (
+    BROADCAST_CRITICAL_HEADER,
+    BROADCAST_TYPE_HEADER,
+    ERROR_HEADER,
+    ORIGINAL_EXCHANGE_HEADER,
+    ORIGINAL_ROUTING_KEY_HEADER,
+)
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, HeadersType
 
 JSON: Final = "application/json"
-BROADCAST_TYPE_HEADER: Final = "x-herald-type"
 
 
 class Publisher:
@@ -85,11 +90,16 @@ class Publisher:
         properties = spec.Basic.Properties(content_type=JSON, message_type=method, delivery_mode=1)
         await self._fast_publish(self.live, user_id, frame, properties)
 
-    async def broadcast_frame(self, notification_type: str, method: str, frame: bytes) -> None:
-        """Publish one frame to ``herald.broadcast`` with header ``x-herald-type``; waits for the confirm."""
+    async def broadcast_frame(
+        self, notification_type: str, critical: bool, method: str, frame: bytes
+    ) -> None:
+        """Publish one frame to ``herald.broadcast`` with the type headers; waits for the confirm."""
         await self.broadcast.publish(
             Message(
-                frame, content_type=JSON, type=method, headers={BROADCAST_TYPE_HEADER: notification_type}
+                frame,
+                content_type=JSON,
+                type=method,
+                headers={BROADCAST_TYPE_HEADER: notification_type, BROADCAST_CRITICAL_HEADER: critical},
             ),
             routing_key="",
             mandatory=False,
