@@ -21,7 +21,6 @@ identity provider); its blocking HTTP fetch runs in a thread, never on the event
 from __future__ import annotations
 
 import asyncio
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -31,14 +30,13 @@ import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from gateway.errors import AuthError, SubjectMismatch
-from shared.events import USER_ID_PATTERN
+from shared.events import is_valid_user_id
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from shared.settings import Settings
 
-_USER_ID: Final = re.compile(USER_ID_PATTERN)
 _HMAC: Final = frozenset({"HS256", "HS384", "HS512"})
 JWKS_LIFESPAN_SECONDS: Final = 300.0
 JWKS_TIMEOUT_SECONDS: Final = 5.0
@@ -128,7 +126,7 @@ class TokenVerifier:
 def claims_from_payload(payload: Mapping[str, Any]) -> Claims:
     """:class:`Claims` from a verified payload; :class:`AuthError` when ``sub`` is not a valid user id."""
     sub = payload.get("sub")
-    if not isinstance(sub, str) or not _USER_ID.match(sub):
+    if not isinstance(sub, str) or not is_valid_user_id(sub):
         raise AuthError("token sub is not a valid user id")
     roles = payload.get("roles")
     admin = isinstance(roles, list | tuple) and "admin" in roles

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import email.utils
 import mimetypes
-import re
 import time
 from http import HTTPStatus
 from pathlib import Path
@@ -29,7 +28,7 @@ from websockets.http11 import Response
 
 from gateway.auth import Claims, handshake_token, rfc3339
 from gateway.errors import AuthError
-from shared.events import USER_ID_PATTERN
+from shared.events import is_valid_user_id
 from shared.tokens import TokenError, mint_dev_token
 
 if TYPE_CHECKING:
@@ -46,7 +45,6 @@ log = structlog.get_logger("gateway.http")
 WS_PATH: Final = "/notifications"
 DEV_TOKEN_TTL: Final = 3600.0
 CLIENT_FILES: Final = frozenset({"herald.js", "herald.d.ts"})
-_USER_ID: Final = re.compile(USER_ID_PATTERN)
 _PACKAGE_DIR: Final = Path(__file__).resolve().parent
 
 
@@ -212,7 +210,7 @@ class HttpRoutes:
             return _text(404, "Not Found\n")
         params = parse_qs(query)
         user = params.get("user", [""])[0]
-        if not _USER_ID.match(user):
+        if not is_valid_user_id(user):
             return _text(400, "Bad Request: user must be 1-128 characters of [A-Za-z0-9._:@-]\n")
         admin = params.get("admin", ["0"])[0] in ("1", "true", "yes")
         try:

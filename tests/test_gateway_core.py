@@ -319,3 +319,10 @@ class TestRpcClient:
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
         assert all(isinstance(outcome, RpcUnavailable) for outcome in outcomes)
         assert client.in_flight == 0
+
+
+@pytest.mark.parametrize("sub", ["u1\n", "", "a" * 129, "user with space", "ü"])
+def test_a_sub_that_is_not_a_user_id_is_refused(sub: str) -> None:
+    # `$` in a Python regex also matches before a final newline: the check must be a full match.
+    with pytest.raises(AuthError, match="sub"):
+        claims_from_payload({"sub": sub, "exp": 2_000_000_000})
