@@ -11,7 +11,7 @@ import aio_pika
 import asyncpg
 import pytest
 
-from tests.support import Stack, create_stack, destroy_stack
+from tests.support import Stack, stack_context
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -25,21 +25,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     """The session's own vhost and migrated database (no processes started)."""
-    created = create_stack()
-    try:
+    with stack_context() as created:
         yield created
-    finally:
-        destroy_stack(created)
 
 
 @pytest.fixture
 def fresh_stack() -> Iterator[Stack]:
     """A vhost and database for this test alone; its processes are stopped afterwards."""
-    created = create_stack()
-    try:
+    with stack_context() as created:
         yield created
-    finally:
-        destroy_stack(created)
 
 
 @pytest.fixture
