@@ -18,6 +18,7 @@ from worker.publish import Publisher
 
 if TYPE_CHECKING:
     from faststream.rabbit import RabbitBroker
+    from faststream.rabbit.message import RabbitMessage
     from faststream.rabbit.schemas.queue import QuorumQueueArgs
 
     from shared.topology import Topology
@@ -91,3 +92,9 @@ async def declare_topology(broker: RabbitBroker, topology: Topology, *, confirm_
         deliveries=await broker.declare_exchange(deliveries_exchange(topology)),
         dlx=dlx,
     )
+
+
+async def raw_body(message: RabbitMessage) -> bytes:
+    """A subscriber decoder that hands the body over untouched: handlers parse it themselves, whatever the
+    content type says, and document its shape with a ``WithJsonSchema`` annotation instead."""
+    return message.body

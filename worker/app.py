@@ -38,6 +38,7 @@ from worker.amqp import (
     deliveries_exchange,
     events_exchange,
     events_queue,
+    raw_body,
     users_exchange,
 )
 from worker.db import TRANSIENT_DB_ERRORS, create_pool, load_catalog
@@ -72,11 +73,6 @@ app = FastStream(
 )
 
 
-async def _raw_body(message: RabbitMessage) -> bytes:
-    """Hand the body to the handler untouched: the pipeline parses it (whatever the content type says)."""
-    return message.body
-
-
 # The handler receives bytes; the schema is the documented event shape (send or broadcast).
 EventBody = Annotated[
     bytes,
@@ -98,7 +94,7 @@ events_subscriber = broker.subscriber(
     channel=Channel(prefetch_count=settings.prefetch),
     ack_policy=AckPolicy.MANUAL,
     no_reply=True,
-    decoder=_raw_body,
+    decoder=raw_body,
     title="herald.events",
     description="Producer events (routing keys notification.send and notification.broadcast).",
 )

@@ -16,24 +16,23 @@ for any more).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import orjson
 import structlog
 from faststream import AckPolicy
 from faststream.rabbit import Channel, RabbitQueue, RabbitResponse, RabbitRouter
 from prometheus_client import Counter, Histogram
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 
 from shared.events import USER_ID_PATTERN
 from shared.jsonrpc import ErrorCode, rpc_error, rpc_result
+from worker.amqp import raw_body
 from worker.db import TRANSIENT_DB_ERRORS
 from worker.inbox import METHODS, Caller, RequestError, invalid_params
 from worker.state import current
 
 if TYPE_CHECKING:
-    from faststream.rabbit.message import RabbitMessage
-
     from shared.settings import Settings
     from shared.topology import Topology
     from worker.state import WorkerState
@@ -65,6 +64,21 @@ class Envelope(BaseModel):
     admin: bool = False
 
 
+# The handler validates the raw body itself (a bad envelope is a -32600 reply, not a dropped message);
+# the annotation documents the shape in the AsyncAPI document.
+RequestBody = Annotated[
+    bytes,
+    WithJsonSchema(
+        {
+            **Envelope.model_json_schema(),
+            "description": "A client request forwarded by a gateway with the verified caller. The reply "
+            '(to reply_to, same correlation_id) is exactly {"result": ...} or {"error": {code, message, '
+            "data?}}.",
+        }
+    ),
+]
+
+
 def build_router(settings: Settings, topology: Topology) -> RabbitRouter:
     """The ``herald.rpc`` subscriber, on its own channel so requests never wait behind event batches.
 
@@ -78,14 +92,13 @@ def build_router(settings: Settings, topology: Topology) -> RabbitRouter:
         queue,
         channel=Channel(prefetch_count=settings.rpc_prefetch),
         ack_policy=AckPolicy.ACK,
+        decoder=raw_body,
         title="herald.rpc",
         description="Client requests forwarded by gateways; replies go to reply_to.",
     )
-    async def answer_request() -> RabbitResponse:
+    async def answer_request(body: RequestBody) -> RabbitResponse:
         state = current()
-        # Taken from the context rather than a handler parameter: parameters cost a thread-pool hop.
-        message: RabbitMessage = state.broker.context.get_local("message")
-        reply = await handle_request(state, message.body)
+        reply = await handle_request(state, body)
         # mandatory=False: a gateway that went away leaves nobody to route the reply to, and that is fine.
         return RabbitResponse(reply, content_type="application/json", mandatory=False)
 
