@@ -46,7 +46,13 @@ from shared.topology import (
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping
 
-    from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage, AbstractQueue
+    from aio_pika.abc import (
+        AbstractChannel,
+        AbstractExchange,
+        AbstractIncomingMessage,
+        AbstractQueue,
+        HeadersType,
+    )
 
 # Headers that describe a past dead-lettering; a replayed event starts without them.
 _DEAD_LETTER_HEADERS: Final = frozenset(
@@ -157,23 +163,23 @@ class Selection:
         return self.message_ids is None or letter.message_id in self.message_ids
 
 
-def replay_message(message: AbstractIncomingMessage) -> aio_pika.Message:
-    """A copy of ``message`` to publish again: same body and properties, no dead-lettering headers.
+def copy_message(
+    message: AbstractIncomingMessage,
+    headers: HeadersType,
+    delivery_mode: aio_pika.DeliveryMode | int | None = None,
+) -> aio_pika.Message:
+    """``message``'s body and properties with ``headers`` (and ``delivery_mode`` when given).
 
-    ``expiration`` is dropped (the replay happens long after the original publish) and so is
-    ``user_id`` (the broker checks it against the replaying connection's user).
+    Used both to dead-letter an event (the worker) and to replay it (here), so a replayed event is the
+    producer's original. ``expiration`` is dropped (a copy is published long after the original) and so is
+    ``user_id`` (the broker checks it against the publishing connection's user).
     """
-    headers = {
-        key: value
-        for key, value in (message.headers or {}).items()
-        if key not in _DEAD_LETTER_HEADERS and not key.startswith(_DEAD_LETTER_HEADER_PREFIXES)
-    }
     return aio_pika.Message(
         message.body,
         headers=headers,
         content_type=message.content_type,
         content_encoding=message.content_encoding,
-        delivery_mode=message.delivery_mode,
+        delivery_mode=message.delivery_mode if delivery_mode is None else delivery_mode,
         priority=message.priority,
         correlation_id=message.correlation_id,
         reply_to=message.reply_to,
@@ -182,6 +188,16 @@ def replay_message(message: AbstractIncomingMessage) -> aio_pika.Message:
         type=message.type,
         app_id=message.app_id,
     )
+
+
+def replay_message(message: AbstractIncomingMessage) -> aio_pika.Message:
+    """A copy of ``message`` to publish again: same body and properties, no dead-lettering headers."""
+    headers = {
+        key: value
+        for key, value in (message.headers or {}).items()
+        if key not in _DEAD_LETTER_HEADERS and not key.startswith(_DEAD_LETTER_HEADER_PREFIXES)
+    }
+    return copy_message(message, headers)
 
 
 @contextlib.asynccontextmanager

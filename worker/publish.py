@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Final
 from aio_pika import DeliveryMode, Message
 from aiormq import spec
 
+from shared.dlq import copy_message
 from shared.topology import (
     BROADCAST_CRITICAL_HEADER,
     BROADCAST_TYPE_HEADER,
@@ -123,19 +124,7 @@ class Publisher:
         headers[ORIGINAL_ROUTING_KEY_HEADER] = message.routing_key or ""
         headers[ORIGINAL_EXCHANGE_HEADER] = message.exchange or ""
         await self.dlx.publish(
-            Message(
-                message.body,
-                headers=headers,
-                content_type=message.content_type,
-                content_encoding=message.content_encoding,
-                delivery_mode=DeliveryMode.PERSISTENT,
-                priority=message.priority,
-                correlation_id=message.correlation_id,
-                message_id=message.message_id,
-                timestamp=message.timestamp,
-                type=message.type,
-                app_id=message.app_id,
-            ),
+            copy_message(message, headers, DeliveryMode.PERSISTENT),
             routing_key=message.routing_key or "",
             mandatory=False,
         )
