@@ -213,13 +213,16 @@ class Hub:
         """After a broker (re)connect: attach every user still connected here, then tell them to sync.
 
         Users are rebuilt concurrently (the broker link runs them on its topology lanes), and each user's
-        connections get ``sync:required`` as soon as that user is attached again. Users whose connections
-        all closed meanwhile are not attached again.
+        connections get ``sync:required`` as soon as that user is attached again (by this rebuild or by a
+        connection that came first). Users whose connections all closed meanwhile are not attached again.
         """
 
         async def rebuild_one(slot: UserSlot) -> bool:
             async with slot.lock:
-                if not await self._attach_locked(slot):
+                # A new connection of the user may have taken the lock first and attached it in this
+                # generation already: the connections from before the reconnect still missed frames.
+                await self._attach_locked(slot)
+                if slot.attached_generation != self._topology.generation:
                     return False
                 self._deliver(slot, SYNC_REQUIRED)
                 return True

@@ -186,3 +186,14 @@ async def test_a_failed_attach_is_retried_by_the_next_rebuild(hub: Hub, topology
     await hub.rebuild()
     assert slot.attached_generation == topology.generation
     assert connection.received == [SYNC_REQUIRED]
+
+
+async def test_rebuild_tells_sync_even_when_a_new_connection_reattached_the_user_first(
+    hub: Hub, topology: FakeTopology
+) -> None:
+    before, _ = await live(hub, "u1")
+    topology.generation += 1  # reconnected; a new connection of u1 gets the slot's lock before rebuild
+    await live(hub, "u1")
+    assert topology.calls == [("attach", "u1"), ("attach", "u1")]
+    await hub.rebuild()
+    assert before.received == [SYNC_REQUIRED]  # frames published during the gap never reached it
