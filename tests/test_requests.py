@@ -270,6 +270,7 @@ async def test_list_filters(worker_state: state.WorkerState, pg: asyncpg.Connect
         ({"limit": 101}, "limit"),
         ({"limit": "20"}, "limit"),
         ({"before": -5}, "before"),
+        ({"before": 2**63}, "before"),  # past bigint: refused, not an internal error from the driver
         ({"unread_only": "yes"}, "unread_only"),
         ({"types": ["NOT_A_TYPE"]}, "types.0"),
         ({"types": "GRADE_RELEASED"}, "types"),
@@ -300,6 +301,7 @@ async def test_sync_returns_everything_after_since_in_order(
     assert await invalid_field(worker_state, "notifications.sync", {"limit": 501}, user=user) == "limit"
     assert await invalid_field(worker_state, "notifications.sync", {"since": -1}, user=user) == "since"
     assert await invalid_field(worker_state, "notifications.sync", {"since": 1.5}, user=user) == "since"
+    assert await invalid_field(worker_state, "notifications.sync", {"since": 2**63}, user=user) == "since"
 
 
 # ---------------------------------------------------------------------------------------- mutations

@@ -43,6 +43,8 @@ log = structlog.get_logger(__name__)
 MAX_IDS: Final = 500
 MAX_PAGE: Final = 100
 MAX_SYNC: Final = 500
+# seq is a bigint: a larger cursor is invalid params, not a driver error (-32603) on the query.
+MAX_SEQ: Final = 2**63 - 1
 DEFAULT_TYPE: Final = "SYSTEM_ANNOUNCEMENT"
 # This module's statements and the worker's inserts and retention lock users rows first, so they cannot
 # deadlock one another; another writer locking in a different order (an operator's script) might, and
@@ -104,7 +106,7 @@ class ListParams(Params):
     """``notifications.list``: a page before ``before`` (a seq), newest first, optionally filtered."""
 
     limit: int = Field(default=20, ge=1, le=MAX_PAGE)
-    before: int | None = Field(default=None, ge=1)
+    before: int | None = Field(default=None, ge=1, le=MAX_SEQ)
     unread_only: bool = False
     types: list[Name] | None = Field(default=None, max_length=64)
     categories: list[Name] | None = Field(default=None, max_length=64)
@@ -113,7 +115,7 @@ class ListParams(Params):
 class SyncParams(Params):
     """``notifications.sync``: what came after ``since``, oldest first."""
 
-    since: int = Field(default=0, ge=0)
+    since: int = Field(default=0, ge=0, le=MAX_SEQ)
     limit: int = Field(default=MAX_SYNC, ge=1, le=MAX_SYNC)
 
 
