@@ -373,6 +373,7 @@ async def test_mark_read_unread_delete_keep_the_counter_and_publish_events(
         ({"ids": "n-1"}, "ids"),
         ({"ids": [1]}, "ids.0"),
         ({"ids": [""]}, "ids.0"),
+        ({"ids": ["n-1", "n\u0000"]}, "ids.1"),  # Postgres text cannot hold NUL: no id has one
         ({"ids": [f"n-{i}" for i in range(501)]}, "ids"),
     ],
 )

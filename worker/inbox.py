@@ -94,7 +94,8 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-NotificationId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+# Postgres text cannot hold NUL (the query would fail): such an id is invalid params, not an internal error.
+NotificationId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00]*$")]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
