@@ -247,3 +247,45 @@ async def test_confirmed_frames_mode_stores_and_publishes_everything(
         await wait_until(lambda: queue_settled(watcher), 20, "the input queue to drain")
     finally:
         await pg.close()
+
+
+def db_outage_retries(worker: HeraldProcess) -> float:
+    _, metrics = http_get(f"{worker.url}/metrics")
+    pattern = rb'^herald_worker_db_retries_total\{cause="outage"\} ([0-9.e+]+)$'
+    match = re.search(pattern, metrics, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+async def _read_only(pg: asyncpg.Connection, on: bool) -> None:
+    """Switch the stack's database to read-only (as a primary demoted in a failover) or back, and drop
+    every other session so the worker's pool reconnects under the new setting."""
+    setting = "SET default_transaction_read_only = on" if on else "RESET default_transaction_read_only"
+    await pg.execute(f'ALTER DATABASE "{await pg.fetchval("SELECT current_database()")}" {setting}')
+    await pg.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+
+
+async def test_a_read_only_database_holds_events_instead_of_dead_lettering_them(
+    fresh_stack: Stack, watcher: Watcher
+) -> None:
+    worker = fresh_stack.start_worker()
+    pg = await asyncpg.connect(fresh_stack.database_url)
+    bodies = [event(f"readonly-{i % 3}") for i in range(10)]
+    try:
+        await _read_only(pg, True)
+        try:
+            for body in bodies:
+                await watcher.publish(body)
+            await wait_until(lambda: db_outage_retries(worker) > 0, 20, "the worker to wait for writes")
+            assert await stored(pg) == 0
+            assert await watcher.dead_letter_count() == 0
+        finally:
+            await _read_only(pg, False)
+        await wait_until(lambda: _at_least(pg, 10), 30, "every event stored once writable again")
+        await wait_until(lambda: queue_settled(watcher), 30, "the input queue to drain")
+        await assert_each_stored_once(pg, 10)
+        assert await watcher.dead_letter_count() == 0
+    finally:
+        await pg.close()
