@@ -53,7 +53,12 @@ class InvalidEvent(ValueError):
 
 
 def _data_within_limit(value: dict[str, Any]) -> dict[str, Any]:
-    if len(orjson.dumps(value)) > MAX_DATA_BYTES:
+    try:
+        serialized = orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        # orjson reads deeper nesting than it writes: a TypeError would escape validation entirely.
+        raise ValueError(f"cannot be serialized ({exc})") from None
+    if len(serialized) > MAX_DATA_BYTES:
         raise ValueError(f"must serialize to at most {MAX_DATA_BYTES} bytes")
     return value
 

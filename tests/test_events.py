@@ -127,6 +127,14 @@ def test_body_limit_not_json_not_object_unknown_kind() -> None:
     assert "unknown event kind" in reason({**BASE, "user_id": "u"}, "notification.delete")
 
 
+def test_data_nested_deeper_than_it_can_be_stored_is_invalid() -> None:
+    # Parses (orjson reads 1,024 levels) but cannot be serialized again (254): refused, not a TypeError.
+    deep = b'{"a":' * 300 + b"1" + b"}" * 300
+    body = b'{"type": "NEW_COMMENT", "user_id": "u", "title": "t", "data": ' + deep + b"}"
+    with pytest.raises(InvalidEvent, match="data"):
+        parse_event(body, SEND)
+
+
 def test_user_id_check() -> None:
     assert is_valid_user_id("a.b:c@d-e_f")
     assert not is_valid_user_id("a/b")

@@ -141,6 +141,15 @@ BAD_INPUTS: list[tuple[str, bytes, str, str]] = [
     ),
     ("unknown channel", orjson.dumps(event("u-x", channels=["sms"])), "notification.send", "channels"),
     ("unknown kind", orjson.dumps(event("u-x")), "notification.delete", "unknown event kind"),
+    (
+        "data nested too deep",
+        b'{"type": "NEW_COMMENT", "user_id": "u-x", "title": "t", "data": '
+        + b'{"a":' * 300
+        + b"1"
+        + b"}" * 301,
+        "notification.send",
+        "data",
+    ),
 ]
 
 
