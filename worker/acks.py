@@ -29,11 +29,13 @@ _CLOSED_CHANNEL_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeE
 
 
 class _ChannelState:
-    __slots__ = ("acked", "lock", "settled")
+    __slots__ = ("acked", "lock", "nacked", "settled")
 
     def __init__(self) -> None:
         self.acked = 0
         self.settled: set[int] = set()
+        # Settled by a nack: the broker no longer knows these tags, so no multiple-ack may name one.
+        self.nacked: set[int] = set()
         # Acks must leave in tag order: a multiple-ack for a lower tag sent after a higher one names an
         # already-acked tag, and the broker closes the channel (PRECONDITION_FAILED unknown delivery tag).
         self.lock = asyncio.Lock()
@@ -57,19 +59,27 @@ class AckTracker:
         return state
 
     async def settle(self, channel: AbstractChannel, tags: Iterable[int]) -> None:
-        """Mark ``tags`` (acked or already nacked) as done and ack the grown contiguous prefix."""
+        """Mark ``tags`` (acked or already nacked) as done and ack the grown contiguous prefix.
+
+        The ack names the highest tag of the run that was not nacked (acking a nacked tag closes the
+        channel: PRECONDITION_FAILED unknown delivery tag); a run of nacked tags alone sends nothing.
+        """
         state = self._state(channel)
         state.settled.update(tags)
         async with state.lock:
             top = state.acked
+            ackable = 0
             while top + 1 in state.settled:
                 top += 1
                 state.settled.discard(top)
-            if top == state.acked:
-                return
+                if top in state.nacked:
+                    state.nacked.discard(top)
+                else:
+                    ackable = top
             state.acked = top
-            with contextlib.suppress(*_CLOSED_CHANNEL_ERRORS):
-                await channel.basic_ack(top, multiple=True)
+            if ackable:
+                with contextlib.suppress(*_CLOSED_CHANNEL_ERRORS):
+                    await channel.basic_ack(ackable, multiple=True)
 
     async def requeue(self, channel: AbstractChannel, tags: Iterable[int]) -> None:
         """Nack ``tags`` with requeue (the quorum queue counts it against ``x-delivery-limit``)."""
@@ -78,4 +88,5 @@ class AckTracker:
             with contextlib.suppress(*_CLOSED_CHANNEL_ERRORS):
                 await channel.basic_nack(tag, multiple=False, requeue=True)
             done.append(tag)
+        self._state(channel).nacked.update(done)
         await self.settle(channel, done)

@@ -202,6 +202,13 @@ class Pipeline:
         except InvalidEvent as exc:
             await self.dead_letter(message, channel, exc.reason)
             return
+        except Exception:
+            # E.g. the catalog reload for an unknown type hit a database outage. A delivery left
+            # unsettled would stop every later ack (acks go out in contiguous runs), so hand it back;
+            # x-delivery-limit dead-letters one that keeps failing.
+            log.exception("event could not be validated; requeued")
+            await self._requeue_one(message, channel)
+            return
         if self._closing:
             return  # stopping: left unacked, requeued when the channel closes
         self._pending.append(Pending(event, message, channel, message.delivery_tag or 0))
@@ -231,7 +238,7 @@ class Pipeline:
             await self._publisher.dead_letter(message, reason)
         except Exception as exc:
             log.warning("dead-lettering failed; requeued", error=repr(exc), message_id=message.message_id)
-            await self._acks.requeue(channel, (tag,))
+            await self._requeue_one(message, channel)
             return
         metrics.EVENTS.labels("dead_lettered").inc()
         log.info("event dead-lettered", reason=reason, message_id=message.message_id)
@@ -361,6 +368,10 @@ class Pipeline:
             return
         log.error("event failed; requeued", message_id=item.message.message_id, exc_info=exc)
         await self._requeue([item])
+
+    async def _requeue_one(self, message: AbstractIncomingMessage, channel: AbstractChannel) -> None:
+        metrics.EVENTS.labels("requeued").inc()
+        await self._acks.requeue(channel, [message.delivery_tag or 0])
 
     async def _requeue(self, items: list[Pending]) -> None:
         metrics.EVENTS.labels("requeued").inc(len(items))

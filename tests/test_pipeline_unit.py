@@ -1,0 +1,78 @@
+"""The pipeline's intake in-process: a delivery is always settled, whatever goes wrong validating it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
+
+import orjson
+
+from shared.preferences import Catalog
+from shared.settings import Settings
+from worker.acks import AckTracker
+from worker.pipeline import Pipeline
+
+if TYPE_CHECKING:
+    import asyncpg
+    from aio_pika.abc import AbstractIncomingMessage
+
+    from worker.publish import Publisher
+
+
+class FakeChannel:
+    """Records what the tracker sends; enough of a channel for :class:`AckTracker`."""
+
+    is_closed = False
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, bool]] = []
+
+    async def basic_ack(self, tag: int, multiple: bool = False) -> None:
+        self.calls.append(("ack", tag, multiple))
+
+    async def basic_nack(self, tag: int, multiple: bool = False, requeue: bool = True) -> None:
+        self.calls.append(("nack", tag, requeue))
+
+
+class FakeMessage:
+    def __init__(self, channel: FakeChannel, tag: int, body: dict[str, Any]) -> None:
+        self.channel = channel
+        self.delivery_tag = tag
+        self.body = orjson.dumps(body)
+        self.routing_key = "notification.send"
+        self.message_id = None
+
+
+async def failing_reload() -> None:
+    raise ConnectionRefusedError("postgres is down")
+
+
+async def test_a_failed_catalog_reload_requeues_the_delivery_instead_of_stalling_acks() -> None:
+    channel = FakeChannel()
+    pipeline = Pipeline(
+        settings=Settings(_env_file=None),  # type: ignore[call-arg]
+        pool=cast("asyncpg.Pool", None),
+        publisher=cast("Publisher", None),
+        acks=AckTracker(),
+        catalog=lambda: Catalog([]),
+        reload_catalog=failing_reload,
+    )
+    event = {"user_id": "u1", "type": "BRAND_NEW_TYPE", "title": "t"}
+    await pipeline.accept(cast("AbstractIncomingMessage", FakeMessage(channel, 1, event)))
+
+    # Requeued (counted against x-delivery-limit) and settled, so later deliveries can still be acked.
+    assert channel.calls == [("nack", 1, True)]
+    await pipeline._acks.settle(cast("Any", channel), [2])
+    assert channel.calls[-1] == ("ack", 2, True)
+
+
+async def test_acks_never_name_a_nacked_tag() -> None:
+    """A multiple-ack naming a nacked tag closes the channel (PRECONDITION_FAILED); tests/test_acks_broker.py shows it on RabbitMQ."""
+    channel = FakeChannel()
+    acks = AckTracker()
+    fake = cast("Any", channel)
+    await acks.settle(fake, [2])  # waits for 1
+    await acks.requeue(fake, [1])
+    await acks.requeue(fake, [3])
+    assert channel.calls == [("nack", 1, True), ("ack", 2, True), ("nack", 3, True)]
+    await acks.settle(fake, [4])
+    assert channel.calls[-1] == ("ack", 4, True)
