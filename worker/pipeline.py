@@ -400,7 +400,7 @@ class Pipeline:
         in_app: list[_Recipient] = []
         by_mail: list[tuple[_Recipient, str, datetime | None]] = []
         seen: set[tuple[str, str]] = set()
-        muted = 0
+        muted = repeated = 0
 
         for item in items:
             event = item.event
@@ -409,6 +409,7 @@ class Pipeline:
             key = event.event_id
             nid = notification_id(key)
             reached = False
+            first_copy = key is None
             for user in event.user_ids:
                 prefs = preferences.get(user)
                 if prefs is None:
@@ -421,6 +422,7 @@ class Pipeline:
                     if (user, key) in seen:
                         continue  # the same event twice in one batch
                     seen.add((user, key))
+                    first_copy = True
                 if not channels:
                     continue
                 reached = True
@@ -431,7 +433,10 @@ class Pipeline:
                 if external:
                     held = _held_until(user, prefs["quiet_hours"], now)
                     by_mail += [(recipient, channel, held) for channel in external]
-            muted += not reached
+            if not first_copy:
+                repeated += 1
+            elif not reached:
+                muted += 1
 
         keyed = [(r.user, r.key) for r in in_app if r.key is not None]
         stored = await store.existing(conn, [user for user, _ in keyed], [key for _, key in keyed])
@@ -479,7 +484,12 @@ class Pipeline:
             )
 
         out.rows = len(rows)
-        out.outcomes = {"stored": len(items) - muted, "muted": muted, "duplicate": len(duplicates)}
+        # Per event: a duplicate found nothing new to store (every in-app copy existed, or it repeated an
+        # event of this batch); muted reached no channel; stored is the rest.
+        with_fresh_rows = {id(r.item) for r in fresh}
+        already_stored = {id(r.item) for r in in_app if (r.user, r.key) in duplicates} - with_fresh_rows
+        duplicate = repeated + len(already_stored)
+        out.outcomes = {"stored": len(items) - muted - duplicate, "muted": muted, "duplicate": duplicate}
         return out
 
     async def _store_broadcast(
