@@ -29,6 +29,7 @@ from websockets.http11 import Response
 from gateway.auth import Claims, handshake_token, rfc3339
 from gateway.errors import AuthError
 from shared.events import is_valid_user_id
+from shared.resources import resource_dir
 from shared.tokens import TokenError, mint_dev_token
 
 if TYPE_CHECKING:
@@ -74,12 +75,6 @@ def release_handshake(connection: ServerConnection) -> None:
     if response is not None:
         response.headers = _NO_HEADERS
         response.body = b""
-
-
-def default_client_dir() -> Path:
-    """``clients/js`` beside the packages in a checkout, else ``./clients/js``."""
-    beside = _PACKAGE_DIR.parent / "clients" / "js"
-    return beside if beside.is_dir() else Path.cwd() / "clients" / "js"
 
 
 def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...] | None) -> bool:
@@ -150,7 +145,7 @@ class HttpRoutes:
         self._metrics = metrics
         self._ready = ready
         self._static_dir = static_dir or _PACKAGE_DIR / "static"
-        self._client_dir = client_dir or default_client_dir()
+        self._client_dir = client_dir or resource_dir("clients", "js")
 
     async def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
         path, _, query = request.path.partition("?")

@@ -20,7 +20,7 @@ from typing import Any, Final
 import orjson
 
 from gateway.errors import FrameError
-from shared.jsonrpc import VERSION, ErrorCode
+from shared.jsonrpc import VERSION, ErrorCode, rpc_request
 
 MAX_ID_CHARS: Final = 128
 MAX_INT_ID: Final = 2**53
@@ -128,11 +128,9 @@ def token_param(params: dict[str, Any], request_id: Any = None) -> str:
 
 def forward_body(request: Request, user_id: str, admin: bool) -> bytes:
     """The ``herald.rpc`` request body of the gateway ↔ worker contract."""
-    return orjson.dumps(
-        {"method": request.method, "params": request.params, "user_id": user_id, "admin": admin}
-    )
+    return rpc_request(request.method, request.params, user_id, admin)
 
 
 def session_open_body(user_id: str, admin: bool) -> bytes:
     """The ``session.open`` request body sent at every connect."""
-    return orjson.dumps({"method": SESSION_OPEN, "params": {}, "user_id": user_id, "admin": admin})
+    return rpc_request(SESSION_OPEN, {}, user_id, admin)

@@ -42,19 +42,19 @@ class CloseCode(IntEnum):
     UNAUTHORIZED = 4401
 
 
-def _dumps(value: Any) -> bytes:
-    # OPT_PASSTHROUGH_DATACLASS is not needed: frames hold plain JSON values; datetimes become RFC 3339.
+def dumps(value: Any) -> bytes:
+    """Herald's JSON encoding of frames and message bodies: orjson, datetimes as RFC 3339 (UTC as ``Z``)."""
     return orjson.dumps(value, option=orjson.OPT_UTC_Z)
 
 
 def notification_frame(method: str, params: Any) -> bytes:
     """A server → client notification (no ``id``)."""
-    return _dumps({"jsonrpc": VERSION, "method": method, "params": params})
+    return dumps({"jsonrpc": VERSION, "method": method, "params": params})
 
 
 def result_frame(request_id: Any, result: Any) -> bytes:
     """A successful reply to the client request ``request_id``."""
-    return _dumps({"jsonrpc": VERSION, "id": request_id, "result": result})
+    return dumps({"jsonrpc": VERSION, "id": request_id, "result": result})
 
 
 def error_object(code: int, message: str, data: Any = None) -> dict[str, Any]:
@@ -67,17 +67,22 @@ def error_object(code: int, message: str, data: Any = None) -> dict[str, Any]:
 
 def error_frame(request_id: Any, code: int, message: str, data: Any = None) -> bytes:
     """An error reply; ``request_id`` is ``None`` when the request's id could not be read."""
-    return _dumps({"jsonrpc": VERSION, "id": request_id, "error": error_object(code, message, data)})
+    return dumps({"jsonrpc": VERSION, "id": request_id, "error": error_object(code, message, data)})
+
+
+def rpc_request(method: str, params: Any, user_id: str, admin: bool) -> bytes:
+    """Gateway → worker request body: the client's method and params with the verified caller."""
+    return dumps({"method": method, "params": params, "user_id": user_id, "admin": admin})
 
 
 def rpc_result(result: Any) -> bytes:
     """Worker → gateway reply body carrying a result."""
-    return _dumps({"result": result})
+    return dumps({"result": result})
 
 
 def rpc_error(code: int, message: str, data: Any = None) -> bytes:
     """Worker → gateway reply body carrying an error."""
-    return _dumps({"error": error_object(code, message, data)})
+    return dumps({"error": error_object(code, message, data)})
 
 
 def splice_reply(request_id: Any, reply_body: bytes) -> bytes:
@@ -85,5 +90,5 @@ def splice_reply(request_id: Any, reply_body: bytes) -> bytes:
 
     The reply is not parsed: the client's id and the version are written in front of its members.
     """
-    head = b'{"jsonrpc":"2.0","id":' + _dumps(request_id) + b","
+    head = b'{"jsonrpc":"2.0","id":' + dumps(request_id) + b","
     return head + reply_body.lstrip()[1:]

@@ -16,13 +16,16 @@ import hashlib
 import re
 import sys
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from shared.resources import resource_dir
 from shared.settings import load_settings
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 _SCRIPT_NAME: Final = re.compile(r"^(\d{3,})_[A-Za-z0-9_.-]+\.sql$")
 # Any constant works; it only has to be the same for every `herald migrate`.
@@ -47,9 +50,8 @@ class Script:
 
 
 def default_sql_dir() -> Path:
-    """``sql/`` beside the packages in a checkout, else ``./sql`` (the container image's layout)."""
-    beside = Path(__file__).resolve().parent.parent / "sql"
-    return beside if beside.is_dir() else Path.cwd() / "sql"
+    """The ``sql/`` scripts shipped with Herald (see :func:`shared.resources.resource_dir`)."""
+    return resource_dir("sql")
 
 
 def discover(sql_dir: Path) -> list[Script]:

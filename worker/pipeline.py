@@ -40,7 +40,7 @@ import orjson
 import structlog
 
 from shared.events import BroadcastEvent, InvalidEvent, SendEvent, parse_event
-from shared.jsonrpc import notification_frame
+from shared.jsonrpc import dumps, notification_frame
 from shared.preferences import decide_channels, default_preferences, effective_preferences, quiet_hours_end
 from worker import metrics, store
 from worker.db import TRANSIENT_DB_ERRORS, notification_json
@@ -147,10 +147,6 @@ def _held_until(user: str, quiet_hours: dict[str, str] | None, now: datetime) ->
     except (KeyError, TypeError, ValueError) as exc:  # ZoneInfoNotFoundError is a KeyError
         log.warning("ignoring unusable quiet hours", user_id=user, quiet_hours=quiet_hours, error=repr(exc))
         return None
-
-
-def _dumps(value: Any) -> bytes:
-    return orjson.dumps(value, option=orjson.OPT_UTC_Z)
 
 
 class _Shutdown(Exception):
@@ -480,7 +476,7 @@ class Pipeline:
             }
             body["deliver_after"] = held
             out.deliveries.append(
-                (channel, _dumps(body), f"{recipient.params['id']}:{recipient.user}:{channel}")
+                (channel, dumps(body), f"{recipient.params['id']}:{recipient.user}:{channel}")
             )
 
         out.rows = len(rows)
