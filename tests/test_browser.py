@@ -89,19 +89,42 @@ async def browser() -> AsyncIterator[Browser]:
             await launched.close()
 
 
-async def open_inbox(browser: Browser, gateway: HeraldProcess, user: str) -> Page:
-    """A new tab signed in as ``user``, connected, recording every notification:new with its arrival time."""
-    page = await browser.new_page(viewport={"width": 1180, "height": 760})
-    await page.goto(f"{gateway.url}/?user={user}")
-    await page.wait_for_selector('#status[data-state="open"]', timeout=15000)
-    await page.evaluate(
-        """() => {
-            window.seen = [];
-            heraldDemo.client.on("notification:new", (n, meta) =>
-                seen.push({id: n.id, title: n.title, replayed: meta.replayed, at: Date.now()}));
-        }"""
-    )
-    return page
+class Tabs:
+    """The pages one test opens; the ``tabs`` fixture closes them all when the test ends."""
+
+    def __init__(self, browser: Browser, gateway: HeraldProcess) -> None:
+        self._browser = browser
+        self._gateway = gateway
+        self.opened: list[Page] = []
+
+    async def blank(self) -> Page:
+        page = await self._browser.new_page(viewport={"width": 1180, "height": 760})
+        self.opened.append(page)
+        return page
+
+    async def inbox(self, user: str) -> Page:
+        """A tab signed in as ``user``, connected, recording every notification:new with its arrival time."""
+        page = await self.blank()
+        await page.goto(f"{self._gateway.url}/?user={user}")
+        await page.wait_for_selector('#status[data-state="open"]', timeout=15000)
+        await page.evaluate(
+            """() => {
+                window.seen = [];
+                heraldDemo.client.on("notification:new", (n, meta) =>
+                    seen.push({id: n.id, title: n.title, replayed: meta.replayed, at: Date.now()}));
+            }"""
+        )
+        return page
+
+
+@pytest.fixture
+async def tabs(herald: tuple[Stack, HeraldProcess], browser: Browser) -> AsyncIterator[Tabs]:
+    opened = Tabs(browser, herald[1])
+    try:
+        yield opened
+    finally:
+        for page in opened.opened:
+            await page.close()
 
 
 async def badge(page: Page) -> int:
@@ -123,106 +146,94 @@ async def listed_ids(page: Page) -> list[str]:
 
 
 async def test_published_notification_appears_within_a_second(
-    herald: tuple[Stack, HeraldProcess], browser: Browser
+    herald: tuple[Stack, HeraldProcess], tabs: Tabs
 ) -> None:
-    stack, gateway = herald
+    stack = herald[0]
     user = unique_user("b")
-    page = await open_inbox(browser, gateway, user)
-    try:
-        assert await badge(page) == 0
-        started = time.time() * 1000
-        await publish(stack.amqp_url, event_body(user, title="Quiz 3 is open"))
-        await wait_until(lambda: badge(page), 10, "the badge to show 1")
-        assert await badge(page) == 1
-        [arrival] = await seen(page)
-        latency_ms = arrival["at"] - started
-        print(f"publish → page latency: {latency_ms:.0f} ms")
-        assert latency_ms < 1000, f"the notification took {latency_ms:.0f} ms to reach the page"
-        await page.wait_for_selector(".toast >> text=Quiz 3 is open")
-        await page.click("#bell")
-        await page.wait_for_selector("#list li.item.unread >> text=Quiz 3 is open")
-    finally:
-        await page.close()
+    page = await tabs.inbox(user)
+    assert await badge(page) == 0
+    started = time.time() * 1000
+    await publish(stack.amqp_url, event_body(user, title="Quiz 3 is open"))
+    await wait_until(lambda: badge(page), 10, "the badge to show 1")
+    assert await badge(page) == 1
+    [arrival] = await seen(page)
+    latency_ms = arrival["at"] - started
+    print(f"publish → page latency: {latency_ms:.0f} ms")
+    assert latency_ms < 1000, f"the notification took {latency_ms:.0f} ms to reach the page"
+    await page.wait_for_selector(".toast >> text=Quiz 3 is open")
+    await page.click("#bell")
+    await page.wait_for_selector("#list li.item.unread >> text=Quiz 3 is open")
 
 
 async def test_mark_read_in_one_tab_updates_the_other(
-    herald: tuple[Stack, HeraldProcess], browser: Browser
+    herald: tuple[Stack, HeraldProcess], tabs: Tabs
 ) -> None:
-    stack, gateway = herald
+    stack = herald[0]
     user = unique_user("b")
-    first = await open_inbox(browser, gateway, user)
-    second = await open_inbox(browser, gateway, user)
-    try:
-        await publish(stack.amqp_url, event_body(user, title="Grade released"))
-        for page in (first, second):
-            await wait_until(lambda page=page: badge(page), 10, "both badges at 1")
-        await first.click("#bell")
-        await first.click("#list li.item.unread")  # opening an item marks it read
-        await wait_until(lambda: _is_zero(second), 10, "the second tab's badge to clear")
-        await wait_until(lambda: _is_zero(first), 10, "the first tab's badge to clear")
-        await second.click("#bell")
-        await second.wait_for_selector("#list li.item:not(.unread) >> text=Grade released")
-    finally:
-        await first.close()
-        await second.close()
+    first = await tabs.inbox(user)
+    second = await tabs.inbox(user)
+    await publish(stack.amqp_url, event_body(user, title="Grade released"))
+    for page in (first, second):
+        await wait_until(lambda page=page: badge(page), 10, "both badges at 1")
+    await first.click("#bell")
+    await first.click("#list li.item.unread")  # opening an item marks it read
+    await wait_until(lambda: _is_zero(second), 10, "the second tab's badge to clear")
+    await wait_until(lambda: _is_zero(first), 10, "the first tab's badge to clear")
+    await second.click("#bell")
+    await second.wait_for_selector("#list li.item:not(.unread) >> text=Grade released")
 
 
 async def _is_zero(page: Page) -> bool:
     return await badge(page) == 0
 
 
-async def test_muting_a_type_in_preferences_stops_it(
-    herald: tuple[Stack, HeraldProcess], browser: Browser
-) -> None:
-    stack, gateway = herald
+async def test_muting_a_type_in_preferences_stops_it(herald: tuple[Stack, HeraldProcess], tabs: Tabs) -> None:
+    stack = herald[0]
     user = "sam"  # fixed, so the screenshot only changes when the page does
-    page = await open_inbox(browser, gateway, user)
-    try:
-        await page.click("#prefs-button")
-        toggle = page.locator('input[name="types.NEW_COMMENT.in_app"]')
-        await toggle.wait_for()
-        assert await toggle.is_checked()
-        await toggle.click()
-        await page.wait_for_selector("#prefs-updated >> text=Saved")
-        assert not await toggle.is_checked()
-        await page.set_viewport_size({"width": 1180, "height": 1330})  # the whole grid and quiet hours
-        await page.evaluate("document.querySelector('.drawer-body').scrollTop = 0")
-        await page.screenshot(path=screenshot_path("preferences.png"), animations="disabled")
+    page = await tabs.inbox(user)
+    await page.click("#prefs-button")
+    toggle = page.locator('input[name="types.NEW_COMMENT.in_app"]')
+    await toggle.wait_for()
+    assert await toggle.is_checked()
+    await toggle.click()
+    await page.wait_for_selector("#prefs-updated >> text=Saved")
+    assert not await toggle.is_checked()
+    await page.set_viewport_size({"width": 1180, "height": 1330})  # the whole grid and quiet hours
+    await page.evaluate("document.querySelector('.drawer-body').scrollTop = 0")
+    await page.screenshot(path=screenshot_path("preferences.png"), animations="disabled")
 
-        # The muted type and then an unmuted marker: once the marker is shown, the muted one had its chance.
-        await publish(
-            stack.amqp_url,
-            event_body(user, type="NEW_COMMENT", title="Muted comment"),
-            event_body(user, type="COURSE_UPDATE", title="Marker"),
-        )
-        await wait_until(lambda: _titles_include(page, "Marker"), 10, "the marker notification")
-        assert [s["title"] for s in await seen(page)] == ["Marker"]
-        assert await badge(page) == 1
+    # The muted type and then an unmuted marker: once the marker is shown, the muted one had its chance.
+    await publish(
+        stack.amqp_url,
+        event_body(user, type="NEW_COMMENT", title="Muted comment"),
+        event_body(user, type="COURSE_UPDATE", title="Marker"),
+    )
+    await wait_until(lambda: _titles_include(page, "Marker"), 10, "the marker notification")
+    assert [s["title"] for s in await seen(page)] == ["Marker"]
+    assert await badge(page) == 1
 
-        # Quiet hours round-trip through the server.
-        await page.check("#quiet-on")
-        await page.fill("#quiet-start", "21:30")
-        await page.fill("#quiet-tz", "Europe/Berlin")
-        await page.click("#quiet-save")
-        await page.wait_for_function(
-            "heraldDemo.preferences.quiet_hours?.start === '21:30'"
-            " && heraldDemo.preferences.quiet_hours.timezone === 'Europe/Berlin'"
-        )
+    # Quiet hours round-trip through the server.
+    await page.check("#quiet-on")
+    await page.fill("#quiet-start", "21:30")
+    await page.fill("#quiet-tz", "Europe/Berlin")
+    await page.click("#quiet-save")
+    await page.wait_for_function(
+        "heraldDemo.preferences.quiet_hours?.start === '21:30'"
+        " && heraldDemo.preferences.quiet_hours.timezone === 'Europe/Berlin'"
+    )
 
-        # Reset brings the type back.
-        await page.click("#prefs-reset")
-        await wait_until(toggle.is_checked, 10, "the reset to turn NEW_COMMENT back on")
-        assert not await page.is_checked("#quiet-on")
-    finally:
-        await page.close()
+    # Reset brings the type back.
+    await page.click("#prefs-reset")
+    await wait_until(toggle.is_checked, 10, "the reset to turn NEW_COMMENT back on")
+    assert not await page.is_checked("#quiet-on")
 
 
 async def _titles_include(page: Page, title: str) -> bool:
     return title in [s["title"] for s in await seen(page)]
 
 
-async def test_screenshot_of_the_inbox(herald: tuple[Stack, HeraldProcess], browser: Browser) -> None:
-    stack, gateway = herald
+async def test_screenshot_of_the_inbox(herald: tuple[Stack, HeraldProcess], tabs: Tabs) -> None:
+    stack = herald[0]
     user = "jordan"  # fixed, so the screenshot only changes when the page does
     samples = [
         (
@@ -251,32 +262,29 @@ async def test_screenshot_of_the_inbox(herald: tuple[Stack, HeraldProcess], brow
     await publish(
         stack.amqp_url, *(event_body(user, type=t, title=title, message=m) for t, title, m in samples)
     )
-    page = await open_inbox(browser, gateway, user)
-    try:
-        await page.click("#bell")
-        await page.wait_for_function("document.querySelectorAll('#list li.item').length === 6")
-        ids = await listed_ids(page)
-        await page.evaluate("id => heraldDemo.client.markRead([id])", ids[-1])
-        await page.wait_for_selector(f'#list li.item[data-id="{ids[-1]}"]:not(.unread)')
-        live = event_body(
-            user,
-            type="INSTRUCTOR_MESSAGE",
-            title="Message from Dr. Okafor",
-            message="Office hours move to 3 pm",
-        )
-        await publish(stack.amqp_url, live)
-        await page.wait_for_selector(".toast >> text=Message from Dr. Okafor")
-        await page.screenshot(path=screenshot_path("inbox.png"), animations="disabled")
-    finally:
-        await page.close()
+    page = await tabs.inbox(user)
+    await page.click("#bell")
+    await page.wait_for_function("document.querySelectorAll('#list li.item').length === 6")
+    ids = await listed_ids(page)
+    await page.evaluate("id => heraldDemo.client.markRead([id])", ids[-1])
+    await page.wait_for_selector(f'#list li.item[data-id="{ids[-1]}"]:not(.unread)')
+    live = event_body(
+        user,
+        type="INSTRUCTOR_MESSAGE",
+        title="Message from Dr. Okafor",
+        message="Office hours move to 3 pm",
+    )
+    await publish(stack.amqp_url, live)
+    await page.wait_for_selector(".toast >> text=Message from Dr. Okafor")
+    await page.screenshot(path=screenshot_path("inbox.png"), animations="disabled")
 
 
 async def test_gateway_restart_delivers_missed_notifications_once(
-    herald: tuple[Stack, HeraldProcess], browser: Browser
+    herald: tuple[Stack, HeraldProcess], tabs: Tabs
 ) -> None:
     stack, gateway = herald
     user = unique_user("b")
-    page = await open_inbox(browser, gateway, user)
+    page = await tabs.inbox(user)
     try:
         await publish(stack.amqp_url, event_body(user, title="before the restart"))
         await wait_until(lambda: badge(page), 10, "the first notification")
@@ -297,7 +305,6 @@ async def test_gateway_restart_delivers_missed_notifications_once(
         await page.wait_for_function("document.querySelectorAll('#list li.item').length === 4")
         assert len(set(await listed_ids(page))) == 4
     finally:
-        await page.close()
         if gateway.popen is not None and gateway.popen.poll() is not None:
             await asyncio.to_thread(gateway.launch)
 
@@ -316,55 +323,47 @@ async def _stored(stack: Stack, user: str, count: int) -> bool:
 
 
 async def test_the_documented_snippet_works_as_printed(
-    herald: tuple[Stack, HeraldProcess], browser: Browser
+    herald: tuple[Stack, HeraldProcess], tabs: Tabs
 ) -> None:
     """docs/clients.md's browser snippet (copied into the README) on a page of the gateway's origin."""
     stack, gateway = herald
-    page = await browser.new_page()
+    page = await tabs.blank()
     logs: list[str] = []
     page.on("console", lambda message: logs.append(message.text))
-    try:
-        await page.goto(f"{gateway.url}/healthz")  # any page of the gateway's origin
-        await page.set_content(doc_snippet("browser"))
-        await wait_until(lambda: any(line.startswith("latest:") for line in logs), 15, "the snippet's list()")
-        await publish(stack.amqp_url, event_body("alice", title="From the README"))
-        await wait_until(
-            lambda: "new: From the README - Lesson 7 was added to Databases 101" in logs, 10, "new"
-        )
-        assert (await page.title()).startswith("(")  # the unread count is in the title
-    finally:
-        await page.close()
+    await page.goto(f"{gateway.url}/healthz")  # any page of the gateway's origin
+    await page.set_content(doc_snippet("browser"))
+    await wait_until(lambda: any(line.startswith("latest:") for line in logs), 15, "the snippet's list()")
+    await publish(stack.amqp_url, event_body("alice", title="From the README"))
+    await wait_until(lambda: "new: From the README - Lesson 7 was added to Databases 101" in logs, 10, "new")
+    assert (await page.title()).startswith("(")  # the unread count is in the title
 
 
 async def test_infinite_scroll_delete_and_mark_all_read(
-    herald: tuple[Stack, HeraldProcess], browser: Browser
+    herald: tuple[Stack, HeraldProcess], tabs: Tabs
 ) -> None:
-    stack, gateway = herald
+    stack = herald[0]
     user = unique_user("b")
     await publish(stack.amqp_url, *(event_body(user, title=f"item {i:02d}") for i in range(45)))
     await wait_until(lambda: _stored(stack, user, 45), 15, "45 stored notifications")
-    page = await open_inbox(browser, gateway, user)
-    try:
-        assert await badge(page) == 45
-        await page.click("#bell")
-        # Pages of 20: scrolling to the end of the list loads the next page until everything is there.
-        while (count := len(await listed_ids(page))) < 45:
-            await page.eval_on_selector("#scroller", "s => { s.scrollTop = s.scrollHeight; }")
-            await page.wait_for_function(f"document.querySelectorAll('#list li.item').length > {count}")
-        assert len(set(await listed_ids(page))) == 45
-        await page.wait_for_selector("#list-foot >> text=That's everything")
+    page = await tabs.inbox(user)
+    assert await badge(page) == 45
+    await page.click("#bell")
+    # Pages of 20: scrolling to the end of the list loads the next page until everything is there.
+    while (count := len(await listed_ids(page))) < 45:
+        await page.eval_on_selector("#scroller", "s => { s.scrollTop = s.scrollHeight; }")
+        await page.wait_for_function(f"document.querySelectorAll('#list li.item').length > {count}")
+    assert len(set(await listed_ids(page))) == 45
+    await page.wait_for_selector("#list-foot >> text=That's everything")
 
-        first = page.locator("#list li.item").first
-        doomed = await first.get_attribute("data-id")
-        await first.hover()
-        await first.locator(".item-action.delete").click()
-        await page.wait_for_selector(f'#list li.item[data-id="{doomed}"]', state="detached")
-        await wait_until(lambda: _badge_is(page, 44), 10, "the badge after a delete")
+    first = page.locator("#list li.item").first
+    doomed = await first.get_attribute("data-id")
+    await first.hover()
+    await first.locator(".item-action.delete").click()
+    await page.wait_for_selector(f'#list li.item[data-id="{doomed}"]', state="detached")
+    await wait_until(lambda: _badge_is(page, 44), 10, "the badge after a delete")
 
-        await page.click("#mark-all")
-        await wait_until(lambda: _badge_is(page, 0), 10, "the badge after mark all read")
-        assert await page.locator("#list li.item.unread").count() == 0
-        await page.click(".tab[data-filter=unread]")
-        await page.wait_for_selector("#list-foot >> text=You're all caught up")
-    finally:
-        await page.close()
+    await page.click("#mark-all")
+    await wait_until(lambda: _badge_is(page, 0), 10, "the badge after mark all read")
+    assert await page.locator("#list li.item.unread").count() == 0
+    await page.click(".tab[data-filter=unread]")
+    await page.wait_for_selector("#list-foot >> text=You're all caught up")
