@@ -50,6 +50,15 @@ async def assert_each_stored_once(pg: asyncpg.Connection, expected: int) -> None
         assert user["last_seq"] == user["unread_count"] == len(seqs)
 
 
+async def assert_all_stored_once(pg: asyncpg.Connection, watcher: Watcher, expected: int, what: str) -> None:
+    """Wait until ``expected`` events are stored and the input queue is drained, then check each was
+    stored exactly once and none was dead-lettered."""
+    await wait_until(lambda: _at_least(pg, expected), 60, what)
+    await wait_until(lambda: queue_settled(watcher), 30, "the input queue to drain")
+    await assert_each_stored_once(pg, expected)
+    assert await watcher.dead_letter_count() == 0
+
+
 async def queue_settled(watcher: Watcher) -> bool:
     """Nothing left in the input queue, ready or unacked."""
     queue = await watcher.channel.declare_queue(TOPOLOGY.events_queue, passive=True)
@@ -83,10 +92,7 @@ async def test_sigkill_while_events_stream_in_loses_and_duplicates_nothing(
         await streaming
         worker.launch()
 
-        await wait_until(lambda: _at_least(pg, 2000), 60, "all 2,000 events stored")
-        await wait_until(lambda: queue_settled(watcher), 30, "the input queue to drain")
-        await assert_each_stored_once(pg, 2000)
-        assert await watcher.dead_letter_count() == 0
+        await assert_all_stored_once(pg, watcher, 2000, "all 2,000 events stored")
     finally:
         await pg.close()
 
@@ -164,11 +170,8 @@ async def test_postgres_down_for_30_seconds_loses_nothing(fresh_stack: Stack, wa
         pg_ctl("start")
     pg = await asyncpg.connect(fresh_stack.database_url)
     try:
-        await wait_until(lambda: _at_least(pg, 170), 60, "every event stored after Postgres returned")
+        await assert_all_stored_once(pg, watcher, 170, "every event stored after Postgres returned")
         await wait_until(lambda: http_status(f"{worker.url}/readyz") == 200, 20, "/readyz back to 200")
-        await wait_until(lambda: queue_settled(watcher), 30, "the input queue to drain")
-        await assert_each_stored_once(pg, 170)
-        assert await watcher.dead_letter_count() == 0
     finally:
         await pg.close()
 
@@ -283,9 +286,6 @@ async def test_a_read_only_database_holds_events_instead_of_dead_lettering_them(
             assert await watcher.dead_letter_count() == 0
         finally:
             await _read_only(pg, False)
-        await wait_until(lambda: _at_least(pg, 10), 30, "every event stored once writable again")
-        await wait_until(lambda: queue_settled(watcher), 30, "the input queue to drain")
-        await assert_each_stored_once(pg, 10)
-        assert await watcher.dead_letter_count() == 0
+        await assert_all_stored_once(pg, watcher, 10, "every event stored once writable again")
     finally:
         await pg.close()
