@@ -1,6 +1,7 @@
 """Shared fixtures: an isolated vhost + database per session, AMQP and Postgres connections.
 
-Tests marked ``fault`` (they stop RabbitMQ or Postgres) are moved to the end of the run.
+Tests in ``tests/fault`` (they stop RabbitMQ or Postgres) are marked ``fault`` and run last; tests in
+``tests/browser`` are marked ``browser``.
 """
 
 from __future__ import annotations
@@ -17,8 +18,15 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
 
+_MARKER_BY_FOLDER = {"fault": pytest.mark.fault, "browser": pytest.mark.browser}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Fault tests run last, in file order, after everything else."""
+    """Mark each test by its folder (``tests/fault``, ``tests/browser``); fault tests run last, in file order."""
+    for item in items:
+        for folder, marker in _MARKER_BY_FOLDER.items():
+            if f"tests/{folder}/" in item.nodeid:
+                item.add_marker(marker)
     items.sort(key=lambda item: item.get_closest_marker("fault") is not None)
 
 
