@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING
 
 import aio_pika
 
-from shared.dlq import Selection, list_dead_letters, purge, replay
+from herald_ops.dlq import Selection, list_dead_letters, purge, replay
+from herald_ops.testing.stack import rabbitmqctl, stack_context, wait_until
 from shared.topology import SEND_ROUTING_KEY, Topology
-from tests.support import rabbitmqctl, stack_context, wait_until
 
 if TYPE_CHECKING:
-    from tests.support import Stack
+    from herald_ops.testing.stack import Stack
 
 TOPOLOGY = Topology()
 

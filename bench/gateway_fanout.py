@@ -38,10 +38,10 @@ sys.path.insert(0, str(ROOT))
 import aio_pika  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 
+from herald_ops.testing.gateway import Responder  # noqa: E402
+from herald_ops.testing.stack import AMQP_BASE, HeraldProcess, free_port, http_get, rabbitmqctl  # noqa: E402
 from shared.jsonrpc import notification_frame  # noqa: E402
 from shared.tokens import mint_token  # noqa: E402
-from tests.gateway_support import Responder  # noqa: E402
-from tests.support import AMQP_BASE, HeraldProcess, free_port, http_get, rabbitmqctl  # noqa: E402
 
 SECRET = "bench-secret-that-is-long-enough-for-hs256!"
 

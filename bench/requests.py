@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from tests.requests_support import WsClient, new_user, seed
-from tests.support import stack_context
+from herald_ops.testing.requests import WsClient, seed
+from herald_ops.testing.stack import fresh_id, stack_context
 from worker.inbox import UNREAD_COUNT, ListParams, list_query
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from tests.support import HeraldProcess, Stack
+    from herald_ops.testing.stack import HeraldProcess, Stack
 
 PER_USER = 10_000
 BIG_USER = 100_000
@@ -102,8 +102,8 @@ async def run(stack: Stack, args: argparse.Namespace) -> list[Outcome]:
     stack.start_worker()
     gateway = stack.start_gateway(rate_limit_per_second=1_000_000, rate_limit_burst=1_000_000)
     conn = await asyncpg.connect(stack.database_url)
-    users = [new_user("bench") for _ in range(args.users)]
-    big = new_user("big")
+    users = [fresh_id("bench") for _ in range(args.users)]
+    big = fresh_id("big")
     for user in users:
         await seed(conn, user, PER_USER)
     for _ in range(BIG_USER // PER_USER):

@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from faststream import AckPolicy
 from faststream.rabbit import Channel, RabbitBroker
 
+from herald_ops.testing.stack import Stack, create_stack, destroy_stack
 from shared.topology import Topology
-from tests.support import Stack, create_stack, destroy_stack
 from worker.amqp import events_exchange, events_queue
 
 DELIVERY_LIMIT = 20

@@ -24,20 +24,38 @@ from pydantic import (
     model_validator,
 )
 
+# The limits belong to the wire vocabulary the Python SDK speaks too; re-exported for the services.
+from herald_client.protocol import (
+    CHANNELS as CHANNELS,
+)
+from herald_client.protocol import (
+    MAX_BODY_BYTES as MAX_BODY_BYTES,
+)
+from herald_client.protocol import (
+    MAX_DATA_BYTES as MAX_DATA_BYTES,
+)
+from herald_client.protocol import (
+    MAX_EVENT_ID_CHARS as MAX_EVENT_ID_CHARS,
+)
+from herald_client.protocol import (
+    MAX_MESSAGE_CHARS as MAX_MESSAGE_CHARS,
+)
+from herald_client.protocol import (
+    MAX_RECIPIENTS as MAX_RECIPIENTS,
+)
+from herald_client.protocol import (
+    MAX_TITLE_CHARS as MAX_TITLE_CHARS,
+)
+from herald_client.protocol import (
+    TYPE_PATTERN as TYPE_PATTERN,
+)
+from herald_client.protocol import (
+    USER_ID_PATTERN as USER_ID_PATTERN,
+)
 from shared.topology import BROADCAST_ROUTING_KEY, SEND_ROUTING_KEY
 
 if TYPE_CHECKING:
     from pydantic.config import JsonDict
-
-MAX_BODY_BYTES: Final = 64 * 1024
-MAX_DATA_BYTES: Final = 8 * 1024
-MAX_TITLE_CHARS: Final = 200
-MAX_MESSAGE_CHARS: Final = 2000
-MAX_RECIPIENTS: Final = 1000
-MAX_EVENT_ID_CHARS: Final = 200
-USER_ID_PATTERN: Final = r"^[A-Za-z0-9._:@-]{1,128}$"
-TYPE_PATTERN: Final = r"^[A-Z][A-Z0-9_]{0,63}$"
-CHANNELS: Final = ("in_app", "email", "push")
 
 Channel = Literal["in_app", "email", "push"]
 UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]

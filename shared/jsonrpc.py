@@ -1,4 +1,7 @@
-"""JSON-RPC 2.0 frames and error codes shared by the worker and the gateway (PROTOCOL §5).
+"""JSON-RPC 2.0 frames shared by the worker and the gateway (PROTOCOL §5).
+
+The error shape and codes are defined once in ``herald_client.protocol`` (dependency-free, so the Python
+client speaks the same vocabulary) and re-exported here.
 
 Frames are built once, as bytes, with orjson: the worker serializes a ``notification:new`` frame a single
 time and every gateway relays those bytes untouched.
@@ -11,35 +14,29 @@ reply bytes without parsing them (:func:`splice_reply`).
 
 from __future__ import annotations
 
-from enum import IntEnum
 from typing import Any, Final
 
 import orjson
 
+from herald_client.protocol import CloseCode, ErrorCode, JsonRpcError
+
+__all__ = [
+    "VERSION",
+    "CloseCode",
+    "ErrorCode",
+    "JsonRpcError",
+    "dumps",
+    "error_frame",
+    "error_object",
+    "notification_frame",
+    "result_frame",
+    "rpc_error",
+    "rpc_request",
+    "rpc_result",
+    "splice_reply",
+]
+
 VERSION: Final = "2.0"
-
-
-class ErrorCode(IntEnum):
-    """Every error code a client can receive."""
-
-    PARSE_ERROR = -32700
-    INVALID_REQUEST = -32600
-    METHOD_NOT_FOUND = -32601
-    INVALID_PARAMS = -32602
-    INTERNAL_ERROR = -32603
-    FORBIDDEN = 4003
-    RATE_LIMITED = 4029
-    UNAVAILABLE = 5003
-
-
-class CloseCode(IntEnum):
-    """WebSocket close codes the gateway uses."""
-
-    GOING_AWAY = 1001
-    MESSAGE_TOO_BIG = 1009
-    TRY_AGAIN_LATER = 1013
-    TOO_MANY_CONNECTIONS = 4008
-    UNAUTHORIZED = 4401
 
 
 def dumps(value: Any) -> bytes:
@@ -59,10 +56,7 @@ def result_frame(request_id: Any, result: Any) -> bytes:
 
 def error_object(code: int, message: str, data: Any = None) -> dict[str, Any]:
     """A JSON-RPC error object; ``data`` is omitted when ``None``."""
-    error: dict[str, Any] = {"code": int(code), "message": message}
-    if data is not None:
-        error["data"] = data
-    return error
+    return JsonRpcError(code, message, data).to_object()
 
 
 def error_frame(request_id: Any, code: int, message: str, data: Any = None) -> bytes:

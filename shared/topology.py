@@ -9,10 +9,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-SEND_ROUTING_KEY: Final = "notification.send"
-BROADCAST_ROUTING_KEY: Final = "notification.broadcast"
+from herald_client.protocol import BROADCAST_ROUTING_KEY, SEND_ROUTING_KEY, events_exchange
+
+__all__ = [
+    "BROADCAST_CRITICAL_HEADER",
+    "BROADCAST_ROUTING_KEY",
+    "BROADCAST_TYPE_HEADER",
+    "ERROR_HEADER",
+    "EVENTS_BINDING_KEY",
+    "ORIGINAL_EXCHANGE_HEADER",
+    "ORIGINAL_ROUTING_KEY_HEADER",
+    "SEND_ROUTING_KEY",
+    "Topology",
+]
+
 EVENTS_BINDING_KEY: Final = "notification.#"
-DELIVERY_CHANNELS: Final = ("email", "push")
 ERROR_HEADER: Final = "x-herald-error"
 ORIGINAL_ROUTING_KEY_HEADER: Final = "x-herald-routing-key"
 ORIGINAL_EXCHANGE_HEADER: Final = "x-herald-exchange"
@@ -31,7 +42,7 @@ class Topology:
     @property
     def events_exchange(self) -> str:
         """Durable topic exchange producers publish to."""
-        return f"{self.prefix}.events"
+        return events_exchange(self.prefix)
 
     @property
     def events_queue(self) -> str:

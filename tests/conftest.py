@@ -12,7 +12,7 @@ import aio_pika
 import asyncpg
 import pytest
 
-from tests.support import Stack, stack_context
+from herald_ops.testing.stack import Stack, stack_context
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -22,7 +22,7 @@ _MARKER_BY_FOLDER = {"fault": pytest.mark.fault, "browser": pytest.mark.browser}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark each test by its folder (``tests/fault``, ``tests/browser``); fault tests run last, in file order."""
+    """Mark tests by folder (``tests/fault``, ``tests/browser``); fault tests run last, in file order."""
     for item in items:
         for folder, marker in _MARKER_BY_FOLDER.items():
             if f"tests/{folder}/" in item.nodeid:

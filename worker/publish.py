@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Final
 from aio_pika import DeliveryMode, Message
 from aiormq import spec
 
-from shared.dlq import copy_message
+from shared.deadletter import copy_message
 from shared.topology import (
     BROADCAST_CRITICAL_HEADER,
     BROADCAST_TYPE_HEADER,

@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import pytest
 
-from tests.clientkit import doc_snippet, event_body, publish, running_stack, unique_user
-from tests.support import ROOT, wait_until
+from herald_ops.testing.client import doc_snippet, event_body, publish, running_stack
+from herald_ops.testing.stack import ROOT, fresh_id, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
     from playwright.async_api import Browser, Page
 
-    from tests.support import HeraldProcess, Stack
+    from herald_ops.testing.stack import HeraldProcess, Stack
 
 CHROMIUM = os.environ.get("HERALD_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -149,7 +149,7 @@ async def test_published_notification_appears_within_a_second(
     herald: tuple[Stack, HeraldProcess], tabs: Tabs
 ) -> None:
     stack = herald[0]
-    user = unique_user("b")
+    user = fresh_id("b")
     page = await tabs.inbox(user)
     assert await badge(page) == 0
     started = time.time() * 1000
@@ -169,7 +169,7 @@ async def test_mark_read_in_one_tab_updates_the_other(
     herald: tuple[Stack, HeraldProcess], tabs: Tabs
 ) -> None:
     stack = herald[0]
-    user = unique_user("b")
+    user = fresh_id("b")
     first = await tabs.inbox(user)
     second = await tabs.inbox(user)
     await publish(stack.amqp_url, event_body(user, title="Grade released"))
@@ -283,7 +283,7 @@ async def test_gateway_restart_delivers_missed_notifications_once(
     herald: tuple[Stack, HeraldProcess], tabs: Tabs
 ) -> None:
     stack, gateway = herald
-    user = unique_user("b")
+    user = fresh_id("b")
     page = await tabs.inbox(user)
     try:
         await publish(stack.amqp_url, event_body(user, title="before the restart"))
@@ -342,7 +342,7 @@ async def test_infinite_scroll_delete_and_mark_all_read(
     herald: tuple[Stack, HeraldProcess], tabs: Tabs
 ) -> None:
     stack = herald[0]
-    user = unique_user("b")
+    user = fresh_id("b")
     await publish(stack.amqp_url, *(event_body(user, title=f"item {i:02d}") for i in range(45)))
     await wait_until(lambda: _stored(stack, user, 45), 15, "45 stored notifications")
     page = await tabs.inbox(user)

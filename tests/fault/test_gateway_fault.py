@@ -16,9 +16,8 @@ import aio_pika
 import orjson
 import pytest
 
-from tests.gateway_support import (
+from herald_ops.testing.gateway import (
     Responder,
-    new_user,
     open_client,
     publish_user,
     recv_json,
@@ -26,12 +25,12 @@ from tests.gateway_support import (
     user_exchanges,
     user_frame,
 )
-from tests.support import http_status, rabbitmqctl, stack_context, wait_until
+from herald_ops.testing.stack import fresh_id, http_status, rabbitmqctl, stack_context, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
-    from tests.support import HeraldProcess, Stack
+    from herald_ops.testing.stack import HeraldProcess, Stack
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +63,7 @@ def close_gateway_connections(vhost: str) -> int:
 async def test_gateway_recovers_from_a_broker_side_drop(fault_stack: Stack, responder: Responder) -> None:
     gateway: HeraldProcess = fault_stack.start_gateway()
     vhost = fault_stack.name
-    stayer, leaver = new_user("stay"), new_user("leave")
+    stayer, leaver = fresh_id("stay"), fresh_id("leave")
     stay_ws, _ = await open_client(gateway, stayer)
     leave_ws, _ = await open_client(gateway, leaver)
     await wait_until(

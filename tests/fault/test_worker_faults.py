@@ -11,13 +11,13 @@ import aio_pika
 import asyncpg
 import pytest
 
-from tests.support import http_get, http_status, rabbitmqctl, wait_until
-from tests.worker_kit import TOPOLOGY, Watcher, event
+from herald_ops.testing.stack import http_get, http_status, rabbitmqctl, wait_until
+from herald_ops.testing.worker import TOPOLOGY, Watcher, event
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from tests.support import HeraldProcess, Stack
+    from herald_ops.testing.stack import HeraldProcess, Stack
 
 PG_CLUSTER = ("15", "main")
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import aio_pika
 
-from tests.support import wait_until
+from herald_ops.testing.stack import wait_until
 from worker.acks import AckTracker
 
 if TYPE_CHECKING:

@@ -11,22 +11,22 @@ import jwt
 import orjson
 import pytest
 
+from herald_client.producer import Producer, PublishError
+from herald_ops.testing.stack import TEST_JWT_SECRET
 from shared.events import InvalidEvent
-from shared.producer import Producer, PublishError
 from shared.topology import Topology
-from tests.support import TEST_JWT_SECRET
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractQueue, AbstractRobustConnection
 
-    from tests.support import Stack
+    from herald_ops.testing.stack import Stack
 
 TOPOLOGY = Topology()
 
 
 def herald(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args],
+        [sys.executable, "-m", "herald_ops.cli", *args],
         env=stack.env(),
         capture_output=True,
         text=True,

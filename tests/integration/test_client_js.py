@@ -14,8 +14,8 @@ import sys
 
 import pytest
 
-from tests.clientkit import running_stack
-from tests.support import ROOT, TEST_JWT_SECRET
+from herald_ops.testing.client import running_stack
+from herald_ops.testing.stack import ROOT, TEST_JWT_SECRET
 
 NODE = shutil.which("node")
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from shared.client import (
+from herald_client.client import (
     Event,
     HeraldAuthError,
     HeraldClient,
@@ -27,7 +27,7 @@ from shared.client import (
     backoff_delay,
     token_expiry,
 )
-from tests.clientkit import (
+from herald_ops.testing.client import (
     DOC_GATEWAY,
     ScriptedGateway,
     doc_snippet,
@@ -35,14 +35,13 @@ from tests.clientkit import (
     mint,
     publish,
     running_stack,
-    unique_user,
 )
-from tests.support import ROOT, rabbitmqctl, wait_until
+from herald_ops.testing.stack import ROOT, fresh_id, rabbitmqctl, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
-    from tests.support import HeraldProcess, Stack
+    from herald_ops.testing.stack import HeraldProcess, Stack
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +87,7 @@ async def session(url: str, user: str, **options: Any) -> AsyncIterator[tuple[He
 
 async def test_connects_with_first_frame_auth(herald: tuple[Stack, HeraldProcess]) -> None:
     _, gateway = herald
-    user = unique_user()
+    user = fresh_id()
     async with session(gateway.ws_url, user) as (client, recorder):
         assert client.state == "open"
         assert client.user_id == user
@@ -100,7 +99,7 @@ async def test_connects_with_first_frame_auth(herald: tuple[Stack, HeraldProcess
 
 async def test_live_notification_updates_unread_count(herald: tuple[Stack, HeraldProcess]) -> None:
     stack, gateway = herald
-    user = unique_user()
+    user = fresh_id()
     async with session(gateway.ws_url, user) as (client, recorder):
         body = event_body(user, title="Hello live")
         await publish(stack.amqp_url, body)
@@ -126,7 +125,7 @@ async def test_live_notification_updates_unread_count(herald: tuple[Stack, Heral
 
 async def test_requests_and_errors(herald: tuple[Stack, HeraldProcess]) -> None:
     stack, gateway = herald
-    user = unique_user()
+    user = fresh_id()
     async with session(gateway.ws_url, user) as (client, recorder):
         await publish(stack.amqp_url, *(event_body(user, title=f"n{i}") for i in range(3)))
         await wait_until(lambda: len(recorder.new_ids()) == 3, 10, "three notifications")
@@ -157,7 +156,7 @@ async def test_requests_and_errors(herald: tuple[Stack, HeraldProcess]) -> None:
 
 async def test_two_tabs_stay_in_step(herald: tuple[Stack, HeraldProcess]) -> None:
     stack, gateway = herald
-    user = unique_user()
+    user = fresh_id()
     async with session(gateway.ws_url, user) as (first, _), session(gateway.ws_url, user) as (second, seen):
         await publish(stack.amqp_url, event_body(user))
         await wait_until(
@@ -176,7 +175,7 @@ async def test_reconnect_after_gateway_restart_syncs_without_duplicates(
     herald: tuple[Stack, HeraldProcess],
 ) -> None:
     stack, gateway = herald
-    user = unique_user()
+    user = fresh_id()
     tokens: list[str] = []
 
     def provider() -> str:
@@ -216,7 +215,7 @@ async def test_reconnect_after_gateway_restart_syncs_without_duplicates(
 
 async def test_token_is_refreshed_before_expiry(herald: tuple[Stack, HeraldProcess]) -> None:
     _, gateway = herald
-    user = unique_user()
+    user = fresh_id()
     issued: list[str] = []
 
     def provider() -> str:
@@ -274,7 +273,7 @@ async def test_token_provider_failure_stops_the_client(herald: tuple[Stack, Hera
 async def test_too_many_connections_stops_with_4008(herald: tuple[Stack, HeraldProcess]) -> None:
     stack, _ = herald
     gateway = stack.start_gateway(max_connections_per_user=1)
-    user = unique_user()
+    user = fresh_id()
     try:
         async with session(gateway.ws_url, user) as (first, _):
             extra = HeraldClient(gateway.ws_url, lambda: mint(user), backoff_base=0.05)
@@ -317,7 +316,7 @@ def test_token_expiry_and_backoff() -> None:
 async def test_the_documented_snippet_works_as_printed(herald: tuple[Stack, HeraldProcess]) -> None:
     """docs/clients.md's Python snippet (copied into the README), with only the gateway address changed."""
     stack, gateway = herald
-    user = unique_user("doc")
+    user = fresh_id("doc")
     code = doc_snippet("python")
     assert DOC_GATEWAY in code
     process = await asyncio.create_subprocess_exec(
@@ -345,7 +344,7 @@ async def test_gateway_broker_loss_sends_sync_required_and_the_client_catches_up
 ) -> None:
     """The real gateway's ``sync:required`` after its AMQP connection drops (this stack's vhost only)."""
     stack, gateway = herald
-    user = unique_user()
+    user = fresh_id()
     async with session(gateway.ws_url, user) as (client, recorder):
         first = client.connection_id
         await asyncio.to_thread(rabbitmqctl, "close_all_connections", "--vhost", stack.name, "client test")
@@ -361,7 +360,7 @@ async def test_gateway_shutdown_closes_1001_and_the_client_comes_back(
     herald: tuple[Stack, HeraldProcess],
 ) -> None:
     stack, gateway = herald
-    user = unique_user()
+    user = fresh_id()
     async with session(gateway.ws_url, user, backoff_base=0.05, backoff_max=0.5) as (client, recorder):
         try:
             await asyncio.to_thread(gateway.stop)  # SIGTERM: a graceful shutdown

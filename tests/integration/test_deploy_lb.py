@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING
 import aio_pika
 import pytest
 
+from herald_ops.testing.gateway import open_client, publish_user, recv_json, wait_closed
+from herald_ops.testing.stack import ROOT, free_port, http_get, wait_until
 from shared.jsonrpc import notification_frame
-from tests.gateway_support import open_client, publish_user, recv_json, wait_closed
-from tests.support import ROOT, free_port, http_get, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from tests.support import HeraldProcess, Stack
+    from herald_ops.testing.stack import HeraldProcess, Stack
 
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
 

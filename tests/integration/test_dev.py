@@ -12,17 +12,17 @@ from typing import TYPE_CHECKING
 import jwt
 import orjson
 
-from tests.support import TEST_JWT_SECRET, free_port, http_get, http_status, wait_until_sync
+from herald_ops.testing.stack import TEST_JWT_SECRET, free_port, http_get, http_status, wait_until_sync
 
 if TYPE_CHECKING:
-    from tests.support import Stack
+    from herald_ops.testing.stack import Stack
 
 
 def test_dev_runs_everything_and_stops_on_ctrl_c(fresh_stack: Stack) -> None:
     gateway_port, worker_port = free_port(), free_port()
     env = fresh_stack.env(gateway_port=gateway_port, worker_http_port=worker_port)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "dev", "--user", "ada"],
+        [sys.executable, "-m", "herald_ops.cli", "dev", "--user", "ada"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -79,7 +79,7 @@ def test_tail_prints_the_live_stream(fresh_stack: Stack) -> None:
     fresh_stack.start_worker()
     gateway = fresh_stack.start_gateway()
     tail = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "tail", "--user", "u-tail", "--url", gateway.ws_url],
+        [sys.executable, "-m", "herald_ops.cli", "tail", "--user", "u-tail", "--url", gateway.ws_url],
         env=fresh_stack.env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -89,7 +89,7 @@ def test_tail_prints_the_live_stream(fresh_stack: Stack) -> None:
         assert tail.stdout is not None
         assert orjson.loads(read_line(tail, 30))["method"] == "connected"
         sent = subprocess.run(
-            [sys.executable, "-m", "shared.cli", "send", "--user", "u-tail", *SEND_ARGS],
+            [sys.executable, "-m", "herald_ops.cli", "send", "--user", "u-tail", *SEND_ARGS],
             env=fresh_stack.env(),
             capture_output=True,
             text=True,

@@ -18,12 +18,13 @@ import aio_pika
 import asyncpg
 import orjson
 
-from shared.dlq import DeadLetter, Selection, describe, list_dead_letters, replay_message
+from herald_ops.dlq import DeadLetter, Selection, describe, list_dead_letters
+from herald_ops.testing.stack import ROOT, rabbitmqctl, wait_until
+from shared.deadletter import replay_message
 from shared.topology import ERROR_HEADER, ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER, Topology
-from tests.support import ROOT, rabbitmqctl, wait_until
 
 if TYPE_CHECKING:
-    from tests.support import Stack
+    from herald_ops.testing.stack import Stack
 
 TOPOLOGY = Topology()
 NEW_TYPE = "COURSE_BETA_FEATURE"
@@ -34,7 +35,7 @@ EVENT_ID = "dlq-event-1"
 def herald_dlq(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     """Run ``herald dlq ARGS`` as the operator would, against ``stack``."""
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", "dlq", *args],
+        [sys.executable, "-m", "herald_ops.cli", "dlq", *args],
         env=stack.env(),
         cwd=ROOT,
         capture_output=True,

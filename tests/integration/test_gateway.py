@@ -17,23 +17,21 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from shared.jsonrpc import notification_frame
-from tests.gateway_support import (
+from herald_ops.testing.gateway import (
     SESSION_COUNTS,
     Responder,
     call,
-    new_user,
     open_client,
     publish_broadcast,
     publish_user,
     recv_json,
     stray_user_bindings,
-    token,
     user_bindings,
     user_exchanges,
     user_frame,
 )
-from tests.support import ROOT, http_get, stack_context, wait_until
+from herald_ops.testing.stack import ROOT, fresh_id, http_get, mint, stack_context, wait_until
+from shared.jsonrpc import notification_frame
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -41,7 +39,7 @@ if TYPE_CHECKING:
     from aio_pika.abc import AbstractChannel
     from websockets.asyncio.client import ClientConnection
 
-    from tests.support import HeraldProcess, Stack
+    from herald_ops.testing.stack import HeraldProcess, Stack
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +75,7 @@ async def close_all(clients: list[ClientConnection]) -> None:
 
 
 async def test_connected_carries_session_counts_and_user(gateways: tuple[HeraldProcess, ...]) -> None:
-    user = new_user()
+    user = fresh_id()
     ws, params = await open_client(gateways[0], user)
     try:
         assert params["user_id"] == user
@@ -91,7 +89,7 @@ async def test_connected_carries_session_counts_and_user(gateways: tuple[HeraldP
 async def test_user_frame_reaches_every_connection_of_the_user_on_both_gateways_and_nobody_else(
     gw_stack: Stack, gateways: tuple[HeraldProcess, HeraldProcess], channel: AbstractChannel
 ) -> None:
-    alice, bob = new_user("alice"), new_user("bob")
+    alice, bob = fresh_id("alice"), fresh_id("bob")
     a, b = gateways
     alice_clients = [(await open_client(gw, alice))[0] for gw in (a, a, b)]
     bob_clients = [(await open_client(gw, bob))[0] for gw in (a, b)]
@@ -112,7 +110,7 @@ async def test_user_frame_reaches_every_connection_of_the_user_on_both_gateways_
 async def test_binding_goes_with_the_last_connection_of_a_user_on_each_gateway(
     gw_stack: Stack, gateways: tuple[HeraldProcess, HeraldProcess]
 ) -> None:
-    user = new_user()
+    user = fresh_id()
     a, b = gateways
     on_a1, on_a2, on_b = [(await open_client(gw, user))[0] for gw in (a, a, b)]
     vhost = gw_stack.name
@@ -130,7 +128,7 @@ async def test_binding_goes_with_the_last_connection_of_a_user_on_each_gateway(
 async def test_churn_leaves_no_stray_bindings_and_loses_no_frame_for_users_who_stayed(
     gw_stack: Stack, gateways: tuple[HeraldProcess, HeraldProcess], channel: AbstractChannel
 ) -> None:
-    users = [new_user("churn") for _ in range(20)]
+    users = [fresh_id("churn") for _ in range(20)]
     stayers = users[:10]
     rng = random.Random(7)
     stayed: dict[str, list[ClientConnection]] = {}
@@ -184,7 +182,7 @@ async def test_churn_leaves_no_stray_bindings_and_loses_no_frame_for_users_who_s
 async def test_broadcast_follows_each_users_in_app_switches(
     gateways: tuple[HeraldProcess, HeraldProcess], channel: AbstractChannel, responder: Responder
 ) -> None:
-    loud, quiet = new_user("loud"), new_user("quiet")
+    loud, quiet = fresh_id("loud"), fresh_id("quiet")
     responder.preferences[quiet] = {
         "channels": {"in_app": True},
         "types": {"COURSE_UPDATE": {"in_app": False}},
@@ -211,8 +209,8 @@ async def test_broadcast_follows_each_users_in_app_switches(
 async def test_requests_are_forwarded_with_the_token_user_and_answered_with_the_client_id(
     gateways: tuple[HeraldProcess, HeraldProcess],
 ) -> None:
-    user = new_user()
-    ws, _ = await open_client(gateways[0], user, jwt=token(user, admin=True))
+    user = fresh_id()
+    ws, _ = await open_client(gateways[0], user, jwt=mint(user, admin=True))
     try:
         reply = await call(ws, "notifications.list", {"limit": 5, "user_id": "someone-else"})
         echo = reply["result"]["echo"]
@@ -304,7 +302,7 @@ async def test_http_surface(gateways: tuple[HeraldProcess, HeraldProcess]) -> No
 
 async def test_handshake_refusals(gateways: tuple[HeraldProcess, HeraldProcess]) -> None:
     gw = gateways[0]
-    good = token(new_user())
+    good = mint(fresh_id())
     refusals = [
         (f"{gw.ws_url}?token=garbage", {}, 401),
         (gw.ws_url, {"additional_headers": {"Authorization": "Bearer garbage"}}, 401),

@@ -14,13 +14,12 @@ from hypothesis import strategies as st
 from websockets.sync.client import ClientConnection, connect
 
 from gateway.protocol import METHODS
-from tests.gateway_support import new_user, token
-from tests.support import http_status, stack_context
+from herald_ops.testing.stack import fresh_id, http_status, mint, stack_context
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from tests.support import HeraldProcess
+    from herald_ops.testing.stack import HeraldProcess
 
 _probes = itertools.count()
 
@@ -60,7 +59,7 @@ def fuzzed() -> Iterator[HeraldProcess]:
 
 @pytest.fixture(scope="module")
 def client(fuzzed: HeraldProcess) -> Iterator[ClientConnection]:
-    with connect(f"{fuzzed.ws_url}?token={token(new_user('fuzz'))}") as ws:
+    with connect(f"{fuzzed.ws_url}?token={mint(fresh_id('fuzz'))}") as ws:
         assert orjson.loads(ws.recv(timeout=10))["method"] == "connected"
         yield ws
 

@@ -13,24 +13,22 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
-from shared.jsonrpc import notification_frame
-from tests.gateway_support import (
+from herald_ops.testing.gateway import (
     Responder,
     call,
-    new_user,
     open_client,
     publish_user,
     recv_json,
-    token,
     user_bindings,
     wait_closed,
 )
-from tests.support import http_get, stack_context, wait_until
+from herald_ops.testing.stack import fresh_id, http_get, mint, stack_context, wait_until
+from shared.jsonrpc import notification_frame
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
-    from tests.support import HeraldProcess, Stack
+    from herald_ops.testing.stack import HeraldProcess, Stack
 
 
 @pytest.fixture(scope="module")
@@ -98,11 +96,11 @@ async def test_request_rate_is_limited_per_connection_with_4029_and_the_connecti
 
 
 async def test_connections_per_user_are_capped_with_4008(gateway: HeraldProcess) -> None:
-    user = new_user()
+    user = fresh_id()
     first, _ = await open_client(gateway, user)
     second, _ = await open_client(gateway, user)
     try:
-        async with connect(f"{gateway.ws_url}?token={token(user)}") as third:
+        async with connect(f"{gateway.ws_url}?token={mint(user)}") as third:
             code, _ = await wait_closed(third)
             assert code == 4008
         someone_else, _ = await open_client(gateway)  # the cap is per user
@@ -118,14 +116,14 @@ async def test_connections_per_user_are_capped_with_4008(gateway: HeraldProcess)
 async def test_slow_reader_is_closed_1013_and_never_delays_a_fast_one(
     limits_stack: Stack, gateway: HeraldProcess
 ) -> None:
-    user = new_user()
+    user = fresh_id()
     fast, _ = await open_client(gateway, user)
     # The slow reader never reads: a tiny receive buffer and a one-frame queue make the gateway's
     # transport buffer grow as soon as the kernel buffers are full.
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", gateway.port))
-    slow = await connect(f"{gateway.ws_url}?token={token(user)}", sock=sock, max_queue=1, compression=None)
+    slow = await connect(f"{gateway.ws_url}?token={mint(user)}", sock=sock, max_queue=1, compression=None)
     assert (await recv_json(slow))["method"] == "connected"
     filler = "y" * 32_000
     frames = [notification_frame("notification:new", {"id": str(n), "pad": filler}) for n in range(400)]
@@ -152,7 +150,7 @@ async def test_sigterm_closes_every_client_1001_unbinds_and_exits_0(
     limits_stack: Stack, responder: Responder
 ) -> None:
     gateway = limits_stack.start_gateway()
-    user = new_user()
+    user = fresh_id()
     clients = [(await open_client(gateway, user))[0], (await open_client(gateway))[0]]
     await wait_until(lambda: user_bindings(limits_stack.name, user) == 1, 10, "user bound")
     gateway.signal(signal.SIGTERM)
@@ -167,9 +165,9 @@ async def test_keepalive_drops_a_peer_that_stops_answering_pings(
     limits_stack: Stack, responder: Responder
 ) -> None:
     gateway = limits_stack.start_gateway(ping_interval=0.3, ping_timeout=0.3)
-    user = new_user()
+    user = fresh_id()
     # A client that stops reading (its one-frame queue is full) also stops answering pings.
-    mute = await connect(f"{gateway.ws_url}?token={token(user)}", max_queue=1, compression=None)
+    mute = await connect(f"{gateway.ws_url}?token={mint(user)}", max_queue=1, compression=None)
     assert (await recv_json(mute))["method"] == "connected"
     connection = await aio_pika.connect(limits_stack.amqp_url)
     try:

@@ -24,13 +24,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from tests.gateway_support import Responder, call, new_user, recv_json, token, wait_closed
-from tests.support import TEST_JWT_SECRET, free_port, stack_context, wait_until
+from herald_ops.testing.gateway import Responder, call, recv_json, wait_closed
+from herald_ops.testing.stack import TEST_JWT_SECRET, free_port, fresh_id, mint, stack_context, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
 
-    from tests.support import HeraldProcess, Stack
+    from herald_ops.testing.stack import HeraldProcess, Stack
 
 AUDIENCE = "herald-test"
 ISSUER = "https://auth.test"
@@ -279,7 +279,7 @@ async def test_refresh_extends_the_session(keyed: HeraldProcess) -> None:
 async def test_refresh_for_another_user_is_an_error_and_keeps_the_connection(keyed: HeraldProcess) -> None:
     async with connect(f"{keyed.ws_url}?token={hs256(claims())}") as ws:
         assert (await recv_json(ws))["method"] == "connected"
-        reply = await call(ws, "auth.refresh", {"token": hs256(claims(sub=new_user()))})
+        reply = await call(ws, "auth.refresh", {"token": hs256(claims(sub=fresh_id()))})
         assert reply["error"]["code"] == 4003
         bad = await call(ws, "auth.refresh", {"token": hs256(claims(ttl=-5))})
         assert bad["error"]["code"] == -32602
@@ -289,6 +289,6 @@ async def test_refresh_for_another_user_is_an_error_and_keeps_the_connection(key
 
 def test_dev_token_minting_helper_matches_gateway_rules() -> None:
     """The tokens the other tests mint carry exp and sub (sanity of the helper)."""
-    decoded = jwt.decode(token("u1"), TEST_JWT_SECRET, algorithms=["HS256"])
+    decoded = jwt.decode(mint("u1"), TEST_JWT_SECRET, algorithms=["HS256"])
     assert decoded["sub"] == "u1"
     assert decoded["exp"] > time.time()

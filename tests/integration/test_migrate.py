@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 import asyncpg
 import pytest
 
-from shared.migrate import MigrationError, default_sql_dir, migrate
-from tests.support import PG_BASE, ROOT
+from herald_ops.migrate import MigrationError, default_sql_dir, migrate
+from herald_ops.testing.stack import PG_BASE, ROOT
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -67,7 +67,7 @@ async def test_an_edited_script_is_refused(dsn: str, tmp_path: Path) -> None:
 async def test_command_line_says_what_it_did(dsn: str) -> None:
     def run() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "shared.migrate"],
+            [sys.executable, "-m", "herald_ops.migrate"],
             cwd=ROOT,
             env={"HERALD_DATABASE_URL": dsn, "PATH": "/usr/bin:/bin"},
             capture_output=True,

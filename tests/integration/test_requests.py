@@ -17,10 +17,10 @@ import orjson
 import pytest
 from faststream.rabbit import RabbitBroker
 
+from herald_ops.testing.requests import seed, unread_truth
+from herald_ops.testing.stack import fresh_id, stack_context, wait_until
 from shared.settings import Settings
 from shared.topology import BROADCAST_ROUTING_KEY, Topology
-from tests.requests_support import new_user, seed, unread_truth
-from tests.support import stack_context, wait_until
 from worker import publish, state
 from worker.amqp import declare_topology
 from worker.db import create_pool, load_catalog
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import asyncpg
     from aio_pika.abc import AbstractChannel, AbstractQueue
 
-    from tests.support import Stack
+    from herald_ops.testing.stack import Stack
 
 TOPOLOGY = Topology()
 pytestmark = pytest.mark.timeout(60)
@@ -145,7 +145,7 @@ async def invalid_field(worker_state: state.WorkerState, method: str, params: An
 async def test_unknown_method_and_bad_envelope_are_errors_not_exceptions(
     worker_state: state.WorkerState,
 ) -> None:
-    user = new_user()
+    user = fresh_id()
     reply = await call(worker_state, "notifications.explode", user=user)
     assert reply["error"]["code"] == -32601
     for body in (b"not json", b"[]", b'{"method": "preferences.get"}', b'{"method": 1, "user_id": "u"}'):
@@ -169,16 +169,16 @@ async def test_a_failing_method_is_an_internal_error_and_a_lost_database_is_unav
 
     monkeypatch.setitem(METHODS, "test.broken", Method(NoParams, broken))
     monkeypatch.setitem(METHODS, "test.unreachable", Method(NoParams, unreachable))
-    broken_reply = await call(worker_state, "test.broken", user=new_user())
+    broken_reply = await call(worker_state, "test.broken", user=fresh_id())
     assert broken_reply == {"error": {"code": -32603, "message": "internal error"}}
-    unreachable_reply = await call(worker_state, "test.unreachable", user=new_user())
+    unreachable_reply = await call(worker_state, "test.unreachable", user=fresh_id())
     assert unreachable_reply["error"]["code"] == 5003
 
 
 async def test_session_open_makes_the_user_known_and_reports_counters(
     worker_state: state.WorkerState, pg: asyncpg.Connection
 ) -> None:
-    user = new_user()
+    user = fresh_id()
     opened = await result(worker_state, "session.open", user=user)
     assert (opened["unread_count"], opened["last_seq"]) == (0, 0)
     assert opened["preferences"]["types"]["SECURITY_ALERT"] == {"in_app": True, "email": True, "push": True}
@@ -191,7 +191,7 @@ async def test_session_open_makes_the_user_known_and_reports_counters(
 
 async def test_concurrent_session_opens_of_a_new_user_all_succeed(worker_state: state.WorkerState) -> None:
     # Several tabs connecting at once race to create the users row; each must still get its counters.
-    user = new_user()
+    user = fresh_id()
     opened = await asyncio.gather(*(result(worker_state, "session.open", user=user) for _ in range(20)))
     assert {(o["unread_count"], o["last_seq"]) for o in opened} == {(0, 0)}
 
@@ -202,7 +202,7 @@ async def test_concurrent_session_opens_of_a_new_user_all_succeed(worker_state: 
 async def test_list_pages_newest_first_with_cursor_total_and_unread(
     worker_state: state.WorkerState, pg: asyncpg.Connection
 ) -> None:
-    user = new_user()
+    user = fresh_id()
     await seed(pg, user, 45)
     await pg.execute("UPDATE notifications SET read_at = now() WHERE user_id = $1 AND seq <= 10", user)
     await pg.execute("UPDATE users SET unread_count = 35 WHERE user_id = $1", user)
@@ -238,7 +238,7 @@ async def test_list_pages_newest_first_with_cursor_total_and_unread(
 
 
 async def test_list_filters(worker_state: state.WorkerState, pg: asyncpg.Connection) -> None:
-    user = new_user()
+    user = fresh_id()
     await seed(pg, user, 20)  # types cycle: COURSE_NEW_CONTENT, GRADE_RELEASED, NEW_COMMENT, SYSTEM_...
     await result(
         worker_state, "notifications.mark_read", {"ids": [f"{user}-{s}" for s in (1, 2, 3)]}, user=user
@@ -282,13 +282,13 @@ async def test_list_filters(worker_state: state.WorkerState, pg: asyncpg.Connect
 async def test_list_bad_params_name_the_field(
     worker_state: state.WorkerState, params: Any, field: str
 ) -> None:
-    assert await invalid_field(worker_state, "notifications.list", params, user=new_user()) == field
+    assert await invalid_field(worker_state, "notifications.list", params, user=fresh_id()) == field
 
 
 async def test_sync_returns_everything_after_since_in_order(
     worker_state: state.WorkerState, pg: asyncpg.Connection
 ) -> None:
-    user = new_user()
+    user = fresh_id()
     await seed(pg, user, 30)
     synced = await result(worker_state, "notifications.sync", {"since": 10}, user=user)
     assert [item["seq"] for item in synced["items"]] == list(range(11, 31))
@@ -310,7 +310,7 @@ async def test_sync_returns_everything_after_since_in_order(
 async def test_mark_read_unread_delete_keep_the_counter_and_publish_events(
     worker_state: state.WorkerState, pg: asyncpg.Connection, channel: AbstractChannel
 ) -> None:
-    user = new_user()
+    user = fresh_id()
     await seed(pg, user, 10)
     events = await Events.listen(channel, user)
     ids = [f"{user}-{s}" for s in (3, 1, 2)]
@@ -380,13 +380,13 @@ async def test_mark_read_unread_delete_keep_the_counter_and_publish_events(
 async def test_id_methods_bad_params_name_the_field(
     worker_state: state.WorkerState, method: str, params: Any, field: str
 ) -> None:
-    assert await invalid_field(worker_state, method, params, user=new_user()) == field
+    assert await invalid_field(worker_state, method, params, user=fresh_id()) == field
 
 
 async def test_other_users_ids_change_nothing_and_reveal_nothing(
     worker_state: state.WorkerState, pg: asyncpg.Connection, channel: AbstractChannel
 ) -> None:
-    owner, intruder = new_user("owner"), new_user("intruder")
+    owner, intruder = fresh_id("owner"), fresh_id("intruder")
     await seed(pg, owner, 5)
     await seed(pg, intruder, 2)
     owner_events = await Events.listen(channel, owner)
@@ -417,7 +417,7 @@ async def test_other_users_ids_change_nothing_and_reveal_nothing(
 async def test_concurrent_mutations_of_one_user_keep_the_counter_exact(
     worker_state: state.WorkerState, pg: asyncpg.Connection
 ) -> None:
-    user = new_user()
+    user = fresh_id()
     await seed(pg, user, 200)
     rng = random.Random(4)
     methods = ["notifications.mark_read", "notifications.mark_unread", "notifications.delete"]
@@ -439,7 +439,7 @@ async def test_concurrent_mutations_of_one_user_keep_the_counter_exact(
 async def test_preferences_update_merges_validates_and_publishes(
     worker_state: state.WorkerState, channel: AbstractChannel
 ) -> None:
-    user = new_user()
+    user = fresh_id()
     events = await Events.listen(channel, user)
     defaults = await result(worker_state, "preferences.get", user=user)
     assert defaults["updated_at"] is None
@@ -500,13 +500,13 @@ async def test_preferences_update_merges_validates_and_publishes(
 async def test_preferences_update_bad_params_name_the_field(
     worker_state: state.WorkerState, update: Any, field: str
 ) -> None:
-    user = new_user()
+    user = fresh_id()
     assert await invalid_field(worker_state, "preferences.update", update, user=user) == field
     assert (await result(worker_state, "preferences.get", user=user))["updated_at"] is None
 
 
 async def test_security_alert_push_may_be_turned_off(worker_state: state.WorkerState) -> None:
-    user = new_user()
+    user = fresh_id()
     doc = await result(
         worker_state, "preferences.update", {"types": {"SECURITY_ALERT": {"push": False}}}, user=user
     )
@@ -523,13 +523,13 @@ async def test_broadcast_is_admin_only_and_becomes_a_broadcast_event(
     await probe.bind(TOPOLOGY.events_exchange, BROADCAST_ROUTING_KEY)
     params = {"title": "Maintenance", "message": "Tonight 22:00", "data": {"window": "2h"}}
 
-    denied = await call(worker_state, "notifications.broadcast", params, user=new_user())
+    denied = await call(worker_state, "notifications.broadcast", params, user=fresh_id())
     assert denied["error"]["code"] == 4003
     # Refused before validation: a non-admin learns nothing about the params.
-    denied = await call(worker_state, "notifications.broadcast", {"type": 5}, user=new_user())
+    denied = await call(worker_state, "notifications.broadcast", {"type": 5}, user=fresh_id())
     assert denied["error"]["code"] == 4003
 
-    accepted = await call(worker_state, "notifications.broadcast", params, user=new_user(), admin=True)
+    accepted = await call(worker_state, "notifications.broadcast", params, user=fresh_id(), admin=True)
     event_id = accepted["result"]["event_id"]
     assert accepted["result"] == {"accepted": True, "event_id": event_id}
     messages: list[aio_pika.abc.AbstractIncomingMessage] = []
@@ -553,6 +553,6 @@ async def test_broadcast_is_admin_only_and_becomes_a_broadcast_event(
         ({"title": "t", "user_id": "someone"}, "user_id"),
         ({"title": "t", "data": {"blob": "x" * 9000}}, "data"),
     ):
-        reply = await call(worker_state, "notifications.broadcast", bad, user=new_user(), admin=True)
+        reply = await call(worker_state, "notifications.broadcast", bad, user=fresh_id(), admin=True)
         assert reply["error"]["code"] == -32602
         assert reply["error"]["data"] == field

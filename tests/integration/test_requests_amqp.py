@@ -11,15 +11,15 @@ import asyncpg
 import orjson
 import pytest
 
-from shared.producer import Producer
+from herald_client.producer import Producer
+from herald_ops.testing.requests import AmqpRpc, seed, unread_truth
+from herald_ops.testing.stack import fresh_id, http_get, stack_context, wait_until
 from shared.topology import Topology
-from tests.requests_support import AmqpRpc, new_user, seed, unread_truth
-from tests.support import http_get, stack_context, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
-    from tests.support import Stack
+    from herald_ops.testing.stack import Stack
 
 TOPOLOGY = Topology()
 pytestmark = pytest.mark.timeout(90)
@@ -52,7 +52,7 @@ async def db(worker_stack: Stack) -> AsyncIterator[asyncpg.Connection]:
 
 
 async def test_replies_carry_the_correlation_id_and_the_wire_format(rpc: AmqpRpc) -> None:
-    user = new_user()
+    user = fresh_id()
     replies: list[aio_pika.abc.AbstractIncomingMessage] = []
     # A second channel's own direct reply-to consumer, to look at the reply's properties.
     channel = await rpc.connection.channel()
@@ -88,7 +88,7 @@ async def test_replies_carry_the_correlation_id_and_the_wire_format(rpc: AmqpRpc
 async def test_mutation_event_is_published_to_the_users_exchange(
     rpc: AmqpRpc, db: asyncpg.Connection
 ) -> None:
-    user = new_user()
+    user = fresh_id()
     await seed(db, user, 4)
     channel = await rpc.connection.channel()
     probe = await channel.declare_queue(exclusive=True)
@@ -116,7 +116,7 @@ async def test_mutation_event_is_published_to_the_users_exchange(
 async def test_many_requests_in_flight_are_each_answered_for_their_own_user(
     rpc: AmqpRpc, db: asyncpg.Connection
 ) -> None:
-    users = [new_user() for _ in range(20)]
+    users = [fresh_id() for _ in range(20)]
     for index, user in enumerate(users):
         await seed(db, user, index)
     replies = await asyncio.gather(
@@ -127,7 +127,7 @@ async def test_many_requests_in_flight_are_each_answered_for_their_own_user(
 
 
 async def test_answers_are_counted_in_the_worker_metrics(worker_stack: Stack, rpc: AmqpRpc) -> None:
-    user = new_user()
+    user = fresh_id()
     await rpc.call("notifications.list", user=user)
     await rpc.call("notifications.list", {"limit": -1}, user=user)
     await rpc.call("no.such.method", user=user)
@@ -147,7 +147,7 @@ async def test_counter_stays_exact_while_the_worker_stores_and_requests_mutate(
     worker_stack: Stack, rpc: AmqpRpc, db: asyncpg.Connection
 ) -> None:
     """The worker's inserts and the requests' mutations adjust ``unread_count`` on the same row, unharmed."""
-    user = new_user()
+    user = fresh_id()
     await seed(db, user, 50)
     rng = random.Random(7)
     stored = 300

@@ -1,7 +1,7 @@
 """Issue 4 acceptance through the real gateway: real WebSocket clients, real worker processes.
 
-Notifications are either seeded in Postgres (``tests.requests_support.seed``, for volume) or sent through
-the real pipeline with :class:`shared.producer.Producer` (recovery and "while new ones arrive").
+Notifications are either seeded in Postgres (``herald_ops.testing.requests.seed``, for volume) or sent through
+the real pipeline with :class:`herald_client.producer.Producer` (recovery and "while new ones arrive").
 """
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import pytest
 
-from shared.producer import Producer
+from herald_client.producer import Producer
+from herald_ops.testing.requests import WsClient, seed, unread_truth
+from herald_ops.testing.stack import fresh_id, rabbitmqctl, stack_context, wait_until
 from shared.topology import Topology
-from tests.requests_support import WsClient, new_user, seed, unread_truth
-from tests.support import rabbitmqctl, stack_context, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
-    from tests.support import HeraldProcess, Stack
+    from herald_ops.testing.stack import HeraldProcess, Stack
 
 TOPOLOGY = Topology()
 pytestmark = pytest.mark.timeout(120)
@@ -84,7 +84,7 @@ async def error_of(client: WsClient, method: str, params: Any) -> dict[str, Any]
 
 
 async def test_connected_reports_the_counters(env: Env, db: asyncpg.Connection) -> None:
-    user = new_user()
+    user = fresh_id()
     await seed(db, user, 3)
     client, connected = await env.connect(user)
     await client.close()
@@ -93,7 +93,7 @@ async def test_connected_reports_the_counters(env: Env, db: asyncpg.Connection) 
 
 
 async def test_every_method_answers_through_the_gateway(env: Env, db: asyncpg.Connection) -> None:
-    user = new_user()
+    user = fresh_id()
     await seed(db, user, 8)
     ids = [f"{user}-{seq}" for seq in range(1, 9)]
     async with clients(env, user) as (client,):
@@ -126,7 +126,7 @@ async def test_every_method_answers_through_the_gateway(env: Env, db: asyncpg.Co
         assert forbidden["code"] == 4003
     assert await unread_truth(db, user) == (0, 0)
 
-    admin, _ = await env.connect(new_user("admin"), admin=True)
+    admin, _ = await env.connect(fresh_id("admin"), admin=True)
     try:
         accepted = await admin.result("notifications.broadcast", {"title": "Hello everyone"})
         assert accepted["accepted"] is True
@@ -163,14 +163,14 @@ async def test_every_method_answers_through_the_gateway(env: Env, db: asyncpg.Co
     ],
 )
 async def test_bad_params_name_the_field(env: Env, method: str, params: Any, field: str) -> None:
-    async with clients(env, new_user()) as (client,):
+    async with clients(env, fresh_id()) as (client,):
         error = await error_of(client, method, params)
     assert error["code"] == -32602
     assert error["data"] == field
 
 
 async def test_bad_broadcast_params_name_the_field_for_an_admin(env: Env) -> None:
-    admin, _ = await env.connect(new_user("admin"), admin=True)
+    admin, _ = await env.connect(fresh_id("admin"), admin=True)
     try:
         error = await error_of(admin, "notifications.broadcast", {"title": ""})
     finally:
@@ -191,7 +191,7 @@ def other_gateway(env: Env) -> HeraldProcess:
 async def test_a_second_connection_receives_every_event_with_the_unread_count(
     env: Env, db: asyncpg.Connection, other_gateway: HeraldProcess, elsewhere: bool
 ) -> None:
-    user = new_user()
+    user = fresh_id()
     await seed(db, user, 6)
     ids = [f"{user}-{seq}" for seq in range(1, 7)]
     acting, _ = await env.connect(user)
@@ -235,7 +235,7 @@ async def test_a_second_connection_receives_every_event_with_the_unread_count(
 
 
 async def test_another_users_ids_change_nothing_and_reveal_nothing(env: Env, db: asyncpg.Connection) -> None:
-    owner, intruder = new_user("owner"), new_user("intruder")
+    owner, intruder = fresh_id("owner"), fresh_id("intruder")
     await seed(db, owner, 4)
     await seed(db, intruder, 1)
     theirs = [f"{owner}-{seq}" for seq in range(1, 5)]
@@ -288,7 +288,7 @@ async def test_sync_after_a_disconnect_returns_exactly_what_was_missed(
 
 
 async def _disconnect_and_sync(env: Env, db: asyncpg.Connection, producer: Producer) -> None:
-    user = new_user()
+    user = fresh_id()
     client, _ = await env.connect(user)
     await publish_titles(producer, user, ["seen-0", "seen-1", "seen-2"])
     live = [await client.next_event("notification:new") for _ in range(3)]
@@ -325,7 +325,7 @@ async def test_sync_from_a_watermark_misses_nothing_with_two_workers_storing(
 ) -> None:
     second = env.stack.start_worker()
     try:
-        user = new_user()
+        user = fresh_id()
         client, connected = await env.connect(user)
         watermark = connected["last_seq"]
         seen: list[dict[str, Any]] = []
@@ -377,7 +377,7 @@ def event_consumers(stack: Stack) -> int:
 async def test_pages_of_20_walk_250_notifications_without_repeat_or_gap_while_new_ones_arrive(
     env: Env, db: asyncpg.Connection, producer: Producer
 ) -> None:
-    user = new_user()
+    user = fresh_id()
     await seed(db, user, 250)
     async with clients(env, user) as (client,):
         walked: list[int] = []

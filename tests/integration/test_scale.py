@@ -20,17 +20,17 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from shared.client import HeraldClient
-from shared.producer import Producer
+from herald_client.client import HeraldClient
+from herald_client.producer import Producer
+from herald_ops.testing.gateway import call, open_client, recv_json
+from herald_ops.testing.stack import TEST_JWT_SECRET, http_get, rabbitmqctl, wait_until
 from shared.tokens import mint_token
-from tests.gateway_support import call, open_client, recv_json
-from tests.support import TEST_JWT_SECRET, http_get, rabbitmqctl, wait_until
 
 if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection
 
-    from shared.client import Event
-    from tests.support import HeraldProcess, Stack
+    from herald_client.client import Event
+    from herald_ops.testing.stack import HeraldProcess, Stack
 
 USERS = 10
 EVENTS_PER_USER = 30

@@ -14,18 +14,18 @@ import asyncpg
 import orjson
 import pytest
 
+from herald_ops.testing.stack import Stack, create_stack, destroy_stack, fresh_id, http_get, wait_until
+from herald_ops.testing.worker import TOPOLOGY, Watcher, counters, event, frame_params, rows
 from shared.events import MAX_BODY_BYTES
 from shared.preferences import decide_channels, effective_preferences
 from shared.settings import Settings
-from tests.support import Stack, create_stack, destroy_stack, http_get, wait_until
-from tests.worker_kit import TOPOLOGY, Watcher, counters, event, frame_params, rows, unique
 from worker.db import create_pool, load_catalog
 from worker.retention import ADVISORY_LOCK_ID, retention_pass
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
-    from tests.support import HeraldProcess
+    from herald_ops.testing.stack import HeraldProcess
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ async def set_preferences(db: asyncpg.Connection, user: str, **document: Any) ->
 
 
 async def test_event_becomes_one_row_and_one_frame(watcher: Watcher, db: asyncpg.Connection) -> None:
-    user = unique("u")
+    user = fresh_id("u")
     frames = await watcher.frames(user)
     body = event(user, "COURSE_NEW_CONTENT", data={"courseId": "42", "lessonId": "7"})
 
@@ -102,9 +102,9 @@ async def test_event_becomes_one_row_and_one_frame(watcher: Watcher, db: asyncpg
 async def test_accepted_shapes_camel_case_nest_envelope_and_fan_out(
     watcher: Watcher, db: asyncpg.Connection
 ) -> None:
-    camel, nest, many = unique("camel"), unique("nest"), [unique("fan") for _ in range(3)]
+    camel, nest, many = fresh_id("camel"), fresh_id("nest"), [fresh_id("fan") for _ in range(3)]
     frames = await watcher.frames(camel, nest, *many)
-    await watcher.publish({"userId": camel, "eventId": unique("e"), "type": "NEW_REPLY", "title": "t"})
+    await watcher.publish({"userId": camel, "eventId": fresh_id("e"), "type": "NEW_REPLY", "title": "t"})
     # NestJS emit: compact JSON, no content type, through the default exchange keyed by the queue name.
     nest_body = {"pattern": "notification.send", "data": {"userId": nest, "type": "NEW_REPLY", "title": "n"}}
     await watcher.channel.default_exchange.publish(
@@ -156,10 +156,10 @@ BAD_INPUTS: list[tuple[str, bytes, str, str]] = [
 async def test_every_bad_input_is_dead_lettered_with_a_reason(
     watcher: Watcher, db: asyncpg.Connection
 ) -> None:
-    ids = {name: unique("bad") for name, *_ in BAD_INPUTS}
+    ids = {name: fresh_id("bad") for name, *_ in BAD_INPUTS}
     for name, body, routing_key, _ in BAD_INPUTS:
         await watcher.publish(body, routing_key=routing_key, message_id=ids[name])
-    user = unique("after")
+    user = fresh_id("after")
     frames = await watcher.frames(user)
     await watcher.publish(event(user))
 
@@ -177,9 +177,9 @@ async def test_every_bad_input_is_dead_lettered_with_a_reason(
 async def test_an_event_the_database_refuses_is_isolated_from_its_batch(
     watcher: Watcher, db: asyncpg.Connection
 ) -> None:
-    users = [unique("split") for _ in range(6)]
+    users = [fresh_id("split") for _ in range(6)]
     frames = await watcher.frames(*users)
-    poison = unique("poison")
+    poison = fresh_id("poison")
     # jsonb refuses \u0000, which only the database notices: the batch is split to find this one event.
     await watcher.publish(event(users[0], data={"x": "nul\u0000"}), message_id=poison)
     for user in users[1:]:
@@ -194,7 +194,7 @@ async def test_an_event_the_database_refuses_is_isolated_from_its_batch(
 
 
 async def test_the_same_key_three_times_is_one_row(watcher: Watcher, db: asyncpg.Connection) -> None:
-    user = unique("dup")
+    user = fresh_id("dup")
     frames = await watcher.frames(user)
     body = event(user)
     for _ in range(3):
@@ -218,7 +218,7 @@ async def test_the_same_key_three_times_is_one_row(watcher: Watcher, db: asyncpg
 
 
 async def test_preferences_mute_a_type_in_app(watcher: Watcher, db: asyncpg.Connection) -> None:
-    user = unique("muted")
+    user = fresh_id("muted")
     await set_preferences(db, user, types={"NEW_COMMENT": {"in_app": False}})
     frames = await watcher.frames(user)
 
@@ -232,14 +232,14 @@ async def test_preferences_mute_a_type_in_app(watcher: Watcher, db: asyncpg.Conn
 
 
 async def test_email_and_push_follow_channels(watcher: Watcher, db: asyncpg.Connection) -> None:
-    plain, no_push, no_in_app = unique("plain"), unique("nopush"), unique("noinapp")
+    plain, no_push, no_in_app = fresh_id("plain"), fresh_id("nopush"), fresh_id("noinapp")
     await set_preferences(db, no_push, channels={"push": False})
     await set_preferences(db, no_in_app, types={"GRADE_RELEASED": {"in_app": False}})
     deliveries = await watcher.bound_queue(TOPOLOGY.deliveries_exchange, "email", "push")
     frames = await watcher.frames(plain, no_push, no_in_app)
 
     await watcher.publish(event([plain, no_push, no_in_app], "GRADE_RELEASED"))
-    narrowed = unique("narrow")
+    narrowed = fresh_id("narrow")
     await watcher.publish(event(narrowed, "GRADE_RELEASED", channels=["push"]))
 
     jobs = await watcher.take(deliveries, 2 + 1 + 2 + 1)
@@ -266,14 +266,14 @@ async def test_email_and_push_follow_channels(watcher: Watcher, db: asyncpg.Conn
 
 
 async def test_critical_types_cannot_be_muted(watcher: Watcher, db: asyncpg.Connection) -> None:
-    user = unique("critical")
+    user = fresh_id("critical")
     off = {"in_app": False, "email": False, "push": False}
     await set_preferences(db, user, channels=off, types={"SECURITY_ALERT": off})
     deliveries = await watcher.bound_queue(TOPOLOGY.deliveries_exchange, "email", "push")
     frames = await watcher.frames(user)
 
     await watcher.publish(event(user, "SECURITY_ALERT"))
-    marker = unique("marker")
+    marker = fresh_id("marker")
     await watcher.publish(event(marker, "GRADE_RELEASED", channels=["email"]))
 
     assert frame_params((await watcher.take(frames, 1))[0])["type"] == "SECURITY_ALERT"
@@ -284,7 +284,7 @@ async def test_critical_types_cannot_be_muted(watcher: Watcher, db: asyncpg.Conn
 
 
 async def test_quiet_hours_hold_email_and_push_only(watcher: Watcher, db: asyncpg.Connection) -> None:
-    user = unique("quiet")
+    user = fresh_id("quiet")
     now = datetime.now(UTC)
     start, end = (now - timedelta(hours=1)).strftime("%H:%M"), (now + timedelta(hours=1)).strftime("%H:%M")
     await set_preferences(db, user, quiet_hours={"start": start, "end": end, "timezone": "UTC"})
@@ -303,7 +303,7 @@ async def test_quiet_hours_hold_email_and_push_only(watcher: Watcher, db: asyncp
 async def test_broadcast_stores_one_row_per_allowed_known_user(
     watcher: Watcher, db: asyncpg.Connection
 ) -> None:
-    allowed, muted, master_off = unique("b-on"), unique("b-muted"), unique("b-off")
+    allowed, muted, master_off = fresh_id("b-on"), fresh_id("b-muted"), fresh_id("b-off")
     await db.execute("INSERT INTO users (user_id) VALUES ($1)", allowed)
     await set_preferences(db, muted, types={"SYSTEM_ANNOUNCEMENT": {"in_app": False}})
     await set_preferences(db, master_off, channels={"in_app": False})
@@ -324,7 +324,7 @@ async def test_broadcast_stores_one_row_per_allowed_known_user(
     assert not known_before[muted][1]
     assert not known_before[master_off][1]
     live = await watcher.bound_queue(TOPOLOGY.broadcast_exchange)
-    body = {"event_id": unique("bc"), "type": "SYSTEM_ANNOUNCEMENT", "title": "Maintenance", "message": "m"}
+    body = {"event_id": fresh_id("bc"), "type": "SYSTEM_ANNOUNCEMENT", "title": "Maintenance", "message": "m"}
 
     await watcher.publish(body, routing_key="notification.broadcast")
     await watcher.publish(body, routing_key="notification.broadcast")  # the same broadcast again
@@ -359,7 +359,7 @@ async def test_a_type_added_to_the_catalog_is_picked_up_on_sighup(
     await wait_until(
         lambda: b"herald_worker_catalog_types 15.0" in http_get(f"{worker.url}/metrics")[1], 20, "reload"
     )
-    user = unique("newtype")
+    user = fresh_id("newtype")
     frames = await watcher.frames(user)
 
     await watcher.publish(event(user, "STUDY_GROUP_INVITE"))
@@ -389,7 +389,7 @@ async def test_health_readiness_metrics_and_asyncapi(worker: HeraldProcess, watc
 async def test_retention_deletes_old_rows_and_adjusts_unread(
     module_stack: Stack, db: asyncpg.Connection
 ) -> None:
-    user = unique("old")
+    user = fresh_id("old")
     await db.execute("INSERT INTO users (user_id, last_seq, unread_count) VALUES ($1, 2600, 2510)", user)
     await db.execute(
         """INSERT INTO notifications (user_id, seq, id, type, category, title, message, created_at, read_at)
@@ -418,7 +418,7 @@ async def test_redelivery_of_a_stored_event_republishes_it(fresh_stack: Stack) -
     pg = await asyncpg.connect(fresh_stack.database_url)
     try:
         watcher = Watcher(await connection.channel())
-        user = unique("redeliver")
+        user = fresh_id("redeliver")
         frames = await watcher.frames(user)
         deliveries = await watcher.bound_queue(TOPOLOGY.deliveries_exchange, "email", "push")
         body = event(user, "GRADE_RELEASED")

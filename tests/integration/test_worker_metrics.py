@@ -9,11 +9,11 @@ import aio_pika
 import asyncpg
 import orjson
 
+from herald_ops.testing.stack import http_get, wait_until
 from shared.topology import SEND_ROUTING_KEY, Topology
-from tests.support import http_get, wait_until
 
 if TYPE_CHECKING:
-    from tests.support import Stack
+    from herald_ops.testing.stack import Stack
 
 OUTCOME = re.compile(rb'^herald_worker_events_total\{outcome="(\w+)"\} ([0-9.]+)$', re.M)
 

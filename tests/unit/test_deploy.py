@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from gateway.app import CLOSE_TIMEOUT
+from herald_ops.testing.stack import ROOT
 from shared.settings import ENV_PREFIX, Settings
 from shared.topology import Topology
-from tests.support import ROOT
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import tomllib
 
+from herald_ops.testing.stack import ROOT
 from shared.settings import ENV_PREFIX, Settings
-from tests.support import ROOT
 
 
 def test_readme_documents_every_setting() -> None:
@@ -22,7 +22,7 @@ def test_readme_documents_every_command() -> None:
     readme = (ROOT / "README.md").read_text()
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert all(f"`{name}" in readme for name in scripts)
-    from shared.cli import build_parser
+    from herald_ops.cli import build_parser
 
     subcommands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     assert all(f"`herald {name}" in readme for name in subcommands)

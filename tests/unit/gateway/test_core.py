@@ -21,8 +21,8 @@ from gateway.limits import TokenBucket, admission_close_code, lagging
 from gateway.protocol import FORWARDED, MAX_ID_CHARS, forward_body, parse_request
 from gateway.rpc import RpcClient
 from gateway.timers import DeadlineQueue
+from herald_ops.testing.stack import wait_until
 from shared.jsonrpc import CloseCode, ErrorCode, splice_reply
-from tests.support import wait_until
 
 if TYPE_CHECKING:
     from pathlib import Path

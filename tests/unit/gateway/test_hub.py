@@ -11,8 +11,8 @@ from websockets.protocol import State
 from gateway.errors import TopologyError
 from gateway.hub import PENDING_FRAMES_CAP, SYNC_REQUIRED, Hub
 from gateway.metrics import Metrics
+from herald_ops.testing.stack import wait_until
 from shared.jsonrpc import CloseCode, notification_frame
-from tests.support import wait_until
 
 
 class FakeTopology:

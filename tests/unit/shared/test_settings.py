@@ -59,7 +59,7 @@ def test_gateway_requires_a_way_to_verify_tokens() -> None:
 
 def test_malformed_setting_stops_the_process_with_one_line() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "token", "--user", "u1"],
+        [sys.executable, "-m", "herald_ops.cli", "token", "--user", "u1"],
         env={"HERALD_RETENTION_DAYS": "soon", "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,

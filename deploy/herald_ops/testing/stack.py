@@ -1,4 +1,4 @@
-"""Test helpers: isolated vhosts and databases, real Herald processes, waiting with deadlines.
+"""Isolated stacks for tests and benchmarks: vhosts and databases, real Herald processes, deadlines.
 
 Every test session gets its own RabbitMQ vhost and Postgres database (:func:`create_stack`), and tests that
 need a clean slate make another one. Processes are the real console entry points run as subprocesses;
@@ -24,15 +24,29 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from shared.migrate import migrate
+from herald_ops.migrate import migrate
+from shared.tokens import mint_token
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
 
-ROOT = Path(__file__).resolve().parent.parent
+#: The checkout this harness runs from (it serves tests and benchmarks, which run from a checkout).
+ROOT = Path(__file__).resolve().parents[3]
 AMQP_BASE = os.environ.get("HERALD_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672")
 PG_BASE = os.environ.get("HERALD_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 TEST_JWT_SECRET = "test-secret-that-is-long-enough-for-hs256!"
+
+
+def fresh_id(prefix: str = "u") -> str:
+    """An id (user id, event id, name) that no other test or benchmark run uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def mint(
+    user_id: str, ttl: float = 3600.0, admin: bool = False, secret: str = TEST_JWT_SECRET, **claims: Any
+) -> str:
+    """An HS256 token for ``user_id`` signed with the test secret (:func:`shared.tokens.mint_token`)."""
+    return mint_token(secret, user_id, admin=admin, ttl=ttl, extra=claims or None)
 
 
 def rabbitmqctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

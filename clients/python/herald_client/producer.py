@@ -11,16 +11,26 @@ retried ``send`` after a lost confirm stores nothing twice.
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import TYPE_CHECKING, Any, Self
 
 import aio_pika
 import orjson
 from aio_pika.exceptions import DeliveryError
-from pydantic import ValidationError
 
-from shared.events import BroadcastEvent, InvalidEvent, SendEvent, validation_reason
-from shared.topology import BROADCAST_ROUTING_KEY, SEND_ROUTING_KEY, Topology
+from herald_client.protocol import (
+    BROADCAST_ROUTING_KEY,
+    MAX_DATA_BYTES,
+    MAX_EVENT_ID_CHARS,
+    MAX_MESSAGE_CHARS,
+    MAX_RECIPIENTS,
+    MAX_TITLE_CHARS,
+    SEND_ROUTING_KEY,
+    TYPE_PATTERN,
+    USER_ID_PATTERN,
+    events_exchange,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -28,6 +38,18 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from aio_pika.abc import AbstractExchange, AbstractRobustConnection
+
+
+_USER_ID = re.compile(USER_ID_PATTERN)
+_TYPE = re.compile(TYPE_PATTERN)
+
+
+class InvalidEvent(ValueError):
+    """The event breaks a PROTOCOL §4 rule; the worker would dead-letter it with the same ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class PublishError(RuntimeError):
@@ -44,7 +66,7 @@ class Producer:
 
     def __init__(self, amqp_url: str, prefix: str = "herald") -> None:
         self._url = amqp_url
-        self._topology = Topology(prefix)
+        self._exchange_name = events_exchange(prefix)
         self._connection: AbstractRobustConnection | None = None
         self._exchange: AbstractExchange | None = None
 
@@ -52,7 +74,7 @@ class Producer:
         self._connection = await aio_pika.connect_robust(self._url)
         channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
         self._exchange = await channel.declare_exchange(
-            self._topology.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+            self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
         )
         return self
 
@@ -86,7 +108,8 @@ class Producer:
         recipients = [user_ids] if isinstance(user_ids, str) else list(user_ids)
         body: dict[str, Any] = {"user_ids": recipients}
         body.update(self._common(type, title, message, data, event_id, channels, expires_at))
-        _validate(SendEvent, body)
+        _check_recipients(recipients)
+        _check_common(body)
         await self._publish(body, SEND_ROUTING_KEY)
         return str(body["event_id"])
 
@@ -101,7 +124,7 @@ class Producer:
     ) -> str:
         """Publish a ``notification.broadcast`` event for every known user; return its ``event_id``."""
         body = self._common(type, title, message, data, event_id, None, None)
-        _validate(BroadcastEvent, body)
+        _check_common(body)
         await self._publish(body, BROADCAST_ROUTING_KEY)
         return str(body["event_id"])
 
@@ -141,14 +164,29 @@ class Producer:
             await self._exchange.publish(message, routing_key=routing_key, mandatory=True)
         except DeliveryError as exc:
             raise PublishError(
-                f"{self._topology.events_exchange} returned the event as unroutable: "
+                f"{self._exchange_name} returned the event as unroutable: "
                 "start a worker once so the input queue exists"
             ) from exc
 
 
-def _validate(model: type[SendEvent] | type[BroadcastEvent], body: dict[str, Any]) -> None:
-    # Same rules the worker applies, so a producer learns of a mistake at once instead of in the DLQ.
-    try:
-        model.model_validate(body)
-    except ValidationError as exc:
-        raise InvalidEvent(validation_reason(exc)) from None
+def _check_recipients(recipients: list[str]) -> None:
+    if not 1 <= len(recipients) <= MAX_RECIPIENTS:
+        raise InvalidEvent(f"user_ids: give 1 to {MAX_RECIPIENTS} recipients")
+    for user_id in recipients:
+        if not isinstance(user_id, str) or not _USER_ID.fullmatch(user_id):
+            raise InvalidEvent(f"user_ids: {user_id!r} is not a valid user id")
+
+
+def _check_common(body: dict[str, Any]) -> None:
+    # The worker's rules for the fields a producer sets here, so a mistake is reported at once instead of
+    # surfacing in the dead-letter queue; the worker still validates everything (shared/events.py).
+    if not _TYPE.fullmatch(body["type"]):
+        raise InvalidEvent(f"type: {body['type']!r} must match {TYPE_PATTERN}")
+    if not 1 <= len(body["title"]) <= MAX_TITLE_CHARS:
+        raise InvalidEvent(f"title: must be 1 to {MAX_TITLE_CHARS} characters")
+    if len(body["message"]) > MAX_MESSAGE_CHARS:
+        raise InvalidEvent(f"message: must be at most {MAX_MESSAGE_CHARS} characters")
+    if len(body["event_id"]) > MAX_EVENT_ID_CHARS:
+        raise InvalidEvent(f"event_id: must be at most {MAX_EVENT_ID_CHARS} characters")
+    if len(orjson.dumps(body["data"])) > MAX_DATA_BYTES:
+        raise InvalidEvent(f"data: must serialize to at most {MAX_DATA_BYTES} bytes")

@@ -15,20 +15,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import secrets
-import signal
-import subprocess
 import sys
-import time
-import urllib.request
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 
-from shared import dlq
-from shared import migrate as migrate_module
-from shared.events import InvalidEvent
+from herald_ops import dev, dlq
+from herald_ops import migrate as migrate_module
 from shared.settings import load_settings
 from shared.tokens import TokenError, mint_dev_token
 
@@ -51,7 +44,7 @@ def _cmd_token(args: argparse.Namespace) -> int:
 
 
 def _cmd_send(args: argparse.Namespace) -> int:
-    from shared.producer import Producer, PublishError
+    from herald_client.producer import InvalidEvent, Producer, PublishError
 
     settings = load_settings()
     try:
@@ -93,7 +86,7 @@ _CLIENT_BOOKKEEPING_EVENTS = frozenset({"state", "unread"})
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
-    from shared.client import Event, HeraldClient
+    from herald_client.client import Event, HeraldClient
 
     settings = load_settings()
 
@@ -128,86 +121,6 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
-def _wait_ready(url: str, child: subprocess.Popen[bytes], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child.poll() is not None:
-            return False
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.2)
-    return False
-
-
-def _stop(children: Sequence[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:
-    for child in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for child in children:
-        try:
-            child.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-
-
-def _cmd_dev(args: argparse.Namespace) -> int:
-    settings = load_settings()
-    env = dict(os.environ, HERALD_DEV_TOKENS="1")
-    if settings.jwt_secret is None:
-        # A throwaway secret: dev tokens die with the session, which is what a dev loop wants.
-        env["HERALD_JWT_SECRET"] = secrets.token_urlsafe(32)
-    if migrate_module.run(settings.database_url) != 0:
-        return 1
-    dev_settings = load_settings(jwt_secret=env["HERALD_JWT_SECRET"])
-    base = f"http://{settings.gateway_host}:{settings.gateway_port}"
-    # Own sessions: Ctrl-C reaches only this process, which then stops the children in order.
-    children = [
-        subprocess.Popen([sys.executable, "-m", "worker"], env=env, start_new_session=True),
-        subprocess.Popen([sys.executable, "-m", "gateway"], env=env, start_new_session=True),
-    ]
-    stopping = False
-
-    def request_stop(signum: int, frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    try:
-        if not _wait_ready(f"{base}/readyz", children[1], timeout=30):
-            print("herald dev: the gateway did not become ready; see its log above", file=sys.stderr)
-            return 1
-        token = mint_dev_token(dev_settings, args.user, admin=True, ttl=24 * 3600)
-        ws_url = f"ws://{settings.gateway_host}:{settings.gateway_port}/notifications"
-        metrics_url = f"http://{settings.worker_http_host}:{settings.worker_http_port}/metrics"
-        lines = [
-            "",
-            "Herald is running.",
-            f"  demo inbox:  {base}/",
-            f"  websocket:   {ws_url}",
-            f"  worker:      {metrics_url}",
-            f"  dev token for {args.user!r} (admin, 24 h):",
-            f"    {token}",
-            f"  try:         herald send --user {args.user} --type COURSE_NEW_CONTENT --title Hello",
-            "Press Ctrl-C to stop.",
-        ]
-        print("\n".join(lines), flush=True)
-        while not stopping:
-            if any(child.poll() is not None for child in children):
-                print("herald dev: a process exited; stopping the others", file=sys.stderr)
-                return 1
-            time.sleep(0.2)
-        return 0
-    finally:
-        _stop(children)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``herald`` with every subcommand registered."""
     parser = argparse.ArgumentParser(prog="herald", description="Herald real-time notification service")
@@ -238,9 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--ttl", type=float, default=3600.0, help="token lifetime in seconds [3600]")
     tail.set_defaults(handler=_cmd_tail)
 
-    dev = sub.add_parser("dev", help="migrate + worker + gateway in the foreground; Ctrl-C stops all")
-    dev.add_argument("--user", default="demo", help="user id of the printed dev token [demo]")
-    dev.set_defaults(handler=_cmd_dev)
+    dev_parser = sub.add_parser("dev", help="migrate + worker + gateway in the foreground; Ctrl-C stops all")
+    dev_parser.add_argument("--user", default="demo", help="user id of the printed dev token [demo]")
+    dev_parser.set_defaults(handler=dev.run)
 
     dlq.register(sub)
     return parser

@@ -35,13 +35,9 @@ import aio_pika
 import orjson
 from aio_pika.exceptions import DeliveryError
 
+from shared.deadletter import replay_message
 from shared.settings import load_settings
-from shared.topology import (
-    ERROR_HEADER,
-    ORIGINAL_EXCHANGE_HEADER,
-    ORIGINAL_ROUTING_KEY_HEADER,
-    Topology,
-)
+from shared.topology import ERROR_HEADER, ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER, Topology
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping
@@ -51,14 +47,8 @@ if TYPE_CHECKING:
         AbstractExchange,
         AbstractIncomingMessage,
         AbstractQueue,
-        HeadersType,
     )
 
-# Headers that describe a past dead-lettering; a replayed event starts without them.
-_DEAD_LETTER_HEADERS: Final = frozenset(
-    {ERROR_HEADER, ORIGINAL_ROUTING_KEY_HEADER, ORIGINAL_EXCHANGE_HEADER, "x-death", "x-delivery-count"}
-)
-_DEAD_LETTER_HEADER_PREFIXES: Final = ("x-first-death-", "x-last-death-")
 PREVIEW_CHARS: Final = 160
 #: Replayed events awaiting their publisher confirms at once.
 REPLAY_WINDOW: Final = 100
@@ -161,43 +151,6 @@ class Selection:
         if self.routing_key is not None and letter.routing_key != self.routing_key:
             return False
         return self.message_ids is None or letter.message_id in self.message_ids
-
-
-def copy_message(
-    message: AbstractIncomingMessage,
-    headers: HeadersType,
-    delivery_mode: aio_pika.DeliveryMode | int | None = None,
-) -> aio_pika.Message:
-    """``message``'s body and properties with ``headers`` (and ``delivery_mode`` when given).
-
-    Used both to dead-letter an event (the worker) and to replay it (here), so a replayed event is the
-    producer's original. ``expiration`` is dropped (a copy is published long after the original) and so is
-    ``user_id`` (the broker checks it against the publishing connection's user).
-    """
-    return aio_pika.Message(
-        message.body,
-        headers=headers,
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
-        delivery_mode=message.delivery_mode if delivery_mode is None else delivery_mode,
-        priority=message.priority,
-        correlation_id=message.correlation_id,
-        reply_to=message.reply_to,
-        message_id=message.message_id,
-        timestamp=message.timestamp,
-        type=message.type,
-        app_id=message.app_id,
-    )
-
-
-def replay_message(message: AbstractIncomingMessage) -> aio_pika.Message:
-    """A copy of ``message`` to publish again: same body and properties, no dead-lettering headers."""
-    headers = {
-        key: value
-        for key, value in (message.headers or {}).items()
-        if key not in _DEAD_LETTER_HEADERS and not key.startswith(_DEAD_LETTER_HEADER_PREFIXES)
-    }
-    return copy_message(message, headers)
 
 
 @contextlib.asynccontextmanager
@@ -401,7 +354,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m shared.dlq list|replay|purge ...`` (the same as ``herald dlq ...``)."""
+    """``python -m herald_ops.dlq list|replay|purge ...`` (the same as ``herald dlq ...``)."""
     parser = argparse.ArgumentParser(prog="herald")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["dlq", *(argv if argv is not None else sys.argv[1:])])

@@ -48,6 +48,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+from herald_client.protocol import CloseCode, JsonRpcError
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -69,8 +71,8 @@ __all__ = [
 
 log = logging.getLogger("herald.client")
 
-CLOSE_UNAUTHORIZED: Final = 4401
-CLOSE_TOO_MANY_CONNECTIONS: Final = 4008
+CLOSE_UNAUTHORIZED: Final = CloseCode.UNAUTHORIZED
+CLOSE_TOO_MANY_CONNECTIONS: Final = CloseCode.TOO_MANY_CONNECTIONS
 #: Consecutive authentication failures (4401 or a failed ``auth``) after which the client gives up.
 MAX_AUTH_FAILURES: Final = 2
 #: How many notification ids are remembered for de-duplication.
@@ -86,7 +88,7 @@ class HeraldError(Exception):
     """Base class of every error this module raises."""
 
 
-class HeraldRequestError(HeraldError):
+class HeraldRequestError(HeraldError, JsonRpcError):
     """The server answered a request with a JSON-RPC error.
 
     ``code`` is the JSON-RPC code (PROTOCOL §5: ``-32602`` invalid params with ``data`` naming the field,
@@ -95,10 +97,10 @@ class HeraldRequestError(HeraldError):
     """
 
     def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(f"{code}: {message}" + (f" ({data!r})" if data is not None else ""))
-        self.code = code
-        self.message = message
-        self.data = data
+        JsonRpcError.__init__(self, code, message, data)
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}" + (f" ({self.data!r})" if self.data is not None else "")
 
 
 class HeraldTimeoutError(HeraldError, TimeoutError):
@@ -468,7 +470,7 @@ class HeraldClient:
             # An expired token (4401 after a working session) or a server restart retries at once.
             delay = (
                 0.0
-                if opened and code in (CLOSE_UNAUTHORIZED, 1001)
+                if opened and code in (CLOSE_UNAUTHORIZED, CloseCode.GOING_AWAY)
                 else backoff_delay(attempt, self.backoff_base, self.backoff_max)
             )
             attempt += 1

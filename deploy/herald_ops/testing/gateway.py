@@ -11,37 +11,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import uuid
 from typing import TYPE_CHECKING, Any
 
 import aio_pika
 import orjson
 from websockets.asyncio.client import connect
 
+from herald_ops.testing.stack import fresh_id, mint, rabbitmqctl
 from shared.jsonrpc import notification_frame, rpc_result
-from shared.tokens import mint_token
 from shared.topology import Topology
-from tests.support import TEST_JWT_SECRET, rabbitmqctl
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
     from websockets.asyncio.client import ClientConnection
 
-    from tests.support import HeraldProcess
+    from herald_ops.testing.stack import HeraldProcess
 
 NAMES = Topology("herald")
 SESSION_COUNTS = {"unread_count": 2, "last_seq": 5}
 _ids = itertools.count(1)
-
-
-def new_user(prefix: str = "g") -> str:
-    """A user id no other test uses."""
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def token(user: str, ttl: float = 3600.0, admin: bool = False, **extra: Any) -> str:
-    """An HS256 token for ``user`` signed with the test secret."""
-    return mint_token(TEST_JWT_SECRET, user, admin=admin, ttl=ttl, extra=extra or None)
 
 
 async def recv_json(ws: ClientConnection, timeout: float = 10.0) -> dict[str, Any]:
@@ -57,7 +45,7 @@ async def open_client(
 ) -> tuple[ClientConnection, dict[str, Any]]:
     """Connect with ``?token=`` (a fresh token for ``user`` unless ``jwt``), return the socket and the
     ``connected`` params."""
-    credential = jwt if jwt is not None else token(user or new_user())
+    credential = jwt if jwt is not None else mint(user or fresh_id())
     ws = await connect(f"{gateway.ws_url}?token={credential}", compression=None, **kwargs)
     frame = await recv_json(ws)
     assert frame["method"] == "connected", frame

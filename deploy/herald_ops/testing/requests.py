@@ -15,11 +15,10 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 import aio_pika
-import jwt
 import orjson
 import websockets
 
-from tests.support import TEST_JWT_SECRET
+from herald_ops.testing.stack import mint
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -35,11 +34,6 @@ SEED_TYPES: tuple[tuple[str, str], ...] = (
     ("NEW_COMMENT", "social"),
     ("SYSTEM_ANNOUNCEMENT", "system"),
 )
-
-
-def new_user(prefix: str = "u") -> str:
-    """A user id no other test uses."""
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
 async def seed(conn: asyncpg.Connection, user_id: str, count: int, *, read: bool = False) -> list[int]:
@@ -83,16 +77,6 @@ async def unread_truth(conn: asyncpg.Connection, user_id: str) -> tuple[int, int
     )
     assert row is not None
     return row["counter"], row["actual"]
-
-
-def make_token(user_id: str, *, admin: bool = False, ttl: float = 600) -> str:
-    """An HS256 token for the test gateway: ``sub``, ``exp`` and ``roles``."""
-    claims: dict[str, Any] = {
-        "sub": user_id,
-        "exp": int(time.time() + ttl),
-        "roles": ["admin"] if admin else [],
-    }
-    return jwt.encode(claims, TEST_JWT_SECRET, algorithm="HS256")
 
 
 class AmqpRpc:
@@ -163,7 +147,7 @@ class WsClient:
 
     @classmethod
     async def connect(cls, ws_url: str, user_id: str, *, admin: bool = False) -> WsClient:
-        ws = await websockets.connect(f"{ws_url}?token={make_token(user_id, admin=admin)}")
+        ws = await websockets.connect(f"{ws_url}?token={mint(user_id, admin=admin)}")
         return cls(ws)
 
     async def _read(self) -> None:

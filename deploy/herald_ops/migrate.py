@@ -142,7 +142,7 @@ async def migrate(dsn: str, sql_dir: Path | None = None) -> list[str]:
 
 
 def run(dsn: str | None = None) -> int:
-    """Entry point of ``herald migrate`` / ``python -m shared.migrate``; prints what it did."""
+    """Entry point of ``herald migrate`` / ``python -m herald_ops.migrate``; prints what it did."""
     dsn = dsn or load_settings().database_url
     try:
         applied = asyncio.run(migrate(dsn))

@@ -11,36 +11,22 @@ import base64
 import contextlib
 import json
 import sys
-import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
 import aio_pika
-import jwt
 from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
 
+from herald_ops.testing.stack import ROOT, create_stack, destroy_stack
 from shared.topology import SEND_ROUTING_KEY, Topology
-from tests.support import ROOT, TEST_JWT_SECRET, create_stack, destroy_stack
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from websockets.asyncio.server import Server, ServerConnection
 
-    from tests.support import HeraldProcess, Stack
-
-
-def mint(user_id: str, ttl: float = 3600, admin: bool = False, secret: str = TEST_JWT_SECRET) -> str:
-    """An HS256 token for ``user_id`` expiring in ``ttl`` seconds (signed with the tests' secret)."""
-    claims: dict[str, Any] = {"sub": user_id, "exp": int(time.time() + ttl), "iat": int(time.time())}
-    if admin:
-        claims["roles"] = ["admin"]
-    return jwt.encode(claims, secret, algorithm="HS256")
-
-
-def unique_user(prefix: str = "u") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+    from herald_ops.testing.stack import HeraldProcess, Stack
 
 
 def event_body(user_id: str, **fields: Any) -> dict[str, Any]:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import itertools
-import uuid
 from typing import TYPE_CHECKING, Any
 
 import aio_pika
 import orjson
 
+from herald_ops.testing.stack import fresh_id, wait_until
 from shared.topology import Topology
-from tests.support import wait_until
 
 if TYPE_CHECKING:
     import asyncpg
@@ -20,15 +19,10 @@ TOPOLOGY = Topology()
 _counter = itertools.count()
 
 
-def unique(prefix: str) -> str:
-    """A fresh id (user id, event id) that no other test uses."""
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
 def event(user: str | list[str], type_: str = "NEW_COMMENT", **fields: Any) -> dict[str, Any]:
     """A valid send event for ``user`` (or several) with a fresh ``event_id`` unless given."""
     body: dict[str, Any] = {
-        "event_id": unique("ev"),
+        "event_id": fresh_id("ev"),
         "type": type_,
         "title": f"Title {next(_counter)}",
         "message": "Body",

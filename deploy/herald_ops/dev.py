@@ -1,0 +1,106 @@
+"""``herald dev``: the whole service on one machine, in the foreground, for a development loop.
+
+Migrates, starts one worker and one gateway as child processes (each in its own session, so Ctrl-C
+reaches only this process, which then stops them in order), waits for the gateway's ``/readyz``, prints
+the demo URL and an admin dev token, and stops everything when one child exits or on Ctrl-C / SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import TYPE_CHECKING, Any
+
+from herald_ops import migrate as migrate_module
+from shared.settings import load_settings
+from shared.tokens import mint_dev_token
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+
+
+def _wait_ready(url: str, child: subprocess.Popen[bytes], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def _stop(children: Sequence[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for child in children:
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def run(args: argparse.Namespace) -> int:
+    """``herald dev``: migrate, start one worker and one gateway, print the URLs and a dev token."""
+    settings = load_settings()
+    env = dict(os.environ, HERALD_DEV_TOKENS="1")
+    if settings.jwt_secret is None:
+        # A throwaway secret: dev tokens die with the session, which is what a dev loop wants.
+        env["HERALD_JWT_SECRET"] = secrets.token_urlsafe(32)
+    if migrate_module.run(settings.database_url) != 0:
+        return 1
+    dev_settings = load_settings(jwt_secret=env["HERALD_JWT_SECRET"])
+    base = f"http://{settings.gateway_host}:{settings.gateway_port}"
+    # Own sessions: Ctrl-C reaches only this process, which then stops the children in order.
+    children = [
+        subprocess.Popen([sys.executable, "-m", "worker"], env=env, start_new_session=True),
+        subprocess.Popen([sys.executable, "-m", "gateway"], env=env, start_new_session=True),
+    ]
+    stopping = False
+
+    def request_stop(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        if not _wait_ready(f"{base}/readyz", children[1], timeout=30):
+            print("herald dev: the gateway did not become ready; see its log above", file=sys.stderr)
+            return 1
+        token = mint_dev_token(dev_settings, args.user, admin=True, ttl=24 * 3600)
+        ws_url = f"ws://{settings.gateway_host}:{settings.gateway_port}/notifications"
+        metrics_url = f"http://{settings.worker_http_host}:{settings.worker_http_port}/metrics"
+        lines = [
+            "",
+            "Herald is running.",
+            f"  demo inbox:  {base}/",
+            f"  websocket:   {ws_url}",
+            f"  worker:      {metrics_url}",
+            f"  dev token for {args.user!r} (admin, 24 h):",
+            f"    {token}",
+            f"  try:         herald send --user {args.user} --type COURSE_NEW_CONTENT --title Hello",
+            "Press Ctrl-C to stop.",
+        ]
+        print("\n".join(lines), flush=True)
+        while not stopping:
+            if any(child.poll() is not None for child in children):
+                print("herald dev: a process exited; stopping the others", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+        return 0
+    finally:
+        _stop(children)
