@@ -28,6 +28,7 @@ from gateway.background import spawn
 from gateway.errors import GatewayError
 from gateway.limits import admission_close_code, lagging
 from shared.jsonrpc import CloseCode, notification_frame
+from shared.preferences import channel_enabled
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -89,9 +90,12 @@ class InAppFilter:
 
     def allows(self, notification_type: str | None, critical: bool = False) -> bool:
         """Whether a broadcast of ``notification_type`` is relayed; critical types always are."""
-        if critical:
-            return True
-        return self.master and notification_type not in self.off_types
+        return channel_enabled(
+            "in_app",
+            master=self.master,
+            type_switch=notification_type not in self.off_types,
+            critical=critical,
+        )
 
 
 ALL_ON: Final = InAppFilter()

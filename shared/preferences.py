@@ -20,6 +20,21 @@ if TYPE_CHECKING:
 
 _HHMM: Final = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 HELD_IN_QUIET_HOURS: Final = frozenset({"email", "push"})
+#: Channels a user may not turn off for a critical type.
+CRITICAL_LOCKED_CHANNELS: Final = frozenset({"in_app", "email"})
+
+
+def channel_enabled(channel: str, *, master: bool, type_switch: bool, critical: bool) -> bool:
+    """THE preference rule: may a notification of a type use ``channel`` for this user?
+
+    ``master`` is the user's switch for the channel, ``type_switch`` their setting for the type on that
+    channel. A critical type's locked channels (:data:`CRITICAL_LOCKED_CHANNELS`) ignore both switches;
+    every other channel needs both on. Everything that decides channels derives from this function: the
+    worker's routing (:func:`decide_channels`), the gateway's broadcast filter (``gateway/hub.py``) and
+    the broadcast SQL, whose agreement with it is proven case by case in
+    ``tests/integration/test_preference_rule_sql.py``.
+    """
+    return (critical and channel in CRITICAL_LOCKED_CHANNELS) or (master and type_switch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +48,7 @@ class NotificationType:
 
     def locked_channels(self) -> frozenset[str]:
         """Channels a user may not turn off: in-app and email for critical types."""
-        return frozenset({"in_app", "email"}) if self.critical else frozenset()
+        return CRITICAL_LOCKED_CHANNELS if self.critical else frozenset()
 
 
 class Catalog:
@@ -202,5 +217,13 @@ def decide_channels(
     allowed = set(CHANNELS if requested is None else requested)
     master = preferences["channels"]
     per_type = preferences["types"].get(notification_type.name, notification_type.defaults)
-    locked = notification_type.locked_channels()
-    return frozenset(c for c in allowed if c in locked or (master.get(c, True) and per_type.get(c, True)))
+    return frozenset(
+        c
+        for c in allowed
+        if channel_enabled(
+            c,
+            master=master.get(c, True),
+            type_switch=per_type.get(c, True),
+            critical=notification_type.critical,
+        )
+    )

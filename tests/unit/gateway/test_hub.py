@@ -9,10 +9,11 @@ import pytest
 from websockets.protocol import State
 
 from gateway.errors import TopologyError
-from gateway.hub import PENDING_FRAMES_CAP, SYNC_REQUIRED, Hub
+from gateway.hub import PENDING_FRAMES_CAP, SYNC_REQUIRED, Hub, InAppFilter
 from gateway.metrics import Metrics
 from herald_ops.testing.stack import wait_until
 from shared.jsonrpc import CloseCode, notification_frame
+from shared.preferences import channel_enabled
 
 
 class FakeTopology:
@@ -197,3 +198,15 @@ async def test_rebuild_tells_sync_even_when_a_new_connection_reattached_the_user
     assert topology.calls == [("attach", "u1"), ("attach", "u1")]
     await hub.rebuild()
     assert before.received == [SYNC_REQUIRED]  # frames published during the gap never reached it
+
+
+@pytest.mark.parametrize("critical", [False, True])
+@pytest.mark.parametrize("type_switch", [False, True])
+@pytest.mark.parametrize("master", [False, True])
+def test_the_gateway_broadcast_filter_follows_the_preference_rule(
+    master: bool, type_switch: bool, critical: bool
+) -> None:
+    document = {"channels": {"in_app": master}, "types": {"NEW_COMMENT": {"in_app": type_switch}}}
+    relayed = InAppFilter.from_document(document).allows("NEW_COMMENT", critical)
+    assert relayed == channel_enabled("in_app", master=master, type_switch=type_switch, critical=critical)
+    assert relayed == (critical or (master and type_switch))
