@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install migrate run worker gateway test test-fast lint format bench clean
+.PHONY: install migrate run worker gateway test test-deps test-fast lint format bench clean
 
 install: $(VENV)/.installed
 
@@ -25,7 +25,10 @@ worker: install
 gateway: install
 	$(BIN)/herald-gateway
 
-test: install         ## the whole suite against the local RabbitMQ and Postgres
+test-deps: install    ## chromium, playwright, haproxy: what the suite needs beyond Python packages
+	VENV=$(VENV) bash .ci/install-test-deps
+
+test: test-deps       ## the whole suite against the local RabbitMQ and Postgres, nothing skipped
 	$(BIN)/pytest
 
 test-fast: install    ## everything but the fault tests

@@ -19,22 +19,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared.jsonrpc import JsonRpcError
+
 
 class GatewayError(Exception):
     """Base of every error the gateway raises on purpose."""
 
 
-class FrameError(GatewayError):
+class FrameError(GatewayError, JsonRpcError):
     """A client frame cannot be served; becomes the error reply ``{code, message, data}``.
 
-    ``request_id`` is the frame's id when it could be read (and was valid), else ``None``.
+    The error shape is Herald's one :class:`~herald_client.protocol.JsonRpcError`, which the worker and
+    the client use too. ``request_id`` is the frame's id when it could be read (and was valid), else
+    ``None``.
     """
 
     def __init__(self, code: int, message: str, data: Any = None, request_id: Any = None) -> None:
-        super().__init__(message)
-        self.code = int(code)
-        self.message = message
-        self.data = data
+        JsonRpcError.__init__(self, code, message, data)
         self.request_id = request_id
 
 

@@ -11,9 +11,8 @@ import jwt
 import orjson
 import pytest
 
-from herald_client.producer import Producer, PublishError
+from herald_client.producer import InvalidEvent, Producer, PublishError
 from herald_ops.testing.stack import TEST_JWT_SECRET
-from shared.events import InvalidEvent
 from shared.topology import Topology
 
 if TYPE_CHECKING:

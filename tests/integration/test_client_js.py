@@ -32,7 +32,6 @@ def node_command() -> list[str]:
     return [NODE, *flags, "--test", "--test-reporter=spec", "clients/js/test/"]
 
 
-@pytest.mark.skipif(NODE is None and not os.environ.get("CI"), reason="node is not installed")
 def test_js_client_against_a_real_gateway() -> None:
     with running_stack() as (stack, gateway):
         limited = stack.start_gateway(max_connections_per_user=1)

@@ -32,11 +32,10 @@ from herald_ops.testing.client import (
     ScriptedGateway,
     doc_snippet,
     event_body,
-    mint,
     publish,
     running_stack,
 )
-from herald_ops.testing.stack import ROOT, fresh_id, rabbitmqctl, wait_until
+from herald_ops.testing.stack import ROOT, fresh_id, mint, rabbitmqctl, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator

@@ -2,15 +2,14 @@
 stopped gateway leaves the rotation so new clients land on the other one.
 
 The configuration is the compose one with only addresses changed (loopback ports instead of the compose
-service names) and ``maxconn`` lowered for a test process. Skipped where ``haproxy`` is not installed
-(``.ci/deploy-checks`` installs it before the test suite runs in CI).
+service names) and ``maxconn`` lowered for a test process. ``make test`` installs ``haproxy`` first
+(``.ci/install-test-deps``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 import subprocess
 from typing import TYPE_CHECKING
 
@@ -26,8 +25,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from herald_ops.testing.stack import HeraldProcess, Stack
-
-pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
 
 
 def connections(gateway: HeraldProcess) -> float:

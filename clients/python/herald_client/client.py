@@ -41,14 +41,23 @@ import json
 import logging
 import random
 import time
-from collections import OrderedDict
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from herald_client.protocol import CloseCode, JsonRpcError
+from herald_client.errors import (
+    HeraldAuthError,
+    HeraldClosedError,
+    HeraldConnectionError,
+    HeraldError,
+    HeraldRequestError,
+    HeraldTimeoutError,
+)
+from herald_client.events import Event, EventStream
+from herald_client.methods import InboxMethods
+from herald_client.protocol import CloseCode
+from herald_client.tracking import DeliveryTracker
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -75,65 +84,11 @@ CLOSE_UNAUTHORIZED: Final = CloseCode.UNAUTHORIZED
 CLOSE_TOO_MANY_CONNECTIONS: Final = CloseCode.TOO_MANY_CONNECTIONS
 #: Consecutive authentication failures (4401 or a failed ``auth``) after which the client gives up.
 MAX_AUTH_FAILURES: Final = 2
-#: How many notification ids are remembered for de-duplication.
-SEEN_IDS: Final = 10_000
 SYNC_PAGE: Final = 500
 #: Largest server frame accepted: a full sync page of maximal notifications (~10.5 KiB each) fits.
 MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
 
 State = Literal["idle", "connecting", "open", "reconnecting", "closed"]
-
-
-class HeraldError(Exception):
-    """Base class of every error this module raises."""
-
-
-class HeraldRequestError(HeraldError, JsonRpcError):
-    """The server answered a request with a JSON-RPC error.
-
-    ``code`` is the JSON-RPC code (PROTOCOL §5: ``-32602`` invalid params with ``data`` naming the field,
-    ``4003`` forbidden, ``4029`` rate limited, ``5003`` worker unavailable, ...), ``message`` the server's
-    text and ``data`` its optional details.
-    """
-
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        JsonRpcError.__init__(self, code, message, data)
-
-    def __str__(self) -> str:
-        return f"{self.code}: {self.message}" + (f" ({self.data!r})" if self.data is not None else "")
-
-
-class HeraldTimeoutError(HeraldError, TimeoutError):
-    """No reply within the request timeout (the request may still have been applied)."""
-
-
-class HeraldConnectionError(HeraldError, ConnectionError):
-    """The connection dropped while the request was in flight (it may or may not have been applied)."""
-
-
-class HeraldClosedError(HeraldError):
-    """The client has stopped for good (closed by the caller, 4008, or authentication gave up).
-
-    ``code``/``reason`` are the last close code and reason, or ``None`` when the caller closed it.
-    """
-
-    def __init__(self, message: str, code: int | None = None, reason: str = "") -> None:
-        super().__init__(message)
-        self.code = code
-        self.reason = reason
-
-
-class HeraldAuthError(HeraldClosedError):
-    """The token provider raised, or the server refused fresh tokens repeatedly (4401)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One event: a server notification frame or a client state change (see the module docstring)."""
-
-    method: str
-    params: Any
-    replayed: bool = False
 
 
 def token_expiry(token: str) -> float | None:
@@ -152,7 +107,7 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
     return random.uniform(0, min(cap, base * 2 ** min(attempt, 30)))
 
 
-class HeraldClient:
+class HeraldClient(InboxMethods):
     """A self-healing connection to a Herald gateway; see the module docstring for the semantics.
 
     Parameters:
@@ -189,17 +144,13 @@ class HeraldClient:
         self.connection_id: str | None = None
         #: The user's unread count as last reported or derived; ``None`` until known.
         self.unread_count: int | None = None
-        #: Highest ``seq`` below which nothing can be missing (``None`` until the first ``connected``).
-        self.watermark: int | None = None
+        self.tracker = DeliveryTracker()
         self.close_code: int | None = None
         self.close_reason = ""
 
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
-        self._seen: OrderedDict[str, None] = OrderedDict()
-        self._above_watermark: set[int] = set()
-        self._listeners: dict[str, list[Listener]] = {}
-        self._queues: set[asyncio.Queue[Event | None]] = set()
+        self._stream = EventStream(self._spawn)
         self._ws: ClientConnection | None = None
         self._open = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
@@ -207,6 +158,15 @@ class HeraldClient:
         self._first_open: asyncio.Future[None] | None = None
         self._closing = False
         self._sync_lock = asyncio.Lock()
+
+    @property
+    def watermark(self) -> int | None:
+        """Highest ``seq`` below which nothing can be missing (``None`` until the first ``connected``)."""
+        return self.tracker.watermark
+
+    @watermark.setter
+    def watermark(self, value: int | None) -> None:
+        self.tracker.watermark = value
 
     # ----------------------------------------------------------------------------------------- lifecycle
 
@@ -253,32 +213,14 @@ class HeraldClient:
 
         A listener may be a plain function or a coroutine function (its coroutine is run as a task).
         """
-        self._listeners.setdefault(method, []).append(listener)
-        return lambda: self._listeners.get(method, []).remove(listener)
+        return self._stream.on(method, listener)
 
-    async def events(self) -> AsyncIterator[Event]:
+    def events(self) -> AsyncIterator[Event]:
         """Every event from now on, in order; ends when the client stops for good."""
-        queue: asyncio.Queue[Event | None] = asyncio.Queue()
-        self._queues.add(queue)
-        try:
-            if self.state == "closed":
-                return
-            while (event := await queue.get()) is not None:
-                yield event
-        finally:
-            self._queues.discard(queue)
+        return self._stream.events(ended=self.state == "closed")
 
     def _emit(self, method: str, params: Any, replayed: bool = False) -> None:
-        event = Event(method, params, replayed)
-        for queue in self._queues:
-            queue.put_nowait(event)
-        for listener in [*self._listeners.get(method, ()), *self._listeners.get("*", ())]:
-            try:
-                outcome = listener(event)
-                if asyncio.iscoroutine(outcome):
-                    self._spawn(outcome)
-            except Exception:
-                log.exception("herald client listener for %s failed", method)
+        self._stream.emit(Event(method, params, replayed))
 
     def _set_state(self, state: State) -> None:
         if state != self.state:
@@ -337,88 +279,6 @@ class HeraldClient:
             raise HeraldConnectionError(f"{method}: connection closed") from None
         finally:
             self._pending.pop(request_id, None)
-
-    # Typed helpers for the client methods of PROTOCOL §5.
-
-    async def list_notifications(
-        self,
-        *,
-        limit: int | None = None,
-        before: int | None = None,
-        unread_only: bool | None = None,
-        types: list[str] | None = None,
-        categories: list[str] | None = None,
-    ) -> dict[str, Any]:
-        """``notifications.list``: ``{"items" (newest first), "next_cursor", "total", "unread_count"}``."""
-        params = {"limit": limit, "before": before, "unread_only": unread_only, "types": types}
-        params["categories"] = categories
-        result: dict[str, Any] = await self.request(
-            "notifications.list", {k: v for k, v in params.items() if v is not None}
-        )
-        self._set_unread(result.get("unread_count"))
-        return result
-
-    async def sync(self, since: int, limit: int | None = None) -> dict[str, Any]:
-        """``notifications.sync`` (one page, no side effects): ``{"items" (seq ascending), "has_more"}``."""
-        params: dict[str, Any] = {"since": since} | ({"limit": limit} if limit is not None else {})
-        result: dict[str, Any] = await self.request("notifications.sync", params)
-        return result
-
-    async def fetch_unread_count(self) -> int:
-        """``notifications.unread_count``; also updates :attr:`unread_count`."""
-        count: int = (await self.request("notifications.unread_count"))["count"]
-        self._set_unread(count)
-        return count
-
-    async def mark_read(self, ids: list[str]) -> dict[str, Any]:
-        """``notifications.mark_read``: ``{"updated", "unread_count"}``."""
-        return await self._counting("notifications.mark_read", {"ids": ids})
-
-    async def mark_unread(self, ids: list[str]) -> dict[str, Any]:
-        """``notifications.mark_unread``: ``{"updated", "unread_count"}``."""
-        return await self._counting("notifications.mark_unread", {"ids": ids})
-
-    async def mark_all_read(self) -> dict[str, Any]:
-        """``notifications.mark_all_read``: ``{"updated", "unread_count": 0}``."""
-        return await self._counting("notifications.mark_all_read", {})
-
-    async def delete(self, ids: list[str]) -> dict[str, Any]:
-        """``notifications.delete``: ``{"deleted", "unread_count"}``."""
-        return await self._counting("notifications.delete", {"ids": ids})
-
-    async def get_preferences(self) -> dict[str, Any]:
-        """``preferences.get``: the effective Preferences document."""
-        result: dict[str, Any] = await self.request("preferences.get")
-        return result
-
-    async def update_preferences(self, patch: dict[str, Any]) -> dict[str, Any]:
-        """``preferences.update`` with a partial document (deep merge); returns the new document."""
-        result: dict[str, Any] = await self.request("preferences.update", patch)
-        return result
-
-    async def reset_preferences(self) -> dict[str, Any]:
-        """``preferences.reset``: back to the catalog defaults; returns the new document."""
-        result: dict[str, Any] = await self.request("preferences.reset")
-        return result
-
-    async def broadcast(
-        self, title: str, message: str, *, type: str | None = None, data: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
-        """``notifications.broadcast`` (admin tokens only, else error 4003): ``{"accepted", "event_id"}``."""
-        params: dict[str, Any] = {"title": title, "message": message}
-        params |= {k: v for k, v in (("type", type), ("data", data)) if v is not None}
-        result: dict[str, Any] = await self.request("notifications.broadcast", params)
-        return result
-
-    async def ping(self) -> str:
-        """``ping`` → ``"pong"``."""
-        result: str = await self.request("ping")
-        return result
-
-    async def _counting(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = await self.request(method, params)
-        self._set_unread(result.get("unread_count"))
-        return result
 
     # ------------------------------------------------------------------------------------ connection loop
 
@@ -547,7 +407,7 @@ class HeraldClient:
         resume_from = self.watermark
         if self.watermark is None and isinstance(server_seq, int):
             # First session: history is what notifications.list is for; live starts now.
-            self.watermark = server_seq
+            self.tracker.watermark = server_seq
         self._set_unread(params.get("unread_count"))
         self._open.set()
         self._set_state("open")
@@ -571,27 +431,13 @@ class HeraldClient:
         """Emit a notification unless its id was delivered already; advance the watermark."""
         seq = item.get("seq")
         if isinstance(seq, int):
-            self._advance(seq)
-        key = str(item.get("id"))
-        if key in self._seen:
+            self.tracker.advance(seq)
+        if not self.tracker.first_delivery(str(item.get("id"))):
             return
-        self._seen[key] = None
-        if len(self._seen) > SEEN_IDS:
-            self._seen.popitem(last=False)
         # Replayed items are counted by the unread_count fetch that ends every catch-up.
         if not replayed and item.get("read_at") is None and self.unread_count is not None:
             self._set_unread(self.unread_count + 1)
         self._emit("notification:new", item, replayed)
-
-    def _advance(self, seq: int) -> None:
-        mark = self.watermark
-        if mark is None or seq <= mark:
-            return
-        self._above_watermark.add(seq)
-        while mark + 1 in self._above_watermark:
-            mark += 1
-            self._above_watermark.discard(mark)
-        self.watermark = mark
 
     async def _catch_up(self) -> None:
         """Page ``notifications.sync`` from the watermark while ``has_more``, then refresh the count."""
@@ -604,10 +450,8 @@ class HeraldClient:
                         self._deliver(item, replayed=True)
                     if items:
                         last = items[-1].get("seq")
-                        if isinstance(last, int) and last > self.watermark:
-                            # Sync returns every seq > since, so everything up to ``last`` is known now.
-                            self.watermark = last
-                            self._above_watermark = {s for s in self._above_watermark if s > last}
+                        if isinstance(last, int):
+                            self.tracker.synced_up_to(last)
                     if not page.get("has_more") or not items:
                         break
                 # Re-anchor the count: it covers what the sync recovered and any frame counted twice
@@ -666,5 +510,4 @@ class HeraldClient:
             self._first_open.set_exception(error)
         # Requests waiting for a connection see state "closed" once woken.
         self._open.set()
-        for queue in self._queues:
-            queue.put_nowait(None)
+        self._stream.end()

@@ -1,0 +1,70 @@
+"""The client's event stream: listeners (``on``) and async iterators (``events``) over one sequence."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
+    Listener = Callable[["Event"], Any]
+
+log = logging.getLogger("herald.client")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event: a server notification frame or a client state change (see the module docstring)."""
+
+    method: str
+    params: Any
+    replayed: bool = False
+
+
+class EventStream:
+    """Fans each :class:`Event` out to the listeners of its method, the ``"*"`` listeners and iterators.
+
+    ``spawn`` runs the coroutine a coroutine-function listener returns (the client keeps those tasks).
+    """
+
+    def __init__(self, spawn: Callable[[Awaitable[Any]], None]) -> None:
+        self._spawn = spawn
+        self._listeners: dict[str, list[Listener]] = {}
+        self._queues: set[asyncio.Queue[Event | None]] = set()
+
+    def on(self, method: str, listener: Listener) -> Callable[[], None]:
+        """Register ``listener`` for ``method`` (``"*"`` = every event); returns an unsubscriber."""
+        self._listeners.setdefault(method, []).append(listener)
+        return lambda: self._listeners.get(method, []).remove(listener)
+
+    async def events(self, *, ended: bool = False) -> AsyncIterator[Event]:
+        """Every event from now on, in order, until :meth:`end` (at once when ``ended``)."""
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._queues.add(queue)
+        try:
+            if ended:
+                return
+            while (event := await queue.get()) is not None:
+                yield event
+        finally:
+            self._queues.discard(queue)
+
+    def emit(self, event: Event) -> None:
+        """Hand ``event`` to every iterator and listener; a failing listener is logged, not raised."""
+        for queue in self._queues:
+            queue.put_nowait(event)
+        for listener in [*self._listeners.get(event.method, ()), *self._listeners.get("*", ())]:
+            try:
+                outcome = listener(event)
+                if asyncio.iscoroutine(outcome):
+                    self._spawn(outcome)
+            except Exception:
+                log.exception("herald client listener for %s failed", event.method)
+
+    def end(self) -> None:
+        """End every iterator (the client stopped for good)."""
+        for queue in self._queues:
+            queue.put_nowait(None)

@@ -1,0 +1,107 @@
+"""Typed helpers for the request methods of PROTOCOL §5, mixed into :class:`~herald_client.HeraldClient`.
+
+Each helper is one :meth:`request` with its params spelled out; the ones whose result carries the user's
+unread count also update the client's :attr:`unread_count`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+
+class InboxMethods(ABC):
+    """The §5 methods over :meth:`request`, which the connection (``HeraldClient``) implements."""
+
+    @abstractmethod
+    async def request(
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - a per-request budget is the documented API
+    ) -> Any:
+        """Send one request and return its result."""
+
+    @abstractmethod
+    def _set_unread(self, count: Any) -> None:
+        """Record the user's unread count from a result."""
+
+    async def list_notifications(
+        self,
+        *,
+        limit: int | None = None,
+        before: int | None = None,
+        unread_only: bool | None = None,
+        types: list[str] | None = None,
+        categories: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """``notifications.list``: ``{"items" (newest first), "next_cursor", "total", "unread_count"}``."""
+        params = {"limit": limit, "before": before, "unread_only": unread_only, "types": types}
+        params["categories"] = categories
+        result: dict[str, Any] = await self.request(
+            "notifications.list", {k: v for k, v in params.items() if v is not None}
+        )
+        self._set_unread(result.get("unread_count"))
+        return result
+
+    async def sync(self, since: int, limit: int | None = None) -> dict[str, Any]:
+        """``notifications.sync`` (one page, no side effects): ``{"items" (seq ascending), "has_more"}``."""
+        params: dict[str, Any] = {"since": since} | ({"limit": limit} if limit is not None else {})
+        result: dict[str, Any] = await self.request("notifications.sync", params)
+        return result
+
+    async def fetch_unread_count(self) -> int:
+        """``notifications.unread_count``; also updates :attr:`unread_count`."""
+        count: int = (await self.request("notifications.unread_count"))["count"]
+        self._set_unread(count)
+        return count
+
+    async def mark_read(self, ids: list[str]) -> dict[str, Any]:
+        """``notifications.mark_read``: ``{"updated", "unread_count"}``."""
+        return await self._counting("notifications.mark_read", {"ids": ids})
+
+    async def mark_unread(self, ids: list[str]) -> dict[str, Any]:
+        """``notifications.mark_unread``: ``{"updated", "unread_count"}``."""
+        return await self._counting("notifications.mark_unread", {"ids": ids})
+
+    async def mark_all_read(self) -> dict[str, Any]:
+        """``notifications.mark_all_read``: ``{"updated", "unread_count": 0}``."""
+        return await self._counting("notifications.mark_all_read", {})
+
+    async def delete(self, ids: list[str]) -> dict[str, Any]:
+        """``notifications.delete``: ``{"deleted", "unread_count"}``."""
+        return await self._counting("notifications.delete", {"ids": ids})
+
+    async def get_preferences(self) -> dict[str, Any]:
+        """``preferences.get``: the effective Preferences document."""
+        result: dict[str, Any] = await self.request("preferences.get")
+        return result
+
+    async def update_preferences(self, patch: dict[str, Any]) -> dict[str, Any]:
+        """``preferences.update`` with a partial document (deep merge); returns the new document."""
+        result: dict[str, Any] = await self.request("preferences.update", patch)
+        return result
+
+    async def reset_preferences(self) -> dict[str, Any]:
+        """``preferences.reset``: back to the catalog defaults; returns the new document."""
+        result: dict[str, Any] = await self.request("preferences.reset")
+        return result
+
+    async def broadcast(
+        self, title: str, message: str, *, type: str | None = None, data: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """``notifications.broadcast`` (admin tokens only, else error 4003): ``{"accepted", "event_id"}``."""
+        params: dict[str, Any] = {"title": title, "message": message}
+        params |= {k: v for k, v in (("type", type), ("data", data)) if v is not None}
+        result: dict[str, Any] = await self.request("notifications.broadcast", params)
+        return result
+
+    async def ping(self) -> str:
+        """``ping`` → ``"pong"``."""
+        result: str = await self.request("ping")
+        return result
+
+    async def _counting(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request(method, params)
+        self._set_unread(result.get("unread_count"))
+        return result
