@@ -1,4 +1,4 @@
-"""Worker throughput, side by side in one run on the same queue (issue 2's benchmark).
+"""Worker throughput, side by side in one run on the same queue.
 
 Variants, each on the same ``herald.events`` quorum queue pre-loaded with persistent events while
 nothing consumes it:

@@ -2,7 +2,7 @@
 
 Routes (anything else is 404): ``/healthz`` (the process answers), ``/readyz`` (503 while the broker link
 is down), ``/metrics`` (Prometheus), ``/dev/token?user=U[&admin=1]`` (only with ``HERALD_DEV_TOKENS=1``),
-``/`` and ``/static/<file>`` (helper C's demo page, from ``gateway/static/``), ``/client/herald.js`` and
+``/`` and ``/static/<file>`` (the demo inbox, from ``gateway/static/``), ``/client/herald.js`` and
 ``/client/herald.d.ts`` (the browser client, from ``clients/js/``).
 
 A WebSocket handshake must target ``/notifications`` (else 404) from an allowed Origin (else 403); a

@@ -1,4 +1,4 @@
-"""Broker connection loss (issue 3 acceptance): the gateway reports the outage on ``/readyz``, recovers by
+"""Broker connection loss: the gateway reports the outage on ``/readyz``, recovers by
 itself, rebuilds the bindings of the users still connected (and only those), tells them to sync, and
 relays the next frame.
 

@@ -1,4 +1,4 @@
-"""The worker under crashes, races and a database outage (issue 2's acceptance), each on a fresh stack."""
+"""The worker under crashes, races and a database outage each on a fresh stack."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Gateway acceptance (issue 3): real gateway processes, real WebSocket clients, real RabbitMQ.
+"""The gateway end to end: real gateway processes, real WebSocket clients, real RabbitMQ.
 
 Relay to every connection of a user across two gateways and to nobody else, bindings gone after the last
 connection, churn without stray bindings or lost frames, broadcast filtering by in-app preferences,

@@ -1,4 +1,4 @@
-"""Gateway protections (issue 3 §6, PROTOCOL §7): each close code and the rate limit shown on a real
+"""Gateway protections (PROTOCOL §7): each close code and the rate limit shown on a real
 gateway process, plus a slow reader that never delays a fast one."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The JWT matrix (issue 3 §2, PROTOCOL §5) against real gateway processes.
+"""The JWT matrix (PROTOCOL §5) against real gateway processes.
 
 One gateway verifies HS256 with the secret and RS256 with a PEM public key, with audience and issuer
 configured; another takes RS256 keys from a local JWKS server. Every refused token is refused in the

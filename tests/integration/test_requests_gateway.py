@@ -1,4 +1,4 @@
-"""Issue 4 acceptance through the real gateway: real WebSocket clients, real worker processes.
+"""Client requests through the real gateway: real WebSocket clients, real worker processes.
 
 Notifications are either seeded in Postgres (``herald_ops.testing.requests.seed``, for volume) or sent through
 the real pipeline with :class:`herald_client.producer.Producer` (recovery and "while new ones arrive").

@@ -1,6 +1,6 @@
 """Scale-out on one machine: 2 workers and 2 gateways, each user's connections spread over both gateways.
 
-Acceptance (issue 6): every notification reaches every connection of its user exactly once, and each
+Every notification reaches every connection of its user exactly once, and each
 user's ``seq`` values are gap-free (1..N) however the two workers interleaved their commits. Connections
 are raw WebSocket clients (no client-side de-duplication), so a duplicate or a loss shows as it happened.
 

@@ -1,4 +1,4 @@
-"""The event pipeline end to end: a real worker process, RabbitMQ and Postgres (issue 2's acceptance).
+"""The event pipeline end to end: a real worker process, RabbitMQ and Postgres.
 
 One worker serves the whole module on its own vhost and database; every test uses fresh user ids.
 """

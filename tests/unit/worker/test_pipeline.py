@@ -68,7 +68,7 @@ async def test_a_failed_catalog_reload_requeues_the_delivery_instead_of_stalling
 async def test_acks_never_name_a_nacked_tag() -> None:
     """A multiple-ack naming a nacked tag closes the channel (PRECONDITION_FAILED).
 
-    tests/test_acks_broker.py shows it on RabbitMQ.
+    tests/integration/test_acks_broker.py shows it on RabbitMQ.
     """
     channel = FakeChannel()
     acks = AckTracker()
