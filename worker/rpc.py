@@ -1,4 +1,4 @@
-"""Client requests forwarded by gateways over ``herald.rpc`` (PROTOCOL §5, the RPC wire format in contracts).
+"""Client requests forwarded by gateways over ``herald.rpc`` (docs/protocol.md §5; wire format: amendment 3).
 
 A gateway publishes ``{"method", "params", "user_id", "admin"}`` with ``reply_to`` and ``correlation_id``;
 this module answers with exactly :func:`shared.jsonrpc.rpc_result` or :func:`shared.jsonrpc.rpc_error` bytes,

@@ -1,4 +1,4 @@
-"""``notifications.*``: pages, sync, the unread counter, read/unread/delete (PROTOCOL §5)."""
+"""``notifications.*``: pages, sync, the unread counter, read/unread/delete (docs/protocol.md §5)."""
 
 from __future__ import annotations
 

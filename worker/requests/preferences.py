@@ -1,4 +1,4 @@
-"""``preferences.*``: the effective document, partial updates, reset (PROTOCOL §6)."""
+"""``preferences.*``: the effective document, partial updates, reset (docs/protocol.md §6)."""
 
 from __future__ import annotations
 

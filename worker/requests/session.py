@@ -1,4 +1,4 @@
-"""``session.open``: what a gateway asks for when a connection opens (PROTOCOL §5)."""
+"""``session.open``: what a gateway asks for when a connection opens (docs/protocol.md §5)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ NOTIFICATION_COLUMNS: Final = "id, seq, type, category, title, message, data, cr
 
 
 def notification_json(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
-    """The client-facing Notification object (PROTOCOL §5) of a ``notifications`` row.
+    """The client-facing Notification object (docs/protocol.md §5) of a ``notifications`` row.
 
     Datetimes stay ``datetime`` objects: orjson renders them as RFC 3339 when the frame is encoded.
     """
