@@ -24,7 +24,8 @@ import asyncpg
 
 from herald_ops.testing.requests import WsClient, seed
 from herald_ops.testing.stack import fresh_id, stack_context
-from worker.inbox import UNREAD_COUNT, ListParams, list_query
+from worker.requests.notifications import ListParams
+from worker.store.inbox import UNREAD_COUNT, list_query
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
 _HHMM: Final = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
-HELD_IN_QUIET_HOURS: Final = frozenset({"email", "push"})
+#: Channels sent by delivery jobs rather than in-app; quiet hours hold back exactly these, never in-app.
+DELIVERY_CHANNELS: Final = ("email", "push")
 #: Channels a user may not turn off for a critical type.
 CRITICAL_LOCKED_CHANNELS: Final = frozenset({"in_app", "email"})
 

@@ -8,9 +8,9 @@ import uvloop
 def main() -> None:
     """Entry point of the ``herald-worker`` console script."""
     # Imported here so a configuration error is reported by load_settings before anything else starts.
-    from worker.app import app
+    from worker.app import create_app
 
-    uvloop.run(app.run())
+    uvloop.run(create_app().run())
 
 
 if __name__ == "__main__":

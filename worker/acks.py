@@ -1,8 +1,8 @@
 """Settling deliveries of the input queue: one ``basic.ack(multiple=True)`` per committed prefix.
 
 Acking each event costs a frame per event; ``multiple=True`` acks every outstanding delivery up to a tag
-at once, which is only safe for a prefix of deliveries that are *all* settled (LIBRARY-NOTES): batches
-commit and publish concurrently, and an unsettled delivery under an acked tag would be lost in a crash.
+at once, which is only safe for a prefix of deliveries that are *all* settled: batches commit and publish
+concurrently, and an unsettled delivery under an acked tag would be lost in a crash.
 
 Delivery tags are consecutive integers per channel, so :class:`AckTracker` keeps the last acked tag and the
 set of settled tags above it, and acks only when the run of consecutive settled tags grows. A tag that is

@@ -1,4 +1,4 @@
-"""The worker's side of the PROTOCOL §3 topology, declared idempotently at every start.
+"""The worker's side of the docs/protocol.md §3 topology, declared idempotently at every start.
 
 Flags are explicit everywhere (FastStream and aio-pika defaults differ, and a redeclaration with other flags
 fails with PRECONDITION_FAILED): every exchange durable and not auto-delete; ``herald.events`` a quorum

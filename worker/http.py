@@ -54,5 +54,6 @@ async def serve(
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    # reuse_port: `faststream run worker.app:app --workers N` starts N processes on the same port.
+    # reuse_port: `faststream run --factory worker.app:create_app --workers N` starts N processes on the
+    # same port.
     return await asyncio.start_server(handle, host, port, limit=_MAX_HEADER_BYTES, reuse_port=True)

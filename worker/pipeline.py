@@ -10,40 +10,38 @@ Life of an event (docs/design.md has the reasons):
 2. Valid events wait in the batcher until ``batch_size`` are pending or ``batch_timeout_ms`` passed. One
    batch of sends is one transaction: users rows ensured and locked in id order, preferences read with the
    lock, duplicates (same user and idempotency key) read back, the rest inserted by one multi-row statement
-   that allocates each user's next ``seq``s and bumps ``last_seq`` and ``unread_count``. Each broadcast is
-   its own transaction (one set-based statement).
+   (:mod:`worker.store.events`); :mod:`worker.routing` decides in between who gets what, on which channel.
+   Each broadcast is its own transaction (one set-based statement).
 3. After the commit, every frame and delivery of the batch is published with confirms in flight together;
    then the batch's deliveries are acked (:class:`worker.acks.AckTracker`). Publishing overlaps with the
    next batch's commit; acks happen only after both commit and confirms.
 
-Failures: deadlocks and serialization failures retry the batch at once; an outage (``TRANSIENT_DB_ERRORS``)
-keeps the batch unacked and retries it with capped exponential backoff — the broker stops delivering once
-``prefetch`` events are unacked, so the worker takes nothing more until the database is back; any other
-error splits the batch in halves until the one event that causes it is found, which is dead-lettered
-(a database error about its data) or requeued (a bug; the queue's delivery limit dead-letters it).
+Failures: deadlocks and serialization failures retry the batch at once; an outage
+(:func:`worker.store.pool.is_outage`) keeps the batch unacked and retries it with capped exponential
+backoff — the broker stops delivering once ``prefetch`` events are unacked, so the worker takes nothing
+more until the database is back; any other error splits the batch in halves until the one event that
+causes it is found, which is dead-lettered (a database error about its data) or requeued (a bug; the
+queue's delivery limit dead-letters it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
-import orjson
 import structlog
 
 from shared.events import BroadcastEvent, InvalidEvent, SendEvent, parse_event
-from shared.jsonrpc import dumps, notification_frame
-from shared.preferences import decide_channels, default_preferences, effective_preferences, quiet_hours_end
-from worker import metrics, store
-from worker.db import TRANSIENT_DB_ERRORS, notification_json
+from worker import metrics
+from worker.routing import NEW_METHOD, Incoming, Outgoing, SendRouting, route_broadcast
+from worker.store import events as store
+from worker.store.pool import is_outage
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
@@ -55,11 +53,10 @@ if TYPE_CHECKING:
     from shared.settings import Settings
     from worker.acks import AckTracker
     from worker.publish import Publisher
-    from worker.store import Connection
+    from worker.store.pool import Connection
 
 log = structlog.get_logger("herald.worker")
 
-NEW_METHOD: Final = "notification:new"
 _CONFLICT_ERRORS: Final = (
     asyncpg.DeadlockDetectedError,
     asyncpg.SerializationError,
@@ -74,18 +71,6 @@ _UNKNOWN_TYPE_RELOAD_SECONDS: Final = 5.0
 _MAX_ROWS_PER_BATCH: Final = 5000
 
 
-def notification_id(idempotency_key: str | None) -> str:
-    """The id of the notification an event creates: 32 hex characters.
-
-    With an idempotency key the id is derived from it, so a redelivered or repeated event yields the same
-    id everywhere (in-app row, live frame, email/push jobs — senders can deduplicate on it) and a broadcast
-    shares one id among its recipients. Without a key: time-ordered (millisecond prefix) and random.
-    """
-    if idempotency_key is not None:
-        return hashlib.blake2b(idempotency_key.encode(), digest_size=16).hexdigest()
-    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
-
-
 @dataclass(slots=True)
 class Pending:
     """An accepted event waiting for its batch, with what it takes to settle its delivery."""
@@ -94,59 +79,6 @@ class Pending:
     message: AbstractIncomingMessage
     channel: AbstractChannel
     tag: int
-
-
-@dataclass(slots=True)
-class Outgoing:
-    """What a committed batch publishes: frames per user, broadcast frames, email/push jobs."""
-
-    frames: list[tuple[str, bytes]] = field(default_factory=list)
-    broadcasts: list[tuple[str, bool, bytes]] = field(default_factory=list)
-    deliveries: list[tuple[str, bytes, str]] = field(default_factory=list)
-    rows: int = 0  # notifications inserted
-    outcomes: dict[str, int] = field(default_factory=dict)  # events by metrics outcome
-
-    def extend(self, other: Outgoing) -> None:
-        """Append ``other``'s messages after these (publish order follows commit order)."""
-        self.frames += other.frames
-        self.broadcasts += other.broadcasts
-        self.deliveries += other.deliveries
-        self.rows += other.rows
-        for outcome, count in other.outcomes.items():
-            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + count
-
-
-@dataclass(slots=True)
-class _Recipient:
-    """One (event, user) pair and the Notification object it gets (``seq`` filled in after the insert)."""
-
-    item: Pending
-    user: str
-    key: str | None
-    params: dict[str, Any]
-
-
-def _params(nid: str, event: SendEvent | BroadcastEvent, category: str, now: datetime) -> dict[str, Any]:
-    return {
-        "id": nid,
-        "seq": None,
-        "type": event.type,
-        "category": category,
-        "title": event.title,
-        "message": event.message,
-        "data": event.data,
-        "created_at": now,
-        "read_at": None,
-    }
-
-
-def _held_until(user: str, quiet_hours: dict[str, str] | None, now: datetime) -> datetime | None:
-    """End of ``user``'s quiet hours; stored hours that no longer parse hold nothing (and are logged)."""
-    try:
-        return quiet_hours_end(quiet_hours, now)
-    except (KeyError, TypeError, ValueError) as exc:  # ZoneInfoNotFoundError is a KeyError
-        log.warning("ignoring unusable quiet hours", user_id=user, quiet_hours=quiet_hours, error=repr(exc))
-        return None
 
 
 class _Shutdown(Exception):
@@ -329,15 +261,15 @@ class Pipeline:
                 metrics.DB_RETRIES.labels("conflict").inc()
                 await asyncio.sleep(random.uniform(0, 0.01 * min(conflicts, 10)))
                 continue
-            except TRANSIENT_DB_ERRORS as exc:
-                self._set_database_up(False, exc)
-                metrics.DB_RETRIES.labels("outage").inc()
-                if self._closing:
-                    raise _Shutdown from exc
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _BACKOFF_MAX)
-                continue
             except Exception as exc:
+                if is_outage(exc):
+                    self._set_database_up(False, exc)
+                    metrics.DB_RETRIES.labels("outage").inc()
+                    if self._closing:
+                        raise _Shutdown from exc
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, _BACKOFF_MAX)
+                    continue
                 if len(items) == 1:
                     await self._poison(items[0], exc)
                     return []
@@ -387,132 +319,26 @@ class Pipeline:
     async def _store_sends(
         self, conn: Connection, catalog: Catalog, items: list[Pending], now: datetime
     ) -> Outgoing:
-        user_ids = list(
-            {u for item in items if isinstance(item.event, SendEvent) for u in item.event.user_ids}
+        batch = [
+            Incoming(item.event, bool(item.message.redelivered))
+            for item in items
+            if isinstance(item.event, SendEvent)
+        ]
+        overrides = await store.lock_users(
+            conn, list({u for incoming in batch for u in incoming.event.user_ids})
         )
-        overrides = await store.lock_users(conn, user_ids)
-        defaults = default_preferences(catalog)
-        preferences: dict[str, dict[str, Any]] = {}
-        in_app: list[_Recipient] = []
-        by_mail: list[tuple[_Recipient, str, datetime | None]] = []
-        seen: set[tuple[str, str]] = set()
-        muted = repeated = 0
-
-        for item in items:
-            event = item.event
-            assert isinstance(event, SendEvent)
-            kind = catalog[event.type]
-            key = event.event_id
-            nid = notification_id(key)
-            reached = False
-            first_copy = key is None
-            for user in event.user_ids:
-                prefs = preferences.get(user)
-                if prefs is None:
-                    stored_overrides = overrides.get(user)
-                    prefs = preferences[user] = (
-                        effective_preferences(catalog, stored_overrides) if stored_overrides else defaults
-                    )
-                channels = decide_channels(kind, prefs, event.channels)
-                if key is not None:
-                    if (user, key) in seen:
-                        continue  # the same event twice in one batch
-                    seen.add((user, key))
-                    first_copy = True
-                if not channels:
-                    continue
-                reached = True
-                recipient = _Recipient(item, user, key, _params(nid, event, kind.category, now))
-                if "in_app" in channels:
-                    in_app.append(recipient)
-                external = sorted(channels - {"in_app"})
-                if external:
-                    held = _held_until(user, prefs["quiet_hours"], now)
-                    by_mail += [(recipient, channel, held) for channel in external]
-            if not first_copy:
-                repeated += 1
-            elif not reached:
-                muted += 1
-
-        keyed = [(r.user, r.key) for r in in_app if r.key is not None]
-        stored = await store.existing(conn, [user for user, _ in keyed], [key for _, key in keyed])
-        rows = store.NewRows()
-        data_of: Pending | None = None
-        data_json = ""
-        fresh: list[_Recipient] = []
-        out = Outgoing()
-        duplicates: set[tuple[str, str | None]] = set()
-        for recipient in in_app:
-            previous = stored.get((recipient.user, recipient.key)) if recipient.key else None
-            if previous is not None:
-                duplicates.add((recipient.user, recipient.key))
-                recipient.params = notification_json(previous)
-                continue
-            event = recipient.item.event
-            rows.user_id.append(recipient.user)
-            rows.id.append(recipient.params["id"])
-            rows.type.append(event.type)
-            rows.category.append(recipient.params["category"])
-            rows.title.append(event.title)
-            rows.message.append(event.message)
-            if recipient.item is not data_of:  # a fan-out event's recipients are contiguous
-                data_of, data_json = recipient.item, orjson.dumps(event.data).decode()
-            rows.data.append(data_json)
-            rows.idempotency_key.append(recipient.key)
-            rows.expires_at.append(event.expires_at)
-            fresh.append(recipient)
-        for recipient, inserted in zip(fresh, await store.insert(conn, rows), strict=True):
-            recipient.params["seq"] = inserted["seq"]
-            recipient.params["created_at"] = inserted["created_at"]
-
-        out.frames = [(r.user, notification_frame(NEW_METHOD, r.params)) for r in in_app]
-        for recipient, channel, held in by_mail:
-            if (recipient.user, recipient.key) in duplicates and not recipient.item.message.redelivered:
-                continue  # a producer's repeat: its jobs went out the first time
-            body: dict[str, Any] = {
-                "notification": recipient.params,
-                "user_id": recipient.user,
-                "channel": channel,
-            }
-            body["deliver_after"] = held
-            out.deliveries.append(
-                (channel, dumps(body), f"{recipient.params['id']}:{recipient.user}:{channel}")
-            )
-
-        out.rows = len(rows)
-        # Per event: a duplicate found nothing new to store (every in-app copy existed, or it repeated an
-        # event of this batch); muted reached no channel; stored is the rest.
-        with_fresh_rows = {id(r.item) for r in fresh}
-        already_stored = {id(r.item) for r in in_app if (r.user, r.key) in duplicates} - with_fresh_rows
-        duplicate = repeated + len(already_stored)
-        out.outcomes = {"stored": len(items) - muted - duplicate, "muted": muted, "duplicate": duplicate}
-        return out
+        routing = SendRouting(batch, overrides, catalog, now)
+        rows = routing.new_rows(await store.existing(conn, routing.keyed()))
+        return routing.outgoing(await store.insert(conn, rows))
 
     async def _store_broadcast(
         self, conn: Connection, catalog: Catalog, event: BroadcastEvent, now: datetime
     ) -> Outgoing:
-        kind = catalog[event.type]
-        nid = notification_id(event.event_id)
-        out = Outgoing()
-        if event.channels is not None and "in_app" not in event.channels:
-            out.outcomes = {"muted": 1}  # broadcasts are in-app only
-            return out
-        recipients = await store.broadcast(
-            conn,
-            notification_id=nid,
-            type_=event.type,
-            category=kind.category,
-            title=event.title,
-            message=event.message,
-            data_json=orjson.dumps(event.data).decode(),
-            idempotency_key=event.event_id,
-            expires_at=event.expires_at,
-        )
-        out.rows = recipients
-        out.outcomes = {"broadcast": 1}
-        frame = notification_frame(NEW_METHOD, _params(nid, event, kind.category, now))
-        out.broadcasts.append((event.type, kind.critical, frame))
-        return out
+        routing = route_broadcast(event, catalog, now)
+        if routing.muted:
+            return routing.outgoing(0)
+        recipients = await store.broadcast(conn, routing)
+        return routing.outgoing(recipients)
 
     # -- publishing -----------------------------------------------------------------------------------
 
@@ -542,7 +368,7 @@ class Pipeline:
                 await self._requeue(items)
                 return
             metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)
-            for channel, count in _count_channels(outgoing).items():
+            for channel, count in outgoing.delivery_counts().items():
                 metrics.DELIVERIES.labels(channel).inc(count)
             for amqp_channel, tags in _tags_by_channel(items).items():
                 await self._acks.settle(amqp_channel, tags)
@@ -555,13 +381,6 @@ async def _gather(coroutines: list[Coroutine[Any, Any, None]]) -> None:
         await coroutines[0]
     elif coroutines:
         await asyncio.gather(*coroutines)
-
-
-def _count_channels(outgoing: Outgoing) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for channel, _, _ in outgoing.deliveries:
-        counts[channel] = counts.get(channel, 0) + 1
-    return counts
 
 
 def _tags_by_channel(items: list[Pending]) -> dict[AbstractChannel, list[int]]:

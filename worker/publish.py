@@ -2,11 +2,11 @@
 
 Every publish goes to one of the permanent exchanges declared at start (``herald.users``,
 ``herald.broadcast``, ``herald.deliveries``, ``herald.dlx``) and never to a per-user exchange: a publish to
-an exchange that does not exist closes the channel (LIBRARY-NOTES).
+an exchange that does not exist closes the channel.
 
 Frames are published with ``mandatory=False`` (a frame for a user connected nowhere is dropped by RabbitMQ
 instead of being returned to us). Deliveries, dead letters, broadcast frames and request frames
-(:func:`publish_user_frame`) use the broker's publisher-confirm channel and their callers ``await`` the
+(:meth:`Publisher.user_frame`) use the broker's publisher-confirm channel and their callers ``await`` the
 confirm. The ``notification:new`` frames of event batches go on ``live`` — by default a channel without
 confirms on the same connection as the consumer, so each frame is written before the batch's ack
 (``HERALD_CONFIRM_FRAMES=true`` puts them on the confirm channel; docs/design.md weighs the two).
@@ -15,8 +15,8 @@ Hot-path publishes (frames, deliveries) go straight to the underlying aiormq cha
 aio-pika's ``Exchange.publish`` holds the channel lock until each frame is flushed to the socket, which
 serializes a batch's publishes one socket write at a time; here the confirms are still awaited.
 
-:class:`Publisher` is built once at start-up (``worker.app``) and installed here; request handlers
-(``worker.rpc``) call :func:`publish_user_frame`.
+:class:`Publisher` is built once at start-up (:func:`worker.amqp.declare_topology`) and held by the
+:class:`worker.runtime.Runtime`; request methods publish with :meth:`Publisher.user_frame`.
 """
 
 from __future__ import annotations
@@ -128,27 +128,3 @@ class Publisher:
             routing_key=message.routing_key or "",
             mandatory=False,
         )
-
-
-_publisher: Publisher | None = None
-
-
-def install(publisher: Publisher) -> None:
-    """Make ``publisher`` the one :func:`current` and :func:`publish_user_frame` use."""
-    global _publisher
-    _publisher = publisher
-
-
-def current() -> Publisher:
-    """The running worker's publisher; raises ``RuntimeError`` before start-up finished."""
-    if _publisher is None:
-        raise RuntimeError("the worker has not started")
-    return _publisher
-
-
-async def publish_user_frame(user_id: str, method: str, frame: bytes) -> None:
-    """Publish ``frame`` (JSON-RPC bytes) to ``herald.users`` for ``user_id`` with AMQP type ``method``.
-
-    ``mandatory=False``: a user connected nowhere is not an error. Waits for the publisher confirm.
-    """
-    await current().user_frame(user_id, method, frame)

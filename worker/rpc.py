@@ -1,9 +1,9 @@
-"""Client requests forwarded by gateways over ``herald.rpc`` (PROTOCOL §5, the RPC wire format in contracts).
+"""Client requests forwarded by gateways over ``herald.rpc`` (docs/protocol.md §5; wire format: amendment 3).
 
 A gateway publishes ``{"method", "params", "user_id", "admin"}`` with ``reply_to`` and ``correlation_id``;
 this module answers with exactly :func:`shared.jsonrpc.rpc_result` or :func:`shared.jsonrpc.rpc_error` bytes,
 which FastStream publishes to ``reply_to`` with the request's ``correlation_id``. The methods themselves
-(SQL, events) live in :mod:`worker.inbox`; this module is transport and error mapping only.
+live in :mod:`worker.requests`; this module is transport and error mapping only.
 
 No exception escapes a handler: a bad envelope is -32600, an unknown method -32601, bad params -32602 with
 ``data`` naming the offending field, a database that cannot be reached 5003, anything else -32603
@@ -26,16 +26,18 @@ from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 
 from shared.events import USER_ID_PATTERN
-from shared.jsonrpc import ErrorCode, rpc_error, rpc_result
+from shared.jsonrpc import ErrorCode, JsonRpcError, rpc_error, rpc_result
 from worker.amqp import raw_body
-from worker.db import TRANSIENT_DB_ERRORS
-from worker.inbox import METHODS, Caller, RequestError, invalid_params
-from worker.state import current
+from worker.requests.common import Caller, invalid_params
+from worker.requests.registry import METHODS
+from worker.store.pool import is_outage
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from shared.settings import Settings
     from shared.topology import Topology
-    from worker.state import WorkerState
+    from worker.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
@@ -79,8 +81,10 @@ RequestBody = Annotated[
 ]
 
 
-def build_router(settings: Settings, topology: Topology) -> RabbitRouter:
+def build_router(settings: Settings, topology: Topology, runtime: Callable[[], Runtime]) -> RabbitRouter:
     """The ``herald.rpc`` subscriber, on its own channel so requests never wait behind event batches.
+
+    ``runtime`` returns the running worker's :class:`worker.runtime.Runtime` (built after the router).
 
     ``settings.rpc_prefetch`` bounds how many requests one worker answers at once (aiormq runs one task
     per delivery). The queue is durable and classic with no arguments, as every declarer agrees.
@@ -97,24 +101,23 @@ def build_router(settings: Settings, topology: Topology) -> RabbitRouter:
         description="Client requests forwarded by gateways; replies go to reply_to.",
     )
     async def answer_request(body: RequestBody) -> RabbitResponse:
-        state = current()
-        reply = await handle_request(state, body)
+        reply = await handle_request(runtime(), body)
         # mandatory=False: a gateway that went away leaves nobody to route the reply to, and that is fine.
         return RabbitResponse(reply, content_type="application/json", mandatory=False)
 
     return router
 
 
-async def handle_request(state: WorkerState, body: bytes) -> bytes:
+async def handle_request(runtime: Runtime, body: bytes) -> bytes:
     """Run one request body and return the reply body; never raises. Counted in the request metrics."""
     started = time.perf_counter()
-    method, code, reply = await _answer(state, body)
+    method, code, reply = await _answer(runtime, body)
     REQUESTS.labels(method, "ok" if code is None else str(code)).inc()
     REQUEST_SECONDS.labels(method).observe(time.perf_counter() - started)
     return reply
 
 
-async def _answer(state: WorkerState, body: bytes) -> tuple[str, int | None, bytes]:
+async def _answer(runtime: Runtime, body: bytes) -> tuple[str, int | None, bytes]:
     """(method label, error code or ``None``, reply body). Unknown methods are labelled ``unknown``."""
     try:
         envelope = Envelope.model_validate(orjson.loads(body))
@@ -130,16 +133,18 @@ async def _answer(state: WorkerState, body: bytes) -> tuple[str, int | None, byt
     try:
         # JSON-RPC allows omitting params; a method without params takes {}.
         params = method.params.model_validate({} if envelope.params is None else envelope.params)
-        result = await method.run(state, caller, params)
+        result = await method.run(runtime, caller, params)
     except ValidationError as exc:
         error = invalid_params(exc)
         return _error(name, error.code, error.message, error.data)
-    except RequestError as exc:
+    except JsonRpcError as exc:
         return _error(name, exc.code, exc.message, exc.data)
-    except TRANSIENT_DB_ERRORS:
-        log.warning("rpc_unavailable", method=name, exc_info=True)
-        return _error(name, ErrorCode.UNAVAILABLE, "unavailable: the database cannot be reached, try again")
-    except Exception:
+    except Exception as exc:
+        if is_outage(exc):
+            log.warning("rpc_unavailable", method=name, exc_info=True)
+            return _error(
+                name, ErrorCode.UNAVAILABLE, "unavailable: the database cannot be reached, try again"
+            )
         log.exception("rpc_failed", method=name, user_id=envelope.user_id)
         return _error(name, ErrorCode.INTERNAL_ERROR, "internal error")
     return name, None, rpc_result(result)

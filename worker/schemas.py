@@ -1,7 +1,8 @@
 """Pydantic models of what the worker publishes — documentation only (the AsyncAPI document).
 
 The hot path builds these messages as plain dicts and serializes them once with orjson; these models
-describe the shapes for ``faststream docs gen worker.app:app`` and ``/asyncapi.json``.
+describe the shapes for the AsyncAPI document (``faststream docs gen --factory worker.app:create_app``
+and ``/asyncapi.json``).
 """
 
 from __future__ import annotations

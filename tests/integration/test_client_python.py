@@ -1,4 +1,4 @@
-"""The Python client (clients/python/herald_client/client.py) against a real worker + gateway, plus its pure parts.
+"""The Python client (herald_client/client.py) against a real worker + gateway, plus its pure parts.
 
 Same scenarios as the JS client's tests (clients/js/test/): first-frame auth, live notifications with the
 unread count in step, requests and their errors, tabs in step, reconnect + sync without duplicates after

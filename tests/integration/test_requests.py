@@ -1,4 +1,4 @@
-"""Request methods (worker.rpc + worker.inbox) against real Postgres and RabbitMQ, in process.
+"""Request methods (worker.rpc + worker.requests) against real Postgres and RabbitMQ, in process.
 
 Each request goes through :func:`worker.rpc.handle_request` with a gateway's envelope bytes, exactly what
 the ``herald.rpc`` subscriber runs; events are read back from a queue bound to ``herald.users``. The same
@@ -21,11 +21,13 @@ from herald_ops.testing.requests import seed, unread_truth
 from herald_ops.testing.stack import fresh_id, stack_context, wait_until
 from shared.settings import Settings
 from shared.topology import BROADCAST_ROUTING_KEY, Topology
-from worker import publish, state
 from worker.amqp import declare_topology
-from worker.db import create_pool, load_catalog
-from worker.inbox import METHODS, Caller, Method, NoParams
+from worker.requests.common import Caller, Method, NoParams
+from worker.requests.registry import METHODS
 from worker.rpc import handle_request
+from worker.runtime import Runtime
+from worker.store.catalog import load_catalog
+from worker.store.pool import create_pool
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -51,18 +53,17 @@ def stack() -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="module")
-async def worker_state(stack: Stack) -> AsyncIterator[state.WorkerState]:
-    """What a worker installs at start: pool, catalog, a started broker, the publisher on herald.users."""
+async def worker_state(stack: Stack) -> AsyncIterator[Runtime]:
+    """What a worker builds at start: pool, catalog, a started broker, the publisher on herald.users."""
     settings = Settings(amqp_url=stack.amqp_url, database_url=stack.database_url)
     pool = await create_pool(settings)
     broker = RabbitBroker(settings.amqp_url, logger=None)
     await broker.start()
     # The worker's own start-up step: declares the topology and builds the publisher requests use.
-    publish.install(await declare_topology(broker, TOPOLOGY, confirm_frames=True))
-    installed = state.WorkerState(settings, TOPOLOGY, broker, pool, await load_catalog(pool))
-    state.install(installed)
+    publisher = await declare_topology(broker, TOPOLOGY, confirm_frames=True)
+    runtime = Runtime(settings, TOPOLOGY, broker, pool, publisher, await load_catalog(pool))
     try:
-        yield installed
+        yield runtime
     finally:
         await broker.stop()
         await pool.close()
@@ -78,15 +79,16 @@ async def channel(amqp: aio_pika.abc.AbstractRobustConnection) -> AsyncIterator[
 class Events:
     """The frames published to ``herald.users`` for one user, read from a private bound queue."""
 
-    def __init__(self, queue: AbstractQueue, user_id: str) -> None:
+    def __init__(self, queue: AbstractQueue, user_id: str, runtime: Runtime) -> None:
         self.queue = queue
         self.user_id = user_id
+        self.runtime = runtime
 
     @classmethod
-    async def listen(cls, channel: AbstractChannel, user_id: str) -> Events:
+    async def listen(cls, channel: AbstractChannel, user_id: str, runtime: Runtime) -> Events:
         queue = await channel.declare_queue(exclusive=True)
         await queue.bind(TOPOLOGY.users_exchange, user_id)
-        return cls(queue, user_id)
+        return cls(queue, user_id, runtime)
 
     async def _next_message(self) -> aio_pika.abc.AbstractIncomingMessage:
         got: list[aio_pika.abc.AbstractIncomingMessage] = []
@@ -111,13 +113,13 @@ class Events:
     async def assert_none(self) -> None:
         """Nothing was published: a marker sent now is the next frame in the queue."""
         marker = b'{"marker":true}'
-        await publish.current().users.publish(aio_pika.Message(marker), routing_key=self.user_id)
+        await self.runtime.publisher.users.publish(aio_pika.Message(marker), routing_key=self.user_id)
         message = await self._next_message()
         assert message.body == marker, f"unexpected frame {message.body!r}"
 
 
 async def call(
-    worker_state: state.WorkerState, method: str, params: Any = None, *, user: str, admin: bool = False
+    worker_state: Runtime, method: str, params: Any = None, *, user: str, admin: bool = False
 ) -> dict[str, Any]:
     envelope: dict[str, Any] = {"method": method, "user_id": user, "admin": admin}
     if params is not None:
@@ -126,13 +128,13 @@ async def call(
     return reply
 
 
-async def result(worker_state: state.WorkerState, method: str, params: Any = None, *, user: str) -> Any:
+async def result(worker_state: Runtime, method: str, params: Any = None, *, user: str) -> Any:
     reply = await call(worker_state, method, params, user=user)
     assert "result" in reply, reply
     return reply["result"]
 
 
-async def invalid_field(worker_state: state.WorkerState, method: str, params: Any, *, user: str) -> str:
+async def invalid_field(worker_state: Runtime, method: str, params: Any, *, user: str) -> str:
     reply = await call(worker_state, method, params, user=user)
     assert reply["error"]["code"] == -32602, reply
     field: str = reply["error"]["data"]
@@ -143,7 +145,7 @@ async def invalid_field(worker_state: state.WorkerState, method: str, params: An
 
 
 async def test_unknown_method_and_bad_envelope_are_errors_not_exceptions(
-    worker_state: state.WorkerState,
+    worker_state: Runtime,
 ) -> None:
     user = fresh_id()
     reply = await call(worker_state, "notifications.explode", user=user)
@@ -159,12 +161,12 @@ async def test_unknown_method_and_bad_envelope_are_errors_not_exceptions(
 
 
 async def test_a_failing_method_is_an_internal_error_and_a_lost_database_is_unavailable(
-    worker_state: state.WorkerState, monkeypatch: pytest.MonkeyPatch
+    worker_state: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def broken(worker_state: state.WorkerState, caller: Caller, params: NoParams) -> None:
+    async def broken(worker_state: Runtime, caller: Caller, params: NoParams) -> None:
         raise KeyError("a bug")
 
-    async def unreachable(worker_state: state.WorkerState, caller: Caller, params: NoParams) -> None:
+    async def unreachable(worker_state: Runtime, caller: Caller, params: NoParams) -> None:
         raise ConnectionRefusedError("postgres is down")
 
     monkeypatch.setitem(METHODS, "test.broken", Method(NoParams, broken))
@@ -176,7 +178,7 @@ async def test_a_failing_method_is_an_internal_error_and_a_lost_database_is_unav
 
 
 async def test_session_open_makes_the_user_known_and_reports_counters(
-    worker_state: state.WorkerState, pg: asyncpg.Connection
+    worker_state: Runtime, pg: asyncpg.Connection
 ) -> None:
     user = fresh_id()
     opened = await result(worker_state, "session.open", user=user)
@@ -189,7 +191,7 @@ async def test_session_open_makes_the_user_known_and_reports_counters(
     assert (again["unread_count"], again["last_seq"]) == (5, 5)
 
 
-async def test_concurrent_session_opens_of_a_new_user_all_succeed(worker_state: state.WorkerState) -> None:
+async def test_concurrent_session_opens_of_a_new_user_all_succeed(worker_state: Runtime) -> None:
     # Several tabs connecting at once race to create the users row; each must still get its counters.
     user = fresh_id()
     opened = await asyncio.gather(*(result(worker_state, "session.open", user=user) for _ in range(20)))
@@ -200,7 +202,7 @@ async def test_concurrent_session_opens_of_a_new_user_all_succeed(worker_state: 
 
 
 async def test_list_pages_newest_first_with_cursor_total_and_unread(
-    worker_state: state.WorkerState, pg: asyncpg.Connection
+    worker_state: Runtime, pg: asyncpg.Connection
 ) -> None:
     user = fresh_id()
     await seed(pg, user, 45)
@@ -237,7 +239,7 @@ async def test_list_pages_newest_first_with_cursor_total_and_unread(
     assert first["created_at"].endswith("Z")
 
 
-async def test_list_filters(worker_state: state.WorkerState, pg: asyncpg.Connection) -> None:
+async def test_list_filters(worker_state: Runtime, pg: asyncpg.Connection) -> None:
     user = fresh_id()
     await seed(pg, user, 20)  # types cycle: COURSE_NEW_CONTENT, GRADE_RELEASED, NEW_COMMENT, SYSTEM_...
     await result(
@@ -279,14 +281,12 @@ async def test_list_filters(worker_state: state.WorkerState, pg: asyncpg.Connect
         ([1, 2], "params"),
     ],
 )
-async def test_list_bad_params_name_the_field(
-    worker_state: state.WorkerState, params: Any, field: str
-) -> None:
+async def test_list_bad_params_name_the_field(worker_state: Runtime, params: Any, field: str) -> None:
     assert await invalid_field(worker_state, "notifications.list", params, user=fresh_id()) == field
 
 
 async def test_sync_returns_everything_after_since_in_order(
-    worker_state: state.WorkerState, pg: asyncpg.Connection
+    worker_state: Runtime, pg: asyncpg.Connection
 ) -> None:
     user = fresh_id()
     await seed(pg, user, 30)
@@ -308,11 +308,11 @@ async def test_sync_returns_everything_after_since_in_order(
 
 
 async def test_mark_read_unread_delete_keep_the_counter_and_publish_events(
-    worker_state: state.WorkerState, pg: asyncpg.Connection, channel: AbstractChannel
+    worker_state: Runtime, pg: asyncpg.Connection, channel: AbstractChannel
 ) -> None:
     user = fresh_id()
     await seed(pg, user, 10)
-    events = await Events.listen(channel, user)
+    events = await Events.listen(channel, user, worker_state)
     ids = [f"{user}-{s}" for s in (3, 1, 2)]
 
     assert await result(worker_state, "notifications.mark_read", {"ids": [*ids, ids[0]]}, user=user) == {
@@ -378,19 +378,19 @@ async def test_mark_read_unread_delete_keep_the_counter_and_publish_events(
     ],
 )
 async def test_id_methods_bad_params_name_the_field(
-    worker_state: state.WorkerState, method: str, params: Any, field: str
+    worker_state: Runtime, method: str, params: Any, field: str
 ) -> None:
     assert await invalid_field(worker_state, method, params, user=fresh_id()) == field
 
 
 async def test_other_users_ids_change_nothing_and_reveal_nothing(
-    worker_state: state.WorkerState, pg: asyncpg.Connection, channel: AbstractChannel
+    worker_state: Runtime, pg: asyncpg.Connection, channel: AbstractChannel
 ) -> None:
     owner, intruder = fresh_id("owner"), fresh_id("intruder")
     await seed(pg, owner, 5)
     await seed(pg, intruder, 2)
-    owner_events = await Events.listen(channel, owner)
-    intruder_events = await Events.listen(channel, intruder)
+    owner_events = await Events.listen(channel, owner, worker_state)
+    intruder_events = await Events.listen(channel, intruder, worker_state)
     theirs = [f"{owner}-{s}" for s in range(1, 6)]
 
     for method in ("notifications.mark_read", "notifications.delete"):
@@ -415,7 +415,7 @@ async def test_other_users_ids_change_nothing_and_reveal_nothing(
 
 
 async def test_concurrent_mutations_of_one_user_keep_the_counter_exact(
-    worker_state: state.WorkerState, pg: asyncpg.Connection
+    worker_state: Runtime, pg: asyncpg.Connection
 ) -> None:
     user = fresh_id()
     await seed(pg, user, 200)
@@ -437,10 +437,10 @@ async def test_concurrent_mutations_of_one_user_keep_the_counter_exact(
 
 
 async def test_preferences_update_merges_validates_and_publishes(
-    worker_state: state.WorkerState, channel: AbstractChannel
+    worker_state: Runtime, channel: AbstractChannel
 ) -> None:
     user = fresh_id()
-    events = await Events.listen(channel, user)
+    events = await Events.listen(channel, user, worker_state)
     defaults = await result(worker_state, "preferences.get", user=user)
     assert defaults["updated_at"] is None
     assert defaults["types"]["COURSE_NEW_CONTENT"] == {"in_app": True, "email": False, "push": True}
@@ -498,14 +498,14 @@ async def test_preferences_update_merges_validates_and_publishes(
     ],
 )
 async def test_preferences_update_bad_params_name_the_field(
-    worker_state: state.WorkerState, update: Any, field: str
+    worker_state: Runtime, update: Any, field: str
 ) -> None:
     user = fresh_id()
     assert await invalid_field(worker_state, "preferences.update", update, user=user) == field
     assert (await result(worker_state, "preferences.get", user=user))["updated_at"] is None
 
 
-async def test_security_alert_push_may_be_turned_off(worker_state: state.WorkerState) -> None:
+async def test_security_alert_push_may_be_turned_off(worker_state: Runtime) -> None:
     user = fresh_id()
     doc = await result(
         worker_state, "preferences.update", {"types": {"SECURITY_ALERT": {"push": False}}}, user=user
@@ -517,7 +517,7 @@ async def test_security_alert_push_may_be_turned_off(worker_state: state.WorkerS
 
 
 async def test_broadcast_is_admin_only_and_becomes_a_broadcast_event(
-    worker_state: state.WorkerState, channel: AbstractChannel
+    worker_state: Runtime, channel: AbstractChannel
 ) -> None:
     probe = await channel.declare_queue(exclusive=True)
     await probe.bind(TOPOLOGY.events_exchange, BROADCAST_ROUTING_KEY)

@@ -19,8 +19,10 @@ from herald_ops.testing.worker import TOPOLOGY, Watcher, counters, event, frame_
 from shared.events import MAX_BODY_BYTES
 from shared.preferences import decide_channels, effective_preferences
 from shared.settings import Settings
-from worker.db import create_pool, load_catalog
-from worker.retention import ADVISORY_LOCK_ID, retention_pass
+from worker.retention import retention_pass
+from worker.store.catalog import load_catalog
+from worker.store.pool import create_pool
+from worker.store.retention import ADVISORY_LOCK_ID
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator

@@ -1,0 +1,133 @@
+"""worker.routing without a broker or a database: who gets what, on which channel, and what is counted."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from shared.events import BroadcastEvent, SendEvent
+from shared.preferences import Catalog, NotificationType
+from worker.routing import Incoming, SendRouting, route_broadcast
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from worker.routing import NewRows, Outgoing
+
+CATALOG = Catalog(
+    [
+        NotificationType("COURSE_NEW_CONTENT", "course", {"in_app": True, "email": True, "push": True}),
+        NotificationType(
+            "SECURITY_ALERT", "security", {"in_app": True, "email": True, "push": True}, critical=True
+        ),
+    ]
+)
+NOW = datetime(2025, 1, 15, 23, 0, tzinfo=UTC)
+ALL_OFF = {"in_app": False, "email": False, "push": False}
+NIGHT = {"start": "22:00", "end": "07:00", "timezone": "UTC"}
+
+
+def send(type_: str = "COURSE_NEW_CONTENT", **fields: Any) -> SendEvent:
+    return SendEvent.model_validate({"user_ids": ["u1"], "type": type_, "title": "Hello", **fields})
+
+
+def route(
+    *events: SendEvent,
+    overrides: Mapping[str, Mapping[str, Any] | None] | None = None,
+    stored: Mapping[tuple[str, str], dict[str, Any]] | None = None,
+    redelivered: bool = False,
+) -> tuple[NewRows, Outgoing]:
+    """Route a batch as the pipeline does, with the insert answered by consecutive seqs."""
+    routing = SendRouting([Incoming(e, redelivered) for e in events], overrides or {}, CATALOG, NOW)
+    rows = routing.new_rows(stored or {})
+    return rows, routing.outgoing([(seq, NOW) for seq in range(1, len(rows) + 1)])
+
+
+def jobs(out: Outgoing) -> dict[str, Any]:
+    """The delivery job bodies by channel."""
+    return {channel: orjson.loads(body) for channel, body, _ in out.deliveries}
+
+
+def test_without_overrides_every_channel_is_used() -> None:
+    rows, out = route(send())
+    assert rows.user_id == ["u1"]
+    assert [user for user, _ in out.frames] == ["u1"]
+    assert set(jobs(out)) == {"email", "push"}
+    assert out.outcomes == {"stored": 1, "muted": 0, "duplicate": 0}
+
+
+def test_master_switch_off_mutes_the_event() -> None:
+    rows, out = route(send(), overrides={"u1": {"channels": ALL_OFF}})
+    assert (len(rows), out.frames, out.deliveries) == (0, [], [])
+    assert out.outcomes == {"stored": 0, "muted": 1, "duplicate": 0}
+
+
+def test_type_switch_off_mutes_only_that_type() -> None:
+    overrides = {"u1": {"types": {"COURSE_NEW_CONTENT": ALL_OFF}}}
+    rows, out = route(send(), overrides=overrides)
+    assert (len(rows), out.deliveries) == (0, [])
+    assert out.outcomes["muted"] == 1
+    rows, out = route(send("SECURITY_ALERT"), overrides=overrides)
+    assert len(rows) == 1
+
+
+def test_a_critical_type_keeps_in_app_and_email_whatever_the_switches() -> None:
+    overrides = {"u1": {"channels": ALL_OFF, "types": {"SECURITY_ALERT": ALL_OFF}}}
+    rows, out = route(send("SECURITY_ALERT"), overrides=overrides)
+    assert rows.user_id == ["u1"]
+    assert set(jobs(out)) == {"email"}  # push is not locked on
+    assert out.outcomes["stored"] == 1
+
+
+def test_quiet_hours_hold_email_and_push_but_never_in_app() -> None:
+    rows, out = route(send(), overrides={"u1": {"quiet_hours": NIGHT}})
+    assert (len(rows), len(out.frames)) == (1, 1)
+    held = {channel: job["deliver_after"] for channel, job in jobs(out).items()}
+    assert held == {"email": "2025-01-16T07:00:00Z", "push": "2025-01-16T07:00:00Z"}
+
+
+def test_outside_quiet_hours_jobs_go_now() -> None:
+    morning = {"start": "08:00", "end": "12:00", "timezone": "UTC"}
+    _, out = route(send(), overrides={"u1": {"quiet_hours": morning}})
+    assert {job["deliver_after"] for job in jobs(out).values()} == {None}
+
+
+def test_the_events_channels_narrow_what_preferences_allow() -> None:
+    rows, out = route(send(channels=["email"]))
+    assert (len(rows), out.frames, set(jobs(out))) == (0, [], {"email"})
+    overrides = {"u1": {"channels": {"push": False}}}
+    rows, out = route(send(channels=["in_app", "push"]), overrides=overrides)
+    assert (len(rows), out.deliveries) == (1, [])
+    rows, out = route(send(channels=["push"]), overrides=overrides)
+    assert out.outcomes["muted"] == 1
+
+
+def test_the_same_event_twice_in_one_batch_is_stored_once() -> None:
+    rows, out = route(send(event_id="k1"), send(event_id="k1"))
+    assert rows.user_id == ["u1"]
+    assert (len(out.frames), len(out.deliveries)) == (1, 2)
+    assert out.outcomes == {"stored": 1, "muted": 0, "duplicate": 1}
+
+
+def test_an_event_stored_before_is_published_again_as_stored() -> None:
+    previous = {"id": "n1", "seq": 7, "type": "COURSE_NEW_CONTENT", "title": "Hello"}
+    rows, out = route(send(event_id="k1"), stored={("u1", "k1"): previous})
+    assert len(rows) == 0
+    assert orjson.loads(out.frames[0][1])["params"]["seq"] == 7
+    assert out.deliveries == []  # the first delivery sent them
+    assert out.outcomes == {"stored": 0, "muted": 0, "duplicate": 1}
+    _, again = route(send(event_id="k1"), stored={("u1", "k1"): previous}, redelivered=True)
+    assert set(jobs(again)) == {"email", "push"}  # maybe lost before the ack: sent again
+
+
+def test_a_broadcast_outside_in_app_stores_nothing() -> None:
+    event = BroadcastEvent.model_validate(
+        {"type": "COURSE_NEW_CONTENT", "title": "All", "channels": ["email"]}
+    )
+    routing = route_broadcast(event, CATALOG, NOW)
+    assert routing.muted
+    assert routing.outgoing(0).outcomes == {"muted": 1}
+    stored = route_broadcast(event.model_copy(update={"channels": None}), CATALOG, NOW).outgoing(3)
+    assert (stored.rows, stored.outcomes, len(stored.broadcasts)) == (3, {"broadcast": 1}, 1)

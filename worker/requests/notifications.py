@@ -1,0 +1,139 @@
+"""``notifications.*``: pages, sync, the unread counter, read/unread/delete (docs/protocol.md §5)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any, Final
+
+from pydantic import Field, StringConstraints
+
+from worker.requests.common import Method, NoParams, Params, bad_param, publish_event
+from worker.store import inbox
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    import asyncpg
+
+    from worker.requests.common import Caller
+    from worker.runtime import Runtime
+
+MAX_IDS: Final = 500
+MAX_PAGE: Final = 100
+MAX_SYNC: Final = 500
+# seq is a bigint: a larger cursor is invalid params, not a driver error (-32603) on the query.
+MAX_SEQ: Final = 2**63 - 1
+
+# Postgres text cannot hold NUL (the query would fail): such an id is invalid params, not an internal error.
+NotificationId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00]*$")]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class ListParams(Params):
+    """``notifications.list``: a page before ``before`` (a seq), newest first, optionally filtered."""
+
+    limit: int = Field(default=20, ge=1, le=MAX_PAGE)
+    before: int | None = Field(default=None, ge=1, le=MAX_SEQ)
+    unread_only: bool = False
+    types: list[Name] | None = Field(default=None, max_length=64)
+    categories: list[Name] | None = Field(default=None, max_length=64)
+
+
+class SyncParams(Params):
+    """``notifications.sync``: what came after ``since``, oldest first."""
+
+    since: int = Field(default=0, ge=0, le=MAX_SEQ)
+    limit: int = Field(default=MAX_SYNC, ge=1, le=MAX_SYNC)
+
+
+class IdsParams(Params):
+    """``mark_read`` / ``mark_unread`` / ``delete``: up to 500 notification ids."""
+
+    ids: list[NotificationId] = Field(max_length=MAX_IDS)
+
+
+def _check_names(field: str, names: list[str] | None, known: set[str] | tuple[str, ...], what: str) -> None:
+    for index, name in enumerate(names or ()):
+        if name not in known:
+            raise bad_param(f"{field}.{index}", f"unknown {what}")
+
+
+async def list_notifications(runtime: Runtime, caller: Caller, params: ListParams) -> dict[str, Any]:
+    """``notifications.list``: ``{items (newest first), next_cursor, total, unread_count}``."""
+    _check_names("types", params.types, set(runtime.catalog.types), "notification type")
+    _check_names("categories", params.categories, runtime.catalog.categories, "category")
+    page = await inbox.list_page(runtime.pool, params, caller.user_id)
+    has_more = len(page.items) > params.limit
+    items = page.items[: params.limit]
+    return {
+        "items": items,
+        "next_cursor": items[-1]["seq"] if has_more else None,
+        "total": page.total,
+        "unread_count": page.unread_count,
+    }
+
+
+async def sync_notifications(runtime: Runtime, caller: Caller, params: SyncParams) -> dict[str, Any]:
+    """``notifications.sync``: ``{items (seq ascending, all > since), has_more}``."""
+    items = await inbox.sync(runtime.pool, caller.user_id, params.since, params.limit + 1)
+    return {"items": items[: params.limit], "has_more": len(items) > params.limit}
+
+
+async def unread_count(runtime: Runtime, caller: Caller, params: NoParams) -> dict[str, Any]:
+    """``notifications.unread_count``: ``{count}`` from the maintained counter."""
+    return {"count": await inbox.unread_count(runtime.pool, caller.user_id)}
+
+
+async def _change_ids(
+    runtime: Runtime,
+    caller: Caller,
+    change: Callable[[asyncpg.Pool, str, list[str]], Awaitable[inbox.Change]],
+    ids: list[str],
+    event: str,
+    counted: str,
+) -> dict[str, Any]:
+    """Run ``change`` over ``ids``; publish ``event`` ``{ids, unread_count}`` if any row changed."""
+    result = await change(runtime.pool, caller.user_id, list(dict.fromkeys(ids)))
+    if result.changed:
+        await publish_event(
+            runtime, caller.user_id, event, {"ids": result.ids, "unread_count": result.unread_count}
+        )
+    return {counted: result.changed, "unread_count": result.unread_count}
+
+
+async def mark_read(runtime: Runtime, caller: Caller, params: IdsParams) -> dict[str, Any]:
+    """``notifications.mark_read``: ``{updated, unread_count}``; publishes ``notification:read``."""
+    return await _change_ids(runtime, caller, inbox.mark_read, params.ids, "notification:read", "updated")
+
+
+async def mark_unread(runtime: Runtime, caller: Caller, params: IdsParams) -> dict[str, Any]:
+    """``notifications.mark_unread``: ``{updated, unread_count}``; publishes ``notification:unread``."""
+    return await _change_ids(runtime, caller, inbox.mark_unread, params.ids, "notification:unread", "updated")
+
+
+async def delete(runtime: Runtime, caller: Caller, params: IdsParams) -> dict[str, Any]:
+    """``notifications.delete``: ``{deleted, unread_count}``; publishes ``notification:deleted``."""
+    return await _change_ids(runtime, caller, inbox.delete, params.ids, "notification:deleted", "deleted")
+
+
+async def mark_all_read(runtime: Runtime, caller: Caller, params: NoParams) -> dict[str, Any]:
+    """``notifications.mark_all_read``: ``{updated, unread_count}``; publishes ``{all: true, ...}``.
+
+    ``unread_count`` is 0 unless a notification was stored while the statement ran (it stays unread).
+    """
+    change = await inbox.mark_all_read(runtime.pool, caller.user_id)
+    if change.changed:
+        await publish_event(
+            runtime, caller.user_id, "notification:read", {"all": True, "unread_count": change.unread_count}
+        )
+    return {"updated": change.changed, "unread_count": change.unread_count}
+
+
+METHODS: Final = {
+    "notifications.list": Method(ListParams, list_notifications),
+    "notifications.sync": Method(SyncParams, sync_notifications),
+    "notifications.unread_count": Method(NoParams, unread_count),
+    "notifications.mark_read": Method(IdsParams, mark_read),
+    "notifications.mark_unread": Method(IdsParams, mark_unread),
+    "notifications.mark_all_read": Method(NoParams, mark_all_read),
+    "notifications.delete": Method(IdsParams, delete),
+}

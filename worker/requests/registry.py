@@ -1,0 +1,17 @@
+"""Every request method by name: the union of the areas' ``METHODS`` tables (one line per area)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+from worker.requests import admin, notifications, preferences, session
+
+if TYPE_CHECKING:
+    from worker.requests.common import Method
+
+METHODS: Final[dict[str, Method]] = {
+    **session.METHODS,
+    **notifications.METHODS,
+    **preferences.METHODS,
+    **admin.METHODS,
+}

@@ -1,0 +1,76 @@
+"""The asyncpg pool, and which database errors mean "unavailable now" rather than "bad data"."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+import asyncpg
+import orjson
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    from shared.settings import Settings
+
+    # What the store functions take: a plain connection or one acquired from the pool.
+    Connection = asyncpg.Connection | PoolConnectionProxy
+
+# SQLSTATEs of an outage: whatever the event, the database cannot take it now, so the batch is kept
+# unacked and retried after a pause. A whole class by its first two characters, or one exact code.
+_OUTAGE_CLASSES: Final = frozenset(
+    {
+        "53",  # insufficient resources: disk full, out of memory, too many connections
+    }
+)
+_OUTAGE_CODES: Final = frozenset(
+    {
+        "08003",  # connection does not exist (also raised by asyncpg when the socket closed)
+        "25006",  # read-only transaction: a primary demoted in a failover
+        "40001",  # serialization failure
+        "40P01",  # deadlock detected
+        "57014",  # query canceled (statement timeout)
+        "57P01",  # admin shutdown
+        "57P02",  # crash shutdown
+        "57P03",  # cannot connect now (starting up, shutting down, recovering)
+    }
+)
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether ``error`` says nothing about the data: the database or the way to it is unavailable.
+
+    Socket errors (``OSError``, ``TimeoutError`` included), asyncpg's own interface errors, and server
+    errors by SQLSTATE (``asyncpg.PostgresError.sqlstate``).
+    """
+    if isinstance(error, OSError | asyncpg.InterfaceError):
+        return True
+    if isinstance(error, asyncpg.PostgresError):
+        sqlstate: str = error.sqlstate or ""
+        return sqlstate in _OUTAGE_CODES or sqlstate[:2] in _OUTAGE_CLASSES
+    return False
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            name,
+            encoder=lambda value: orjson.dumps(value).decode(),
+            decoder=orjson.loads,
+            schema="pg_catalog",
+        )
+
+
+async def create_pool(settings: Settings) -> asyncpg.Pool:
+    """A pool whose connections encode and decode ``json``/``jsonb`` with orjson."""
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        settings.database_url,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        init=_init_connection,
+    )
+    return pool
+
+
+async def ping(pool: asyncpg.Pool) -> None:
+    """One round trip to the database (the readiness probe)."""
+    await pool.fetchval("SELECT 1")
