@@ -25,7 +25,13 @@ def test_the_server_speaks_the_sdk_codes_and_limits() -> None:
     assert jsonrpc.ErrorCode is wire.ErrorCode
     assert jsonrpc.CloseCode is wire.CloseCode
     assert jsonrpc.JsonRpcError is wire.JsonRpcError
-    for limit in ("MAX_BODY_BYTES", "MAX_TITLE_CHARS", "MAX_MESSAGE_CHARS", "USER_ID_PATTERN", "TYPE_PATTERN"):
+    for limit in (
+        "MAX_BODY_BYTES",
+        "MAX_TITLE_CHARS",
+        "MAX_MESSAGE_CHARS",
+        "USER_ID_PATTERN",
+        "TYPE_PATTERN",
+    ):
         assert getattr(events, limit) == getattr(wire, limit), limit
 
 

@@ -1,0 +1,79 @@
+"""The SDK's sans-I/O parts: the delivery tracker and the producer's local checks (no I/O)."""
+
+from __future__ import annotations
+
+import pytest
+
+from herald_client.producer import InvalidEvent, _check_common, _check_recipients
+from herald_client.protocol import MAX_TITLE_CHARS
+from herald_client.tracking import DeliveryTracker
+
+
+def test_the_watermark_waits_for_a_gap_to_fill() -> None:
+    tracker = DeliveryTracker()
+    tracker.watermark = 10
+    tracker.advance(12)
+    tracker.advance(13)
+    assert tracker.watermark == 10  # 11 may still be in flight from another worker
+    tracker.advance(11)
+    assert tracker.watermark == 13
+    tracker.advance(9)
+    assert tracker.watermark == 13
+
+
+def test_a_sync_page_moves_the_watermark_past_what_it_covered() -> None:
+    tracker = DeliveryTracker()
+    tracker.watermark = 5
+    tracker.advance(9)
+    tracker.synced_up_to(8)
+    assert tracker.watermark == 8
+    tracker.advance(10)  # 9 was seen live before the sync: still counted
+    assert tracker.watermark == 10
+    tracker.synced_up_to(3)
+    assert tracker.watermark == 10
+
+
+def test_a_repeated_id_is_dropped_and_old_ids_are_forgotten() -> None:
+    tracker = DeliveryTracker(remembered=2)
+    assert tracker.first_delivery("a")
+    assert not tracker.first_delivery("a")
+    assert tracker.first_delivery("b")
+    assert tracker.first_delivery("c")  # "a" falls out of the window
+    assert tracker.first_delivery("a")
+
+
+def test_the_watermark_does_not_move_before_the_first_session() -> None:
+    tracker = DeliveryTracker()
+    tracker.advance(3)
+    tracker.synced_up_to(7)
+    assert tracker.watermark is None
+
+
+def _event(**fields: object) -> dict[str, object]:
+    return {"event_id": "e1", "type": "GRADE_RELEASED", "title": "Graded", "message": "", "data": {}} | fields
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"type": "grade"}, "type"),
+        ({"title": ""}, "title"),
+        ({"title": "x" * (MAX_TITLE_CHARS + 1)}, "title"),
+        ({"message": "m" * 2001}, "message"),
+        ({"event_id": "e" * 201}, "event_id"),
+        ({"data": {"blob": "x" * 9000}}, "data"),
+    ],
+)
+def test_the_producer_refuses_what_the_worker_would_dead_letter(
+    fields: dict[str, object], field: str
+) -> None:
+    with pytest.raises(InvalidEvent, match=f"^{field}:"):
+        _check_common(_event(**fields))
+
+
+def test_the_producer_checks_recipients() -> None:
+    _check_recipients(["u1", "team:42"])
+    with pytest.raises(InvalidEvent, match="user_ids"):
+        _check_recipients([])
+    with pytest.raises(InvalidEvent, match="not a valid user id"):
+        _check_recipients(["has space"])
