@@ -1,12 +1,12 @@
 // The browser client (clients/js/herald.js) against a real Herald gateway + worker, under Node's test
 // runner: `node --experimental-websocket --test clients/js/test/` (Node ≥ 22 needs no flag).
 //
-// tests/test_client_js.py starts the stack and runs this file with:
+// tests/integration/test_client_js.py starts the stack and runs this file with:
 //   HERALD_TEST_WS_URL       ws://127.0.0.1:PORT/notifications of a gateway (dev tokens on)
 //   HERALD_TEST_WS_URL_MAX1  a second gateway of the same stack with one connection per user
 //   HERALD_TEST_JWT_SECRET   the HS256 secret both gateways verify with
 //   HERALD_TEST_AMQP_URL     the stack's vhost, where events are published
-//   HERALD_TEST_PYTHON       the venv's python (publishes through tests/clientkit.py)
+//   HERALD_TEST_PYTHON       the venv's python (publishes through deploy/herald_ops/testing/client.py)
 //   HERALD_TEST_VHOST        the stack's vhost (its AMQP connections are closed to get sync:required)
 // Reconnects are provoked with a TCP proxy in this process that can cut and hold connections.
 import assert from "node:assert/strict";
@@ -23,7 +23,7 @@ import { HeraldClient, HeraldConnectionError, HeraldRequestError, tokenExpiry } 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../../..");
 const env = (name) => {
   const value = process.env[name];
-  if (!value) throw new Error(`${name} is not set: run this through tests/test_client_js.py`);
+  if (!value) throw new Error(`${name} is not set: run this through tests/integration/test_client_js.py`);
   return value;
 };
 const WS_URL = env("HERALD_TEST_WS_URL");
@@ -62,7 +62,7 @@ function event(user, fields = {}) {
 
 async function publish(...bodies) {
   const script =
-    "import asyncio, json, sys\nfrom tests.clientkit import publish\n" +
+    "import asyncio, json, sys\nfrom herald_ops.testing.client import publish\n" +
     "asyncio.run(publish(sys.argv[1], *json.loads(sys.argv[2])))";
   await promisify(execFile)(PYTHON, ["-c", script, AMQP_URL, JSON.stringify(bodies)], { cwd: ROOT });
 }

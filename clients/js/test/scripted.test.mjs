@@ -1,4 +1,4 @@
-// The browser client against a scripted gateway (tests/clientkit.py ScriptedGateway, driven over stdin)
+// The browser client against a scripted gateway (deploy/herald_ops/testing/client.py ScriptedGateway, driven over stdin)
 // for what a real gateway sends only under failure: sync:required, 1013, 4401 at expiry, 1001.
 // Needs the project's Python: HERALD_TEST_PYTHON, else .venv/bin/python.
 import assert from "node:assert/strict";
@@ -15,7 +15,7 @@ const PYTHON = process.env.HERALD_TEST_PYTHON || resolve(ROOT, ".venv/bin/python
 
 /** Start a scripted gateway; `command(op, args)` resolves with its answer. */
 async function scripted(pageSize = 2) {
-  const child = spawn(PYTHON, ["-c", `from tests.clientkit import serve_scripted; serve_scripted(${pageSize})`], {
+  const child = spawn(PYTHON, ["-c", `from herald_ops.testing.client import serve_scripted; serve_scripted(${pageSize})`], {
     cwd: ROOT,
     stdio: ["pipe", "pipe", "inherit"],
   });
