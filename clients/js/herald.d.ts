@@ -1,4 +1,4 @@
-// Types for clients/js/herald.js (Herald WebSocket protocol, PROTOCOL §5).
+// Types of @herald/client (clients/js/herald.js): the Herald WebSocket protocol, docs/protocol.md.
 
 export type Channel = "in_app" | "email" | "push";
 
@@ -14,6 +14,24 @@ export interface Notification {
   /** RFC 3339. */
   created_at: string;
   read_at: string | null;
+  /** When the bell last showed it (null or absent: unseen; absent on servers without seen state). */
+  seen_at?: string | null;
+  archived_at?: string | null;
+  /** Up to 3 buttons; `notifications.act` records the choice. */
+  actions?: NotificationAction[];
+  /** Where a click on the notification goes. */
+  url?: string | null;
+  acted_at?: string | null;
+  action_id?: string | null;
+  /** How many events a collapsed notification stands for. */
+  count?: number;
+  [extra: string]: unknown;
+}
+
+export interface NotificationAction {
+  id: string;
+  label: string;
+  url?: string;
 }
 
 export interface Preferences {
@@ -35,6 +53,8 @@ export interface ListParams {
   unread_only?: boolean;
   types?: string[];
   categories?: string[];
+  /** false (default): the inbox without archived items; true: only archived ones; null: both. */
+  archived?: boolean | null;
 }
 
 export interface ListResult {
@@ -42,6 +62,7 @@ export interface ListResult {
   next_cursor: number | null;
   total: number;
   unread_count: number;
+  unseen_count?: number;
 }
 
 export interface SyncResult {
@@ -51,17 +72,46 @@ export interface SyncResult {
 
 export type ClientState = "idle" | "connecting" | "open" | "reconnecting" | "closed";
 
+/** A SharedHeraldClient's part: only the leader tab holds a socket. */
+export type TabRole = "idle" | "electing" | "leader" | "follower";
+
 export interface ConnectedParams {
   user_id: string;
   connection_id: string;
   unread_count?: number;
+  unseen_count?: number;
   last_seq?: number;
 }
 
 export interface IdsChange {
   ids?: string[];
   all?: boolean;
-  unread_count: number;
+  unread_count?: number;
+  unseen_count?: number;
+}
+
+export interface CountResult {
+  updated?: number;
+  deleted?: number;
+  unread_count?: number;
+  unseen_count?: number;
+}
+
+export interface PushSubscriptionJSONLike {
+  endpoint?: string;
+  expirationTime?: number | null;
+  keys?: Record<string, string>;
+}
+
+export interface PushRegistrationLike {
+  pushManager: {
+    getSubscription(): Promise<{ endpoint: string; toJSON(): PushSubscriptionJSONLike; unsubscribe(): Promise<boolean> } | null>;
+    subscribe(options: { userVisibleOnly: boolean; applicationServerKey: Uint8Array }): Promise<{
+      endpoint: string;
+      toJSON(): PushSubscriptionJSONLike;
+      unsubscribe(): Promise<boolean>;
+    }>;
+  };
 }
 
 export interface EventMap {
@@ -70,9 +120,15 @@ export interface EventMap {
   "notification:read": IdsChange;
   "notification:unread": IdsChange;
   "notification:deleted": IdsChange;
+  "notification:seen": IdsChange;
+  "notification:archived": IdsChange;
+  "notification:unarchived": IdsChange;
+  "notification:acted": { id: string; action_id: string; acted_at?: string; unread_count?: number };
   "preferences:updated": Preferences;
   "sync:required": Record<string, never>;
   unread: { count: number };
+  unseen: { count: number };
+  role: { role: TabRole };
   state: { state: ClientState };
   disconnected: { code: number; reason: string; retryIn: number };
   closed: { code: number | null; reason: string };
@@ -94,6 +150,19 @@ export interface ClientOptions {
   refreshMarginMs?: number;
   openTimeoutMs?: number;
   WebSocket?: typeof WebSocket;
+  /** Resume from this seq: the first connection syncs what came after it, as a reconnect does. */
+  watermark?: number;
+}
+
+export interface SharedClientOptions extends ClientOptions {
+  /** Tabs with the same key share one socket; default: the URLs and the token's `sub`. */
+  shareKey?: string;
+  /** Leader heartbeat when the browser lacks Web Locks (1000 ms). */
+  heartbeatMs?: number;
+  BroadcastChannel?: typeof BroadcastChannel | null;
+  locks?: LockManager | null;
+  /** createHeraldClient only: false = one socket per tab even where BroadcastChannel exists. */
+  shareTabs?: boolean;
 }
 
 export class HeraldRequestError extends Error {
@@ -109,18 +178,23 @@ export class HeraldConnectionError extends Error {
 export function tokenExpiry(token: string): number | null;
 export function backoffDelay(attempt: number, baseMs: number, capMs: number): number;
 
-export class HeraldClient {
-  constructor(url: string, options: ClientOptions);
-  readonly url: string;
+export function base64UrlToBytes(text: string): Uint8Array;
+
+/** What HeraldClient and SharedHeraldClient have in common. */
+export abstract class HeraldApi {
   readonly state: ClientState;
   readonly userId: string | null;
   readonly connectionId: string | null;
   /** Kept in step with connected, notification:* frames and request results; null until known. */
   readonly unreadCount: number | null;
+  /** The bell's count (§10); null until known, and on servers without seen state. */
+  readonly unseenCount: number | null;
   /** Highest seq below which nothing can be missing; sync resumes from here. */
   readonly watermark: number | null;
   readonly closeCode: number | null;
   readonly closeReason: string;
+  /** The gateway URL in use (or tried next). */
+  readonly url: string;
 
   connect(): Promise<void>;
   ready(): Promise<void>;
@@ -136,7 +210,11 @@ export class HeraldClient {
   markRead(ids: string[]): Promise<{ updated: number; unread_count: number }>;
   markUnread(ids: string[]): Promise<{ updated: number; unread_count: number }>;
   markAllRead(): Promise<{ updated: number; unread_count: 0 }>;
+  markSeen(ids: string[] | "all"): Promise<CountResult>;
   delete(ids: string[]): Promise<{ deleted: number; unread_count: number }>;
+  archive(ids: string[]): Promise<CountResult>;
+  unarchive(ids: string[]): Promise<CountResult>;
+  act(id: string, actionId: string): Promise<CountResult>;
   broadcast(params: {
     title: string;
     message: string;
@@ -149,4 +227,30 @@ export class HeraldClient {
     update(patch: PreferencesPatch): Promise<Preferences>;
     reset(): Promise<Preferences>;
   };
+  readonly push: {
+    vapidKey(): Promise<string>;
+    subscribe(registration: PushRegistrationLike, options?: { device?: string }): Promise<{ id: string; subscription: unknown }>;
+    unsubscribe(registration?: PushRegistrationLike): Promise<{ removed: number }>;
+    list(): Promise<{ items: { id: string; endpoint: string; device: string | null; created_at: string }[] }>;
+  };
 }
+
+/** One WebSocket (to the first URL that answers, failing over between them). */
+export class HeraldClient extends HeraldApi {
+  constructor(urls: string | string[], options: ClientOptions);
+  readonly urls: string[];
+}
+
+/** One socket per browser: the tabs elect a leader that holds it and relays for the others. */
+export class SharedHeraldClient extends HeraldApi {
+  constructor(urls: string | string[], options: SharedClientOptions);
+  readonly urls: string[];
+  readonly tabId: string;
+  readonly role: TabRole;
+  readonly isLeader: boolean;
+}
+
+export type AnyHeraldClient = HeraldClient | SharedHeraldClient;
+
+/** SharedHeraldClient where BroadcastChannel exists (unless shareTabs is false), else HeraldClient. */
+export function createHeraldClient(urls: string | string[], options: SharedClientOptions): HeraldClient | SharedHeraldClient;

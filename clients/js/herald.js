@@ -1,35 +1,47 @@
-// Herald browser client: one ES module, no dependencies, no build step (PROTOCOL §5).
+// @herald/client: Herald's browser client. One ES module, no dependencies, no build step (docs/clients.md).
 //
-//   import { HeraldClient } from "/client/herald.js";
-//   const herald = new HeraldClient("ws://localhost:8765/notifications", { getToken });
+//   import { createHeraldClient } from "@herald/client";      // or "/client/herald.js" from a gateway
+//   const herald = createHeraldClient("ws://localhost:8765/notifications", { getToken });
 //   herald.on("notification:new", (n) => console.log(n.title));
 //   herald.connect();
+//
+// Two classes with one interface (HeraldApi: requests, helpers, events, counts):
+// - HeraldClient holds one WebSocket.
+// - SharedHeraldClient shares one HeraldClient between the tabs of a browser: the tabs elect a leader
+//   (Web Locks when the browser has them, else heartbeats over BroadcastChannel); only the leader holds a
+//   socket, and relays events to the other tabs and their requests to the gateway. When the leader tab
+//   closes, another tab takes over and resumes from the last watermark the tabs saw, so nothing is missed.
+// createHeraldClient() picks SharedHeraldClient when BroadcastChannel exists, else HeraldClient.
 //
 // Semantics (shared with the Python client, shared/client.py):
 // - Authentication is always the first frame (`auth`); the token never goes in the URL. `getToken()` is
 //   called on every (re)connect and again shortly before the token's `exp` to send `auth.refresh`.
-// - Reconnects use exponential backoff with full jitter. 4401 gets a fresh token and reconnects (two
-//   refusals of a fresh token in a row, or getToken() throwing, stop the client); 4008 stops the client;
-//   1001, 1013, network loss and every other close reconnect.
+// - Several gateway URLs may be given: a connection that fails before `connected`, or that the gateway
+//   closes with 1001 (shutting down), moves on to the next URL.
+// - Reconnects use exponential backoff with full jitter, reset once a gateway answers `connected`. 4401
+//   gets a fresh token and reconnects (two refusals of a fresh token in a row, or getToken() throwing,
+//   stop the client); 4008 stops the client; 1001, 1013, network loss and every other close reconnect.
 // - Nothing missed, nothing twice: after a reconnect, and on `sync:required`, the client pages
 //   `notifications.sync` from its watermark — the highest seq below which nothing can be missing (it
 //   advances over contiguous seqs of live frames and to the end of each sync page) — and drops
 //   notifications whose id it already delivered.
-// - `unreadCount` follows `connected`, the `notification:*` frames and request results.
+// - `unreadCount` / `unseenCount` follow `connected`, the `notification:*` frames and request results.
 //
-// Events: the server's notification methods (`connected`, `notification:new`, `notification:read`,
-// `notification:unread`, `notification:deleted`, `preferences:updated`, `sync:required`) and the client's
-// own `unread` ({count}), `state` ({state}), `disconnected` ({code, reason, retryIn}) and `closed`
-// ({code, reason}). Listeners get (params, meta) where meta.replayed is true for notifications that a
-// sync recovered. Each tab runs its own client: the server keeps every connection of a user in step.
+// Events: the server's notification methods (`connected`, `notification:new|read|unread|deleted|seen|
+// archived|unarchived|acted`, `preferences:updated`, `sync:required`) and the client's own `unread`
+// ({count}), `unseen` ({count}), `state` ({state}), `disconnected` ({code, reason, retryIn}), `closed`
+// ({code, reason}) and, for SharedHeraldClient, `role` ({role}). Listeners get (params, meta) where
+// meta.replayed is true for notifications that a sync recovered.
 
 const CLOSE_UNAUTHORIZED = 4401;
 const CLOSE_TOO_MANY_CONNECTIONS = 4008;
+const CLOSE_GOING_AWAY = 1001;
 const MAX_AUTH_FAILURES = 2;
 const SEEN_IDS = 10000;
 const SYNC_PAGE = 500;
+const COUNTS = ["unread_count", "unseen_count"];
 
-/** A JSON-RPC error reply: `code` (PROTOCOL §5), `message`, optional `data` (e.g. the bad field). */
+/** A JSON-RPC error reply: `code` (docs/protocol.md), `message`, optional `data` (e.g. the bad field). */
 export class HeraldRequestError extends Error {
   constructor(code, message, data) {
     super(`${code}: ${message}`);
@@ -49,15 +61,19 @@ export class HeraldConnectionError extends Error {
   }
 }
 
-/** The `exp` claim (Unix seconds) of a JWT, read without verification; null when absent. */
-export function tokenExpiry(token) {
+function decodeClaims(token) {
   try {
     const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
-    const claims = JSON.parse(atob(part + "=".repeat((4 - (part.length % 4)) % 4)));
-    return typeof claims.exp === "number" ? claims.exp : null;
+    return JSON.parse(atob(part + "=".repeat((4 - (part.length % 4)) % 4)));
   } catch {
     return null;
   }
+}
+
+/** The `exp` claim (Unix seconds) of a JWT, read without verification; null when absent. */
+export function tokenExpiry(token) {
+  const claims = decodeClaims(token);
+  return claims && typeof claims.exp === "number" ? claims.exp : null;
 }
 
 /** Full-jitter exponential backoff in ms: uniform in [0, min(cap, base * 2^attempt)]. */
@@ -65,42 +81,242 @@ export function backoffDelay(attempt, baseMs, capMs) {
   return Math.random() * Math.min(capMs, baseMs * 2 ** Math.min(attempt, 30));
 }
 
-export class HeraldClient {
-  /**
-   * @param {string} url ws(s)://host:port/notifications
-   * @param {object} options getToken (required, may be async), requestTimeoutMs (10000),
-   *   backoffBaseMs (500), backoffMaxMs (30000), refreshMarginMs (60000), openTimeoutMs (15000),
-   *   WebSocket (constructor; defaults to the global one).
-   */
-  constructor(url, options) {
-    if (!options || typeof options.getToken !== "function") throw new TypeError("options.getToken is required");
-    this.url = url;
-    this.options = {
-      requestTimeoutMs: 10000,
-      backoffBaseMs: 500,
-      backoffMaxMs: 30000,
-      refreshMarginMs: 60000,
-      openTimeoutMs: 15000,
-      WebSocket: globalThis.WebSocket,
-      ...options,
-    };
+/** A base64url string (a VAPID public key) as the bytes PushManager.subscribe wants. */
+export function base64UrlToBytes(text) {
+  const base64 = text.replace(/-/g, "+").replace(/_/g, "/") + "=".repeat((4 - (text.length % 4)) % 4);
+  return Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+}
+
+function urlList(urls) {
+  const list = (Array.isArray(urls) ? urls : [urls]).filter((url) => typeof url === "string" && url);
+  if (!list.length) throw new TypeError("at least one gateway URL is required");
+  return list;
+}
+
+const DEFAULTS = {
+  requestTimeoutMs: 10000,
+  backoffBaseMs: 500,
+  backoffMaxMs: 30000,
+  refreshMarginMs: 60000,
+  openTimeoutMs: 15000,
+};
+
+/**
+ * What both clients offer: events, counts and the typed helpers over `request` (docs/protocol.md §5,
+ * §9, §10). Subclasses implement `request`, `connect`, `ready` and `close`.
+ */
+export class HeraldApi {
+  constructor() {
     this.state = "idle";
     this.userId = null;
     this.connectionId = null;
     this.unreadCount = null;
+    this.unseenCount = null;
     this.watermark = null;
     this.closeCode = null;
     this.closeReason = "";
+    this._listeners = new Map();
     this.preferences = {
       get: () => this.request("preferences.get"),
       update: (patch) => this.request("preferences.update", patch),
       reset: () => this.request("preferences.reset"),
     };
+    this.push = {
+      /** push.vapid_key → the base64url public key. */
+      vapidKey: async () => (await this.request("push.vapid_key")).public_key,
+      /** Subscribe `registration` (a ServiceWorkerRegistration) and register it: {id, subscription}. */
+      subscribe: async (registration, { device } = {}) => {
+        const manager = registration?.pushManager;
+        if (!manager) throw new TypeError("push.subscribe needs a ServiceWorkerRegistration with pushManager");
+        let subscription = await manager.getSubscription();
+        if (!subscription) {
+          const key = await this.push.vapidKey();
+          subscription = await manager.subscribe({ userVisibleOnly: true, applicationServerKey: base64UrlToBytes(key) });
+        }
+        const json = subscription.toJSON();
+        const params = { endpoint: json.endpoint, keys: json.keys };
+        if (json.expirationTime != null) params.expirationTime = json.expirationTime;
+        if (device) params.device = device;
+        const { id } = await this.request("push.subscribe", params);
+        return { id, subscription };
+      },
+      /** Unsubscribe the browser (registration, else the ready service worker's) and tell the server. */
+      unsubscribe: async (registration) => {
+        const reg = registration ?? (await globalThis.navigator?.serviceWorker?.ready);
+        const subscription = await reg?.pushManager?.getSubscription();
+        if (!subscription) return { removed: 0 };
+        const { endpoint } = subscription;
+        await subscription.unsubscribe();
+        return this.request("push.unsubscribe", { endpoint });
+      },
+      list: () => this.request("push.list"),
+    };
+  }
+
+  // --------------------------------------------------------------------------------------------- events
+
+  /** Subscribe to an event ("*" = all, fn gets (params, meta) with meta.method); returns an unsubscriber. */
+  on(event, fn) {
+    if (!this._listeners.has(event)) this._listeners.set(event, new Set());
+    this._listeners.get(event).add(fn);
+    return () => this.off(event, fn);
+  }
+
+  off(event, fn) {
+    this._listeners.get(event)?.delete(fn);
+  }
+
+  _emit(method, params, replayed = false) {
+    const meta = { method, replayed };
+    for (const key of [method, "*"]) {
+      for (const fn of [...(this._listeners.get(key) ?? [])]) {
+        try {
+          fn(params, meta);
+        } catch (err) {
+          console.error(`herald: listener for ${method} failed`, err);
+        }
+      }
+    }
+  }
+
+  _setState(state) {
+    if (state === this.state) return;
+    this.state = state;
+    this._emit("state", { state });
+  }
+
+  _setUnread(count) {
+    if (typeof count !== "number" || count === this.unreadCount) return;
+    this.unreadCount = count;
+    this._emit("unread", { count });
+  }
+
+  _setUnseen(count) {
+    if (typeof count !== "number" || count === this.unseenCount) return;
+    this.unseenCount = count;
+    this._emit("unseen", { count });
+  }
+
+  _takeCounts(result) {
+    if (!result || typeof result !== "object") return;
+    this._setUnread(result.unread_count);
+    this._setUnseen(result.unseen_count);
+  }
+
+  // -------------------------------------------------------------------------------------------- helpers
+
+  /** notifications.list: {items (newest first), next_cursor, total, unread_count}. */
+  async list(params = {}) {
+    const result = await this.request("notifications.list", params);
+    this._takeCounts(result);
+    return result;
+  }
+
+  /** notifications.sync, one page, no side effects: {items (seq ascending), has_more}. */
+  sync(since, limit) {
+    return this.request("notifications.sync", limit === undefined ? { since } : { since, limit });
+  }
+
+  /** notifications.unread_count → the unread count (also updates unreadCount and unseenCount). */
+  async fetchUnreadCount() {
+    const result = await this.request("notifications.unread_count");
+    this._setUnread(result.count);
+    this._setUnseen(result.unseen_count);
+    return result.count;
+  }
+
+  markRead(ids) {
+    return this._counting("notifications.mark_read", { ids });
+  }
+
+  markUnread(ids) {
+    return this._counting("notifications.mark_unread", { ids });
+  }
+
+  markAllRead() {
+    return this._counting("notifications.mark_all_read", {});
+  }
+
+  /** notifications.mark_seen: `markSeen(ids)` or `markSeen("all")`. */
+  markSeen(ids) {
+    return this._counting("notifications.mark_seen", ids === "all" ? { all: true } : { ids });
+  }
+
+  delete(ids) {
+    return this._counting("notifications.delete", { ids });
+  }
+
+  archive(ids) {
+    return this._counting("notifications.archive", { ids });
+  }
+
+  unarchive(ids) {
+    return this._counting("notifications.unarchive", { ids });
+  }
+
+  /** notifications.act: record the user's choice of one of the notification's actions (marks it read). */
+  act(id, actionId) {
+    return this._counting("notifications.act", { id, action_id: actionId });
+  }
+
+  /** Admin tokens only (else HeraldRequestError 4003): {accepted, event_id}. */
+  broadcast({ title, message, type, data }) {
+    const params = { title, message };
+    if (type !== undefined) params.type = type;
+    if (data !== undefined) params.data = data;
+    return this.request("notifications.broadcast", params);
+  }
+
+  ping() {
+    return this.request("ping");
+  }
+
+  async _counting(method, params) {
+    const result = await this.request(method, params);
+    this._takeCounts(result);
+    return result;
+  }
+
+  /** The ms left before `deadline`; throws the timeout error when none is (never send a late request). */
+  static _left(method, deadline) {
+    const left = deadline - Date.now();
+    if (left <= 0) throw new HeraldConnectionError(`${method}: no reply within the timeout`, "timeout");
+    return left;
+  }
+
+  /** Race `promise` against a timeout that rejects with a HeraldConnectionError. */
+  static _bounded(promise, method, timeoutMs) {
+    let timer;
+    const timeout = new Promise((_, reject) => {
+      timer = setTimeout(
+        () => reject(new HeraldConnectionError(`${method}: no reply within ${timeoutMs} ms`, "timeout")),
+        Math.max(timeoutMs, 0),
+      );
+    });
+    return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+  }
+}
+
+export class HeraldClient extends HeraldApi {
+  /**
+   * @param {string | string[]} urls ws(s)://host:port/notifications, or several gateways to fail over between
+   * @param {object} options getToken (required, may be async), requestTimeoutMs (10000),
+   *   backoffBaseMs (500), backoffMaxMs (30000), refreshMarginMs (60000), openTimeoutMs (15000),
+   *   WebSocket (constructor; defaults to the global one), watermark (resume from this seq: the first
+   *   connection syncs what came after it, as a reconnect does).
+   */
+  constructor(urls, options) {
+    super();
+    if (!options || typeof options.getToken !== "function") throw new TypeError("options.getToken is required");
+    this.urls = urlList(urls);
+    this._urlIndex = 0;
+    this.options = { ...DEFAULTS, WebSocket: globalThis.WebSocket, ...options };
+    this.watermark = typeof options.watermark === "number" ? options.watermark : null;
+    this._resume = this.watermark !== null;
 
     this._ws = null;
     this._nextId = 1;
     this._pending = new Map();
-    this._listeners = new Map();
     this._seen = new Set();
     this._aboveWatermark = new Set();
     this._waiters = new Set();
@@ -110,6 +326,11 @@ export class HeraldClient {
     this._refreshTimer = null;
     this._everOpened = false;
     this._syncing = null;
+  }
+
+  /** The gateway URL in use (or tried next). */
+  get url() {
+    return this.urls[this._urlIndex];
   }
 
   // ------------------------------------------------------------------------------------------ lifecycle
@@ -132,65 +353,16 @@ export class HeraldClient {
     this._stop(null, "closed by the client");
   }
 
-  // --------------------------------------------------------------------------------------------- events
-
-  /** Subscribe to an event ("*" = all, fn gets (params, meta) with meta.method); returns an unsubscriber. */
-  on(event, fn) {
-    if (!this._listeners.has(event)) this._listeners.set(event, new Set());
-    this._listeners.get(event).add(fn);
-    return () => this.off(event, fn);
-  }
-
-  off(event, fn) {
-    this._listeners.get(event)?.delete(fn);
-  }
-
-  _emit(method, params, replayed = false) {
-    const meta = { method, replayed };
-    for (const key of [method, "*"]) {
-      for (const fn of this._listeners.get(key) ?? []) {
-        try {
-          fn(params, meta);
-        } catch (err) {
-          console.error(`herald: listener for ${method} failed`, err);
-        }
-      }
-    }
-  }
-
-  _setState(state) {
-    if (state === this.state) return;
-    this.state = state;
-    this._emit("state", { state });
-  }
-
-  _setUnread(count) {
-    if (typeof count !== "number" || count === this.unreadCount) return;
-    this.unreadCount = count;
-    this._emit("unread", { count });
-  }
-
   // ------------------------------------------------------------------------------------------- requests
 
   /**
    * Send a JSON-RPC request; resolves with its result. Waits for the connection while reconnecting;
    * the whole wait is bounded by timeoutMs. Rejects with HeraldRequestError or HeraldConnectionError.
    */
-  async request(method, params = {}, { timeoutMs = this.options.requestTimeoutMs } = {}) {
+  request(method, params = {}, { timeoutMs = this.options.requestTimeoutMs } = {}) {
     const deadline = Date.now() + timeoutMs;
-    let timer;
-    const timeout = new Promise((_, reject) => {
-      timer = setTimeout(
-        () => reject(new HeraldConnectionError(`${method}: no reply within ${timeoutMs} ms`, "timeout")),
-        timeoutMs,
-      );
-    });
-    try {
-      await Promise.race([this.ready(), timeout]);
-      return await Promise.race([this._call(method, params, deadline - Date.now()), timeout]);
-    } finally {
-      clearTimeout(timer);
-    }
+    const sent = this.ready().then(() => this._call(method, params, HeraldApi._left(method, deadline)));
+    return HeraldApi._bounded(sent, method, timeoutMs);
   }
 
   _call(method, params, timeoutMs) {
@@ -212,61 +384,6 @@ export class HeraldClient {
     });
   }
 
-  // Typed helpers for the client methods of PROTOCOL §5.
-
-  /** notifications.list: {items (newest first), next_cursor, total, unread_count}. */
-  async list(params = {}) {
-    const result = await this.request("notifications.list", params);
-    this._setUnread(result.unread_count);
-    return result;
-  }
-
-  /** notifications.sync, one page, no side effects: {items (seq ascending), has_more}. */
-  sync(since, limit) {
-    return this.request("notifications.sync", limit === undefined ? { since } : { since, limit });
-  }
-
-  /** notifications.unread_count → the count (also updates unreadCount). */
-  async fetchUnreadCount() {
-    const { count } = await this.request("notifications.unread_count");
-    this._setUnread(count);
-    return count;
-  }
-
-  markRead(ids) {
-    return this._counting("notifications.mark_read", { ids });
-  }
-
-  markUnread(ids) {
-    return this._counting("notifications.mark_unread", { ids });
-  }
-
-  markAllRead() {
-    return this._counting("notifications.mark_all_read", {});
-  }
-
-  delete(ids) {
-    return this._counting("notifications.delete", { ids });
-  }
-
-  /** Admin tokens only (else HeraldRequestError 4003): {accepted, event_id}. */
-  broadcast({ title, message, type, data }) {
-    const params = { title, message };
-    if (type !== undefined) params.type = type;
-    if (data !== undefined) params.data = data;
-    return this.request("notifications.broadcast", params);
-  }
-
-  ping() {
-    return this.request("ping");
-  }
-
-  async _counting(method, params) {
-    const result = await this.request(method, params);
-    this._setUnread(result.unread_count);
-    return result;
-  }
-
   // -------------------------------------------------------------------------------------- connection
 
   async _open() {
@@ -281,11 +398,12 @@ export class HeraldClient {
     }
     if (this.state === "closed") return;
 
+    const url = this.url;
     let ws;
     try {
-      ws = new this.options.WebSocket(this.url);
+      ws = new this.options.WebSocket(url);
     } catch (err) {
-      this._stop(null, `cannot open ${this.url}: ${err.message ?? err}`); // a malformed URL never heals
+      this._stop(null, `cannot open ${url}: ${err.message ?? err}`); // a malformed URL never heals
       return;
     }
     this._ws = ws;
@@ -339,9 +457,10 @@ export class HeraldClient {
     const resumeFrom = this.watermark;
     // First session: history is what list() is for; live starts now.
     if (this.watermark === null && typeof serverSeq === "number") this.watermark = serverSeq;
-    this._setUnread(params.unread_count);
-    const reconnected = this._everOpened;
+    this._takeCounts(params);
+    const reconnected = this._everOpened || this._resume;
     this._everOpened = true;
+    this._resume = false;
     this._attempt = 0;
     this._authFailures = 0;
     this._setState("open");
@@ -371,9 +490,11 @@ export class HeraldClient {
       this._stop(code, reason || "authentication refused");
       return;
     }
+    // Fail over: a gateway that never answered, or that is shutting down, is left for the next one.
+    if (!opened || code === CLOSE_GOING_AWAY) this._urlIndex = (this._urlIndex + 1) % this.urls.length;
     // An expired token or a server restart after a working session retries at once.
     const retryIn =
-      opened && (code === CLOSE_UNAUTHORIZED || code === 1001)
+      opened && (code === CLOSE_UNAUTHORIZED || code === CLOSE_GOING_AWAY)
         ? 0
         : backoffDelay(this._attempt, this.options.backoffBaseMs, this.options.backoffMaxMs);
     this._attempt += 1;
@@ -400,7 +521,7 @@ export class HeraldClient {
       this._deliver(params, false);
       return;
     }
-    if (method.startsWith("notification:") && params) this._setUnread(params.unread_count);
+    if (method.startsWith("notification:") && params) this._takeCounts(params);
     this._emit(method, params);
     if (method === "sync:required") this._catchUp();
   }
@@ -414,6 +535,7 @@ export class HeraldClient {
     if (this._seen.size > SEEN_IDS) this._seen.delete(this._seen.values().next().value);
     // Replayed items are counted by the unread-count fetch that ends every catch-up.
     if (!replayed && item.read_at == null && this.unreadCount !== null) this._setUnread(this.unreadCount + 1);
+    if (!replayed && item.seen_at == null && this.unseenCount !== null) this._setUnseen(this.unseenCount + 1);
     this._emit("notification:new", item, replayed);
   }
 
@@ -518,4 +640,396 @@ export class HeraldClient {
     this._waiters.clear();
     this._emit("closed", { code, reason });
   }
+}
+
+// ------------------------------------------------------------------------------- one socket per browser
+
+const SNAPSHOT = ["state", "userId", "connectionId", "unreadCount", "unseenCount", "watermark", "closeCode", "closeReason"];
+// Events that only restate the snapshot: followers derive them from it, so they are not relayed twice.
+const DERIVED = new Set(["state", "unread", "unseen"]);
+
+function randomId() {
+  return globalThis.crypto?.randomUUID?.() ?? `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
+}
+
+/**
+ * One HeraldClient per browser, shared by its tabs over BroadcastChannel (see the top of this file).
+ * Same interface as HeraldClient, plus `role` ("idle" | "electing" | "leader" | "follower"), `isLeader`
+ * and `tabId`. Options: HeraldClient's, plus shareKey (tabs with the same key share a socket; default: the
+ * gateway URLs and the token's `sub`, so two users signed in in one browser never share),
+ * heartbeatMs (1000, only without Web Locks), BroadcastChannel and locks (default: the globals).
+ */
+export class SharedHeraldClient extends HeraldApi {
+  constructor(urls, options) {
+    super();
+    if (!options || typeof options.getToken !== "function") throw new TypeError("options.getToken is required");
+    this.urls = urlList(urls);
+    this.options = {
+      ...DEFAULTS,
+      heartbeatMs: 1000,
+      BroadcastChannel: globalThis.BroadcastChannel,
+      locks: globalThis.navigator?.locks,
+      ...options,
+    };
+    if (typeof this.options.BroadcastChannel !== "function") throw new TypeError("BroadcastChannel is not available");
+    this.tabId = randomId();
+    this.role = "idle";
+    this.leaderId = null;
+    this.channelName = null;
+    this._inner = null;
+    this._channel = null;
+    this._waiters = new Set();
+    this._pending = new Map(); // request id → {resolve, reject, leader}
+    this._nextId = 1;
+    this._seen = new Set();
+    this._release = null; // resolves the held Web Lock
+    this._abort = null; // aborts a queued Web Lock request
+    this._timers = new Set();
+    this._lastBeat = 0;
+    this._claiming = null;
+    this._locked = false; // holds the Web Lock: no other tab can lead
+    // A page that may come back from the back/forward cache keeps its role; a closing one hands over.
+    this._onPageHide = (event) => {
+      if (!event?.persisted) this._leave();
+    };
+  }
+
+  get url() {
+    return this._inner?.url ?? this.urls[0];
+  }
+
+  get isLeader() {
+    return this.role === "leader";
+  }
+
+  connect() {
+    if (this.state === "idle") this._start();
+    return this.ready();
+  }
+
+  ready() {
+    if (this.state === "open") return Promise.resolve();
+    if (this.state === "closed") return Promise.reject(this._closedError());
+    return new Promise((resolve, reject) => this._waiters.add({ resolve, reject }));
+  }
+
+  close() {
+    this._stop(null, "closed by the client");
+  }
+
+  request(method, params = {}, { timeoutMs = this.options.requestTimeoutMs } = {}) {
+    const deadline = Date.now() + timeoutMs;
+    const sent = this.ready().then(() => {
+      const left = HeraldApi._left(method, deadline);
+      if (this.role === "leader" && this._inner) return this._inner.request(method, params, { timeoutMs: left });
+      return this._remote(method, params, left);
+    });
+    return HeraldApi._bounded(sent, method, timeoutMs);
+  }
+
+  // ------------------------------------------------------------------------------------------ election
+
+  async _start() {
+    this._setState("connecting");
+    let key = this.options.shareKey;
+    if (!key) {
+      try {
+        const token = await this.options.getToken();
+        key = decodeClaims(token)?.sub ?? token;
+      } catch (err) {
+        this._stop(null, `getToken failed: ${err.message ?? err}`);
+        return;
+      }
+    }
+    if (this.state === "closed") return;
+    this.channelName = `herald:${this.urls.join(",")}:${key}`;
+    this._channel = new this.options.BroadcastChannel(this.channelName);
+    this._channel.onmessage = (event) => this._onMessage(event.data);
+    globalThis.addEventListener?.("pagehide", this._onPageHide);
+    this._setRole("electing");
+    this._post({ t: "hello" });
+    const locks = this.options.locks;
+    if (locks && typeof locks.request === "function") {
+      this._abort = typeof AbortController === "function" ? new AbortController() : null;
+      const lockOptions = this._abort ? { signal: this._abort.signal } : {};
+      locks
+        .request(this.channelName, lockOptions, () => {
+          if (this.state === "closed") return undefined;
+          this._abort = null;
+          this._locked = true;
+          this._lead();
+          return new Promise((resolve) => {
+            this._release = resolve;
+          });
+        })
+        .catch(() => {
+          // Aborted by close() while queued.
+        });
+    } else {
+      this._heartbeat();
+    }
+  }
+
+  /** Without Web Locks: the leader beats; a tab that hears no beat for 3 beats claims, lowest id wins. */
+  _heartbeat() {
+    const beat = this.options.heartbeatMs;
+    this._lastBeat = Date.now();
+    const tick = () => {
+      if (this.state === "closed") return;
+      if (this.role === "leader") {
+        this._post({ t: "beat" });
+      } else if (!this._claiming && Date.now() - this._lastBeat > 3 * beat) {
+        this._claim();
+      }
+      this._later(tick, beat);
+    };
+    this._later(tick, beat);
+  }
+
+  _claim() {
+    if (this.role === "leader" || this._claiming) return;
+    this._claiming = { beaten: false };
+    const claim = this._claiming;
+    this._post({ t: "claim" });
+    this._later(() => {
+      if (this._claiming !== claim) return;
+      this._claiming = null;
+      if (!claim.beaten && this.state !== "closed") this._lead();
+      else this._lastBeat = Date.now();
+    }, this.options.heartbeatMs);
+  }
+
+  _lead() {
+    if (this.role === "leader" || this.state === "closed") return;
+    this._setRole("leader");
+    this._leaderChanged(this.tabId);
+    const { BroadcastChannel: _b, locks: _l, shareKey: _k, heartbeatMs: _h, ...clientOptions } = this.options;
+    // Resume from the last watermark the tabs saw: what arrived while no tab held a socket is synced.
+    const inner = new HeraldClient(this.urls, { ...clientOptions, watermark: this.watermark ?? undefined });
+    this._inner = inner;
+    inner.on("*", (params, meta) => {
+      if (this._inner !== inner) return;
+      const snapshot = this._snapshotOf(inner);
+      this._post({ t: "event", method: meta.method, params, replayed: meta.replayed, snapshot });
+      this._receive(meta.method, params, meta.replayed, snapshot);
+    });
+    this._post({ t: "leader", snapshot: this._snapshotOf(inner) });
+    inner.connect().catch(() => {
+      // `closed` was relayed to every tab.
+    });
+  }
+
+  _resign() {
+    // Another tab leads too (heartbeat mode only): the one with the lower id keeps the socket.
+    const inner = this._inner;
+    this._inner = null;
+    this._setRole("follower");
+    if (inner) inner.close();
+  }
+
+  /** The leader leaves (close(), pagehide): hand over at once rather than after a timeout. */
+  _leave() {
+    if (this.role !== "leader") return;
+    const inner = this._inner;
+    this._inner = null;
+    this._post({ t: "bye" });
+    this._release?.();
+    this._release = null;
+    this._locked = false;
+    inner?.close();
+  }
+
+  _setRole(role) {
+    if (role === this.role) return;
+    this.role = role;
+    this._emit("role", { role });
+  }
+
+  // ---------------------------------------------------------------------------------------- messages
+
+  _post(message) {
+    try {
+      this._channel?.postMessage({ ...message, from: this.tabId });
+    } catch (err) {
+      console.warn("herald: cannot post to the other tabs", err);
+    }
+  }
+
+  _onMessage(message) {
+    if (!message || typeof message !== "object" || message.from === this.tabId || this.state === "closed") return;
+    const { t, from } = message;
+    if (t === "hello") {
+      if (this.role === "leader" && this._inner) this._post({ t: "leader", snapshot: this._snapshotOf(this._inner) });
+    } else if (t === "leader" || t === "beat" || t === "event") {
+      this._lastBeat = Date.now();
+      if (this._claiming) this._claiming.beaten = true;
+      if (this.role === "leader") {
+        if (this._locked) return; // a stale message of the previous leader
+        if (from < this.tabId) this._resign();
+        else {
+          if (t !== "beat") this._post({ t: "leader", snapshot: this._snapshotOf(this._inner) });
+          return;
+        }
+      }
+      if (this.role !== "leader") this._setRole("follower");
+      if (from !== this.leaderId) this._leaderChanged(from);
+      if (t === "event") this._receive(message.method, message.params, message.replayed, message.snapshot);
+      else if (message.snapshot) this._apply(message.snapshot);
+    } else if (t === "claim") {
+      if (this.role === "leader") this._post({ t: "beat" });
+      else if (this._claiming && from < this.tabId) this._claiming.beaten = true;
+    } else if (t === "bye") {
+      if (from === this.leaderId) {
+        this.leaderId = null;
+        this._failRemote("the leader tab went away before the reply");
+        this._setState("reconnecting"); // requests wait for the next leader
+        if (!this.options.locks?.request) this._claim();
+      }
+    } else if (t === "req") {
+      if (this.role === "leader" && message.to === this.tabId) this._serve(message);
+    } else if (t === "res") {
+      if (message.to === this.tabId) this._answered(message);
+    }
+  }
+
+  async _serve({ id, from, method, params, timeoutMs }) {
+    const inner = this._inner;
+    try {
+      const result = await inner.request(method, params, { timeoutMs });
+      this._post({ t: "res", to: from, id, result });
+    } catch (err) {
+      this._post({
+        t: "res",
+        to: from,
+        id,
+        error: { name: err.name, code: err.code, message: err.serverMessage ?? err.message, data: err.data, kind: err.kind },
+      });
+    }
+  }
+
+  _remote(method, params, timeoutMs) {
+    const id = this._nextId++;
+    const leader = this.leaderId;
+    return new Promise((resolve, reject) => {
+      if (!leader) {
+        reject(new HeraldConnectionError(`${method}: no leader tab`, "disconnected"));
+        return;
+      }
+      this._pending.set(id, { resolve, reject, leader });
+      this._later(() => this._pending.delete(id), Math.max(timeoutMs, 0) + 1000);
+      this._post({ t: "req", to: leader, id, method, params: params ?? {}, timeoutMs });
+    });
+  }
+
+  _answered({ id, result, error }) {
+    const pending = this._pending.get(id);
+    if (!pending) return;
+    this._pending.delete(id);
+    if (!error) pending.resolve(result);
+    else if (error.name === "HeraldRequestError") pending.reject(new HeraldRequestError(error.code, error.message, error.data));
+    else pending.reject(new HeraldConnectionError(error.message, error.kind ?? "disconnected"));
+  }
+
+  _leaderChanged(leader) {
+    this.leaderId = leader;
+    this._failRemote("the leader tab changed before the reply");
+  }
+
+  _failRemote(message) {
+    for (const [id, pending] of this._pending) {
+      if (pending.leader === this.leaderId) continue;
+      this._pending.delete(id);
+      pending.reject(new HeraldConnectionError(message, "disconnected"));
+    }
+  }
+
+  // ------------------------------------------------------------------------------------------- state
+
+  _snapshotOf(client) {
+    const snapshot = {};
+    for (const key of SNAPSHOT) snapshot[key] = client[key];
+    return snapshot;
+  }
+
+  _apply(snapshot) {
+    if (!snapshot) return;
+    this.userId = snapshot.userId;
+    this.connectionId = snapshot.connectionId;
+    this.watermark = snapshot.watermark;
+    this.closeCode = snapshot.closeCode;
+    this.closeReason = snapshot.closeReason;
+    this._setUnread(snapshot.unreadCount);
+    this._setUnseen(snapshot.unseenCount);
+    if (snapshot.state === "closed") return; // handled by the relayed `closed` event
+    this._setState(snapshot.state === "idle" ? "connecting" : snapshot.state);
+    if (this.state === "open") {
+      for (const waiter of this._waiters) waiter.resolve();
+      this._waiters.clear();
+    }
+  }
+
+  /** An event of the leader's client (relayed, or this tab's own): update the mirror, then emit. */
+  _receive(method, params, replayed, snapshot) {
+    if (method === "closed") {
+      this._stop(params?.code ?? null, params?.reason ?? "the shared connection closed");
+      return;
+    }
+    this._apply(snapshot);
+    if (DERIVED.has(method)) return;
+    if (method === "notification:new" && params) {
+      // A tab that took over re-syncs from the watermark: drop what this tab showed already.
+      const id = String(params.id);
+      if (this._seen.has(id)) return;
+      this._seen.add(id);
+      if (this._seen.size > SEEN_IDS) this._seen.delete(this._seen.values().next().value);
+    }
+    this._emit(method, params, replayed);
+  }
+
+  _later(fn, ms) {
+    const timer = setTimeout(() => {
+      this._timers.delete(timer);
+      fn();
+    }, ms);
+    this._timers.add(timer);
+  }
+
+  _closedError() {
+    return new HeraldConnectionError(`client closed (${this.closeCode ?? "-"} ${this.closeReason})`, "closed");
+  }
+
+  _stop(code, reason) {
+    if (this.state === "closed") return;
+    this._leave();
+    this._abort?.abort();
+    this._abort = null;
+    globalThis.removeEventListener?.("pagehide", this._onPageHide);
+    for (const timer of this._timers) clearTimeout(timer);
+    this._timers.clear();
+    this.closeCode = code;
+    this.closeReason = reason;
+    this._setState("closed");
+    this._setRole("idle");
+    for (const pending of this._pending.values()) pending.reject(new HeraldConnectionError("client closed", "closed"));
+    this._pending.clear();
+    for (const waiter of this._waiters) waiter.reject(this._closedError());
+    this._waiters.clear();
+    try {
+      this._channel?.close();
+    } catch {
+      // Already closed.
+    }
+    this._channel = null;
+    this._emit("closed", { code, reason });
+  }
+}
+
+/**
+ * The client a browser app wants: SharedHeraldClient (one socket for all tabs) when BroadcastChannel
+ * exists and `options.shareTabs` is not false, else HeraldClient (one socket per tab).
+ */
+export function createHeraldClient(urls, options = {}) {
+  const Channel = "BroadcastChannel" in options ? options.BroadcastChannel : globalThis.BroadcastChannel;
+  if (options.shareTabs !== false && typeof Channel === "function") return new SharedHeraldClient(urls, options);
+  return new HeraldClient(urls, options);
 }

@@ -1,0 +1,355 @@
+// SharedHeraldClient (one socket per browser), gateway fail-over and the §9/§10 helpers, against an
+// in-process fake gateway: `node --experimental-websocket --test clients/js/test/tabs.test.mjs`.
+// Node's BroadcastChannel connects the "tabs" (clients in one process); Web Locks are a small in-process
+// stand-in with the browser's semantics (one holder per name, FIFO queue, abort while queued).
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import { HeraldClient, HeraldRequestError, SharedHeraldClient, createHeraldClient } from "../herald.js";
+
+const token = (sub) => `x.${Buffer.from(JSON.stringify({ sub, exp: Date.now() / 1000 + 3600 })).toString("base64url")}.y`;
+
+async function waitUntil(predicate, timeoutMs, what) {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await predicate())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((later) => setTimeout(later, 10));
+  }
+}
+
+/** A gateway in this process: notifications with seqs, the requests the client uses, open-socket count. */
+class FakeGateway {
+  constructor() {
+    this.sockets = new Set();
+    this.stored = [];
+    this.requests = [];
+    this.refused = new Set(); // URLs whose connections fail before `connected`
+    this.holding = false; // while true, new sockets wait before opening
+    this.held = [];
+    this.connections = 0;
+    const gateway = this;
+    this.WebSocket = class {
+      constructor(url) {
+        this.url = url;
+        this.readyState = 0;
+        this.open = () => {
+          if (gateway.refused.has(url)) return this._closed(1006, "refused");
+          this.readyState = 1;
+          gateway.sockets.add(this);
+          this.onopen?.();
+        };
+        if (gateway.holding) gateway.held.push(this.open);
+        else setTimeout(this.open, 1);
+      }
+      send(text) {
+        const frame = JSON.parse(text);
+        setTimeout(() => gateway._answer(this, frame), 1);
+      }
+      close(code = 1000, reason = "") {
+        this._closed(code, reason);
+      }
+      _closed(code, reason) {
+        if (this.readyState === 3) return;
+        this.readyState = 3;
+        gateway.sockets.delete(this);
+        setTimeout(() => this.onclose?.({ code, reason }), 1);
+      }
+      _frame(frame) {
+        if (this.readyState === 1) setTimeout(() => this.onmessage?.({ data: JSON.stringify({ jsonrpc: "2.0", ...frame }) }), 1);
+      }
+    };
+  }
+
+  release() {
+    this.holding = false;
+    for (const open of this.held.splice(0)) open();
+  }
+
+  get unread() {
+    return this.stored.filter((n) => !n.read_at).length;
+  }
+
+  /** Store a notification and push it live to every open socket. */
+  notify(title, { live = true } = {}) {
+    const item = { id: `n${this.stored.length + 1}`, seq: this.stored.length + 1, title, read_at: null, seen_at: null };
+    this.stored.push(item);
+    if (live) for (const ws of this.sockets) ws._frame({ method: "notification:new", params: item });
+    return item;
+  }
+
+  _answer(ws, { id, method, params }) {
+    this.requests.push({ method, params });
+    const reply = (result) => ws._frame({ id, result });
+    const fail = (code, message) => ws._frame({ id, error: { code, message } });
+    if (method === "auth") {
+      this.connections += 1;
+      reply({});
+      const sub = JSON.parse(Buffer.from(params.token.split(".")[1], "base64url")).sub;
+      ws._frame({
+        method: "connected",
+        params: { user_id: sub, connection_id: `c${this.connections}`, unread_count: this.unread, unseen_count: this.unread, last_seq: this.stored.length },
+      });
+    } else if (method === "ping") reply("pong");
+    else if (method === "notifications.sync") {
+      reply({ items: this.stored.filter((n) => n.seq > params.since), has_more: false });
+    } else if (method === "notifications.unread_count") reply({ count: this.unread, unseen_count: this.unread });
+    else if (method === "notifications.mark_read") {
+      for (const n of this.stored) if (params.ids.includes(n.id)) n.read_at = "2026-01-01T00:00:00Z";
+      reply({ updated: params.ids.length, unread_count: this.unread });
+      for (const other of this.sockets) other._frame({ method: "notification:read", params: { ids: params.ids, unread_count: this.unread } });
+    } else if (method === "notifications.mark_seen") reply({ updated: 1, unseen_count: 0 });
+    else if (["notifications.archive", "notifications.unarchive", "notifications.act"].includes(method)) {
+      reply({ updated: 1, unread_count: this.unread });
+    } else if (method === "push.vapid_key") reply({ public_key: "BPk0" });
+    else if (method === "push.subscribe") reply({ id: "s1" });
+    else if (method === "push.unsubscribe") reply({ removed: 1 });
+    else fail(-32601, "Method not found");
+  }
+}
+
+/** navigator.locks, reduced to what the client uses. */
+class FakeLocks {
+  constructor() {
+    this.queues = new Map();
+  }
+  request(name, options, callback) {
+    const queue = this.queues.get(name) ?? [];
+    this.queues.set(name, queue);
+    return new Promise((resolve, reject) => {
+      const entry = { callback, resolve, reject };
+      options.signal?.addEventListener("abort", () => {
+        const at = queue.indexOf(entry);
+        if (at > 0) {
+          queue.splice(at, 1);
+          reject(new Error("AbortError"));
+        }
+      });
+      queue.push(entry);
+      if (queue.length === 1) this._grant(name);
+    });
+  }
+  async _grant(name) {
+    const queue = this.queues.get(name);
+    const entry = queue[0];
+    if (!entry) return;
+    try {
+      entry.resolve(await entry.callback({ name }));
+    } catch (err) {
+      entry.reject(err);
+    }
+    queue.shift();
+    this._grant(name);
+  }
+}
+
+function tabs(gateway, count, options = {}) {
+  const opened = [];
+  const key = `k${Math.random()}`;
+  for (let i = 0; i < count; i++) {
+    const client = new SharedHeraldClient("ws://gw/notifications", {
+      getToken: () => token("u1"),
+      WebSocket: gateway.WebSocket,
+      backoffBaseMs: 10,
+      backoffMaxMs: 50,
+      shareKey: key,
+      heartbeatMs: 30,
+      ...options,
+    });
+    const titles = [];
+    client.on("notification:new", (n) => titles.push(n.title));
+    opened.push({ client, titles });
+  }
+  return opened;
+}
+
+const leaderOf = (opened) => opened.filter((tab) => tab.client.isLeader);
+
+for (const mode of ["web locks", "heartbeats"]) {
+  test(`three tabs share one socket, and the leader's close hands it over with nothing missed (${mode})`, async () => {
+    const gateway = new FakeGateway();
+    const locks = mode === "web locks" ? new FakeLocks() : null;
+    const opened = tabs(gateway, 3, { locks });
+    try {
+      await Promise.all(opened.map((tab) => tab.client.connect()));
+      await waitUntil(() => leaderOf(opened).length === 1 && opened.every((t) => t.client.role !== "electing"), 3000, "one leader");
+      assert.equal(gateway.sockets.size, 1);
+      assert.equal(opened.filter((tab) => tab.client.role === "follower").length, 2);
+
+      gateway.notify("first");
+      await waitUntil(() => opened.every((tab) => tab.titles.length === 1), 3000, "every tab to get it");
+      assert.ok(opened.every((tab) => tab.client.unreadCount === 1));
+
+      // A follower's request goes through the leader's socket; the change reaches every tab.
+      const follower = opened.find((tab) => !tab.client.isLeader);
+      assert.equal(await follower.client.ping(), "pong");
+      assert.equal((await follower.client.markRead(["n1"])).unread_count, 0);
+      await waitUntil(() => opened.every((tab) => tab.client.unreadCount === 0), 3000, "the count everywhere");
+      await assert.rejects(follower.client.request("nope"), (err) => err instanceof HeraldRequestError && err.code === -32601);
+
+      // The leader tab closes; notifications published while no tab holds a socket are not missed.
+      gateway.holding = true;
+      const [leader] = leaderOf(opened);
+      leader.client.close();
+      await waitUntil(() => gateway.sockets.size === 0, 3000, "the old socket to close");
+      gateway.notify("while handing over", { live: false });
+      gateway.notify("also missed", { live: false });
+      gateway.release();
+      const rest = opened.filter((tab) => tab !== leader);
+      await waitUntil(() => rest.every((tab) => tab.titles.length === 3), 5000, "the missed ones in the other tabs");
+      assert.equal(leaderOf(rest).length, 1);
+      assert.equal(gateway.sockets.size, 1);
+      for (const tab of rest) assert.deepEqual(tab.titles, ["first", "while handing over", "also missed"]);
+      await waitUntil(() => rest.every((tab) => tab.client.unreadCount === 2), 3000, "counts after the sync");
+
+      gateway.notify("live again");
+      await waitUntil(() => rest.every((tab) => tab.titles.at(-1) === "live again"), 3000, "live after the handover");
+      assert.ok(rest.every((tab) => tab.titles.length === 4), "nothing twice");
+    } finally {
+      opened.forEach((tab) => tab.client.close());
+    }
+  });
+}
+
+test("a follower's request during the handover waits for the new leader", async () => {
+  const gateway = new FakeGateway();
+  const opened = tabs(gateway, 2, { locks: new FakeLocks() });
+  try {
+    await Promise.all(opened.map((tab) => tab.client.connect()));
+    await waitUntil(() => leaderOf(opened).length === 1 && opened.every((t) => t.client.role !== "electing"), 3000, "a leader");
+    const [leader] = leaderOf(opened);
+    const follower = opened.find((tab) => tab !== leader);
+    leader.client.close();
+    // Issued after the handover started: it waits for the new leader rather than failing.
+    await waitUntil(() => follower.client.state !== "open" || follower.client.isLeader, 3000, "the follower to notice");
+    assert.equal(await follower.client.ping(), "pong");
+    assert.ok(follower.client.isLeader);
+  } finally {
+    opened.forEach((tab) => tab.client.close());
+  }
+});
+
+test("tabs of different users never share", async () => {
+  const gateway = new FakeGateway();
+  const locks = new FakeLocks();
+  const make = (user) =>
+    new SharedHeraldClient("ws://gw/notifications", { getToken: () => token(user), WebSocket: gateway.WebSocket, locks });
+  const alice = make("alice");
+  const bob = make("bob");
+  try {
+    await Promise.all([alice.connect(), bob.connect()]);
+    assert.equal(gateway.sockets.size, 2);
+    assert.ok(alice.isLeader && bob.isLeader);
+    assert.equal(alice.userId, "alice");
+    assert.equal(bob.userId, "bob");
+  } finally {
+    alice.close();
+    bob.close();
+  }
+});
+
+test("without BroadcastChannel each tab gets its own client", () => {
+  const plain = createHeraldClient("ws://gw/notifications", { getToken: () => "t", BroadcastChannel: null, shareTabs: undefined });
+  assert.ok(plain instanceof HeraldClient);
+  const saved = globalThis.BroadcastChannel;
+  try {
+    globalThis.BroadcastChannel = undefined;
+    assert.ok(createHeraldClient("ws://gw", { getToken: () => "t" }) instanceof HeraldClient);
+  } finally {
+    globalThis.BroadcastChannel = saved;
+  }
+  assert.ok(createHeraldClient("ws://gw", { getToken: () => "t" }) instanceof SharedHeraldClient);
+  assert.ok(createHeraldClient("ws://gw", { getToken: () => "t", shareTabs: false }) instanceof HeraldClient);
+});
+
+test("several gateway URLs: a refused one is skipped, and 1001 moves on", async () => {
+  const gateway = new FakeGateway();
+  gateway.refused.add("ws://a/notifications");
+  const client = new HeraldClient(["ws://a/notifications", "ws://b/notifications"], {
+    getToken: () => token("u1"),
+    WebSocket: gateway.WebSocket,
+    backoffBaseMs: 5,
+  });
+  const states = [];
+  client.on("disconnected", ({ code }) => states.push(code));
+  try {
+    await client.connect();
+    assert.equal(client.url, "ws://b/notifications");
+    assert.deepEqual(states, [1006]);
+    gateway.refused.clear();
+    for (const ws of gateway.sockets) ws.close(1001, "going away");
+    await waitUntil(() => client.state === "open" && client.url === "ws://a/notifications", 3000, "the fail-over back to a");
+  } finally {
+    client.close();
+  }
+});
+
+test("seen, archive and actions: the methods and the unseen count", async () => {
+  const gateway = new FakeGateway();
+  const client = new HeraldClient("ws://gw/notifications", { getToken: () => token("u1"), WebSocket: gateway.WebSocket });
+  const unseen = [];
+  client.on("unseen", ({ count }) => unseen.push(count));
+  try {
+    await client.connect();
+    assert.equal(client.unseenCount, 0);
+    gateway.notify("one");
+    await waitUntil(() => client.unseenCount === 1, 3000, "unseen 1");
+    await client.markSeen("all");
+    assert.equal(client.unseenCount, 0);
+    await client.markSeen(["n1"]);
+    await client.archive(["n1"]);
+    await client.unarchive(["n1"]);
+    await client.act("n1", "accept");
+    await client.list({ archived: true }).catch(() => {});
+    const sent = gateway.requests.filter((r) => r.method.startsWith("notifications.")).map((r) => [r.method, r.params]);
+    assert.deepEqual(sent, [
+      ["notifications.mark_seen", { all: true }],
+      ["notifications.mark_seen", { ids: ["n1"] }],
+      ["notifications.archive", { ids: ["n1"] }],
+      ["notifications.unarchive", { ids: ["n1"] }],
+      ["notifications.act", { id: "n1", action_id: "accept" }],
+      ["notifications.list", { archived: true }],
+    ]);
+    assert.deepEqual(unseen, [0, 1, 0]);
+  } finally {
+    client.close();
+  }
+});
+
+test("push.subscribe subscribes the browser with the server's VAPID key and registers it", async () => {
+  const gateway = new FakeGateway();
+  const client = new HeraldClient("ws://gw/notifications", { getToken: () => token("u1"), WebSocket: gateway.WebSocket });
+  let current = null;
+  const subscription = {
+    endpoint: "https://push.example/s/1",
+    toJSON: () => ({ endpoint: "https://push.example/s/1", expirationTime: null, keys: { p256dh: "p", auth: "a" } }),
+    unsubscribe: async () => {
+      current = null;
+      return true;
+    },
+  };
+  const asked = [];
+  const registration = {
+    pushManager: {
+      getSubscription: async () => current,
+      subscribe: async (options) => {
+        asked.push(options);
+        current = subscription;
+        return subscription;
+      },
+    },
+  };
+  try {
+    await client.connect();
+    const { id } = await client.push.subscribe(registration, { device: "laptop" });
+    assert.equal(id, "s1");
+    assert.equal(asked[0].userVisibleOnly, true);
+    assert.deepEqual([...asked[0].applicationServerKey], [4, 249, 52]);
+    const registered = gateway.requests.find((r) => r.method === "push.subscribe").params;
+    assert.deepEqual(registered, { endpoint: "https://push.example/s/1", keys: { p256dh: "p", auth: "a" }, device: "laptop" });
+    assert.deepEqual(await client.push.unsubscribe(registration), { removed: 1 });
+    assert.equal(current, null);
+    assert.deepEqual(gateway.requests.at(-1), { method: "push.unsubscribe", params: { endpoint: "https://push.example/s/1" } });
+  } finally {
+    client.close();
+  }
+});
