@@ -1,0 +1,148 @@
+import type { HeraldClient } from "@herald/client";
+import { act, renderHook, waitFor } from "@testing-library/react";
+import type { ReactNode } from "react";
+import { afterEach, describe, expect, it } from "vitest";
+
+import { HeraldProvider, useHerald, useNotifications, usePreferences, useUnreadCount } from "../src";
+import { FakeGateway } from "./gateway";
+
+let clients: HeraldClient[] = [];
+afterEach(() => {
+  clients.forEach((c) => c.close());
+  clients = [];
+});
+
+function setup() {
+  const gateway = new FakeGateway();
+  const client = gateway.client();
+  clients.push(client);
+  const wrapper = ({ children }: { children: ReactNode }) => <HeraldProvider client={client}>{children}</HeraldProvider>;
+  return { gateway, client, wrapper };
+}
+
+describe("useHerald", () => {
+  it("follows the connection state", async () => {
+    const { client, wrapper } = setup();
+    const { result } = renderHook(() => useHerald(), { wrapper });
+    expect(result.current.state).toBe("idle");
+    await act(() => client.connect());
+    expect(result.current.state).toBe("open");
+    expect(result.current.userId).toBe("u1");
+  });
+});
+
+describe("useUnreadCount", () => {
+  it("counts unread from connected and live frames; unseen is null without server support", async () => {
+    const { gateway, client, wrapper } = setup();
+    gateway.notify({}, { live: false });
+    const { result } = renderHook(() => useUnreadCount(), { wrapper });
+    await act(() => client.connect());
+    expect(result.current.unread).toBe(1);
+    expect(result.current.unseen).toBeNull();
+    expect(result.current.badge).toBe(1);
+    act(() => void gateway.notify());
+    await waitFor(() => expect(result.current.unread).toBe(2));
+  });
+});
+
+describe("useNotifications", () => {
+  it("loads the first page, pages on, and shows live notifications at the top", async () => {
+    const { gateway, client, wrapper } = setup();
+    for (let i = 0; i < 5; i++) gateway.notify({}, { live: false });
+    const { result } = renderHook(() => useNotifications({ pageSize: 2 }), { wrapper });
+    await act(() => client.connect());
+    await waitFor(() => expect(result.current.items.map((n) => n.id)).toEqual(["n5", "n4"]));
+    expect(result.current.hasMore).toBe(true);
+    await act(() => result.current.loadMore());
+    await act(() => result.current.loadMore());
+    expect(result.current.items.map((n) => n.id)).toEqual(["n5", "n4", "n3", "n2", "n1"]);
+    expect(result.current.hasMore).toBe(false);
+    act(() => void gateway.notify({ title: "live" }));
+    await waitFor(() => expect(result.current.items[0].title).toBe("live"));
+  });
+
+  it("marks read optimistically, before the server answers", async () => {
+    const { gateway, client, wrapper } = setup();
+    gateway.notify({}, { live: false });
+    let release!: () => void;
+    gateway.holds.set("notifications.mark_read", new Promise<void>((resolve) => (release = resolve)));
+    const { result } = renderHook(() => useNotifications(), { wrapper });
+    await act(() => client.connect());
+    await waitFor(() => expect(result.current.items).toHaveLength(1));
+    let done!: Promise<void>;
+    act(() => {
+      done = result.current.markRead(["n1"]);
+    });
+    expect(result.current.items[0].read_at).not.toBeNull(); // the server has not answered yet
+    expect(gateway.stored[0].read_at).toBeNull();
+    release();
+    await act(() => done);
+    expect(gateway.stored[0].read_at).not.toBeNull();
+  });
+
+  it("rolls an optimistic change back when the server refuses it", async () => {
+    const { gateway, client, wrapper } = setup();
+    gateway.notify({}, { live: false });
+    gateway.notify({}, { live: false });
+    gateway.failing.set("notifications.mark_read", { code: -32603, message: "boom" });
+    gateway.failing.set("notifications.delete", { code: 5003, message: "unavailable" });
+    const { result } = renderHook(() => useNotifications(), { wrapper });
+    await act(() => client.connect());
+    await waitFor(() => expect(result.current.items).toHaveLength(2));
+    await act(async () => {
+      await expect(result.current.markRead(["n2"])).rejects.toMatchObject({ code: -32603 });
+    });
+    expect(result.current.items.find((n) => n.id === "n2")?.read_at).toBeNull();
+    await act(async () => {
+      await expect(result.current.remove(["n1"])).rejects.toMatchObject({ code: 5003 });
+    });
+    expect(result.current.items.map((n) => n.id)).toEqual(["n2", "n1"]);
+  });
+
+  it("filters: unread drops read items, archived lists only archived ones", async () => {
+    const { gateway, client, wrapper } = setup();
+    gateway.notify({}, { live: false });
+    gateway.notify({ archived_at: "2026-01-02T00:00:00Z" }, { live: false });
+    const unread = renderHook(() => useNotifications({ filter: "unread" }), { wrapper });
+    const archived = renderHook(() => useNotifications({ filter: "archived" }), { wrapper });
+    await act(() => client.connect());
+    await waitFor(() => expect(unread.result.current.items.map((n) => n.id)).toEqual(["n1"]));
+    await waitFor(() => expect(archived.result.current.items.map((n) => n.id)).toEqual(["n2"]));
+    await act(() => unread.result.current.markRead(["n1"]));
+    expect(unread.result.current.items).toEqual([]);
+    await act(() => archived.result.current.unarchive(["n2"]));
+    expect(archived.result.current.items).toEqual([]);
+  });
+
+  it("reloads after a reconnect", async () => {
+    const { gateway, client, wrapper } = setup();
+    gateway.notify({}, { live: false });
+    const { result } = renderHook(() => useNotifications(), { wrapper });
+    await act(() => client.connect());
+    await waitFor(() => expect(result.current.items).toHaveLength(1));
+    gateway.stored = []; // deleted elsewhere while this tab was away
+    act(() => gateway.sockets.forEach((s) => s.close(1006, "network")));
+    await waitFor(() => expect(result.current.items).toHaveLength(0));
+  });
+});
+
+describe("usePreferences", () => {
+  it("updates optimistically, rolls back on a refusal, and follows preferences:updated", async () => {
+    const { gateway, client, wrapper } = setup();
+    const { result } = renderHook(() => usePreferences(), { wrapper });
+    await act(() => client.connect());
+    await waitFor(() => expect(result.current.preferences).not.toBeNull());
+    await act(() => result.current.update({ types: { NEW_COMMENT: { in_app: false } } }));
+    expect(result.current.preferences?.types.NEW_COMMENT.in_app).toBe(false);
+
+    gateway.failing.set("preferences.update", { code: -32602, message: "critical channel" });
+    await act(async () => {
+      await expect(result.current.update({ types: { SECURITY_ALERT: { email: false } } })).rejects.toMatchObject({ code: -32602 });
+    });
+    expect(result.current.preferences?.types.SECURITY_ALERT.email).toBe(true);
+    expect(result.current.error).toMatchObject({ code: -32602 });
+
+    act(() => gateway.broadcast("preferences:updated", { ...gateway.preferences, quiet_hours: { start: "21:00", end: "06:00", timezone: "UTC" } }));
+    await waitFor(() => expect(result.current.preferences?.quiet_hours?.start).toBe("21:00"));
+  });
+});
