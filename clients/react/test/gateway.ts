@@ -115,6 +115,8 @@ export class FakeGateway {
         const more = items.length > limit;
         return { items: page, next_cursor: more ? page.at(-1)?.seq : null, total: items.length, unread_count: this.unread };
       }
+      case "notifications.sync":
+        return { items: this.stored.filter((n) => (n.seq ?? 0) > (params.since as number)), has_more: false };
       case "notifications.unread_count":
         return { count: this.unread };
       case "notifications.mark_read":
