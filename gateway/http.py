@@ -2,8 +2,10 @@
 
 Routes (anything else is 404): ``/healthz`` (the process answers), ``/readyz`` (503 while the broker link
 is down), ``/metrics`` (Prometheus), ``/dev/token?user=U[&admin=1]`` (only with ``HERALD_DEV_TOKENS=1``),
-``/`` and ``/static/<file>`` (the demo inbox, from ``gateway/static/``), ``/client/herald.js`` and
-``/client/herald.d.ts`` (the browser client, from ``clients/js/``).
+``/`` and ``/assets/<file>`` (the React demo inbox, built into ``clients/demo/dist/`` by
+``.ci/build-clients``; ``/`` falls back to the plain page while it is not built), ``/plain.html`` and
+``/static/<file>`` (from ``gateway/static/``), ``/client/herald.js`` and ``/client/herald.d.ts`` (the
+browser client, from ``clients/js/``).
 
 A WebSocket handshake must target ``/notifications`` (else 404) from an allowed Origin (else 403); a
 token in ``Authorization: Bearer`` or ``?token=`` must verify (else 401), and its claims travel on the
@@ -139,6 +141,7 @@ class HttpRoutes:
         ready: Callable[[], bool],
         static_dir: Path | None = None,
         client_dir: Path | None = None,
+        demo_dir: Path | None = None,
     ) -> None:
         self._settings = settings
         self._verifier = verifier
@@ -146,6 +149,7 @@ class HttpRoutes:
         self._ready = ready
         self._static_dir = static_dir or _PACKAGE_DIR / "static"
         self._client_dir = client_dir or resource_dir("clients", "js")
+        self._demo_dir = demo_dir or resource_dir("clients", "demo", "dist")
 
     async def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
         path, _, query = request.path.partition("?")
@@ -182,7 +186,13 @@ class HttpRoutes:
         if path == "/dev/token":
             return self._dev_token(query)
         if path in ("/", "/index.html"):
-            return self._file(self._static_dir, "index.html")
+            if resolve_static(self._demo_dir, "index.html") is None:  # not built: the plain page
+                return self._file(self._static_dir, "plain.html")
+            return self._file(self._demo_dir, "index.html")
+        if path.startswith("/assets/"):
+            return self._file(self._demo_dir, path.removeprefix("/"))
+        if path == "/plain.html":
+            return self._file(self._static_dir, "plain.html")
         if path.startswith("/static/"):
             return self._file(self._static_dir, path.removeprefix("/static/"))
         if path.startswith("/client/") and path.removeprefix("/client/") in CLIENT_FILES:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from typing import TYPE_CHECKING, Any
 
 import aio_pika
@@ -341,10 +342,23 @@ async def test_static_files_and_the_browser_client_are_served(
     gateways: tuple[HeraldProcess, HeraldProcess],
 ) -> None:
     gw = gateways[0]
+    plain = (ROOT / "gateway" / "static" / "plain.html").read_bytes()
+    demo = ROOT / "clients" / "demo" / "dist"
     status, body = http_get(f"{gw.url}/")
     assert status == 200
-    assert body == (ROOT / "gateway" / "static" / "index.html").read_bytes()
-    assert http_get(f"{gw.url}/static/app.js")[1] == (ROOT / "gateway" / "static" / "app.js").read_bytes()
+    if (demo / "index.html").is_file():  # the React demo, built by .ci/build-clients
+        assert body == (demo / "index.html").read_bytes()
+        bundle = re.search(rb'src="(/assets/[^"]+[.]js)"', body)
+        assert bundle is not None, body
+        assert (
+            http_get(f"{gw.url}{bundle.group(1).decode()}")[1]
+            == (demo / bundle.group(1).decode()[1:]).read_bytes()
+        )
+    else:  # not built: the plain page stands in
+        assert body == plain
+    assert http_get(f"{gw.url}/plain.html")[1] == plain
+    assert http_get(f"{gw.url}/static/plain.html")[1] == plain
+    assert http_get(f"{gw.url}/assets/../../../pyproject.toml")[0] == 404
     assert http_get(f"{gw.url}/client/herald.js")[1] == (ROOT / "clients" / "js" / "herald.js").read_bytes()
     assert http_get(f"{gw.url}/client/herald.d.ts")[0] == 200
     assert http_get(f"{gw.url}/client/package.json")[0] == 404  # only the two client files
