@@ -1,12 +1,15 @@
-"""The demo inbox (gateway/static/) in headless Chromium against a real worker + gateway.
+"""The demo inbox (the React app in clients/demo, built from @herald/react) in headless Chromium.
 
-Driven by Playwright for Python with Debian's ``chromium`` (Playwright's own browser download is not
-used). Without chromium or playwright these tests fail with the reason: ``make test`` runs
-``.ci/install-test-deps``, which installs both.
+Against a real worker + gateway; driven by Playwright for Python with Debian's ``chromium`` (Playwright's
+own browser download is not used). Without chromium, playwright or the demo's build these tests fail with
+the reason: ``.ci/install-test-deps`` installs the first two, ``.ci/build-clients`` builds the demo.
 
-Also takes the README's screenshots, docs/img/inbox.png and docs/img/preferences.png: they are written
-there when missing or when ``HERALD_UPDATE_SCREENSHOTS=1`` (so a test run does not dirty the checkout with
-pixel noise), else to the test log directory.
+Tabs of one Playwright browser context are tabs of one browser profile (they share BroadcastChannel and
+Web Locks, hence one socket); separate contexts are separate browsers.
+
+Also takes the README's screenshots, docs/img/inbox.png, inbox-dark.png and preferences.png: they are
+written there when missing or when ``HERALD_UPDATE_SCREENSHOTS=1`` (so a test run does not dirty the
+checkout with pixel noise), else to the test log directory.
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import re
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,12 +29,12 @@ import asyncpg
 import pytest
 
 from herald_ops.testing.client import doc_snippet, event_body, publish, running_stack
-from herald_ops.testing.stack import ROOT, fresh_id, wait_until
+from herald_ops.testing.stack import ROOT, fresh_id, http_get, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
-    from playwright.async_api import Browser, Page
+    from playwright.async_api import Browser, BrowserContext, Page
 
     from herald_ops.testing.stack import HeraldProcess, Stack
 
@@ -45,6 +51,9 @@ CHROMIUM_ARGS = [
 ]
 DOCS_IMG = ROOT / "docs" / "img"
 LOG_DIR = Path(os.environ.get("HERALD_TEST_LOGS", "/tmp/herald-test-logs"))
+DEMO_BUILD = ROOT / "clients" / "demo" / "dist" / "index.html"
+AXE = ROOT / "clients" / "node_modules" / "axe-core" / "axe.min.js"
+VIEWPORT = {"width": 1180, "height": 760}
 
 
 def screenshot_path(name: str) -> str:
@@ -61,12 +70,14 @@ def _missing() -> str | None:
         return "the playwright package is not installed (run .ci/install-test-deps)"
     if not (os.access(CHROMIUM, os.X_OK) or shutil.which(CHROMIUM)):
         return f"chromium is not installed at {CHROMIUM} (run .ci/install-test-deps)"
+    if not DEMO_BUILD.is_file() or not AXE.is_file():
+        return "the demo inbox is not built (run .ci/build-clients)"
     return None
 
 
 MISSING = _missing()
 if MISSING:
-    # A skip is not a pass: a machine without the browser fails here, loudly.
+    # A skip is not a pass: a machine without the browser or the build fails here, loudly.
     raise RuntimeError(f"the browser tests cannot run: {MISSING}")
 
 
@@ -89,23 +100,30 @@ async def browser() -> AsyncIterator[Browser]:
 
 
 class Tabs:
-    """The pages one test opens; the ``tabs`` fixture closes them all when the test ends."""
+    """The browser contexts and pages one test opens; the ``tabs`` fixture closes them all."""
 
     def __init__(self, browser: Browser, gateway: HeraldProcess) -> None:
         self._browser = browser
-        self._gateway = gateway
-        self.opened: list[Page] = []
+        self.gateway = gateway
+        self.contexts: list[BrowserContext] = []
 
-    async def blank(self) -> Page:
-        page = await self._browser.new_page(viewport={"width": 1180, "height": 760})
-        self.opened.append(page)
-        return page
+    async def profile(self) -> BrowserContext:
+        """A fresh browser profile: its tabs share one Herald socket."""
+        context = await self._browser.new_context(viewport=VIEWPORT)  # type: ignore[arg-type]
+        self.contexts.append(context)
+        return context
 
-    async def inbox(self, user: str) -> Page:
+    async def blank(self, context: BrowserContext | None = None) -> Page:
+        return await (context or await self.profile()).new_page()
+
+    async def inbox(
+        self, user: str, context: BrowserContext | None = None, gateway: HeraldProcess | None = None
+    ) -> Page:
         """A tab signed in as ``user``, connected, recording every notification:new with its arrival time."""
-        page = await self.blank()
-        await page.goto(f"{self._gateway.url}/?user={user}")
+        page = await self.blank(context)
+        await page.goto(f"{(gateway or self.gateway).url}/?user={user}")
         await page.wait_for_selector('#status[data-state="open"]', timeout=15000)
+        await page.wait_for_function("window.heraldDemo && window.heraldDemo.client")
         await page.evaluate(
             """() => {
                 window.seen = [];
@@ -122,16 +140,22 @@ async def tabs(herald: tuple[Stack, HeraldProcess], browser: Browser) -> AsyncIt
     try:
         yield opened
     finally:
-        for page in opened.opened:
-            await page.close()
+        for context in opened.contexts:
+            await context.close()
 
 
 async def badge(page: Page) -> int:
-    """The unread badge as a number (0 when hidden)."""
+    """The number on the bell's badge (0 when there is none)."""
     text: str | None = await page.evaluate(
-        "() => { const b = document.getElementById('badge'); return b.hidden ? null : b.textContent; }"
+        "() => document.querySelector('.herald-bell .herald-badge')?.textContent ?? null"
     )
     return int(text) if text else 0
+
+
+async def unread(page: Page) -> int:
+    """The bell's unread count (what the list shows; the badge counts unseen where the server has it)."""
+    value = await page.get_attribute(".herald-bell", "data-unread")
+    return int(value or 0)
 
 
 async def seen(page: Page) -> list[dict[str, Any]]:
@@ -140,11 +164,39 @@ async def seen(page: Page) -> list[dict[str, Any]]:
 
 
 async def listed_ids(page: Page) -> list[str]:
-    ids: list[str] = await page.eval_on_selector_all("#list li.item", "items => items.map(i => i.dataset.id)")
+    ids: list[str] = await page.eval_on_selector_all(
+        ".herald-dropdown article.herald-item", "items => items.map(i => i.dataset.id)"
+    )
     return ids
 
 
-async def test_published_notification_appears_within_a_second(
+async def open_inbox(page: Page) -> None:
+    if await page.get_attribute(".herald-bell", "aria-expanded") != "true":
+        await page.click(".herald-bell")
+    await page.wait_for_selector(".herald-dropdown")
+
+
+def herald_send(stack: Stack, user: str, title: str, message: str = "Sent from a terminal") -> None:
+    """``herald send`` as a person would type it, against this stack's broker."""
+    argv = [sys.executable, "-m", "herald_ops.cli", "send", "--user", user, "--type", "QUIZ_AVAILABLE"]
+    argv += ["--title", title, "--message", message]
+    run = subprocess.run(argv, env=stack.env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+
+
+async def connections(gateway: HeraldProcess) -> int:
+    """The gateway's open authenticated WebSocket connections, from /metrics."""
+    body = (await asyncio.to_thread(http_get, f"{gateway.url}/metrics"))[1].decode()
+    found = re.search(r"^herald_gateway_connections (\S+)$", body, re.MULTILINE)
+    assert found is not None, body[:2000]
+    return int(float(found.group(1)))
+
+
+async def _is(probe: Any, page: Page, value: int) -> bool:
+    return bool(await probe(page) == value)
+
+
+async def test_herald_send_shows_in_the_dropdown_and_as_a_toast_within_a_second(
     herald: tuple[Stack, HeraldProcess], tabs: Tabs
 ) -> None:
     stack = herald[0]
@@ -152,53 +204,135 @@ async def test_published_notification_appears_within_a_second(
     page = await tabs.inbox(user)
     assert await badge(page) == 0
     started = time.time() * 1000
-    await publish(stack.amqp_url, event_body(user, title="Quiz 3 is open"))
+    await asyncio.to_thread(herald_send, stack, user, "Quiz 3 is open")
     await wait_until(lambda: badge(page), 10, "the badge to show 1")
     assert await badge(page) == 1
     [arrival] = await seen(page)
-    latency_ms = arrival["at"] - started
+    print(f"herald send → page: {arrival['at'] - started:.0f} ms (includes starting the CLI)")
+    await page.wait_for_selector(".herald-toast >> text=Quiz 3 is open")
+    await open_inbox(page)
+    await page.wait_for_selector(".herald-dropdown article.herald-unread >> text=Quiz 3 is open")
+
+    # A published event (no CLI start-up in the way) reaches the page within a second.
+    started = time.time() * 1000
+    await publish(stack.amqp_url, event_body(user, title="Second one"))
+    await wait_until(lambda: _is(unread, page, 2), 10, "the second notification")
+    latency_ms = (await seen(page))[-1]["at"] - started
     print(f"publish → page latency: {latency_ms:.0f} ms")
     assert latency_ms < 1000, f"the notification took {latency_ms:.0f} ms to reach the page"
-    await page.wait_for_selector(".toast >> text=Quiz 3 is open")
-    await page.click("#bell")
-    await page.wait_for_selector("#list li.item.unread >> text=Quiz 3 is open")
+    await page.wait_for_selector(".herald-dropdown article >> text=Second one")
 
 
-async def test_mark_read_in_one_tab_updates_the_other(
+async def test_mark_read_in_one_tab_updates_the_badge_in_another(
     herald: tuple[Stack, HeraldProcess], tabs: Tabs
 ) -> None:
     stack = herald[0]
     user = fresh_id("b")
-    first = await tabs.inbox(user)
-    second = await tabs.inbox(user)
+    profile = await tabs.profile()
+    first = await tabs.inbox(user, profile)
+    second = await tabs.inbox(user, profile)  # same browser: shares the first tab's socket
+    elsewhere = await tabs.inbox(user)  # another browser: its own socket
     await publish(stack.amqp_url, event_body(user, title="Grade released"))
-    for page in (first, second):
-        await wait_until(lambda page=page: badge(page), 10, "both badges at 1")
-    await first.click("#bell")
-    await first.click("#list li.item.unread")  # opening an item marks it read
-    await wait_until(lambda: _is_zero(second), 10, "the second tab's badge to clear")
-    await wait_until(lambda: _is_zero(first), 10, "the first tab's badge to clear")
-    await second.click("#bell")
-    await second.wait_for_selector("#list li.item:not(.unread) >> text=Grade released")
+    for page in (first, second, elsewhere):
+        await wait_until(lambda page=page: badge(page), 10, "every badge at 1")
+    await open_inbox(first)
+    await first.click(".herald-dropdown article.herald-unread")  # opening an item marks it read
+    for page in (second, elsewhere, first):
+        await wait_until(lambda page=page: _is(unread, page, 0), 10, "the unread count to clear")
+        await wait_until(lambda page=page: _is(badge, page, 0), 10, "the badge to clear")
+    await open_inbox(second)
+    await second.wait_for_selector(".herald-dropdown article:not(.herald-unread) >> text=Grade released")
 
 
-async def _is_zero(page: Page) -> bool:
-    return await badge(page) == 0
+async def test_three_tabs_share_one_socket_and_the_leader_hands_it_over(
+    herald: tuple[Stack, HeraldProcess], tabs: Tabs
+) -> None:
+    stack = herald[0]
+    gateway = stack.start_gateway(dev_tokens=1)  # its own, so its connection count is this test's
+    try:
+        user = fresh_id("b")
+        profile = await tabs.profile()
+        pages = [await tabs.inbox(user, profile, gateway) for _ in range(3)]
+
+        async def roles() -> list[str]:
+            return [await p.get_attribute("#status", "data-role") or "" for p in pages]
+
+        await wait_until(lambda: _roles_are(roles, 1, 2), 10, "one leader and two followers")
+        await wait_until(lambda: _connections_are(gateway, 1), 10, "one connection at the gateway")
+        assert await connections(gateway) == 1
+
+        await publish(stack.amqp_url, event_body(user, title="to every tab"))
+        for page in pages:
+            await wait_until(lambda page=page: _titles(page, ["to every tab"]), 10, "every tab to get it")
+
+        # Close the leader; publish while the socket is handed over: nothing is missed, nothing twice.
+        leader = pages[(await roles()).index("leader")]
+        rest = [p for p in pages if p is not leader]
+        await leader.close()
+        await publish(stack.amqp_url, *(event_body(user, title=f"handover {i}") for i in range(3)))
+        pages = rest
+        await wait_until(lambda: _roles_are(roles, 1, 1), 15, "a new leader")
+        expected = ["to every tab", "handover 0", "handover 1", "handover 2"]
+        for page in rest:
+            await wait_until(lambda page=page: _titles(page, expected), 15, "the handover notifications")
+            assert await unread(page) == 4
+        await wait_until(lambda: _connections_are(gateway, 1), 10, "one connection after the handover")
+
+        await publish(stack.amqp_url, event_body(user, title="after"))
+        for page in rest:
+            await wait_until(lambda page=page: _titles(page, [*expected, "after"]), 10, "live after it")
+    finally:
+        gateway.stop()
 
 
-async def test_muting_a_type_in_preferences_stops_it(herald: tuple[Stack, HeraldProcess], tabs: Tabs) -> None:
+async def _roles_are(roles: Any, leaders: int, followers: int) -> bool:
+    now = await roles()
+    return bool(now.count("leader") == leaders and now.count("follower") == followers)
+
+
+async def _connections_are(gateway: HeraldProcess, count: int) -> bool:
+    return await connections(gateway) == count
+
+
+async def _titles(page: Page, titles: list[str]) -> bool:
+    got = sorted(s["title"] for s in await seen(page))
+    if len(got) > len(titles):
+        raise AssertionError(f"a notification shown twice or unexpected: {got}")
+    return got == sorted(titles)
+
+
+async def _titles_include(page: Page, title: str) -> bool:
+    return title in [s["title"] for s in await seen(page)]
+
+
+async def open_preferences(page: Page) -> None:
+    await page.click("#prefs-button")
+    await page.locator('input[name="types.NEW_COMMENT.in_app"]').wait_for()
+
+
+async def test_preferences_save_and_follow_another_tab(
+    herald: tuple[Stack, HeraldProcess], tabs: Tabs
+) -> None:
     stack = herald[0]
     user = "sam"  # fixed, so the screenshot only changes when the page does
     page = await tabs.inbox(user)
-    await page.click("#prefs-button")
+    other = await tabs.inbox(user)  # another browser of the same user
+    await open_preferences(page)
+    await open_preferences(other)
     toggle = page.locator('input[name="types.NEW_COMMENT.in_app"]')
-    await toggle.wait_for()
+    mirrored = other.locator('input[name="types.NEW_COMMENT.in_app"]')
+    if not await toggle.is_checked():  # a rerun against a reused database: start from the defaults
+        await page.click("text=Reset to defaults")
+        await wait_until(toggle.is_checked, 10, "the reset")
     assert await toggle.is_checked()
     await toggle.click()
-    await page.wait_for_selector("#prefs-updated >> text=Saved")
+    await page.wait_for_selector(".herald-prefs-status >> text=Saved")
     assert not await toggle.is_checked()
-    await page.set_viewport_size({"width": 1180, "height": 1330})  # the whole grid and quiet hours
-    await page.evaluate("document.querySelector('.drawer-body').scrollTop = 0")
+    await wait_until(lambda: _unchecked(mirrored), 10, "the other tab to show the change")
+    locked = page.locator('input[name="types.SECURITY_ALERT.email"]')
+    assert await locked.is_checked()
+    assert await locked.is_disabled()
+    await page.set_viewport_size({"width": 1180, "height": 1280})  # the whole grid and quiet hours
     await page.screenshot(path=screenshot_path("preferences.png"), animations="disabled")
 
     # The muted type and then an unmuted marker: once the marker is shown, the muted one had its chance.
@@ -209,73 +343,76 @@ async def test_muting_a_type_in_preferences_stops_it(herald: tuple[Stack, Herald
     )
     await wait_until(lambda: _titles_include(page, "Marker"), 10, "the marker notification")
     assert [s["title"] for s in await seen(page)] == ["Marker"]
-    assert await badge(page) == 1
 
-    # Quiet hours round-trip through the server.
-    await page.check("#quiet-on")
-    await page.fill("#quiet-start", "21:30")
-    await page.fill("#quiet-tz", "Europe/Berlin")
-    await page.click("#quiet-save")
-    await page.wait_for_function(
-        "heraldDemo.preferences.quiet_hours?.start === '21:30'"
-        " && heraldDemo.preferences.quiet_hours.timezone === 'Europe/Berlin'"
+    # Quiet hours from the other tab, with the time-zone picker; this tab follows.
+    await other.check('input[name="quiet.enabled"]')
+    await other.fill('input[name="quiet.start"]', "21:30")
+    await other.select_option('select[name="quiet.timezone"]', "Europe/Berlin")
+    await other.click("text=Save quiet hours")
+    await wait_until(
+        lambda: _value_is(page, 'input[name="quiet.start"]', "21:30"), 10, "quiet hours in the first tab"
     )
+    assert await page.locator('select[name="quiet.timezone"]').input_value() == "Europe/Berlin"
+    assert await page.is_checked('input[name="quiet.enabled"]')
 
-    # Reset brings the type back.
-    await page.click("#prefs-reset")
+    # Reset brings the type back, in both tabs.
+    await page.click("text=Reset to defaults")
     await wait_until(toggle.is_checked, 10, "the reset to turn NEW_COMMENT back on")
-    assert not await page.is_checked("#quiet-on")
+    await wait_until(mirrored.is_checked, 10, "the reset in the other tab")
+    assert not await page.is_checked('input[name="quiet.enabled"]')
 
 
-async def _titles_include(page: Page, title: str) -> bool:
-    return title in [s["title"] for s in await seen(page)]
+async def _unchecked(locator: Any) -> bool:
+    return not await locator.is_checked()
 
 
-async def test_screenshot_of_the_inbox(herald: tuple[Stack, HeraldProcess], tabs: Tabs) -> None:
+async def _value_is(page: Page, selector: str, value: str) -> bool:
+    return bool(await page.locator(selector).input_value() == value)
+
+
+SAMPLES = [
+    (
+        "COURSE_NEW_CONTENT",
+        "New lesson available",
+        "Lesson 7 “Indexes and query plans” was added to Databases 101",
+    ),
+    ("GRADE_RELEASED", "Your grade is out", "Assignment 2 of Distributed Systems: 92/100"),
+    ("ASSIGNMENT_DEADLINE", "Deadline tomorrow", "Project proposal for Machine Learning is due Friday 23:59"),
+    (
+        "NEW_REPLY",
+        "Maya replied to your comment",
+        "“Good point — the quorum queue also needs a delivery limit.”",
+    ),
+    ("MILESTONE_ACHIEVED", "7-day streak!", "You studied every day this week. Keep going"),
+    ("SYSTEM_ANNOUNCEMENT", "Scheduled maintenance", "The platform is read-only on Sunday 02:00–03:00 UTC"),
+]
+
+
+async def test_screenshots_of_the_inbox(herald: tuple[Stack, HeraldProcess], tabs: Tabs) -> None:
     stack = herald[0]
-    user = "jordan"  # fixed, so the screenshot only changes when the page does
-    samples = [
-        (
-            "COURSE_NEW_CONTENT",
-            "New lesson available",
-            "Lesson 7 “Indexes and query plans” was added to Databases 101",
-        ),
-        ("GRADE_RELEASED", "Your grade is out", "Assignment 2 of Distributed Systems: 92/100"),
-        (
-            "ASSIGNMENT_DEADLINE",
-            "Deadline tomorrow",
-            "Project proposal for Machine Learning is due Friday 23:59",
-        ),
-        (
-            "NEW_REPLY",
-            "Maya replied to your comment",
-            "“Good point — the quorum queue also needs a delivery limit.”",
-        ),
-        ("MILESTONE_ACHIEVED", "7-day streak!", "You studied every day this week. Keep going"),
-        (
-            "SYSTEM_ANNOUNCEMENT",
-            "Scheduled maintenance",
-            "The platform is read-only on Sunday 02:00–03:00 UTC",
-        ),
-    ]
-    await publish(
-        stack.amqp_url, *(event_body(user, type=t, title=title, message=m) for t, title, m in samples)
-    )
-    page = await tabs.inbox(user)
-    await page.click("#bell")
-    await page.wait_for_function("document.querySelectorAll('#list li.item').length === 6")
-    ids = await listed_ids(page)
-    await page.evaluate("id => heraldDemo.client.markRead([id])", ids[-1])
-    await page.wait_for_selector(f'#list li.item[data-id="{ids[-1]}"]:not(.unread)')
-    live = event_body(
-        user,
-        type="INSTRUCTOR_MESSAGE",
-        title="Message from Dr. Okafor",
-        message="Office hours move to 3 pm",
-    )
-    await publish(stack.amqp_url, live)
-    await page.wait_for_selector(".toast >> text=Message from Dr. Okafor")
-    await page.screenshot(path=screenshot_path("inbox.png"), animations="disabled")
+    for user, theme, name in (("jordan", "light", "inbox.png"), ("jordan-dark", "dark", "inbox-dark.png")):
+        await publish(
+            stack.amqp_url, *(event_body(user, type=t, title=title, message=m) for t, title, m in SAMPLES)
+        )
+        await wait_until(lambda user=user: _stored(stack, user, len(SAMPLES)), 15, "the samples stored")
+        context = await tabs.profile()
+        await context.add_init_script(f"localStorage.setItem('herald-demo-theme', '{theme}')")
+        page = await tabs.inbox(user, context)
+        await open_inbox(page)
+        await page.wait_for_function("document.querySelectorAll('.herald-dropdown article').length === 6")
+        ids = await listed_ids(page)
+        await page.evaluate("id => heraldDemo.client.markRead([id])", ids[-1])
+        await page.wait_for_selector(f'.herald-dropdown article[data-id="{ids[-1]}"]:not(.herald-unread)')
+        live = event_body(
+            user,
+            type="INSTRUCTOR_MESSAGE",
+            title="Message from Dr. Okafor",
+            message="Office hours move to 3 pm",
+        )
+        await publish(stack.amqp_url, live)
+        await page.wait_for_selector(".herald-toast >> text=Message from Dr. Okafor")
+        await page.mouse.move(0, 0)
+        await page.screenshot(path=screenshot_path(name), animations="disabled")
 
 
 async def test_gateway_restart_delivers_missed_notifications_once(
@@ -295,21 +432,17 @@ async def test_gateway_restart_delivers_missed_notifications_once(
         await asyncio.to_thread(gateway.launch)  # same port
 
         await page.wait_for_selector('#status[data-state="open"]', timeout=20000)
-        await wait_until(lambda: _badge_is(page, 4), 15, "the badge to reach 4")
+        await wait_until(lambda: _is(badge, page, 4), 15, "the badge to reach 4")
         arrivals = await seen(page)
         assert len(arrivals) == 4
         assert len({a["id"] for a in arrivals}) == 4
         assert sorted(a["title"] for a in arrivals if a["replayed"]) == ["missed 0", "missed 1", "missed 2"]
-        await page.click("#bell")
-        await page.wait_for_function("document.querySelectorAll('#list li.item').length === 4")
+        await open_inbox(page)
+        await page.wait_for_function("document.querySelectorAll('.herald-dropdown article').length === 4")
         assert len(set(await listed_ids(page))) == 4
     finally:
         if gateway.popen is not None and gateway.popen.poll() is not None:
             await asyncio.to_thread(gateway.launch)
-
-
-async def _badge_is(page: Page, count: int) -> bool:
-    return await badge(page) == count
 
 
 async def _stored(stack: Stack, user: str, count: int) -> bool:
@@ -337,6 +470,18 @@ async def test_the_documented_snippet_works_as_printed(
     assert (await page.title()).startswith("(")  # the unread count is in the title
 
 
+async def test_the_plain_javascript_page(herald: tuple[Stack, HeraldProcess], tabs: Tabs) -> None:
+    stack, gateway = herald
+    user = fresh_id("p")
+    page = await tabs.blank()
+    await page.goto(f"{gateway.url}/plain.html?user={user}")
+    await page.wait_for_selector('#status[data-state="open"]', timeout=15000)
+    await publish(stack.amqp_url, event_body(user, title="Plain and simple"))
+    await page.wait_for_selector("#list li.unread >> text=Plain and simple")
+    await page.click("#list li.unread")
+    await page.wait_for_selector("#unread >> text=0")
+
+
 async def test_infinite_scroll_delete_and_mark_all_read(
     herald: tuple[Stack, HeraldProcess], tabs: Tabs
 ) -> None:
@@ -346,23 +491,83 @@ async def test_infinite_scroll_delete_and_mark_all_read(
     await wait_until(lambda: _stored(stack, user, 45), 15, "45 stored notifications")
     page = await tabs.inbox(user)
     assert await badge(page) == 45
-    await page.click("#bell")
+    await open_inbox(page)
     # Pages of 20: scrolling to the end of the list loads the next page until everything is there.
+    await page.wait_for_function("document.querySelectorAll('.herald-dropdown article').length >= 20")
     while (count := len(await listed_ids(page))) < 45:
-        await page.eval_on_selector("#scroller", "s => { s.scrollTop = s.scrollHeight; }")
-        await page.wait_for_function(f"document.querySelectorAll('#list li.item').length > {count}")
+        await page.eval_on_selector(".herald-scroller", "s => { s.scrollTop = s.scrollHeight; }")
+        await page.wait_for_function(
+            f"document.querySelectorAll('.herald-dropdown article').length > {count}"
+        )
     assert len(set(await listed_ids(page))) == 45
-    await page.wait_for_selector("#list-foot >> text=That's everything")
+    await page.wait_for_selector(".herald-foot >> text=That's everything")
 
-    first = page.locator("#list li.item").first
+    first = page.locator(".herald-dropdown article").first
     doomed = await first.get_attribute("data-id")
     await first.hover()
-    await first.locator(".item-action.delete").click()
-    await page.wait_for_selector(f'#list li.item[data-id="{doomed}"]', state="detached")
-    await wait_until(lambda: _badge_is(page, 44), 10, "the badge after a delete")
+    await first.locator(".herald-delete").click()
+    await page.wait_for_selector(f'.herald-dropdown article[data-id="{doomed}"]', state="detached")
+    await wait_until(lambda: _is(unread, page, 44), 10, "the unread count after a delete")
 
-    await page.click("#mark-all")
-    await wait_until(lambda: _badge_is(page, 0), 10, "the badge after mark all read")
-    assert await page.locator("#list li.item.unread").count() == 0
-    await page.click(".tab[data-filter=unread]")
-    await page.wait_for_selector("#list-foot >> text=You're all caught up")
+    await page.click(".herald-mark-all")
+    await wait_until(lambda: _is(unread, page, 0), 10, "the unread count after mark all read")
+    assert await page.locator(".herald-dropdown article.herald-unread").count() == 0
+    await page.click('.herald-tab[data-filter="unread"]')
+    await page.wait_for_selector(".herald-foot >> text=You're all caught up")
+
+
+async def test_keyboard_escape_returns_focus_to_the_bell(
+    herald: tuple[Stack, HeraldProcess], tabs: Tabs
+) -> None:
+    stack = herald[0]
+    user = fresh_id("k")
+    await publish(stack.amqp_url, event_body(user, title="one"), event_body(user, title="two"))
+    await wait_until(lambda: _stored(stack, user, 2), 15, "two stored")
+    page = await tabs.inbox(user)
+    await page.focus(".herald-bell")
+    await page.keyboard.press("Enter")
+    await page.wait_for_function("document.activeElement?.getAttribute('role') === 'tab'")
+    await page.wait_for_function("document.querySelectorAll('.herald-dropdown article').length === 2")
+    await page.keyboard.press("ArrowDown")
+    assert await page.evaluate("document.activeElement.textContent.includes('two')")
+    await page.keyboard.press("ArrowDown")
+    assert await page.evaluate("document.activeElement.textContent.includes('one')")
+    await page.keyboard.press("Escape")
+    await page.wait_for_selector(".herald-dropdown", state="detached")
+    assert await page.evaluate("document.activeElement.classList.contains('herald-bell')")
+
+
+async def axe_violations(page: Page) -> list[dict[str, Any]]:
+    """axe-core's serious and critical violations on the page as it is now."""
+    if not await page.evaluate("typeof window.axe !== 'undefined'"):
+        await page.add_script_tag(path=str(AXE))
+    found: list[dict[str, Any]] = await page.evaluate(
+        """async () => (await axe.run(document, {resultTypes: ["violations"]})).violations
+            .filter(v => v.impact === "serious" || v.impact === "critical")
+            .map(v => ({id: v.id, impact: v.impact, help: v.help,
+                        nodes: v.nodes.slice(0, 3).map(n => n.target.join(" "))}))"""
+    )
+    return found
+
+
+async def test_no_serious_accessibility_violations(herald: tuple[Stack, HeraldProcess], tabs: Tabs) -> None:
+    stack, gateway = herald
+    user = fresh_id("a")
+    login = await tabs.blank()
+    await login.goto(f"{gateway.url}/")
+    await login.wait_for_selector("#user-input")
+    problems = {"login": await axe_violations(login)}
+
+    for theme in ("light", "dark"):
+        context = await tabs.profile()
+        await context.add_init_script(f"localStorage.setItem('herald-demo-theme', '{theme}')")
+        page = await tabs.inbox(user, context)
+        await publish(stack.amqp_url, event_body(user, title=f"Accessible {theme}"))
+        await page.wait_for_selector(f".herald-toast >> text=Accessible {theme}")
+        await open_inbox(page)
+        await page.wait_for_selector(f".herald-dropdown article >> text=Accessible {theme}")
+        problems[f"inbox ({theme})"] = await axe_violations(page)
+        await page.keyboard.press("Escape")
+        await open_preferences(page)
+        problems[f"preferences ({theme})"] = await axe_violations(page)
+    assert not any(problems.values()), problems
