@@ -152,7 +152,7 @@ function tabs(gateway, count, options = {}) {
       backoffBaseMs: 10,
       backoffMaxMs: 50,
       shareKey: key,
-      heartbeatMs: 30,
+      heartbeatMs: 250,
       ...options,
     });
     const titles = [];
@@ -171,38 +171,38 @@ for (const mode of ["web locks", "heartbeats"]) {
     const opened = tabs(gateway, 3, { locks });
     try {
       await Promise.all(opened.map((tab) => tab.client.connect()));
-      await waitUntil(() => leaderOf(opened).length === 1 && opened.every((t) => t.client.role !== "electing"), 3000, "one leader");
+      await waitUntil(() => leaderOf(opened).length === 1 && opened.every((t) => t.client.role !== "electing"), 10000, "one leader");
       assert.equal(gateway.sockets.size, 1);
       assert.equal(opened.filter((tab) => tab.client.role === "follower").length, 2);
 
       gateway.notify("first");
-      await waitUntil(() => opened.every((tab) => tab.titles.length === 1), 3000, "every tab to get it");
+      await waitUntil(() => opened.every((tab) => tab.titles.length === 1), 10000, "every tab to get it");
       assert.ok(opened.every((tab) => tab.client.unreadCount === 1));
 
       // A follower's request goes through the leader's socket; the change reaches every tab.
       const follower = opened.find((tab) => !tab.client.isLeader);
       assert.equal(await follower.client.ping(), "pong");
       assert.equal((await follower.client.markRead(["n1"])).unread_count, 0);
-      await waitUntil(() => opened.every((tab) => tab.client.unreadCount === 0), 3000, "the count everywhere");
+      await waitUntil(() => opened.every((tab) => tab.client.unreadCount === 0), 10000, "the count everywhere");
       await assert.rejects(follower.client.request("nope"), (err) => err instanceof HeraldRequestError && err.code === -32601);
 
       // The leader tab closes; notifications published while no tab holds a socket are not missed.
       gateway.holding = true;
       const [leader] = leaderOf(opened);
       leader.client.close();
-      await waitUntil(() => gateway.sockets.size === 0, 3000, "the old socket to close");
+      await waitUntil(() => gateway.sockets.size === 0, 10000, "the old socket to close");
       gateway.notify("while handing over", { live: false });
       gateway.notify("also missed", { live: false });
       gateway.release();
       const rest = opened.filter((tab) => tab !== leader);
-      await waitUntil(() => rest.every((tab) => tab.titles.length === 3), 5000, "the missed ones in the other tabs");
+      await waitUntil(() => rest.every((tab) => tab.titles.length === 3), 15000, "the missed ones in the other tabs");
       assert.equal(leaderOf(rest).length, 1);
       assert.equal(gateway.sockets.size, 1);
       for (const tab of rest) assert.deepEqual(tab.titles, ["first", "while handing over", "also missed"]);
-      await waitUntil(() => rest.every((tab) => tab.client.unreadCount === 2), 3000, "counts after the sync");
+      await waitUntil(() => rest.every((tab) => tab.client.unreadCount === 2), 10000, "counts after the sync");
 
       gateway.notify("live again");
-      await waitUntil(() => rest.every((tab) => tab.titles.at(-1) === "live again"), 3000, "live after the handover");
+      await waitUntil(() => rest.every((tab) => tab.titles.at(-1) === "live again"), 10000, "live after the handover");
       assert.ok(rest.every((tab) => tab.titles.length === 4), "nothing twice");
     } finally {
       opened.forEach((tab) => tab.client.close());
@@ -215,12 +215,12 @@ test("a follower's request during the handover waits for the new leader", async 
   const opened = tabs(gateway, 2, { locks: new FakeLocks() });
   try {
     await Promise.all(opened.map((tab) => tab.client.connect()));
-    await waitUntil(() => leaderOf(opened).length === 1 && opened.every((t) => t.client.role !== "electing"), 3000, "a leader");
+    await waitUntil(() => leaderOf(opened).length === 1 && opened.every((t) => t.client.role !== "electing"), 10000, "a leader");
     const [leader] = leaderOf(opened);
     const follower = opened.find((tab) => tab !== leader);
     leader.client.close();
     // Issued after the handover started: it waits for the new leader rather than failing.
-    await waitUntil(() => follower.client.state !== "open" || follower.client.isLeader, 3000, "the follower to notice");
+    await waitUntil(() => follower.client.state !== "open" || follower.client.isLeader, 10000, "the follower to notice");
     assert.equal(await follower.client.ping(), "pong");
     assert.ok(follower.client.isLeader);
   } finally {
@@ -277,7 +277,7 @@ test("several gateway URLs: a refused one is skipped, and 1001 moves on", async 
     assert.deepEqual(states, [1006]);
     gateway.refused.clear();
     for (const ws of gateway.sockets) ws.close(1001, "going away");
-    await waitUntil(() => client.state === "open" && client.url === "ws://a/notifications", 3000, "the fail-over back to a");
+    await waitUntil(() => client.state === "open" && client.url === "ws://a/notifications", 10000, "the fail-over back to a");
   } finally {
     client.close();
   }
@@ -292,7 +292,7 @@ test("seen, archive and actions: the methods and the unseen count", async () => 
     await client.connect();
     assert.equal(client.unseenCount, 0);
     gateway.notify("one");
-    await waitUntil(() => client.unseenCount === 1, 3000, "unseen 1");
+    await waitUntil(() => client.unseenCount === 1, 10000, "unseen 1");
     await client.markSeen("all");
     assert.equal(client.unseenCount, 0);
     await client.markSeen(["n1"]);
