@@ -121,8 +121,20 @@ class Tabs:
     ) -> Page:
         """A tab signed in as ``user``, connected, recording every notification:new with its arrival time."""
         page = await self.blank(context)
+        console: list[str] = []
+        page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+        page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
         await page.goto(f"{(gateway or self.gateway).url}/?user={user}")
-        await page.wait_for_selector('#status[data-state="open"]', timeout=15000)
+        try:
+            await page.wait_for_selector('#status[data-state="open"]', timeout=15000)
+        except Exception as exc:
+            state = await page.evaluate(
+                "() => [document.querySelector('#status')?.outerHTML, window.heraldDemo?.client?.role,"
+                " window.heraldDemo?.client?.state, document.body.innerText.slice(0, 300)]"
+            )
+            raise AssertionError(
+                f"the inbox of {user} did not connect: {state}; console: {console[-20:]}"
+            ) from exc
         await page.wait_for_function("window.heraldDemo && window.heraldDemo.client")
         await page.evaluate(
             """() => {
