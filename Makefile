@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install migrate run worker gateway test test-deps test-fast lint format bench clean
+.PHONY: install clients migrate run worker gateway test test-deps test-fast lint format bench clean
 
 install: $(VENV)/.installed
 
@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 migrate: install
 	$(BIN)/herald migrate
 
-run: install          ## migrate, then one worker and one gateway in the foreground (Ctrl-C stops both)
+run: install clients  ## migrate, then one worker and one gateway in the foreground (Ctrl-C stops both)
 	$(BIN)/herald dev
 
 worker: install
@@ -25,10 +25,13 @@ worker: install
 gateway: install
 	$(BIN)/herald-gateway
 
+clients:              ## the browser packages and the demo: npm ci, builds, JS tests, bundle size
+	bash .ci/build-clients
+
 test-deps: install    ## chromium, playwright, haproxy: what the suite needs beyond Python packages
 	VENV=$(VENV) bash .ci/install-test-deps
 
-test: test-deps       ## the whole suite against the local RabbitMQ and Postgres, nothing skipped
+test: test-deps clients ## the whole suite against the local RabbitMQ and Postgres, nothing skipped
 	$(BIN)/pytest
 
 test-fast: install    ## everything but the fault tests
