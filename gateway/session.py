@@ -164,7 +164,7 @@ class _Session:
         opened = await self._session_open()
         if opened is not None:
             owner.hub.set_preferences(self._slot, opened.get("preferences"))
-            for key in ("unread_count", "last_seq"):
+            for key in ("unread_count", "unseen_count", "last_seq"):
                 if key in opened:
                     params[key] = opened[key]
         try:

@@ -18,7 +18,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    HttpUrl,
     StringConstraints,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -26,10 +28,22 @@ from pydantic import (
 
 # The limits belong to the wire vocabulary the Python SDK speaks too; re-exported for the services.
 from herald_client.protocol import (
+    ACTION_ID_PATTERN as ACTION_ID_PATTERN,
+)
+from herald_client.protocol import (
     CHANNELS as CHANNELS,
 )
 from herald_client.protocol import (
+    MAX_ACTION_LABEL_CHARS as MAX_ACTION_LABEL_CHARS,
+)
+from herald_client.protocol import (
+    MAX_ACTIONS as MAX_ACTIONS,
+)
+from herald_client.protocol import (
     MAX_BODY_BYTES as MAX_BODY_BYTES,
+)
+from herald_client.protocol import (
+    MAX_COLLAPSE_KEY_CHARS as MAX_COLLAPSE_KEY_CHARS,
 )
 from herald_client.protocol import (
     MAX_DATA_BYTES as MAX_DATA_BYTES,
@@ -45,6 +59,9 @@ from herald_client.protocol import (
 )
 from herald_client.protocol import (
     MAX_TITLE_CHARS as MAX_TITLE_CHARS,
+)
+from herald_client.protocol import (
+    MAX_URL_CHARS as MAX_URL_CHARS,
 )
 from herald_client.protocol import (
     TYPE_PATTERN as TYPE_PATTERN,
@@ -81,6 +98,37 @@ def _data_within_limit(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+_HTTP_URL: Final = TypeAdapter(HttpUrl)
+_CONTROL_OR_SPACE: Final = re.compile(r"[\x00-\x20\x7f]")
+
+
+def _http_url(value: str) -> str:
+    # The URL parser drops tabs and newlines silently; a click target must be exactly what was sent.
+    if _CONTROL_OR_SPACE.search(value):
+        raise ValueError("must not contain spaces or control characters")
+    return str(_HTTP_URL.validate_python(value))
+
+
+#: A click target: an absolute ``http(s)`` URL of at most 2,000 characters, stored as parsed (normalized).
+Url = Annotated[str, StringConstraints(min_length=1, max_length=MAX_URL_CHARS), AfterValidator(_http_url)]
+
+
+class Action(BaseModel):
+    """A button on a notification (PROTOCOL §10): its id (what ``notifications.act`` reports), label, url."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Annotated[str, StringConstraints(pattern=ACTION_ID_PATTERN)]
+    label: str = Field(min_length=1, max_length=MAX_ACTION_LABEL_CHARS)
+    url: Url | None = None
+
+
+def _distinct_action_ids(actions: tuple[Action, ...]) -> tuple[Action, ...]:
+    if len({action.id for action in actions}) != len(actions):
+        raise ValueError("action ids must be distinct")
+    return actions
+
+
 class _EventFields(BaseModel):
     """What send and broadcast events have in common."""
 
@@ -99,6 +147,11 @@ class _EventFields(BaseModel):
     channels: frozenset[Channel] | None = None
     expires_at: datetime | None = Field(
         default=None, validation_alias=AliasChoices("expires_at", "expiresAt")
+    )
+
+    url: Url | None = None
+    actions: Annotated[tuple[Action, ...], AfterValidator(_distinct_action_ids)] = Field(
+        default=(), max_length=MAX_ACTIONS
     )
 
     @field_validator("expires_at")
@@ -128,6 +181,13 @@ class SendEvent(_EventFields):
     model_config = ConfigDict(json_schema_extra=_document_single_recipient)
 
     user_ids: tuple[UserId, ...] = Field(min_length=1, max_length=MAX_RECIPIENTS)
+    # Per recipient: a new event with the key of one of their unread notifications updates it in place.
+    collapse_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_COLLAPSE_KEY_CHARS,
+        validation_alias=AliasChoices("collapse_key", "collapseKey"),
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -75,6 +75,11 @@ class Topology:
         return f"{self.prefix}.deliveries"
 
     @property
+    def outcomes_exchange(self) -> str:
+        """Durable topic exchange, routing key = the notification type: the actions users took."""
+        return f"{self.prefix}.outcomes"
+
+    @property
     def rpc_queue(self) -> str:
         """Queue of gateway → worker requests."""
         return f"{self.prefix}.rpc"

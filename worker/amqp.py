@@ -43,6 +43,11 @@ def deliveries_exchange(topology: Topology) -> RabbitExchange:
     return _exchange(topology.deliveries_exchange, ExchangeType.TOPIC)
 
 
+def outcomes_exchange(topology: Topology) -> RabbitExchange:
+    """``herald.outcomes``: topic exchange for the actions users took, routing key = notification type."""
+    return _exchange(topology.outcomes_exchange, ExchangeType.TOPIC)
+
+
 def events_exchange(topology: Topology) -> RabbitExchange:
     """``herald.events``: the topic exchange producers publish to."""
     return _exchange(topology.events_exchange, ExchangeType.TOPIC)
@@ -90,6 +95,7 @@ async def declare_topology(broker: RabbitBroker, topology: Topology, *, confirm_
         live_confirmed=confirm_frames,
         broadcast=await broker.declare_exchange(broadcast_exchange(topology)),
         deliveries=await broker.declare_exchange(deliveries_exchange(topology)),
+        outcomes=await broker.declare_exchange(outcomes_exchange(topology)),
         dlx=dlx,
     )
 

@@ -328,8 +328,9 @@ class Pipeline:
             conn, list({u for incoming in batch for u in incoming.event.user_ids})
         )
         routing = SendRouting(batch, overrides, catalog, now)
-        rows = routing.new_rows(await store.existing(conn, routing.keyed()))
-        return routing.outgoing(await store.insert(conn, rows))
+        stored = await store.existing(conn, routing.keyed())
+        writes = routing.writes(stored, await store.collapse_targets(conn, routing.collapsible()))
+        return routing.outgoing(await store.write(conn, writes))
 
     async def _store_broadcast(
         self, conn: Connection, catalog: Catalog, event: BroadcastEvent, now: datetime

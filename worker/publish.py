@@ -1,8 +1,8 @@
-"""Publishing from the worker: live frames, broadcast frames, deliveries and dead letters.
+"""Publishing from the worker: live frames, broadcast frames, deliveries, action outcomes, dead letters.
 
 Every publish goes to one of the permanent exchanges declared at start (``herald.users``,
-``herald.broadcast``, ``herald.deliveries``, ``herald.dlx``) and never to a per-user exchange: a publish to
-an exchange that does not exist closes the channel.
+``herald.broadcast``, ``herald.deliveries``, ``herald.outcomes``, ``herald.dlx``) and never to a per-user
+exchange: a publish to an exchange that does not exist closes the channel.
 
 Frames are published with ``mandatory=False`` (a frame for a user connected nowhere is dropped by RabbitMQ
 instead of being returned to us). Deliveries, dead letters, broadcast frames and request frames
@@ -44,7 +44,7 @@ JSON: Final = "application/json"
 class Publisher:
     """The worker's handles on the permanent exchanges (aio-pika exchanges on a confirm channel)."""
 
-    __slots__ = ("broadcast", "deliveries", "dlx", "live", "live_confirmed", "users")
+    __slots__ = ("broadcast", "deliveries", "dlx", "live", "live_confirmed", "outcomes", "users")
 
     def __init__(
         self,
@@ -54,6 +54,7 @@ class Publisher:
         live_confirmed: bool,
         broadcast: AbstractExchange,
         deliveries: AbstractExchange,
+        outcomes: AbstractExchange,
         dlx: AbstractExchange,
     ) -> None:
         self.users = users
@@ -61,6 +62,7 @@ class Publisher:
         self.live_confirmed = live_confirmed
         self.broadcast = broadcast
         self.deliveries = deliveries
+        self.outcomes = outcomes
         self.dlx = dlx
 
     async def _fast_publish(
@@ -112,6 +114,15 @@ class Publisher:
             content_type=JSON, message_type=channel, delivery_mode=2, message_id=message_id
         )
         await self._fast_publish(self.deliveries, channel, body, properties)
+
+    async def outcome(self, notification_type: str, body: bytes, message_id: str) -> None:
+        """Publish one persistent action outcome to ``herald.outcomes`` keyed by the notification type;
+        waits for the confirm (the producing service acts on it: it must not be lost silently)."""
+        await self.outcomes.publish(
+            Message(body, content_type=JSON, delivery_mode=DeliveryMode.PERSISTENT, message_id=message_id),
+            routing_key=notification_type,
+            mandatory=False,
+        )
 
     async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
         """Copy a rejected event to ``herald.dlx`` with its reason; the caller then acks the original.

@@ -6,8 +6,14 @@ them in, inserts the rows this module lists and publishes what it returns. A bat
 three steps around the pipeline's two statements::
 
     routing = SendRouting(batch, overrides, catalog, now)        # who gets what, on which channel
-    rows = routing.new_rows(await existing(routing.keyed()))     # in-app rows not stored yet
-    outgoing = routing.outgoing(await insert(rows))              # frames, jobs and outcomes
+    writes = routing.writes(await existing(routing.keyed()),     # in-app rows not stored yet, and
+                            await targets(routing.collapsible())) # collapses into open rows
+    outgoing = routing.outgoing(await write(writes))              # frames, jobs and outcomes
+
+Collapse (docs/protocol.md §10): the fresh in-app copies of a batch with the same user and
+``collapse_key`` become one write with the latest event's content — an update of the user's open
+(unread) notification with that key when there is one, else one new row with ``count`` = how many
+events it holds. Their frame and email/push jobs go out once, for the final state.
 
 Channels per user come from :func:`shared.preferences.decide_channels` (master switch, type switch,
 critical types, the event's own ``channels``); email and push are held until the end of the user's quiet
@@ -33,6 +39,7 @@ from shared.preferences import (
     effective_preferences,
     quiet_hours_end,
 )
+from worker.writes import Writes
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -40,6 +47,7 @@ if TYPE_CHECKING:
 
     from shared.events import BroadcastEvent, SendEvent
     from shared.preferences import Catalog
+    from worker.writes import Content, Written
 
 log = structlog.get_logger("herald.worker")
 
@@ -85,38 +93,6 @@ class Outgoing:
         return counts
 
 
-@dataclass(slots=True)
-class NewRows:
-    """Columns of the notifications a batch inserts, one list per column, in insertion order."""
-
-    user_id: list[str] = field(default_factory=list)
-    id: list[str] = field(default_factory=list)
-    type: list[str] = field(default_factory=list)
-    category: list[str] = field(default_factory=list)
-    title: list[str] = field(default_factory=list)
-    message: list[str] = field(default_factory=list)
-    data: list[str] = field(default_factory=list)  # JSON text, serialized once per event
-    idempotency_key: list[str | None] = field(default_factory=list)
-    expires_at: list[datetime | None] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.user_id)
-
-    def columns(self) -> tuple[list[Any], ...]:
-        """The nine arrays, in the order of the insert statement's parameters."""
-        return (
-            self.user_id,
-            self.id,
-            self.type,
-            self.category,
-            self.title,
-            self.message,
-            self.data,
-            self.idempotency_key,
-            self.expires_at,
-        )
-
-
 @dataclass(frozen=True, slots=True)
 class Incoming:
     """One send event of a batch; ``redelivered``: the broker delivered it before (its jobs may be lost)."""
@@ -136,6 +112,7 @@ class _Recipient:
 
 
 def _params(nid: str, event: SendEvent | BroadcastEvent, category: str, now: datetime) -> dict[str, Any]:
+    """A new Notification object (docs/protocol.md §5, §10), ``seq`` filled in after the insert."""
     return {
         "id": nid,
         "seq": None,
@@ -144,9 +121,33 @@ def _params(nid: str, event: SendEvent | BroadcastEvent, category: str, now: dat
         "title": event.title,
         "message": event.message,
         "data": event.data,
+        "url": event.url,
+        "actions": [action.model_dump(exclude_none=True) for action in event.actions],
+        "count": 1,
         "created_at": now,
         "read_at": None,
+        "seen_at": None,
+        "archived_at": None,
+        "acted_at": None,
+        "action_id": None,
+        "expires_at": event.expires_at,
     }
+
+
+def _add_content(content: Content, params: dict[str, Any], cache: dict[int, tuple[str, str]]) -> None:
+    """Append ``params``' content; JSON is serialized once per event (``cache`` by the data's identity:
+    a fan-out event's recipients share its data)."""
+    data = params["data"]
+    texts = cache.get(id(data))
+    if texts is None:
+        texts = cache[id(data)] = (orjson.dumps(data).decode(), orjson.dumps(params["actions"]).decode())
+    content.add(params, *texts)
+
+
+def job_key(notification_id: str, user_id: str, channel: str) -> str:
+    """The identity of a notification's email/push job on one channel: the same for every version of a
+    collapsed notification, so a delivery process replaces a waiting job instead of adding one."""
+    return f"{notification_id}:{user_id}:{channel}"
 
 
 def _held_until(user: str, quiet_hours: dict[str, str] | None, now: datetime) -> datetime | None:
@@ -179,6 +180,9 @@ class SendRouting:
         self._in_app: list[_Recipient] = []
         self._by_mail: list[tuple[_Recipient, str, datetime | None]] = []
         self._fresh: list[_Recipient] = []
+        self._inserted: list[dict[str, Any]] = []  # Notification objects of the new rows, in row order
+        self._collapsed: list[dict[str, Any]] = []  # ... of the collapsed rows, in collapse order
+        self._json: dict[int, tuple[str, str]] = {}  # id(event data) → (data, actions) as JSON text
         self._duplicates: set[tuple[str, str | None]] = set()
         self._muted = self._repeated = 0
         defaults = default_preferences(catalog)
@@ -221,56 +225,94 @@ class SendRouting:
         """The ``(user id, idempotency key)`` of every in-app copy that may already be stored."""
         return [(r.user, r.key) for r in self._in_app if r.key is not None]
 
-    def new_rows(self, stored: Mapping[tuple[str, str], dict[str, Any]]) -> NewRows:
-        """The in-app rows to insert, given the Notification objects already ``stored`` for :meth:`keyed`.
+    def collapsible(self) -> list[tuple[str, str]]:
+        """The ``(user id, collapse key)`` of every in-app copy that may collapse into a stored row."""
+        keys = {
+            (r.user, key)
+            for r in self._in_app
+            if (key := self._batch[r.index].event.collapse_key) is not None
+        }
+        return sorted(keys)
 
-        A stored copy is published again as it was stored (same seq), and not inserted.
+    def writes(
+        self, stored: Mapping[tuple[str, str], dict[str, Any]], targets: Mapping[tuple[str, str], str]
+    ) -> Writes:
+        """What to write, given the Notification objects already ``stored`` for :meth:`keyed` and the
+        open notification ids (``targets``) of :meth:`collapsible`.
+
+        A stored copy is published again as it was stored (same seq), and not written.
         """
-        rows = NewRows()
-        data_of, data_json = -1, ""
+        writes = Writes()
+        groups: dict[tuple[str, str], list[_Recipient]] = {}
         for recipient in self._in_app:
             previous = stored.get((recipient.user, recipient.key)) if recipient.key else None
             if previous is not None:
                 self._duplicates.add((recipient.user, recipient.key))
                 recipient.params = previous
                 continue
-            event = self._batch[recipient.index].event
-            rows.user_id.append(recipient.user)
-            rows.id.append(recipient.params["id"])
-            rows.type.append(event.type)
-            rows.category.append(recipient.params["category"])
-            rows.title.append(event.title)
-            rows.message.append(event.message)
-            if recipient.index != data_of:  # a fan-out event's recipients are contiguous
-                data_of, data_json = recipient.index, orjson.dumps(event.data).decode()
-            rows.data.append(data_json)
-            rows.idempotency_key.append(recipient.key)
-            rows.expires_at.append(event.expires_at)
             self._fresh.append(recipient)
-        return rows
+            collapse_key = self._batch[recipient.index].event.collapse_key
+            if collapse_key is None:
+                self._insert(writes, recipient.user, recipient.key, None, recipient.params)
+            else:
+                groups.setdefault((recipient.user, collapse_key), []).append(recipient)
+        for (user, collapse_key), members in groups.items():
+            # The latest event's content under the first event's id (or the open row's), for all members.
+            params = {**members[-1].params, "id": members[0].params["id"], "count": len(members)}
+            absorbed = [m.key for m in members if m.key is not None]
+            target = targets.get((user, collapse_key))
+            if target is None:
+                self._insert(writes, user, members[0].key, collapse_key, params)
+                absorbed = [m.key for m in members[1:] if m.key is not None]
+            else:
+                params["id"] = target
+                collapses = writes.collapses
+                collapses.user_id.append(user)
+                collapses.id.append(target)
+                collapses.count.append(len(members))
+                _add_content(collapses.content, params, self._json)
+                self._collapsed.append(params)
+            writes.keys += [(user, key, params["id"]) for key in absorbed]
+            for member in members:
+                member.params = params
+        return writes
 
-    def outgoing(self, inserted: Sequence[tuple[int, datetime]]) -> Outgoing:
-        """Frames, jobs and outcomes, given each new row's ``(seq, created_at)`` (in row order)."""
-        for recipient, (seq, created_at) in zip(self._fresh, inserted, strict=True):
-            recipient.params["seq"] = seq
-            recipient.params["created_at"] = created_at
-        out = Outgoing(rows=len(self._fresh))
-        out.frames = [(r.user, notification_frame(NEW_METHOD, r.params)) for r in self._in_app]
+    def _insert(
+        self, writes: Writes, user: str, key: str | None, collapse_key: str | None, params: dict[str, Any]
+    ) -> None:
+        rows = writes.rows
+        rows.user_id.append(user)
+        rows.id.append(params["id"])
+        rows.idempotency_key.append(key)
+        rows.collapse_key.append(collapse_key)
+        rows.count.append(params["count"])
+        _add_content(rows.content, params, self._json)
+        self._inserted.append(params)
+
+    def outgoing(self, written: Written) -> Outgoing:
+        """Frames, jobs and outcomes, given what the statements returned for the :meth:`writes`."""
+        for params, (seq, created_at) in zip(self._inserted, written.inserted, strict=True):
+            params["seq"], params["created_at"] = seq, created_at
+        for params, (seq, count, created_at) in zip(self._collapsed, written.collapsed, strict=True):
+            params["seq"], params["count"], params["created_at"] = seq, count, created_at
+        out = Outgoing(rows=len(self._inserted))
+        # Collapsed copies share one Notification object: one frame, and one job per channel, for it.
+        framed: set[int] = set()
+        for recipient in self._in_app:
+            if id(recipient.params) not in framed:
+                framed.add(id(recipient.params))
+                out.frames.append((recipient.user, notification_frame(NEW_METHOD, recipient.params)))
+        jobs: set[tuple[int, str]] = set()
         for recipient, channel, held in self._by_mail:
             duplicate = (recipient.user, recipient.key) in self._duplicates
             if duplicate and not self._batch[recipient.index].redelivered:
                 continue  # a producer's repeat: its jobs went out the first time
-            body = {
-                "notification": recipient.params,
-                "user_id": recipient.user,
-                "channel": channel,
-                "deliver_after": held,
-            }
-            out.deliveries.append(
-                (channel, dumps(body), f"{recipient.params['id']}:{recipient.user}:{channel}")
-            )
+            if (id(recipient.params), channel) in jobs:
+                continue
+            jobs.add((id(recipient.params), channel))
+            out.deliveries.append(_job(recipient, channel, held))
         # Per event: a duplicate found nothing new to store (every in-app copy existed, or it repeated an
-        # event of this batch); muted reached no channel; stored is the rest.
+        # event of this batch); muted reached no channel; stored is the rest (collapsed ones included).
         with_fresh_rows = {r.index for r in self._fresh}
         already_stored = {r.index for r in self._in_app if (r.user, r.key) in self._duplicates}
         duplicate_events = self._repeated + len(already_stored - with_fresh_rows)
@@ -280,6 +322,28 @@ class SendRouting:
             "duplicate": duplicate_events,
         }
         return out
+
+
+def _job(recipient: _Recipient, channel: str, held: datetime | None) -> tuple[str, bytes, str]:
+    """One email/push job: ``(channel, body, message id)``.
+
+    ``job_key`` is stable across a collapsed notification's versions and ``version`` (its seq, ``None``
+    when nothing is stored) grows with each. The AMQP ``message_id`` is the job key for a notification's
+    first version (``count`` 1, as before collapse keys existed) and ``<job key>:<seq>`` for later ones, so a
+    sender that deduplicates on it still receives every new version.
+    """
+    params = recipient.params
+    key = job_key(params["id"], recipient.user, channel)
+    version = params["seq"]
+    body = {
+        "notification": params,
+        "user_id": recipient.user,
+        "channel": channel,
+        "deliver_after": held,
+        "job_key": key,
+        "version": version,
+    }
+    return channel, dumps(body), key if params["count"] == 1 else f"{key}:{version}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +359,8 @@ class BroadcastRouting:
     category: str
     critical: bool
     data_json: str
+    actions_json: str
+    params: dict[str, Any]
     frame: bytes
 
     def outgoing(self, recipients: int) -> Outgoing:
@@ -312,6 +378,7 @@ def route_broadcast(event: BroadcastEvent, catalog: Catalog, now: datetime) -> B
     """Route one broadcast event: its notification id, row fields and live frame."""
     kind = catalog[event.type]
     nid = notification_id(event.event_id)
+    params = _params(nid, event, kind.category, now)
     return BroadcastRouting(
         event=event,
         muted=event.channels is not None and "in_app" not in event.channels,
@@ -319,5 +386,7 @@ def route_broadcast(event: BroadcastEvent, catalog: Catalog, now: datetime) -> B
         category=kind.category,
         critical=kind.critical,
         data_json=orjson.dumps(event.data).decode(),
-        frame=notification_frame(NEW_METHOD, _params(nid, event, kind.category, now)),
+        actions_json=orjson.dumps(params["actions"]).decode(),
+        params=params,
+        frame=notification_frame(NEW_METHOD, params),
     )

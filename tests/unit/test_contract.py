@@ -31,6 +31,11 @@ def test_the_server_speaks_the_sdk_codes_and_limits() -> None:
         "MAX_MESSAGE_CHARS",
         "USER_ID_PATTERN",
         "TYPE_PATTERN",
+        "MAX_ACTIONS",
+        "MAX_ACTION_LABEL_CHARS",
+        "ACTION_ID_PATTERN",
+        "MAX_URL_CHARS",
+        "MAX_COLLAPSE_KEY_CHARS",
     ):
         assert getattr(events, limit) == getattr(wire, limit), limit
 

@@ -1,4 +1,8 @@
-"""``notifications.*``: pages, sync, the unread counter, read/unread/delete (docs/protocol.md §5)."""
+"""``notifications.*``: pages, sync, the counters, read/unread/delete (docs/protocol.md §5).
+
+The inbox states of §10 (seen, archive, act) are in :mod:`worker.requests.inbox`. Every result and event
+of a change carries both visible counts, ``unread_count`` and ``unseen_count``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final
 from pydantic import Field, StringConstraints
 
 from worker.requests.common import Method, NoParams, Params, bad_param, publish_event
-from worker.store import inbox
+from worker.store import inbox, mutations
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -34,6 +38,8 @@ class ListParams(Params):
     limit: int = Field(default=20, ge=1, le=MAX_PAGE)
     before: int | None = Field(default=None, ge=1, le=MAX_SEQ)
     unread_only: bool = False
+    # False: the inbox without archived items; True: the Archived tab; None: both.
+    archived: bool | None = False
     types: list[Name] | None = Field(default=None, max_length=64)
     categories: list[Name] | None = Field(default=None, max_length=64)
 
@@ -46,7 +52,7 @@ class SyncParams(Params):
 
 
 class IdsParams(Params):
-    """``mark_read`` / ``mark_unread`` / ``delete``: up to 500 notification ids."""
+    """``mark_read`` / ``mark_unread`` / ``delete`` / ``archive`` / ``unarchive``: up to 500 ids."""
 
     ids: list[NotificationId] = Field(max_length=MAX_IDS)
 
@@ -58,7 +64,7 @@ def _check_names(field: str, names: list[str] | None, known: set[str] | tuple[st
 
 
 async def list_notifications(runtime: Runtime, caller: Caller, params: ListParams) -> dict[str, Any]:
-    """``notifications.list``: ``{items (newest first), next_cursor, total, unread_count}``."""
+    """``notifications.list``: ``{items (newest first), next_cursor, total, unread_count, unseen_count}``."""
     _check_names("types", params.types, set(runtime.catalog.types), "notification type")
     _check_names("categories", params.categories, runtime.catalog.categories, "category")
     page = await inbox.list_page(runtime.pool, params, caller.user_id)
@@ -69,6 +75,7 @@ async def list_notifications(runtime: Runtime, caller: Caller, params: ListParam
         "next_cursor": items[-1]["seq"] if has_more else None,
         "total": page.total,
         "unread_count": page.unread_count,
+        "unseen_count": page.unseen_count,
     }
 
 
@@ -79,40 +86,53 @@ async def sync_notifications(runtime: Runtime, caller: Caller, params: SyncParam
 
 
 async def unread_count(runtime: Runtime, caller: Caller, params: NoParams) -> dict[str, Any]:
-    """``notifications.unread_count``: ``{count}`` from the maintained counter."""
-    return {"count": await inbox.unread_count(runtime.pool, caller.user_id)}
+    """``notifications.unread_count``: ``{count, unseen_count}`` from the maintained counters."""
+    unread, unseen = await inbox.counts(runtime.pool, caller.user_id)
+    return {"count": unread, "unseen_count": unseen}
 
 
-async def _change_ids(
+async def change_ids(
     runtime: Runtime,
     caller: Caller,
-    change: Callable[[asyncpg.Pool, str, list[str]], Awaitable[inbox.Change]],
+    change: Callable[[asyncpg.Pool, str, list[str]], Awaitable[mutations.Change]],
     ids: list[str],
     event: str,
-    counted: str,
+    counted: str = "updated",
 ) -> dict[str, Any]:
-    """Run ``change`` over ``ids``; publish ``event`` ``{ids, unread_count}`` if any row changed."""
+    """Run ``change`` over ``ids``; publish ``event`` ``{ids, unread_count, unseen_count}`` if any row
+    changed. The result: ``{<counted>: rows changed, unread_count, unseen_count}``."""
     result = await change(runtime.pool, caller.user_id, list(dict.fromkeys(ids)))
     if result.changed:
-        await publish_event(
-            runtime, caller.user_id, event, {"ids": result.ids, "unread_count": result.unread_count}
-        )
-    return {counted: result.changed, "unread_count": result.unread_count}
+        await publish_event(runtime, caller.user_id, event, {"ids": result.ids, **result.counts()})
+    return {counted: result.changed, **result.counts()}
+
+
+async def change_all(
+    runtime: Runtime,
+    caller: Caller,
+    change: Callable[[asyncpg.Pool, str], Awaitable[mutations.Change]],
+    event: str,
+) -> dict[str, Any]:
+    """Run ``change`` over all the user's notifications; publish ``event`` ``{all: true, counts}``."""
+    result = await change(runtime.pool, caller.user_id)
+    if result.changed:
+        await publish_event(runtime, caller.user_id, event, {"all": True, **result.counts()})
+    return {"updated": result.changed, **result.counts()}
 
 
 async def mark_read(runtime: Runtime, caller: Caller, params: IdsParams) -> dict[str, Any]:
-    """``notifications.mark_read``: ``{updated, unread_count}``; publishes ``notification:read``."""
-    return await _change_ids(runtime, caller, inbox.mark_read, params.ids, "notification:read", "updated")
+    """``notifications.mark_read``: ``{updated, counts}``; publishes ``notification:read`` (read is seen)."""
+    return await change_ids(runtime, caller, mutations.mark_read, params.ids, "notification:read")
 
 
 async def mark_unread(runtime: Runtime, caller: Caller, params: IdsParams) -> dict[str, Any]:
-    """``notifications.mark_unread``: ``{updated, unread_count}``; publishes ``notification:unread``."""
-    return await _change_ids(runtime, caller, inbox.mark_unread, params.ids, "notification:unread", "updated")
+    """``notifications.mark_unread``: ``{updated, counts}``; publishes ``notification:unread``."""
+    return await change_ids(runtime, caller, mutations.mark_unread, params.ids, "notification:unread")
 
 
 async def delete(runtime: Runtime, caller: Caller, params: IdsParams) -> dict[str, Any]:
-    """``notifications.delete``: ``{deleted, unread_count}``; publishes ``notification:deleted``."""
-    return await _change_ids(runtime, caller, inbox.delete, params.ids, "notification:deleted", "deleted")
+    """``notifications.delete``: ``{deleted, counts}``; publishes ``notification:deleted``."""
+    return await change_ids(runtime, caller, mutations.delete, params.ids, "notification:deleted", "deleted")
 
 
 async def mark_all_read(runtime: Runtime, caller: Caller, params: NoParams) -> dict[str, Any]:
@@ -120,12 +140,7 @@ async def mark_all_read(runtime: Runtime, caller: Caller, params: NoParams) -> d
 
     ``unread_count`` is 0 unless a notification was stored while the statement ran (it stays unread).
     """
-    change = await inbox.mark_all_read(runtime.pool, caller.user_id)
-    if change.changed:
-        await publish_event(
-            runtime, caller.user_id, "notification:read", {"all": True, "unread_count": change.unread_count}
-        )
-    return {"updated": change.changed, "unread_count": change.unread_count}
+    return await change_all(runtime, caller, mutations.mark_all_read, "notification:read")
 
 
 METHODS: Final = {

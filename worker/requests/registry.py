@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from worker.requests import admin, notifications, preferences, session
+from worker.requests import admin, inbox, notifications, preferences, session
 
 if TYPE_CHECKING:
     from worker.requests.common import Method
@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 METHODS: Final[dict[str, Method]] = {
     **session.METHODS,
     **notifications.METHODS,
+    **inbox.METHODS,
     **preferences.METHODS,
     **admin.METHODS,
 }

@@ -19,6 +19,7 @@ async def open_session(runtime: Runtime, caller: Caller, params: NoParams) -> di
     stored = session.preferences
     return {
         "unread_count": session.unread_count,
+        "unseen_count": session.unseen_count,
         "last_seq": session.last_seq,
         "preferences": effective_preferences(runtime.catalog, stored.overrides, stored.updated_at),
     }

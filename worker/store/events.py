@@ -13,13 +13,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 
-from worker.store.notifications import NOTIFICATION_COLUMNS, notification_json
+from worker.store.notifications import NOTIFICATION_FIELDS, notification_json
+from worker.writes import Written
 
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from worker.routing import BroadcastRouting, NewRows
+    from worker.routing import BroadcastRouting
     from worker.store.pool import Connection
+    from worker.writes import Writes
 
 _ENSURE_USERS: Final = """
     INSERT INTO users (user_id)
@@ -33,34 +35,96 @@ _LOCK_USERS: Final = """
      ORDER BY u.user_id
        FOR UPDATE OF u"""
 
-_EXISTING: Final = f"""
-    SELECT user_id, idempotency_key, {NOTIFICATION_COLUMNS}
-      FROM notifications
-      JOIN unnest($1::text[], $2::text[]) AS k(user_id, idempotency_key) USING (user_id, idempotency_key)"""
+_PREFIXED: Final = ", ".join(f"n.{name}" for name in NOTIFICATION_FIELDS)
 
-# Allocates each user's seqs in input order and bumps last_seq and unread_count in the same statement.
-_INSERT: Final = """
+# A key is stored either as a row's own idempotency key or, for an event collapsed into a row that
+# carries another event's key, in notification_keys.
+_EXISTING: Final = f"""
+    SELECT k.user_id, k.idempotency_key, {_PREFIXED}
+      FROM unnest($1::text[], $2::text[]) AS k(user_id, idempotency_key)
+      JOIN notifications n ON n.user_id = k.user_id AND n.idempotency_key = k.idempotency_key
+    UNION ALL
+    SELECT k.user_id, k.idempotency_key, {_PREFIXED}
+      FROM unnest($1::text[], $2::text[]) AS k(user_id, idempotency_key)
+      JOIN notification_keys c ON c.user_id = k.user_id AND c.idempotency_key = k.idempotency_key
+      JOIN notifications n ON n.user_id = c.user_id AND n.id = c.notification_id"""
+
+# The open (unread) notification of each (user, collapse key), through the partial unique index.
+_TARGETS: Final = """
+    SELECT k.user_id, k.collapse_key, n.id
+      FROM unnest($1::text[], $2::text[]) AS k(user_id, collapse_key)
+      JOIN notifications n
+        ON n.user_id = k.user_id AND n.collapse_key = k.collapse_key AND n.read_at IS NULL"""
+
+_CONTENT_ARRAYS: Final = (
+    "{}::text[], {}::text[], {}::text[], {}::text[], {}::text[], {}::text[], {}::text[], {}::timestamptz[]"
+)
+_CONTENT_NAMES: Final = "type, category, title, message, data, url, actions, expires_at"
+
+
+def _content_arrays(first: int) -> str:
+    return _CONTENT_ARRAYS.format(*(f"${n}" for n in range(first, first + 8)))
+
+
+# Allocates each user's seqs in input order and bumps last_seq, unread_count and unseen_count in the
+# same statement (a new row is unread and unseen, whatever its count).
+_INSERT: Final = f"""
     WITH input AS (
         SELECT *
-          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                      $7::text[], $8::text[], $9::timestamptz[])
+          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], {_content_arrays(6)})
                WITH ORDINALITY
-            AS t(user_id, id, type, category, title, message, data, idempotency_key, expires_at, ord)
+            AS t(user_id, id, idempotency_key, collapse_key, count, {_CONTENT_NAMES}, ord)
     ), numbered AS (
         SELECT input.*, row_number() OVER (PARTITION BY user_id ORDER BY ord) AS rn FROM input
     ), bumped AS (
         UPDATE users u
-           SET last_seq = u.last_seq + c.n, unread_count = u.unread_count + c.n
+           SET last_seq = u.last_seq + c.n, unread_count = u.unread_count + c.n,
+               unseen_count = u.unseen_count + c.n
           FROM (SELECT user_id, count(*) AS n FROM input GROUP BY user_id) AS c
          WHERE u.user_id = c.user_id
      RETURNING u.user_id, u.last_seq - c.n AS base
     )
     INSERT INTO notifications
-           (user_id, seq, id, type, category, title, message, data, idempotency_key, expires_at)
-    SELECT n.user_id, b.base + n.rn, n.id, n.type, n.category, n.title, n.message, n.data::jsonb,
-           n.idempotency_key, n.expires_at
+           (user_id, seq, id, idempotency_key, collapse_key, count, {_CONTENT_NAMES})
+    SELECT n.user_id, b.base + n.rn, n.id, n.idempotency_key, n.collapse_key, n.count, n.type,
+           n.category, n.title, n.message, n.data::jsonb, n.url, n.actions::jsonb, n.expires_at
       FROM numbered n JOIN bumped b USING (user_id)
     RETURNING user_id, id, seq, created_at"""
+
+# Collapse in place: each target (an unread row, locked with its user) gets the user's next seq, the
+# latest content (an expired target is live again unless the latest event expired it too), count + n,
+# and is unseen and back in the inbox again. unread_count does not move (the row was and stays unread);
+# unseen_count grows by the targets that had been seen.
+_COLLAPSE: Final = f"""
+    WITH input AS (
+        SELECT *
+          FROM unnest($1::text[], $2::text[], $3::int[], {_content_arrays(4)}) WITH ORDINALITY
+            AS t(user_id, id, n, {_CONTENT_NAMES}, ord)
+    ), targets AS (
+        SELECT i.*, s.seen_at IS NOT NULL AS was_seen,
+               row_number() OVER (PARTITION BY i.user_id ORDER BY i.ord) AS rn
+          FROM input i JOIN notifications s ON s.user_id = i.user_id AND s.id = i.id
+    ), bumped AS (
+        UPDATE users u
+           SET last_seq = u.last_seq + c.k, unseen_count = u.unseen_count + c.reseen
+          FROM (SELECT user_id, count(*) AS k, count(*) FILTER (WHERE was_seen) AS reseen
+                  FROM targets GROUP BY user_id) AS c
+         WHERE u.user_id = c.user_id
+     RETURNING u.user_id, u.last_seq - c.k AS base
+    )
+    UPDATE notifications n
+       SET seq = b.base + t.rn, type = t.type, category = t.category, title = t.title,
+           message = t.message, data = t.data::jsonb, url = t.url, actions = t.actions::jsonb,
+           expires_at = t.expires_at, count = n.count + t.n,
+           created_at = now(), seen_at = NULL, archived_at = NULL
+      FROM targets t JOIN bumped b USING (user_id)
+     WHERE n.user_id = t.user_id AND n.id = t.id
+    RETURNING n.user_id, n.id, n.seq, n.count, n.created_at"""
+
+_REMEMBER_KEYS: Final = """
+    INSERT INTO notification_keys (user_id, idempotency_key, notification_id)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+    ON CONFLICT DO NOTHING"""
 
 # "May this user see type t in-app?" over users u, notification_types t and user_preferences p (a left
 # join: no row is no overrides). This is shared.preferences.decide_channels for "in_app", written for a
@@ -87,14 +151,16 @@ _BROADCAST: Final = f"""
            FOR UPDATE OF u
     ), bumped AS (
         UPDATE users u
-           SET last_seq = u.last_seq + 1, unread_count = u.unread_count + 1
+           SET last_seq = u.last_seq + 1, unread_count = u.unread_count + 1,
+               unseen_count = u.unseen_count + 1
           FROM recipients r
          WHERE u.user_id = r.user_id
      RETURNING u.user_id, u.last_seq
     )
     INSERT INTO notifications
-           (user_id, seq, id, type, category, title, message, data, idempotency_key, expires_at)
-    SELECT b.user_id, b.last_seq, $1, $2, $3, $4, $5, $6::text::jsonb, $7, $8
+           (user_id, seq, id, type, category, title, message, data, idempotency_key, expires_at, url,
+            actions)
+    SELECT b.user_id, b.last_seq, $1, $2, $3, $4, $5, $6::text::jsonb, $7, $8, $9, $10::text::jsonb
       FROM bumped b"""
 
 
@@ -128,16 +194,39 @@ async def existing(conn: Connection, pairs: list[tuple[str, str]]) -> dict[tuple
     return {(row["user_id"], row["idempotency_key"]): notification_json(row) for row in rows}
 
 
-async def insert(conn: Connection, rows: NewRows) -> list[tuple[int, datetime]]:
-    """Insert ``rows`` with the next seqs of their (locked) users; ``(seq, created_at)`` in input order."""
-    if not rows:
-        return []
-    returned = {
-        (row["user_id"], row["id"]): (row["seq"], row["created_at"])
-        for row in await conn.fetch(_INSERT, *rows.columns())
-    }
-    # RETURNING follows the plan's join order, not the input's: put the rows back in input order.
-    return [returned[key] for key in zip(rows.user_id, rows.id, strict=True)]
+async def collapse_targets(conn: Connection, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """The id of the open (unread) notification of each ``(user_id, collapse_key)`` that has one.
+
+    Call it while holding the users' locks: every writer of a user's notifications takes that lock first,
+    so the answer holds until commit (two workers racing on one user and key take turns).
+    """
+    if not pairs:
+        return {}
+    rows = await conn.fetch(_TARGETS, [user for user, _ in pairs], [key for _, key in pairs])
+    return {(row["user_id"], row["collapse_key"]): row["id"] for row in rows}
+
+
+async def write(conn: Connection, writes: Writes) -> Written:
+    """Insert the new rows, collapse into the targets, remember absorbed keys; results in input order."""
+    inserted: list[tuple[int, datetime]] = []
+    collapsed: list[tuple[int, int, datetime]] = []
+    rows, collapses = writes.rows, writes.collapses
+    if rows:
+        returned = {
+            (row["user_id"], row["id"]): (row["seq"], row["created_at"])
+            for row in await conn.fetch(_INSERT, *rows.columns())
+        }
+        # RETURNING follows the plan's join order, not the input's: put the rows back in input order.
+        inserted = [returned[key] for key in zip(rows.user_id, rows.id, strict=True)]
+    if collapses:
+        updated = {
+            (row["user_id"], row["id"]): (row["seq"], row["count"], row["created_at"])
+            for row in await conn.fetch(_COLLAPSE, *collapses.columns())
+        }
+        collapsed = [updated[key] for key in zip(collapses.user_id, collapses.id, strict=True)]
+    if writes.keys:
+        await conn.execute(_REMEMBER_KEYS, *(list(column) for column in zip(*writes.keys, strict=True)))
+    return Written(inserted, collapsed)
 
 
 async def broadcast(conn: Connection, routing: BroadcastRouting) -> int:
@@ -153,5 +242,7 @@ async def broadcast(conn: Connection, routing: BroadcastRouting) -> int:
         routing.data_json,
         event.event_id,
         event.expires_at,
+        routing.params["url"],
+        routing.actions_json,
     )
     return int(status.rsplit(" ", 1)[-1])

@@ -1,4 +1,5 @@
-"""The columns every notification read selects, and the client-facing object of such a row."""
+"""The columns every notification read selects, the client-facing object of such a row, and the SQL
+conditions every read and count shares (expiry)."""
 
 from __future__ import annotations
 
@@ -8,22 +9,36 @@ if TYPE_CHECKING:
     import asyncpg
 
 # Column list every notification read uses, in the order :func:`notification_json` expects.
-NOTIFICATION_COLUMNS: Final = "id, seq, type, category, title, message, data, created_at, read_at"
+NOTIFICATION_COLUMNS: Final = (
+    "id, seq, type, category, title, message, data, url, actions, count, created_at, read_at, seen_at, "
+    "archived_at, acted_at, action_id, expires_at"
+)
+#: The fields of a Notification object (docs/protocol.md §5 and §10), in column order.
+NOTIFICATION_FIELDS: Final = tuple(name.strip() for name in NOTIFICATION_COLUMNS.split(","))
+
+
+def live(table: str = "notifications") -> str:
+    """The condition "``table``'s row has not expired" (``now()`` is the transaction's start, the same
+    for every part of one statement). Expired rows stay until retention deletes them, invisible to every
+    read, count and change."""
+    return f"({table}.expires_at IS NULL OR {table}.expires_at > now())"
+
+
+# What the maintained counters include but the user must not see: expired rows not deleted yet. Each is
+# an index range scan over that user's expired rows only (sql/004_inbox_states.sql), none for most users.
+EXPIRED_UNREAD: Final = (
+    "(SELECT count(*) FROM notifications "
+    "WHERE user_id = $1 AND expires_at IS NOT NULL AND expires_at <= now() AND read_at IS NULL)"
+)
+EXPIRED_UNSEEN: Final = (
+    "(SELECT count(*) FROM notifications "
+    "WHERE user_id = $1 AND expires_at IS NOT NULL AND expires_at <= now() AND seen_at IS NULL)"
+)
 
 
 def notification_json(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
-    """The client-facing Notification object (docs/protocol.md §5) of a ``notifications`` row.
+    """The client-facing Notification object (docs/protocol.md §5, §10) of a ``notifications`` row.
 
     Datetimes stay ``datetime`` objects: orjson renders them as RFC 3339 when the frame is encoded.
     """
-    return {
-        "id": row["id"],
-        "seq": row["seq"],
-        "type": row["type"],
-        "category": row["category"],
-        "title": row["title"],
-        "message": row["message"],
-        "data": row["data"],
-        "created_at": row["created_at"],
-        "read_at": row["read_at"],
-    }
+    return {name: row[name] for name in NOTIFICATION_FIELDS}

@@ -13,12 +13,18 @@ if TYPE_CHECKING:
 # Any constant; the same for every worker (and distinct from ``herald migrate``'s lock).
 ADVISORY_LOCK_ID: Final = 0x4E7A1D_0002
 
+# Rows past the retention age, and expired rows (each through its own index), at most $2 of them.
 _PICK: Final = """
-    SELECT user_id, seq
-      FROM notifications
-     WHERE created_at < now() - make_interval(days => $1)
-     ORDER BY created_at
-     LIMIT $2"""
+    SELECT user_id, seq FROM (
+        (SELECT user_id, seq FROM notifications
+          WHERE created_at < now() - make_interval(days => $1)
+          ORDER BY created_at LIMIT $2)
+        UNION
+        (SELECT user_id, seq FROM notifications
+          WHERE expires_at IS NOT NULL AND expires_at <= now()
+          ORDER BY expires_at LIMIT $2)
+    ) AS doomed
+    LIMIT $2"""
 
 _LOCK_USERS: Final = "SELECT 1 FROM users WHERE user_id = ANY($1::text[]) ORDER BY user_id FOR UPDATE"
 
@@ -28,13 +34,14 @@ _DELETE: Final = """
     ), gone AS (
         DELETE FROM notifications n USING doomed d
          WHERE n.user_id = d.user_id AND n.seq = d.seq
-     RETURNING n.user_id, n.read_at IS NULL AS unread
+     RETURNING n.user_id, n.read_at IS NULL AS unread, n.seen_at IS NULL AS unseen
     ), counted AS (
-        SELECT user_id, count(*) FILTER (WHERE unread) AS unread FROM gone GROUP BY user_id
+        SELECT user_id, count(*) FILTER (WHERE unread) AS unread, count(*) FILTER (WHERE unseen) AS unseen
+          FROM gone GROUP BY user_id
     ), adjusted AS (
-        UPDATE users u SET unread_count = u.unread_count - c.unread
+        UPDATE users u SET unread_count = u.unread_count - c.unread, unseen_count = u.unseen_count - c.unseen
           FROM counted c
-         WHERE u.user_id = c.user_id AND c.unread > 0
+         WHERE u.user_id = c.user_id AND (c.unread > 0 OR c.unseen > 0)
      RETURNING 1
     )
     SELECT (SELECT count(*) FROM gone) AS deleted, (SELECT count(*) FROM adjusted) AS users"""
@@ -53,10 +60,13 @@ async def retention_lock(conn: Connection) -> AsyncIterator[bool]:
 
 
 async def retention_step(conn: Connection, days: int, limit: int) -> int:
-    """Delete up to ``limit`` notifications older than ``days`` in one short transaction; return the count.
+    """Delete up to ``limit`` notifications older than ``days`` or expired, in one short transaction;
+    return the count.
 
     The users of the doomed rows are locked in id order first (the batch order), then the rows are
-    deleted and their users' ``unread_count`` lowered by the unread ones, in the same transaction.
+    deleted and their users' ``unread_count`` / ``unseen_count`` lowered by the unread / unseen ones, in
+    the same transaction. (Expired rows were already left out of every count; the counters still held
+    them, so the visible counts do not move.)
     """
     async with conn.transaction():
         doomed = await conn.fetch(_PICK, days, limit)

@@ -66,6 +66,12 @@ MAX_EVENT_ID_CHARS: Final = 200
 USER_ID_PATTERN: Final = r"^[A-Za-z0-9._:@-]{1,128}$"
 TYPE_PATTERN: Final = r"^[A-Z][A-Z0-9_]{0,63}$"
 CHANNELS: Final = ("in_app", "email", "push")
+# Inbox states (PROTOCOL §10): actions, click targets, collapse keys.
+MAX_ACTIONS: Final = 3
+MAX_ACTION_LABEL_CHARS: Final = 40
+ACTION_ID_PATTERN: Final = r"^[A-Za-z0-9._:-]{1,64}$"
+MAX_URL_CHARS: Final = 2000
+MAX_COLLAPSE_KEY_CHARS: Final = 128
 
 # Where producers publish (PROTOCOL §3): the events exchange of a topology prefix, and its routing keys.
 SEND_ROUTING_KEY: Final = "notification.send"
@@ -90,6 +96,10 @@ CLIENT_METHODS: Final = frozenset(
         "notifications.mark_unread",
         "notifications.mark_all_read",
         "notifications.delete",
+        "notifications.mark_seen",
+        "notifications.archive",
+        "notifications.unarchive",
+        "notifications.act",
         "notifications.broadcast",
         "preferences.get",
         "preferences.update",

@@ -39,14 +39,15 @@ SEED_TYPES: tuple[tuple[str, str], ...] = (
 async def seed(conn: asyncpg.Connection, user_id: str, count: int, *, read: bool = False) -> list[int]:
     """Store ``count`` notifications for ``user_id`` (ids ``<user>-<seq>``); return their seqs.
 
-    Types cycle through :data:`SEED_TYPES`; ``read`` stores them already read.
+    Types cycle through :data:`SEED_TYPES`; ``read`` stores them already read (and so seen).
     """
     async with conn.transaction():
         await conn.execute(
             "INSERT INTO users (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING", user_id
         )
         last = await conn.fetchval(
-            """UPDATE users SET last_seq = last_seq + $2, unread_count = unread_count + $3
+            """UPDATE users SET last_seq = last_seq + $2, unread_count = unread_count + $3,
+                               unseen_count = unseen_count + $3
                 WHERE user_id = $1 RETURNING last_seq""",
             user_id,
             count,
@@ -55,9 +56,9 @@ async def seed(conn: asyncpg.Connection, user_id: str, count: int, *, read: bool
         first = last - count + 1
         names = [SEED_TYPES[i % len(SEED_TYPES)] for i in range(count)]
         await conn.execute(
-            """INSERT INTO notifications (user_id, seq, id, type, category, title, message, read_at)
+            """INSERT INTO notifications (user_id, seq, id, type, category, title, message, read_at, seen_at)
                SELECT $1, s, $1 || '-' || s, t, c, 'title ' || s, 'message ' || s,
-                      CASE WHEN $5 THEN now() END
+                      CASE WHEN $5 THEN now() END, CASE WHEN $5 THEN now() END
                  FROM unnest($2::bigint[], $3::text[], $4::text[]) AS x(s, t, c)""",
             user_id,
             list(range(first, last + 1)),
@@ -77,6 +78,25 @@ async def unread_truth(conn: asyncpg.Connection, user_id: str) -> tuple[int, int
     )
     assert row is not None
     return row["counter"], row["actual"]
+
+
+async def visible_counts(conn: asyncpg.Connection, user_id: str) -> dict[str, int]:
+    """The truth, counted row by row: ``{"unread_count", "unseen_count"}`` of the user's live
+    (not expired) notifications, archived or not; and the maintained counters agree with all rows."""
+    row = await conn.fetchrow(
+        """SELECT count(*) FILTER (WHERE read_at IS NULL AND live) AS unread_count,
+                  count(*) FILTER (WHERE seen_at IS NULL AND live) AS unseen_count,
+                  count(*) FILTER (WHERE read_at IS NULL) AS all_unread,
+                  count(*) FILTER (WHERE seen_at IS NULL) AS all_unseen,
+                  (SELECT unread_count FROM users WHERE user_id = $1) AS unread_counter,
+                  (SELECT unseen_count FROM users WHERE user_id = $1) AS unseen_counter
+             FROM (SELECT read_at, seen_at, expires_at IS NULL OR expires_at > now() AS live
+                     FROM notifications WHERE user_id = $1) AS n""",
+        user_id,
+    )
+    assert row is not None
+    assert (row["unread_counter"] or 0, row["unseen_counter"] or 0) == (row["all_unread"], row["all_unseen"])
+    return {"unread_count": row["unread_count"], "unseen_count": row["unseen_count"]}
 
 
 class AmqpRpc:
