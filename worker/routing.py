@@ -183,6 +183,9 @@ class SendRouting:
         self._inserted: list[dict[str, Any]] = []  # Notification objects of the new rows, in row order
         self._collapsed: list[dict[str, Any]] = []  # ... of the collapsed rows, in collapse order
         self._json: dict[int, tuple[str, str]] = {}  # id(event data) → (data, actions) as JSON text
+        self._grouped: set[int] = set()  # id() of the in-app copies that are part of a collapse group
+        self._new_groups: list[tuple[str, dict[str, Any]]] = []  # (user, Notification) of groups inserted
+        self._collapsed_groups: list[tuple[str, dict[str, Any]]] = []  # ... and collapsed
         self._duplicates: set[tuple[str, str | None]] = set()
         self._muted = self._repeated = 0
         defaults = default_preferences(catalog)
@@ -261,8 +264,10 @@ class SendRouting:
             params = {**members[-1].params, "id": members[0].params["id"], "count": len(members)}
             absorbed = [m.key for m in members if m.key is not None]
             target = targets.get((user, collapse_key))
+            self._grouped.update(id(member) for member in members)
             if target is None:
                 self._insert(writes, user, members[0].key, collapse_key, params)
+                self._new_groups.append((user, params))
                 absorbed = [m.key for m in members[1:] if m.key is not None]
             else:
                 params["id"] = target
@@ -272,6 +277,7 @@ class SendRouting:
                 collapses.count.append(len(members))
                 _add_content(collapses.content, params, self._json)
                 self._collapsed.append(params)
+                self._collapsed_groups.append((user, params))
             writes.keys += [(user, key, params["id"]) for key in absorbed]
             for member in members:
                 member.params = params
@@ -297,11 +303,10 @@ class SendRouting:
             params["seq"], params["count"], params["created_at"] = seq, count, created_at
         out = Outgoing(rows=len(self._inserted))
         # Collapsed copies share one Notification object: one frame, and one job per channel, for it.
-        framed: set[int] = set()
-        for recipient in self._in_app:
-            if id(recipient.params) not in framed:
-                framed.add(id(recipient.params))
-                out.frames.append((recipient.user, notification_frame(NEW_METHOD, recipient.params)))
+        # Frames go out in each user's seq order: single rows, then new groups, then collapses.
+        published = [(r.user, r.params) for r in self._in_app if id(r) not in self._grouped]
+        published += self._new_groups + self._collapsed_groups
+        out.frames = [(user, notification_frame(NEW_METHOD, params)) for user, params in published]
         jobs: set[tuple[int, str]] = set()
         for recipient, channel, held in self._by_mail:
             duplicate = (recipient.user, recipient.key) in self._duplicates

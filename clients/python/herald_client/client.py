@@ -14,7 +14,12 @@ Semantics (the same as ``clients/js/herald.js``):
   delivered are dropped by ``id``. The watermark is the highest ``seq`` below which no notification can be
   missing: it advances over contiguous ``seq`` values of live frames and to the last item of each sync
   page, so a frame published out of order by a second worker just before a disconnect is not skipped.
-- **unread_count** follows ``connected``, ``notification:*`` frames and request results.
+- **unread_count** and **unseen_count** (the bell's badge, PROTOCOL §10) follow ``connected``,
+  ``notification:*`` frames and request results.
+- **Collapsed notifications** come back with the same ``id`` and a higher ``seq``: they are delivered
+  again as ``notification:new`` with ``Event.replaces`` true (replace the item, do not add it), and the
+  counts are fetched again (the client cannot tell whether the replaced item had been seen). A repeat
+  with a ``seq`` already delivered is dropped.
 
 Usage::
 
@@ -25,9 +30,10 @@ Usage::
 
 Events (``Event.method``): the server's notification methods (``connected``, ``notification:new``,
 ``notification:read``, ``notification:unread``, ``notification:deleted``, ``preferences:updated``,
-``sync:required``) plus the client's own ``unread`` (``{"count"}``), ``state`` (``{"state"}``: one of
-``connecting``, ``open``, ``reconnecting``, ``closed``), ``disconnected`` (``{"code", "reason", "retry_in"}``)
-and ``closed`` (``{"code", "reason"}``: the client stopped for good). Notifications recovered by a sync
+``notification:seen``, ``notification:archived``, ``notification:unarchived``, ``notification:acted``,
+``sync:required``) plus the client's own ``unread`` and ``unseen`` (``{"count"}``), ``state`` (``{"state"}``:
+one of ``connecting``, ``open``, ``reconnecting``, ``closed``), ``disconnected`` (``{"code", "reason",
+"retry_in"}``) and ``closed`` (``{"code", "reason"}``: the client stopped for good). Notifications recovered by a sync
 arrive as ``notification:new`` with ``Event.replayed`` true.
 """
 
@@ -144,6 +150,8 @@ class HeraldClient(InboxMethods):
         self.connection_id: str | None = None
         #: The user's unread count as last reported or derived; ``None`` until known.
         self.unread_count: int | None = None
+        #: The user's unseen count (the badge) as last reported or derived; ``None`` until known.
+        self.unseen_count: int | None = None
         self.tracker = DeliveryTracker()
         self.close_code: int | None = None
         self.close_reason = ""
@@ -158,6 +166,8 @@ class HeraldClient(InboxMethods):
         self._first_open: asyncio.Future[None] | None = None
         self._closing = False
         self._sync_lock = asyncio.Lock()
+        self._recount: asyncio.Task[None] | None = None
+        self._recount_again = False
 
     @property
     def watermark(self) -> int | None:
@@ -219,8 +229,8 @@ class HeraldClient(InboxMethods):
         """Every event from now on, in order; ends when the client stops for good."""
         return self._stream.events(ended=self.state == "closed")
 
-    def _emit(self, method: str, params: Any, replayed: bool = False) -> None:
-        self._stream.emit(Event(method, params, replayed))
+    def _emit(self, method: str, params: Any, replayed: bool = False, replaces: bool = False) -> None:
+        self._stream.emit(Event(method, params, replayed, replaces))
 
     def _set_state(self, state: State) -> None:
         if state != self.state:
@@ -231,6 +241,11 @@ class HeraldClient(InboxMethods):
         if isinstance(count, int) and count != self.unread_count:
             self.unread_count = count
             self._emit("unread", {"count": count})
+
+    def _set_unseen(self, count: Any) -> None:
+        if isinstance(count, int) and count != self.unseen_count:
+            self.unseen_count = count
+            self._emit("unseen", {"count": count})
 
     # ------------------------------------------------------------------------------------------ requests
 
@@ -409,6 +424,7 @@ class HeraldClient(InboxMethods):
             # First session: history is what notifications.list is for; live starts now.
             self.tracker.watermark = server_seq
         self._set_unread(params.get("unread_count"))
+        self._set_unseen(params.get("unseen_count"))
         self._open.set()
         self._set_state("open")
         self._emit("connected", params)
@@ -423,21 +439,44 @@ class HeraldClient(InboxMethods):
             return
         if isinstance(params, dict) and method.startswith("notification:"):
             self._set_unread(params.get("unread_count"))
+            self._set_unseen(params.get("unseen_count"))
         self._emit(method, params)
         if method == "sync:required":
             self._spawn(self._catch_up())
 
     def _deliver(self, item: dict[str, Any], replayed: bool) -> None:
-        """Emit a notification unless its id was delivered already; advance the watermark."""
+        """Emit a notification unless this version was delivered already; advance the watermark."""
         seq = item.get("seq")
         if isinstance(seq, int):
             self.tracker.advance(seq)
-        if not self.tracker.first_delivery(str(item.get("id"))):
+        delivery = self.tracker.deliver(str(item.get("id")), seq if isinstance(seq, int) else None)
+        if delivery == "repeat":
             return
         # Replayed items are counted by the unread_count fetch that ends every catch-up.
-        if not replayed and item.get("read_at") is None and self.unread_count is not None:
-            self._set_unread(self.unread_count + 1)
-        self._emit("notification:new", item, replayed)
+        if delivery == "replacement" and not replayed:
+            self._spawn(self._recount_soon())
+        elif not replayed:
+            if item.get("read_at") is None and self.unread_count is not None:
+                self._set_unread(self.unread_count + 1)
+            if item.get("seen_at") is None and self.unseen_count is not None:
+                self._set_unseen(self.unseen_count + 1)
+        self._emit("notification:new", item, replayed, delivery == "replacement")
+
+    async def _recount_soon(self) -> None:
+        """Fetch the counts again; replacements arriving meanwhile are covered by one more fetch."""
+        if self._recount is not None and not self._recount.done():
+            self._recount_again = True
+            return
+        self._recount = asyncio.current_task()
+        try:
+            self._recount_again = True
+            while self._recount_again:
+                self._recount_again = False
+                await self.fetch_unread_count()
+        except HeraldError as exc:
+            log.warning("herald client: count refresh failed: %s", exc)
+        finally:
+            self._recount = None
 
     async def _catch_up(self) -> None:
         """Page ``notifications.sync`` from the watermark while ``has_more``, then refresh the count."""

@@ -22,6 +22,9 @@ class Event:
     method: str
     params: Any
     replayed: bool = False
+    #: A ``notification:new`` whose id was delivered before with a lower ``seq``: a collapsed
+    #: notification's new version, which replaces the item instead of adding one.
+    replaces: bool = False
 
 
 class EventStream:

@@ -1,7 +1,7 @@
 """Typed helpers for the request methods of PROTOCOL §5, mixed into :class:`~herald_client.HeraldClient`.
 
 Each helper is one :meth:`request` with its params spelled out; the ones whose result carries the user's
-unread count also update the client's :attr:`unread_count`.
+counts also update the client's :attr:`unread_count` and :attr:`unseen_count`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ class InboxMethods(ABC):
     def _set_unread(self, count: Any) -> None:
         """Record the user's unread count from a result."""
 
+    @abstractmethod
+    def _set_unseen(self, count: Any) -> None:
+        """Record the user's unseen count from a result."""
+
     async def list_notifications(
         self,
         *,
@@ -34,15 +38,15 @@ class InboxMethods(ABC):
         unread_only: bool | None = None,
         types: list[str] | None = None,
         categories: list[str] | None = None,
+        archived: bool | None = False,
     ) -> dict[str, Any]:
-        """``notifications.list``: ``{"items" (newest first), "next_cursor", "total", "unread_count"}``."""
+        """``notifications.list``: ``{"items" (newest first), "next_cursor", "total", "unread_count",
+        "unseen_count"}``; ``archived``: ``False`` the inbox (default), ``True`` the archive, ``None``
+        both."""
         params = {"limit": limit, "before": before, "unread_only": unread_only, "types": types}
         params["categories"] = categories
-        result: dict[str, Any] = await self.request(
-            "notifications.list", {k: v for k, v in params.items() if v is not None}
-        )
-        self._set_unread(result.get("unread_count"))
-        return result
+        sent = {k: v for k, v in params.items() if v is not None} | {"archived": archived}
+        return await self._counting("notifications.list", sent)
 
     async def sync(self, since: int, limit: int | None = None) -> dict[str, Any]:
         """``notifications.sync`` (one page, no side effects): ``{"items" (seq ascending), "has_more"}``."""
@@ -51,9 +55,11 @@ class InboxMethods(ABC):
         return result
 
     async def fetch_unread_count(self) -> int:
-        """``notifications.unread_count``; also updates :attr:`unread_count`."""
-        count: int = (await self.request("notifications.unread_count"))["count"]
+        """``notifications.unread_count``; also updates :attr:`unread_count` and :attr:`unseen_count`."""
+        result = await self.request("notifications.unread_count")
+        count: int = result["count"]
         self._set_unread(count)
+        self._set_unseen(result.get("unseen_count"))
         return count
 
     async def mark_read(self, ids: list[str]) -> dict[str, Any]:
@@ -71,6 +77,24 @@ class InboxMethods(ABC):
     async def delete(self, ids: list[str]) -> dict[str, Any]:
         """``notifications.delete``: ``{"deleted", "unread_count"}``."""
         return await self._counting("notifications.delete", {"ids": ids})
+
+    async def mark_seen(self, ids: list[str] | None = None) -> dict[str, Any]:
+        """``notifications.mark_seen`` of ``ids``, or of everything when ``ids`` is ``None`` (the bell was
+        opened): ``{"updated", "unread_count", "unseen_count"}``."""
+        return await self._counting("notifications.mark_seen", {"all": True} if ids is None else {"ids": ids})
+
+    async def archive(self, ids: list[str]) -> dict[str, Any]:
+        """``notifications.archive``: ``{"updated", "unread_count", "unseen_count"}``."""
+        return await self._counting("notifications.archive", {"ids": ids})
+
+    async def unarchive(self, ids: list[str]) -> dict[str, Any]:
+        """``notifications.unarchive``: ``{"updated", "unread_count", "unseen_count"}``."""
+        return await self._counting("notifications.unarchive", {"ids": ids})
+
+    async def act(self, notification_id: str, action_id: str) -> dict[str, Any]:
+        """``notifications.act``: record the user's choice (the first is final; it also marks the item
+        read): ``{"acted", "action_id", "acted_at", "unread_count", "unseen_count"}``."""
+        return await self._counting("notifications.act", {"id": notification_id, "action_id": action_id})
 
     async def get_preferences(self) -> dict[str, Any]:
         """``preferences.get``: the effective Preferences document."""
@@ -104,4 +128,5 @@ class InboxMethods(ABC):
     async def _counting(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = await self.request(method, params)
         self._set_unread(result.get("unread_count"))
+        self._set_unseen(result.get("unseen_count"))
         return result

@@ -21,11 +21,15 @@ from aio_pika.exceptions import DeliveryError
 
 from herald_client.protocol import (
     BROADCAST_ROUTING_KEY,
+    MAX_ACTION_LABEL_CHARS,
+    MAX_ACTIONS,
+    MAX_COLLAPSE_KEY_CHARS,
     MAX_DATA_BYTES,
     MAX_EVENT_ID_CHARS,
     MAX_MESSAGE_CHARS,
     MAX_RECIPIENTS,
     MAX_TITLE_CHARS,
+    MAX_URL_CHARS,
     SEND_ROUTING_KEY,
     TYPE_PATTERN,
     USER_ID_PATTERN,
@@ -98,8 +102,15 @@ class Producer:
         event_id: str | None = None,
         channels: Iterable[str] | None = None,
         expires_at: datetime | None = None,
+        url: str | None = None,
+        actions: list[dict[str, str]] | None = None,
+        collapse_key: str | None = None,
     ) -> str:
         """Publish a ``notification.send`` event; return its ``event_id``.
+
+        ``url`` is the click target, ``actions`` up to 3 buttons ``{"id", "label", "url"?}`` (the user's
+        choice comes back on ``herald.outcomes``), and ``collapse_key`` groups repeats: an event with the
+        key of one of the user's unread notifications updates it in place (PROTOCOL §10).
 
         Raises:
             InvalidEvent: the event breaks a PROTOCOL §4 rule (checked before anything is sent).
@@ -108,8 +119,11 @@ class Producer:
         recipients = [user_ids] if isinstance(user_ids, str) else list(user_ids)
         body: dict[str, Any] = {"user_ids": recipients}
         body.update(self._common(type, title, message, data, event_id, channels, expires_at))
+        extras = {"url": url, "actions": actions, "collapse_key": collapse_key}
+        body.update({name: value for name, value in extras.items() if value is not None})
         _check_recipients(recipients)
         _check_common(body)
+        _check_inbox_fields(body)
         await self._publish(body, SEND_ROUTING_KEY)
         return str(body["event_id"])
 
@@ -190,3 +204,24 @@ def _check_common(body: dict[str, Any]) -> None:
         raise InvalidEvent(f"event_id: must be at most {MAX_EVENT_ID_CHARS} characters")
     if len(orjson.dumps(body["data"])) > MAX_DATA_BYTES:
         raise InvalidEvent(f"data: must serialize to at most {MAX_DATA_BYTES} bytes")
+
+
+def _check_url(field: str, url: object) -> None:
+    if not isinstance(url, str) or not url.startswith(("https://", "http://")) or len(url) > MAX_URL_CHARS:
+        raise InvalidEvent(f"{field}: must be an http(s) URL of at most {MAX_URL_CHARS} characters")
+
+
+def _check_inbox_fields(body: dict[str, Any]) -> None:
+    # The outline of PROTOCOL §10's limits (the worker parses URLs fully and checks action ids).
+    if "url" in body:
+        _check_url("url", body["url"])
+    actions = body.get("actions", [])
+    if len(actions) > MAX_ACTIONS:
+        raise InvalidEvent(f"actions: at most {MAX_ACTIONS}")
+    for index, action in enumerate(actions):
+        if not 1 <= len(action.get("label", "")) <= MAX_ACTION_LABEL_CHARS:
+            raise InvalidEvent(f"actions.{index}.label: must be 1 to {MAX_ACTION_LABEL_CHARS} characters")
+        if "url" in action:
+            _check_url(f"actions.{index}.url", action["url"])
+    if len(body.get("collapse_key", "")) > MAX_COLLAPSE_KEY_CHARS:
+        raise InvalidEvent(f"collapse_key: must be at most {MAX_COLLAPSE_KEY_CHARS} characters")

@@ -1,5 +1,10 @@
 """Sans-I/O bookkeeping behind "nothing missed, nothing twice": the watermark and the delivered ids.
 
+A notification is delivered once per *version*: a collapsed notification (PROTOCOL §10) comes back with
+the same ``id`` and a higher ``seq``, and replaces the item the application shows. So the tracker keeps
+each id's highest ``seq``: a repeat with that ``seq`` or a lower one (a redelivery, or a sync page that
+overlaps live frames) is dropped; a higher ``seq`` is a replacement.
+
 The watermark is the highest ``seq`` below which no notification can be missing. It advances over
 contiguous ``seq`` values of live frames (a frame published out of order by a second worker leaves a gap
 that holds it back) and jumps to the last item of each ``notifications.sync`` page, since a sync returns
@@ -9,7 +14,10 @@ every ``seq`` above ``since``.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Final
+from typing import Final, Literal
+
+#: What :meth:`DeliveryTracker.deliver` makes of a notification.
+Delivery = Literal["new", "replacement", "repeat"]
 
 #: How many notification ids are remembered for de-duplication.
 REMEMBERED_IDS: Final = 10_000
@@ -21,17 +29,28 @@ class DeliveryTracker:
     def __init__(self, remembered: int = REMEMBERED_IDS) -> None:
         self.watermark: int | None = None
         self._remembered = remembered
-        self._delivered: OrderedDict[str, None] = OrderedDict()
+        self._delivered: OrderedDict[str, int | None] = OrderedDict()  # id → highest seq delivered
         self._above_watermark: set[int] = set()
 
-    def first_delivery(self, notification_id: str) -> bool:
-        """Record ``notification_id``; ``False`` when it was delivered already (drop the repeat)."""
+    def deliver(self, notification_id: str, seq: int | None) -> Delivery:
+        """Record ``(notification_id, seq)``: ``"new"``, ``"replacement"`` (the id with a higher ``seq``:
+        a collapsed notification's new version) or ``"repeat"`` (drop it). A ``seq`` of ``None`` (a live
+        broadcast frame) is new only for an unknown id."""
         if notification_id in self._delivered:
-            return False
-        self._delivered[notification_id] = None
+            known = self._delivered[notification_id]
+            if known is None and seq is not None:
+                # A live broadcast frame (no seq), then its stored copy from a sync: one version.
+                self._delivered[notification_id] = seq
+                return "repeat"
+            if seq is None or (known is not None and seq <= known):
+                return "repeat"
+            self._delivered[notification_id] = seq
+            self._delivered.move_to_end(notification_id)
+            return "replacement"
+        self._delivered[notification_id] = seq
         if len(self._delivered) > self._remembered:
             self._delivered.popitem(last=False)
-        return True
+        return "new"
 
     def advance(self, seq: int) -> None:
         """A live frame with ``seq`` arrived: move the watermark over any now-contiguous run."""

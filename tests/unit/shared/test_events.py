@@ -139,3 +139,65 @@ def test_user_id_check() -> None:
     assert is_valid_user_id("a.b:c@d-e_f")
     assert not is_valid_user_id("a/b")
     assert not is_valid_user_id("")
+
+
+# ------------------------------------------------------------------------------ §10: url, actions, keys
+
+
+def test_url_actions_and_collapse_key_are_parsed() -> None:
+    event = parse(
+        {
+            **BASE,
+            "user_id": "u1",
+            "url": "https://app.example/threads/7",
+            "actions": [
+                {"id": "accept", "label": "Accept invitation", "url": "https://app.example/accept"},
+                {"id": "decline", "label": "Decline"},
+            ],
+            "collapseKey": "thread-7",
+        }
+    )
+    assert isinstance(event, SendEvent)
+    assert event.url == "https://app.example/threads/7"
+    assert [(a.id, a.label, a.url) for a in event.actions] == [
+        ("accept", "Accept invitation", "https://app.example/accept"),
+        ("decline", "Decline", None),
+    ]
+    assert event.collapse_key == "thread-7"
+
+
+@pytest.mark.parametrize(
+    ("fields", "where"),
+    [
+        ({"url": "javascript:alert(1)"}, "url"),
+        ({"url": "ftp://files.example/x"}, "url"),
+        ({"url": "https://app.example/a\nb"}, "url"),
+        ({"url": "https://app.example/" + "a" * 2000}, "url"),
+        ({"actions": [{"id": "a", "label": "x" * 41}]}, "actions.0.label"),
+        ({"actions": [{"id": "a", "label": ""}]}, "actions.0.label"),
+        ({"actions": [{"id": "a b", "label": "x"}]}, "actions.0.id"),
+        ({"actions": [{"id": "a", "label": "x", "url": "data:text/html,hi"}]}, "actions.0.url"),
+        ({"actions": [{"id": "a", "label": "x", "extra": 1}]}, "actions.0.extra"),
+        ({"actions": [{"id": "a", "label": "x"}, {"id": "a", "label": "y"}]}, "actions"),
+        ({"actions": [{"id": str(i), "label": "x"} for i in range(4)]}, "actions"),
+        ({"collapse_key": "k" * 129}, "collapse_key"),
+        ({"collapse_key": ""}, "collapse_key"),
+    ],
+)
+def test_inbox_state_limits_name_the_field(fields: dict[str, object], where: str) -> None:
+    assert reason({**BASE, "user_id": "u1", **fields}).startswith(f"{where}:")
+
+
+def test_inbox_state_limits_are_inclusive() -> None:
+    url = "https://a.example/" + "a" * (2000 - len("https://a.example/"))
+    event = parse(
+        {
+            **BASE,
+            "user_id": "u1",
+            "url": url,
+            "actions": [{"id": str(i), "label": "x" * 40} for i in range(3)],
+            "collapse_key": "k" * 128,
+        }
+    )
+    assert isinstance(event, SendEvent)
+    assert (event.url, len(event.actions), event.collapse_key) == (url, 3, "k" * 128)

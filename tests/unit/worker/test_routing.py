@@ -9,12 +9,14 @@ import orjson
 
 from shared.events import BroadcastEvent, SendEvent
 from shared.preferences import Catalog, NotificationType
-from worker.routing import Incoming, SendRouting, route_broadcast
+from worker.routing import Incoming, SendRouting, notification_id, route_broadcast
+from worker.writes import Writes, Written
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from worker.routing import NewRows, Outgoing
+    from worker.routing import Outgoing
+    from worker.writes import NewRows
 
 CATALOG = Catalog(
     [
@@ -40,9 +42,26 @@ def route(
     redelivered: bool = False,
 ) -> tuple[NewRows, Outgoing]:
     """Route a batch as the pipeline does, with the insert answered by consecutive seqs."""
+    rows, _, out = route_writes(*events, overrides=overrides, stored=stored, redelivered=redelivered)
+    return rows, out
+
+
+def route_writes(
+    *events: SendEvent,
+    overrides: Mapping[str, Mapping[str, Any] | None] | None = None,
+    stored: Mapping[tuple[str, str], dict[str, Any]] | None = None,
+    targets: Mapping[tuple[str, str], str] | None = None,
+    redelivered: bool = False,
+) -> tuple[NewRows, Writes, Outgoing]:
+    """Route a batch with open collapse ``targets``: new rows get seqs 1.., collapses 100.. (count + 1)."""
     routing = SendRouting([Incoming(e, redelivered) for e in events], overrides or {}, CATALOG, NOW)
-    rows = routing.new_rows(stored or {})
-    return rows, routing.outgoing([(seq, NOW) for seq in range(1, len(rows) + 1)])
+    writes = routing.writes(stored or {}, targets or {})
+    rows, collapses = writes.rows, writes.collapses
+    written = Written(
+        [(seq, NOW) for seq in range(1, len(rows) + 1)],
+        [(100 + i, 1 + n, NOW) for i, n in enumerate(collapses.count)],
+    )
+    return rows, writes, routing.outgoing(written)
 
 
 def jobs(out: Outgoing) -> dict[str, Any]:
@@ -112,7 +131,7 @@ def test_the_same_event_twice_in_one_batch_is_stored_once() -> None:
 
 
 def test_an_event_stored_before_is_published_again_as_stored() -> None:
-    previous = {"id": "n1", "seq": 7, "type": "COURSE_NEW_CONTENT", "title": "Hello"}
+    previous = {"id": "n1", "seq": 7, "type": "COURSE_NEW_CONTENT", "title": "Hello", "count": 1}
     rows, out = route(send(event_id="k1"), stored={("u1", "k1"): previous})
     assert len(rows) == 0
     assert orjson.loads(out.frames[0][1])["params"]["seq"] == 7
@@ -131,3 +150,65 @@ def test_a_broadcast_outside_in_app_stores_nothing() -> None:
     assert routing.outgoing(0).outcomes == {"muted": 1}
     stored = route_broadcast(event.model_copy(update={"channels": None}), CATALOG, NOW).outgoing(3)
     assert (stored.rows, stored.outcomes, len(stored.broadcasts)) == (3, {"broadcast": 1}, 1)
+
+
+# ------------------------------------------------------------------------------------------- collapse
+
+
+def test_events_of_one_collapse_key_in_one_batch_become_one_new_row_with_the_latest_content() -> None:
+    events = [send(event_id=f"c{i}", collapse_key="thread-1", title=f"comment {i}") for i in range(4)]
+    rows, writes, out = route_writes(*events, send(event_id="other", title="unrelated"))
+    assert rows.user_id == ["u1", "u1"]
+    assert rows.collapse_key == [None, "thread-1"]
+    assert rows.count == [1, 4]
+    assert rows.content.title == ["unrelated", "comment 3"]
+    collapsed_row = rows.idempotency_key.index("c0")  # the first event's key (and id) names the row
+    assert rows.id[collapsed_row] == notification_id("c0")
+    # The other three keys are remembered against that id: their redeliveries are duplicates.
+    assert writes.keys == [("u1", f"c{i}", notification_id("c0")) for i in (1, 2, 3)]
+    frames = [orjson.loads(frame)["params"] for _, frame in out.frames]
+    assert [(f["title"], f["count"]) for f in frames] == [("unrelated", 1), ("comment 3", 4)]
+    # One job per channel for the collapsed notification, named by its stable job key.
+    bodies = [orjson.loads(body) for _, body, _ in out.deliveries]
+    assert sorted((b["job_key"], b["notification"]["count"]) for b in bodies) == sorted(
+        (f"{nid}:u1:{channel}", count)
+        for nid, count in ((notification_id("other"), 1), (notification_id("c0"), 4))
+        for channel in ("email", "push")
+    )
+    assert out.outcomes == {"stored": 5, "muted": 0, "duplicate": 0}
+
+
+def test_a_collapse_into_a_stored_unread_row_updates_it_under_its_id() -> None:
+    events = [send(event_id=f"late{i}", collapse_key="thread-1", title=f"late {i}") for i in range(2)]
+    rows, writes, out = route_writes(*events, targets={("u1", "thread-1"): "open-row"})
+    assert len(rows) == 0
+    collapses = writes.collapses
+    assert (collapses.user_id, collapses.id, collapses.count) == (["u1"], ["open-row"], [2])
+    assert collapses.content.title == ["late 1"]
+    assert writes.keys == [("u1", "late0", "open-row"), ("u1", "late1", "open-row")]
+    (frame,) = [orjson.loads(frame)["params"] for _, frame in out.frames]
+    assert (frame["id"], frame["seq"], frame["count"]) == ("open-row", 100, 3)
+    message_ids = sorted(mid for _, _, mid in out.deliveries)
+    # A later version of a job gets its own message id: a sender that deduplicates on it still sees it.
+    assert message_ids == ["open-row:u1:email:100", "open-row:u1:push:100"]
+
+
+def test_a_redelivered_collapse_event_is_a_duplicate_not_one_more() -> None:
+    stored = {"id": "open-row", "seq": 9, "type": "COURSE_NEW_CONTENT", "title": "t", "count": 3}
+    rows, writes, out = route_writes(
+        send(event_id="late0", collapse_key="thread-1"),
+        stored={("u1", "late0"): stored},
+        targets={("u1", "thread-1"): "open-row"},
+    )
+    assert (len(rows), len(writes.collapses), writes.keys) == (0, 0, [])
+    assert orjson.loads(out.frames[0][1])["params"]["count"] == 3
+    assert out.outcomes["duplicate"] == 1
+
+
+def test_collapse_keys_are_per_user() -> None:
+    event = SendEvent.model_validate(
+        {"user_ids": ["u1", "u2"], "type": "COURSE_NEW_CONTENT", "title": "t", "collapse_key": "k"}
+    )
+    rows, writes, _ = route_writes(event, targets={("u2", "k"): "u2-row"})
+    assert (rows.user_id, rows.count) == (["u1"], [1])
+    assert writes.collapses.user_id == ["u2"]
