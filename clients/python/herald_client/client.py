@@ -33,8 +33,8 @@ Events (``Event.method``): the server's notification methods (``connected``, ``n
 ``notification:seen``, ``notification:archived``, ``notification:unarchived``, ``notification:acted``,
 ``sync:required``) plus the client's own ``unread`` and ``unseen`` (``{"count"}``), ``state`` (``{"state"}``:
 one of ``connecting``, ``open``, ``reconnecting``, ``closed``), ``disconnected`` (``{"code", "reason",
-"retry_in"}``) and ``closed`` (``{"code", "reason"}``: the client stopped for good). Notifications recovered by a sync
-arrive as ``notification:new`` with ``Event.replayed`` true.
+"retry_in"}``) and ``closed`` (``{"code", "reason"}``: the client stopped for good). Notifications
+recovered by a sync arrive as ``notification:new`` with ``Event.replayed`` true.
 """
 
 from __future__ import annotations
