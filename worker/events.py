@@ -8,7 +8,7 @@ publishers the broker knows.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 from faststream import AckPolicy
 from faststream.rabbit import Channel
@@ -20,10 +20,11 @@ from worker.amqp import (
     deliveries_exchange,
     events_exchange,
     events_queue,
+    outcomes_exchange,
     raw_body,
     users_exchange,
 )
-from worker.schemas import DeliveryJob, NotificationFrame
+from worker.schemas import DeliveryJob, NotificationFrame, Outcome
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -36,14 +37,30 @@ if TYPE_CHECKING:
     from shared.topology import Topology
     from worker.pipeline import Pipeline
 
+
+def _inlined(schema: Any, definitions: dict[str, Any] | None = None) -> Any:
+    """``schema`` with its local ``$ref``s (``#/$defs/...``) replaced by their definitions: embedded in
+    another document, the refs would point at that document's own ``$defs``."""
+    if definitions is None and isinstance(schema, dict):
+        definitions = schema.get("$defs", {})
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/") and definitions is not None:
+            return _inlined(definitions[ref.removeprefix("#/$defs/")], definitions)
+        return {key: _inlined(value, definitions) for key, value in schema.items() if key != "$defs"}
+    if isinstance(schema, list):
+        return [_inlined(item, definitions) for item in schema]
+    return schema
+
+
 # The handler receives bytes; the schema is the documented event shape (send or broadcast).
 EventBody = Annotated[
     bytes,
     WithJsonSchema(
         {
             "oneOf": [
-                SendEvent.model_json_schema(by_alias=True),
-                BroadcastEvent.model_json_schema(by_alias=True),
+                _inlined(SendEvent.model_json_schema(by_alias=True)),
+                _inlined(BroadcastEvent.model_json_schema(by_alias=True)),
             ],
             "description": "A producer event (PROTOCOL §4). `user_id` (or `userId`) may replace `user_ids`; "
             "`eventId` and the NestJS envelope `{pattern, data}` are accepted too.",
@@ -96,4 +113,10 @@ def document_publishers(broker: RabbitBroker, topology: Topology) -> None:
         title="herald.deliveries",
         schema=DeliveryJob,
         description="Email/push jobs, routing key = channel; hold each until deliver_after when set.",
+    )
+    broker.publisher(
+        exchange=outcomes_exchange(topology),
+        title="herald.outcomes",
+        schema=Outcome,
+        description="The actions users chose (notifications.act), routing key = the notification type.",
     )

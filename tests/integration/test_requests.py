@@ -17,7 +17,7 @@ import orjson
 import pytest
 from faststream.rabbit import RabbitBroker
 
-from herald_ops.testing.requests import seed, unread_truth
+from herald_ops.testing.requests import seed, unread_truth, visible_counts
 from herald_ops.testing.stack import fresh_id, stack_context, wait_until
 from shared.settings import Settings
 from shared.topology import BROADCAST_ROUTING_KEY, Topology
@@ -27,6 +27,7 @@ from worker.requests.registry import METHODS
 from worker.rpc import handle_request
 from worker.runtime import Runtime
 from worker.store.catalog import load_catalog
+from worker.store.notifications import NOTIFICATION_FIELDS
 from worker.store.pool import create_pool
 
 if TYPE_CHECKING:
@@ -223,7 +224,8 @@ async def test_list_pages_newest_first_with_cursor_total_and_unread(
         assert cursor == page["items"][-1]["seq"]
     assert seen == list(range(45, 0, -1))
     first = (await result(worker_state, "notifications.list", {"limit": 1}, user=user))["items"][0]
-    assert set(first) == {
+    assert set(first) == set(NOTIFICATION_FIELDS)
+    assert set(NOTIFICATION_FIELDS) >= {
         "id",
         "seq",
         "type",
@@ -233,6 +235,14 @@ async def test_list_pages_newest_first_with_cursor_total_and_unread(
         "data",
         "created_at",
         "read_at",
+        "seen_at",
+        "archived_at",
+        "url",
+        "actions",
+        "acted_at",
+        "action_id",
+        "count",
+        "expires_at",
     }
     assert first["id"] == f"{user}-45"
     assert first["read_at"] is None
@@ -315,19 +325,22 @@ async def test_mark_read_unread_delete_keep_the_counter_and_publish_events(
     events = await Events.listen(channel, user, worker_state)
     ids = [f"{user}-{s}" for s in (3, 1, 2)]
 
+    # Reading is seeing: the unseen count falls with the unread one.
     assert await result(worker_state, "notifications.mark_read", {"ids": [*ids, ids[0]]}, user=user) == {
         "updated": 3,
         "unread_count": 7,
+        "unseen_count": 7,
     }
     assert await events.next() == (
         "notification:read",
-        {"ids": [f"{user}-{s}" for s in (1, 2, 3)], "unread_count": 7},
+        {"ids": [f"{user}-{s}" for s in (1, 2, 3)], "unread_count": 7, "unseen_count": 7},
     )
 
     # Already read: nothing changes, nothing is published.
     assert await result(worker_state, "notifications.mark_read", {"ids": ids[:1]}, user=user) == {
         "updated": 0,
         "unread_count": 7,
+        "unseen_count": 7,
     }
     await events.assert_none()
 
@@ -336,28 +349,37 @@ async def test_mark_read_unread_delete_keep_the_counter_and_publish_events(
     ) == {
         "updated": 1,
         "unread_count": 8,
+        "unseen_count": 7,  # unread again, but still seen
     }
-    assert await events.next() == ("notification:unread", {"ids": [ids[0]], "unread_count": 8})
+    assert await events.next() == (
+        "notification:unread",
+        {"ids": [ids[0]], "unread_count": 8, "unseen_count": 7},
+    )
 
     deleted = await result(
         worker_state, "notifications.delete", {"ids": [f"{user}-1", f"{user}-4", "missing"]}, user=user
     )
-    assert deleted == {"deleted": 2, "unread_count": 7}  # seq 1 was read, seq 4 unread
+    assert deleted == {"deleted": 2, "unread_count": 7, "unseen_count": 6}  # seq 1 was read, seq 4 unread
     assert await events.next() == (
         "notification:deleted",
-        {"ids": [f"{user}-1", f"{user}-4"], "unread_count": 7},
+        {"ids": [f"{user}-1", f"{user}-4"], "unread_count": 7, "unseen_count": 6},
     )
     assert await unread_truth(pg, user) == (7, 7)
 
-    assert await result(worker_state, "notifications.unread_count", user=user) == {"count": 7}
+    assert await result(worker_state, "notifications.unread_count", user=user) == {
+        "count": 7,
+        "unseen_count": 6,
+    }
     assert await result(worker_state, "notifications.mark_all_read", user=user) == {
         "updated": 7,
         "unread_count": 0,
+        "unseen_count": 0,
     }
-    assert await events.next() == ("notification:read", {"all": True, "unread_count": 0})
+    assert await events.next() == ("notification:read", {"all": True, "unread_count": 0, "unseen_count": 0})
     assert await result(worker_state, "notifications.mark_all_read", user=user) == {
         "updated": 0,
         "unread_count": 0,
+        "unseen_count": 0,
     }
     await events.assert_none()
     assert await unread_truth(pg, user) == (0, 0)
@@ -395,7 +417,11 @@ async def test_other_users_ids_change_nothing_and_reveal_nothing(
 
     for method in ("notifications.mark_read", "notifications.delete"):
         answer = await result(worker_state, method, {"ids": theirs}, user=intruder)
-        assert answer == {"updated" if method.endswith("read") else "deleted": 0, "unread_count": 2}
+        assert answer == {
+            "updated" if method.endswith("read") else "deleted": 0,
+            "unread_count": 2,
+            "unseen_count": 2,
+        }
     await pg.execute("UPDATE notifications SET read_at = now() WHERE user_id = $1 AND seq = 1", owner)
     await pg.execute("UPDATE users SET unread_count = 4 WHERE user_id = $1", owner)
     before = await pg.fetch("SELECT seq, read_at FROM notifications WHERE user_id = $1 ORDER BY seq", owner)
@@ -430,7 +456,7 @@ async def test_concurrent_mutations_of_one_user_keep_the_counter_exact(
     counter, actual = await unread_truth(pg, user)
     assert counter == actual
     final = await result(worker_state, "notifications.unread_count", user=user)
-    assert final == {"count": actual}
+    assert final == {"count": actual, "unseen_count": (await visible_counts(pg, user))["unseen_count"]}
 
 
 # -------------------------------------------------------------------------------------- preferences
@@ -545,7 +571,12 @@ async def test_broadcast_is_admin_only_and_becomes_a_broadcast_event(
     assert message.routing_key == BROADCAST_ROUTING_KEY
     assert message.message_id == event_id
     assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
-    assert orjson.loads(message.body) == {"event_id": event_id, "type": "SYSTEM_ANNOUNCEMENT", **params}
+    assert orjson.loads(message.body) == {
+        "event_id": event_id,
+        "type": "SYSTEM_ANNOUNCEMENT",
+        "actions": [],
+        **params,
+    }
 
     for bad, field in (
         ({"message": "no title"}, "title"),

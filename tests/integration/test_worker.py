@@ -93,8 +93,16 @@ async def test_event_becomes_one_row_and_one_frame(watcher: Watcher, db: asyncpg
         "title": body["title"],
         "message": "Body",
         "data": {"courseId": "42", "lessonId": "7"},
+        "url": None,
+        "actions": [],
+        "count": 1,
         "created_at": row["created_at"].isoformat().replace("+00:00", "Z"),
         "read_at": None,
+        "seen_at": None,
+        "archived_at": None,
+        "acted_at": None,
+        "action_id": None,
+        "expires_at": None,
     }
     assert (row["seq"], row["idempotency_key"]) == (1, body["event_id"])
     assert await counters(db, user) == (1, 1)
@@ -392,12 +400,16 @@ async def test_retention_deletes_old_rows_and_adjusts_unread(
     module_stack: Stack, db: asyncpg.Connection
 ) -> None:
     user = fresh_id("old")
-    await db.execute("INSERT INTO users (user_id, last_seq, unread_count) VALUES ($1, 2600, 2510)", user)
     await db.execute(
-        """INSERT INTO notifications (user_id, seq, id, type, category, title, message, created_at, read_at)
+        "INSERT INTO users (user_id, last_seq, unread_count, unseen_count) VALUES ($1, 2600, 2510, 2510)",
+        user,
+    )
+    await db.execute(
+        """INSERT INTO notifications
+                  (user_id, seq, id, type, category, title, message, created_at, read_at, seen_at)
            SELECT $1, s, 'id' || s, 'NEW_COMMENT', 'social', 't', 'm',
                   now() - CASE WHEN s <= 2500 THEN interval '100 days' ELSE interval '1 day' END,
-                  CASE WHEN s > 2510 THEN now() END
+                  CASE WHEN s > 2510 THEN now() END, CASE WHEN s > 2510 THEN now() END
              FROM generate_series(1, 2600) AS s""",
         user,
     )

@@ -63,12 +63,19 @@ SELECT (SELECT count(*) FROM changed) AS changed, {ids} AS ids,
 
 
 def _update(assignments: str, condition: str, deltas: str) -> str:
-    """An UPDATE of the user's live rows matching ``condition`` (over ``o``, the rows before the change,
-    so ``deltas`` may compare old and new)."""
+    """An UPDATE of the user's live rows matching ``condition`` over ``o``: those rows as they are before
+    the change, so ``deltas`` may compare old and new.
+
+    ``o`` is read ``FOR UPDATE``: the statement's snapshot predates the wait for the users lock, and a
+    locking read returns (and re-checks ``condition`` on) each row's latest committed version, not the
+    snapshot's, so a change committed meanwhile by another request is never counted twice.
+    """
     return f"""UPDATE notifications AS n SET {assignments}
-      FROM locked, notifications AS o
-     WHERE o.user_id = locked.user_id AND {condition} AND {live("o")}
-       AND n.user_id = o.user_id AND n.seq = o.seq
+      FROM (SELECT o.seq, o.read_at, o.seen_at
+              FROM notifications AS o JOIN locked ON o.user_id = locked.user_id
+             WHERE {condition} AND {live("o")}
+               FOR UPDATE OF o) AS o
+     WHERE n.user_id = $1 AND n.seq = o.seq
  RETURNING n.id, n.seq, {deltas}"""
 
 

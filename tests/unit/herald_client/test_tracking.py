@@ -1,10 +1,11 @@
-"""The SDK's sans-I/O parts: the delivery tracker and the producer's local checks (no I/O)."""
+"""The SDK's sans-I/O parts: the delivery tracker (each version of a notification once) and the
+producer's local checks (no I/O)."""
 
 from __future__ import annotations
 
 import pytest
 
-from herald_client.producer import InvalidEvent, _check_common, _check_recipients
+from herald_client.producer import InvalidEvent, _check_common, _check_inbox_fields, _check_recipients
 from herald_client.protocol import MAX_TITLE_CHARS
 from herald_client.tracking import DeliveryTracker
 
@@ -33,13 +34,30 @@ def test_a_sync_page_moves_the_watermark_past_what_it_covered() -> None:
     assert tracker.watermark == 10
 
 
+def test_a_repeat_is_dropped_and_a_higher_seq_replaces() -> None:
+    tracker = DeliveryTracker()
+    assert tracker.deliver("n1", 5) == "new"
+    assert tracker.deliver("n1", 5) == "repeat"  # a redelivery
+    assert tracker.deliver("n1", 9) == "replacement"  # collapsed: same id, new seq
+    assert tracker.deliver("n1", 7) == "repeat"  # an older version arriving late
+    assert tracker.deliver("n1", 9) == "repeat"
+    assert tracker.deliver("n2", 6) == "new"
+
+
+def test_a_live_broadcast_and_its_stored_copy_are_one_version() -> None:
+    tracker = DeliveryTracker()
+    assert tracker.deliver("b1", None) == "new"
+    assert tracker.deliver("b1", 12) == "repeat"  # the same broadcast, returned by sync
+    assert tracker.deliver("b1", None) == "repeat"
+
+
 def test_a_repeated_id_is_dropped_and_old_ids_are_forgotten() -> None:
     tracker = DeliveryTracker(remembered=2)
-    assert tracker.first_delivery("a")
-    assert not tracker.first_delivery("a")
-    assert tracker.first_delivery("b")
-    assert tracker.first_delivery("c")  # "a" falls out of the window
-    assert tracker.first_delivery("a")
+    for notification_id, seq in (("a", 1), ("b", 2), ("a", 3), ("c", 4)):
+        tracker.deliver(notification_id, seq)
+    # "a" was refreshed by its replacement, so "b" is the one forgotten.
+    assert tracker.deliver("a", 3) == "repeat"
+    assert tracker.deliver("b", 2) == "new"
 
 
 def test_the_watermark_does_not_move_before_the_first_session() -> None:
@@ -77,3 +95,22 @@ def test_the_producer_checks_recipients() -> None:
         _check_recipients([])
     with pytest.raises(InvalidEvent, match="not a valid user id"):
         _check_recipients(["has space"])
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"url": "javascript:alert(1)"}, "url"),
+        ({"url": "https://a.example/" + "a" * 2000}, "url"),
+        ({"actions": [{"id": str(i), "label": "x"} for i in range(4)]}, "actions"),
+        ({"actions": [{"id": "a", "label": "x" * 41}]}, "actions.0.label"),
+        ({"actions": [{"id": "a", "label": "x", "url": "ftp://a.example"}]}, "actions.0.url"),
+        ({"collapse_key": "k" * 129}, "collapse_key"),
+    ],
+)
+def test_the_producer_refuses_inbox_fields_over_their_limits(fields: dict[str, object], field: str) -> None:
+    with pytest.raises(InvalidEvent, match=f"^{field}:"):
+        _check_inbox_fields(_event(**fields))
+    _check_inbox_fields(
+        _event(url="https://a.example/", actions=[{"id": "a", "label": "OK"}], collapse_key="k")
+    )
