@@ -111,8 +111,8 @@ async def test_live_notification_updates_unread_count(herald: tuple[Stack, Heral
         page = await client.list_notifications(limit=10)
         assert [i["id"] for i in page["items"]] == [item["id"]]
         result = await client.mark_read([item["id"]])
-        assert result == {"updated": 1, "unread_count": 0}
-        assert client.unread_count == 0
+        assert result == {"updated": 1, "unread_count": 0, "unseen_count": 0}
+        assert (client.unread_count, client.unseen_count) == (0, 0)
         await wait_until(lambda: recorder.named("notification:read"), 10, "notification:read")
 
         # Redelivery of the same event id stores nothing twice; whatever is pushed again is dropped by id.
@@ -120,6 +120,44 @@ async def test_live_notification_updates_unread_count(herald: tuple[Stack, Heral
         await wait_until(lambda: len(recorder.named("notification:new")) == 2, 10, "the second notification")
         assert len(set(recorder.new_ids())) == 2
         assert client.unread_count == 1
+
+
+async def test_unseen_archive_act_and_a_collapsed_item_replaced(herald: tuple[Stack, HeraldProcess]) -> None:
+    stack, gateway = herald
+    user = fresh_id()
+    actions = [{"id": "open", "label": "Open"}]
+    async with session(gateway.ws_url, user) as (client, recorder):
+        await publish(stack.amqp_url, *(event_body(user, title=f"n{i}", actions=actions) for i in range(2)))
+        await wait_until(lambda: len(recorder.new_ids()) == 2, 10, "two notifications")
+        ids = recorder.new_ids()
+        assert (client.unread_count, client.unseen_count) == (2, 2)
+        assert (await client.mark_seen())["unseen_count"] == 0  # the bell was opened
+        assert (client.unread_count, client.unseen_count) == (2, 0)
+        await client.archive([ids[0]])
+        assert [i["id"] for i in (await client.list_notifications())["items"]] == [ids[1]]
+        assert [i["id"] for i in (await client.list_notifications(archived=True))["items"]] == [ids[0]]
+        assert len((await client.list_notifications(archived=None))["items"]) == 2
+        await client.unarchive([ids[0]])
+        acted = await client.act(ids[1], "open")
+        assert (acted["acted"], acted["action_id"], client.unread_count) == (True, "open", 1)
+        await wait_until(lambda: recorder.named("notification:acted"), 10, "notification:acted")
+
+        # Two events of one collapse key: the second replaces the first item instead of adding one.
+        first = event_body(user, title="1 comment", collapse_key="thread")
+        await publish(stack.amqp_url, first)
+        await wait_until(lambda: len(recorder.new_ids()) == 3, 10, "the collapsible notification")
+        await publish(stack.amqp_url, event_body(user, title="2 comments", collapse_key="thread"))
+        await wait_until(
+            lambda: any(e.replaces for e in recorder.named("notification:new")), 10, "the replacement"
+        )
+        replacement = next(e.params for e in recorder.named("notification:new") if e.replaces)
+        assert (replacement["id"], replacement["title"], replacement["count"]) == (
+            recorder.new_ids()[2],
+            "2 comments",
+            2,
+        )
+        # Counts are fetched again after a replacement: one unread from before, the collapsed one unseen.
+        await wait_until(lambda: (client.unread_count, client.unseen_count) == (2, 1), 10, "the counts")
 
 
 async def test_requests_and_errors(herald: tuple[Stack, HeraldProcess]) -> None:
