@@ -82,7 +82,7 @@ def _cmd_send(args: argparse.Namespace) -> int:
 
 
 # The client's own state-keeping events; `tail` prints what the server sent.
-_CLIENT_BOOKKEEPING_EVENTS = frozenset({"state", "unread"})
+_CLIENT_BOOKKEEPING_EVENTS = frozenset({"state", "unread", "unseen"})
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:

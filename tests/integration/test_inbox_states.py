@@ -24,15 +24,16 @@ import orjson
 import pytest
 
 from herald_client import HeraldClient
-from herald_client.producer import Producer
-from herald_ops.testing.requests import WsClient, visible_counts
+from herald_ops.testing.requests import WsClient, next_message, visible_counts
 from herald_ops.testing.stack import fresh_id, http_get, mint, stack_context, wait_until
 from shared.topology import Topology
+from tests.integration.test_requests_gateway import db, producer
 from worker.store.retention import retention_step
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
+    from herald_client.producer import Producer
     from herald_ops.testing.stack import HeraldProcess, Stack
 
 TOPOLOGY = Topology()
@@ -41,6 +42,7 @@ ACTIONS = [
     {"id": "decline", "label": "Decline"},
 ]
 pytestmark = pytest.mark.timeout(180)
+__all__ = ["db", "producer"]  # fixtures shared with test_requests_gateway (they take this module's env)
 
 
 @dataclass
@@ -64,21 +66,6 @@ def env() -> Iterator[Env]:
         yield Env(stack, workers, stack.start_gateway())
 
 
-@pytest.fixture
-async def db(env: Env) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(env.stack.database_url)
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
-async def producer(env: Env) -> AsyncIterator[Producer]:
-    async with Producer(env.stack.amqp_url) as publishing:
-        yield publishing
-
-
 @contextlib.asynccontextmanager
 async def two_tabs(env: Env, user: str) -> AsyncIterator[tuple[WsClient, WsClient]]:
     first, _ = await env.tab(user)
@@ -100,20 +87,6 @@ async def stored(db: asyncpg.Connection, user: str, count: int) -> list[asyncpg.
 
     await wait_until(arrived, 30, f"{count} notifications of {user}")
     return rows
-
-
-async def next_message(queue: aio_pika.abc.AbstractQueue) -> aio_pika.abc.AbstractIncomingMessage:
-    """The next message of ``queue`` (acked), waiting for it with a deadline."""
-    got: list[aio_pika.abc.AbstractIncomingMessage] = []
-
-    async def arrived() -> bool:
-        message = await queue.get(no_ack=True, fail=False)
-        if message is not None:
-            got.append(message)
-        return bool(got)
-
-    await wait_until(arrived, 30, f"a message on {queue.name}")
-    return got[0]
 
 
 def by_key(rows: list[asyncpg.Record], key: str) -> asyncpg.Record:

@@ -17,7 +17,7 @@ import orjson
 import pytest
 from faststream.rabbit import RabbitBroker
 
-from herald_ops.testing.requests import seed, unread_truth, visible_counts
+from herald_ops.testing.requests import next_message, seed, unread_truth, visible_counts
 from herald_ops.testing.stack import fresh_id, stack_context, wait_until
 from shared.settings import Settings
 from shared.topology import BROADCAST_ROUTING_KEY, Topology
@@ -558,16 +558,7 @@ async def test_broadcast_is_admin_only_and_becomes_a_broadcast_event(
     accepted = await call(worker_state, "notifications.broadcast", params, user=fresh_id(), admin=True)
     event_id = accepted["result"]["event_id"]
     assert accepted["result"] == {"accepted": True, "event_id": event_id}
-    messages: list[aio_pika.abc.AbstractIncomingMessage] = []
-
-    async def arrived() -> bool:
-        message = await probe.get(no_ack=True, fail=False)
-        if message is not None:
-            messages.append(message)
-        return bool(messages)
-
-    await wait_until(arrived, 10, "the broadcast event")
-    message = messages[0]
+    message = await next_message(probe, 10)
     assert message.routing_key == BROADCAST_ROUTING_KEY
     assert message.message_id == event_id
     assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT

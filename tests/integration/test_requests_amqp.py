@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from herald_client.producer import Producer
-from herald_ops.testing.requests import AmqpRpc, seed, unread_truth
+from herald_ops.testing.requests import AmqpRpc, next_message, seed, unread_truth
 from herald_ops.testing.stack import fresh_id, http_get, stack_context, wait_until
 from shared.topology import Topology
 
@@ -96,17 +96,9 @@ async def test_mutation_event_is_published_to_the_users_exchange(
 
     reply = await rpc.call("notifications.mark_read", {"ids": [f"{user}-2", f"{user}-3"]}, user=user)
     assert reply == {"result": {"updated": 2, "unread_count": 2, "unseen_count": 2}}
-    got: list[aio_pika.abc.AbstractIncomingMessage] = []
-
-    async def arrived() -> bool:
-        message = await probe.get(no_ack=True, fail=False)
-        if message is not None:
-            got.append(message)
-        return bool(got)
-
-    await wait_until(arrived, 10, "notification:read on herald.users")
-    assert got[0].type == "notification:read"
-    assert orjson.loads(got[0].body) == {
+    message = await next_message(probe, 10)
+    assert message.type == "notification:read"
+    assert orjson.loads(message.body) == {
         "jsonrpc": "2.0",
         "method": "notification:read",
         "params": {"ids": [f"{user}-2", f"{user}-3"], "unread_count": 2, "unseen_count": 2},

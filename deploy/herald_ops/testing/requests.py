@@ -18,13 +18,13 @@ import aio_pika
 import orjson
 import websockets
 
-from herald_ops.testing.stack import mint
+from herald_ops.testing.stack import mint, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     import asyncpg
-    from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+    from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
     from websockets.asyncio.client import ClientConnection
 
 # Catalog types (name, category) the seeder cycles through.
@@ -97,6 +97,20 @@ async def visible_counts(conn: asyncpg.Connection, user_id: str) -> dict[str, in
     assert row is not None
     assert (row["unread_counter"] or 0, row["unseen_counter"] or 0) == (row["all_unread"], row["all_unseen"])
     return {"unread_count": row["unread_count"], "unseen_count": row["unseen_count"]}
+
+
+async def next_message(queue: AbstractQueue, timeout: float = 30) -> AbstractIncomingMessage:
+    """The next message of ``queue`` (taken without an ack), waiting for it up to ``timeout`` seconds."""
+    got: list[AbstractIncomingMessage] = []
+
+    async def arrived() -> bool:
+        message = await queue.get(no_ack=True, fail=False)
+        if message is not None:
+            got.append(message)
+        return bool(got)
+
+    await wait_until(arrived, timeout, f"a message on {queue.name}")
+    return got[0]
 
 
 class AmqpRpc:
