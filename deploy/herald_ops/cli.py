@@ -43,6 +43,13 @@ def _cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _action(text: str) -> dict[str, str]:
+    """``ID=LABEL`` or ``ID=LABEL=URL`` (``--action``) as an action object."""
+    action_id, _, rest = text.partition("=")
+    label, _, url = rest.partition("=")
+    return {"id": action_id, "label": label} | ({"url": url} if url else {})
+
+
 def _cmd_send(args: argparse.Namespace) -> int:
     from herald_client.producer import InvalidEvent, Producer, PublishError
 
@@ -67,6 +74,9 @@ def _cmd_send(args: argparse.Namespace) -> int:
                 data=data,
                 event_id=args.event_id,
                 channels=args.channels.split(",") if args.channels else None,
+                url=args.url,
+                actions=[_action(text) for text in args.action] or None,
+                collapse_key=args.collapse_key,
             )
 
     if not args.broadcast and not args.user:
@@ -143,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--data", help="JSON object attached to the notification")
     send.add_argument("--event-id", help="idempotency key (random by default)")
     send.add_argument("--channels", help="comma-separated subset of in_app,email,push")
+    send.add_argument("--url", help="the notification's click target (http or https)")
+    send.add_argument(
+        "--action", action="append", default=[], help="a button, ID=LABEL or ID=LABEL=URL (up to 3)"
+    )
+    send.add_argument("--collapse-key", help="update the user's unread notification with this key instead")
     send.set_defaults(handler=_cmd_send)
 
     tail = sub.add_parser("tail", help="print a user's live stream (mints a dev token)")

@@ -73,6 +73,27 @@ async def test_send_publishes_a_persistent_event_keyed_by_its_id(
     assert body["data"] == {"grade": "A"}
 
 
+async def test_send_carries_url_actions_and_collapse_key(
+    stack: Stack, amqp: AbstractRobustConnection
+) -> None:
+    probe = await bind_probe(amqp, "notification.#")
+    result = herald(
+        stack,
+        *("send", "--user", "u-cli", "--type", "INSTRUCTOR_MESSAGE", "--title", "Join?"),
+        *("--url", "https://lms.example/c/42", "--collapse-key", "invites"),
+        *("--action", "accept=Accept=https://lms.example/c/42/accept", "--action", "decline=Decline"),
+    )
+    assert result.returncode == 0, result.stderr
+    message = await probe.get(timeout=10)
+    await message.ack()
+    body = orjson.loads(message.body)
+    assert (body["url"], body["collapse_key"]) == ("https://lms.example/c/42", "invites")
+    assert body["actions"] == [
+        {"id": "accept", "label": "Accept", "url": "https://lms.example/c/42/accept"},
+        {"id": "decline", "label": "Decline"},
+    ]
+
+
 def test_send_refuses_an_invalid_event_before_publishing(stack: Stack) -> None:
     result = herald(stack, "send", "--user", "bad user!", "--type", "GRADE_RELEASED", "--title", "x")
     assert result.returncode == 1
