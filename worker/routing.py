@@ -1,9 +1,9 @@
 """Routing, sans-I/O: from parsed events, preferences, the catalog and the time to what a batch stores and
 publishes — rows to insert, ``notification:new`` frames, email/push jobs, outcome counts.
 
-No SQL and no AMQP here: :mod:`worker.pipeline` reads the users' overrides and stored duplicates, hands
-them in, inserts the rows this module lists and publishes what it returns. A batch of sends is routed in
-three steps around the pipeline's two statements::
+No SQL and no AMQP here: :mod:`worker.pipeline` reads the users' overrides, stored duplicates and the
+open rows of collapse keys, hands them in, writes what this module lists and publishes what it returns.
+A batch of sends is routed in three steps around the pipeline's statements::
 
     routing = SendRouting(batch, overrides, catalog, now)        # who gets what, on which channel
     writes = routing.writes(await existing(routing.keyed()),     # in-app rows not stored yet, and
@@ -181,11 +181,10 @@ class SendRouting:
         self._by_mail: list[tuple[_Recipient, str, datetime | None]] = []
         self._fresh: list[_Recipient] = []
         self._inserted: list[dict[str, Any]] = []  # Notification objects of the new rows, in row order
-        self._collapsed: list[dict[str, Any]] = []  # ... of the collapsed rows, in collapse order
         self._json: dict[int, tuple[str, str]] = {}  # id(event data) → (data, actions) as JSON text
         self._grouped: set[int] = set()  # id() of the in-app copies that are part of a collapse group
         self._new_groups: list[tuple[str, dict[str, Any]]] = []  # (user, Notification) of groups inserted
-        self._collapsed_groups: list[tuple[str, dict[str, Any]]] = []  # ... and collapsed
+        self._collapsed_groups: list[tuple[str, dict[str, Any]]] = []  # ... and collapsed, in write order
         self._duplicates: set[tuple[str, str | None]] = set()
         self._muted = self._repeated = 0
         defaults = default_preferences(catalog)
@@ -276,7 +275,6 @@ class SendRouting:
                 collapses.id.append(target)
                 collapses.count.append(len(members))
                 _add_content(collapses.content, params, self._json)
-                self._collapsed.append(params)
                 self._collapsed_groups.append((user, params))
             writes.keys += [(user, key, params["id"]) for key in absorbed]
             for member in members:
@@ -299,7 +297,8 @@ class SendRouting:
         """Frames, jobs and outcomes, given what the statements returned for the :meth:`writes`."""
         for params, (seq, created_at) in zip(self._inserted, written.inserted, strict=True):
             params["seq"], params["created_at"] = seq, created_at
-        for params, (seq, count, created_at) in zip(self._collapsed, written.collapsed, strict=True):
+        collapsed = [params for _, params in self._collapsed_groups]
+        for params, (seq, count, created_at) in zip(collapsed, written.collapsed, strict=True):
             params["seq"], params["count"], params["created_at"] = seq, count, created_at
         out = Outgoing(rows=len(self._inserted))
         # Collapsed copies share one Notification object: one frame, and one job per channel, for it.
