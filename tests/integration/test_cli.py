@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aio_pika
 import jwt
@@ -44,6 +44,18 @@ async def bind_probe(connection: AbstractRobustConnection, routing_key: str) -> 
     return queue
 
 
+async def sent_message(
+    stack: Stack, amqp: AbstractRobustConnection, *args: str
+) -> tuple[aio_pika.abc.AbstractIncomingMessage, dict[str, Any]]:
+    """Run ``herald send *args``; the message it published and its body."""
+    probe = await bind_probe(amqp, "notification.#")
+    result = herald(stack, "send", *args)
+    assert result.returncode == 0, result.stderr
+    message = await probe.get(timeout=10)
+    await message.ack()
+    return message, orjson.loads(message.body)
+
+
 def test_token_carries_sub_exp_and_roles(stack: Stack) -> None:
     result = herald(stack, "token", "--user", "alice", "--admin", "--ttl", "120")
     assert result.returncode == 0, result.stderr
@@ -56,16 +68,12 @@ def test_token_carries_sub_exp_and_roles(stack: Stack) -> None:
 async def test_send_publishes_a_persistent_event_keyed_by_its_id(
     stack: Stack, amqp: AbstractRobustConnection
 ) -> None:
-    probe = await bind_probe(amqp, "notification.#")
-    result = herald(
+    message, body = await sent_message(
         stack,
-        *("send", "--user", "u-cli", "--type", "GRADE_RELEASED", "--title", "Graded"),
+        amqp,
+        *("--user", "u-cli", "--type", "GRADE_RELEASED", "--title", "Graded"),
         *("--data", '{"grade": "A"}', "--event-id", "grade-1"),
     )
-    assert result.returncode == 0, result.stderr
-    message = await probe.get(timeout=10)
-    await message.ack()
-    body = orjson.loads(message.body)
     assert message.routing_key == "notification.send"
     assert message.message_id == "grade-1"
     assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
@@ -76,17 +84,13 @@ async def test_send_publishes_a_persistent_event_keyed_by_its_id(
 async def test_send_carries_url_actions_and_collapse_key(
     stack: Stack, amqp: AbstractRobustConnection
 ) -> None:
-    probe = await bind_probe(amqp, "notification.#")
-    result = herald(
+    _, body = await sent_message(
         stack,
-        *("send", "--user", "u-cli", "--type", "INSTRUCTOR_MESSAGE", "--title", "Join?"),
+        amqp,
+        *("--user", "u-cli", "--type", "INSTRUCTOR_MESSAGE", "--title", "Join?"),
         *("--url", "https://lms.example/c/42", "--collapse-key", "invites"),
         *("--action", "accept=Accept=https://lms.example/c/42/accept", "--action", "decline=Decline"),
     )
-    assert result.returncode == 0, result.stderr
-    message = await probe.get(timeout=10)
-    await message.ack()
-    body = orjson.loads(message.body)
     assert (body["url"], body["collapse_key"]) == ("https://lms.example/c/42", "invites")
     assert body["actions"] == [
         {"id": "accept", "label": "Accept", "url": "https://lms.example/c/42/accept"},
