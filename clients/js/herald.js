@@ -38,6 +38,19 @@ const CLOSE_TOO_MANY_CONNECTIONS = 4008;
 const CLOSE_GOING_AWAY = 1001;
 const MAX_AUTH_FAILURES = 2;
 const SEEN_IDS = 10000;
+
+/** Record the delivery of `item` in `seen` (id → highest seq): "new" for an id not seen before, "newer"
+ * for a higher seq of a known id (a collapsed notification's new version), false for a repeat. */
+function takeVersion(seen, item) {
+  const id = String(item.id);
+  const seq = typeof item.seq === "number" ? item.seq : -1;
+  const known = seen.get(id);
+  if (known !== undefined && seq <= known) return false;
+  seen.delete(id); // re-inserted last, so the oldest id is the one forgotten
+  seen.set(id, seq);
+  if (seen.size > SEEN_IDS) seen.delete(seen.keys().next().value);
+  return known === undefined ? "new" : "newer";
+}
 const SYNC_PAGE = 500;
 const COUNTS = ["unread_count", "unseen_count"];
 
@@ -317,7 +330,7 @@ export class HeraldClient extends HeraldApi {
     this._ws = null;
     this._nextId = 1;
     this._pending = new Map();
-    this._seen = new Set();
+    this._seen = new Map();
     this._aboveWatermark = new Set();
     this._waiters = new Set();
     this._attempt = 0;
@@ -526,16 +539,20 @@ export class HeraldClient extends HeraldApi {
     if (method === "sync:required") this._catchUp();
   }
 
-  /** Emit a notification unless its id was delivered already; advance the watermark. */
+  /** Emit a notification unless this version of it was delivered already; advance the watermark.
+   * A collapsed notification comes again with its id and a higher seq: it is emitted (the application
+   * replaces the item by id) and the counts are fetched again rather than guessed. */
   _deliver(item, replayed) {
     if (typeof item.seq === "number") this._advance(item.seq);
-    const id = String(item.id);
-    if (this._seen.has(id)) return;
-    this._seen.add(id);
-    if (this._seen.size > SEEN_IDS) this._seen.delete(this._seen.values().next().value);
-    // Replayed items are counted by the unread-count fetch that ends every catch-up.
-    if (!replayed && item.read_at == null && this.unreadCount !== null) this._setUnread(this.unreadCount + 1);
-    if (!replayed && item.seen_at == null && this.unseenCount !== null) this._setUnseen(this.unseenCount + 1);
+    const version = takeVersion(this._seen, item);
+    if (!version) return;
+    if (version === "newer") {
+      this.fetchUnreadCount().catch(() => {}); // re-anchors unread and unseen; a failure waits for the next
+    } else if (!replayed) {
+      // Replayed items are counted by the unread-count fetch that ends every catch-up.
+      if (item.read_at == null && this.unreadCount !== null) this._setUnread(this.unreadCount + 1);
+      if (item.seen_at == null && this.unseenCount !== null) this._setUnseen(this.unseenCount + 1);
+    }
     this._emit("notification:new", item, replayed);
   }
 
@@ -681,7 +698,7 @@ export class SharedHeraldClient extends HeraldApi {
     this._waiters = new Set();
     this._pending = new Map(); // request id → {resolve, reject, leader}
     this._nextId = 1;
-    this._seen = new Set();
+    this._seen = new Map();
     this._release = null; // resolves the held Web Lock
     this._abort = null; // aborts a queued Web Lock request
     this._timers = new Set();
@@ -978,10 +995,7 @@ export class SharedHeraldClient extends HeraldApi {
     if (DERIVED.has(method)) return;
     if (method === "notification:new" && params) {
       // A tab that took over re-syncs from the watermark: drop what this tab showed already.
-      const id = String(params.id);
-      if (this._seen.has(id)) return;
-      this._seen.add(id);
-      if (this._seen.size > SEEN_IDS) this._seen.delete(this._seen.values().next().value);
+      if (!takeVersion(this._seen, params)) return;
     }
     this._emit(method, params, replayed);
   }

@@ -35,6 +35,23 @@ test("the watermark does not skip a seq that arrives out of order, and ids are d
   assert.equal(client.unreadCount, 4);
 });
 
+test("a collapsed notification's new version (same id, higher seq) is delivered again; a repeat is not", () => {
+  const client = new HeraldClient("ws://unused", { getToken: () => "t" });
+  const delivered = [];
+  const refetched = [];
+  client.fetchUnreadCount = async () => refetched.push("count");
+  client.on("notification:new", (n) => delivered.push([n.id, n.seq, n.count]));
+  client.watermark = 0;
+  client.unreadCount = 0;
+  client._deliver({ id: "c1", seq: 1, count: 1, read_at: null }, false);
+  client._deliver({ id: "c1", seq: 2, count: 2, read_at: null }, false);
+  client._deliver({ id: "c1", seq: 2, count: 2, read_at: null }, true); // the same version from a sync
+  client._deliver({ id: "c1", seq: 1, count: 1, read_at: null }, true); // an older version
+  assert.deepEqual(delivered, [["c1", 1, 1], ["c1", 2, 2]]);
+  assert.equal(client.unreadCount, 1); // one item, counted once; the new version re-fetches the counts
+  assert.deepEqual(refetched, ["count"]);
+});
+
 test("a client that is closed rejects requests at once", async () => {
   const client = new HeraldClient("ws://unused", { getToken: () => "t" });
   client.close();
