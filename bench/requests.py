@@ -1,19 +1,27 @@
-"""Client requests through the real gateway: requests/s and latency of list and mark_read.
+"""Client requests through the real gateway, as ratios of the gateway's own ``ping`` in the same round.
 
-Starts its own vhost + database, one worker and one gateway (rate limit lifted), seeds users with 10,000
-notifications each (and one with 100,000 for the unread-count and list figures), then drives real
-WebSocket clients for a bounded time per scenario and prints one line per scenario. With ``--markdown``
-the table is also printed as Markdown for docs/performance.md.
+Starts its own vhost + database, one worker and one gateway (rate limit lifted), seeds ``--users`` users
+with 10,000 notifications each, opens ``--connections`` WebSocket connections (spread over the users) and
+keeps ``--in-flight`` requests outstanding (each of that many loops sends one request at a time, on the
+connections in turn) for ``--seconds`` per scenario:
 
-    .venv/bin/python -m bench.requests [--seconds 5] [--clients 16] [--users 4] [--markdown]
+- ``ping``: answered by the gateway alone, the floor of the WebSocket + JSON-RPC path on this box now;
+- ``notifications.list``: half first pages, half at a random depth (``before`` = random seq);
+- ``notifications.mark_read``: 5 random ids of the caller's own.
 
-Keep runs short on a shared machine: each scenario runs ``--seconds`` seconds.
+Each round runs the three back to back; the report gives the medians over ``--rounds`` of requests/s,
+p50 and p99, list and mark_read as a share of ping's rate and their p99 as a multiple of ping's p99
+(targets: list >= 30 %, mark_read >= 25 %, p99 <= 5x ping's). ``--explain`` prints the query plans of the
+unread count and of list pages for one seeded user.
+
+    .venv/bin/python -m bench.requests [--seconds 5] [--rounds 3] [--connections 500] [--in-flight 50]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import statistics
 import time
@@ -30,161 +38,176 @@ from worker.store.inbox import UNREAD_COUNT, list_query
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from herald_ops.testing.stack import HeraldProcess, Stack
+    from herald_ops.testing.stack import Stack
 
 PER_USER = 10_000
-BIG_USER = 100_000
+Request = tuple[str, dict[str, Any] | None]
 
 
 @dataclass
 class Outcome:
+    """One scenario of one round."""
+
     name: str
-    clients: int
     requests: int
     errors: int
     seconds: float
     latencies_ms: list[float]
 
-    def row(self) -> tuple[str, int, float, float, float]:
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+    def percentile(self, share: float) -> float:
         ordered = sorted(self.latencies_ms)
-        p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-        return (self.name, self.clients, self.requests / self.seconds, statistics.median(ordered), p99)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
 
 
 async def drive(
-    gateway: HeraldProcess,
+    connections: list[tuple[str, WsClient]],
     name: str,
-    users: list[str],
-    clients: int,
+    in_flight: int,
     seconds: float,
-    make_request: Callable[[random.Random, str], tuple[str, dict[str, Any]]],
+    make_request: Callable[[random.Random, str], Request],
 ) -> Outcome:
-    """``clients`` connections (spread over ``users``), each sending one request at a time."""
-    connections = [await WsClient.connect(gateway.ws_url, users[i % len(users)]) for i in range(clients)]
-    for connection in connections:
-        await connection.next_event("connected")
+    """``in_flight`` loops, each sending one request at a time on every ``in_flight``-th connection."""
+    print(f"  {name} for {seconds:.0f} s", flush=True)
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + seconds
 
-    async def loop(index: int, connection: WsClient) -> None:
+    async def loop(index: int) -> None:
         nonlocal errors
         rng = random.Random(index)
-        user = users[index % len(users)]
+        mine = connections[index::in_flight]
+        turn = 0
         while time.perf_counter() < deadline:
+            user, connection = mine[turn % len(mine)]
+            turn += 1
             method, params = make_request(rng, user)
             started = time.perf_counter()
-            reply = await connection.request(method, params)
+            reply = await connection.request(method, params, timeout=30)
             latencies.append((time.perf_counter() - started) * 1000)
             errors += "error" in reply
             connection.drain()  # events this run causes (notification:read) are not what is measured
 
     started = time.perf_counter()
-    await asyncio.gather(*(loop(i, c) for i, c in enumerate(connections)))
-    elapsed = time.perf_counter() - started
-    for connection in connections:
-        await connection.close()
-    return Outcome(name, clients, len(latencies), errors, elapsed, latencies)
+    await asyncio.gather(*(loop(i) for i in range(in_flight)))
+    return Outcome(name, len(latencies), errors, time.perf_counter() - started, latencies)
 
 
-def list_request(rng: random.Random, user: str, size: int = PER_USER) -> tuple[str, dict[str, Any]]:
+def ping_request(rng: random.Random, user: str) -> Request:
+    return "ping", None
+
+
+def list_request(rng: random.Random, user: str) -> Request:
     # Half first pages, half pages at a random depth (keyset: the cost must not grow with depth).
     if rng.random() < 0.5:
         return "notifications.list", {"limit": 20}
-    return "notifications.list", {"limit": 20, "before": rng.randint(21, size)}
+    return "notifications.list", {"limit": 20, "before": rng.randint(21, PER_USER)}
 
 
-def mark_read_request(rng: random.Random, user: str) -> tuple[str, dict[str, Any]]:
+def mark_read_request(rng: random.Random, user: str) -> Request:
     return "notifications.mark_read", {"ids": [f"{user}-{rng.randint(1, PER_USER)}" for _ in range(5)]}
 
 
-async def run(stack: Stack, args: argparse.Namespace) -> list[Outcome]:
-    """Seed, then run every scenario against ``stack`` (a worker and a gateway are started here)."""
+SCENARIOS: dict[str, Callable[[random.Random, str], Request]] = {
+    "ping": ping_request,
+    "notifications.list": list_request,
+    "notifications.mark_read": mark_read_request,
+}
+
+
+async def open_connections(ws_url: str, users: list[str], count: int) -> list[tuple[str, WsClient]]:
+    """``count`` connections (``connected`` received), users in turn; opened 50 at a time."""
+    connections: list[tuple[str, WsClient]] = []
+    for start in range(0, count, 50):
+        batch = [users[i % len(users)] for i in range(start, min(count, start + 50))]
+        clients = await asyncio.gather(*(WsClient.connect(ws_url, user) for user in batch))
+        for user, client in zip(batch, clients, strict=True):
+            await client.next_event("connected", timeout=30)
+            connections.append((user, client))
+    return connections
+
+
+async def run(stack: Stack, args: argparse.Namespace) -> list[list[Outcome]]:
+    """Seed, then run ``args.rounds`` rounds of every scenario (a worker and a gateway are started here)."""
     stack.start_worker()
     gateway = stack.start_gateway(rate_limit_per_second=1_000_000, rate_limit_burst=1_000_000)
+    worker_process = stack.processes[0].popen
+    gateway_process = gateway.popen
+    assert worker_process is not None and gateway_process is not None
+    print(f"worker pid {worker_process.pid}, gateway pid {gateway_process.pid}", flush=True)
     conn = await asyncpg.connect(stack.database_url)
     users = [fresh_id("bench") for _ in range(args.users)]
-    big = fresh_id("big")
     for user in users:
         await seed(conn, user, PER_USER)
-    for _ in range(BIG_USER // PER_USER):
-        await seed(conn, big, PER_USER)
     await conn.execute("VACUUM ANALYZE notifications")
     await conn.execute("VACUUM ANALYZE users")
     if args.explain:
-        await explain(conn, big)
+        await explain(conn, users[0])
     await conn.close()
-
-    outcomes = []
-    for clients in (1, args.clients):
-        outcomes.append(
-            await drive(gateway, "notifications.list", users, clients, args.seconds, list_request)
-        )
-    outcomes.append(
-        await drive(
-            gateway,
-            "notifications.list (100k user)",
-            [big],
-            args.clients,
-            args.seconds,
-            lambda rng, user: list_request(rng, user, BIG_USER),
-        )
-    )
-    outcomes.append(
-        await drive(
-            gateway,
-            "notifications.unread_count (100k user)",
-            [big],
-            args.clients,
-            args.seconds,
-            lambda rng, user: ("notifications.unread_count", {}),
-        )
-    )
-    for clients in (1, args.clients):
-        outcomes.append(
-            await drive(gateway, "notifications.mark_read", users, clients, args.seconds, mark_read_request)
-        )
-    return outcomes
+    connections = await open_connections(gateway.ws_url, users, args.connections)
+    rounds = []
+    for number in range(args.rounds):
+        outcomes = [
+            await drive(connections, name, args.in_flight, args.seconds, make_request)
+            for name, make_request in SCENARIOS.items()
+        ]
+        rounds.append(outcomes)
+        print(f"round {number + 1} (load average {os.getloadavg()[0]:.1f})")
+        report([outcomes])
+    for _, connection in connections:
+        await connection.close()
+    return rounds
 
 
 async def explain(conn: asyncpg.Connection, user: str) -> None:
-    """Print the plans of the unread count and of list pages for a user with 100,000 notifications."""
+    """Print the plans of the unread count and of list pages for ``user``."""
     statements = [("notifications.unread_count", UNREAD_COUNT, [user])]
     for label, params in (
         ("notifications.list first page", ListParams()),
-        ("notifications.list deep page", ListParams(before=BIG_USER // 2)),
+        ("notifications.list deep page", ListParams(before=PER_USER // 2)),
         ("notifications.list unread_only", ListParams(unread_only=True)),
     ):
-        sql, args = list_query(params, user)
-        statements.append((label, sql, args))
-    for label, sql, args in statements:
-        plan = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {sql}", *args)
+        sql, sql_args = list_query(params, user)
+        statements.append((label, sql, sql_args))
+    for label, sql, sql_args in statements:
+        plan = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {sql}", *sql_args)
         print(f"--- {label}")
         print("\n".join(row[0] for row in plan))
 
 
-def report(outcomes: list[Outcome], markdown: bool) -> None:
-    for outcome in outcomes:
-        name, clients, rate, p50, p99 = outcome.row()
+def report(rounds: list[list[Outcome]]) -> None:
+    """Per scenario, the medians over ``rounds``: req/s, p50, p99, and the ratios to ping's."""
+    names = [outcome.name for outcome in rounds[0]]
+    ping_rate = [outcome.rate for outcome in (r[0] for r in rounds)]
+    ping_p99 = [outcome.percentile(0.99) for outcome in (r[0] for r in rounds)]
+    for index, name in enumerate(names):
+        runs = [r[index] for r in rounds]
+        rate = statistics.median(o.rate for o in runs)
+        share = statistics.median(o.rate / p for o, p in zip(runs, ping_rate, strict=True))
+        p99_ratio = statistics.median(o.percentile(0.99) / p for o, p in zip(runs, ping_p99, strict=True))
         print(
-            f"{name:42s} clients={clients:3d} requests={outcome.requests:6d} errors={outcome.errors} "
-            f"req/s={rate:8.0f} p50={p50:6.2f}ms p99={p99:6.2f}ms"
+            f"  {name:26s} requests={sum(o.requests for o in runs):7d} errors={sum(o.errors for o in runs)} "
+            f"req/s={rate:7.0f} p50={statistics.median(o.percentile(0.5) for o in runs):6.1f}ms "
+            f"p99={statistics.median(o.percentile(0.99) for o in runs):6.1f}ms "
+            f"of ping: rate {share:4.0%}, p99 {p99_ratio:4.1f}x",
+            flush=True,
         )
-    if markdown:
-        print("\n| method | clients | requests/s | p50 ms | p99 ms |\n|---|---|---|---|---|")
-        for outcome in outcomes:
-            name, clients, rate, p50, p99 = outcome.row()
-            print(f"| `{name}` | {clients} | {rate:,.0f} | {p50:.2f} | {p99:.2f} |")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each scenario")
-    parser.add_argument("--clients", type=int, default=16, help="concurrent connections")
-    parser.add_argument("--users", type=int, default=4, help=f"users with {PER_USER:,} notifications each")
-    parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
-    parser.add_argument("--explain", action="store_true", help="print query plans for the 100k user")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of all scenarios (medians reported)")
+    parser.add_argument("--connections", type=int, default=500, help="open WebSocket connections")
+    parser.add_argument("--in-flight", type=int, default=50, help="requests outstanding at any time")
+    parser.add_argument("--users", type=int, default=50, help=f"users with {PER_USER:,} notifications each")
+    parser.add_argument("--explain", action="store_true", help="print query plans for one seeded user")
     arguments = parser.parse_args()
     # The stack is made outside the event loop: creating it runs the migrations with asyncio.run.
     with stack_context("herald_bench") as bench_stack:
-        report(asyncio.run(run(bench_stack, arguments)), arguments.markdown)
+        all_rounds = asyncio.run(run(bench_stack, arguments))
+        print(f"medians of {len(all_rounds)} rounds (load average {os.getloadavg()[0]:.1f})")
+        report(all_rounds)

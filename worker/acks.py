@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from aiormq.abc import AbstractChannel
 
 # What acking on a channel that just closed raises; the deliveries come back anyway.
-_CLOSED_CHANNEL_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError)
+CLOSED_CHANNEL_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError)
 
 
 class _ChannelState:
@@ -78,14 +78,14 @@ class AckTracker:
                     ackable = top
             state.acked = top
             if ackable:
-                with contextlib.suppress(*_CLOSED_CHANNEL_ERRORS):
+                with contextlib.suppress(*CLOSED_CHANNEL_ERRORS):
                     await channel.basic_ack(ackable, multiple=True)
 
     async def requeue(self, channel: AbstractChannel, tags: Iterable[int]) -> None:
         """Nack ``tags`` with requeue (the quorum queue counts it against ``x-delivery-limit``)."""
         done = []
         for tag in tags:
-            with contextlib.suppress(*_CLOSED_CHANNEL_ERRORS):
+            with contextlib.suppress(*CLOSED_CHANNEL_ERRORS):
                 await channel.basic_nack(tag, multiple=False, requeue=True)
             done.append(tag)
         self._state(channel).nacked.update(done)

@@ -34,7 +34,7 @@ from worker.amqp import declare_topology
 from worker.events import document_publishers, subscribe_events
 from worker.pipeline import Pipeline
 from worker.retention import retention_loop
-from worker.rpc import build_router
+from worker.rpc import RpcConsumer, document_requests
 from worker.runtime import Runtime
 from worker.store.catalog import load_catalog
 from worker.store.pool import create_pool, is_outage
@@ -65,11 +65,12 @@ class _Worker:
         self.topology = Topology(settings.amqp_prefix)
         # logger=None: FastStream would log every message; the pipeline logs what matters itself.
         self.broker = RabbitBroker(settings.amqp_url, logger=None)
-        self.broker.include_router(build_router(settings, self.topology, self.runtime))
+        self.requests = RpcConsumer(settings, self.topology, self.runtime)
         self.app = FastStream(
             self.broker,
             logger=logging.getLogger("herald.worker.app"),
             specification=AsyncAPI(
+                document_requests(settings, self.topology, self.runtime),
                 title="Herald worker",
                 description="Producer events in; live frames, broadcasts and email/push jobs out "
                 "(PROTOCOL §3-§4).",
@@ -134,6 +135,7 @@ class _Worker:
         )
         pipeline.start()
         self._runtime, self._pipeline = runtime, pipeline
+        await self.requests.start(self.broker)
 
     async def _serve(self) -> None:
         settings, runtime = self.settings, self.runtime()
@@ -157,6 +159,7 @@ class _Worker:
         if self._pipeline is None:
             return
         await self.events.stop()
+        await self.requests.stop()
         await self._pipeline.close()
         for task in list(self._tasks):
             task.cancel()

@@ -2,7 +2,7 @@
 
 A gateway publishes ``{"method", "params", "user_id", "admin"}`` with ``reply_to`` and ``correlation_id``;
 this module answers with exactly :func:`shared.jsonrpc.rpc_result` or :func:`shared.jsonrpc.rpc_error` bytes,
-which FastStream publishes to ``reply_to`` with the request's ``correlation_id``. The methods themselves
+published to ``reply_to`` with the request's ``correlation_id`` (:class:`RpcConsumer`). The methods themselves
 live in :mod:`worker.requests`; this module is transport and error mapping only.
 
 No exception escapes a handler: a bad envelope is -32600, an unknown method -32601, bad params -32602 with
@@ -15,18 +15,22 @@ for any more).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from typing import TYPE_CHECKING, Annotated, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final, cast
 
 import orjson
 import structlog
+from aiormq import spec
 from faststream import AckPolicy
-from faststream.rabbit import Channel, RabbitQueue, RabbitResponse, RabbitRouter
+from faststream.rabbit import Channel, RabbitBroker, RabbitQueue, RabbitResponse
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 
 from shared.events import USER_ID_PATTERN
 from shared.jsonrpc import ErrorCode, JsonRpcError, rpc_error, rpc_result
+from worker.acks import CLOSED_CHANNEL_ERRORS, AckTracker
 from worker.amqp import raw_body
 from worker.requests.common import Caller, invalid_params
 from worker.requests.registry import METHODS
@@ -35,11 +39,17 @@ from worker.store.pool import is_outage
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    import aiormq
+    from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+    from aiormq.abc import AbstractChannel
+
     from shared.settings import Settings
     from shared.topology import Topology
     from worker.runtime import Runtime
 
 log = structlog.get_logger(__name__)
+
+_JSON: Final = "application/json"
 
 REQUESTS: Final = Counter(
     "herald_worker_requests",
@@ -81,18 +91,18 @@ RequestBody = Annotated[
 ]
 
 
-def build_router(settings: Settings, topology: Topology, runtime: Callable[[], Runtime]) -> RabbitRouter:
-    """The ``herald.rpc`` subscriber, on its own channel so requests never wait behind event batches.
+def document_requests(settings: Settings, topology: Topology, runtime: Callable[[], Runtime]) -> RabbitBroker:
+    """A broker that never connects, carrying the ``herald.rpc`` subscriber for the AsyncAPI document.
 
-    ``runtime`` returns the running worker's :class:`worker.runtime.Runtime` (built after the router).
-
-    ``settings.rpc_prefetch`` bounds how many requests one worker answers at once (aiormq runs one task
-    per delivery). The queue is durable and classic with no arguments, as every declarer agrees.
+    Requests are consumed by :class:`RpcConsumer`, not by FastStream: its per-message machinery (parser,
+    middlewares, fast-depends) and its reply publish were most of the worker's time per request
+    (docs/performance.md). The subscriber here has the queue, channel settings and body schema of that
+    consumer, and its handler answers exactly as the consumer does.
     """
-    router = RabbitRouter()
+    broker = RabbitBroker(settings.amqp_url, logger=None)
     queue = RabbitQueue(topology.rpc_queue, durable=True, auto_delete=False)
 
-    @router.subscriber(
+    @broker.subscriber(
         queue,
         channel=Channel(prefetch_count=settings.rpc_prefetch),
         ack_policy=AckPolicy.ACK,
@@ -101,11 +111,84 @@ def build_router(settings: Settings, topology: Topology, runtime: Callable[[], R
         description="Client requests forwarded by gateways; replies go to reply_to.",
     )
     async def answer_request(body: RequestBody) -> RabbitResponse:
-        reply = await handle_request(runtime(), body)
-        # mandatory=False: a gateway that went away leaves nobody to route the reply to, and that is fine.
-        return RabbitResponse(reply, content_type="application/json", mandatory=False)
+        return RabbitResponse(await handle_request(runtime(), body), content_type=_JSON, mandatory=False)
 
-    return router
+    return broker
+
+
+class RpcConsumer:
+    """The ``herald.rpc`` consumer: aio-pika on its own channel, so requests never wait behind event batches.
+
+    ``settings.rpc_prefetch`` bounds how many requests one worker answers at once; the channel has no
+    publisher confirms (a reply nobody can receive any more is not worth a confirm). The reply goes
+    straight to aiormq with ``wait=False`` (aio-pika's ``Exchange.publish`` holds the channel lock until
+    the frame is flushed), and the acks of requests answered in the same turn of the event loop leave as
+    one ``basic.ack(multiple=True)`` (:class:`worker.acks.AckTracker`). The queue is durable and classic
+    with no arguments, as every declarer agrees; aio-pika's robust channel restores the consumer after a
+    reconnect.
+    """
+
+    def __init__(self, settings: Settings, topology: Topology, runtime: Callable[[], Runtime]) -> None:
+        self._settings = settings
+        self._queue_name = topology.rpc_queue
+        self._runtime = runtime
+        self._acks = AckTracker()
+        self._answered: dict[AbstractChannel, list[int]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._queue: AbstractQueue | None = None
+        self._consumer_tag: str | None = None
+
+    async def start(self, broker: RabbitBroker) -> None:
+        """Declare ``herald.rpc`` on a channel of ``broker``'s connection and start consuming."""
+        channel = await broker.config.channel_manager.get_channel(
+            Channel(prefetch_count=self._settings.rpc_prefetch, publisher_confirms=False)
+        )
+        self._queue = await channel.declare_queue(self._queue_name, durable=True, auto_delete=False)
+        # aio-pika accepts a plain callable too (typed as a coroutine function only).
+        self._consumer_tag = await self._queue.consume(self._on_request)  # type: ignore[arg-type]
+
+    async def stop(self) -> None:
+        """Stop taking requests and finish the ones being answered."""
+        if self._queue is not None and self._consumer_tag is not None:
+            with contextlib.suppress(*CLOSED_CHANNEL_ERRORS):
+                await self._queue.cancel(self._consumer_tag)
+        while self._tasks:  # an answer schedules its ack's task when it finishes
+            await asyncio.wait(set(self._tasks))
+
+    def _on_request(self, message: AbstractIncomingMessage) -> None:
+        # A plain function: aio-pika would wrap a coroutine function in one more task per message.
+        task = asyncio.get_running_loop().create_task(self._answer(message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, message: AbstractIncomingMessage) -> None:
+        reply = await handle_request(self._runtime(), message.body)
+        channel = cast("aiormq.Channel", message.channel)  # the abstract type lacks ``wait``
+        with contextlib.suppress(*CLOSED_CHANNEL_ERRORS):
+            if message.reply_to:
+                # mandatory=False: a gateway that went away leaves nobody to route the reply to.
+                await channel.basic_publish(
+                    reply,
+                    exchange="",
+                    routing_key=message.reply_to,
+                    properties=spec.Basic.Properties(
+                        content_type=_JSON, correlation_id=message.correlation_id
+                    ),
+                    mandatory=False,
+                    wait=False,
+                )
+        answered = self._answered.get(channel)
+        if answered is None:
+            answered = self._answered[channel] = []
+            asyncio.get_running_loop().call_soon(self._settle, channel)
+        if message.delivery_tag is not None:
+            answered.append(message.delivery_tag)
+
+    def _settle(self, channel: AbstractChannel) -> None:
+        tags = self._answered.pop(channel, [])
+        task = asyncio.get_running_loop().create_task(self._acks.settle(channel, tags))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
 
 async def handle_request(runtime: Runtime, body: bytes) -> bytes:

@@ -6,12 +6,14 @@ resolved through a thread-pool hop per message, which halves throughput.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
 
 import structlog
 
 from worker import metrics
+from worker.coalesce import Coalescer
+from worker.store import inbox
 from worker.store.catalog import load_catalog
 from worker.store.pool import is_outage
 
@@ -26,12 +28,16 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("herald.worker")
 
+# Users per session.open statement when connects arrive faster than the statements return.
+SESSIONS_PER_STATEMENT: Final = 500
+
 
 @dataclass
 class Runtime:
     """The settings, topology names, broker, database pool, publisher and catalog of this worker process.
 
     ``catalog`` is replaced by :meth:`reload_catalog`; readers take ``runtime.catalog`` each time.
+    ``sessions`` answers ``session.open`` lookups, concurrent ones in one statement.
     """
 
     settings: Settings
@@ -40,6 +46,13 @@ class Runtime:
     pool: asyncpg.Pool
     publisher: Publisher
     catalog: Catalog
+    sessions: Coalescer[str, inbox.Session] = field(init=False)
+
+    def __post_init__(self) -> None:
+        pool = self.pool
+        self.sessions = Coalescer(
+            lambda user_ids: inbox.open_sessions(pool, user_ids), SESSIONS_PER_STATEMENT
+        )
 
     async def reload_catalog(self) -> None:
         """Read the catalog again; during an outage the current one is kept (and the failure logged)."""

@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 from shared.preferences import effective_preferences
 from worker.requests.common import Method, NoParams
-from worker.store import inbox
 
 if TYPE_CHECKING:
     from worker.requests.common import Caller
@@ -15,7 +14,8 @@ if TYPE_CHECKING:
 
 async def open_session(runtime: Runtime, caller: Caller, params: NoParams) -> dict[str, Any]:
     """``session.open`` (gateway only): make the user known; their counters and effective preferences."""
-    session = await inbox.open_session(runtime.pool, caller.user_id)
+    # Concurrent connects share one statement (worker.coalesce).
+    session = await runtime.sessions.get(caller.user_id)
     stored = session.preferences
     return {
         "unread_count": session.unread_count,

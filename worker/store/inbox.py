@@ -25,18 +25,27 @@ if TYPE_CHECKING:
 
     import asyncpg
 
-_OPEN_SESSION: Final = f"""
+
+def _for_each_user(correction: str) -> str:
+    """A counter correction written for one user (``$1``), for the ``u.user_id`` of each row instead."""
+    return correction.replace("user_id = $1", "user_id = u.user_id")
+
+
+# Make the users known and read their counters and overrides, for many users at once (a connect storm
+# is answered in a few statements); users rows are created in id order, as every other writer takes them.
+_OPEN_SESSIONS: Final = f"""
 WITH created AS (
-    INSERT INTO users (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING
-    RETURNING last_seq, unread_count, unseen_count
+    INSERT INTO users (user_id) SELECT DISTINCT unnest($1::text[]) ORDER BY 1
+    ON CONFLICT (user_id) DO NOTHING
+    RETURNING user_id, last_seq, unread_count, unseen_count
 )
-SELECT u.last_seq, u.unread_count - {EXPIRED_UNREAD} AS unread_count,
-       u.unseen_count - {EXPIRED_UNSEEN} AS unseen_count,
+SELECT u.user_id, u.last_seq, u.unread_count - {_for_each_user(EXPIRED_UNREAD)} AS unread_count,
+       u.unseen_count - {_for_each_user(EXPIRED_UNSEEN)} AS unseen_count,
        p.channels, p.types, p.quiet_hours, p.updated_at
-  FROM (SELECT last_seq, unread_count, unseen_count FROM created
+  FROM (SELECT user_id, last_seq, unread_count, unseen_count FROM created
         UNION ALL
-        SELECT last_seq, unread_count, unseen_count FROM users WHERE user_id = $1) AS u
-  LEFT JOIN user_preferences AS p ON p.user_id = $1
+        SELECT user_id, last_seq, unread_count, unseen_count FROM users WHERE user_id = ANY($1::text[])) AS u
+  LEFT JOIN user_preferences AS p ON p.user_id = u.user_id
 """
 
 UNREAD_COUNT: Final = f"""
@@ -61,19 +70,23 @@ class Session:
     preferences: StoredPreferences
 
 
-async def open_session(pool: asyncpg.Pool, user_id: str) -> Session:
-    """Make the user known (create the ``users`` row if missing); their counters and overrides."""
-    row = await pool.fetchrow(_OPEN_SESSION, user_id)
-    if row is None:
-        # Another connection inserted the row after this statement's snapshot: read it again.
-        row = await pool.fetchrow(_OPEN_SESSION, user_id)
-    assert row is not None
-    return Session(
-        row["unread_count"],
-        row["unseen_count"],
-        row["last_seq"],
-        StoredPreferences(overrides_of(row), row["updated_at"]),
-    )
+async def open_sessions(pool: asyncpg.Pool, user_ids: Sequence[str]) -> dict[str, Session]:
+    """Make the users known (create missing ``users`` rows); their counters and overrides, by user id."""
+    sessions: dict[str, Session] = {}
+    missing = list(user_ids)
+    # A row another connection inserted after the first statement's snapshot is read by the second.
+    for _ in range(2):
+        for row in await pool.fetch(_OPEN_SESSIONS, missing):
+            sessions[row["user_id"]] = Session(
+                row["unread_count"],
+                row["unseen_count"],
+                row["last_seq"],
+                StoredPreferences(overrides_of(row), row["updated_at"]),
+            )
+        missing = [user_id for user_id in missing if user_id not in sessions]
+        if not missing:
+            return sessions
+    raise RuntimeError(f"users rows not found after insert: {missing[:5]}")
 
 
 class PageQuery(Protocol):

@@ -60,6 +60,16 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release without asyncpg's reset query (``RESET ALL``, ``UNLISTEN *``, unlock all, ``CLOSE ALL``).
+
+    That query is one more round trip on every release, about 7 % of the worker's time per request. The
+    worker leaves no session state behind: no ``SET``, ``LISTEN`` or cursor outside a transaction, and the
+    one session-level advisory lock (retention) is unlocked or its connection terminated. asyncpg still
+    rolls back a transaction left open before this runs.
+    """
+
+
 async def create_pool(settings: Settings) -> asyncpg.Pool:
     """A pool whose connections encode and decode ``json``/``jsonb`` with orjson."""
     pool: asyncpg.Pool = await asyncpg.create_pool(
@@ -67,6 +77,7 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
         min_size=settings.db_pool_min,
         max_size=settings.db_pool_max,
         init=_init_connection,
+        reset=_keep_session,
     )
     return pool
 

@@ -56,7 +56,13 @@ async def retention_lock(conn: Connection) -> AsyncIterator[bool]:
     try:
         yield True
     finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", ADVISORY_LOCK_ID)
+        try:
+            await conn.execute("SELECT pg_advisory_unlock($1)", ADVISORY_LOCK_ID)
+        except BaseException:
+            # The pool does not reset connections (worker.store.pool): a connection that may still
+            # hold the lock must not go back to it.
+            conn.terminate()
+            raise
 
 
 async def retention_step(conn: Connection, days: int, limit: int) -> int:
