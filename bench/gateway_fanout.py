@@ -39,6 +39,7 @@ import aio_pika  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 
 from herald_ops.testing.gateway import Responder  # noqa: E402
+from herald_ops.testing.measure import cpu_seconds  # noqa: E402
 from herald_ops.testing.stack import AMQP_BASE, HeraldProcess, free_port, http_get, rabbitmqctl  # noqa: E402
 from shared.jsonrpc import notification_frame  # noqa: E402
 from shared.tokens import mint_token  # noqa: E402
@@ -160,12 +161,6 @@ def close_clients(clients: list[RawClient]) -> None:
     for client in clients:
         if client.transport is not None:
             client.transport.close()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time consumed so far by process ``pid``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(pid: int) -> int:

@@ -11,8 +11,9 @@ connections in turn) for ``--seconds`` per scenario:
 
 Each round runs the three back to back; the report gives the medians over ``--rounds`` of requests/s,
 p50 and p99, list and mark_read as a share of ping's rate and their p99 as a multiple of ping's p99
-(targets: list >= 30 %, mark_read >= 25 %, p99 <= 5x ping's). ``--explain`` prints the query plans of the
-unread count and of list pages for one seeded user.
+(targets: list >= 30 %, mark_read >= 25 %, p99 <= 5x ping's), and the CPU time the worker and the gateway
+spent per request (which the other jobs on a shared box move less than the rates). ``--explain`` prints
+the query plans of the unread count and of list pages for one seeded user.
 
     .venv/bin/python -m bench.requests [--seconds 5] [--rounds 3] [--connections 500] [--in-flight 50]
 """
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import statistics
 import time
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from herald_ops.testing.measure import cpu_seconds, load_average, percentile
 from herald_ops.testing.requests import WsClient, seed
 from herald_ops.testing.stack import fresh_id, stack_context
 from worker.requests.notifications import ListParams
@@ -53,17 +54,19 @@ class Outcome:
     errors: int
     seconds: float
     latencies_ms: list[float]
+    #: CPU ms per request of the worker and of the gateway process.
+    cpu_ms: tuple[float, float]
 
     @property
     def rate(self) -> float:
         return self.requests / self.seconds
 
     def percentile(self, share: float) -> float:
-        ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
+        return percentile(self.latencies_ms, share)
 
 
 async def drive(
+    pids: list[int],
     connections: list[tuple[str, WsClient]],
     name: str,
     in_flight: int,
@@ -91,9 +94,13 @@ async def drive(
             errors += "error" in reply
             connection.drain()  # events this run causes (notification:read) are not what is measured
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), [cpu_seconds(pid) for pid in pids]
     await asyncio.gather(*(loop(i) for i in range(in_flight)))
-    return Outcome(name, len(latencies), errors, time.perf_counter() - started, latencies)
+    elapsed = time.perf_counter() - started
+    worker_ms, gateway_ms = (
+        (cpu_seconds(pid) - before) * 1000 / len(latencies) for pid, before in zip(pids, cpu, strict=True)
+    )
+    return Outcome(name, len(latencies), errors, elapsed, latencies, (worker_ms, gateway_ms))
 
 
 def ping_request(rng: random.Random, user: str) -> Request:
@@ -134,10 +141,8 @@ async def run(stack: Stack, args: argparse.Namespace) -> list[list[Outcome]]:
     """Seed, then run ``args.rounds`` rounds of every scenario (a worker and a gateway are started here)."""
     stack.start_worker()
     gateway = stack.start_gateway(rate_limit_per_second=1_000_000, rate_limit_burst=1_000_000)
-    worker_process = stack.processes[0].popen
-    gateway_process = gateway.popen
-    assert worker_process is not None and gateway_process is not None
-    print(f"worker pid {worker_process.pid}, gateway pid {gateway_process.pid}", flush=True)
+    pids = [process.popen.pid for process in stack.processes if process.popen is not None]
+    print(f"worker pid {pids[0]}, gateway pid {pids[1]}", flush=True)
     conn = await asyncpg.connect(stack.database_url)
     users = [fresh_id("bench") for _ in range(args.users)]
     for user in users:
@@ -151,11 +156,11 @@ async def run(stack: Stack, args: argparse.Namespace) -> list[list[Outcome]]:
     rounds = []
     for number in range(args.rounds):
         outcomes = [
-            await drive(connections, name, args.in_flight, args.seconds, make_request)
+            await drive(pids, connections, name, args.in_flight, args.seconds, make_request)
             for name, make_request in SCENARIOS.items()
         ]
         rounds.append(outcomes)
-        print(f"round {number + 1} (load average {os.getloadavg()[0]:.1f})")
+        print(f"round {number + 1} (load average {load_average():.1f})")
         report([outcomes])
     for _, connection in connections:
         await connection.close()
@@ -187,12 +192,15 @@ def report(rounds: list[list[Outcome]]) -> None:
         runs = [r[index] for r in rounds]
         rate = statistics.median(o.rate for o in runs)
         share = statistics.median(o.rate / p for o, p in zip(runs, ping_rate, strict=True))
+        worker_ms = statistics.median(o.cpu_ms[0] for o in runs)
+        gateway_ms = statistics.median(o.cpu_ms[1] for o in runs)
         p99_ratio = statistics.median(o.percentile(0.99) / p for o, p in zip(runs, ping_p99, strict=True))
         print(
             f"  {name:26s} requests={sum(o.requests for o in runs):7d} errors={sum(o.errors for o in runs)} "
             f"req/s={rate:7.0f} p50={statistics.median(o.percentile(0.5) for o in runs):6.1f}ms "
             f"p99={statistics.median(o.percentile(0.99) for o in runs):6.1f}ms "
-            f"of ping: rate {share:4.0%}, p99 {p99_ratio:4.1f}x",
+            f"of ping: rate {share:4.0%}, p99 {p99_ratio:4.1f}x; CPU ms/request worker {worker_ms:.2f} "
+            f"gateway {gateway_ms:.2f}",
             flush=True,
         )
 
@@ -209,5 +217,5 @@ if __name__ == "__main__":
     # The stack is made outside the event loop: creating it runs the migrations with asyncio.run.
     with stack_context("herald_bench") as bench_stack:
         all_rounds = asyncio.run(run(bench_stack, arguments))
-        print(f"medians of {len(all_rounds)} rounds (load average {os.getloadavg()[0]:.1f})")
+        print(f"medians of {len(all_rounds)} rounds (load average {load_average():.1f})")
         report(all_rounds)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import time
@@ -36,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from faststream import AckPolicy
 from faststream.rabbit import Channel, RabbitBroker
 
+from herald_ops.testing.measure import cpu_seconds
 from herald_ops.testing.stack import Stack, create_stack, destroy_stack
 from shared.topology import Topology
 from worker.amqp import events_exchange, events_queue
@@ -112,12 +112,6 @@ async def purge_frames(stack: Stack) -> None:
         await queue.purge()
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process used so far (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def ceiling(stack: Stack, events: int, prefetch: int) -> tuple[float, float]:
     """Events/s of a bare FastStream consume-and-ack loop, and its CPU ms per 1,000 events."""
     await preload(stack, events, 1, "ceiling")
@@ -160,7 +154,7 @@ async def worker_run(
     channel = await amqp.channel()
     process = stack.start_worker(**settings)
     assert process.popen is not None
-    started, cpu = time.perf_counter(), process_cpu_seconds(process.popen.pid)
+    started, cpu = time.perf_counter(), cpu_seconds(process.popen.pid)
     try:
         while True:
             # Cheap polls (the bench shares the two cores): the frame count first, rows only after.
@@ -170,7 +164,7 @@ async def worker_run(
                     break
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - started
-        cpu = process_cpu_seconds(process.popen.pid) - cpu
+        cpu = cpu_seconds(process.popen.pid) - cpu
     finally:
         process.stop()
         stack.processes.remove(process)
