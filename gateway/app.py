@@ -34,6 +34,7 @@ log = structlog.get_logger("gateway")
 #: Frames from a client that may wait unread in its connection (each ≤ ``max_frame_bytes``).
 MAX_QUEUE: Final = 8
 CLOSE_TIMEOUT: Final = 5.0
+LISTEN_BACKLOG: Final = 4096
 
 
 class Gateway:
@@ -92,6 +93,9 @@ class Gateway:
             ping_interval=None,  # one process-wide Keepalive instead of a task per connection
             close_timeout=CLOSE_TIMEOUT,
             server_header=None,
+            # asyncio's default of 100 drops the SYNs of a reconnect storm (clients retry after 1 s, 3 s);
+            # the kernel caps it at net.core.somaxconn.
+            backlog=LISTEN_BACKLOG,
         )
         log.info("gateway listening", host=settings.gateway_host, port=settings.gateway_port)
         try:

@@ -53,7 +53,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger("gateway.broker")
 
 ATTACH_ATTEMPTS: Final = 8
-TOPOLOGY_CHANNELS: Final = 4
+# Topology calls of different channels run concurrently in the broker; a reconnect storm attaches
+# thousands of users at once.
+TOPOLOGY_CHANNELS: Final = 16
 RECONNECT_DELAYS: Final = (0.2, 0.5, 1.0, 2.0, 5.0)
 CONNECT_TIMEOUT: Final = 10.0
 
@@ -216,12 +218,16 @@ class BrokerLink:
         queue_name = self._queue_name
 
         async def operation(channel: AbstractChannel) -> None:
-            exchange = await channel.declare_exchange(
-                exchange_name, aio_pika.ExchangeType.FANOUT, durable=False, auto_delete=True
+            # One round trip instead of three: the declare and the first bind are sent with nowait and
+            # the last bind waits. AMQP runs a channel's methods in order, so its reply (or the channel
+            # closing, 404 included, on any of the three) comes after all of them — and the operation
+            # has the channel to itself, so that failure is this attach's.
+            underlay = await channel.get_underlay_channel()
+            await underlay.exchange_declare(
+                exchange_name, exchange_type="fanout", durable=False, auto_delete=True, nowait=True
             )
-            queue = await channel.get_queue(queue_name, ensure=False)
-            await queue.bind(exchange)
-            await exchange.bind(self._names.users_exchange, routing_key=user_id)
+            await underlay.queue_bind(queue_name, exchange_name, nowait=True)
+            await underlay.exchange_bind(exchange_name, self._names.users_exchange, routing_key=user_id)
 
         await self._on_lane(user_id, operation, gone_ok=False)
 

@@ -1,0 +1,130 @@
+"""A reconnect storm: ``--clients`` clients connect to one gateway at once; how soon are all ``connected``?
+
+Starts its own vhost + database, one worker and one gateway, and makes the users known first (a storm
+after a gateway restart reconnects users Herald has seen). Each round has two waves of the same
+``--clients`` connections, from the same client code:
+
+- **handshake only** (the floor): the WebSocket handshake without a token, which the gateway completes
+  without the worker (the client would then have ``HERALD_AUTH_TIMEOUT`` to send ``auth``);
+- **storm**: the handshake with a token, until the ``connected`` notification arrived, which takes
+  ``session.open`` through the worker and the per-user binding of every connection.
+
+The report gives, per round and as medians over ``--rounds``, the time until every client was connected
+(target: <= 3 s for 5,000), p50/p99/max per client, and the storm's rate as a share of the handshake
+rate (target: >= 40 %), with the CPU seconds the worker and the gateway spent in each wave.
+
+    .venv/bin/python -m bench.connect_storm [--clients 5000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from dataclasses import dataclass
+
+import asyncpg
+import orjson
+import websockets
+
+from herald_ops.testing.measure import cpu_seconds, load_average, percentile
+from herald_ops.testing.stack import Stack, fresh_id, mint, stack_context
+
+
+@dataclass
+class Wave:
+    """One wave: per-client seconds from the start until ready, the wall time, the CPU seconds spent."""
+
+    name: str
+    seconds: list[float]
+    failures: int
+    wall: float
+    cpu: tuple[float, float]
+
+    @property
+    def rate(self) -> float:
+        return len(self.seconds) / self.wall
+
+    def line(self) -> str:
+        ms = [s * 1000 for s in self.seconds]
+        return (
+            f"{self.name:15s} all={self.wall:5.2f}s rate={self.rate:6.0f}/s p50={percentile(ms, 0.5):5.0f}ms "
+            f"p99={percentile(ms, 0.99):5.0f}ms max={max(ms):5.0f}ms failures={self.failures} "
+            f"CPU s worker {self.cpu[0]:.2f} gateway {self.cpu[1]:.2f}"
+        )
+
+
+async def wave(name: str, urls: list[str], pids: list[int], until_connected: bool) -> Wave:
+    """Open every url at once; ready = handshake done (and ``connected`` received when asked)."""
+    ready: list[float] = []
+    failures = 0
+    sockets = []
+    cpu_before = [cpu_seconds(pid) for pid in pids]
+    started = time.perf_counter()
+
+    async def one(url: str) -> None:
+        nonlocal failures
+        try:
+            ws = await websockets.connect(url, compression=None, open_timeout=60, max_queue=None)
+            sockets.append(ws)
+            if until_connected:
+                while orjson.loads(await ws.recv()).get("method") != "connected":
+                    pass
+            ready.append(time.perf_counter() - started)
+        except (OSError, websockets.WebSocketException, TimeoutError):
+            failures += 1
+
+    await asyncio.gather(*(one(url) for url in urls))
+    wall = time.perf_counter() - started
+    cpu = tuple(cpu_seconds(pid) - before for pid, before in zip(pids, cpu_before, strict=True))
+    await asyncio.gather(*(ws.close() for ws in sockets))
+    return Wave(name, ready, failures, wall, (cpu[0], cpu[1]))
+
+
+async def run(stack: Stack, args: argparse.Namespace) -> list[tuple[Wave, Wave]]:
+    stack.start_worker()
+    gateway = stack.start_gateway(
+        rate_limit_per_second=1_000_000, rate_limit_burst=1_000_000, auth_timeout=120
+    )
+    pids = [process.popen.pid for process in stack.processes if process.popen is not None]
+    print(f"worker pid {pids[0]}, gateway pid {pids[1]}", flush=True)
+    users = [fresh_id("storm") for _ in range(args.clients)]
+    conn = await asyncpg.connect(stack.database_url)
+    await conn.execute("INSERT INTO users (user_id) SELECT unnest($1::text[])", users)
+    await conn.close()
+    bare = [gateway.ws_url] * args.clients
+    with_tokens = [f"{gateway.ws_url}?token={mint(user)}" for user in users]
+    rounds = []
+    for number in range(args.rounds):
+        floor = await wave("handshake only", bare, pids, until_connected=False)
+        print(f"  storm of {args.clients} connections", flush=True)
+        storm = await wave("storm", with_tokens, pids, until_connected=True)
+        rounds.append((floor, storm))
+        print(f"round {number + 1} (load average {load_average():.1f})")
+        print(
+            f"  {floor.line()}\n  {storm.line()}\n  storm rate = {storm.rate / floor.rate:.0%} of handshake"
+        )
+    return rounds
+
+
+def report(rounds: list[tuple[Wave, Wave]]) -> None:
+    print(f"medians of {len(rounds)} rounds (load average {load_average():.1f})")
+    for index, name in enumerate(("handshake only", "storm")):
+        waves = [r[index] for r in rounds]
+        print(
+            f"  {name:15s} all connected after {statistics.median(w.wall for w in waves):.2f} s, "
+            f"{statistics.median(w.rate for w in waves):,.0f}/s"
+        )
+    share = statistics.median(storm.rate / floor.rate for floor, storm in rounds)
+    print(f"  storm rate = {share:.0%} of the handshake rate")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=5000, help="clients connecting at once")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (medians reported)")
+    arguments = parser.parse_args()
+    # The stack is made outside the event loop: creating it runs the migrations with asyncio.run.
+    with stack_context("herald_bench") as bench_stack:
+        report(asyncio.run(run(bench_stack, arguments)))
