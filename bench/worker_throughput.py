@@ -5,13 +5,19 @@ nothing consumes it:
 
 1. ceiling — a bare FastStream subscriber that only acks (manual ack, same prefetch, uvloop);
 2. worker, one event at a time — ``herald-worker`` with ``HERALD_BATCH_SIZE=1``;
-3. worker, batched — ``herald-worker`` with the configured batch size (default 200);
-4. the same with ``HERALD_CONFIRM_FRAMES=true`` (live frames wait for publisher confirms), for the
+3. worker, batched — ``herald-worker`` with the configured batch size (default 200), ``NEW_COMMENT``
+   events (in-app only: one frame each);
+4. the same with ``COURSE_NEW_CONTENT`` events for users whose preferences turn email on (push is on by
+   default): one frame and two persistent email/push jobs per event, routed to a durable queue bound to
+   ``herald.deliveries`` as a delivery process's would be (targets: >= 85 % of variant 3, >= 90 % of the
+   ceiling);
+5. variant 3 with ``HERALD_CONFIRM_FRAMES=true`` (live frames wait for publisher confirms), for the
    trade-off discussed in docs/design.md.
 
 A worker run counts as done when every event is stored (rows in Postgres) *and* published (frames in a
-queue bound to ``herald.users`` for every recipient). Time starts when the consumer starts (the ceiling's
-``broker.start()``, the worker's ``/readyz``). Runs on its own vhost and database; bounded by ``--events``.
+queue bound to ``herald.users`` for every recipient, and the jobs in the deliveries queue). Time starts
+when the consumer starts (the ceiling's ``broker.start()``, the worker's ``/readyz``). Runs on its own
+vhost and database; bounded by ``--events``.
 
     .venv/bin/python bench/worker_throughput.py [--events 20000] [--single-events 3000] [--rounds 3]
 """
@@ -44,10 +50,15 @@ DELIVERY_LIMIT = 20
 CEILING = "bare FastStream consume + ack (ceiling)"
 SINGLE = "worker, one event at a time (batch 1)"
 BATCHED = {False: "worker, batched", True: "worker, batched, frames confirmed"}
+WITH_JOBS = "worker, batched, email + push on"
+IN_APP_TYPE = "NEW_COMMENT"
+JOBS_TYPE = "COURSE_NEW_CONTENT"
 TOPOLOGY = Topology()
 
 
-async def preload(stack: Stack, events: int, users: int, tag: str) -> None:
+async def preload(
+    stack: Stack, events: int, users: int, tag: str, notification_type: str = IN_APP_TYPE
+) -> None:
     """Publish ``events`` persistent send events (confirmed) into the input queue."""
     connection = await aio_pika.connect(stack.amqp_url)
     async with connection:
@@ -63,7 +74,7 @@ async def preload(stack: Stack, events: int, users: int, tag: str) -> None:
                                 {
                                     "event_id": f"{tag}-{i}",
                                     "user_id": f"user-{i % users}",
-                                    "type": "NEW_COMMENT",
+                                    "type": notification_type,
                                     "title": f"Lesson {i}",
                                     "message": "A new lesson is available",
                                     "data": {"courseId": "42", "lessonId": str(i)},
@@ -96,20 +107,38 @@ async def declare(stack: Stack, users: int) -> None:
         frames = await channel.declare_queue("bench.frames", durable=False, auto_delete=False)
         for i in range(users):
             await frames.bind(users_exchange, routing_key=f"user-{i}")
+        deliveries_exchange = await channel.declare_exchange(
+            TOPOLOGY.deliveries_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        jobs = await channel.declare_queue("bench.jobs", durable=True, auto_delete=False)
+        await jobs.bind(deliveries_exchange, routing_key="#")
+    pg = await asyncpg.connect(stack.database_url)
+    try:
+        # Email on for the type with jobs (push is on by its catalog default).
+        user_ids = [f"user-{i}" for i in range(users)]
+        await pg.execute("INSERT INTO users (user_id) SELECT unnest($1::text[])", user_ids)
+        await pg.execute(
+            "INSERT INTO user_preferences (user_id, types) SELECT unnest($1::text[]), $2::jsonb",
+            user_ids,
+            orjson.dumps({JOBS_TYPE: {"email": True, "push": True}}).decode(),
+        )
+    finally:
+        await pg.close()
 
 
-async def frames_waiting(channel: aio_pika.abc.AbstractChannel) -> int:
-    queue = await channel.declare_queue("bench.frames", passive=True)
+async def waiting(channel: aio_pika.abc.AbstractChannel, queue_name: str) -> int:
+    queue = await channel.declare_queue(queue_name, passive=True)
     count: int = queue.declaration_result.message_count or 0
     return count
 
 
-async def purge_frames(stack: Stack) -> None:
+async def purge_outputs(stack: Stack) -> None:
     connection = await aio_pika.connect(stack.amqp_url)
     async with connection:
         channel = await connection.channel()
-        queue = await channel.declare_queue("bench.frames", passive=True)
-        await queue.purge()
+        for name in ("bench.frames", "bench.jobs"):
+            queue = await channel.declare_queue(name, passive=True)
+            await queue.purge()
 
 
 async def ceiling(stack: Stack, events: int, prefetch: int) -> tuple[float, float]:
@@ -142,23 +171,32 @@ async def ceiling(stack: Stack, events: int, prefetch: int) -> tuple[float, floa
 
 
 async def worker_run(
-    stack: Stack, events: int, users: int, tag: str, **settings: object
+    stack: Stack,
+    events: int,
+    users: int,
+    tag: str,
+    notification_type: str = IN_APP_TYPE,
+    **settings: object,
 ) -> tuple[float, float]:
-    """Events/s of a worker process until every event is stored and its frame published, and the
-    worker's CPU ms per 1,000 events (robust to other load on the machine, unlike events/s)."""
-    await preload(stack, events, users, tag)
+    """Events/s of a worker process until every event is stored and its frame (and jobs) published, and
+    the worker's CPU ms per 1,000 events (robust to other load on the machine, unlike events/s)."""
+    jobs = 2 * events if notification_type == JOBS_TYPE else 0
+    await preload(stack, events, users, tag, notification_type)
     pg = await asyncpg.connect(stack.database_url)
     before = await pg.fetchval("SELECT coalesce(sum(last_seq), 0) FROM users")
-    await purge_frames(stack)
+    await purge_outputs(stack)
     amqp = await aio_pika.connect(stack.amqp_url)
     channel = await amqp.channel()
     process = stack.start_worker(**settings)
     assert process.popen is not None
+    print(f"  {tag}: worker pid {process.popen.pid}", flush=True)  # for a profiler to attach
     started, cpu = time.perf_counter(), cpu_seconds(process.popen.pid)
     try:
         while True:
             # Cheap polls (the bench shares the two cores): the frame count first, rows only after.
-            if await frames_waiting(channel) >= events:
+            if await waiting(channel, "bench.frames") >= events and (
+                not jobs or await waiting(channel, "bench.jobs") >= jobs
+            ):
                 stored = await pg.fetchval("SELECT sum(last_seq) FROM users") - before
                 if stored >= events:
                     break
@@ -179,15 +217,14 @@ async def one_round(stack: Stack, args: argparse.Namespace, round_: int) -> dict
     results[SINGLE] = await worker_run(
         stack, args.single_events, args.users, f"single-{round_}", batch_size=1, prefetch=args.prefetch
     )
-    for confirm in (False, True):
-        results[BATCHED[confirm]] = await worker_run(
-            stack,
-            args.events,
-            args.users,
-            f"batched-{confirm}-{round_}",
-            batch_size=args.batch_size,
-            prefetch=args.prefetch,
-            confirm_frames=str(confirm).lower(),
+    batched = {"batch_size": args.batch_size, "prefetch": args.prefetch}
+    results[BATCHED[False]] = await worker_run(stack, args.events, args.users, f"batched-{round_}", **batched)
+    results[WITH_JOBS] = await worker_run(
+        stack, args.events, args.users, f"jobs-{round_}", JOBS_TYPE, **batched
+    )
+    if args.confirmed:
+        results[BATCHED[True]] = await worker_run(
+            stack, args.events, args.users, f"confirmed-{round_}", confirm_frames="true", **batched
         )
     return results
 
@@ -205,11 +242,7 @@ def main(args: argparse.Namespace) -> None:
         destroy_stack(stack)
     # The machine is shared: medians over the rounds; a ratio is taken within a round (its variants ran
     # back to back, under similar load). CPU per event barely depends on the load: compare those too.
-    counts = {
-        CEILING: args.events,
-        SINGLE: args.single_events,
-        **dict.fromkeys(BATCHED.values(), args.events),
-    }
+    counts = dict.fromkeys(rounds[0], args.events) | {SINGLE: args.single_events}
     print(
         f"{'variant':<38} {'events':>7} {'events/s':>9} {'of ceiling':>11} {'CPU ms/1k ev':>13}"
         f"   (median of {args.rounds} rounds)"
@@ -219,6 +252,8 @@ def main(args: argparse.Namespace) -> None:
         ratio = statistics.median(r[name][0] / r[CEILING][0] for r in rounds)
         cpu = statistics.median(r[name][1] for r in rounds)
         print(f"{name:<38} {count:>7} {rate:>9,.0f} {ratio:>10.0%} {cpu:>13,.0f}")
+    with_jobs = statistics.median(r[WITH_JOBS][0] / r[BATCHED[False]][0] for r in rounds)
+    print(f"email + push on: {with_jobs:.0%} of the in-app-only rate (median of per-round ratios)")
     if args.rounds > 1:
         print("events/s per round:", "; ".join(", ".join(f"{v[0]:,.0f}" for v in r.values()) for r in rounds))
 
@@ -233,4 +268,5 @@ if __name__ == "__main__":
     parser.add_argument("--prefetch", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--confirmed", action="store_true", help="also run with HERALD_CONFIRM_FRAMES=true")
     main(parser.parse_args())

@@ -22,10 +22,12 @@ from herald_ops.testing.stack import fresh_id, stack_context, wait_until
 from shared.settings import Settings
 from shared.topology import BROADCAST_ROUTING_KEY, Topology
 from worker.amqp import declare_topology
+from worker.coalesce import Coalescer
 from worker.requests.common import Caller, Method, NoParams
 from worker.requests.registry import METHODS
 from worker.rpc import handle_request
 from worker.runtime import Runtime
+from worker.store import inbox
 from worker.store.catalog import load_catalog
 from worker.store.notifications import NOTIFICATION_FIELDS
 from worker.store.pool import create_pool
@@ -197,6 +199,44 @@ async def test_concurrent_session_opens_of_a_new_user_all_succeed(worker_state: 
     user = fresh_id()
     opened = await asyncio.gather(*(result(worker_state, "session.open", user=user) for _ in range(20)))
     assert {(o["unread_count"], o["last_seq"]) for o in opened} == {(0, 0)}
+
+
+async def test_concurrent_session_opens_of_many_users_share_statements_and_get_their_own_counters(
+    worker_state: Runtime, pg: asyncpg.Connection
+) -> None:
+    # A reconnect storm: known users with different counters and one with a stored override, plus new
+    # users, all at once. Each gets its own counters; the statements are fewer than the users.
+    known = [fresh_id() for _ in range(30)]
+    for count, user in enumerate(known, start=1):
+        await seed(pg, user, count)
+    await pg.execute(
+        "INSERT INTO user_preferences (user_id, types) VALUES ($1, $2::jsonb)",
+        known[0],
+        orjson.dumps({"NEW_COMMENT": {"email": True}}).decode(),
+    )
+    new = [fresh_id() for _ in range(30)]
+    statements: list[list[str]] = []
+    original = worker_state.sessions
+
+    async def counted(user_ids: list[str]) -> dict[str, inbox.Session]:
+        statements.append(user_ids)
+        return await inbox.open_sessions(worker_state.pool, user_ids)
+
+    counting = Coalescer(counted, 500)
+    worker_state.sessions = counting
+    try:
+        opened = await asyncio.gather(
+            *(result(worker_state, "session.open", user=user) for user in known + new)
+        )
+    finally:
+        worker_state.sessions = original
+    counters = [(o["unread_count"], o["last_seq"]) for o in opened]
+    assert counters == [(n, n) for n in range(1, 31)] + [(0, 0)] * 30
+    assert opened[0]["preferences"]["types"]["NEW_COMMENT"]["email"] is True
+    assert opened[1]["preferences"]["types"]["NEW_COMMENT"]["email"] is False
+    assert sorted(u for ids in statements for u in ids) == sorted(known + new)
+    assert len(statements) < len(known + new)
+    assert await pg.fetchval("SELECT count(*) FROM users WHERE user_id = ANY($1)", new) == 30
 
 
 # ------------------------------------------------------------------------------------------- reads

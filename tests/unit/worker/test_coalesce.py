@@ -1,0 +1,75 @@
+"""worker.coalesce: concurrent lookups share one call, in order, bounded, errors to their own call only."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from worker.coalesce import Coalescer
+
+
+class Source:
+    """A ``fetch`` that records the keys of every call and can be told to fail or to hold a call."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.fail_next = False
+        self.release = asyncio.Event()
+        self.release.set()
+
+    async def fetch(self, keys: list[str]) -> dict[str, str]:
+        self.calls.append(keys)
+        await self.release.wait()
+        if self.fail_next:
+            self.fail_next = False
+            raise ConnectionResetError("database went away")
+        return {key: key.upper() for key in keys}
+
+
+async def test_lookups_of_one_turn_share_one_call_and_get_their_own_values() -> None:
+    source = Source()
+    coalescer = Coalescer(source.fetch, max_keys=100)
+    values = await asyncio.gather(*(coalescer.get(key) for key in ["a", "b", "a", "c"]))
+    assert values == ["A", "B", "A", "C"]
+    assert source.calls == [["a", "b", "c"]]  # one call, each key once
+
+
+async def test_lookups_during_a_call_wait_for_the_next_one() -> None:
+    source = Source()
+    source.release.clear()
+    coalescer = Coalescer(source.fetch, max_keys=100)
+    first = asyncio.ensure_future(coalescer.get("a"))
+    while not source.calls:
+        await asyncio.sleep(0)
+    later = [asyncio.ensure_future(coalescer.get(key)) for key in ("b", "c")]
+    await asyncio.sleep(0)
+    assert source.calls == [["a"]]
+    source.release.set()
+    assert await first == "A"
+    assert await asyncio.gather(*later) == ["B", "C"]
+    assert source.calls == [["a"], ["b", "c"]]
+
+
+async def test_a_call_takes_at_most_max_keys() -> None:
+    source = Source()
+    coalescer = Coalescer(source.fetch, max_keys=2)
+    assert await asyncio.gather(*(coalescer.get(k) for k in "abcde")) == list("ABCDE")
+    assert source.calls == [["a", "b"], ["c", "d"], ["e"]]
+
+
+async def test_a_failed_call_fails_its_own_lookups_and_the_next_call_runs() -> None:
+    source = Source()
+    source.release.clear()
+    coalescer = Coalescer(source.fetch, max_keys=100)
+    doomed = asyncio.ensure_future(coalescer.get("a"))
+    while not source.calls:
+        await asyncio.sleep(0)
+    fine = asyncio.ensure_future(coalescer.get("b"))
+    source.fail_next = True
+    source.release.set()
+    with pytest.raises(ConnectionResetError):
+        await doomed
+    assert await fine == "B"
+    assert await coalescer.get("c") == "C"  # idle again: a new lookup starts a new call
+    assert source.calls == [["a"], ["b"], ["c"]]
