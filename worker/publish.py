@@ -5,18 +5,19 @@ Every publish goes to one of the permanent exchanges declared at start (``herald
 exchange: a publish to an exchange that does not exist closes the channel.
 
 Frames are published with ``mandatory=False`` (a frame for a user connected nowhere is dropped by RabbitMQ
-instead of being returned to us). Deliveries, dead letters, broadcast frames and request frames
-(:meth:`Publisher.user_frame`) use the broker's publisher-confirm channel and their callers ``await`` the
-confirm. The ``notification:new`` frames of event batches go on ``live`` — by default a channel without
-confirms on the same connection as the consumer, so each frame is written before the batch's ack
-(``HERALD_CONFIRM_FRAMES=true`` puts them on the confirm channel; docs/design.md weighs the two).
+instead of being returned to us). Deliveries, dead letters and broadcast frames use the broker's
+publisher-confirm channel and their callers ``await`` the confirm. Live frames — the ``notification:new``
+frames of event batches and the events of client requests — go on ``live``: by default a channel without
+confirms on the same connection as the consumers, so each frame is written before the batch's ack or the
+request's reply (``HERALD_CONFIRM_FRAMES=true`` puts them on the confirm channel; docs/design.md weighs
+the two).
 
 Hot-path publishes (frames, deliveries) go straight to the underlying aiormq channel with ``wait=False``:
 aio-pika's ``Exchange.publish`` holds the channel lock until each frame is flushed to the socket, which
 serializes a batch's publishes one socket write at a time; here the confirms are still awaited.
 
 :class:`Publisher` is built once at start-up (:func:`worker.amqp.declare_topology`) and held by the
-:class:`worker.runtime.Runtime`; request methods publish with :meth:`Publisher.user_frame`.
+:class:`worker.runtime.Runtime`; request methods publish with :meth:`Publisher.live_frame`.
 """
 
 from __future__ import annotations
@@ -79,17 +80,12 @@ class Publisher:
             wait=False,
         )
 
-    async def user_frame(self, user_id: str, method: str, frame: bytes) -> None:
-        """Publish one JSON-RPC frame to ``herald.users`` keyed by ``user_id``; waits for the confirm.
-
-        The AMQP ``type`` property carries ``method`` so the gateway routes without parsing the body.
-        """
-        properties = spec.Basic.Properties(content_type=JSON, message_type=method, delivery_mode=1)
-        await self._fast_publish(self.users, user_id, frame, properties)
-
     async def live_frame(self, user_id: str, method: str, frame: bytes) -> None:
-        """Like :meth:`user_frame` on the ``live`` channel: returns once queued for the socket unless
-        ``live_confirmed``, in which case it waits for the confirm."""
+        """Publish one JSON-RPC frame to ``herald.users`` keyed by ``user_id`` on the ``live`` channel.
+
+        Returns once queued for the socket, unless ``live_confirmed``: then it waits for the confirm. The
+        AMQP ``type`` property carries ``method`` so the gateway routes without parsing the body.
+        """
         properties = spec.Basic.Properties(content_type=JSON, message_type=method, delivery_mode=1)
         await self._fast_publish(self.live, user_id, frame, properties)
 

@@ -67,9 +67,10 @@ async def publish_event(runtime: Runtime, user_id: str, method: str, params: Any
     """Publish one event to the user's connections; a failure is logged, never turned into an error.
 
     The change is committed by then: answering with an error would make the client retry a request that
-    already happened. A connection that missed the frame catches up on its next sync or list.
+    already happened. A connection that missed the frame catches up on its next sync or list. Like the
+    frames of event batches, it is not confirmed unless ``HERALD_CONFIRM_FRAMES`` (docs/design.md).
     """
     try:
-        await runtime.publisher.user_frame(user_id, method, notification_frame(method, params))
+        await runtime.publisher.live_frame(user_id, method, notification_frame(method, params))
     except Exception:
         log.warning("event_publish_failed", method=method, user_id=user_id, exc_info=True)
