@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import statistics
 import time
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ class Wave:
 
     name: str
     seconds: list[float]
-    failures: int
+    failures: collections.Counter[str]
     wall: float
     cpu: tuple[float, float]
 
@@ -50,7 +51,8 @@ class Wave:
         ms = [s * 1000 for s in self.seconds]
         return (
             f"{self.name:15s} all={self.wall:5.2f}s rate={self.rate:6.0f}/s p50={percentile(ms, 0.5):5.0f}ms "
-            f"p99={percentile(ms, 0.99):5.0f}ms max={max(ms):5.0f}ms failures={self.failures} "
+            f"p99={percentile(ms, 0.99):5.0f}ms max={max(ms, default=0):5.0f}ms "
+            f"failures={sum(self.failures.values())} {dict(self.failures.most_common(3))} "
             f"CPU s worker {self.cpu[0]:.2f} gateway {self.cpu[1]:.2f}"
         )
 
@@ -58,13 +60,12 @@ class Wave:
 async def wave(name: str, urls: list[str], pids: list[int], until_connected: bool) -> Wave:
     """Open every url at once; ready = handshake done (and ``connected`` received when asked)."""
     ready: list[float] = []
-    failures = 0
+    failures: collections.Counter[str] = collections.Counter()
     sockets = []
     cpu_before = [cpu_seconds(pid) for pid in pids]
     started = time.perf_counter()
 
     async def one(url: str) -> None:
-        nonlocal failures
         try:
             ws = await websockets.connect(url, compression=None, open_timeout=60, max_queue=None)
             sockets.append(ws)
@@ -72,8 +73,8 @@ async def wave(name: str, urls: list[str], pids: list[int], until_connected: boo
                 while orjson.loads(await ws.recv()).get("method") != "connected":
                     pass
             ready.append(time.perf_counter() - started)
-        except (OSError, websockets.WebSocketException, TimeoutError):
-            failures += 1
+        except (OSError, websockets.WebSocketException, TimeoutError) as exc:
+            failures[f"{type(exc).__name__}: {exc}"[:80]] += 1
 
     await asyncio.gather(*(one(url) for url in urls))
     wall = time.perf_counter() - started

@@ -27,6 +27,17 @@ class Source:
         return {key: key.upper() for key in keys}
 
 
+async def held_call(key: str) -> tuple[Source, Coalescer[str, str], asyncio.Future[str]]:
+    """A coalescer whose first call (for ``key``) has started and is held until ``source.release``."""
+    source = Source()
+    source.release.clear()
+    coalescer = Coalescer(source.fetch, max_keys=100)
+    first = asyncio.ensure_future(coalescer.get(key))
+    while not source.calls:
+        await asyncio.sleep(0)
+    return source, coalescer, first
+
+
 async def test_lookups_of_one_turn_share_one_call_and_get_their_own_values() -> None:
     source = Source()
     coalescer = Coalescer(source.fetch, max_keys=100)
@@ -36,12 +47,7 @@ async def test_lookups_of_one_turn_share_one_call_and_get_their_own_values() -> 
 
 
 async def test_lookups_during_a_call_wait_for_the_next_one() -> None:
-    source = Source()
-    source.release.clear()
-    coalescer = Coalescer(source.fetch, max_keys=100)
-    first = asyncio.ensure_future(coalescer.get("a"))
-    while not source.calls:
-        await asyncio.sleep(0)
+    source, coalescer, first = await held_call("a")
     later = [asyncio.ensure_future(coalescer.get(key)) for key in ("b", "c")]
     await asyncio.sleep(0)
     assert source.calls == [["a"]]
@@ -59,12 +65,7 @@ async def test_a_call_takes_at_most_max_keys() -> None:
 
 
 async def test_a_failed_call_fails_its_own_lookups_and_the_next_call_runs() -> None:
-    source = Source()
-    source.release.clear()
-    coalescer = Coalescer(source.fetch, max_keys=100)
-    doomed = asyncio.ensure_future(coalescer.get("a"))
-    while not source.calls:
-        await asyncio.sleep(0)
+    source, coalescer, doomed = await held_call("a")
     fine = asyncio.ensure_future(coalescer.get("b"))
     source.fail_next = True
     source.release.set()
