@@ -226,7 +226,8 @@ class BrokerLink:
             await underlay.exchange_declare(
                 exchange_name, exchange_type="fanout", durable=False, auto_delete=True, nowait=True
             )
-            await underlay.queue_bind(queue_name, exchange_name, nowait=True)
+            # Keyed by the queue name, as aio-pika's ``Queue.unbind`` in detach names it (fanout ignores it).
+            await underlay.queue_bind(queue_name, exchange_name, routing_key=queue_name, nowait=True)
             await underlay.exchange_bind(exchange_name, self._names.users_exchange, routing_key=user_id)
 
         await self._on_lane(user_id, operation, gone_ok=False)
