@@ -11,6 +11,7 @@ import aio_pika
 import asyncpg
 import pytest
 
+from herald_ops.testing.requests import AmqpRpc
 from herald_ops.testing.stack import http_get, http_status, rabbitmqctl, wait_until
 from herald_ops.testing.worker import TOPOLOGY, Watcher, event
 
@@ -226,6 +227,13 @@ async def test_a_dropped_amqp_connection_is_survived(fresh_stack: Stack, watcher
             await wait_until(lambda: _at_least(pg, 400), 60, "events stored after the reconnect")
             await wait_until(lambda: http_status(f"{worker.url}/readyz") == 200, 20, "ready again")
             await wait_until(lambda: queue_settled(again), 30, "the input queue to drain")
+            # Requests are answered again: the herald.rpc consumer came back with the channel.
+            rpc = await AmqpRpc.connect(fresh_stack.amqp_url, TOPOLOGY.rpc_queue)
+            try:
+                reply = await rpc.call("notifications.unread_count", user="drop-0")
+            finally:
+                await rpc.close()
+            assert reply == {"result": {"count": 40}}
         finally:
             await connection.close()
         await assert_each_stored_once(pg, 400)
