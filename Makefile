@@ -50,6 +50,8 @@ bench: install
 	$(BIN)/python bench/worker_throughput.py
 	$(BIN)/python bench/gateway_fanout.py
 	$(BIN)/python bench/requests.py
+	$(BIN)/python bench/connect_storm.py
+	$(BIN)/python bench/e2e.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
