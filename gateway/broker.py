@@ -53,9 +53,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("gateway.broker")
 
 ATTACH_ATTEMPTS: Final = 8
-# Topology calls of different channels run concurrently in the broker; a reconnect storm attaches
-# thousands of users at once.
-TOPOLOGY_CHANNELS: Final = 16
+TOPOLOGY_CHANNELS: Final = 4
 RECONNECT_DELAYS: Final = (0.2, 0.5, 1.0, 2.0, 5.0)
 CONNECT_TIMEOUT: Final = 10.0
 
