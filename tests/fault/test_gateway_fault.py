@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from herald_ops.testing.gateway import (
+    BROKER_SETTLES,
     Responder,
     open_client,
     publish_user,
@@ -67,7 +68,9 @@ async def test_gateway_recovers_from_a_broker_side_drop(fault_stack: Stack, resp
     stay_ws, _ = await open_client(gateway, stayer)
     leave_ws, _ = await open_client(gateway, leaver)
     await wait_until(
-        lambda: user_bindings(vhost, stayer) == 1 and user_bindings(vhost, leaver) == 1, 10, "both bound"
+        lambda: user_bindings(vhost, stayer) == 1 and user_bindings(vhost, leaver) == 1,
+        BROKER_SETTLES,
+        "both bound",
     )
     rabbitmqctl("clear_permissions", "-p", vhost, "guest")
     try:
@@ -81,7 +84,7 @@ async def test_gateway_recovers_from_a_broker_side_drop(fault_stack: Stack, resp
         rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
     await wait_until(lambda: http_status(f"{gateway.url}/readyz") == 200, 30, "the gateway reconnected")
     assert (await recv_json(stay_ws, timeout=15))["method"] == "sync:required"
-    await wait_until(lambda: user_bindings(vhost, stayer) == 1, 10, "the stayer rebound")
+    await wait_until(lambda: user_bindings(vhost, stayer) == 1, BROKER_SETTLES, "the stayer rebound")
     assert user_bindings(vhost, leaver) == 0
     assert f"herald.user.{leaver}" not in user_exchanges(vhost)
     connection = await aio_pika.connect(fault_stack.amqp_url)

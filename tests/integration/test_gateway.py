@@ -19,6 +19,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from herald_ops.testing.gateway import (
+    BROKER_SETTLES,
     SESSION_COUNTS,
     Responder,
     call,
@@ -95,7 +96,9 @@ async def test_user_frame_reaches_every_connection_of_the_user_on_both_gateways_
     alice_clients = [(await open_client(gw, alice))[0] for gw in (a, a, b)]
     bob_clients = [(await open_client(gw, bob))[0] for gw in (a, b)]
     try:
-        await wait_until(lambda: user_bindings(gw_stack.name, alice) == 2, 10, "alice bound on both gateways")
+        await wait_until(
+            lambda: user_bindings(gw_stack.name, alice) == 2, BROKER_SETTLES, "alice bound on both gateways"
+        )
         frame = user_frame(alice, 1)
         await publish_user(channel, alice, frame)
         for ws in alice_clients:
@@ -115,12 +118,14 @@ async def test_binding_goes_with_the_last_connection_of_a_user_on_each_gateway(
     a, b = gateways
     on_a1, on_a2, on_b = [(await open_client(gw, user))[0] for gw in (a, a, b)]
     vhost = gw_stack.name
-    await wait_until(lambda: user_bindings(vhost, user) == 2, 10, "one binding per gateway")
+    await wait_until(lambda: user_bindings(vhost, user) == 2, BROKER_SETTLES, "one binding per gateway")
     await on_a1.close()
     await on_b.close()
-    await wait_until(lambda: user_bindings(vhost, user) == 1, 10, "gateway b unbound, a still bound")
+    await wait_until(
+        lambda: user_bindings(vhost, user) == 1, BROKER_SETTLES, "gateway b unbound, a still bound"
+    )
     await on_a2.close()
-    await wait_until(lambda: user_bindings(vhost, user) == 0, 10, "last binding gone")
+    await wait_until(lambda: user_bindings(vhost, user) == 0, BROKER_SETTLES, "last binding gone")
     await wait_until(
         lambda: f"herald.user.{user}" not in user_exchanges(vhost), 10, "the auto-delete exchange went too"
     )
@@ -168,16 +173,24 @@ async def test_churn_leaves_no_stray_bindings_and_loses_no_frame_for_users_who_s
             "every frame, in order, for every user who stayed",
         )
         vhost = gw_stack.name
+        # Detaches of the churned connections finish after their close: wait for the topology to settle
+        # (each look is a rabbitmqctl run, which takes seconds on a loaded machine).
         await wait_until(
             lambda: sorted(user_exchanges(vhost)) == sorted(f"herald.user.{u}" for u in stayers),
-            10,
+            BROKER_SETTLES,
             "exactly the stayers' exchanges remain",
         )
-        assert all(user_bindings(vhost, user) == 1 for user in stayers)
+        await wait_until(
+            lambda: all(user_bindings(vhost, user) == 1 for user in stayers),
+            BROKER_SETTLES,
+            "each stayer bound once",
+        )
     finally:
         await close_all([ws for clients in stayed.values() for ws in clients])
         await asyncio.gather(*readers, return_exceptions=True)
-    await wait_until(lambda: not stray_user_bindings(gw_stack.name), 10, "no per-user binding left")
+    await wait_until(
+        lambda: not stray_user_bindings(gw_stack.name), BROKER_SETTLES, "no per-user binding left"
+    )
 
 
 async def test_broadcast_follows_each_users_in_app_switches(

@@ -14,6 +14,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from herald_ops.testing.gateway import (
+    BROKER_SETTLES,
     Responder,
     call,
     open_client,
@@ -152,7 +153,7 @@ async def test_sigterm_closes_every_client_1001_unbinds_and_exits_0(
     gateway = limits_stack.start_gateway()
     user = fresh_id()
     clients = [(await open_client(gateway, user))[0], (await open_client(gateway))[0]]
-    await wait_until(lambda: user_bindings(limits_stack.name, user) == 1, 10, "user bound")
+    await wait_until(lambda: user_bindings(limits_stack.name, user) == 1, BROKER_SETTLES, "user bound")
     gateway.signal(signal.SIGTERM)
     codes = await asyncio.gather(*(wait_closed(ws) for ws in clients))
     assert [code for code, _ in codes] == [1001, 1001]

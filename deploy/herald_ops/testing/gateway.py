@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import aio_pika
 import orjson
@@ -103,6 +103,11 @@ async def publish_broadcast(channel: AbstractChannel, notification_type: str, bo
         headers={"x-herald-type": notification_type},
     )
     await exchange.publish(message, routing_key="", mandatory=False)
+
+
+#: Seconds to wait for the broker's topology to settle: every look at it is a ``rabbitmqctl`` run, which
+#: takes seconds on a loaded machine, so a short deadline allows too few looks.
+BROKER_SETTLES: Final = 45.0
 
 
 def user_bindings(vhost: str, user: str) -> int:
