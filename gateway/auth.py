@@ -133,15 +133,27 @@ def claims_from_payload(payload: Mapping[str, Any]) -> Claims:
     return Claims(sub, float(payload["exp"]), admin)
 
 
+def bearer_token(headers: Mapping[str, str]) -> str | None:
+    """The token of an ``Authorization: Bearer …`` header, ``None`` without the header.
+
+    A present header with another scheme or no value is returned as ``""`` so that it is refused (401)
+    rather than ignored. ``headers`` must look names up case-insensitively (websockets' and Starlette's do).
+    """
+    authorization = headers.get("Authorization")
+    if authorization is None:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else ""
+
+
 def handshake_token(headers: Mapping[str, str], query: str) -> str | None:
     """The token a client put in the handshake: ``Authorization: Bearer …``, else ``?token=…``, else ``None``.
 
     A present but empty value is returned as ``""`` so that it is refused (401) rather than ignored.
     """
-    authorization = headers.get("Authorization")
-    if authorization is not None:
-        scheme, _, value = authorization.partition(" ")
-        return value.strip() if scheme.lower() == "bearer" else ""
+    token = bearer_token(headers)
+    if token is not None:
+        return token
     values = parse_qs(query, keep_blank_values=True).get("token")
     return values[0] if values else None
 

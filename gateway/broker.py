@@ -14,12 +14,13 @@ the attach retried from the declare. Because an operation has its channel to its
 closing under it) always belongs to that operation — never to another user's detach queued behind it,
 which would otherwise fail and leave a stray binding.
 
-The connection is a plain (non-robust) aio-pika connection supervised here rather than by aio-pika's
-robust reconnect: a robust connection would re-declare every per-user exchange it ever saw, including
-users long gone, and its server-named queue would come back under a new name without the bindings. After
-each (re)connect this module re-creates its channels, queue and consumers, bumps :attr:`generation`, and
-asks the hub to re-attach the users still connected here (and only those) and send them
-``sync:required``: frames published during the gap are lost, since live frames are not persisted.
+The connection is a plain (non-robust) aio-pika connection supervised by
+:class:`gateway.link.SupervisedLink` rather than by aio-pika's robust reconnect: a robust connection would
+re-declare every per-user exchange it ever saw, including users long gone, and its server-named queue
+would come back under a new name without the bindings. After each (re)connect this module re-creates its
+channels, queue and consumers, bumps :attr:`generation`, and asks the hub to re-attach the users still
+connected here (and only those) and send them ``sync:required``: frames published during the gap are
+lost, since live frames are not persisted.
 
 Frames are consumed without acks: the queue is exclusive and frames are best-effort by design (Postgres
 is the record; clients catch up with ``notifications.sync``).
@@ -28,7 +29,6 @@ is the record; clients catch up with ``notifications.sync``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
@@ -37,6 +37,7 @@ import aiormq
 import structlog
 
 from gateway.errors import TopologyError
+from gateway.link import SupervisedLink
 from shared.topology import BROADCAST_CRITICAL_HEADER, BROADCAST_TYPE_HEADER
 
 if TYPE_CHECKING:
@@ -54,8 +55,6 @@ log = structlog.get_logger("gateway.broker")
 
 ATTACH_ATTEMPTS: Final = 8
 TOPOLOGY_CHANNELS: Final = 4
-RECONNECT_DELAYS: Final = (0.2, 0.5, 1.0, 2.0, 5.0)
-CONNECT_TIMEOUT: Final = 10.0
 
 #: A channel-level failure that closed the topology channel; retrying on a new channel can succeed.
 _CHANNEL_FAILURES: Final = (aiormq.exceptions.ChannelClosed, aiormq.exceptions.ChannelInvalidStateError)
@@ -69,91 +68,37 @@ class _Lane:
     channel: AbstractChannel | None = None
 
 
-class BrokerLink:
-    """See the module docstring. ``run()`` supervises until ``close()``."""
+class BrokerLink(SupervisedLink):
+    """See the module docstring. ``run()`` (from :class:`gateway.link.SupervisedLink`) supervises until
+    ``close()``."""
 
     def __init__(
         self, amqp_url: str, names: Topology, rpc: RpcClient, metrics: Metrics, connection_name: str
     ) -> None:
-        self._url = amqp_url
-        self._connection_name = connection_name
+        super().__init__(amqp_url, connection_name)
         self._names = names
         self._rpc = rpc
         self._metrics = metrics
         self._hub: Hub | None = None
-        self._connection: AbstractConnection | None = None
         self._lanes = [_Lane() for _ in range(TOPOLOGY_CHANNELS)]
         self._queue_name = ""
         self._generation = 0
-        self._ready = False
-        self._closing = False
-        self._lost = asyncio.Event()
 
     @property
     def generation(self) -> int:
         return self._generation
 
-    @property
-    def ready(self) -> bool:
-        return self._ready
-
     def bind_hub(self, hub: Hub) -> None:
         """The hub frames are relayed to and users are rebuilt from (set once, before :meth:`run`)."""
         self._hub = hub
 
-    async def run(self) -> None:
-        """Connect, serve, and reconnect with backoff whenever the connection is lost, until closed."""
-        failures = 0
-        while not self._closing:
-            try:
-                connection = await aio_pika.connect(
-                    self._url,
-                    timeout=CONNECT_TIMEOUT,
-                    client_properties={"connection_name": self._connection_name},
-                )
-            except Exception as exc:  # the supervisor must outlive any connect failure, known or not
-                delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
-                failures += 1
-                log.warning("broker connect failed", error=str(exc) or type(exc).__name__, retry_in=delay)
-                await asyncio.sleep(delay)
-                continue
-            # A fresh event per connection: a late close callback of the previous one cannot end this one.
-            lost = self._lost = asyncio.Event()
-            connection.close_callbacks.add(lambda *_, event=lost: event.set())
-            try:
-                await self._open(connection, lost)
-            except Exception as exc:  # same: a failed set-up is retried on a new connection
-                log.exception("broker set-up failed", error=str(exc))
-                await self._drop(connection)
-                await asyncio.sleep(RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)])
-                failures += 1
-                continue
-            failures = 0
-            log.info("broker link up", queue=self._queue_name, generation=self._generation)
-            if self._hub is not None:
-                await self._hub.rebuild()
-            await lost.wait()
-            if not self._closing:
-                log.warning("broker link lost; reconnecting")
-            await self._drop(connection)
-
-    async def close(self) -> None:
-        """Stop supervising and close the connection (the exclusive queue and its bindings go with it)."""
-        self._closing = True
-        self._lost.set()
-        if self._connection is not None:
-            await self._drop(self._connection)
-            # aio-pika runs the close callbacks as tasks; let them finish before the loop is closed.
-            await asyncio.sleep(0.05)
-
     async def _open(self, connection: AbstractConnection, lost: asyncio.Event) -> None:
-        self._connection = connection
         consume_channel = await connection.channel(publisher_confirms=False)
         rpc_channel = await connection.channel(publisher_confirms=False)
         # Losing either channel while the connection stays up would silently stop the relay or the
         # replies: treat it as losing the link (reconnect, rebuild, sync:required).
         for channel in (consume_channel, rpc_channel):
-            channel.close_callbacks.add(lambda *_: lost.set())
+            self._watch(channel, lost)
         names = self._names
         await consume_channel.declare_exchange(
             names.users_exchange, aio_pika.ExchangeType.DIRECT, durable=True, auto_delete=False
@@ -170,16 +115,16 @@ class BrokerLink:
         await self._rpc.attach(rpc_channel)
         self._queue_name = queue.name
         self._generation += 1
-        self._ready = True
 
-    async def _drop(self, connection: AbstractConnection) -> None:
-        self._ready = False
+    async def _on_up(self) -> None:
+        log.info("gateway queue bound", queue=self._queue_name, generation=self._generation)
+        if self._hub is not None:
+            await self._hub.rebuild()
+
+    def _on_down(self) -> None:
         self._rpc.detach()
-        self._connection = None
         for lane in self._lanes:
             lane.channel = None
-        with contextlib.suppress(Exception):
-            await connection.close()
 
     async def _on_lane(
         self, user_id: str, operation: Callable[[AbstractChannel], Awaitable[None]], gone_ok: bool

@@ -47,3 +47,33 @@ def lagging(write_buffer_bytes: int, limit: int) -> bool:
     Checked before every relayed frame, so a buffer exceeds ``limit`` by at most one frame.
     """
     return write_buffer_bytes > limit
+
+
+class KeyedBuckets:
+    """One :class:`TokenBucket` per key (the HTTP API's per-user limit), at most ``max_keys`` of them.
+
+    A WebSocket connection owns its bucket; HTTP requests have no connection, so the API keys buckets by
+    the verified user id. The map is bounded: when it is full, the least recently used key's bucket is
+    dropped (that user starts again with a full burst, which is what an idle user would have anyway).
+    """
+
+    __slots__ = ("_buckets", "_burst", "_max_keys", "_rate")
+
+    def __init__(self, rate: float, burst: int, max_keys: int) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._max_keys = max_keys
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, key: str, now: float) -> bool:
+        """Take one token of ``key``'s bucket at ``now``; ``False`` when it is empty."""
+        bucket = self._buckets.pop(key, None)
+        if bucket is None:
+            if len(self._buckets) >= self._max_keys:
+                del self._buckets[next(iter(self._buckets))]
+            bucket = TokenBucket(self._rate, self._burst, now)
+        self._buckets[key] = bucket  # re-inserted last: dicts keep insertion order, oldest first
+        return bucket.take(now)

@@ -5,7 +5,9 @@ on; a dict of futures keyed by ``correlation_id``; as many requests in flight as
 ``broker.request`` serializes requests behind a lock, which is why this small client exists.
 
 The client lives as long as the process; :meth:`RpcClient.attach` binds it to a fresh channel after every
-(re)connect and :meth:`RpcClient.detach` fails everything pending with :class:`RpcUnavailable`.
+(re)connect and :meth:`RpcClient.detach` fails everything pending with :class:`RpcUnavailable`. The
+WebSocket gateway attaches it from its :class:`gateway.broker.BrokerLink`; the HTTP API, which needs
+nothing else from the broker, from an :class:`RpcLink`.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from typing import TYPE_CHECKING, Final
 import aio_pika
 
 from gateway.errors import RpcTimeout, RpcUnavailable
+from gateway.link import SupervisedLink
 
 if TYPE_CHECKING:
-    from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+    from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
 REPLY_TO: Final = "amq.rabbitmq.reply-to"
 
@@ -89,3 +92,19 @@ class RpcClient:
         future = self._pending.pop(message.correlation_id or "", None)
         if future is not None and not future.done():
             future.set_result(message.body)
+
+
+class RpcLink(SupervisedLink):
+    """A supervised connection whose only job is carrying an :class:`RpcClient`'s requests."""
+
+    def __init__(self, amqp_url: str, rpc: RpcClient, connection_name: str) -> None:
+        super().__init__(amqp_url, connection_name)
+        self._rpc = rpc
+
+    async def _open(self, connection: AbstractConnection, lost: asyncio.Event) -> None:
+        channel = await connection.channel(publisher_confirms=False)
+        self._watch(channel, lost)
+        await self._rpc.attach(channel)
+
+    def _on_down(self) -> None:
+        self._rpc.detach()

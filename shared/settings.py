@@ -55,6 +55,10 @@ class Settings(BaseSettings):
         ping_interval, ping_timeout: keepalive, seconds [20, 20].
         dev_tokens: serve ``GET /dev/token`` (``herald dev`` only; never in production) [false].
 
+    HTTP API (``herald-api``; shares the gateway's JWT, Origin, rate-limit and RPC settings)
+        api_host, api_port: listen address [``127.0.0.1``, 8767].
+        api_max_body_bytes: largest request body; larger ones get 413 [65536].
+
     Worker
         worker_http_host, worker_http_port: ``/healthz``, ``/readyz``, ``/metrics`` [127.0.0.1, 8766].
         prefetch: unacked events in flight per worker [500].
@@ -108,6 +112,10 @@ class Settings(BaseSettings):
     ping_interval: float = Field(default=20.0, gt=0)
     ping_timeout: float = Field(default=20.0, gt=0)
     dev_tokens: bool = False
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8767, ge=0, le=65535)
+    api_max_body_bytes: int = Field(default=65536, ge=1024)
 
     worker_http_host: str = "127.0.0.1"
     worker_http_port: int = Field(default=8766, ge=0, le=65535)

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 MAX_IDS: Final = 500
 MAX_PAGE: Final = 100
 MAX_SYNC: Final = 500
+# Offset pages cost a scan of the skipped rows; 1,000 pages of 100 is far past what a person pages through.
+MAX_PAGE_NUMBER: Final = 1000
 # seq is a bigint: a larger cursor is invalid params, not a driver error (-32603) on the query.
 MAX_SEQ: Final = 2**63 - 1
 
@@ -33,10 +35,15 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
 class ListParams(Params):
-    """``notifications.list``: a page before ``before`` (a seq), newest first, optionally filtered."""
+    """``notifications.list``: a page before ``before`` (a seq), newest first, optionally filtered.
+
+    ``page`` (from 1) is the alternative for page-number clients (the HTTP API's ``?page=``): it skips
+    ``(page - 1) * limit`` rows instead of following the cursor; the two cannot be combined.
+    """
 
     limit: int = Field(default=20, ge=1, le=MAX_PAGE)
     before: int | None = Field(default=None, ge=1, le=MAX_SEQ)
+    page: int | None = Field(default=None, ge=1, le=MAX_PAGE_NUMBER)
     unread_only: bool = False
     # False: the inbox without archived items; True: the Archived tab; None: both.
     archived: bool | None = False
@@ -67,6 +74,8 @@ async def list_notifications(runtime: Runtime, caller: Caller, params: ListParam
     """``notifications.list``: ``{items (newest first), next_cursor, total, unread_count, unseen_count}``."""
     _check_names("types", params.types, set(runtime.catalog.types), "notification type")
     _check_names("categories", params.categories, runtime.catalog.categories, "category")
+    if params.page is not None and params.before is not None:
+        raise bad_param("page", "cannot be combined with before")
     page = await inbox.list_page(runtime.pool, params, caller.user_id)
     has_more = len(page.items) > params.limit
     items = page.items[: params.limit]

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import RootModel
 
+from shared.preference_flags import expand_flags
 from shared.preferences import InvalidPreferences, effective_preferences, merge_update
 from worker.requests.common import Method, NoParams, bad_param, publish_event
 from worker.store import preferences as store
@@ -18,7 +19,8 @@ UPDATED_METHOD: Final = "preferences:updated"
 
 
 class PreferencesUpdateParams(RootModel[dict[str, Any]]):
-    """``preferences.update``: a partial Preferences document, checked by ``merge_update``."""
+    """``preferences.update``: a partial Preferences document and/or the seed's camelCase flags
+    (``{"newCourseContent": false}``, see :mod:`shared.preference_flags`), checked by ``merge_update``."""
 
 
 async def get_preferences(runtime: Runtime, caller: Caller, params: NoParams) -> dict[str, Any]:
@@ -36,7 +38,11 @@ async def update_preferences(
     written or published when the effective document stays the same.
     """
     catalog = runtime.catalog
-    update = {key: value for key, value in params.root.items() if key != "updated_at"}
+    try:
+        update = expand_flags(catalog, params.root)
+    except InvalidPreferences as exc:
+        raise bad_param(exc.field, exc.message) from None
+    update.pop("updated_at", None)
     async with store.edit_preferences(runtime.pool, caller.user_id) as stored:
         try:
             merged = merge_update(catalog, stored.overrides, update)

@@ -97,6 +97,8 @@ class PageQuery(Protocol):
     @property
     def before(self) -> int | None: ...
     @property
+    def page(self) -> int | None: ...
+    @property
     def unread_only(self) -> bool: ...
     @property
     def archived(self) -> bool | None: ...
@@ -111,7 +113,7 @@ def list_query(params: PageQuery, user_id: str) -> tuple[str, list[Any]]:
 
     Filters are spelled into the text rather than written ``($n IS NULL OR ...)``, so every combination
     gets its own plan: unread-only pages use the partial index, the cursor is an index bound on the
-    primary key (user_id, seq).
+    primary key (user_id, seq). A ``page`` beyond the first skips rows with ``OFFSET``.
     """
     args: list[Any] = [user_id]
     conditions = ["user_id = $1", live()]
@@ -140,6 +142,10 @@ def list_query(params: PageQuery, user_id: str) -> tuple[str, list[Any]]:
         args.append(params.before)
         page += f" AND seq < ${len(args)}"
     args.append(params.limit + 1)  # one more than asked tells whether another page exists
+    limit = f"LIMIT ${len(args)}"
+    if params.page is not None and params.page > 1:
+        args.append((params.page - 1) * params.limit)
+        limit += f" OFFSET ${len(args)}"
     sql = f"""
 SELECT s.total, s.unread_count, s.unseen_count, p.*
   FROM (SELECT {total} AS total, {unread} AS unread_count, {unseen} AS unseen_count) AS s
@@ -147,7 +153,7 @@ SELECT s.total, s.unread_count, s.unseen_count, p.*
         SELECT {NOTIFICATION_COLUMNS} FROM notifications
          WHERE {page}
          ORDER BY seq DESC
-         LIMIT ${len(args)}) AS p ON true
+         {limit}) AS p ON true
  ORDER BY p.seq DESC
 """
     return sql, args

@@ -111,6 +111,18 @@ class Stack:
         self.processes.append(proc)
         return proc
 
+    def start_api(self, **overrides: Any) -> HeraldProcess:
+        """Start ``python -m gateway.api`` (``herald-api``) on a free port; wait until ``/readyz`` is 200."""
+        port = free_port()
+        proc = HeraldProcess.start(
+            f"api-{len(self.processes)}",
+            [sys.executable, "-m", "gateway.api"],
+            self.env(api_port=port, **overrides),
+            port,
+        )
+        self.processes.append(proc)
+        return proc
+
     def stop_all(self) -> None:
         for proc in self.processes:
             proc.stop()

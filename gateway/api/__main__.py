@@ -1,0 +1,39 @@
+"""``herald-api`` / ``python -m gateway.api``: serve the HTTP API on uvicorn (uvloop, httptools)."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from gateway.api.app import HttpApi
+from shared.logs import configure_logging
+from shared.settings import ConfigError, exit_with_config_error, load_settings
+
+#: Seconds uvicorn waits for requests in flight after SIGTERM (longer than an RPC timeout by default).
+GRACEFUL_SHUTDOWN_SECONDS = 10
+
+
+def main() -> None:
+    """Load settings (exit 2 naming a bad variable), then serve until SIGTERM/SIGINT; exit 0."""
+    settings = load_settings()
+    try:
+        settings.require_jwt_key()
+    except ConfigError as exc:
+        exit_with_config_error(str(exc))
+    configure_logging(settings)
+    config = uvicorn.Config(
+        HttpApi(settings).app,
+        host=settings.api_host,
+        port=settings.api_port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_config=None,  # structlog (configure_logging) owns the output
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
+    uvicorn.Server(config).run()
+
+
+if __name__ == "__main__":
+    main()

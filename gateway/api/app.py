@@ -1,0 +1,228 @@
+"""``herald-api``'s ASGI application (Starlette): every route of :data:`gateway.api.routes.ROUTES`.
+
+One request: verify ``Authorization: Bearer`` with the gateway's :class:`~gateway.auth.TokenVerifier`
+(401), take a token of the user's bucket (429), build the params (400 naming the member), send the same
+``herald.rpc`` request a WebSocket client's frame becomes, with the verified user id
+(:func:`shared.jsonrpc.rpc_request`) — so the worker runs the same method and publishes the same events
+to the user's sockets — and translate the reply (:mod:`gateway.api.translate`). List and count answers
+carry an ``ETag``; a matching ``If-None-Match`` gets 304.
+
+Also served: ``/healthz``, ``/readyz`` (503 while the broker link is down), ``/metrics``, and the OpenAPI
+document at ``/api/openapi.json`` (generated offline from the worker's params models and shipped with the
+package). CORS follows ``HERALD_ALLOWED_ORIGINS`` (Starlette's ``CORSMiddleware``; unset = no cross-origin
+access, since same-origin pages need none).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
+from starlette.routing import Route as StarletteRoute
+
+from gateway.api.routes import ROUTES
+from gateway.api.translate import (
+    UNAUTHORIZED_CODE,
+    ApiError,
+    answer,
+    error_body,
+    etag_of,
+    matches,
+    params_for,
+)
+from gateway.auth import TokenVerifier, bearer_token
+from gateway.errors import AuthError, RpcTimeout, RpcUnavailable
+from gateway.limits import KeyedBuckets
+from gateway.rpc import RpcClient, RpcLink
+from shared.jsonrpc import ErrorCode, rpc_request
+from shared.topology import Topology
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
+    from starlette.requests import Request
+
+    from gateway.api.routes import Route
+    from gateway.auth import Claims
+    from shared.settings import Settings
+
+log = structlog.get_logger("gateway.api")
+
+OPENAPI_PATH: Final = Path(__file__).resolve().parent / "openapi.json"
+#: Users whose rate-limit buckets are remembered at once (least recently seen forgotten first).
+MAX_RATE_LIMITED_USERS: Final = 100_000
+JSON: Final = "application/json"
+
+
+class ApiMetrics:
+    """The API's Prometheus series, in their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "herald_api_requests",
+            "HTTP API requests by Herald method and HTTP status",
+            ["method", "status"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "herald_api_request_seconds",
+            "Latency of HTTP API requests, including the hop through the worker",
+            ["method"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=self.registry,
+        )
+
+
+def _json(status: int, body: bytes, headers: dict[str, str] | None = None) -> Response:
+    return Response(body, status, headers, media_type=JSON)
+
+
+class HttpApi:
+    """The process's state (verifier, rate limits, RPC link) and its Starlette application (``.app``)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.verifier = TokenVerifier(settings)
+        self.buckets = KeyedBuckets(
+            settings.rate_limit_per_second, settings.rate_limit_burst, MAX_RATE_LIMITED_USERS
+        )
+        self.rpc = RpcClient(Topology(settings.amqp_prefix).rpc_queue, settings.rpc_timeout)
+        self.link = RpcLink(
+            settings.amqp_url,
+            self.rpc,
+            f"herald-api {settings.api_host}:{settings.api_port} pid {os.getpid()}",
+        )
+        self.metrics = ApiMetrics()
+        self.openapi = OPENAPI_PATH.read_bytes()
+        routes = [
+            StarletteRoute(route.path, self._endpoint(route), methods=[route.verb], name=route.method)
+            for route in ROUTES
+        ]
+        routes += [
+            StarletteRoute("/healthz", self._healthz, methods=["GET"]),
+            StarletteRoute("/readyz", self._readyz, methods=["GET"]),
+            StarletteRoute("/metrics", self._metrics, methods=["GET"]),
+            StarletteRoute("/api/openapi.json", self._openapi, methods=["GET"]),
+        ]
+        middleware = [
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.allowed_origins or ()),
+                allow_methods=sorted({route.verb for route in ROUTES}),
+                allow_headers=["Authorization", "Content-Type", "If-None-Match"],
+                expose_headers=["ETag"],
+                max_age=600,
+            )
+        ]
+        self.app = Starlette(
+            routes=routes,
+            middleware=middleware,
+            exception_handlers={HTTPException: self._http_error},
+            lifespan=self._lifespan,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        task = asyncio.create_task(self.link.run(), name="rpc-link")
+        log.info("api listening", host=self.settings.api_host, port=self.settings.api_port)
+        try:
+            yield
+        finally:
+            await self.link.close()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            log.info("api stopped")
+
+    def _endpoint(self, route: Route) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            started = time.perf_counter()
+            try:
+                response = await self._serve(route, request)
+            except ApiError as exc:
+                response = _json(exc.status, exc.body())
+            self.metrics.requests.labels(route.method, str(response.status_code)).inc()
+            self.metrics.request_seconds.labels(route.method).observe(time.perf_counter() - started)
+            return response
+
+        return endpoint
+
+    async def _serve(self, route: Route, request: Request) -> Response:
+        claims = await self._authenticate(request)
+        if not self.buckets.take(claims.user_id, time.monotonic()):
+            limited = ApiError(ErrorCode.RATE_LIMITED, "rate limited")
+            # The bucket refills one token per 1/rate seconds; a whole second is the HTTP granularity.
+            return _json(limited.status, limited.body(), {"Retry-After": "1"})
+        body = await self._body(request)
+        params = params_for(route, request.path_params, request.query_params.multi_items(), body)
+        try:
+            reply = await self.rpc.call(rpc_request(route.method, params, claims.user_id, claims.admin))
+        except RpcTimeout:
+            raise ApiError(ErrorCode.UNAVAILABLE, "unavailable: the worker did not answer in time") from None
+        except RpcUnavailable:
+            raise ApiError(ErrorCode.UNAVAILABLE, "unavailable: no broker connection") from None
+        status, payload = answer(route, params, reply)
+        if not route.cacheable or status != 200:
+            return _json(status, payload)
+        etag = etag_of(payload)
+        headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
+        if matches(request.headers.get("If-None-Match"), etag):
+            return Response(status_code=304, headers=headers)
+        return _json(status, payload, headers)
+
+    async def _authenticate(self, request: Request) -> Claims:
+        token = bearer_token(request.headers)
+        try:
+            if not token:
+                raise AuthError("missing bearer token" if token is None else "malformed Authorization header")
+            return await self.verifier.verify(token)
+        except AuthError as exc:
+            raise ApiError(UNAUTHORIZED_CODE, f"unauthorized: {exc.reason}") from None
+
+    async def _body(self, request: Request) -> bytes:
+        """The request body, refused with 413 past ``HERALD_API_MAX_BODY_BYTES`` (before reading it all)."""
+        limit = self.settings.api_max_body_bytes
+        too_large = ApiError(
+            ErrorCode.INVALID_REQUEST, f"request body over {limit} bytes", "body", status=413
+        )
+        declared = request.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise too_large
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _http_error(self, request: Request, exc: Exception) -> Response:
+        """Starlette's own 404 / 405 in Herald's error shape."""
+        assert isinstance(exc, HTTPException)
+        return _json(exc.status_code, error_body(ErrorCode.METHOD_NOT_FOUND, exc.detail, request.url.path))
+
+    async def _healthz(self, request: Request) -> Response:
+        return Response("ok\n", media_type="text/plain")
+
+    async def _readyz(self, request: Request) -> Response:
+        if self.link.ready:
+            return Response("ready\n", media_type="text/plain")
+        return Response("broker link down\n", 503, media_type="text/plain")
+
+    async def _metrics(self, request: Request) -> Response:
+        return Response(generate_latest(self.metrics.registry), media_type="text/plain; version=0.0.4")
+
+    async def _openapi(self, request: Request) -> Response:
+        return _json(200, self.openapi)
