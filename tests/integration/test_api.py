@@ -1,0 +1,357 @@
+"""``herald-api`` end to end: a real HTTP client (httpx) against real api, worker and gateway processes.
+
+Notifications are seeded in Postgres (``herald_ops.testing.requests.seed``); changes made over HTTP are
+watched on a real WebSocket connection of the same user, which must see the same events a change made
+over the socket produces.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import httpx
+import pytest
+
+from gateway.api.routes import ROUTES
+from herald_ops.testing.requests import WsClient, seed, unread_truth
+from herald_ops.testing.stack import fresh_id, mint, stack_context, wait_until_sync
+from worker.requests.registry import METHODS
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+    from herald_ops.testing.stack import HeraldProcess, Stack
+
+pytestmark = pytest.mark.timeout(120)
+INBOX = "/api/notifications/realtime"
+ORIGIN = "https://app.example"
+
+
+@dataclass
+class Env:
+    stack: Stack
+    gateway: HeraldProcess
+    api: HeraldProcess
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
+    """A stack of its own: one worker, one gateway, one api (allowing one cross-origin page)."""
+    with stack_context() as stack:
+        stack.start_worker()
+        gateway = stack.start_gateway()
+        yield Env(stack, gateway, stack.start_api(allowed_origins=ORIGIN))
+
+
+@pytest.fixture
+async def http(env: Env) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=env.api.url, timeout=15) as client:
+        yield client
+
+
+@pytest.fixture
+async def db(env: Env) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(env.stack.database_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+def auth(user: str, *, admin: bool = False) -> dict[str, str]:
+    return {"Authorization": f"Bearer {mint(user, admin=admin)}"}
+
+
+def error_of(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error: dict[str, Any] = response.json()["error"]
+    assert set(error) == {"code", "message", "data"}
+    return error
+
+
+async def test_list_pages_in_the_seed_shape_beside_the_cursor(
+    http: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    user = fresh_id()
+    seqs = await seed(db, user, 45)
+    first = (await http.get(INBOX, params={"page": 1, "limit": 20}, headers=auth(user))).json()
+    assert {k: first[k] for k in ("total", "page", "limit", "totalPages", "unread_count")} == {
+        "total": 45,
+        "page": 1,
+        "limit": 20,
+        "totalPages": math.ceil(45 / 20),
+        "unread_count": 45,
+    }
+    assert [item["seq"] for item in first["data"]] == seqs[::-1][:20]
+    third = (await http.get(INBOX, params={"page": 3, "limit": 20}, headers=auth(user))).json()
+    assert [item["seq"] for item in third["data"]] == seqs[::-1][40:]
+    assert third["next_cursor"] is None
+    by_cursor = await http.get(INBOX, params={"before": first["next_cursor"]}, headers=auth(user))
+    assert [item["seq"] for item in by_cursor.json()["data"]] == seqs[::-1][20:40]
+    assert by_cursor.json()["page"] is None
+    # The seed's defaults: page 1, 20 per page.
+    default = (await http.get(INBOX, headers=auth(user))).json()
+    assert (default["page"], default["limit"], len(default["data"])) == (1, 20, 20)
+
+
+async def test_unread_only_and_the_count_follow_a_mark_read(
+    http: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    user = fresh_id()
+    seqs = await seed(db, user, 5)
+    target = f"{user}-{seqs[0]}"
+    response = await http.patch(f"{INBOX}/{target}/read", headers=auth(user))
+    assert response.json() == {"updated": 1, "unread_count": 4}
+    count = await http.get(f"{INBOX}/unread-count", headers=auth(user))
+    assert count.json() == {"count": 4}
+    assert (await unread_truth(db, user)) == (4, 4)
+    unread = (await http.get(INBOX, params={"unreadOnly": "true"}, headers=auth(user))).json()
+    assert target not in {item["id"] for item in unread["data"]}
+    assert unread["total"] == 4
+
+
+async def test_list_and_count_answer_304_to_a_matching_etag(
+    http: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    user = fresh_id()
+    await seed(db, user, 3)
+    for path in (INBOX, f"{INBOX}/unread-count"):
+        first = await http.get(path, headers=auth(user))
+        etag = first.headers["ETag"]
+        again = await http.get(path, headers={**auth(user), "If-None-Match": etag})
+        assert again.status_code == 304
+        assert again.content == b""
+    await http.post(f"{INBOX}/mark-all-read", headers=auth(user))
+    changed = await http.get(f"{INBOX}/unread-count", headers={**auth(user), "If-None-Match": etag})
+    assert changed.status_code == 200
+    assert changed.json() == {"count": 0}
+
+
+async def test_changes_over_http_reach_the_users_open_socket(
+    env: Env, http: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    user = fresh_id()
+    seqs = await seed(db, user, 4)
+    socket = await WsClient.connect(env.gateway.ws_url, user)
+    try:
+        await socket.next_event("connected")
+        ids = [f"{user}-{seq}" for seq in seqs]
+        await http.patch(f"{INBOX}/{ids[0]}/read", headers=auth(user))
+        assert await socket.next_event("notification:read") == {"ids": [ids[0]], "unread_count": 3}
+        await http.patch(f"{INBOX}/{ids[0]}/unread", headers=auth(user))
+        assert await socket.next_event("notification:unread") == {"ids": [ids[0]], "unread_count": 4}
+        await http.delete(f"{INBOX}/{ids[1]}", headers=auth(user))
+        assert await socket.next_event("notification:deleted") == {"ids": [ids[1]], "unread_count": 3}
+        await http.post(f"{INBOX}/read", json={"ids": ids[2:]}, headers=auth(user))
+        assert await socket.next_event("notification:read") == {"ids": ids[2:], "unread_count": 1}
+        await http.post(f"{INBOX}/mark-all-read", headers=auth(user))
+        assert await socket.next_event("notification:read") == {"all": True, "unread_count": 0}
+        await http.put("/api/notifications/preferences", json={"courseUpdates": False}, headers=auth(user))
+        updated = await socket.next_event("preferences:updated")
+        assert updated["types"]["COURSE_UPDATE"] == {"in_app": False, "email": False, "push": False}
+    finally:
+        await socket.close()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer"},
+        {"Authorization": "Basic dXNlcjpwYXNz"},
+        {"Authorization": f"Bearer {mint('u-expired', ttl=-30)}"},
+        {"Authorization": f"Bearer {mint('u-forged', secret='another-secret-that-is-long-enough-0123')}"},
+        {"Authorization": "Bearer not.a.jwt"},
+    ],
+    ids=["missing", "empty", "other-scheme", "expired", "badly-signed", "malformed"],
+)
+async def test_a_missing_expired_or_badly_signed_token_is_401(
+    http: httpx.AsyncClient, headers: dict[str, str]
+) -> None:
+    for path in (INBOX, f"{INBOX}/unread-count", "/api/notifications/preferences"):
+        error = error_of(await http.get(path, headers=headers), 401)
+        assert error["code"] == 4401
+        assert error["message"].startswith("unauthorized: ")
+
+
+async def test_broadcast_is_admin_only_and_reaches_sockets(env: Env, http: httpx.AsyncClient) -> None:
+    body = {"title": "Maintenance tonight", "message": "From 22:00", "data": {}}
+    user = fresh_id()
+    error = error_of(await http.post(f"{INBOX}/broadcast", json=body, headers=auth(user)), 403)
+    assert error["code"] == 4003
+    socket = await WsClient.connect(env.gateway.ws_url, user)
+    try:
+        await socket.next_event("connected")
+        accepted = await http.post(f"{INBOX}/broadcast", json=body, headers=auth("ops", admin=True))
+        assert accepted.status_code == 200, accepted.text
+        assert accepted.json()["accepted"] is True
+        frame = await socket.next_event("notification:new")
+        assert (frame["title"], frame["type"]) == ("Maintenance tonight", "SYSTEM_ANNOUNCEMENT")
+    finally:
+        await socket.close()
+
+
+async def test_another_users_ids_are_a_no_op_never_a_leak(
+    http: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    owner, other = fresh_id("owner"), fresh_id("other")
+    seqs = await seed(db, owner, 2)
+    theirs = f"{owner}-{seqs[0]}"
+    missing = f"{owner}-does-not-exist"
+    for path in (f"{INBOX}/{theirs}/read", f"{INBOX}/{missing}/read"):
+        response = await http.patch(path, headers=auth(other))
+        assert response.status_code == 200
+        assert response.json() == {"updated": 0, "unread_count": 0}
+    deleted = await http.delete(f"{INBOX}/{theirs}", headers=auth(other))
+    assert deleted.json() == {"deleted": 0, "unread_count": 0}
+    page = (await http.get(INBOX, headers=auth(other))).json()
+    assert (page["data"], page["total"]) == ([], 0)
+    assert (await unread_truth(db, owner)) == (2, 2)
+    assert (await http.get(f"{INBOX}/unread-count", headers=auth(owner))).json() == {"count": 2}
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ({"limit": "0"}, "limit"),
+        ({"limit": "101"}, "limit"),
+        ({"limit": "twenty"}, "limit"),
+        ({"page": "0"}, "page"),
+        ({"unreadOnly": "maybe"}, "unreadOnly"),
+        ({"types": "NOT_A_TYPE"}, "types.0"),
+        ({"sort": "asc"}, "sort"),
+        ({"page": "2", "before": "10"}, "page"),
+    ],
+)
+async def test_bad_query_is_400_naming_the_field(
+    http: httpx.AsyncClient, query: dict[str, str], field: str
+) -> None:
+    error = error_of(await http.get(INBOX, params=query, headers=auth(fresh_id())), 400)
+    assert (error["code"], error["data"]) == (-32602, field)
+
+
+async def test_bad_bodies_are_400_naming_the_field(http: httpx.AsyncClient) -> None:
+    headers = {**auth(fresh_id()), "Content-Type": "application/json"}
+    preferences = "/api/notifications/preferences"
+    cases = [
+        (await http.put(preferences, content=b"{not json", headers=headers), -32700, "body"),
+        (
+            await http.put(preferences, json={"securityAlert": False}, headers=headers),
+            -32602,
+            "securityAlert",
+        ),
+        (
+            await http.put(preferences, json={"newCourseContent": "no"}, headers=headers),
+            -32602,
+            "newCourseContent",
+        ),
+        (
+            await http.put(
+                preferences, json={"types": {"SECURITY_ALERT": {"email": False}}}, headers=headers
+            ),
+            -32602,
+            "types.SECURITY_ALERT.email",
+        ),
+        (await http.post(f"{INBOX}/read", json={"ids": "x"}, headers=headers), -32602, "ids"),
+        (await http.post(f"{INBOX}/read", json={"ids": ["x"] * 501}, headers=headers), -32602, "ids"),
+    ]
+    for response, code, field in cases:
+        error = error_of(response, 400)
+        assert (error["code"], error["data"]) == (code, field), error
+
+
+async def test_preferences_accept_the_seeds_flags_and_herald_document(http: httpx.AsyncClient) -> None:
+    headers = auth(fresh_id())
+    path = "/api/notifications/preferences"
+    flags = await http.put(
+        path, json={"newCourseContent": False, "emailNotifications": False}, headers=headers
+    )
+    document = flags.json()
+    assert document["types"]["COURSE_NEW_CONTENT"] == {"in_app": False, "email": False, "push": False}
+    assert document["channels"]["email"] is False
+    herald = await http.put(path, json={"types": {"NEW_REPLY": {"push": False}}}, headers=headers)
+    assert herald.json()["types"]["NEW_REPLY"]["push"] is False
+    assert (await http.get(path, headers=headers)).json() == herald.json()
+    reset = await http.post(f"{path}/reset", headers=headers)
+    assert reset.json()["types"]["COURSE_NEW_CONTENT"]["in_app"] is True
+
+
+async def test_every_route_is_served_or_clearly_not_implemented(http: httpx.AsyncClient) -> None:
+    """A route whose method this worker lacks (§9/§10 still being built) answers 501, never 404 or 500."""
+    admin = auth("ops", admin=True)
+    for route in ROUTES:
+        path = route.path.replace("{id}", "n-1").replace("{action_id}", "a-1")
+        response = await http.request(route.verb, path, headers=admin)
+        if route.method in METHODS:
+            assert response.status_code in (200, 400), (route, response.text)
+        else:
+            error = error_of(response, 501)
+            assert error["code"] == -32601
+            assert route.method in error["message"]
+
+
+async def test_unknown_paths_and_verbs_get_json_errors(http: httpx.AsyncClient) -> None:
+    error_of(await http.get("/api/notifications/nothing-here", headers=auth(fresh_id())), 404)
+    error_of(await http.put(f"{INBOX}/unread-count", headers=auth(fresh_id())), 405)
+
+
+async def test_a_body_over_the_limit_is_413_before_it_is_read(http: httpx.AsyncClient) -> None:
+    big = b'{"ids": ["' + b"x" * (70 * 1024) + b'"]}'
+    response = await http.post(f"{INBOX}/read", content=big, headers=auth(fresh_id()))
+    assert error_of(response, 413)["data"] == "body"
+
+
+async def test_cors_follows_allowed_origins(http: httpx.AsyncClient) -> None:
+    preflight = {"Origin": ORIGIN, "Access-Control-Request-Method": "PATCH"}
+    allowed = await http.options(f"{INBOX}/n-1/read", headers=preflight)
+    assert allowed.status_code == 200
+    assert allowed.headers["Access-Control-Allow-Origin"] == ORIGIN
+    other = await http.options(f"{INBOX}/n-1/read", headers={**preflight, "Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in other.headers
+    simple = await http.get(f"{INBOX}/unread-count", headers={**auth(fresh_id()), "Origin": ORIGIN})
+    assert simple.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert "ETag" in simple.headers["Access-Control-Expose-Headers"]
+
+
+async def test_openapi_document_is_served(http: httpx.AsyncClient) -> None:
+    document = (await http.get("/api/openapi.json")).json()
+    assert document["openapi"].startswith("3.1")
+    assert {route.path for route in ROUTES} <= set(document["paths"])
+
+
+def test_rate_limit_is_429_per_user() -> None:
+    with stack_context() as stack:
+        stack.start_worker()
+        api = stack.start_api(rate_limit_burst=3, rate_limit_per_second=0.01)
+        limited, other = fresh_id(), fresh_id()
+        with httpx.Client(base_url=api.url, timeout=15) as client:
+            statuses = [
+                client.get(f"{INBOX}/unread-count", headers=auth(limited)).status_code for _ in range(5)
+            ]
+            assert statuses == [200, 200, 200, 429, 429]
+            response = client.get(f"{INBOX}/unread-count", headers=auth(limited))
+            assert error_of(response, 429)["code"] == 4029
+            assert response.headers["Retry-After"] == "1"
+            # Buckets are per user: another user is not limited by the first one's requests.
+            assert client.get(f"{INBOX}/unread-count", headers=auth(other)).status_code == 200
+
+
+def test_503_when_the_worker_is_stopped() -> None:
+    with stack_context() as stack:
+        worker = stack.start_worker()
+        api = stack.start_api(rpc_timeout=1)
+        user = fresh_id()
+        with httpx.Client(base_url=api.url, timeout=15) as client:
+            assert client.get(f"{INBOX}/unread-count", headers=auth(user)).status_code == 200
+            worker.stop()
+            error = error_of(client.get(f"{INBOX}/unread-count", headers=auth(user)), 503)
+            assert error["code"] == 5003
+            worker.launch()
+            wait_until_sync(
+                lambda: client.get(f"{INBOX}/unread-count", headers=auth(user)).status_code == 200,
+                30,
+                "the api serving again once the worker is back",
+            )
