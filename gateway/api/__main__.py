@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 import uvicorn
 
 from gateway.api.app import HttpApi
@@ -9,7 +11,7 @@ from shared.logs import configure_logging
 from shared.settings import ConfigError, exit_with_config_error, load_settings
 
 #: Seconds uvicorn waits for requests in flight after SIGTERM (longer than an RPC timeout by default).
-GRACEFUL_SHUTDOWN_SECONDS = 10
+GRACEFUL_SHUTDOWN_SECONDS: Final = 10
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
+from gateway.api.__main__ import GRACEFUL_SHUTDOWN_SECONDS
 from gateway.app import CLOSE_TIMEOUT
 from herald_ops.testing.stack import ROOT
 from shared.settings import ENV_PREFIX, Settings
@@ -71,7 +72,7 @@ def k8s_env_names() -> set[str]:
 
 def test_compose_sets_only_known_settings() -> None:
     services = herald_services()
-    assert {"migrate", "worker-1", "worker-2", "gateway-1", "gateway-2"} <= set(services)
+    assert {"migrate", "worker-1", "worker-2", "gateway-1", "gateway-2", "api-1", "api-2"} <= set(services)
     for name, service in services.items():
         herald_vars = {key for key in service["environment"] if key.startswith(ENV_PREFIX)}
         assert herald_vars, f"{name} sets no HERALD_ variable"
@@ -94,6 +95,7 @@ def test_every_set_value_is_accepted_by_settings(monkeypatch: pytest.MonkeyPatch
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     assert settings.gateway_host == "0.0.0.0"
     assert settings.worker_http_host == "0.0.0.0"
+    assert settings.api_host == "0.0.0.0"
 
 
 def test_commands_are_console_scripts() -> None:
@@ -107,7 +109,7 @@ def test_commands_are_console_scripts() -> None:
         for container in containers(doc)
         if container.get("image") == "herald"
     }
-    assert k8s_commands == {"herald", "herald-worker", "herald-gateway"}
+    assert k8s_commands == {"herald", "herald-worker", "herald-gateway", "herald-api"}
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     default = re.search(r'^CMD \["([^"]+)"', dockerfile, re.MULTILINE)
     assert default is not None
@@ -122,7 +124,8 @@ def test_ports_and_probes_match_the_settings() -> None:
         (container,) = containers(doc)
         port = container["ports"][0]["containerPort"]
         role = container["args"][0]
-        expected = config["HERALD_GATEWAY_PORT" if role == "herald-gateway" else "HERALD_WORKER_HTTP_PORT"]
+        port_setting = {"herald-gateway": "HERALD_GATEWAY_PORT", "herald-api": "HERALD_API_PORT"}
+        expected = config[port_setting.get(role, "HERALD_WORKER_HTTP_PORT")]
         assert port == int(expected), doc["metadata"]["name"]
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
         assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -141,11 +144,33 @@ def test_gateway_termination_outlasts_its_drain() -> None:
     pre_stop_seconds = float(re.findall(r"sleep\((\d+(?:\.\d+)?)\)", pre_stop)[0])
     # On SIGTERM the gateway closes every client with 1001, each close waiting at most CLOSE_TIMEOUT.
     assert pod["terminationGracePeriodSeconds"] > pre_stop_seconds + CLOSE_TIMEOUT + 10
-    hpa = next(doc for doc in k8s_documents() if doc["kind"] == "HorizontalPodAutoscaler")
-    assert hpa["spec"]["scaleTargetRef"]["name"] == gateway["metadata"]["name"]
-    assert "replicas" not in gateway["spec"], "the autoscaler owns the replica count"
-    pdb = next(doc for doc in k8s_documents() if doc["kind"] == "PodDisruptionBudget")
-    assert pdb["spec"]["selector"]["matchLabels"] == gateway["spec"]["selector"]["matchLabels"]
+    assert_autoscaled_and_budgeted(gateway)
+
+
+def assert_autoscaled_and_budgeted(deployment: dict[str, Any]) -> None:
+    """The deployment's autoscaler owns its replica count, and a disruption budget covers its pods."""
+    name = deployment["metadata"]["name"]
+    by_kind = {(doc["kind"], doc["metadata"]["name"]): doc for doc in k8s_documents()}
+    hpa = by_kind["HorizontalPodAutoscaler", name]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == name
+    assert "replicas" not in deployment["spec"], "the autoscaler owns the replica count"
+    pdb = by_kind["PodDisruptionBudget", name]
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_api_termination_outlasts_its_graceful_shutdown() -> None:
+    """Kubernetes must not SIGKILL an api before uvicorn finished the requests in flight."""
+    api = next(
+        doc
+        for doc in k8s_documents()
+        if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "herald-api"
+    )
+    pod = api["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    pre_stop = " ".join(container["lifecycle"]["preStop"]["exec"]["command"])
+    pre_stop_seconds = float(re.findall(r"sleep\((\d+(?:\.\d+)?)\)", pre_stop)[0])
+    assert pod["terminationGracePeriodSeconds"] > pre_stop_seconds + GRACEFUL_SHUTDOWN_SECONDS
+    assert_autoscaled_and_budgeted(api)
 
 
 def test_keda_scales_the_worker_on_the_events_queue() -> None:

@@ -1,0 +1,174 @@
+"""Unit tests of the HTTP API's sans-I/O parts: params from requests, replies to HTTP, ETags, per-user
+buckets, the route table and the generated OpenAPI document."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+import pytest
+from openapi_spec_validator import validate
+
+from gateway.api.app import OPENAPI_PATH
+from gateway.api.routes import ROUTES, Source
+from gateway.api.translate import ApiError, answer, etag_of, matches, params_for, status_of
+from gateway.auth import bearer_token
+from gateway.limits import KeyedBuckets
+from herald_ops import openapi
+from shared.jsonrpc import ErrorCode, rpc_error, rpc_result
+
+ROUTE_BY_KEY = {(route.verb, route.path): route for route in ROUTES}
+LIST = ROUTE_BY_KEY["GET", "/api/notifications/realtime"]
+MARK_ONE = ROUTE_BY_KEY["PATCH", "/api/notifications/realtime/{id}/read"]
+MARK_ALL_SEEN = ROUTE_BY_KEY["POST", "/api/notifications/realtime/mark-all-seen"]
+ACT = ROUTE_BY_KEY["POST", "/api/notifications/realtime/{id}/actions/{action_id}"]
+BROADCAST = ROUTE_BY_KEY["POST", "/api/notifications/realtime/broadcast"]
+
+
+def refused(route: Any, query: list[tuple[str, str]] = (), body: bytes = b"") -> ApiError:  # type: ignore[assignment]
+    with pytest.raises(ApiError) as caught:
+        params_for(route, {}, query, body)
+    return caught.value
+
+
+class TestParams:
+    def test_list_query_is_converted_for_the_strict_worker_models(self) -> None:
+        query = [("page", "2"), ("limit", "5"), ("unreadOnly", "true"), ("types", "A,B"), ("types", "C")]
+        assert params_for(LIST, {}, query, b"") == {
+            "page": 2,
+            "limit": 5,
+            "unread_only": True,
+            "types": ["A", "B", "C"],
+        }
+
+    def test_the_seeds_defaults_apply_unless_a_cursor_is_given(self) -> None:
+        assert params_for(LIST, {}, [], b"") == {"page": 1, "limit": 20}
+        assert params_for(LIST, {}, [("before", "9")], b"") == {"before": 9, "limit": 20}
+
+    def test_archived_all_means_null(self) -> None:
+        assert params_for(LIST, {}, [("archived", "all")], b"")["archived"] is None
+        assert params_for(LIST, {}, [("archived", "false")], b"")["archived"] is False
+
+    @pytest.mark.parametrize(
+        ("query", "field"),
+        [
+            ([("limit", "x")], "limit"),
+            ([("limit", "1"), ("limit", "2")], "limit"),
+            ([("unreadOnly", "perhaps")], "unreadOnly"),
+            ([("unread_only", "true"), ("unreadOnly", "true")], "unreadOnly"),
+            ([("page", str(2**64))], "page"),
+            ([("colour", "red")], "colour"),
+        ],
+    )
+    def test_unconvertible_or_unknown_members_are_400_naming_them(
+        self, query: list[tuple[str, str]], field: str
+    ) -> None:
+        error = refused(LIST, query)
+        assert (error.status, error.code, error.data) == (400, ErrorCode.INVALID_PARAMS, field)
+
+    def test_path_sources(self) -> None:
+        assert params_for(MARK_ONE, {"id": "n-1"}, [], b"") == {"ids": ["n-1"]}
+        assert params_for(ACT, {"id": "n-1", "action_id": "ok"}, [], b"") == {"id": "n-1", "action_id": "ok"}
+        assert params_for(MARK_ALL_SEEN, {}, [], b"") == {"all": True}
+
+    def test_a_body_is_the_params_untouched_and_must_be_json(self) -> None:
+        assert params_for(BROADCAST, {}, [], b'{"title": "t", "x": [1]}') == {"title": "t", "x": [1]}
+        assert params_for(BROADCAST, {}, [], b"  ") == {}
+        error = refused(BROADCAST, body=b"{nope")
+        assert (error.status, error.code, error.data) == (400, ErrorCode.PARSE_ERROR, "body")
+
+
+class TestAnswer:
+    def test_list_result_gets_the_seed_page_beside_the_cursor(self) -> None:
+        reply = rpc_result({"items": [{"seq": 3}], "next_cursor": 3, "total": 45, "unread_count": 7})
+        status, body = answer(LIST, {"page": 2, "limit": 20}, reply)
+        assert status == 200
+        assert orjson.loads(body) == {
+            "data": [{"seq": 3}],
+            "total": 45,
+            "page": 2,
+            "limit": 20,
+            "totalPages": 3,
+            "next_cursor": 3,
+            "unread_count": 7,
+        }
+
+    @pytest.mark.parametrize(
+        ("code", "status"),
+        [
+            (ErrorCode.INVALID_PARAMS, 400),
+            (ErrorCode.INVALID_REQUEST, 400),
+            (ErrorCode.FORBIDDEN, 403),
+            (ErrorCode.RATE_LIMITED, 429),
+            (ErrorCode.UNAVAILABLE, 503),
+            (ErrorCode.INTERNAL_ERROR, 500),
+            (ErrorCode.METHOD_NOT_FOUND, 501),
+            (4401, 401),
+            (12345, 500),
+        ],
+    )
+    def test_error_codes_map_to_statuses(self, code: int, status: int) -> None:
+        assert status_of(code) == status
+        got_status, body = answer(MARK_ONE, {}, rpc_error(code, "why", "field"))
+        assert got_status == status
+        assert orjson.loads(body)["error"]["code"] == code
+
+    def test_an_unknown_method_says_which_is_not_served(self) -> None:
+        _, body = answer(MARK_ALL_SEEN, {}, rpc_error(ErrorCode.METHOD_NOT_FOUND, "method not found"))
+        assert "notifications.mark_seen" in orjson.loads(body)["error"]["message"]
+
+    def test_an_unreadable_reply_is_an_internal_error(self) -> None:
+        with pytest.raises(ApiError) as caught:
+            answer(MARK_ONE, {}, b"[1, 2]")
+        assert caught.value.status == 500
+
+
+class TestETag:
+    def test_same_body_same_tag_and_weak_comparison(self) -> None:
+        tag = etag_of(b'{"count":1}')
+        assert tag == etag_of(b'{"count":1}') != etag_of(b'{"count":2}')
+        assert matches(tag, tag)
+        assert matches(f'"other", W/{tag}', tag)
+        assert matches("*", tag)
+        assert not matches(None, tag)
+        assert not matches('"other"', tag)
+
+
+class TestKeyedBuckets:
+    def test_each_key_has_its_own_burst(self) -> None:
+        buckets = KeyedBuckets(rate=1.0, burst=2, max_keys=10)
+        assert [buckets.take("a", 0.0) for _ in range(3)] == [True, True, False]
+        assert buckets.take("b", 0.0)
+        assert buckets.take("a", 1.0)  # refilled one token
+
+    def test_the_map_is_bounded_forgetting_the_least_recently_seen(self) -> None:
+        buckets = KeyedBuckets(rate=0.001, burst=1, max_keys=2)
+        assert buckets.take("a", 0.0)
+        assert buckets.take("b", 0.0)
+        assert not buckets.take("a", 0.0)  # "a" is now the most recent
+        assert buckets.take("c", 0.0)  # evicts "b"
+        assert len(buckets) == 2
+        assert buckets.take("b", 0.0)  # "b" was forgotten: a full burst again
+
+
+def test_bearer_token() -> None:
+    assert bearer_token({"Authorization": "Bearer abc"}) == "abc"
+    assert bearer_token({"Authorization": "Basic abc"}) == ""
+    assert bearer_token({}) is None
+
+
+def test_routes_are_unique_and_their_sources_fit_their_paths() -> None:
+    assert len({(route.verb, route.path) for route in ROUTES}) == len(ROUTES)
+    for route in ROUTES:
+        assert ("{id}" in route.path) == (route.source in (Source.PATH_ID, Source.PATH_ACTION)), route
+        assert bool(route.query) == (route.source is Source.QUERY), route
+
+
+def test_the_shipped_openapi_document_is_valid_31_and_current() -> None:
+    document = json.loads(OPENAPI_PATH.read_text(encoding="utf-8"))
+    validate(document)
+    assert document["openapi"] == "3.1.0"
+    assert OPENAPI_PATH.read_text(encoding="utf-8") == openapi.render()
+    listed = document["paths"]["/api/notifications/realtime"]["get"]
+    assert {p["name"] for p in listed["parameters"]} >= {"page", "limit", "unread_only", "before"}
