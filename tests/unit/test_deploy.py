@@ -150,7 +150,7 @@ def test_gateway_termination_outlasts_its_drain() -> None:
 def assert_autoscaled_and_budgeted(deployment: dict[str, Any]) -> None:
     """The deployment's autoscaler owns its replica count, and a disruption budget covers its pods."""
     name = deployment["metadata"]["name"]
-    by_kind = {(doc["kind"], doc["metadata"]["name"]): doc for doc in k8s_documents()}
+    by_kind = {(doc["kind"], doc["metadata"]["name"]): doc for doc in k8s_documents() if "metadata" in doc}
     hpa = by_kind["HorizontalPodAutoscaler", name]
     assert hpa["spec"]["scaleTargetRef"]["name"] == name
     assert "replicas" not in deployment["spec"], "the autoscaler owns the replica count"
