@@ -1,8 +1,9 @@
 """``herald dev``: the whole service on one machine, in the foreground, for a development loop.
 
-Migrates, starts one worker and one gateway as child processes (each in its own session, so Ctrl-C
-reaches only this process, which then stops them in order), waits for the gateway's ``/readyz``, prints
-the demo URL and an admin dev token, and stops everything when one child exits or on Ctrl-C / SIGTERM.
+Migrates, starts one worker, one gateway and one HTTP API as child processes (each in its own session, so
+Ctrl-C reaches only this process, which then stops them in order), waits for the gateway's and the API's
+``/readyz``, prints the URLs and an admin dev token, and stops everything when one child exits or on
+Ctrl-C / SIGTERM.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def _stop(children: Sequence[subprocess.Popen[bytes]], timeout: float = 15.0) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    """``herald dev``: migrate, start one worker and one gateway, print the URLs and a dev token."""
+    """``herald dev``: migrate, start a worker, a gateway and an API, print the URLs and a dev token."""
     settings = load_settings()
     env = dict(os.environ, HERALD_DEV_TOKENS="1")
     if settings.jwt_secret is None:
@@ -64,10 +65,11 @@ def run(args: argparse.Namespace) -> int:
         return 1
     dev_settings = load_settings(jwt_secret=env["HERALD_JWT_SECRET"])
     base = f"http://{settings.gateway_host}:{settings.gateway_port}"
+    api = f"http://{settings.api_host}:{settings.api_port}"
     # Own sessions: Ctrl-C reaches only this process, which then stops the children in order.
     children = [
-        subprocess.Popen([sys.executable, "-m", "worker"], env=env, start_new_session=True),
-        subprocess.Popen([sys.executable, "-m", "gateway"], env=env, start_new_session=True),
+        subprocess.Popen([sys.executable, "-m", module], env=env, start_new_session=True)
+        for module in ("worker", "gateway", "gateway.api")
     ]
     stopping = False
 
@@ -78,9 +80,10 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     try:
-        if not _wait_ready(f"{base}/readyz", children[1], timeout=30):
-            print("herald dev: the gateway did not become ready; see its log above", file=sys.stderr)
-            return 1
+        for name, url, child in (("gateway", base, children[1]), ("api", api, children[2])):
+            if not _wait_ready(f"{url}/readyz", child, timeout=30):
+                print(f"herald dev: the {name} did not become ready; see its log above", file=sys.stderr)
+                return 1
         token = mint_dev_token(dev_settings, args.user, admin=True, ttl=24 * 3600)
         ws_url = f"ws://{settings.gateway_host}:{settings.gateway_port}/notifications"
         metrics_url = f"http://{settings.worker_http_host}:{settings.worker_http_port}/metrics"
@@ -89,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
             "Herald is running.",
             f"  demo inbox:  {base}/",
             f"  websocket:   {ws_url}",
+            f"  http api:    {api}/api/notifications/realtime  (OpenAPI: {api}/api/openapi.json)",
             f"  worker:      {metrics_url}",
             f"  dev token for {args.user!r} (admin, 24 h):",
             f"    {token}",

@@ -1,4 +1,4 @@
-"""``herald dev``: migrate + worker + gateway in the foreground; Ctrl-C stops everything cleanly."""
+"""``herald dev``: migrate + worker + gateway + api in the foreground; Ctrl-C stops everything cleanly."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+import httpx
 import jwt
 import orjson
 
@@ -19,8 +20,8 @@ if TYPE_CHECKING:
 
 
 def test_dev_runs_everything_and_stops_on_ctrl_c(fresh_stack: Stack) -> None:
-    gateway_port, worker_port = free_port(), free_port()
-    env = fresh_stack.env(gateway_port=gateway_port, worker_http_port=worker_port)
+    gateway_port, worker_port, api_port = free_port(), free_port(), free_port()
+    env = fresh_stack.env(gateway_port=gateway_port, worker_http_port=worker_port, api_port=api_port)
     proc = subprocess.Popen(
         [sys.executable, "-m", "herald_ops.cli", "dev", "--user", "ada"],
         env=env,
@@ -53,11 +54,18 @@ def test_dev_runs_everything_and_stops_on_ctrl_c(fresh_stack: Stack) -> None:
         assert b"<html" in page.lower()
         status, _ = http_get(f"http://127.0.0.1:{gateway_port}/dev/token?user=ada")
         assert status == 200, "herald dev turns dev tokens on"
+        api = f"http://127.0.0.1:{api_port}"
+        assert any(line.startswith(f"http api:    {api}/api/notifications/realtime") for line in lines)
+        count = httpx.get(
+            f"{api}/api/notifications/realtime/unread-count", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert count.json() == {"count": 0}
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
         assert http_status(f"http://127.0.0.1:{gateway_port}/healthz") is None
         assert http_status(f"http://127.0.0.1:{worker_port}/healthz") is None
+        assert http_status(f"{api}/healthz") is None
     finally:
         if proc.poll() is None:
             proc.kill()
