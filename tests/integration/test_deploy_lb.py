@@ -1,5 +1,6 @@
-"""deploy/haproxy.cfg in front of two real gateways: WebSockets pass, both gateways get clients, and a
-stopped gateway leaves the rotation so new clients land on the other one.
+"""deploy/haproxy.cfg in front of two real gateways and an HTTP API: WebSockets pass, both gateways get
+clients, a stopped gateway leaves the rotation so new clients land on the other one, and ``/api/`` reaches
+herald-api.
 
 The configuration is the compose one with only addresses changed (loopback ports instead of the compose
 service names) and ``maxconn`` lowered for a test process. ``make test`` installs ``haproxy`` first
@@ -14,10 +15,11 @@ import subprocess
 from typing import TYPE_CHECKING
 
 import aio_pika
+import httpx
 import pytest
 
 from herald_ops.testing.gateway import open_client, publish_user, recv_json, wait_closed
-from herald_ops.testing.stack import ROOT, free_port, http_get, wait_until
+from herald_ops.testing.stack import ROOT, free_port, fresh_id, http_get, mint, wait_until
 from shared.jsonrpc import notification_frame
 
 if TYPE_CHECKING:
@@ -35,14 +37,17 @@ def connections(gateway: HeraldProcess) -> float:
 
 @pytest.fixture
 def balancer(tmp_path: Path, fresh_stack: Stack) -> Iterator[tuple[str, list[HeraldProcess]]]:
-    """Two gateways (and a worker) behind HAProxy; yields the balancer's base URL and the gateways."""
+    """Two gateways and an api (and a worker) behind HAProxy; yields the balancer's base URL and the
+    gateways. The config's second api server stays unresolvable, so HAProxy keeps it disabled."""
     fresh_stack.start_worker()
     gateways = [fresh_stack.start_gateway() for _ in range(2)]
+    api = fresh_stack.start_api()
     port = free_port()
     config = (ROOT / "deploy" / "haproxy.cfg").read_text()
     config = config.replace("bind :8080", f"bind 127.0.0.1:{port}").replace("maxconn 50000", "maxconn 500")
     for n, gateway in enumerate(gateways, start=1):
         config = config.replace(f"gateway-{n}:8765", f"127.0.0.1:{gateway.port}")
+    config = config.replace("api-1:8767", f"127.0.0.1:{api.port}")
     path = tmp_path / "haproxy.cfg"
     path.write_text(config)
     proxy = subprocess.Popen(
@@ -63,6 +68,16 @@ async def test_websockets_through_haproxy_spread_and_fail_over(
     status, page = http_get(f"http://{address}/")
     assert status == 200
     assert b"<html" in page.lower()
+    api_user = fresh_id("lb-api")
+
+    def api_answers() -> bool:
+        count = httpx.get(
+            f"http://{address}/api/notifications/realtime/unread-count",
+            headers={"Authorization": f"Bearer {mint(api_user)}"},
+        )
+        return count.status_code == 200 and count.json() == {"count": 0}
+
+    await wait_until(api_answers, 20, "HAProxy routes /api/ to herald-api")
 
     class Via:
         """Looks like a HeraldProcess to open_client, but points at the balancer."""
