@@ -7,7 +7,10 @@ over the socket produces.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +20,7 @@ import pytest
 
 from gateway.api.routes import ROUTES
 from herald_ops.testing.requests import WsClient, seed, unread_truth
-from herald_ops.testing.stack import fresh_id, mint, stack_context, wait_until_sync
+from herald_ops.testing.stack import ROOT, fresh_id, mint, stack_context, wait_until_sync
 from worker.requests.registry import METHODS
 
 if TYPE_CHECKING:
@@ -355,3 +358,49 @@ def test_503_when_the_worker_is_stopped() -> None:
                 30,
                 "the api serving again once the worker is back",
             )
+
+
+README_API = "http://127.0.0.1:8767/api/notifications"
+
+
+def readme_curl_block() -> str:
+    """The README's ``bash`` block of the "HTTP API" section, as printed."""
+    section = (ROOT / "README.md").read_text().split("\n## HTTP API\n", 1)[1]
+    return section.split("```bash\n", 1)[1].split("```", 1)[0]
+
+
+def json_documents(text: str) -> list[Any]:
+    """The JSON documents printed one after another (curl adds no newline after a body)."""
+    decoder, documents, position = json.JSONDecoder(), [], 0
+    while position < len(text.rstrip()):
+        document, position = decoder.raw_decode(text, position)
+        documents.append(document)
+    return documents
+
+
+async def test_the_readme_curl_examples_work_as_written(env: Env, db: asyncpg.Connection) -> None:
+    """Every command of the README block runs (``curl -f``: an HTTP error fails), only the address changed."""
+    user = fresh_id("readme")
+    await seed(db, user, 3)
+    script = readme_curl_block()
+    assert README_API in script
+    process = await asyncio.create_subprocess_exec(
+        "bash",
+        "-euo",
+        "pipefail",
+        "-c",
+        script.replace(README_API, f"{env.api.url}/api/notifications"),
+        env={**os.environ, "HERALD_TOKEN": mint(user, admin=True)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    page, count, read, all_read, preferences, broadcast = json_documents(out.decode())
+    assert (page["total"], page["totalPages"], count) == (3, 1, {"count": 3})
+    assert read == {"updated": 1, "unread_count": 2}
+    assert all_read == {"updated": 2, "unread_count": 0}
+    assert preferences["types"]["COURSE_NEW_CONTENT"]["in_app"] is False
+    assert preferences["types"]["NEW_REPLY"]["email"] is False
+    assert broadcast["accepted"] is True
