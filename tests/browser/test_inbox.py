@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+import httpx
 import pytest
 
 from herald_ops.testing.client import doc_snippet, event_body, publish, running_stack
-from herald_ops.testing.stack import ROOT, fresh_id, http_get, wait_until
+from herald_ops.testing.stack import ROOT, fresh_id, http_get, mint, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -583,3 +584,36 @@ async def test_no_serious_accessibility_violations(herald: tuple[Stack, HeraldPr
         await open_preferences(page)
         problems[f"preferences ({theme})"] = await axe_violations(page)
     assert not any(problems.values()), problems
+
+
+async def test_a_mark_read_over_http_reaches_the_open_tab(
+    herald: tuple[Stack, HeraldProcess], tabs: Tabs
+) -> None:
+    """A minimal page of the gateway's origin with clients/js/herald.js connected; herald-api marks read."""
+    stack, gateway = herald
+    api = stack.start_api()
+    user = fresh_id("http")
+    page = await tabs.blank()
+    await page.goto(f"{gateway.url}/healthz")  # any page of the gateway's origin: the socket is same-origin
+    await page.evaluate(
+        """async ({url, token}) => {
+            const { HeraldClient } = await import("/client/herald.js");
+            window.reads = [];
+            window.client = new HeraldClient(url, { getToken: async () => token });
+            client.on("notification:read", (params) => reads.push(params));
+            await client.connect();
+        }""",
+        {"url": gateway.ws_url, "token": mint(user)},
+    )
+    await publish(stack.amqp_url, event_body(user, title="Read me over HTTP"))
+    await wait_until(lambda: page.evaluate("() => client.unreadCount === 1"), 10, "the tab to count 1 unread")
+    async with httpx.AsyncClient(base_url=api.url, timeout=15) as http:
+        headers = {"Authorization": f"Bearer {mint(user)}"}
+        [item] = (await http.get("/api/notifications/realtime", headers=headers)).json()["data"]
+        marked = await http.patch(f"/api/notifications/realtime/{item['id']}/read", headers=headers)
+    assert marked.json() == {"updated": 1, "unread_count": 0}
+    await wait_until(
+        lambda: page.evaluate("() => reads.length === 1"), 10, "the tab to see notification:read"
+    )
+    assert await page.evaluate("() => reads[0]") == {"ids": [item["id"]], "unread_count": 0}
+    assert await page.evaluate("() => client.unreadCount") == 0
