@@ -15,7 +15,12 @@ p50 and p99, list and mark_read as a share of ping's rate and their p99 as a mul
 spent per request (which the other jobs on a shared box move less than the rates). ``--explain`` prints
 the query plans of the unread count and of list pages for one seeded user.
 
+After the rounds, bench/http_api.py drives ``herald-api``'s list and count and the floor (a bare Starlette
++ asyncpg + PyJWT endpoint running the same page query) with ``wrk`` at ``--http-connections``, and prints
+herald-api's list as a share of the floor (target >= 50 %).
+
     .venv/bin/python -m bench.requests [--seconds 5] [--rounds 3] [--connections 500] [--in-flight 50]
+        [--http-connections 50]
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from bench.http_api import report_http, run_http
 from herald_ops.testing.measure import cpu_seconds, load_average, percentile
 from herald_ops.testing.requests import WsClient, seed
 from herald_ops.testing.stack import fresh_id, stack_context
@@ -164,6 +170,8 @@ async def run(stack: Stack, args: argparse.Namespace) -> list[list[Outcome]]:
         report([outcomes])
     for _, connection in connections:
         await connection.close()
+    # herald-api and its floor in the same run, driven by wrk (a subprocess: off the loop).
+    report_http(await asyncio.to_thread(run_http, stack, users[0], args.http_connections, args.seconds))
     return rounds
 
 
@@ -212,6 +220,9 @@ if __name__ == "__main__":
     parser.add_argument("--connections", type=int, default=500, help="open WebSocket connections")
     parser.add_argument("--in-flight", type=int, default=50, help="requests outstanding at any time")
     parser.add_argument("--users", type=int, default=50, help=f"users with {PER_USER:,} notifications each")
+    parser.add_argument(
+        "--http-connections", type=int, default=50, help="wrk connections for the HTTP figures"
+    )
     parser.add_argument("--explain", action="store_true", help="print query plans for one seeded user")
     arguments = parser.parse_args()
     # The stack is made outside the event loop: creating it runs the migrations with asyncio.run.
