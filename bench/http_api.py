@@ -63,7 +63,7 @@ def wrk(name: str, url: str, token: str, connections: int, seconds: float) -> Ht
         [
             ensure_wrk(),
             "--threads",
-            "2",
+            str(min(2, connections)),
             "--connections",
             str(connections),
             "--duration",
@@ -80,7 +80,7 @@ def wrk(name: str, url: str, token: str, connections: int, seconds: float) -> Ht
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
     total = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", output, re.MULTILINE))
+    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", output, re.MULTILINE))
     return HttpOutcome(
         name,
         connections,
