@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
 
 import aio_pika
+import aiormq
 
 from gateway.errors import RpcTimeout, RpcUnavailable
 from gateway.link import SupervisedLink
 
 if TYPE_CHECKING:
-    from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+    from aio_pika.abc import AbstractChannel, AbstractConnection
+    from aiormq.abc import DeliveredMessage
 
 REPLY_TO: Final = "amq.rabbitmq.reply-to"
 
@@ -34,6 +36,9 @@ class RpcClient:
         self._queue = queue
         self._timeout = timeout
         self._channel: AbstractChannel | None = None
+        self._underlay: aiormq.Channel | None = None
+        # AMQP wants the per-message TTL as a string of milliseconds.
+        self._expiration = str(int(timeout * 1000))
         self._pending: dict[str, asyncio.Future[bytes]] = {}
         self._ids = itertools.count()
 
@@ -42,14 +47,22 @@ class RpcClient:
         return len(self._pending)
 
     async def attach(self, channel: AbstractChannel) -> None:
-        """Start consuming replies on ``channel``; requests are published on it from now on."""
-        reply_queue = await channel.get_queue(REPLY_TO, ensure=False)
-        await reply_queue.consume(self._on_reply, no_ack=True)
+        """Start consuming replies on ``channel``; requests are published on it from now on.
+
+        Both go through the underlying aiormq channel: aio-pika's ``Exchange.publish`` holds the channel
+        lock until each frame is flushed (one request on the wire at a time), and its consumer builds an
+        ``IncomingMessage`` and a task per reply; the client needs neither.
+        """
+        # The concrete aiormq channel: its basic_publish takes wait=False, the abstract one does not say so.
+        underlay = cast("aiormq.Channel", await channel.get_underlay_channel())
+        await underlay.basic_consume(REPLY_TO, self._on_reply, no_ack=True)
         self._channel = channel
+        self._underlay = underlay
 
     def detach(self) -> None:
         """The channel is gone: fail every pending request with :class:`RpcUnavailable`."""
         self._channel = None
+        self._underlay = None
         pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():
@@ -62,22 +75,23 @@ class RpcClient:
             RpcUnavailable: no broker connection, or it was lost while waiting.
             RpcTimeout: no reply within the timeout (the request also expires in the queue by then).
         """
-        channel = self._channel
-        if channel is None or channel.is_closed:
+        channel, underlay = self._channel, self._underlay
+        if channel is None or underlay is None or channel.is_closed:
             raise RpcUnavailable("broker connection down")
         correlation_id = f"{next(self._ids):x}"
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending[correlation_id] = future
         try:
-            message = aio_pika.Message(
-                body,
+            properties = aiormq.spec.Basic.Properties(
                 content_type="application/json",
                 correlation_id=correlation_id,
                 reply_to=REPLY_TO,
-                expiration=self._timeout,
+                expiration=self._expiration,
             )
             try:
-                await channel.default_exchange.publish(message, routing_key=self._queue, mandatory=False)
+                await underlay.basic_publish(
+                    body, routing_key=self._queue, properties=properties, mandatory=False, wait=False
+                )
             except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
                 raise RpcUnavailable(f"publish failed: {exc}") from None
             try:
@@ -88,8 +102,8 @@ class RpcClient:
         finally:
             self._pending.pop(correlation_id, None)
 
-    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
-        future = self._pending.pop(message.correlation_id or "", None)
+    async def _on_reply(self, message: DeliveredMessage) -> None:
+        future = self._pending.pop(message.header.properties.correlation_id or "", None)
         if future is not None and not future.done():
             future.set_result(message.body)
 

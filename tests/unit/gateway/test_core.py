@@ -289,30 +289,31 @@ class TestDeadlineQueue:
 
 
 class TestRpcClient:
-    class _Exchange:
-        async def publish(self, *args: Any, **kwargs: Any) -> None:
-            return None
-
     class _Channel:
+        """Stands for both the aio-pika channel and its aiormq underlay: publishes go nowhere."""
+
         is_closed = False
 
-        def __init__(self) -> None:
-            self.default_exchange = TestRpcClient._Exchange()
+        async def basic_publish(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    @classmethod
+    def attached(cls, client: RpcClient) -> RpcClient:
+        client._channel = client._underlay = cls._Channel()  # type: ignore[assignment]
+        return client
 
     async def test_without_a_channel_requests_fail_fast(self) -> None:
         with pytest.raises(RpcUnavailable):
             await RpcClient("herald.rpc", 1.0).call(b"{}")
 
     async def test_unanswered_request_times_out(self) -> None:
-        client = RpcClient("herald.rpc", 0.05)
-        client._channel = self._Channel()  # type: ignore[assignment]
+        client = self.attached(RpcClient("herald.rpc", 0.05))
         with pytest.raises(RpcTimeout):
             await client.call(b"{}")
         assert client.in_flight == 0
 
     async def test_losing_the_channel_fails_every_pending_request(self) -> None:
-        client = RpcClient("herald.rpc", 30.0)
-        client._channel = self._Channel()  # type: ignore[assignment]
+        client = self.attached(RpcClient("herald.rpc", 30.0))
         calls = [asyncio.create_task(client.call(b"{}")) for _ in range(5)]
         await wait_until(lambda: client.in_flight == 5, 5, "five requests in flight")
         client.detach()
