@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING
 import uvloop
 
 from gateway.app import Gateway
-from shared.logs import configure_logging
-from shared.settings import ConfigError, exit_with_config_error, load_settings
+from gateway.auth import load_edge_settings
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -21,13 +20,7 @@ async def serve(settings: Settings) -> None:
 
 def main() -> None:
     """Load settings (exit 2 naming a bad variable), then serve until SIGTERM/SIGINT; exit 0."""
-    settings = load_settings()
-    try:
-        settings.require_jwt_key()
-    except ConfigError as exc:
-        exit_with_config_error(str(exc))
-    configure_logging(settings)
-    uvloop.run(serve(settings))
+    uvloop.run(serve(load_edge_settings()))
 
 
 if __name__ == "__main__":

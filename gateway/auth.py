@@ -31,6 +31,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from gateway.errors import AuthError, SubjectMismatch
 from shared.events import is_valid_user_id
+from shared.logs import configure_logging
+from shared.settings import ConfigError, exit_with_config_error, load_settings
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -40,6 +42,18 @@ if TYPE_CHECKING:
 _HMAC: Final = frozenset({"HS256", "HS384", "HS512"})
 JWKS_LIFESPAN_SECONDS: Final = 300.0
 JWKS_TIMEOUT_SECONDS: Final = 5.0
+
+
+def load_edge_settings() -> Settings:
+    """An edge's settings at start: exit 2 naming a bad variable, or the missing way to verify tokens;
+    then logging configured. Both edges (``herald-gateway``, ``herald-api``) start with it."""
+    settings = load_settings()
+    try:
+        settings.require_jwt_key()
+    except ConfigError as exc:
+        exit_with_config_error(str(exc))
+    configure_logging(settings)
+    return settings
 
 
 @dataclass(frozen=True, slots=True)

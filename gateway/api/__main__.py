@@ -7,8 +7,7 @@ from typing import Final
 import uvicorn
 
 from gateway.api.app import HttpApi
-from shared.logs import configure_logging
-from shared.settings import ConfigError, exit_with_config_error, load_settings
+from gateway.auth import load_edge_settings
 
 #: Seconds uvicorn waits for requests in flight after SIGTERM (longer than an RPC timeout by default).
 GRACEFUL_SHUTDOWN_SECONDS: Final = 10
@@ -16,12 +15,7 @@ GRACEFUL_SHUTDOWN_SECONDS: Final = 10
 
 def main() -> None:
     """Load settings (exit 2 naming a bad variable), then serve until SIGTERM/SIGINT; exit 0."""
-    settings = load_settings()
-    try:
-        settings.require_jwt_key()
-    except ConfigError as exc:
-        exit_with_config_error(str(exc))
-    configure_logging(settings)
+    settings = load_edge_settings()
     config = uvicorn.Config(
         HttpApi(settings).app,
         host=settings.api_host,

@@ -131,17 +131,20 @@ def test_ports_and_probes_match_the_settings() -> None:
         assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
 
 
-def test_gateway_termination_outlasts_its_drain() -> None:
-    """Kubernetes must not SIGKILL a gateway before it closed its clients with 1001."""
-    gateway = next(
-        doc
-        for doc in k8s_documents()
-        if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "herald-gateway"
+def deployment_pod(name: str) -> tuple[dict[str, Any], dict[str, Any], float]:
+    """The Deployment ``name``, its pod spec, and the seconds its container's preStop sleeps."""
+    deployment = next(
+        doc for doc in k8s_documents() if doc["kind"] == "Deployment" and doc["metadata"]["name"] == name
     )
-    pod = gateway["spec"]["template"]["spec"]
+    pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     pre_stop = " ".join(container["lifecycle"]["preStop"]["exec"]["command"])
-    pre_stop_seconds = float(re.findall(r"sleep\((\d+(?:\.\d+)?)\)", pre_stop)[0])
+    return deployment, pod, float(re.findall(r"sleep\((\d+(?:\.\d+)?)\)", pre_stop)[0])
+
+
+def test_gateway_termination_outlasts_its_drain() -> None:
+    """Kubernetes must not SIGKILL a gateway before it closed its clients with 1001."""
+    gateway, pod, pre_stop_seconds = deployment_pod("herald-gateway")
     # On SIGTERM the gateway closes every client with 1001, each close waiting at most CLOSE_TIMEOUT.
     assert pod["terminationGracePeriodSeconds"] > pre_stop_seconds + CLOSE_TIMEOUT + 10
     assert_autoscaled_and_budgeted(gateway)
@@ -160,15 +163,7 @@ def assert_autoscaled_and_budgeted(deployment: dict[str, Any]) -> None:
 
 def test_api_termination_outlasts_its_graceful_shutdown() -> None:
     """Kubernetes must not SIGKILL an api before uvicorn finished the requests in flight."""
-    api = next(
-        doc
-        for doc in k8s_documents()
-        if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "herald-api"
-    )
-    pod = api["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    pre_stop = " ".join(container["lifecycle"]["preStop"]["exec"]["command"])
-    pre_stop_seconds = float(re.findall(r"sleep\((\d+(?:\.\d+)?)\)", pre_stop)[0])
+    api, pod, pre_stop_seconds = deployment_pod("herald-api")
     assert pod["terminationGracePeriodSeconds"] > pre_stop_seconds + GRACEFUL_SHUTDOWN_SECONDS
     assert_autoscaled_and_budgeted(api)
 

@@ -89,35 +89,22 @@ class Stack:
 
     def start_worker(self, **overrides: Any) -> HeraldProcess:
         """Start ``python -m worker`` on a free HTTP port and wait until ``/readyz`` answers 200."""
-        port = free_port()
-        proc = HeraldProcess.start(
-            f"worker-{len(self.processes)}",
-            [sys.executable, "-m", "worker"],
-            self.env(worker_http_port=port, **overrides),
-            port,
-        )
-        self.processes.append(proc)
-        return proc
+        return self._start("worker", "worker", "worker_http_port", overrides)
 
     def start_gateway(self, **overrides: Any) -> HeraldProcess:
         """Start ``python -m gateway`` on a free port and wait until ``/readyz`` answers 200."""
-        port = free_port()
-        proc = HeraldProcess.start(
-            f"gateway-{len(self.processes)}",
-            [sys.executable, "-m", "gateway"],
-            self.env(gateway_port=port, **overrides),
-            port,
-        )
-        self.processes.append(proc)
-        return proc
+        return self._start("gateway", "gateway", "gateway_port", overrides)
 
     def start_api(self, **overrides: Any) -> HeraldProcess:
         """Start ``python -m gateway.api`` (``herald-api``) on a free port; wait until ``/readyz`` is 200."""
+        return self._start("api", "gateway.api", "api_port", overrides)
+
+    def _start(self, name: str, module: str, port_setting: str, overrides: dict[str, Any]) -> HeraldProcess:
         port = free_port()
         proc = HeraldProcess.start(
-            f"api-{len(self.processes)}",
-            [sys.executable, "-m", "gateway.api"],
-            self.env(api_port=port, **overrides),
+            f"{name}-{len(self.processes)}",
+            [sys.executable, "-m", module],
+            self.env(**{port_setting: port, **overrides}),
             port,
         )
         self.processes.append(proc)
