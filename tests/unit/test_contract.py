@@ -44,3 +44,11 @@ def test_an_error_reply_has_one_shape_everywhere() -> None:
     error = wire.JsonRpcError(wire.ErrorCode.INVALID_PARAMS, "invalid params: limit: too big", "limit")
     assert jsonrpc.error_object(error.code, error.message, error.data) == error.to_object()
     assert error.to_object() == {"code": -32602, "message": "invalid params: limit: too big", "data": "limit"}
+
+
+def test_every_method_a_client_may_call_has_an_http_route() -> None:
+    """herald-api offers every client method the worker serves (docs/protocol.md §11)."""
+    from gateway.api.routes import ROUTES
+
+    internal = {gateway_protocol.SESSION_OPEN}
+    assert set(WORKER_METHODS) - internal <= {route.method for route in ROUTES}
