@@ -86,7 +86,8 @@ class ApiMetrics:
 
 
 def _json(status: int, body: bytes, headers: dict[str, str] | None = None) -> Response:
-    return Response(body, status, headers, media_type=JSON)
+    # Answers are per user: no shared cache may keep them (list and count set their own policy).
+    return Response(body, status, headers or {"Cache-Control": "no-store"}, media_type=JSON)
 
 
 class HttpApi:
@@ -129,7 +130,7 @@ class HttpApi:
         self.app = Starlette(
             routes=routes,
             middleware=middleware,
-            exception_handlers={HTTPException: self._http_error},
+            exception_handlers={HTTPException: self._http_error, Exception: self._internal_error},
             lifespan=self._lifespan,
         )
 
@@ -169,8 +170,10 @@ class HttpApi:
         try:
             reply = await self.rpc.call(rpc_request(route.method, params, claims.user_id, claims.admin))
         except RpcTimeout:
+            log.warning("rpc_timeout", method=route.method)
             raise ApiError(ErrorCode.UNAVAILABLE, "unavailable: the worker did not answer in time") from None
         except RpcUnavailable:
+            log.warning("rpc_unavailable", method=route.method)
             raise ApiError(ErrorCode.UNAVAILABLE, "unavailable: no broker connection") from None
         status, payload = answer(route, params, reply)
         if not route.cacheable or status != 200:
@@ -212,6 +215,11 @@ class HttpApi:
         """Starlette's own 404 / 405 in Herald's error shape."""
         assert isinstance(exc, HTTPException)
         return _json(exc.status_code, error_body(ErrorCode.METHOD_NOT_FOUND, exc.detail, request.url.path))
+
+    async def _internal_error(self, request: Request, exc: Exception) -> Response:
+        """A bug: logged with its traceback, answered in Herald's error shape (never a traceback)."""
+        log.error("api_failed", path=request.url.path, exc_info=exc)
+        return _json(500, error_body(ErrorCode.INTERNAL_ERROR, "internal error"))
 
     async def _healthz(self, request: Request) -> Response:
         return Response("ok\n", media_type="text/plain")
