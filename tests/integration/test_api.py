@@ -116,6 +116,21 @@ async def test_unread_only_and_the_count_follow_a_mark_read(
     assert unread["total"] == 4
 
 
+async def test_sync_and_bulk_changes(http: httpx.AsyncClient, db: asyncpg.Connection) -> None:
+    user = fresh_id()
+    seqs = await seed(db, user, 4)
+    synced = (await http.get(f"{INBOX}/sync", params={"since": seqs[1]}, headers=auth(user))).json()
+    assert ([item["seq"] for item in synced["items"]], synced["has_more"]) == (seqs[2:], False)
+    ids = [f"{user}-{seq}" for seq in seqs]
+    read = await http.post(f"{INBOX}/read", json={"ids": ids[:3]}, headers=auth(user))
+    assert read.json() == {"updated": 3, "unread_count": 1}
+    unread = await http.post(f"{INBOX}/unread", json={"ids": ids[:1]}, headers=auth(user))
+    assert unread.json() == {"updated": 1, "unread_count": 2}
+    deleted = await http.post(f"{INBOX}/delete", json={"ids": ids[2:]}, headers=auth(user))
+    assert deleted.json() == {"deleted": 2, "unread_count": 1}
+    assert (await unread_truth(db, user)) == (1, 1)
+
+
 async def test_list_and_count_answer_304_to_a_matching_etag(
     http: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:
