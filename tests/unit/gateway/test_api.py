@@ -4,19 +4,25 @@ buckets, the route table and the generated OpenAPI document."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import httpx
 import orjson
 import pytest
 from openapi_spec_validator import validate
 
-from gateway.api.app import OPENAPI_PATH
+from gateway.api.app import OPENAPI_PATH, HttpApi
 from gateway.api.routes import ROUTES, Source
 from gateway.api.translate import ApiError, answer, etag_of, matches, params_for, status_of
 from gateway.auth import bearer_token
 from gateway.limits import KeyedBuckets
 from herald_ops import openapi
+from herald_ops.testing.stack import TEST_JWT_SECRET, mint
 from shared.jsonrpc import ErrorCode, rpc_error, rpc_result
+from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 ROUTE_BY_KEY = {(route.verb, route.path): route for route in ROUTES}
 LIST = ROUTE_BY_KEY["GET", "/api/notifications/realtime"]
@@ -172,3 +178,44 @@ def test_the_shipped_openapi_document_is_valid_31_and_current() -> None:
     assert OPENAPI_PATH.read_text(encoding="utf-8") == openapi.render()
     listed = document["paths"]["/api/notifications/realtime"]["get"]
     assert {p["name"] for p in listed["parameters"]} >= {"page", "limit", "unread_only", "before"}
+
+
+class TestApplication:
+    """The Starlette application in-process (httpx's ASGI transport, no lifespan: no broker link)."""
+
+    @pytest.fixture
+    async def client(self) -> AsyncIterator[httpx.AsyncClient]:
+        settings = Settings(_env_file=None, jwt_secret=TEST_JWT_SECRET)  # type: ignore[call-arg]
+        transport = httpx.ASGITransport(HttpApi(settings).app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            yield client
+
+    async def test_without_a_broker_link_requests_are_503_and_not_ready(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        response = await client.get(LIST.path, headers={"Authorization": f"Bearer {mint('u1')}"})
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == ErrorCode.UNAVAILABLE
+        assert response.headers["Cache-Control"] == "no-store"
+        assert (await client.get("/readyz")).status_code == 503
+        assert (await client.get("/healthz")).status_code == 200
+
+    async def test_the_token_is_checked_before_anything_else(self, client: httpx.AsyncClient) -> None:
+        assert (await client.get(LIST.path)).status_code == 401
+        assert (await client.get(LIST.path, params={"limit": "x"})).status_code == 401
+
+    async def test_a_bug_is_a_json_500(
+        self, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        def broken(*args: Any) -> Any:
+            raise ZeroDivisionError
+
+        monkeypatch.setattr("gateway.api.app.params_for", broken)
+        response = await client.get(LIST.path, headers={"Authorization": f"Bearer {mint('u1')}"})
+        assert response.status_code == 500
+        assert response.json() == {
+            "error": {"code": ErrorCode.INTERNAL_ERROR, "message": "internal error", "data": None}
+        }
+
+    async def test_the_openapi_document_is_the_shipped_file(self, client: httpx.AsyncClient) -> None:
+        assert (await client.get("/api/openapi.json")).content == OPENAPI_PATH.read_bytes()
