@@ -103,6 +103,8 @@ def _query_parameter(param: QueryParam, model: dict[str, Any] | None, page_defau
     found = ((model or {}).get("properties") or {}).get(param.name, {})
     for variant in [found, *found.get("anyOf", ())]:
         schema.update({key: variant[key] for key in _CONSTRAINTS if variant.get(key) is not None})
+    if param.kind is Kind.TRISTATE and isinstance(schema.get("default"), bool):
+        schema["default"] = str(schema["default"]).lower()  # the query-string spelling of the default
     if page_defaults and param.name in _HTTP_DEFAULTS:
         schema["default"] = _HTTP_DEFAULTS[param.name]
     description = param.description
