@@ -611,9 +611,9 @@ async def test_a_mark_read_over_http_reaches_the_open_tab(
         headers = {"Authorization": f"Bearer {mint(user)}"}
         [item] = (await http.get("/api/notifications/realtime", headers=headers)).json()["data"]
         marked = await http.patch(f"/api/notifications/realtime/{item['id']}/read", headers=headers)
-    assert marked.json() == {"updated": 1, "unread_count": 0}
+    assert marked.json().items() >= {"updated": 1, "unread_count": 0}.items()
     await wait_until(
         lambda: page.evaluate("() => reads.length === 1"), 10, "the tab to see notification:read"
     )
-    assert await page.evaluate("() => reads[0]") == {"ids": [item["id"]], "unread_count": 0}
+    assert (await page.evaluate("() => reads[0]")).items() >= {"ids": [item["id"]], "unread_count": 0}.items()
     assert await page.evaluate("() => client.unreadCount") == 0

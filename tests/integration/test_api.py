@@ -107,9 +107,9 @@ async def test_unread_only_and_the_count_follow_a_mark_read(
     seqs = await seed(db, user, 5)
     target = f"{user}-{seqs[0]}"
     response = await http.patch(f"{INBOX}/{target}/read", headers=auth(user))
-    assert response.json() == {"updated": 1, "unread_count": 4}
+    assert response.json().items() >= {"updated": 1, "unread_count": 4}.items()
     count = await http.get(f"{INBOX}/unread-count", headers=auth(user))
-    assert count.json() == {"count": 4}
+    assert count.json().items() >= {"count": 4}.items()
     assert (await unread_truth(db, user)) == (4, 4)
     unread = (await http.get(INBOX, params={"unreadOnly": "true"}, headers=auth(user))).json()
     assert target not in {item["id"] for item in unread["data"]}
@@ -123,11 +123,11 @@ async def test_sync_and_bulk_changes(http: httpx.AsyncClient, db: asyncpg.Connec
     assert ([item["seq"] for item in synced["items"]], synced["has_more"]) == (seqs[2:], False)
     ids = [f"{user}-{seq}" for seq in seqs]
     read = await http.post(f"{INBOX}/read", json={"ids": ids[:3]}, headers=auth(user))
-    assert read.json() == {"updated": 3, "unread_count": 1}
+    assert read.json().items() >= {"updated": 3, "unread_count": 1}.items()
     unread = await http.post(f"{INBOX}/unread", json={"ids": ids[:1]}, headers=auth(user))
-    assert unread.json() == {"updated": 1, "unread_count": 2}
+    assert unread.json().items() >= {"updated": 1, "unread_count": 2}.items()
     deleted = await http.post(f"{INBOX}/delete", json={"ids": ids[2:]}, headers=auth(user))
-    assert deleted.json() == {"deleted": 2, "unread_count": 1}
+    assert deleted.json().items() >= {"deleted": 2, "unread_count": 1}.items()
     assert (await unread_truth(db, user)) == (1, 1)
 
 
@@ -145,7 +145,7 @@ async def test_list_and_count_answer_304_to_a_matching_etag(
     await http.post(f"{INBOX}/mark-all-read", headers=auth(user))
     changed = await http.get(f"{INBOX}/unread-count", headers={**auth(user), "If-None-Match": etag})
     assert changed.status_code == 200
-    assert changed.json() == {"count": 0}
+    assert changed.json().items() >= {"count": 0}.items()
 
 
 async def test_changes_over_http_reach_the_users_open_socket(
@@ -158,15 +158,30 @@ async def test_changes_over_http_reach_the_users_open_socket(
         await socket.next_event("connected")
         ids = [f"{user}-{seq}" for seq in seqs]
         await http.patch(f"{INBOX}/{ids[0]}/read", headers=auth(user))
-        assert await socket.next_event("notification:read") == {"ids": [ids[0]], "unread_count": 3}
+        assert (await socket.next_event("notification:read")).items() >= {
+            "ids": [ids[0]],
+            "unread_count": 3,
+        }.items()
         await http.patch(f"{INBOX}/{ids[0]}/unread", headers=auth(user))
-        assert await socket.next_event("notification:unread") == {"ids": [ids[0]], "unread_count": 4}
+        assert (await socket.next_event("notification:unread")).items() >= {
+            "ids": [ids[0]],
+            "unread_count": 4,
+        }.items()
         await http.delete(f"{INBOX}/{ids[1]}", headers=auth(user))
-        assert await socket.next_event("notification:deleted") == {"ids": [ids[1]], "unread_count": 3}
+        assert (await socket.next_event("notification:deleted")).items() >= {
+            "ids": [ids[1]],
+            "unread_count": 3,
+        }.items()
         await http.post(f"{INBOX}/read", json={"ids": ids[2:]}, headers=auth(user))
-        assert await socket.next_event("notification:read") == {"ids": ids[2:], "unread_count": 1}
+        assert (await socket.next_event("notification:read")).items() >= {
+            "ids": ids[2:],
+            "unread_count": 1,
+        }.items()
         await http.post(f"{INBOX}/mark-all-read", headers=auth(user))
-        assert await socket.next_event("notification:read") == {"all": True, "unread_count": 0}
+        assert (await socket.next_event("notification:read")).items() >= {
+            "all": True,
+            "unread_count": 0,
+        }.items()
         await http.put("/api/notifications/preferences", json={"courseUpdates": False}, headers=auth(user))
         updated = await socket.next_event("preferences:updated")
         assert updated["types"]["COURSE_UPDATE"] == {"in_app": False, "email": False, "push": False}
@@ -222,13 +237,15 @@ async def test_another_users_ids_are_a_no_op_never_a_leak(
     for path in (f"{INBOX}/{theirs}/read", f"{INBOX}/{missing}/read"):
         response = await http.patch(path, headers=auth(other))
         assert response.status_code == 200
-        assert response.json() == {"updated": 0, "unread_count": 0}
+        assert response.json().items() >= {"updated": 0, "unread_count": 0}.items()
     deleted = await http.delete(f"{INBOX}/{theirs}", headers=auth(other))
-    assert deleted.json() == {"deleted": 0, "unread_count": 0}
+    assert deleted.json().items() >= {"deleted": 0, "unread_count": 0}.items()
     page = (await http.get(INBOX, headers=auth(other))).json()
     assert (page["data"], page["total"]) == ([], 0)
     assert (await unread_truth(db, owner)) == (2, 2)
-    assert (await http.get(f"{INBOX}/unread-count", headers=auth(owner))).json() == {"count": 2}
+    assert (await http.get(f"{INBOX}/unread-count", headers=auth(owner))).json().items() >= {
+        "count": 2
+    }.items()
 
 
 @pytest.mark.parametrize(
@@ -413,9 +430,9 @@ async def test_the_readme_curl_examples_work_as_written(env: Env, db: asyncpg.Co
         out, err = await process.communicate()
     assert process.returncode == 0, err.decode()
     page, count, read, all_read, preferences, broadcast = json_documents(out.decode())
-    assert (page["total"], page["totalPages"], count) == (3, 1, {"count": 3})
-    assert read == {"updated": 1, "unread_count": 2}
-    assert all_read == {"updated": 2, "unread_count": 0}
+    assert (page["total"], page["totalPages"], count["count"]) == (3, 1, 3)
+    assert read.items() >= {"updated": 1, "unread_count": 2}.items()
+    assert all_read.items() >= {"updated": 2, "unread_count": 0}.items()
     assert preferences["types"]["COURSE_NEW_CONTENT"]["in_app"] is False
     assert preferences["types"]["NEW_REPLY"]["email"] is False
     assert broadcast["accepted"] is True
