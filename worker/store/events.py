@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 
+from shared.preferences import with_profile_zone
 from worker.store.notifications import NOTIFICATION_FIELDS, notification_json
 from worker.writes import Written
 
@@ -29,8 +30,9 @@ _ENSURE_USERS: Final = """
     ON CONFLICT DO NOTHING"""
 
 _LOCK_USERS: Final = """
-    SELECT u.user_id, p.channels, p.types, p.quiet_hours
+    SELECT u.user_id, p.channels, p.types, p.quiet_hours, pr.timezone
       FROM users u LEFT JOIN user_preferences p USING (user_id)
+      LEFT JOIN user_profiles pr ON pr.user_id = u.user_id
      WHERE u.user_id = ANY($1::text[])
      ORDER BY u.user_id
        FOR UPDATE OF u"""
@@ -168,16 +170,18 @@ async def lock_users(conn: Connection, user_ids: list[str]) -> dict[str, dict[st
     """Create missing ``users`` rows, lock all of them in id order, and return their overrides.
 
     Returns:
-        ``user_id → {"channels", "types", "quiet_hours"}`` for users with stored preferences, else ``None``.
+        ``user_id → {"channels", "types", "quiet_hours"}`` for users with stored preferences, else ``None``;
+        quiet hours without a time zone get the profile's.
     """
     ordered = sorted(user_ids)
     await conn.execute(_ENSURE_USERS, ordered)
     rows = await conn.fetch(_LOCK_USERS, ordered)
     return {
-        row["user_id"]: (
+        row["user_id"]: with_profile_zone(
             {"channels": row["channels"], "types": row["types"], "quiet_hours": row["quiet_hours"]}
             if row["channels"] is not None
-            else None
+            else None,
+            row["timezone"],
         )
         for row in rows
     }
