@@ -96,5 +96,5 @@ def settle(outcome: Outcome, attempts: int, max_attempts: int) -> Outcome:
 def retry_delay(attempts: int, base: float, cap: float, rng: random.Random | None = None) -> float:
     """Seconds before attempt ``attempts + 1``: exponential (``base · 2^(attempts-1)``, at most ``cap``),
     the upper half jittered so retries of many jobs failing together spread out."""
-    ceiling = min(cap, base * 2 ** max(attempts - 1, 0))
-    return ceiling / 2 + float((rng or random).uniform(0, ceiling / 2))
+    ceiling = min(cap, base * 2.0 ** max(attempts - 1, 0))
+    return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)

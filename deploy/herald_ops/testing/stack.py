@@ -111,6 +111,18 @@ class Stack:
         self.processes.append(proc)
         return proc
 
+    def start_delivery(self, **overrides: Any) -> HeraldProcess:
+        """Start ``python -m worker.delivery`` on a free HTTP port and wait until ``/readyz`` answers 200."""
+        port = free_port()
+        proc = HeraldProcess.start(
+            f"delivery-{len(self.processes)}",
+            [sys.executable, "-m", "worker.delivery"],
+            self.env(delivery_http_port=port, **overrides),
+            port,
+        )
+        self.processes.append(proc)
+        return proc
+
     def stop_all(self) -> None:
         for proc in self.processes:
             proc.stop()
