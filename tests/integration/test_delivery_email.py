@@ -1,4 +1,4 @@
-"""Email delivery end to end: a real worker and ``herald-delivery`` sending to a real SMTP server (aiosmtpd)."""
+"""Email delivery end to end: a real worker and ``herald-delivery`` sending to an aiosmtpd SMTP server."""
 
 from __future__ import annotations
 
@@ -114,7 +114,9 @@ async def test_one_email_per_job_with_parts_headers_and_an_escaped_title(
     assert message["Message-ID"].endswith("@herald.test>")
     text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     html = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
-    assert title in text and "Your essay" in text and "https://app.example/g/1" in text
+    assert title in text
+    assert "Your essay" in text
+    assert "https://app.example/g/1" in text
     assert "<script>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt; Grade" in html
     assert 'href="https://app.example/g/1"' in html
@@ -128,7 +130,8 @@ async def test_one_email_per_job_with_parts_headers_and_an_escaped_title(
     refused = await rpc.call("deliveries.list", {}, user=user)
     assert refused["error"]["code"] == 4003
     profile = await rpc.call("profile.get", user=user)
-    assert profile["result"]["email"] == address and profile["result"]["name"] == "Ada"
+    assert profile["result"]["email"] == address
+    assert profile["result"]["name"] == "Ada"
 
 
 async def test_no_address_is_skipped_and_email_off_creates_no_job(
