@@ -24,6 +24,8 @@ from jinja2 import (
     select_autoescape,
 )
 
+from shared.events import PROFILE_FIELDS
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -92,7 +94,7 @@ class EmailRenderer:
             **notification,
             "url": link_of(notification.get("data") or {}),
             "notification": notification,
-            "user": profile,
+            "user": {**dict.fromkeys(PROFILE_FIELDS), **profile},
             "app_name": self._app_name,
             "unsubscribe_url": unsubscribe,
         }

@@ -49,11 +49,12 @@ def push_payload(notification: dict[str, Any], limit: int = MAX_PAYLOAD_BYTES) -
     and ``data`` is dropped when even an empty message does not."""
     payload = {name: notification.get(name) for name in _PAYLOAD_FIELDS}
     body = orjson.dumps(payload)
-    message: str = payload["message"] or ""
+    message = (payload["message"] or "").encode()
     while len(body) > limit and message:
-        excess = len(body) - limit
-        message = message[: max(len(message) - excess - 1, 0)]
-        payload["message"] = f"{message}…" if message else ""
+        # Cut the excess in bytes, plus room for the ellipsis (3 bytes); a split character is dropped.
+        message = message[: max(len(message) - (len(body) - limit) - 3, 0)]
+        text = message.decode(errors="ignore")
+        payload["message"] = f"{text}…" if text else ""
         body = orjson.dumps(payload)
     if len(body) > limit:
         payload["data"] = {}
