@@ -158,6 +158,8 @@ class Settings(BaseSettings):
     @field_validator("vapid_private_key", mode="before")
     @classmethod
     def _read_vapid_key(cls, value: object) -> object:
+        if value == "":
+            return None  # an empty variable (compose's `${VAR:-}`) is unset
         return read_at_path(value) if isinstance(value, str) else value
 
     @field_validator("log_level", mode="before")

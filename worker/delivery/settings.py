@@ -69,6 +69,11 @@ class DeliverySettings(Settings):
     push_ttl: int = Field(default=86400, ge=0)
     push_timeout: float = Field(default=10.0, gt=0)
 
+    @field_validator("smtp_url", "templates_dir", "unsubscribe_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value  # compose's `${VAR:-}`
+
     @field_validator("smtp_url", mode="after")
     @classmethod
     def _check_smtp_url(cls, value: SecretStr | None) -> SecretStr | None:
