@@ -44,7 +44,8 @@ class Mailbox:
     """An aiosmtpd handler that records messages; ``refuse[address]`` scripts RCPT replies."""
 
     def __init__(self) -> None:
-        self.messages: list[EmailMessage] = []
+        self._received: list[tuple[tuple[str, ...], bytes]] = []  # (envelope recipients, raw message)
+        self._parsed: dict[int, EmailMessage] = {}
         self.refuse: dict[str, str] = {}  # address → permanent reply, e.g. "550 no such user"
         self.defer: dict[str, int] = {}  # address → how many more times to answer 451
         self.port = free_port()
@@ -79,15 +80,25 @@ class Mailbox:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        # Kept raw: parsing here would slow the server down for every sender, the bare loop included.
         with self._lock:
-            self.messages.append(message)
+            self._received.append((tuple(envelope.rcpt_tos), bytes(envelope.content)))
         return "250 OK"
 
-    def to(self, address: str) -> list[EmailMessage]:
-        """The messages received for ``address``."""
+    def count(self, address: str) -> int:
+        """How many messages were accepted for ``address`` (cheap: the envelope, not the headers)."""
         with self._lock:
-            return [m for m in self.messages if m["To"] == address]
+            return sum(address in recipients for recipients, _ in self._received)
+
+    def to(self, address: str) -> list[EmailMessage]:
+        """The messages received for ``address``, parsed (each once)."""
+        with self._lock:
+            indexes = [i for i, (recipients, _) in enumerate(self._received) if address in recipients]
+            for index in indexes:
+                if index not in self._parsed:
+                    parsed = email.message_from_bytes(self._received[index][1], policy=email.policy.default)
+                    self._parsed[index] = parsed  # type: ignore[assignment]
+            return [self._parsed[index] for index in indexes]
 
 
 @contextlib.contextmanager
@@ -107,6 +118,11 @@ class Push:
     path: str
     headers: dict[str, str]
     body: bytes
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # the default backlog of 5 drops connections of a concurrent sender
+    daemon_threads = True
 
 
 @dataclass
@@ -139,7 +155,7 @@ class PushReceiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server = _Server(("127.0.0.1", self.port), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
     def stop(self) -> None:

@@ -164,7 +164,11 @@ class HeraldProcess:
         self.popen = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         if ready:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except BaseException:
+                self.kill()  # not left running unowned: the caller never gets the object to stop
+                raise
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         def ready() -> bool:
