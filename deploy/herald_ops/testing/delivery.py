@@ -97,7 +97,7 @@ class Mailbox:
             for index in indexes:
                 if index not in self._parsed:
                     parsed = email.message_from_bytes(self._received[index][1], policy=email.policy.default)
-                    self._parsed[index] = parsed  # type: ignore[assignment]
+                    self._parsed[index] = parsed
             return [self._parsed[index] for index in indexes]
 
 
