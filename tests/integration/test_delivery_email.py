@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import aio_pika
-import asyncpg
 import pytest
 
-from herald_ops.testing.delivery import Mailbox, running_mailbox
-from herald_ops.testing.requests import AmqpRpc
+from herald_ops.testing.delivery import Mailbox, running_mailbox, user_with_email
 from herald_ops.testing.stack import fresh_id, stack_context, wait_until
 from herald_ops.testing.worker import TOPOLOGY, Watcher, event
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import Iterator
 
+    import asyncpg
+
+    from herald_ops.testing.requests import AmqpRpc
     from herald_ops.testing.stack import HeraldProcess, Stack
 
 pytestmark = pytest.mark.timeout(240)
@@ -49,54 +50,14 @@ def delivery(stack: Stack, mailbox: Mailbox) -> HeraldProcess:
     return stack.start_delivery(smtp_url=mailbox.url, **DELIVERY)
 
 
-@pytest.fixture
-async def db(stack: Stack) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(stack.database_url)
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
-async def watcher(stack: Stack) -> AsyncIterator[Watcher]:
-    connection = await aio_pika.connect(stack.amqp_url)
-    try:
-        yield Watcher(await connection.channel())
-    finally:
-        await connection.close()
-
-
-@pytest.fixture
-async def rpc(stack: Stack) -> AsyncIterator[AmqpRpc]:
-    client = await AmqpRpc.connect(stack.amqp_url, TOPOLOGY.rpc_queue)
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
-async def with_email(watcher: Watcher, db: asyncpg.Connection, **profile: Any) -> tuple[str, str]:
-    """A fresh user whose profile event was stored; returns (user id, address)."""
-    user = fresh_id()
-    address = f"{user}@mail.test"
-    await watcher.publish({"user_id": user, "email": address, **profile}, routing_key="user.profile")
-
-    async def stored() -> bool:
-        return await db.fetchval("SELECT email FROM user_profiles WHERE user_id = $1", user) == address
-
-    await wait_until(stored, 30, "profile stored")
-    return user, address
-
-
-async def job_rows(db: asyncpg.Connection, user: str) -> list[asyncpg.Record]:
-    return await db.fetch("SELECT * FROM delivery_jobs WHERE user_id = $1 ORDER BY created_at", user)
+async def job_rows(pg: asyncpg.Connection, user: str) -> list[asyncpg.Record]:
+    return await pg.fetch("SELECT * FROM delivery_jobs WHERE user_id = $1 ORDER BY created_at", user)
 
 
 async def test_one_email_per_job_with_parts_headers_and_an_escaped_title(
-    delivery: HeraldProcess, mailbox: Mailbox, watcher: Watcher, db: asyncpg.Connection, rpc: AmqpRpc
+    delivery: HeraldProcess, mailbox: Mailbox, watcher: Watcher, pg: asyncpg.Connection, rpc: AmqpRpc
 ) -> None:
-    user, address = await with_email(watcher, db, name="Ada", locale="en")
+    user, address = await user_with_email(watcher, pg, name="Ada", locale="en")
     title = "<script>alert(1)</script> Grade"
     body = event(
         user, "GRADE_RELEASED", title=title, message="Your essay", data={"url": "https://app.example/g/1"}
@@ -121,7 +82,7 @@ async def test_one_email_per_job_with_parts_headers_and_an_escaped_title(
     assert "&lt;script&gt;alert(1)&lt;/script&gt; Grade" in html
     assert 'href="https://app.example/g/1"' in html
 
-    rows = await job_rows(db, user)
+    rows = await job_rows(pg, user)
     assert [(r["id"], r["status"], r["attempts"]) for r in rows] == [(job_id, "sent", 1)]
     listed = await rpc.call("deliveries.list", {"user_id": user}, user="admin", admin=True)
     assert [(i["id"], i["status"], i["channel"]) for i in listed["result"]["items"]] == [
@@ -135,56 +96,56 @@ async def test_one_email_per_job_with_parts_headers_and_an_escaped_title(
 
 
 async def test_no_address_is_skipped_and_email_off_creates_no_job(
-    delivery: HeraldProcess, mailbox: Mailbox, watcher: Watcher, db: asyncpg.Connection, rpc: AmqpRpc
+    delivery: HeraldProcess, mailbox: Mailbox, watcher: Watcher, pg: asyncpg.Connection, rpc: AmqpRpc
 ) -> None:
     nobody = fresh_id()
-    quiet, _ = await with_email(watcher, db)
-    reached, address = await with_email(watcher, db)
+    quiet, _ = await user_with_email(watcher, pg)
+    reached, address = await user_with_email(watcher, pg)
     off = await rpc.call("preferences.update", {"channels": {"email": False}}, user=quiet)
     assert off["result"]["channels"]["email"] is False
     await watcher.publish(event([nobody, quiet, reached], "INSTRUCTOR_MESSAGE"))
     await wait_until(lambda: mailbox.count(address) == 1, 60, "the email of the user with an address")
 
     async def skipped() -> bool:
-        return [r["status"] for r in await job_rows(db, nobody)] == ["skipped"]
+        return [r["status"] for r in await job_rows(pg, nobody)] == ["skipped"]
 
     await wait_until(skipped, 30, "the job of the user without an address skipped")
-    assert (await job_rows(db, nobody))[0]["last_error"] == "no email address"
+    assert (await job_rows(pg, nobody))[0]["last_error"] == "no email address"
     # The three recipients' jobs came from one batch: the one with email off never had one.
-    assert await job_rows(db, quiet) == []
+    assert await job_rows(pg, quiet) == []
 
 
 async def test_transient_replies_are_retried_into_exactly_one_message(
-    delivery: HeraldProcess, mailbox: Mailbox, watcher: Watcher, db: asyncpg.Connection
+    delivery: HeraldProcess, mailbox: Mailbox, watcher: Watcher, pg: asyncpg.Connection
 ) -> None:
-    user, address = await with_email(watcher, db)
+    user, address = await user_with_email(watcher, pg)
     mailbox.defer[address] = 2
     await watcher.publish(event(user, "ASSIGNMENT_DEADLINE"))
 
     async def sent() -> bool:
-        return [r["status"] for r in await job_rows(db, user)] == ["sent"]
+        return [r["status"] for r in await job_rows(pg, user)] == ["sent"]
 
     await wait_until(sent, 60, "the job sent after two 451 replies")
     assert mailbox.count(address) == 1
-    row = (await job_rows(db, user))[0]
+    row = (await job_rows(pg, user))[0]
     assert row["attempts"] == 3
     assert mailbox.defer[address] == 0
 
 
 async def test_permanent_refusal_fails_and_dead_letters_while_others_arrive(
-    delivery: HeraldProcess, mailbox: Mailbox, watcher: Watcher, db: asyncpg.Connection, stack: Stack
+    delivery: HeraldProcess, mailbox: Mailbox, watcher: Watcher, pg: asyncpg.Connection, stack: Stack
 ) -> None:
-    refused, refused_address = await with_email(watcher, db)
-    other, other_address = await with_email(watcher, db)
+    refused, refused_address = await user_with_email(watcher, pg)
+    other, other_address = await user_with_email(watcher, pg)
     mailbox.refuse[refused_address] = "550 5.1.1 no such user"
     await watcher.publish(event([refused, other], "CERTIFICATE_ISSUED"))
     await wait_until(lambda: mailbox.count(other_address) == 1, 60, "the other user's email")
 
     async def failed() -> bool:
-        return [r["status"] for r in await job_rows(db, refused)] == ["failed"]
+        return [r["status"] for r in await job_rows(pg, refused)] == ["failed"]
 
     await wait_until(failed, 30, "the refused job failed")
-    row = (await job_rows(db, refused))[0]
+    row = (await job_rows(pg, refused))[0]
     assert row["attempts"] == 1
     assert "550" in row["last_error"]
     assert mailbox.to(refused_address) == []
@@ -210,36 +171,36 @@ async def test_permanent_refusal_fails_and_dead_letters_while_others_arrive(
 
 
 async def test_delayed_job_is_cancelled_by_a_read_and_sent_when_unread(
-    delivery: HeraldProcess, mailbox: Mailbox, watcher: Watcher, db: asyncpg.Connection, rpc: AmqpRpc
+    delivery: HeraldProcess, mailbox: Mailbox, watcher: Watcher, pg: asyncpg.Connection, rpc: AmqpRpc
 ) -> None:
-    await db.execute(
+    await pg.execute(
         "UPDATE notification_types SET email_delay_seconds = 3 WHERE name = 'COURSE_SCHEDULE_CHANGE'"
     )
     try:
-        reader, reader_address = await with_email(watcher, db)
-        ignorer, ignorer_address = await with_email(watcher, db)
+        reader, reader_address = await user_with_email(watcher, pg)
+        ignorer, ignorer_address = await user_with_email(watcher, pg)
         read_event = event(reader, "COURSE_SCHEDULE_CHANGE")
         await watcher.publish(read_event)
         await watcher.publish(event(ignorer, "COURSE_SCHEDULE_CHANGE"))
 
         async def scheduled(user: str) -> bool:
-            return [r["status"] for r in await job_rows(db, user)] == ["scheduled"]
+            return [r["status"] for r in await job_rows(pg, user)] == ["scheduled"]
 
         await wait_until(lambda: scheduled(reader), 30, "the reader's delayed job")
-        notification_id = (await job_rows(db, reader))[0]["notification_id"]
+        notification_id = (await job_rows(pg, reader))[0]["notification_id"]
         marked = await rpc.call("notifications.mark_read", {"ids": [notification_id]}, user=reader)
         assert marked["result"]["updated"] == 1
 
         await wait_until(lambda: mailbox.count(ignorer_address) == 1, 60, "the unread one's email")
 
         async def cancelled() -> bool:
-            return [r["status"] for r in await job_rows(db, reader)] == ["cancelled"]
+            return [r["status"] for r in await job_rows(pg, reader)] == ["cancelled"]
 
         await wait_until(cancelled, 30, "the read one's job cancelled")
         assert mailbox.to(reader_address) == []
-        sent = (await job_rows(db, ignorer))[0]
+        sent = (await job_rows(pg, ignorer))[0]
         assert sent["sent_at"] >= sent["due_at"]
     finally:
-        await db.execute(
+        await pg.execute(
             "UPDATE notification_types SET email_delay_seconds = 0 WHERE name = 'COURSE_SCHEDULE_CHANGE'"
         )

@@ -6,19 +6,18 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING
 
-import aio_pika
 import orjson
 import pytest
 
 from herald_ops.testing.delivery import BrowserKeys, PushReceiver, running_receiver, verify_vapid
-from herald_ops.testing.requests import AmqpRpc
 from herald_ops.testing.stack import fresh_id, stack_context, wait_until
-from herald_ops.testing.worker import TOPOLOGY, Watcher, event
+from herald_ops.testing.worker import Watcher, event
 from worker.vapid import new_key_pair
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import Iterator
 
+    from herald_ops.testing.requests import AmqpRpc
     from herald_ops.testing.stack import HeraldProcess, Stack
 
 pytestmark = pytest.mark.timeout(180)
@@ -42,24 +41,6 @@ def stack() -> Iterator[Stack]:
 @pytest.fixture(scope="module")
 def delivery(stack: Stack) -> HeraldProcess:
     return stack.start_delivery(vapid_subject="mailto:ops@herald.test", push_ttl=600, **PUSH)
-
-
-@pytest.fixture
-async def rpc(stack: Stack) -> AsyncIterator[AmqpRpc]:
-    client = await AmqpRpc.connect(stack.amqp_url, TOPOLOGY.rpc_queue)
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
-@pytest.fixture
-async def watcher(stack: Stack) -> AsyncIterator[Watcher]:
-    connection = await aio_pika.connect(stack.amqp_url)
-    try:
-        yield Watcher(await connection.channel())
-    finally:
-        await connection.close()
 
 
 async def test_subscriptions_are_validated_deduplicated_and_listed(

@@ -11,17 +11,17 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-import aio_pika
-import asyncpg
 import pytest
 
-from herald_ops.testing.delivery import Mailbox, running_mailbox
+from herald_ops.testing.delivery import Mailbox, running_mailbox, user_with_email
 from herald_ops.testing.requests import AmqpRpc
-from herald_ops.testing.stack import fresh_id, stack_context, wait_until
+from herald_ops.testing.stack import stack_context, wait_until
 from herald_ops.testing.worker import TOPOLOGY, Watcher, event
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import Iterator
+
+    import asyncpg
 
     from herald_ops.testing.stack import Stack
 
@@ -49,46 +49,16 @@ def stack() -> Iterator[Stack]:
         yield stack
 
 
-@pytest.fixture
-async def db(stack: Stack) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(stack.database_url)
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
-async def watcher(stack: Stack) -> AsyncIterator[Watcher]:
-    connection = await aio_pika.connect(stack.amqp_url)
-    try:
-        yield Watcher(await connection.channel())
-    finally:
-        await connection.close()
-
-
-async def user_with_email(watcher: Watcher, db: asyncpg.Connection, **profile: str) -> tuple[str, str]:
-    user = fresh_id()
-    address = f"{user}@mail.test"
-    await watcher.publish({"user_id": user, "email": address, **profile}, routing_key="user.profile")
-
-    async def stored() -> bool:
-        return await db.fetchval("SELECT email FROM user_profiles WHERE user_id = $1", user) == address
-
-    await wait_until(stored, 30, "profile stored")
-    return user, address
-
-
-async def statuses(db: asyncpg.Connection, user: str) -> Counter[str]:
-    rows = await db.fetch("SELECT status FROM delivery_jobs WHERE user_id = $1", user)
+async def statuses(pg: asyncpg.Connection, user: str) -> Counter[str]:
+    rows = await pg.fetch("SELECT status FROM delivery_jobs WHERE user_id = $1", user)
     return Counter(row["status"] for row in rows)
 
 
 async def test_smtp_down_for_30_seconds_holds_every_job_and_loses_none(
-    stack: Stack, mailbox: Mailbox, watcher: Watcher, db: asyncpg.Connection
+    stack: Stack, mailbox: Mailbox, watcher: Watcher, pg: asyncpg.Connection
 ) -> None:
     delivery = stack.start_delivery(smtp_url=mailbox.url, **FAST_RETRIES)
-    user, address = await user_with_email(watcher, db)
+    user, address = await user_with_email(watcher, pg)
     mailbox.stop()
     stopped = time.monotonic()
     try:
@@ -96,36 +66,36 @@ async def test_smtp_down_for_30_seconds_holds_every_job_and_loses_none(
             await watcher.publish(event(user, TYPE))
 
         async def all_retried() -> bool:
-            attempts = await db.fetchval(
+            attempts = await pg.fetchval(
                 "SELECT min(attempts) FROM delivery_jobs WHERE user_id = $1 HAVING count(*) = 20", user
             )
             return attempts is not None and attempts >= 2
 
         await wait_until(all_retried, 60, "every job tried at least twice while SMTP is down")
-        assert await statuses(db, user) == Counter({"scheduled": 20})
+        assert await statuses(pg, user) == Counter({"scheduled": 20})
         # The outage lasts 30 s in all: the scenario's length, not an assertion about timing.
         await wait_until(lambda: time.monotonic() - stopped >= 30, 60, "30 s of outage")
     finally:
         mailbox.start()
     await wait_until(lambda: mailbox.count(address) == 20, 90, "every email after SMTP returned")
     assert len({m["Message-ID"] for m in mailbox.to(address)}) == 20
-    await wait_until(lambda: statuses(db, user), 5, "rows readable")
-    assert await statuses(db, user) == Counter({"sent": 20})
+    await wait_until(lambda: statuses(pg, user), 5, "rows readable")
+    assert await statuses(pg, user) == Counter({"sent": 20})
     delivery.stop()
 
 
 async def test_a_restart_while_jobs_wait_sends_each_once(
-    stack: Stack, mailbox: Mailbox, watcher: Watcher, db: asyncpg.Connection
+    stack: Stack, mailbox: Mailbox, watcher: Watcher, pg: asyncpg.Connection
 ) -> None:
-    await db.execute(f"UPDATE notification_types SET email_delay_seconds = 4 WHERE name = '{TYPE}'")
+    await pg.execute(f"UPDATE notification_types SET email_delay_seconds = 4 WHERE name = '{TYPE}'")
     try:
         delivery = stack.start_delivery(smtp_url=mailbox.url, **FAST_RETRIES)
-        user, address = await user_with_email(watcher, db)
+        user, address = await user_with_email(watcher, pg)
         for _ in range(10):
             await watcher.publish(event(user, TYPE))
 
         async def waiting() -> bool:
-            return await statuses(db, user) == Counter({"scheduled": 10})
+            return await statuses(pg, user) == Counter({"scheduled": 10})
 
         await wait_until(waiting, 30, "ten delayed jobs waiting")
         assert delivery.stop() == 0
@@ -134,21 +104,21 @@ async def test_a_restart_while_jobs_wait_sends_each_once(
         await wait_until(lambda: mailbox.count(address) >= 10, 60, "the waiting jobs sent")
 
         async def all_sent() -> bool:
-            return await statuses(db, user) == Counter({"sent": 10})
+            return await statuses(pg, user) == Counter({"sent": 10})
 
         await wait_until(all_sent, 30, "every job recorded sent")
         assert mailbox.count(address) == 10
         delivery.stop()
     finally:
-        await db.execute(f"UPDATE notification_types SET email_delay_seconds = 0 WHERE name = '{TYPE}'")
+        await pg.execute(f"UPDATE notification_types SET email_delay_seconds = 0 WHERE name = '{TYPE}'")
 
 
 async def test_sigkill_mid_stream_delivers_everything_with_duplicates_bounded_by_in_flight(
-    stack: Stack, mailbox: Mailbox, watcher: Watcher, db: asyncpg.Connection
+    stack: Stack, mailbox: Mailbox, watcher: Watcher, pg: asyncpg.Connection
 ) -> None:
     concurrency = 10
     delivery = stack.start_delivery(smtp_url=mailbox.url, email_concurrency=concurrency, **FAST_RETRIES)
-    user, address = await user_with_email(watcher, db)
+    user, address = await user_with_email(watcher, pg)
     total = 500
     for index in range(total):
         await watcher.publish(event(user, TYPE))
@@ -158,7 +128,7 @@ async def test_sigkill_mid_stream_delivers_everything_with_duplicates_bounded_by
     delivery.launch()
 
     async def all_sent() -> bool:
-        return await statuses(db, user) == Counter({"sent": total})
+        return await statuses(pg, user) == Counter({"sent": total})
 
     await wait_until(all_sent, 240, "every job sent after the restart")
     received = [m["Message-ID"] for m in mailbox.to(address)]
@@ -169,11 +139,11 @@ async def test_sigkill_mid_stream_delivers_everything_with_duplicates_bounded_by
 
 
 async def test_quiet_hours_in_the_profiles_time_zone_hold_email_until_the_window_ends(
-    stack: Stack, mailbox: Mailbox, watcher: Watcher, db: asyncpg.Connection
+    stack: Stack, mailbox: Mailbox, watcher: Watcher, pg: asyncpg.Connection
 ) -> None:
     delivery = stack.start_delivery(smtp_url=mailbox.url, **FAST_RETRIES)
     zone = ZoneInfo("Asia/Kolkata")  # UTC+05:30: a window read in UTC would not contain now
-    user, address = await user_with_email(watcher, db, timezone="Asia/Kolkata")
+    user, address = await user_with_email(watcher, pg, timezone="Asia/Kolkata")
     now = datetime.now(zone)
     end = (now + timedelta(minutes=1)).replace(second=0, microsecond=0)
     if end - now < timedelta(seconds=20):
@@ -189,13 +159,13 @@ async def test_quiet_hours_in_the_profiles_time_zone_hold_email_until_the_window
     await watcher.publish(event(user, TYPE))
 
     async def held() -> bool:
-        return await statuses(db, user) == Counter({"scheduled": 1})
+        return await statuses(pg, user) == Counter({"scheduled": 1})
 
     await wait_until(held, 30, "the job held")
-    due_at = await db.fetchval("SELECT due_at FROM delivery_jobs WHERE user_id = $1", user)
+    due_at = await pg.fetchval("SELECT due_at FROM delivery_jobs WHERE user_id = $1", user)
     assert due_at == end.astimezone(UTC)
     assert mailbox.to(address) == []
     await wait_until(lambda: mailbox.count(address) == 1, 180, "the email after the window")
-    sent_at = await db.fetchval("SELECT sent_at FROM delivery_jobs WHERE user_id = $1", user)
+    sent_at = await pg.fetchval("SELECT sent_at FROM delivery_jobs WHERE user_id = $1", user)
     assert sent_at >= due_at
     delivery.stop()

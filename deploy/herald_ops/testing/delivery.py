@@ -25,11 +25,15 @@ from aiosmtpd.controller import Controller
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from herald_ops.testing.stack import free_port
+from herald_ops.testing.stack import free_port, fresh_id, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from email.message import EmailMessage
+
+    import asyncpg
+
+    from herald_ops.testing.worker import Watcher
 
 
 def b64url(raw: bytes) -> str:
@@ -209,3 +213,19 @@ def verify_vapid(authorization: str, public_key: str, audience: str) -> dict[str
     point = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b64url_decode(public_key))
     claims: dict[str, Any] = jwt.decode(parts["t"], point, algorithms=["ES256"], audience=audience)
     return claims
+
+
+async def user_with_email(watcher: Watcher, db: asyncpg.Connection, **profile: str) -> tuple[str, str]:
+    """A fresh user whose ``user.profile`` event (an address, and ``profile``) is stored; (user, address)."""
+    user = fresh_id()
+    address = f"{user}@mail.test"
+    await watcher.publish({"user_id": user, "email": address, **profile}, routing_key="user.profile")
+
+    async def stored() -> bool:
+        stored_address: str | None = await db.fetchval(
+            "SELECT email FROM user_profiles WHERE user_id = $1", user
+        )
+        return stored_address == address
+
+    await wait_until(stored, 30, "profile stored")
+    return user, address
