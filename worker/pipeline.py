@@ -40,8 +40,9 @@ import structlog
 from shared.events import BroadcastEvent, InvalidEvent, ProfileEvent, SendEvent, parse_event
 from worker import metrics
 from worker.profiles import store_profile
-from worker.routing import NEW_METHOD, Incoming, Outgoing, SendRouting, route_broadcast
+from worker.routing import NEW_METHOD, Incoming, Outgoing, SendRouting, broadcast_jobs, route_broadcast
 from worker.store import events as store
+from worker.store.deliveries import insert_waiting
 from worker.store.pool import is_outage
 
 if TYPE_CHECKING:
@@ -342,9 +343,9 @@ class Pipeline:
         self, conn: Connection, catalog: Catalog, event: BroadcastEvent, now: datetime
     ) -> Outgoing:
         routing = route_broadcast(event, catalog, now)
-        if routing.muted:
-            return routing.outgoing(0)
-        recipients = await store.broadcast(conn, routing)
+        recipients = 0 if routing.muted else await store.broadcast(conn, routing)
+        # Email/push go straight to delivery_jobs; herald-delivery sends them paced by its rate caps.
+        await insert_waiting(conn, broadcast_jobs(routing, await store.audience(conn), catalog, now))
         return routing.outgoing(recipients)
 
     # -- publishing -----------------------------------------------------------------------------------

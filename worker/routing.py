@@ -394,3 +394,37 @@ def route_broadcast(event: BroadcastEvent, catalog: Catalog, now: datetime) -> B
         params=params,
         frame=notification_frame(NEW_METHOD, params),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class BroadcastJobs:
+    """The email/push jobs of one broadcast: its Notification object and ``(user, channel, held until)``."""
+
+    notification: dict[str, Any]
+    jobs: list[tuple[str, str, datetime | None]]
+
+
+def broadcast_jobs(
+    routing: BroadcastRouting,
+    audience: Mapping[str, Mapping[str, Any] | None],
+    catalog: Catalog,
+    now: datetime,
+) -> BroadcastJobs:
+    """Who of the known users (``audience``: user → stored overrides) gets a broadcast by email or push.
+
+    The same rule as a send's: :func:`shared.preferences.decide_channels` with the event's ``channels``,
+    held until the end of the user's quiet hours.
+    """
+    event = routing.event
+    kind = catalog[event.type]
+    defaults = default_preferences(catalog)
+    jobs: list[tuple[str, str, datetime | None]] = []
+    for user, stored in audience.items():
+        prefs = effective_preferences(catalog, stored) if stored else defaults
+        channels = decide_channels(kind, prefs, event.channels)
+        external = [channel for channel in DELIVERY_CHANNELS if channel in channels]
+        if external:
+            held = _held_until(user, prefs["quiet_hours"], now)
+            jobs += [(user, channel, held) for channel in external]
+    notification = _params(routing.notification_id, event, routing.category, now)
+    return BroadcastJobs(orjson.loads(dumps(notification)), jobs)

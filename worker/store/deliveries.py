@@ -8,14 +8,15 @@ cancellation, race-free: a delayed job whose in-app copy was read or deleted by 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    from datetime import datetime
-
     import asyncpg
 
     from worker.delivery.jobs import JobMessage
+    from worker.routing import BroadcastJobs
+    from worker.store.pool import Connection
 
 # The delay comes from the catalog; a delayed job with an in-app copy is cancelled if that is read or
 # deleted before it is due. A job due now is inserted already claimed (the caller sends it at once).
@@ -39,6 +40,19 @@ _SCHEDULE: Final = """
       FROM timed
     ON CONFLICT (id) DO NOTHING
     RETURNING locked_until IS NOT NULL AS claimed"""
+
+# A broadcast's jobs, straight into the table (no AMQP message each): the pollers send them, paced by the
+# rate caps. Same timing and cancellation rule as _SCHEDULE; a repeated broadcast inserts nothing twice.
+_INSERT_WAITING: Final = """
+    INSERT INTO delivery_jobs (id, notification_id, user_id, channel, notification, cancel_if_read, due_at)
+    SELECT $1 || ':' || j.user_id || ':' || j.channel, $1, j.user_id, j.channel, $2::jsonb,
+           d.delay > 0 AND EXISTS (SELECT 1 FROM notifications n WHERE n.user_id = j.user_id AND n.id = $1),
+           greatest(coalesce(j.deliver_after, now()), $4::timestamptz + make_interval(secs => d.delay))
+      FROM unnest($5::text[], $6::text[], $7::timestamptz[]) AS j(user_id, channel, deliver_after)
+      LEFT JOIN notification_types t ON t.name = $3
+     CROSS JOIN LATERAL (SELECT coalesce(CASE WHEN j.channel = 'email' THEN t.email_delay_seconds
+                                              ELSE t.push_delay_seconds END, 0) AS delay) AS d
+    ON CONFLICT (id) DO NOTHING"""
 
 # {where} picks the candidates: one job by id, or a channel's due jobs.
 _CLAIM: Final = """
@@ -112,6 +126,25 @@ async def schedule(pool: asyncpg.Pool, job_id: str, job: JobMessage, lease: floa
         lease,
     )
     return bool(claimed)
+
+
+async def insert_waiting(conn: Connection, jobs: BroadcastJobs) -> int:
+    """Record a broadcast's email/push jobs for the pollers; how many were new."""
+    if not jobs.jobs:
+        return 0
+    notification = jobs.notification
+    users, channels, held = (list(column) for column in zip(*jobs.jobs, strict=True))
+    status: str = await conn.execute(
+        _INSERT_WAITING,
+        notification["id"],
+        notification,
+        notification["type"],
+        datetime.fromisoformat(notification["created_at"]),
+        users,
+        channels,
+        held,
+    )
+    return int(status.rsplit(" ", 1)[1])
 
 
 def _claimed(row: asyncpg.Record) -> Claimed:

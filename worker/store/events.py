@@ -20,6 +20,8 @@ from worker.writes import Written
 if TYPE_CHECKING:
     from datetime import datetime
 
+    from asyncpg import Record
+
     from worker.routing import BroadcastRouting
     from worker.store.pool import Connection
     from worker.writes import Writes
@@ -176,15 +178,28 @@ async def lock_users(conn: Connection, user_ids: list[str]) -> dict[str, dict[st
     ordered = sorted(user_ids)
     await conn.execute(_ENSURE_USERS, ordered)
     rows = await conn.fetch(_LOCK_USERS, ordered)
-    return {
-        row["user_id"]: with_profile_zone(
-            {"channels": row["channels"], "types": row["types"], "quiet_hours": row["quiet_hours"]}
-            if row["channels"] is not None
-            else None,
-            row["timezone"],
-        )
-        for row in rows
-    }
+    return {row["user_id"]: _overrides(row) for row in rows}
+
+
+_AUDIENCE: Final = """
+    SELECT u.user_id, p.channels, p.types, p.quiet_hours, pr.timezone
+      FROM users u LEFT JOIN user_preferences p USING (user_id)
+      LEFT JOIN user_profiles pr ON pr.user_id = u.user_id"""
+
+
+def _overrides(row: Record) -> dict[str, Any] | None:
+    """A row's stored overrides (``None`` without preferences), quiet hours in the profile's zone if none."""
+    stored = (
+        {"channels": row["channels"], "types": row["types"], "quiet_hours": row["quiet_hours"]}
+        if row["channels"] is not None
+        else None
+    )
+    return with_profile_zone(stored, row["timezone"])
+
+
+async def audience(conn: Connection) -> dict[str, dict[str, Any] | None]:
+    """Every known user's overrides (as :func:`lock_users` returns them): who a broadcast may email."""
+    return {row["user_id"]: _overrides(row) for row in await conn.fetch(_AUDIENCE)}
 
 
 async def existing(conn: Connection, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
