@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -160,6 +161,16 @@ async def run(stack: Stack, jobs: int) -> list[tuple[str, float, float]]:
     return [("emails/s", herald_email, bare_email), ("pushes/s", herald_push, bare_push)]
 
 
+def report(rows: list[tuple[str, float, float]], *, markdown: bool) -> None:
+    for name, herald, bare in rows:
+        print(f"{name:10} herald-delivery {herald:8.0f}   bare loop {bare:8.0f}   ratio {herald / bare:5.0%}")
+    if markdown:
+        print("\n| measure | herald-delivery | bare loop | ratio |\n|---|---|---|---|")
+        for name, herald, bare in rows:
+            print(f"| {name} | {herald:,.0f} | {bare:,.0f} | {herald / bare:.0%} |")
+    sys.stdout.flush()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=1000)
@@ -167,12 +178,7 @@ def main() -> None:
     args = parser.parse_args()
     with stack_context("herald_bench") as stack:
         rows = asyncio.run(run(stack, args.jobs))
-    for name, herald, bare in rows:
-        print(f"{name:10} herald-delivery {herald:8.0f}   bare loop {bare:8.0f}   ratio {herald / bare:5.0%}")
-    if args.markdown:
-        print("\n| measure | herald-delivery | bare loop | ratio |\n|---|---|---|---|")
-        for name, herald, bare in rows:
-            print(f"| {name} | {herald:,.0f} | {bare:,.0f} | {herald / bare:.0%} |")
+        report(rows, markdown=args.markdown)  # before the teardown, which a loaded broker may make slow
 
 
 if __name__ == "__main__":

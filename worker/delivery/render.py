@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from email.message import EmailMessage
-from email.utils import parseaddr
+from email.header import Header
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.utils import formataddr, parseaddr
 from typing import TYPE_CHECKING, Any
 
 from jinja2 import (
@@ -107,14 +109,18 @@ class EmailRenderer:
 
     def message(
         self, job_id: str, notification: dict[str, Any], profile: dict[str, Any], user_id: str
-    ) -> EmailMessage:
-        """The multipart/alternative message of one job, addressed to the profile's email."""
+    ) -> MIMEMultipart:
+        """The multipart/alternative message of one job, addressed to the profile's email.
+
+        Built with the ``email.mime`` classes (the compat32 policy): ``EmailMessage`` with the default
+        policy re-parses every header it is given, about 15 times slower, and a message is built per job.
+        """
         unsubscribe = self.unsubscribe_link(user_id, notification["type"])
         rendered = self.render(notification, profile, unsubscribe)
-        message = EmailMessage()
-        message["From"] = self._sender
+        message = MIMEMultipart("alternative")
+        message["From"] = formataddr(parseaddr(self._sender), "utf-8")
         message["To"] = profile["email"]
-        message["Subject"] = rendered.subject
+        message["Subject"] = _header(rendered.subject)
         # The same job always gets the same Message-ID, so a resend after a crash is recognisable.
         digest = hashlib.blake2b(job_id.encode(), digest_size=16).hexdigest()
         message["Message-ID"] = f"<{digest}@{self._domain}>"
@@ -123,6 +129,11 @@ class EmailRenderer:
         if unsubscribe is not None:
             message["List-Unsubscribe"] = f"<{unsubscribe}>"
             message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-        message.set_content(rendered.text)
-        message.add_alternative(rendered.html, subtype="html")
+        message.attach(MIMEText(rendered.text, "plain", "utf-8"))
+        message.attach(MIMEText(rendered.html, "html", "utf-8"))
         return message
+
+
+def _header(value: str) -> str:
+    """``value`` as is when ASCII, else RFC 2047 encoded (compat32 headers do not encode by themselves)."""
+    return value if value.isascii() else Header(value, "utf-8").encode()

@@ -169,3 +169,17 @@ def test_herald_vapid_prints_a_usable_key_pair(capsys: pytest.CaptureFixture[str
     pem = "\n".join(line for line in lines if not line.startswith("#"))
     pem = pem[: pem.index("-----END PRIVATE KEY-----") + len("-----END PRIVATE KEY-----")] + "\n"
     assert public_key(load_vapid(pem)) == lines[-1]
+
+
+def test_non_ascii_subjects_and_sender_names_are_encoded() -> None:
+    import email
+    import email.policy
+
+    sender = EmailRenderer(
+        templates_dir=None, app_name="A", sender="Hérald <h@x.example>", unsubscribe_url=None
+    )
+    raw = sender.message("j", {**NOTIFICATION, "title": "Größe 💡"}, {"email": "a@b.example"}, "u").as_bytes()
+    assert raw.isascii()
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    assert parsed["Subject"] == "Größe 💡"
+    assert parsed["From"] == "Hérald <h@x.example>"
