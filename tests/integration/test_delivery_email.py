@@ -50,6 +50,17 @@ def delivery(stack: Stack, mailbox: Mailbox) -> HeraldProcess:
     return stack.start_delivery(smtp_url=mailbox.url, **DELIVERY)
 
 
+async def recorded(pg: asyncpg.Connection, user: str, *expected: tuple[str, str]) -> list[asyncpg.Record]:
+    """The user's job rows once their (channel, status) pairs are ``expected`` (the state is written just
+    after the server accepted the message, so it can trail the message by a moment)."""
+
+    async def reached() -> bool:
+        return sorted((r["channel"], r["status"]) for r in await job_rows(pg, user)) == sorted(expected)
+
+    await wait_until(reached, 30, f"jobs of {user} recorded as {expected}")
+    return await job_rows(pg, user)
+
+
 async def job_rows(pg: asyncpg.Connection, user: str) -> list[asyncpg.Record]:
     return await pg.fetch("SELECT * FROM delivery_jobs WHERE user_id = $1 ORDER BY created_at", user)
 
@@ -82,7 +93,7 @@ async def test_one_email_per_job_with_parts_headers_and_an_escaped_title(
     assert "&lt;script&gt;alert(1)&lt;/script&gt; Grade" in html
     assert 'href="https://app.example/g/1"' in html
 
-    rows = await job_rows(pg, user)
+    rows = await recorded(pg, user, ("email", "sent"))
     assert [(r["id"], r["status"], r["attempts"]) for r in rows] == [(job_id, "sent", 1)]
     listed = await rpc.call("deliveries.list", {"user_id": user}, user="admin", admin=True)
     assert [(i["id"], i["status"], i["channel"]) for i in listed["result"]["items"]] == [
@@ -198,7 +209,7 @@ async def test_delayed_job_is_cancelled_by_a_read_and_sent_when_unread(
 
         await wait_until(cancelled, 30, "the read one's job cancelled")
         assert mailbox.to(reader_address) == []
-        sent = (await job_rows(pg, ignorer))[0]
+        sent = (await recorded(pg, ignorer, ("email", "sent")))[0]
         assert sent["sent_at"] >= sent["due_at"]
     finally:
         await pg.execute(
@@ -221,7 +232,6 @@ async def test_a_broadcast_emails_the_known_users_whose_preferences_allow_it(
     await wait_until(lambda: mailbox.count(address) == 1, 60, "the broadcast's email")
     assert mailbox.to(address)[0]["Subject"] == title
     # This stack's delivery has no VAPID key: the push job waits for a process that can send it.
-    rows = await job_rows(pg, reached)
-    assert sorted((r["channel"], r["status"]) for r in rows) == [("email", "sent"), ("push", "scheduled")]
+    await recorded(pg, reached, ("email", "sent"), ("push", "scheduled"))
     assert [r["channel"] for r in await job_rows(pg, opted_out)] == ["push"]
     assert mailbox.to(opted_out_address) == []

@@ -79,8 +79,11 @@ async def test_smtp_down_for_30_seconds_holds_every_job_and_loses_none(
         mailbox.start()
     await wait_until(lambda: mailbox.count(address) == 20, 90, "every email after SMTP returned")
     assert len({m["Message-ID"] for m in mailbox.to(address)}) == 20
-    await wait_until(lambda: statuses(pg, user), 5, "rows readable")
-    assert await statuses(pg, user) == Counter({"sent": 20})
+
+    async def all_sent() -> bool:
+        return await statuses(pg, user) == Counter({"sent": 20})
+
+    await wait_until(all_sent, 30, "every job recorded sent")
     delivery.stop()
 
 
@@ -166,6 +169,11 @@ async def test_quiet_hours_in_the_profiles_time_zone_hold_email_until_the_window
     assert due_at == end.astimezone(UTC)
     assert mailbox.to(address) == []
     await wait_until(lambda: mailbox.count(address) == 1, 180, "the email after the window")
+
+    async def sent() -> bool:
+        return await statuses(pg, user) == Counter({"sent": 1})
+
+    await wait_until(sent, 30, "the job recorded sent")
     sent_at = await pg.fetchval("SELECT sent_at FROM delivery_jobs WHERE user_id = $1", user)
     assert sent_at >= due_at
     delivery.stop()
