@@ -87,41 +87,29 @@ class Stack:
         env.update({f"HERALD_{k.upper()}": str(v) for k, v in overrides.items()})
         return env
 
-    def start_worker(self, **overrides: Any) -> HeraldProcess:
-        """Start ``python -m worker`` on a free HTTP port and wait until ``/readyz`` answers 200."""
+    def _start(self, name: str, module: str, port_setting: str, overrides: dict[str, Any]) -> HeraldProcess:
+        """Start ``python -m <module>`` with its HTTP port free and wait until ``/readyz`` answers 200."""
         port = free_port()
         proc = HeraldProcess.start(
-            f"worker-{len(self.processes)}",
-            [sys.executable, "-m", "worker"],
-            self.env(worker_http_port=port, **overrides),
+            f"{name}-{len(self.processes)}",
+            [sys.executable, "-m", module],
+            self.env(**{port_setting: port}, **overrides),
             port,
         )
         self.processes.append(proc)
         return proc
+
+    def start_worker(self, **overrides: Any) -> HeraldProcess:
+        """Start ``python -m worker`` on a free HTTP port and wait until ``/readyz`` answers 200."""
+        return self._start("worker", "worker", "worker_http_port", overrides)
 
     def start_gateway(self, **overrides: Any) -> HeraldProcess:
         """Start ``python -m gateway`` on a free port and wait until ``/readyz`` answers 200."""
-        port = free_port()
-        proc = HeraldProcess.start(
-            f"gateway-{len(self.processes)}",
-            [sys.executable, "-m", "gateway"],
-            self.env(gateway_port=port, **overrides),
-            port,
-        )
-        self.processes.append(proc)
-        return proc
+        return self._start("gateway", "gateway", "gateway_port", overrides)
 
     def start_delivery(self, **overrides: Any) -> HeraldProcess:
         """Start ``python -m worker.delivery`` on a free HTTP port and wait until ``/readyz`` answers 200."""
-        port = free_port()
-        proc = HeraldProcess.start(
-            f"delivery-{len(self.processes)}",
-            [sys.executable, "-m", "worker.delivery"],
-            self.env(delivery_http_port=port, **overrides),
-            port,
-        )
-        self.processes.append(proc)
-        return proc
+        return self._start("delivery", "worker.delivery", "delivery_http_port", overrides)
 
     def stop_all(self) -> None:
         for proc in self.processes:
