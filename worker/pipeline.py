@@ -39,8 +39,9 @@ import structlog
 
 from shared.events import BroadcastEvent, InvalidEvent, ProfileEvent, SendEvent, parse_event
 from worker import metrics
+from worker.broadcast_routing import broadcast_jobs
 from worker.profiles import store_profile
-from worker.routing import NEW_METHOD, Incoming, Outgoing, SendRouting, broadcast_jobs, route_broadcast
+from worker.routing import NEW_METHOD, Incoming, Outgoing, SendRouting, route_broadcast
 from worker.store import events as store
 from worker.store.deliveries import insert_waiting
 from worker.store.pool import is_outage

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, Final
 if TYPE_CHECKING:
     import asyncpg
 
+    from worker.broadcast_routing import BroadcastJobs
     from worker.delivery.jobs import JobMessage
-    from worker.routing import BroadcastJobs
     from worker.store.pool import Connection
 
 # The delay comes from the catalog; a delayed job with an in-app copy is cancelled if that is read or

@@ -215,7 +215,7 @@ def test_collapse_keys_are_per_user() -> None:
 
 
 def test_broadcast_jobs_follow_the_send_rule_and_quiet_hours() -> None:
-    from worker.routing import broadcast_jobs
+    from worker.broadcast_routing import broadcast_jobs
 
     event = BroadcastEvent.model_validate({"type": "COURSE_NEW_CONTENT", "title": "Hi"})
     routing = route_broadcast(event, CATALOG, NOW)
