@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install clients migrate run worker gateway test test-deps test-fast lint format bench clean
+.PHONY: install clients migrate run worker gateway delivery test test-deps test-fast lint format bench clean
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,9 @@ worker: install
 
 gateway: install
 	$(BIN)/herald-gateway
+
+delivery: install
+	$(BIN)/herald-delivery
 
 clients:              ## the browser packages and the demo: npm ci, builds, JS tests, bundle size
 	bash .ci/build-clients

@@ -4,8 +4,9 @@ Routes (anything else is 404): ``/healthz`` (the process answers), ``/readyz`` (
 is down), ``/metrics`` (Prometheus), ``/dev/token?user=U[&admin=1]`` (only with ``HERALD_DEV_TOKENS=1``),
 ``/`` and ``/assets/<file>`` (the React demo inbox, built into ``clients/demo/dist/`` by
 ``.ci/build-clients``; ``/`` falls back to the plain page while it is not built), ``/plain.html`` and
-``/static/<file>`` (from ``gateway/static/``), ``/client/herald.js`` and ``/client/herald.d.ts`` (the
-browser client, from ``clients/js/``).
+``/static/<file>`` (from ``gateway/static/``), ``/sw.js`` (the Web Push service worker, from
+``gateway/static/``, at the root so its scope is the whole origin), ``/client/herald.js`` and
+``/client/herald.d.ts`` (the browser client, from ``clients/js/``).
 
 A WebSocket handshake must target ``/notifications`` (else 404) from an allowed Origin (else 403); a
 token in ``Authorization: Bearer`` or ``?token=`` must verify (else 401), and its claims travel on the
@@ -193,6 +194,8 @@ class HttpRoutes:
             return self._file(self._demo_dir, path.removeprefix("/"))
         if path == "/plain.html":
             return self._file(self._static_dir, "plain.html")
+        if path == "/sw.js":  # at the root, so its scope is the whole origin
+            return self._file(self._static_dir, "sw.js")
         if path.startswith("/static/"):
             return self._file(self._static_dir, path.removeprefix("/static/"))
         if path.startswith("/client/") and path.removeprefix("/client/") in CLIENT_FILES:

@@ -48,6 +48,12 @@ FORWARDED: Final = frozenset(
         "preferences.update",
         "preferences.reset",
         "notifications.broadcast",
+        "profile.get",
+        "push.vapid_key",
+        "push.subscribe",
+        "push.unsubscribe",
+        "push.list",
+        "deliveries.list",
     }
 )
 METHODS: Final = LOCAL | FORWARDED

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, cast
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 from pydantic import (
@@ -69,7 +70,7 @@ from herald_client.protocol import (
 from herald_client.protocol import (
     USER_ID_PATTERN as USER_ID_PATTERN,
 )
-from shared.topology import BROADCAST_ROUTING_KEY, SEND_ROUTING_KEY
+from shared.topology import BROADCAST_ROUTING_KEY, PROFILE_ROUTING_KEY, SEND_ROUTING_KEY
 
 if TYPE_CHECKING:
     from pydantic.config import JsonDict
@@ -214,6 +215,36 @@ class BroadcastEvent(_EventFields):
     """``notification.broadcast``: stored for every known user whose preferences allow the type."""
 
 
+PROFILE_FIELDS: Final = ("email", "name", "locale", "timezone")
+_EMAIL_PATTERN: Final = r"^[^@\s<>,;]{1,64}@[^@\s<>,;]{1,190}\.[^@\s<>,;.]{1,63}$"
+_LOCALE_PATTERN: Final = r"^[A-Za-z]{2,8}([-_][A-Za-z0-9]{1,8}){0,3}$"
+
+
+def _known_zone(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("unknown IANA time zone") from None
+    return value
+
+
+class ProfileEvent(BaseModel):
+    """``user.profile``: a user's contact data; a present ``null`` clears a field, an absent key keeps it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    user_id: UserId = Field(validation_alias=AliasChoices("user_id", "userId"))
+    email: Annotated[str, StringConstraints(pattern=_EMAIL_PATTERN, max_length=254)] | None = None
+    name: str | None = Field(default=None, max_length=MAX_TITLE_CHARS)
+    locale: Annotated[str, StringConstraints(pattern=_LOCALE_PATTERN)] | None = None
+    timezone: Annotated[str | None, AfterValidator(_known_zone)] = None
+
+    def changes(self) -> dict[str, str | None]:
+        """The fields the event carried (``None`` for a present null), by name."""
+        return {name: getattr(self, name) for name in PROFILE_FIELDS if name in self.model_fields_set}
+
+
 Event = SendEvent | BroadcastEvent
 
 
@@ -231,7 +262,7 @@ def validation_reason(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_event(body: bytes, routing_key: str | None, message_id: str | None = None) -> Event:
+def parse_event(body: bytes, routing_key: str | None, message_id: str | None = None) -> Event | ProfileEvent:
     """Validate one AMQP message as a Herald event.
 
     Args:
@@ -241,7 +272,8 @@ def parse_event(body: bytes, routing_key: str | None, message_id: str | None = N
         message_id: the AMQP ``message_id``, the idempotency key when the body has no ``event_id``.
 
     Returns:
-        A :class:`SendEvent` or :class:`BroadcastEvent`, with ``event_id`` filled from ``message_id``.
+        A :class:`SendEvent` or :class:`BroadcastEvent`, with ``event_id`` filled from ``message_id``, or a
+        :class:`ProfileEvent` for routing key ``user.profile``.
 
     Raises:
         InvalidEvent: the body is too large, not JSON, not an object, of an unknown kind, or breaks a limit.
@@ -262,6 +294,11 @@ def parse_event(body: bytes, routing_key: str | None, message_id: str | None = N
         if not isinstance(raw, dict):
             raise InvalidEvent("data: the envelope's data must be a JSON object")
 
+    if kind == PROFILE_ROUTING_KEY:
+        try:
+            return ProfileEvent.model_validate(raw)
+        except ValidationError as exc:
+            raise InvalidEvent(validation_reason(exc)) from None
     model: type[SendEvent] | type[BroadcastEvent]
     if kind == BROADCAST_ROUTING_KEY:
         model = BroadcastEvent

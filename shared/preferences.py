@@ -168,12 +168,23 @@ def _quiet_hours(value: Any) -> dict[str, str] | None:
     for key in ("start", "end"):
         if not isinstance(value.get(key), str) or not _HHMM.match(value[key]):
             raise InvalidPreferences(f"quiet_hours.{key}", "must be HH:MM (24-hour)")
-    zone = value.get("timezone", "UTC")
+    window = {"start": value["start"], "end": value["end"]}
+    zone = value.get("timezone")
+    if zone is None:
+        return window  # the profile's time zone applies, else UTC (see with_profile_zone)
     try:
         ZoneInfo(zone)
     except (ZoneInfoNotFoundError, ValueError, TypeError):
         raise InvalidPreferences("quiet_hours.timezone", "unknown IANA time zone") from None
-    return {"start": value["start"], "end": value["end"], "timezone": zone}
+    return {**window, "timezone": zone}
+
+
+def with_profile_zone(overrides: dict[str, Any] | None, profile_zone: str | None) -> dict[str, Any] | None:
+    """``overrides`` whose quiet hours give no time zone, given the profile's (docs/protocol.md §9)."""
+    quiet_hours = (overrides or {}).get("quiet_hours")
+    if overrides is None or not quiet_hours or quiet_hours.get("timezone") or not profile_zone:
+        return overrides
+    return {**overrides, "quiet_hours": {**quiet_hours, "timezone": profile_zone}}
 
 
 def quiet_hours_end(quiet_hours: Mapping[str, str] | None, now: datetime) -> datetime | None:

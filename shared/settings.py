@@ -72,6 +72,12 @@ class Settings(BaseSettings):
         confirm_frames: wait for publisher confirms of live event frames before acking [false]; see
             docs/design.md (frames precede the ack on the same connection either way).
 
+    Web Push (the worker answers ``push.*`` requests, ``herald-delivery`` sends)
+        vapid_private_key: the VAPID key pair's private half, PEM text or ``@path`` (``herald vapid``
+            prints one); unset = ``push.vapid_key`` and push sending are unavailable.
+        push_allow_http: accept ``http://`` push endpoints (development and tests only) [false].
+        push_max_subscriptions: subscriptions kept per user; one more drops the oldest [20].
+
     Logging
         log_format: ``json``, ``console`` or ``auto`` (console on a terminal, JSON otherwise) [auto].
         log_level: ``DEBUG`` … ``ERROR`` [INFO].
@@ -129,6 +135,10 @@ class Settings(BaseSettings):
     rpc_prefetch: int = Field(default=64, ge=1, le=65535)
     confirm_frames: bool = False
 
+    vapid_private_key: SecretStr | None = None
+    push_allow_http: bool = False
+    push_max_subscriptions: int = Field(default=20, ge=1, le=1000)
+
     log_format: Literal["json", "console", "auto"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -151,13 +161,14 @@ class Settings(BaseSettings):
     @field_validator("jwt_public_key", mode="after")
     @classmethod
     def _read_key_file(cls, value: str | None) -> str | None:
-        if value is not None and value.startswith("@"):
-            path = Path(value[1:])
-            try:
-                return path.read_text(encoding="utf-8")
-            except OSError as exc:
-                raise ValueError(f"cannot read public key file {path}: {exc.strerror}") from exc
-        return value
+        return read_at_path(value)
+
+    @field_validator("vapid_private_key", mode="before")
+    @classmethod
+    def _read_vapid_key(cls, value: object) -> object:
+        if value == "":
+            return None  # an empty variable (compose's `${VAR:-}`) is unset
+        return read_at_path(value) if isinstance(value, str) else value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -173,8 +184,22 @@ class Settings(BaseSettings):
             )
 
 
+def read_at_path(value: str | None) -> str | None:
+    """``value`` itself, or the text of the file it names when it starts with ``@``."""
+    if value is not None and value.startswith("@"):
+        path = Path(value[1:])
+        try:
+            return path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"cannot read key file {path}: {exc.strerror}") from exc
+    return value
+
+
 class ConfigError(Exception):
     """A setting is missing or malformed; the message starts with the variable's name."""
+
+
+_SECRET_FIELDS = frozenset({"jwt_secret", "vapid_private_key", "smtp_url"})
 
 
 def describe_validation_error(error: ValidationError) -> str:
@@ -182,7 +207,7 @@ def describe_validation_error(error: ValidationError) -> str:
     first = error.errors()[0]
     field = str(first["loc"][0]) if first["loc"] else "?"
     value = first.get("input")
-    shown = "" if field.startswith("jwt_secret") else f" (got {value!r})"
+    shown = "" if field in _SECRET_FIELDS else f" (got {value!r})"
     return f"{ENV_PREFIX}{field.upper()}: {first['msg']}{shown}"
 
 

@@ -19,11 +19,14 @@ __all__ = [
     "EVENTS_BINDING_KEY",
     "ORIGINAL_EXCHANGE_HEADER",
     "ORIGINAL_ROUTING_KEY_HEADER",
+    "PROFILE_ROUTING_KEY",
     "SEND_ROUTING_KEY",
     "Topology",
 ]
 
 EVENTS_BINDING_KEY: Final = "notification.#"
+#: Contact-data events (docs/protocol.md §9); the events queue is bound to this key too.
+PROFILE_ROUTING_KEY: Final = "user.profile"
 ERROR_HEADER: Final = "x-herald-error"
 ORIGINAL_ROUTING_KEY_HEADER: Final = "x-herald-routing-key"
 ORIGINAL_EXCHANGE_HEADER: Final = "x-herald-exchange"
@@ -73,6 +76,15 @@ class Topology:
     def deliveries_exchange(self) -> str:
         """Durable topic exchange, keys ``email`` and ``push``, for external senders."""
         return f"{self.prefix}.deliveries"
+
+    def delivery_queue(self, channel: str) -> str:
+        """The ``herald-delivery`` input queue of one channel (``email`` or ``push``), bound by that key."""
+        return f"{self.prefix}.deliveries.{channel}"
+
+    @property
+    def deliveries_dead_queue(self) -> str:
+        """Durable queue of jobs that failed for good, with their ``x-herald-error`` reason."""
+        return f"{self.prefix}.deliveries.dead"
 
     @property
     def outcomes_exchange(self) -> str:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, cast
 import aio_pika
 from faststream.rabbit import Channel, ExchangeType, QueueType, RabbitExchange, RabbitQueue
 
-from shared.topology import EVENTS_BINDING_KEY
+from shared.topology import EVENTS_BINDING_KEY, PROFILE_ROUTING_KEY
 from worker.publish import Publisher
 
 if TYPE_CHECKING:
@@ -98,6 +98,17 @@ async def declare_topology(broker: RabbitBroker, topology: Topology, *, confirm_
         outcomes=await broker.declare_exchange(outcomes_exchange(topology)),
         dlx=dlx,
     )
+
+
+async def bind_profile_events(broker: RabbitBroker, topology: Topology, delivery_limit: int) -> None:
+    """Bind the events queue to ``user.profile`` too (its subscriber binds only ``notification.#``).
+
+    Call after the subscriber started: the declarer then hands back the subscriber's own queue object
+    (declaring it earlier would move the consumer to the default channel, see :func:`declare_topology`).
+    """
+    queue = await broker.declare_queue(events_queue(topology, delivery_limit))
+    exchange = await broker.declare_exchange(events_exchange(topology))
+    await queue.bind(exchange, routing_key=PROFILE_ROUTING_KEY)
 
 
 async def raw_body(message: RabbitMessage) -> bytes:

@@ -30,7 +30,7 @@ from shared.settings import load_settings
 from shared.topology import Topology
 from worker import http, metrics, probes
 from worker.acks import AckTracker
-from worker.amqp import declare_topology
+from worker.amqp import bind_profile_events, declare_topology
 from worker.events import document_publishers, subscribe_events
 from worker.pipeline import Pipeline
 from worker.retention import retention_loop
@@ -139,8 +139,11 @@ class _Worker:
 
     async def _serve(self) -> None:
         settings, runtime = self.settings, self.runtime()
+        await bind_profile_events(self.broker, self.topology, settings.delivery_limit)
         self._server = await http.serve(
-            settings.worker_http_host, settings.worker_http_port, probes.routes(self.app, runtime)
+            settings.worker_http_host,
+            settings.worker_http_port,
+            probes.routes(self.app, runtime.broker, runtime.pool),
         )
         self._spawn(self._refresh_catalog_periodically(), "herald-catalog")
         self._spawn(retention_loop(runtime.pool, settings), "herald-retention")

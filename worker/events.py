@@ -14,7 +14,7 @@ from faststream import AckPolicy
 from faststream.rabbit import Channel
 from pydantic import WithJsonSchema
 
-from shared.events import BroadcastEvent, SendEvent
+from shared.events import BroadcastEvent, ProfileEvent, SendEvent
 from worker.amqp import (
     broadcast_exchange,
     deliveries_exchange,
@@ -61,9 +61,11 @@ EventBody = Annotated[
             "oneOf": [
                 _inlined(SendEvent.model_json_schema(by_alias=True)),
                 _inlined(BroadcastEvent.model_json_schema(by_alias=True)),
+                _inlined(ProfileEvent.model_json_schema(by_alias=True)),
             ],
-            "description": "A producer event (PROTOCOL §4). `user_id` (or `userId`) may replace `user_ids`; "
-            "`eventId` and the NestJS envelope `{pattern, data}` are accepted too.",
+            "description": "A producer event (PROTOCOL §4), or a user.profile event (§9). `user_id` (or "
+            "`userId`) may replace `user_ids`; `eventId` and the NestJS envelope `{pattern, data}` are "
+            "accepted too.",
         }
     ),
 ]
@@ -81,7 +83,8 @@ def subscribe_events(
         no_reply=True,
         decoder=raw_body,
         title="herald.events",
-        description="Producer events (routing keys notification.send and notification.broadcast).",
+        description="Producer events (routing keys notification.send, notification.broadcast and, bound "
+        "after start, user.profile).",
     )
 
     @subscriber

@@ -6,7 +6,7 @@ Life of an event (docs/design.md has the reasons):
    :func:`shared.events.parse_event` and checks the type against the in-memory catalog (an unknown type
    first reloads the catalog, at most every 5 s, so a type an operator just added is accepted). An invalid
    event is copied to ``herald.dlx`` with its ``x-herald-error`` reason and acked, at once; it never enters
-   a batch.
+   a batch. A ``user.profile`` event is stored at once by :mod:`worker.profiles` and acked.
 2. Valid events wait in the batcher until ``batch_size`` are pending or ``batch_timeout_ms`` passed. One
    batch of sends is one transaction: users rows ensured and locked in id order, preferences read with the
    lock, duplicates (same user and idempotency key) read back, the rest inserted by one multi-row statement
@@ -37,10 +37,13 @@ from typing import TYPE_CHECKING, Any, Final
 import asyncpg
 import structlog
 
-from shared.events import BroadcastEvent, InvalidEvent, SendEvent, parse_event
+from shared.events import BroadcastEvent, InvalidEvent, ProfileEvent, SendEvent, parse_event
 from worker import metrics
+from worker.broadcast_routing import broadcast_jobs
+from worker.profiles import store_profile
 from worker.routing import NEW_METHOD, Incoming, Outgoing, SendRouting, route_broadcast
 from worker.store import events as store
+from worker.store.deliveries import insert_waiting
 from worker.store.pool import is_outage
 
 if TYPE_CHECKING:
@@ -125,7 +128,9 @@ class Pipeline:
             return  # its channel closed while the handler waited: RabbitMQ redelivers it
         try:
             event = parse_event(message.body, message.routing_key, message.message_id)
-            if event.type not in self._catalog() and not await self._type_added(event.type):
+            if isinstance(event, ProfileEvent):
+                await store_profile(self._pool, event)  # contact data skips the batcher
+            elif event.type not in self._catalog() and not await self._type_added(event.type):
                 raise InvalidEvent(f"type: unknown notification type {event.type!r}")
         except InvalidEvent as exc:
             await self.dead_letter(message, channel, exc.reason)
@@ -136,6 +141,9 @@ class Pipeline:
             # x-delivery-limit dead-letters one that keeps failing.
             log.exception("event could not be validated; requeued")
             await self._requeue_one(message, channel)
+            return
+        if isinstance(event, ProfileEvent):
+            await self._acks.settle(channel, (message.delivery_tag or 0,))
             return
         if self._closing:
             return  # stopping: left unacked, requeued when the channel closes
@@ -336,9 +344,9 @@ class Pipeline:
         self, conn: Connection, catalog: Catalog, event: BroadcastEvent, now: datetime
     ) -> Outgoing:
         routing = route_broadcast(event, catalog, now)
-        if routing.muted:
-            return routing.outgoing(0)
-        recipients = await store.broadcast(conn, routing)
+        recipients = 0 if routing.muted else await store.broadcast(conn, routing)
+        # Email/push go straight to delivery_jobs; herald-delivery sends them paced by its rate caps.
+        await insert_waiting(conn, broadcast_jobs(routing, await store.audience(conn), catalog, now))
         return routing.outgoing(recipients)
 
     # -- publishing -----------------------------------------------------------------------------------

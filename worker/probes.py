@@ -13,17 +13,17 @@ from worker.store.pool import is_outage, ping
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    import asyncpg
     from faststream import FastStream
-
-    from worker.runtime import Runtime
+    from faststream.rabbit import RabbitBroker
 
     Route = Callable[[], Awaitable[tuple[int, str, bytes]]]
 
 _PROBE_TIMEOUT: Final = 1.0
 
 
-def routes(app: FastStream, runtime: Runtime) -> dict[str, Route]:
-    """``/healthz``, ``/readyz``, ``/metrics`` and ``/asyncapi.json`` of the running worker."""
+def routes(app: FastStream, broker: RabbitBroker, pool: asyncpg.Pool) -> dict[str, Route]:
+    """``/healthz``, ``/readyz``, ``/metrics`` and ``/asyncapi.json`` of a running worker or delivery app."""
 
     async def healthz() -> tuple[int, str, bytes]:
         return 200, "text/plain", b"ok\n"
@@ -31,11 +31,11 @@ def routes(app: FastStream, runtime: Runtime) -> dict[str, Route]:
     async def readyz() -> tuple[int, str, bytes]:
         """200 when the AMQP connection is up and the database answers; else 503 naming what is down."""
         problems = []
-        if not await runtime.broker.ping(_PROBE_TIMEOUT):
+        if not await broker.ping(_PROBE_TIMEOUT):
             problems.append("amqp")
         try:
             async with asyncio.timeout(_PROBE_TIMEOUT):
-                await ping(runtime.pool)
+                await ping(pool)
         except Exception as exc:  # TimeoutError is an OSError, hence an outage
             if not is_outage(exc):
                 raise

@@ -111,7 +111,9 @@ class _Recipient:
     params: dict[str, Any]
 
 
-def _params(nid: str, event: SendEvent | BroadcastEvent, category: str, now: datetime) -> dict[str, Any]:
+def notification_params(
+    nid: str, event: SendEvent | BroadcastEvent, category: str, now: datetime
+) -> dict[str, Any]:
     """A new Notification object (docs/protocol.md §5, §10), ``seq`` filled in after the insert."""
     return {
         "id": nid,
@@ -150,7 +152,7 @@ def job_key(notification_id: str, user_id: str, channel: str) -> str:
     return f"{notification_id}:{user_id}:{channel}"
 
 
-def _held_until(user: str, quiet_hours: dict[str, str] | None, now: datetime) -> datetime | None:
+def held_until(user: str, quiet_hours: dict[str, str] | None, now: datetime) -> datetime | None:
     """End of ``user``'s quiet hours; stored hours that no longer parse hold nothing (and are logged)."""
     try:
         return quiet_hours_end(quiet_hours, now)
@@ -211,12 +213,12 @@ class SendRouting:
                 if not channels:
                     continue
                 reached = True
-                recipient = _Recipient(index, user, key, _params(nid, event, kind.category, now))
+                recipient = _Recipient(index, user, key, notification_params(nid, event, kind.category, now))
                 if "in_app" in channels:
                     self._in_app.append(recipient)
                 external = [channel for channel in DELIVERY_CHANNELS if channel in channels]
                 if external:
-                    held = _held_until(user, prefs["quiet_hours"], now)
+                    held = held_until(user, prefs["quiet_hours"], now)
                     self._by_mail += [(recipient, channel, held) for channel in external]
             if not first_copy:
                 self._repeated += 1
@@ -382,7 +384,7 @@ def route_broadcast(event: BroadcastEvent, catalog: Catalog, now: datetime) -> B
     """Route one broadcast event: its notification id, row fields and live frame."""
     kind = catalog[event.type]
     nid = notification_id(event.event_id)
-    params = _params(nid, event, kind.category, now)
+    params = notification_params(nid, event, kind.category, now)
     return BroadcastRouting(
         event=event,
         muted=event.channels is not None and "in_app" not in event.channels,

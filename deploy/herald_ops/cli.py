@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from herald_ops import dev, dlq
+from herald_ops import dev, dlq, vapid
 from herald_ops import migrate as migrate_module
 from shared.settings import load_settings
 from shared.tokens import TokenError, mint_dev_token
@@ -171,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev_parser.set_defaults(handler=dev.run)
 
     dlq.register(sub)
+    vapid.register(sub)
     return parser
 
 

@@ -1,9 +1,9 @@
 """``herald dev``: the whole service on one machine, in the foreground, for a development loop.
 
-Migrates, starts one worker, one gateway and one HTTP API as child processes (each in its own session, so
-Ctrl-C reaches only this process, which then stops them in order), waits for the gateway's and the API's
-``/readyz``, prints the URLs and an admin dev token, and stops everything when one child exits or on
-Ctrl-C / SIGTERM.
+Migrates, starts one worker, one gateway, one HTTP API and one ``herald-delivery`` as child processes
+(each in its own session, so Ctrl-C reaches only this process, which then stops them in order), waits
+for the gateway's and the API's ``/readyz``, prints the URLs and an admin dev token, and stops
+everything when one child exits or on Ctrl-C / SIGTERM.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 from herald_ops import migrate as migrate_module
 from shared.settings import load_settings
 from shared.tokens import mint_dev_token
+from worker.delivery.settings import load_delivery_settings
+from worker.vapid import new_key_pair
 
 if TYPE_CHECKING:
     import argparse
@@ -55,12 +57,15 @@ def _stop(children: Sequence[subprocess.Popen[bytes]], timeout: float = 15.0) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    """``herald dev``: migrate, start a worker, a gateway and an API, print the URLs and a dev token."""
+    """``herald dev``: migrate, start a worker, a gateway, an API and a delivery process; print the URLs."""
     settings = load_settings()
     env = dict(os.environ, HERALD_DEV_TOKENS="1")
     if settings.jwt_secret is None:
         # A throwaway secret: dev tokens die with the session, which is what a dev loop wants.
         env["HERALD_JWT_SECRET"] = secrets.token_urlsafe(32)
+    if settings.vapid_private_key is None:
+        # A throwaway VAPID key too: browsers subscribed during the session push through it.
+        env["HERALD_VAPID_PRIVATE_KEY"] = new_key_pair()[0]
     if migrate_module.run(settings.database_url) != 0:
         return 1
     dev_settings = load_settings(jwt_secret=env["HERALD_JWT_SECRET"])
@@ -69,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     # Own sessions: Ctrl-C reaches only this process, which then stops the children in order.
     children = [
         subprocess.Popen([sys.executable, "-m", module], env=env, start_new_session=True)
-        for module in ("worker", "gateway", "gateway.api")
+        for module in ("worker", "gateway", "gateway.api", "worker.delivery")
     ]
     stopping = False
 
@@ -87,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
         token = mint_dev_token(dev_settings, args.user, admin=True, ttl=24 * 3600)
         ws_url = f"ws://{settings.gateway_host}:{settings.gateway_port}/notifications"
         metrics_url = f"http://{settings.worker_http_host}:{settings.worker_http_port}/metrics"
+        delivery = load_delivery_settings()
+        delivery_url = f"http://{delivery.delivery_http_host}:{delivery.delivery_http_port}/metrics"
         lines = [
             "",
             "Herald is running.",
@@ -94,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
             f"  websocket:   {ws_url}",
             f"  http api:    {api}/api/notifications/realtime  (OpenAPI: {api}/api/openapi.json)",
             f"  worker:      {metrics_url}",
+            f"  delivery:    {delivery_url} (email needs HERALD_SMTP_URL)",
             f"  dev token for {args.user!r} (admin, 24 h):",
             f"    {token}",
             f"  try:         herald send --user {args.user} --type COURSE_NEW_CONTENT --title Hello",

@@ -1,4 +1,4 @@
-"""``herald dev``: migrate + worker + gateway + api in the foreground; Ctrl-C stops everything cleanly."""
+"""``herald dev``: migrate, worker, gateway, api and delivery in the foreground; Ctrl-C stops them all."""
 
 from __future__ import annotations
 
@@ -20,8 +20,13 @@ if TYPE_CHECKING:
 
 
 def test_dev_runs_everything_and_stops_on_ctrl_c(fresh_stack: Stack) -> None:
-    gateway_port, worker_port, api_port = free_port(), free_port(), free_port()
-    env = fresh_stack.env(gateway_port=gateway_port, worker_http_port=worker_port, api_port=api_port)
+    gateway_port, worker_port, api_port, delivery_port = free_port(), free_port(), free_port(), free_port()
+    env = fresh_stack.env(
+        gateway_port=gateway_port,
+        worker_http_port=worker_port,
+        api_port=api_port,
+        delivery_http_port=delivery_port,
+    )
     proc = subprocess.Popen(
         [sys.executable, "-m", "herald_ops.cli", "dev", "--user", "ada"],
         env=env,
@@ -49,6 +54,9 @@ def test_dev_runs_everything_and_stops_on_ctrl_c(fresh_stack: Stack) -> None:
         wait_until_sync(
             lambda: http_status(f"http://127.0.0.1:{worker_port}/readyz") == 200, 30, "worker ready"
         )
+        wait_until_sync(
+            lambda: http_status(f"http://127.0.0.1:{delivery_port}/readyz") == 200, 30, "delivery ready"
+        )
         status, page = http_get(f"http://127.0.0.1:{gateway_port}/")
         assert status == 200
         assert b"<html" in page.lower()
@@ -66,6 +74,7 @@ def test_dev_runs_everything_and_stops_on_ctrl_c(fresh_stack: Stack) -> None:
         assert http_status(f"http://127.0.0.1:{gateway_port}/healthz") is None
         assert http_status(f"http://127.0.0.1:{worker_port}/healthz") is None
         assert http_status(f"{api}/healthz") is None
+        assert http_status(f"http://127.0.0.1:{delivery_port}/healthz") is None
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -17,14 +17,16 @@ import yaml
 from gateway.api.__main__ import GRACEFUL_SHUTDOWN_SECONDS
 from gateway.app import CLOSE_TIMEOUT
 from herald_ops.testing.stack import ROOT
-from shared.settings import ENV_PREFIX, Settings
+from shared.settings import ENV_PREFIX
 from shared.topology import Topology
+from worker.delivery.settings import DeliverySettings
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
 DEPLOY = ROOT / "deploy"
-SETTINGS_ENV = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields}
+# Every process's settings: the shared ones and herald-delivery's own (a superset).
+SETTINGS_ENV = {f"{ENV_PREFIX}{name.upper()}" for name in DeliverySettings.model_fields}
 SCRIPTS = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"])
 
 
@@ -72,7 +74,16 @@ def k8s_env_names() -> set[str]:
 
 def test_compose_sets_only_known_settings() -> None:
     services = herald_services()
-    assert {"migrate", "worker-1", "worker-2", "gateway-1", "gateway-2", "api-1", "api-2"} <= set(services)
+    assert {
+        "migrate",
+        "worker-1",
+        "worker-2",
+        "gateway-1",
+        "gateway-2",
+        "api-1",
+        "api-2",
+        "delivery-1",
+    } <= set(services)
     for name, service in services.items():
         herald_vars = {key for key in service["environment"] if key.startswith(ENV_PREFIX)}
         assert herald_vars, f"{name} sets no HERALD_ variable"
@@ -92,7 +103,7 @@ def test_every_set_value_is_accepted_by_settings(monkeypatch: pytest.MonkeyPatch
     config = next(doc for doc in k8s_documents() if doc["kind"] == "ConfigMap")
     for key, value in config["data"].items():
         monkeypatch.setenv(key, str(value))
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = DeliverySettings(_env_file=None)  # type: ignore[call-arg]
     assert settings.gateway_host == "0.0.0.0"
     assert settings.worker_http_host == "0.0.0.0"
     assert settings.api_host == "0.0.0.0"
@@ -109,7 +120,7 @@ def test_commands_are_console_scripts() -> None:
         for container in containers(doc)
         if container.get("image") == "herald"
     }
-    assert k8s_commands == {"herald", "herald-worker", "herald-gateway", "herald-api"}
+    assert k8s_commands == {"herald", "herald-worker", "herald-gateway", "herald-api", "herald-delivery"}
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     default = re.search(r'^CMD \["([^"]+)"', dockerfile, re.MULTILINE)
     assert default is not None
@@ -124,7 +135,11 @@ def test_ports_and_probes_match_the_settings() -> None:
         (container,) = containers(doc)
         port = container["ports"][0]["containerPort"]
         role = container["args"][0]
-        port_setting = {"herald-gateway": "HERALD_GATEWAY_PORT", "herald-api": "HERALD_API_PORT"}
+        port_setting = {
+            "herald-gateway": "HERALD_GATEWAY_PORT",
+            "herald-api": "HERALD_API_PORT",
+            "herald-delivery": "HERALD_DELIVERY_HTTP_PORT",
+        }
         expected = config[port_setting.get(role, "HERALD_WORKER_HTTP_PORT")]
         assert port == int(expected), doc["metadata"]["name"]
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -168,9 +183,25 @@ def test_api_termination_outlasts_its_graceful_shutdown() -> None:
     assert_autoscaled_and_budgeted(api)
 
 
+def scaled_object(target: str) -> dict[str, Any]:
+    return next(
+        doc
+        for doc in k8s_documents()
+        if doc["kind"] == "ScaledObject" and doc["spec"]["scaleTargetRef"]["name"] == target
+    )
+
+
+def test_keda_scales_delivery_on_both_job_queues() -> None:
+    triggers = scaled_object("herald-delivery")["spec"]["triggers"]
+    assert {t["metadata"]["queueName"] for t in triggers} == {
+        Topology().delivery_queue("email"),
+        Topology().delivery_queue("push"),
+    }
+    assert all(t["type"] == "rabbitmq" and t["metadata"]["mode"] == "QueueLength" for t in triggers)
+
+
 def test_keda_scales_the_worker_on_the_events_queue() -> None:
-    scaled = next(doc for doc in k8s_documents() if doc["kind"] == "ScaledObject")
-    assert scaled["spec"]["scaleTargetRef"]["name"] == "herald-worker"
+    scaled = scaled_object("herald-worker")
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["type"] == "rabbitmq"
     assert trigger["metadata"]["queueName"] == Topology().events_queue
@@ -184,6 +215,7 @@ def _exported_series() -> set[str]:
     """Every series name the worker and the gateway can expose (counters with ``_total`` etc.)."""
     from prometheus_client import REGISTRY
 
+    import worker.delivery.metrics  # registers herald-delivery's metrics too
     import worker.metrics  # noqa: F401  (registers the worker's metrics in the default registry)
     from gateway.metrics import Metrics
 

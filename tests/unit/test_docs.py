@@ -5,14 +5,15 @@ from __future__ import annotations
 import tomllib
 
 from herald_ops.testing.stack import ROOT
-from shared.settings import ENV_PREFIX, Settings
+from shared.settings import ENV_PREFIX
+from worker.delivery.settings import DeliverySettings
 
 
 def test_readme_documents_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
     missing = [
         f"{ENV_PREFIX}{name.upper()}"
-        for name in Settings.model_fields
+        for name in DeliverySettings.model_fields  # the shared settings and herald-delivery's
         if f"`{ENV_PREFIX}{name.upper()}`" not in readme
     ]
     assert not missing, f"README's configuration table lacks {missing}"

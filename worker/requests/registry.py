@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from worker.requests import admin, inbox, notifications, preferences, session
+from worker.requests import admin, deliveries, inbox, notifications, preferences, profile, push, session
 
 if TYPE_CHECKING:
     from worker.requests.common import Method
@@ -15,4 +15,7 @@ METHODS: Final[dict[str, Method]] = {
     **inbox.METHODS,
     **preferences.METHODS,
     **admin.METHODS,
+    **profile.METHODS,
+    **push.METHODS,
+    **deliveries.METHODS,
 }

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 
+from shared.preferences import with_profile_zone
 from worker.store.notifications import NOTIFICATION_FIELDS, notification_json
 from worker.writes import Written
 
 if TYPE_CHECKING:
     from datetime import datetime
+
+    from asyncpg import Record
 
     from worker.routing import BroadcastRouting
     from worker.store.pool import Connection
@@ -29,8 +32,9 @@ _ENSURE_USERS: Final = """
     ON CONFLICT DO NOTHING"""
 
 _LOCK_USERS: Final = """
-    SELECT u.user_id, p.channels, p.types, p.quiet_hours
+    SELECT u.user_id, p.channels, p.types, p.quiet_hours, pr.timezone
       FROM users u LEFT JOIN user_preferences p USING (user_id)
+      LEFT JOIN user_profiles pr ON pr.user_id = u.user_id
      WHERE u.user_id = ANY($1::text[])
      ORDER BY u.user_id
        FOR UPDATE OF u"""
@@ -168,19 +172,34 @@ async def lock_users(conn: Connection, user_ids: list[str]) -> dict[str, dict[st
     """Create missing ``users`` rows, lock all of them in id order, and return their overrides.
 
     Returns:
-        ``user_id → {"channels", "types", "quiet_hours"}`` for users with stored preferences, else ``None``.
+        ``user_id → {"channels", "types", "quiet_hours"}`` for users with stored preferences, else ``None``;
+        quiet hours without a time zone get the profile's.
     """
     ordered = sorted(user_ids)
     await conn.execute(_ENSURE_USERS, ordered)
     rows = await conn.fetch(_LOCK_USERS, ordered)
-    return {
-        row["user_id"]: (
-            {"channels": row["channels"], "types": row["types"], "quiet_hours": row["quiet_hours"]}
-            if row["channels"] is not None
-            else None
-        )
-        for row in rows
-    }
+    return {row["user_id"]: _overrides(row) for row in rows}
+
+
+_AUDIENCE: Final = """
+    SELECT u.user_id, p.channels, p.types, p.quiet_hours, pr.timezone
+      FROM users u LEFT JOIN user_preferences p USING (user_id)
+      LEFT JOIN user_profiles pr ON pr.user_id = u.user_id"""
+
+
+def _overrides(row: Record) -> dict[str, Any] | None:
+    """A row's stored overrides (``None`` without preferences), quiet hours in the profile's zone if none."""
+    stored = (
+        {"channels": row["channels"], "types": row["types"], "quiet_hours": row["quiet_hours"]}
+        if row["channels"] is not None
+        else None
+    )
+    return with_profile_zone(stored, row["timezone"])
+
+
+async def audience(conn: Connection) -> dict[str, dict[str, Any] | None]:
+    """Every known user's overrides (as :func:`lock_users` returns them): who a broadcast may email."""
+    return {row["user_id"]: _overrides(row) for row in await conn.fetch(_AUDIENCE)}
 
 
 async def existing(conn: Connection, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:

@@ -210,7 +210,7 @@ function Inbox({ user, theme, onTheme, onSignOut }: { user: string; theme: Theme
             ✕
           </button>
         </div>
-        {prefsOpen && <PreferencesPanel push={{ serviceWorkerUrl: "/assets/sw.js", device: navigator.userAgent.slice(0, 60) }} />}
+        {prefsOpen && <PreferencesPanel push={{ serviceWorkerUrl: "/sw.js", device: navigator.userAgent.slice(0, 60) }} />}
       </dialog>
       <NotificationToast onOpen={() => setOpen(true)} />
     </>

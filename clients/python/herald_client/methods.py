@@ -120,6 +120,37 @@ class InboxMethods(ABC):
         result: dict[str, Any] = await self.request("notifications.broadcast", params)
         return result
 
+    async def get_profile(self) -> dict[str, Any]:
+        """``profile.get``: ``{"user_id", "email", "name", "locale", "timezone", "updated_at"}``."""
+        result: dict[str, Any] = await self.request("profile.get")
+        return result
+
+    async def vapid_key(self) -> str:
+        """``push.vapid_key``: the base64url application server key to subscribe a browser with."""
+        result: dict[str, Any] = await self.request("push.vapid_key")
+        return str(result["public_key"])
+
+    async def push_subscribe(self, subscription: dict[str, Any], device: str | None = None) -> str:
+        """``push.subscribe`` with a ``PushSubscription.toJSON()`` object; returns the subscription id."""
+        params = {**subscription, **({"device": device} if device is not None else {})}
+        result: dict[str, Any] = await self.request("push.subscribe", params)
+        return str(result["id"])
+
+    async def push_unsubscribe(self, endpoint: str) -> int:
+        """``push.unsubscribe``: how many subscriptions were removed (0 or 1)."""
+        result: dict[str, Any] = await self.request("push.unsubscribe", {"endpoint": endpoint})
+        return int(result["removed"])
+
+    async def push_subscriptions(self) -> list[dict[str, Any]]:
+        """``push.list``: ``[{"id", "endpoint", "device", "created_at"}]``, newest first."""
+        result: dict[str, Any] = await self.request("push.list")
+        return list(result["items"])
+
+    async def list_deliveries(self, **filters: Any) -> dict[str, Any]:
+        """``deliveries.list`` (admin): filters ``user_id``, ``status``, ``limit``, ``before``."""
+        result: dict[str, Any] = await self.request("deliveries.list", filters)
+        return result
+
     async def ping(self) -> str:
         """``ping`` → ``"pong"``."""
         result: str = await self.request("ping")

@@ -104,5 +104,11 @@ CLIENT_METHODS: Final = frozenset(
         "preferences.get",
         "preferences.update",
         "preferences.reset",
+        "profile.get",
+        "push.vapid_key",
+        "push.subscribe",
+        "push.unsubscribe",
+        "push.list",
+        "deliveries.list",
     }
 )

@@ -99,7 +99,12 @@ class Stack:
         """Start ``python -m gateway.api`` (``herald-api``) on a free port; wait until ``/readyz`` is 200."""
         return self._start("api", "gateway.api", "api_port", overrides)
 
+    def start_delivery(self, **overrides: Any) -> HeraldProcess:
+        """Start ``python -m worker.delivery`` on a free HTTP port and wait until ``/readyz`` answers 200."""
+        return self._start("delivery", "worker.delivery", "delivery_http_port", overrides)
+
     def _start(self, name: str, module: str, port_setting: str, overrides: dict[str, Any]) -> HeraldProcess:
+        """Start ``python -m <module>`` with its HTTP port free and wait until ``/readyz`` answers 200."""
         port = free_port()
         proc = HeraldProcess.start(
             f"{name}-{len(self.processes)}",
@@ -151,7 +156,11 @@ class HeraldProcess:
         self.popen = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         if ready:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except BaseException:
+                self.kill()  # not left running unowned: the caller never gets the object to stop
+                raise
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         def ready() -> bool:

@@ -201,3 +201,18 @@ def test_inbox_state_limits_are_inclusive() -> None:
     )
     assert isinstance(event, SendEvent)
     assert (event.url, len(event.actions), event.collapse_key) == (url, 3, "k" * 128)
+
+
+def test_profile_events_carry_only_the_fields_present() -> None:
+    from shared.events import ProfileEvent
+
+    event = parse({"userId": "u1", "email": "a@b.example", "timezone": None}, "user.profile")
+    assert isinstance(event, ProfileEvent)
+    assert event.user_id == "u1"
+    assert event.changes() == {"email": "a@b.example", "timezone": None}
+    enveloped = parse({"pattern": "user.profile", "data": {"user_id": "u2", "locale": "pt-BR"}}, None)
+    assert isinstance(enveloped, ProfileEvent)
+    assert enveloped.changes() == {"locale": "pt-BR"}
+    assert reason({"user_id": "u1", "email": "not-an-address"}, "user.profile").startswith("email")
+    assert reason({"user_id": "u1", "timezone": "Mars/Base"}, "user.profile").startswith("timezone")
+    assert reason({"user_id": "bad id!"}, "user.profile").startswith("user_id")

@@ -170,3 +170,14 @@ def test_quiet_hours_end_is_the_next_end_time_within_a_day(now: datetime, start:
     if result is not None:
         assert now < result <= now + timedelta(days=1)
         assert result.time() == end
+
+
+def test_quiet_hours_without_a_zone_take_the_profiles() -> None:
+    from shared.preferences import with_profile_zone
+
+    window = {"channels": {}, "types": {}, "quiet_hours": {"start": "22:00", "end": "07:00"}}
+    assert with_profile_zone(window, "Asia/Tokyo")["quiet_hours"]["timezone"] == "Asia/Tokyo"  # type: ignore[index]
+    zoned = {**window, "quiet_hours": {"start": "22:00", "end": "07:00", "timezone": "UTC"}}
+    assert with_profile_zone(zoned, "Asia/Tokyo") == zoned
+    assert with_profile_zone(None, "Asia/Tokyo") is None
+    assert with_profile_zone(window, None) == window

@@ -212,3 +212,34 @@ def test_collapse_keys_are_per_user() -> None:
     rows, writes, _ = route_writes(event, targets={("u2", "k"): "u2-row"})
     assert (rows.user_id, rows.count) == (["u1"], [1])
     assert writes.collapses.user_id == ["u2"]
+
+
+def test_broadcast_jobs_follow_the_send_rule_and_quiet_hours() -> None:
+    from worker.broadcast_routing import broadcast_jobs
+
+    event = BroadcastEvent.model_validate({"type": "COURSE_NEW_CONTENT", "title": "Hi"})
+    routing = route_broadcast(event, CATALOG, NOW)
+    audience: dict[str, Mapping[str, Any] | None] = {
+        "plain": None,
+        "no-mail": {"channels": {"email": False}, "types": {}, "quiet_hours": None},
+        "asleep": {"channels": {}, "types": {}, "quiet_hours": NIGHT},
+        "muted": {"channels": ALL_OFF, "types": {}, "quiet_hours": None},
+    }
+    result = broadcast_jobs(routing, audience, CATALOG, NOW)
+    morning = datetime(2025, 1, 16, 7, 0, tzinfo=UTC)
+    assert sorted(result.jobs) == sorted(
+        [
+            ("plain", "email", None),
+            ("plain", "push", None),
+            ("no-mail", "push", None),
+            ("asleep", "email", morning),
+            ("asleep", "push", morning),
+        ]
+    )
+    assert result.notification["id"] == routing.notification_id
+    assert result.notification["title"] == "Hi"
+    only_push = BroadcastEvent.model_validate(
+        {"type": "COURSE_NEW_CONTENT", "title": "Hi", "channels": ["push"]}
+    )
+    pushed = broadcast_jobs(route_broadcast(only_push, CATALOG, NOW), {"plain": None}, CATALOG, NOW)
+    assert pushed.jobs == [("plain", "push", None)]

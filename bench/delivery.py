@@ -1,0 +1,185 @@
+"""Delivery throughput: emails/s to a local SMTP server and pushes/s to a local push receiver through a real
+``herald-delivery``, side by side with a bare aiosmtplib loop and a bare HTTP POST loop in the same run.
+
+Starts its own vhost + database and one ``herald-delivery`` (rate caps lifted), publishes ``--jobs`` email
+jobs and as many push jobs to ``herald.deliveries`` in the worker's format, and times until the servers
+received them all. The bare loops send the same number of messages to the same servers: the same rendered
+emails over one aiosmtplib connection, one after another (as ``herald-delivery`` uses its one
+connection), and httpx POSTs
+with the push channel's concurrency (no encryption, no database). With ``--markdown`` the table is printed
+as Markdown for docs/performance.md.
+
+    .venv/bin/python -m bench.delivery [--jobs 1000] [--markdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import aio_pika
+import aiosmtplib
+import asyncpg
+import httpx
+import orjson
+
+from herald_ops.testing.delivery import BrowserKeys, running_mailbox, running_receiver
+from herald_ops.testing.stack import fresh_id, stack_context
+from shared.topology import Topology
+from worker.delivery.render import EmailRenderer
+from worker.vapid import new_key_pair
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from herald_ops.testing.delivery import Mailbox, PushReceiver
+    from herald_ops.testing.stack import Stack
+
+TOPOLOGY = Topology()
+PUSH_CONCURRENCY = 50
+SENDER = "Herald <bench@herald.test>"
+
+
+def job(user: str, channel: str, index: int) -> tuple[bytes, str]:
+    notification_id = f"{fresh_id('n')}{index}"
+    notification = {
+        "id": notification_id,
+        "seq": None,
+        "type": "INSTRUCTOR_MESSAGE",
+        "category": "social",
+        "title": f"Message {index}",
+        "message": "Please read chapter 3 before Thursday's session.",
+        "data": {"url": "https://app.example/courses/1"},
+        "created_at": datetime.now(UTC).isoformat(),
+        "read_at": None,
+    }
+    body = {"notification": notification, "user_id": user, "channel": channel, "deliver_after": None}
+    return orjson.dumps(body), f"{notification_id}:{user}:{channel}"
+
+
+async def publish_jobs(amqp_url: str, channel_name: str, user: str, count: int) -> None:
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(TOPOLOGY.deliveries_exchange)
+        for start in range(0, count, 200):
+            messages = [job(user, channel_name, i) for i in range(start, min(start + 200, count))]
+            await asyncio.gather(
+                *(
+                    exchange.publish(
+                        aio_pika.Message(body, message_id=mid, content_type="application/json"),
+                        routing_key=channel_name,
+                    )
+                    for body, mid in messages
+                )
+            )
+    finally:
+        await connection.close()
+
+
+async def until(predicate: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the benchmark did not finish in time")
+        await asyncio.sleep(0.01)
+
+
+async def bare_smtp(mailbox: Mailbox, address: str, count: int) -> float:
+    """The same messages herald-delivery renders (rendered beforehand, untimed), over one connection."""
+    renderer = EmailRenderer(templates_dir=None, app_name="Herald", sender=SENDER, unsubscribe_url=None)
+    messages = []
+    for index in range(count):
+        body, job_id = job("bare", "email", index)
+        notification = orjson.loads(body)["notification"]
+        messages.append(renderer.message(job_id, notification, {"email": address}, "bare"))
+    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=mailbox.port, start_tls=False)
+    await smtp.connect()
+    started = time.perf_counter()
+    for message in messages:
+        await smtp.send_message(message)
+    elapsed = time.perf_counter() - started
+    await smtp.quit()
+    return count / elapsed
+
+
+async def bare_posts(receiver: PushReceiver, count: int) -> float:
+    body = b"x" * 300  # about the size of an encrypted notification
+    gate = asyncio.Semaphore(PUSH_CONCURRENCY)
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=PUSH_CONCURRENCY)) as client:
+
+        async def post() -> None:
+            async with gate:
+                await client.post(receiver.endpoint("bare"), content=body, headers={"TTL": "60"})
+
+        started = time.perf_counter()
+        await asyncio.gather(*(post() for _ in range(count)))
+        return count / (time.perf_counter() - started)
+
+
+async def run(stack: Stack, jobs: int) -> list[tuple[str, float, float]]:
+    private_pem, _ = new_key_pair()
+    with running_mailbox() as mailbox, running_receiver() as receiver:
+        user = fresh_id()
+        address = f"{user}@bench.test"
+        conn = await asyncpg.connect(stack.database_url)
+        try:
+            await conn.execute("INSERT INTO user_profiles (user_id, email) VALUES ($1, $2)", user, address)
+            keys = BrowserKeys().subscription(receiver.endpoint("herald"))["keys"]
+            await conn.execute(
+                "INSERT INTO push_subscriptions (id, user_id, endpoint, p256dh, auth)"
+                " VALUES ($1, $2, $3, $4, $5)",
+                fresh_id("s"), user, receiver.endpoint("herald"), keys["p256dh"], keys["auth"],
+            )  # fmt: skip
+        finally:
+            await conn.close()
+        stack.start_delivery(
+            smtp_url=mailbox.url,
+            email_from=SENDER,
+            smtp_rate=1_000_000,
+            push_rate=1_000_000,
+            push_concurrency=PUSH_CONCURRENCY,
+            vapid_private_key=private_pem,
+            push_allow_http="true",
+            log_level="WARNING",
+        )
+        started = time.perf_counter()
+        await publish_jobs(stack.amqp_url, "email", user, jobs)
+        await until(lambda: mailbox.count(address) >= jobs, 600)
+        herald_email = jobs / (time.perf_counter() - started)
+        bare_email = await bare_smtp(mailbox, f"bare-{address}", jobs)
+
+        started = time.perf_counter()
+        await publish_jobs(stack.amqp_url, "push", user, jobs)
+        await until(lambda: len(receiver.to("herald")) >= jobs, 600)
+        herald_push = jobs / (time.perf_counter() - started)
+        bare_push = await bare_posts(receiver, jobs)
+    return [("emails/s", herald_email, bare_email), ("pushes/s", herald_push, bare_push)]
+
+
+def report(rows: list[tuple[str, float, float]], *, markdown: bool) -> None:
+    for name, herald, bare in rows:
+        print(f"{name:10} herald-delivery {herald:8.0f}   bare loop {bare:8.0f}   ratio {herald / bare:5.0%}")
+    if markdown:
+        print("\n| measure | herald-delivery | bare loop | ratio |\n|---|---|---|---|")
+        for name, herald, bare in rows:
+            print(f"| {name} | {herald:,.0f} | {bare:,.0f} | {herald / bare:.0%} |")
+    sys.stdout.flush()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args()
+    with stack_context("herald_bench") as stack:
+        rows = asyncio.run(run(stack, args.jobs))
+        report(rows, markdown=args.markdown)  # before the teardown, which a loaded broker may make slow
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+/* Herald's service worker for the demo inbox, served at /sw.js (scope: the whole origin).
+ *
+ * push: the payload is herald-delivery's JSON {id, type, category, title, message, data, created_at};
+ * it is shown as a notification tagged with the notification id (a repeat replaces, never stacks).
+ * notificationclick: focuses a window already showing the notification's URL (data.url, http(s) only,
+ * else the inbox), or opens one.
+ */
+"use strict";
+
+function targetUrl(data) {
+  const raw = data && typeof data.url === "string" ? data.url : "/";
+  try {
+    const url = new URL(raw, self.location.origin);
+    return url.protocol === "https:" || url.protocol === "http:" ? url.href : self.location.origin + "/";
+  } catch {
+    return self.location.origin + "/";
+  }
+}
+
+self.addEventListener("install", () => self.skipWaiting());
+self.addEventListener("activate", (event) => event.waitUntil(self.clients.claim()));
+
+self.addEventListener("push", (event) => {
+  let payload = {};
+  try {
+    payload = event.data ? event.data.json() : {};
+  } catch {
+    payload = { title: event.data ? event.data.text() : "" };
+  }
+  const title = typeof payload.title === "string" && payload.title ? payload.title : "New notification";
+  event.waitUntil(
+    self.registration.showNotification(title, {
+      body: typeof payload.message === "string" ? payload.message : "",
+      tag: typeof payload.id === "string" ? payload.id : undefined,
+      data: { id: payload.id, type: payload.type, url: targetUrl(payload.data) },
+    }),
+  );
+});
+
+self.addEventListener("notificationclick", (event) => {
+  event.notification.close();
+  const target = targetUrl(event.notification.data);
+  event.waitUntil(
+    (async () => {
+      const windows = await self.clients.matchAll({ type: "window", includeUncontrolled: true });
+      const open = windows.find((client) => client.url === target);
+      if (open) return open.focus();
+      return self.clients.openWindow(target);
+    })(),
+  );
+});

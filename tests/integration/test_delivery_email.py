@@ -1,0 +1,237 @@
+"""Email delivery end to end: a real worker and ``herald-delivery`` sending to an aiosmtpd SMTP server."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import aio_pika
+import pytest
+
+from herald_ops.testing.delivery import Mailbox, running_mailbox, user_with_email
+from herald_ops.testing.stack import fresh_id, stack_context, wait_until
+from herald_ops.testing.worker import TOPOLOGY, Watcher, event
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import asyncpg
+
+    from herald_ops.testing.requests import AmqpRpc
+    from herald_ops.testing.stack import HeraldProcess, Stack
+
+pytestmark = pytest.mark.timeout(240)
+SENDER = "Herald <noreply@herald.test>"
+UNSUBSCRIBE = "https://app.example/unsubscribe/{user_id}/{type}"
+DELIVERY = {
+    "email_from": SENDER,
+    "unsubscribe_url": UNSUBSCRIBE,
+    "delivery_retry_base_seconds": 0.2,
+    "delivery_retry_max_seconds": 1.0,
+    "delivery_poll_seconds": 0.2,
+    "delivery_max_attempts": 4,
+}
+
+
+@pytest.fixture(scope="module")
+def mailbox() -> Iterator[Mailbox]:
+    with running_mailbox() as box:
+        yield box
+
+
+@pytest.fixture(scope="module")
+def stack(mailbox: Mailbox) -> Iterator[Stack]:
+    with stack_context() as stack:
+        stack.start_worker()
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def delivery(stack: Stack, mailbox: Mailbox) -> HeraldProcess:
+    return stack.start_delivery(smtp_url=mailbox.url, **DELIVERY)
+
+
+async def recorded(pg: asyncpg.Connection, user: str, *expected: tuple[str, str]) -> list[asyncpg.Record]:
+    """The user's job rows once their (channel, status) pairs are ``expected`` (the state is written just
+    after the server accepted the message, so it can trail the message by a moment)."""
+
+    async def reached() -> bool:
+        return sorted((r["channel"], r["status"]) for r in await job_rows(pg, user)) == sorted(expected)
+
+    await wait_until(reached, 30, f"jobs of {user} recorded as {expected}")
+    return await job_rows(pg, user)
+
+
+async def job_rows(pg: asyncpg.Connection, user: str) -> list[asyncpg.Record]:
+    return await pg.fetch("SELECT * FROM delivery_jobs WHERE user_id = $1 ORDER BY created_at", user)
+
+
+async def test_one_email_per_job_with_parts_headers_and_an_escaped_title(
+    delivery: HeraldProcess, mailbox: Mailbox, watcher: Watcher, pg: asyncpg.Connection, rpc: AmqpRpc
+) -> None:
+    user, address = await user_with_email(watcher, pg, name="Ada", locale="en")
+    title = "<script>alert(1)</script> Grade"
+    body = event(
+        user, "GRADE_RELEASED", title=title, message="Your essay", data={"url": "https://app.example/g/1"}
+    )
+    await watcher.publish(body)
+    await wait_until(lambda: mailbox.count(address) == 1, 60, "the email")
+
+    message = mailbox.to(address)[0]
+    assert message["From"] == SENDER
+    assert message["Subject"] == title
+    assert message["X-Herald-Type"] == "GRADE_RELEASED"
+    notification_id = message["X-Herald-Notification-Id"]
+    job_id = f"{notification_id}:{user}:email"
+    assert message["List-Unsubscribe"].strip() == f"<https://app.example/unsubscribe/{user}/GRADE_RELEASED>"
+    assert message["Message-ID"].endswith("@herald.test>")
+    text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    html = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert title in text
+    assert "Your essay" in text
+    assert "https://app.example/g/1" in text
+    assert "<script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; Grade" in html
+    assert 'href="https://app.example/g/1"' in html
+
+    rows = await recorded(pg, user, ("email", "sent"))
+    assert [(r["id"], r["status"], r["attempts"]) for r in rows] == [(job_id, "sent", 1)]
+    listed = await rpc.call("deliveries.list", {"user_id": user}, user="admin", admin=True)
+    assert [(i["id"], i["status"], i["channel"]) for i in listed["result"]["items"]] == [
+        (job_id, "sent", "email")
+    ]
+    refused = await rpc.call("deliveries.list", {}, user=user)
+    assert refused["error"]["code"] == 4003
+    profile = await rpc.call("profile.get", user=user)
+    assert profile["result"]["email"] == address
+    assert profile["result"]["name"] == "Ada"
+
+
+async def test_no_address_is_skipped_and_email_off_creates_no_job(
+    delivery: HeraldProcess, mailbox: Mailbox, watcher: Watcher, pg: asyncpg.Connection, rpc: AmqpRpc
+) -> None:
+    nobody = fresh_id()
+    quiet, _ = await user_with_email(watcher, pg)
+    reached, address = await user_with_email(watcher, pg)
+    off = await rpc.call("preferences.update", {"channels": {"email": False}}, user=quiet)
+    assert off["result"]["channels"]["email"] is False
+    await watcher.publish(event([nobody, quiet, reached], "INSTRUCTOR_MESSAGE"))
+    await wait_until(lambda: mailbox.count(address) == 1, 60, "the email of the user with an address")
+
+    async def skipped() -> bool:
+        return [r["status"] for r in await job_rows(pg, nobody)] == ["skipped"]
+
+    await wait_until(skipped, 30, "the job of the user without an address skipped")
+    assert (await job_rows(pg, nobody))[0]["last_error"] == "no email address"
+    # The three recipients' jobs came from one batch: the one with email off never had one.
+    assert await job_rows(pg, quiet) == []
+
+
+async def test_transient_replies_are_retried_into_exactly_one_message(
+    delivery: HeraldProcess, mailbox: Mailbox, watcher: Watcher, pg: asyncpg.Connection
+) -> None:
+    user, address = await user_with_email(watcher, pg)
+    mailbox.defer[address] = 2
+    await watcher.publish(event(user, "ASSIGNMENT_DEADLINE"))
+
+    async def sent() -> bool:
+        return [r["status"] for r in await job_rows(pg, user)] == ["sent"]
+
+    await wait_until(sent, 60, "the job sent after two 451 replies")
+    assert mailbox.count(address) == 1
+    row = (await job_rows(pg, user))[0]
+    assert row["attempts"] == 3
+    assert mailbox.defer[address] == 0
+
+
+async def test_permanent_refusal_fails_and_dead_letters_while_others_arrive(
+    delivery: HeraldProcess, mailbox: Mailbox, watcher: Watcher, pg: asyncpg.Connection, stack: Stack
+) -> None:
+    refused, refused_address = await user_with_email(watcher, pg)
+    other, other_address = await user_with_email(watcher, pg)
+    mailbox.refuse[refused_address] = "550 5.1.1 no such user"
+    await watcher.publish(event([refused, other], "CERTIFICATE_ISSUED"))
+    await wait_until(lambda: mailbox.count(other_address) == 1, 60, "the other user's email")
+
+    async def failed() -> bool:
+        return [r["status"] for r in await job_rows(pg, refused)] == ["failed"]
+
+    await wait_until(failed, 30, "the refused job failed")
+    row = (await job_rows(pg, refused))[0]
+    assert row["attempts"] == 1
+    assert "550" in row["last_error"]
+    assert mailbox.to(refused_address) == []
+
+    connection = await aio_pika.connect(stack.amqp_url)
+    try:
+        channel = await connection.channel()
+        dead = await channel.get_queue(TOPOLOGY.deliveries_dead_queue, ensure=False)
+        found: list[aio_pika.abc.AbstractIncomingMessage] = []
+
+        async def dead_lettered() -> bool:
+            message = await dead.get(fail=False)
+            if message is not None:
+                await message.ack()
+                if message.message_id == row["id"]:
+                    found.append(message)
+            return bool(found)
+
+        await wait_until(dead_lettered, 30, "the dead letter")
+        assert found[0].headers["x-herald-error"] == "smtp 550: 5.1.1 no such user"
+    finally:
+        await connection.close()
+
+
+async def test_delayed_job_is_cancelled_by_a_read_and_sent_when_unread(
+    delivery: HeraldProcess, mailbox: Mailbox, watcher: Watcher, pg: asyncpg.Connection, rpc: AmqpRpc
+) -> None:
+    await pg.execute(
+        "UPDATE notification_types SET email_delay_seconds = 3 WHERE name = 'COURSE_SCHEDULE_CHANGE'"
+    )
+    try:
+        reader, reader_address = await user_with_email(watcher, pg)
+        ignorer, ignorer_address = await user_with_email(watcher, pg)
+        read_event = event(reader, "COURSE_SCHEDULE_CHANGE")
+        await watcher.publish(read_event)
+        await watcher.publish(event(ignorer, "COURSE_SCHEDULE_CHANGE"))
+
+        async def scheduled(user: str) -> bool:
+            return [r["status"] for r in await job_rows(pg, user)] == ["scheduled"]
+
+        await wait_until(lambda: scheduled(reader), 30, "the reader's delayed job")
+        notification_id = (await job_rows(pg, reader))[0]["notification_id"]
+        marked = await rpc.call("notifications.mark_read", {"ids": [notification_id]}, user=reader)
+        assert marked["result"]["updated"] == 1
+
+        await wait_until(lambda: mailbox.count(ignorer_address) == 1, 60, "the unread one's email")
+
+        async def cancelled() -> bool:
+            return [r["status"] for r in await job_rows(pg, reader)] == ["cancelled"]
+
+        await wait_until(cancelled, 30, "the read one's job cancelled")
+        assert mailbox.to(reader_address) == []
+        sent = (await recorded(pg, ignorer, ("email", "sent")))[0]
+        assert sent["sent_at"] >= sent["due_at"]
+    finally:
+        await pg.execute(
+            "UPDATE notification_types SET email_delay_seconds = 0 WHERE name = 'COURSE_SCHEDULE_CHANGE'"
+        )
+
+
+async def test_a_broadcast_emails_the_known_users_whose_preferences_allow_it(
+    delivery: HeraldProcess, mailbox: Mailbox, watcher: Watcher, pg: asyncpg.Connection, rpc: AmqpRpc
+) -> None:
+    reached, address = await user_with_email(watcher, pg)
+    opted_out, opted_out_address = await user_with_email(watcher, pg)
+    for user, update in ((reached, {}), (opted_out, {"channels": {"email": False}})):
+        assert "result" in await rpc.call("preferences.update", update, user=user)  # both known users
+    title = f"Maintenance {fresh_id('t')}"
+    sent = await rpc.call(
+        "notifications.broadcast", {"type": "GRADE_RELEASED", "title": title}, user="ops", admin=True
+    )
+    assert sent["result"]["accepted"] is True
+    await wait_until(lambda: mailbox.count(address) == 1, 60, "the broadcast's email")
+    assert mailbox.to(address)[0]["Subject"] == title
+    # This stack's delivery has no VAPID key: the push job waits for a process that can send it.
+    await recorded(pg, reached, ("email", "sent"), ("push", "scheduled"))
+    assert [r["channel"] for r in await job_rows(pg, opted_out)] == ["push"]
+    assert mailbox.to(opted_out_address) == []

@@ -1,0 +1,100 @@
+"""Delivery jobs, sans-I/O: the job a worker published, what a send attempt came to, and what follows.
+
+:func:`parse_job` validates a ``herald.deliveries`` message; a sender turns one attempt into an
+:class:`Outcome`; :func:`settle` decides the job's next state from it (sent, skipped, retried later with
+backoff and jitter, or failed for good) and :func:`retry_delay` how long a retry waits.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from shared.events import validation_reason
+
+Status = Literal["sent", "skipped", "retry", "failed"]
+#: The longest error text kept in a job's row and dead-letter header.
+MAX_ERROR_CHARS: Final = 500
+
+
+class InvalidJob(ValueError):
+    """A ``herald.deliveries`` message that is not a job; it is dead-lettered with this reason."""
+
+
+class JobNotification(BaseModel):
+    """The notification a job is about (the worker's Notification object)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str
+    type: str
+    category: str
+    title: str
+    message: str = ""
+    data: dict[str, Any] = {}
+    created_at: datetime
+
+
+class JobMessage(BaseModel):
+    """A ``herald.deliveries`` message body (``DeliveryJob`` in docs/asyncapi.json)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    notification: JobNotification
+    user_id: str
+    channel: Literal["email", "push"]
+    deliver_after: datetime | None = None
+
+
+def parse_job(body: bytes, message_id: str | None) -> tuple[str, JobMessage]:
+    """The job's id (its AMQP message id, else derived like the worker's) and its validated body."""
+    try:
+        job = JobMessage.model_validate(orjson.loads(body))
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJob(f"body: not valid JSON ({exc.msg})") from None
+    except ValidationError as exc:
+        raise InvalidJob(validation_reason(exc)) from None
+    return message_id or f"{job.notification.id}:{job.user_id}:{job.channel}", job
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one send attempt came to. ``retry``: transient (SMTP 4xx, refused/timed out, push 429/5xx)."""
+
+    status: Status
+    error: str | None = None
+
+    @classmethod
+    def sent(cls) -> Outcome:
+        return cls("sent")
+
+    @classmethod
+    def skipped(cls, reason: str) -> Outcome:
+        return cls("skipped", reason)
+
+    @classmethod
+    def transient(cls, error: str) -> Outcome:
+        return cls("retry", error[:MAX_ERROR_CHARS])
+
+    @classmethod
+    def permanent(cls, error: str) -> Outcome:
+        return cls("failed", error[:MAX_ERROR_CHARS])
+
+
+def settle(outcome: Outcome, attempts: int, max_attempts: int) -> Outcome:
+    """The job's next state: a transient failure on the last allowed attempt fails for good."""
+    if outcome.status == "retry" and attempts >= max_attempts:
+        return Outcome.permanent(f"gave up after {attempts} attempts: {outcome.error}")
+    return outcome
+
+
+def retry_delay(attempts: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Seconds before attempt ``attempts + 1``: exponential (``base · 2^(attempts-1)``, at most ``cap``),
+    the upper half jittered so retries of many jobs failing together spread out."""
+    ceiling = min(cap, base * 2.0 ** max(attempts - 1, 0))
+    return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)

@@ -1,0 +1,1 @@
+"""One sender per way of delivering: ``email`` (SMTP) and ``webpush``; see :mod:`.base` for the interface."""

@@ -1,0 +1,31 @@
+"""The sender interface: what a channel's runner needs from the code that actually delivers.
+
+A sender owns its connections (one pooled SMTP connection, one pooled HTTP client, ...) and turns one
+claimed job into an :class:`~worker.delivery.jobs.Outcome`: sent, skipped (nothing to deliver to),
+transient (retry later) or permanent (fail now). It never raises for a failed delivery, and never touches
+the job's state row: the runner records the outcome. A mobile sender (FCM, APNs) is one more module
+implementing this, registered in ``worker.delivery.app``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from worker.delivery.jobs import Outcome
+    from worker.store.deliveries import Claimed
+
+
+class Sender(Protocol):
+    """Delivers the jobs of one channel."""
+
+    #: The job channel this sender serves (the ``herald.deliveries`` routing key).
+    channel: str
+
+    async def send(self, job: Claimed) -> Outcome:
+        """Attempt to deliver ``job`` once; classify what happened."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections (the process is stopping)."""
+        ...

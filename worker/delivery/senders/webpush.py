@@ -1,0 +1,173 @@
+"""Web Push (RFC 8030) with ``aes128gcm`` payloads (RFC 8291) and VAPID (RFC 8292).
+
+py-vapid signs the VAPID JWT and http-ece encrypts (the two libraries pywebpush itself is built on);
+the POSTs go through one pooled ``httpx.AsyncClient`` (keep-alive per push service), not a session per
+push. A job goes to every subscription of its user at once. Per subscription: 2xx delivered; 404/410
+the subscription is gone and removed; 429, 5xx and network errors transient; any other 4xx (400, 403,
+413, ...) permanent. The job is sent once any subscription accepted it, transient when none did and one
+may later, skipped when the user has no subscription left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import time
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
+
+import http_ece
+import httpx
+import orjson
+import structlog
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from worker.delivery.jobs import Outcome
+from worker.store import push as store
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import asyncpg
+    from py_vapid import Vapid02
+
+    from worker.store.deliveries import Claimed
+
+log = structlog.get_logger("herald.delivery")
+
+#: Largest payload before encryption (docs/protocol.md §9); the message is shortened to fit.
+MAX_PAYLOAD_BYTES: Final = 3800
+_PAYLOAD_FIELDS: Final = ("id", "type", "category", "title", "message", "data", "created_at")
+_VAPID_TTL_SECONDS: Final = 12 * 3600
+_GONE: Final = frozenset({404, 410})
+
+
+def push_payload(notification: dict[str, Any], limit: int = MAX_PAYLOAD_BYTES) -> bytes:
+    """The JSON a service worker receives, at most ``limit`` bytes: the message is cut (with "…") to fit,
+    and ``data`` is dropped when even an empty message does not."""
+    payload = {name: notification.get(name) for name in _PAYLOAD_FIELDS}
+    body = orjson.dumps(payload)
+    message = (payload["message"] or "").encode()
+    while len(body) > limit and message:
+        # Cut the excess in bytes, plus room for the ellipsis (3 bytes); a split character is dropped.
+        message = message[: max(len(message) - (len(body) - limit) - 3, 0)]
+        text = message.decode(errors="ignore")
+        payload["message"] = f"{text}…" if text else ""
+        body = orjson.dumps(payload)
+    if len(body) > limit:
+        payload["data"] = {}
+        body = orjson.dumps(payload)
+    return body
+
+
+def _b64decode(value: str) -> bytes:
+    return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+
+
+def encrypt(payload: bytes, p256dh: str, auth: str) -> bytes:
+    """``aes128gcm`` body for one subscription (a fresh sender key and salt each time)."""
+    sender_key = ec.generate_private_key(ec.SECP256R1())
+    body: bytes = http_ece.encrypt(
+        payload,
+        salt=os.urandom(16),
+        private_key=sender_key,
+        dh=_b64decode(p256dh),
+        auth_secret=_b64decode(auth),
+        version="aes128gcm",
+    )
+    return body
+
+
+class WebPushSender:
+    """Sends push jobs to every subscription of the job's user."""
+
+    channel = "push"
+
+    def __init__(
+        self,
+        vapid: Vapid02,
+        *,
+        subject: str,
+        ttl: int,
+        timeout: float,
+        max_connections: int,
+        pool: asyncpg.Pool,
+        is_critical: Callable[[str], bool],
+    ) -> None:
+        self._vapid = vapid
+        self._subject = subject
+        self._ttl = ttl
+        self._pool = pool
+        self._is_critical = is_critical
+        self._client = httpx.AsyncClient(
+            timeout=timeout, limits=httpx.Limits(max_connections=max_connections), follow_redirects=False
+        )
+        self._authorization: dict[str, tuple[float, str]] = {}  # audience → (expires, header)
+
+    def _vapid_header(self, endpoint: str) -> str:
+        """The VAPID ``Authorization`` for the endpoint's origin, signed once per origin and half-life."""
+        parts = urlsplit(endpoint)
+        audience = f"{parts.scheme}://{parts.netloc}"
+        now = time.time()
+        cached = self._authorization.get(audience)
+        if cached is None or cached[0] - now < _VAPID_TTL_SECONDS / 2:
+            expires = int(now) + _VAPID_TTL_SECONDS
+            header = self._vapid.sign({"aud": audience, "sub": self._subject, "exp": expires})
+            cached = self._authorization[audience] = (expires, header["Authorization"])
+        return cached[1]
+
+    async def send(self, job: Claimed) -> Outcome:
+        """Push to each of the user's subscriptions; see the module docstring for the outcome."""
+        subscriptions = await store.targets(self._pool, job.user_id)
+        if not subscriptions:
+            return Outcome.skipped("no push subscription")
+        notification = job.notification
+        payload = push_payload(notification)
+        headers = {
+            "TTL": str(self._ttl),
+            "Urgency": "high" if self._is_critical(notification["type"]) else "normal",
+            # Topic: at most 32 base64url characters; a newer message with the same topic replaces this.
+            "Topic": hashlib.blake2b(notification["id"].encode(), digest_size=16).hexdigest(),
+            "Content-Encoding": "aes128gcm",
+            "Content-Type": "application/octet-stream",
+        }
+        results = await asyncio.gather(*(self._post(s, payload, headers) for s in subscriptions))
+        if any(result.status == "sent" for result in results):
+            return Outcome.sent()
+        failures = [result for result in results if result.status in ("retry", "failed")]
+        if not failures:
+            return Outcome.skipped("every push subscription is gone")
+        transient = [result for result in failures if result.status == "retry"]
+        return (transient or failures)[0]
+
+    async def _post(
+        self, subscription: store.Subscription, payload: bytes, headers: dict[str, str]
+    ) -> Outcome:
+        try:
+            body = encrypt(payload, subscription.p256dh, subscription.auth)
+            authorization = self._vapid_header(subscription.endpoint)
+        except Exception as exc:  # keys the browser gave us that do not decode or are not on the curve
+            return Outcome.permanent(f"push subscription {subscription.id}: unusable keys ({exc!r})")
+        try:
+            response = await self._client.post(
+                subscription.endpoint, content=body, headers={**headers, "Authorization": authorization}
+            )
+        except httpx.HTTPError as exc:
+            return Outcome.transient(f"push {subscription.id}: {exc!r}")
+        status = response.status_code
+        if 200 <= status < 300:
+            return Outcome.sent()
+        if status in _GONE:
+            await store.remove(self._pool, subscription.id)
+            log.info("push subscription gone; removed", subscription_id=subscription.id, status=status)
+            return Outcome.skipped(f"push {status}")
+        error = f"push {status}: {response.text[:200]}"
+        if status == 429 or status >= 500:
+            return Outcome.transient(error)
+        return Outcome.permanent(error)
+
+    async def close(self) -> None:
+        """Close the pooled connections."""
+        await self._client.aclose()
