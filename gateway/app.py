@@ -20,6 +20,7 @@ from gateway.auth import TokenVerifier
 from gateway.broker import BrokerLink
 from gateway.http import HeraldConnection, HttpRoutes
 from gateway.hub import Hub
+from gateway.limits import UserLimits
 from gateway.metrics import Metrics
 from gateway.rpc import RpcClient
 from gateway.session import Sessions
@@ -54,7 +55,15 @@ class Gateway:
             f"herald-gateway {settings.gateway_host}:{settings.gateway_port} pid {os.getpid()}",
         )
         self.hub = Hub(
-            self.broker, self.metrics, settings.send_buffer_bytes, settings.max_connections_per_user
+            self.broker,
+            self.metrics,
+            settings.send_buffer_bytes,
+            settings.max_connections_per_user,
+            UserLimits(
+                settings.user_rate_limit_per_second,
+                settings.user_rate_limit_burst,
+                settings.max_user_requests_in_flight,
+            ),
         )
         self.broker.bind_hub(self.hub)
         self.sessions = Sessions(settings, self.verifier, self.hub, self.rpc, self.metrics)

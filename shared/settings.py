@@ -51,6 +51,11 @@ class Settings(BaseSettings):
         max_connections_per_user: per gateway process; one more closes with 4008 [16].
         send_buffer_bytes: per-connection write buffer cap; a reader above it closes with 1013 [1 MiB].
         rate_limit_per_second, rate_limit_burst: per-connection request token bucket [20, 40].
+        user_rate_limit_per_second, user_rate_limit_burst: per-user token bucket on each gateway, shared
+            by all of the user's connections there, taken on top of the connection's [40, 80].
+        max_requests_in_flight: forwarded requests of one connection awaiting the worker; at the cap the
+            gateway stops reading that connection until one is answered [8].
+        max_user_requests_in_flight: the same across all of a user's connections on one gateway [32].
         rpc_timeout: seconds the gateway waits for the worker before error 5003 [5].
         ping_interval, ping_timeout: keepalive, seconds [20, 20].
         dev_tokens: serve ``GET /dev/token`` (``herald dev`` only; never in production) [false].
@@ -104,6 +109,10 @@ class Settings(BaseSettings):
     send_buffer_bytes: int = Field(default=1 << 20, ge=1024)
     rate_limit_per_second: float = Field(default=20.0, gt=0)
     rate_limit_burst: int = Field(default=40, ge=1)
+    user_rate_limit_per_second: float = Field(default=40.0, gt=0)
+    user_rate_limit_burst: int = Field(default=80, ge=1)
+    max_requests_in_flight: int = Field(default=8, ge=1)
+    max_user_requests_in_flight: int = Field(default=32, ge=1)
     rpc_timeout: float = Field(default=5.0, gt=0)
     ping_interval: float = Field(default=20.0, gt=0)
     ping_timeout: float = Field(default=20.0, gt=0)
