@@ -85,6 +85,12 @@ class Gateway:
                 "HERALD_DEV_TOKENS=1: /dev/token mints a valid token for ANY user without credentials; "
                 "never enable this outside local development"
             )
+        if self.verifier.lacks_audience:
+            log.warning(
+                "HERALD_JWT_AUDIENCE is not set while a public key or JWKS is: tokens the identity "
+                "provider issued for any other application are accepted; set HERALD_JWT_AUDIENCE "
+                "(and HERALD_JWT_ISSUER)"
+            )
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop)

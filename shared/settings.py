@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Literal, NoReturn
+from typing import Annotated, Final, Literal, NoReturn
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "HERALD_"
@@ -21,6 +21,25 @@ def _split_commas(value: object) -> object:
     if isinstance(value, str):
         return tuple(item.strip() for item in value.split(",") if item.strip())
     return value
+
+
+#: HS secrets shorter than this are refused: RFC 7518 §3.2 asks for a key at least as long as the hash.
+MIN_SECRET_BYTES: Final = 32
+#: Example values from docs and manifests; a deployment that kept one accepts tokens anyone can mint.
+PLACEHOLDER_SECRETS: Final = frozenset(
+    {"replace-me-with-at-least-32-random-bytes", "changeme", "change-me", "secret", "replace-me"}
+)
+_PLACEHOLDER_MARKERS: Final = ("replace-me", "replaceme", "changeme", "change-me", "placeholder")
+
+
+def weak_secret_reason(secret: str) -> str | None:
+    """Why ``secret`` cannot sign HS256 tokens (short, or a placeholder), or ``None`` when it can."""
+    lowered = secret.lower()
+    if lowered in PLACEHOLDER_SECRETS or any(marker in lowered for marker in _PLACEHOLDER_MARKERS):
+        return "is a placeholder; create one with: openssl rand -hex 32"
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        return f"must be at least {MIN_SECRET_BYTES} bytes; create one with: openssl rand -hex 32"
+    return None
 
 
 class Settings(BaseSettings):
@@ -35,10 +54,15 @@ class Settings(BaseSettings):
         db_pool_min, db_pool_max: asyncpg pool bounds per process [2, 10].
 
     JWT (the gateway needs one of secret, public key or JWKS URL)
-        jwt_secret: HS256 secret; also what ``herald token`` and ``/dev/token`` sign with.
+        jwt_secret: HS256 secret; also what ``herald token`` and ``/dev/token`` sign with. At least 32
+            bytes and not a known placeholder (refused at start); empty means unset.
         jwt_public_key: PEM text, or ``@path`` to read it from a file (RS256/ES256/EdDSA).
-        jwt_jwks_url: JWKS endpoint; keys are cached and refetched on an unknown ``kid``.
-        jwt_jwks_cooldown: minimum seconds between two refetches forced by unknown ``kid`` values [30].
+        jwt_jwks_url: JWKS endpoint (``https://``); keys are cached and refetched on an unknown ``kid``.
+        jwt_jwks_allow_http: accept a plain ``http://`` JWKS URL (a trusted sidecar, tests) [false].
+        jwt_jwks_lifespan: seconds a fetched key set is used; a key removed from the JWKS stops
+            verifying within this time [300].
+        jwt_jwks_cooldown: minimum seconds between two JWKS fetches forced by unknown ``kid`` values or
+            following a failed fetch [30].
         jwt_algorithms: comma-separated allowlist [``HS256``]; ``none`` is always refused.
         jwt_audience, jwt_issuer: checked only when set.
 
@@ -94,7 +118,10 @@ class Settings(BaseSettings):
 
     jwt_secret: SecretStr | None = None
     jwt_public_key: str | None = None
+    # Before jwt_jwks_url: its validator reads this flag.
+    jwt_jwks_allow_http: bool = False
     jwt_jwks_url: str | None = None
+    jwt_jwks_lifespan: float = Field(default=300.0, gt=0)
     jwt_jwks_cooldown: float = Field(default=30.0, ge=0)
     jwt_algorithms: Annotated[tuple[str, ...], NoDecode] = ("HS256",)
     jwt_audience: str | None = None
@@ -142,6 +169,31 @@ class Settings(BaseSettings):
                 raise ValueError("at least one algorithm is required")
             if any(str(alg).lower() == "none" for alg in value):
                 raise ValueError("'none' is never an accepted algorithm")
+        return value
+
+    @field_validator("jwt_secret", mode="after")
+    @classmethod
+    def _strong_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None  # empty = unset (a secret of "" would accept tokens anyone can mint)
+        refusal = weak_secret_reason(value.get_secret_value())
+        if refusal is not None:
+            raise ValueError(refusal)
+        return value
+
+    @field_validator("jwt_jwks_url", mode="after")
+    @classmethod
+    def _https_jwks(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or not value:
+            return None
+        scheme = value.partition("://")[0].lower()
+        if scheme == "http" and not info.data.get("jwt_jwks_allow_http"):
+            raise ValueError(
+                f"plain http lets anyone on the path swap the signing keys; use https, or set "
+                f"{ENV_PREFIX}JWT_JWKS_ALLOW_HTTP=true for a trusted local endpoint"
+            )
+        if scheme not in ("http", "https"):
+            raise ValueError("must be an https:// URL")
         return value
 
     @field_validator("allowed_origins", mode="before")

@@ -213,3 +213,12 @@ def test_dockerfile_copies_what_exists_and_is_not_ignored() -> None:
     for source in sources:
         assert (ROOT / source).exists(), f"COPY {source}: missing"
         assert source in allowed, f"COPY {source}: excluded by .dockerignore"
+
+
+def test_k8s_ships_no_jwt_secret_value() -> None:
+    """The operator creates ``herald-jwt`` (docs/operations.md); a value in the repository is a key every
+    copy of it knows."""
+    for doc in k8s_documents(with_patches=True):
+        if doc["kind"] == "Secret":
+            shipped = {**doc.get("stringData", {}), **doc.get("data", {})}
+            assert "HERALD_JWT_SECRET" not in shipped, f"Secret/{doc['metadata']['name']} ships a JWT secret"
