@@ -63,6 +63,10 @@ _CONFLICT_ERRORS: Final = (
     # Two workers inserting the same (user, key) at once: the retry sees the winner's row.
     asyncpg.UniqueViolationError,
 )
+#: Retries of a batch whose statement Postgres canceled (57014, e.g. ``statement_timeout``). A cancel can
+#: be load (retry) or the batch itself, such as a broadcast to a huge user base that always exceeds the
+#: timeout: after this many it is treated like a data error (bisected, then dead-lettered), not forever.
+QUERY_CANCELED_RETRIES: Final = 3
 _BACKOFF_START: Final = 0.1
 _BACKOFF_MAX: Final = 5.0
 _MAX_PUBLISHING_BATCHES: Final = 4
@@ -252,7 +256,7 @@ class Pipeline:
     async def _commit_resilient(self, items: list[Pending]) -> list[tuple[list[Pending], Outgoing]]:
         """Commit ``items``; returns the committed groups (a poison event is settled on its own)."""
         delay = _BACKOFF_START
-        conflicts = 0
+        conflicts = canceled = 0
         while True:
             try:
                 outgoing = await self._commit(items)
@@ -262,7 +266,9 @@ class Pipeline:
                 await asyncio.sleep(random.uniform(0, 0.01 * min(conflicts, 10)))
                 continue
             except Exception as exc:
-                if is_outage(exc):
+                if isinstance(exc, asyncpg.QueryCanceledError):
+                    canceled += 1
+                if is_outage(exc) and canceled <= QUERY_CANCELED_RETRIES:
                     self._set_database_up(False, exc)
                     metrics.DB_RETRIES.labels("outage").inc()
                     if self._closing:

@@ -123,6 +123,17 @@ class TestParseRequest:
             "admin": False,
         }
 
+    def test_params_nested_300_deep_are_invalid_params_not_a_type_error(self) -> None:
+        nested: Any = {}
+        for _ in range(300):
+            nested = {"a": nested}
+        with pytest.raises(FrameError) as refused:
+            # The standard library writes what orjson (limit 254 levels) refuses to.
+            parse_request(
+                json.dumps({"jsonrpc": "2.0", "id": 7, "method": "notifications.list", "params": nested})
+            )
+        assert (refused.value.code, refused.value.data, refused.value.request_id) == (-32602, "params", 7)
+
     def test_every_forwarded_method_parses(self) -> None:
         for method in FORWARDED:
             assert parse_request(frame(id=1, method=method)).method == method
