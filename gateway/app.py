@@ -46,7 +46,7 @@ class Gateway:
         self.metrics = Metrics()
         self.verifier = TokenVerifier(settings)
         names = Topology(settings.amqp_prefix)
-        self.rpc = RpcClient(names.rpc_queue, settings.rpc_timeout)
+        self.rpc = RpcClient(names.rpc_queue, settings.rpc_timeout, settings.amqp_user)
         self.broker = BrokerLink(
             settings.amqp_url,
             names,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 from typing import Annotated, Final, Literal, NoReturn
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -94,6 +95,9 @@ class Settings(BaseSettings):
         retention_batch_size: rows per DELETE statement [1000].
         delivery_limit: redeliveries of a crashing event before the queue dead-letters it [20].
         rpc_prefetch: client requests a worker answers concurrently [64].
+        rpc_trusted_users: comma-separated broker users whose requests on ``herald.rpc`` the worker
+            serves, checked against the broker-validated AMQP ``user_id`` the gateways set; unset = the
+            worker's own broker user (one shared user in development); ``*`` = anyone (no check).
         confirm_frames: wait for publisher confirms of live event frames before acking [false]; see
             docs/design.md (frames precede the ack on the same connection either way).
 
@@ -155,6 +159,7 @@ class Settings(BaseSettings):
     retention_batch_size: int = Field(default=1000, ge=1)
     delivery_limit: int = Field(default=20, ge=1)
     rpc_prefetch: int = Field(default=64, ge=1, le=65535)
+    rpc_trusted_users: Annotated[tuple[str, ...] | None, NoDecode] = None
     confirm_frames: bool = False
 
     log_format: Literal["json", "console", "auto"] = "auto"
@@ -196,10 +201,23 @@ class Settings(BaseSettings):
             raise ValueError("must be an https:// URL")
         return value
 
-    @field_validator("allowed_origins", mode="before")
+    @field_validator("allowed_origins", "rpc_trusted_users", mode="before")
     @classmethod
     def _parse_origins(cls, value: object) -> object:
         return _split_commas(value) if value != "" else None
+
+    @property
+    def amqp_user(self) -> str:
+        """The broker user of ``amqp_url`` (``guest`` when the URL names none, as aio-pika assumes)."""
+        return unquote(urlsplit(self.amqp_url).username or "guest")
+
+    def rpc_caller_trusted(self, user_id: str | None) -> bool:
+        """Whether a request whose AMQP ``user_id`` is ``user_id`` may be served (see
+        ``rpc_trusted_users``). The broker refuses a ``user_id`` other than the publisher's own user."""
+        trusted = self.rpc_trusted_users
+        if trusted is not None and "*" in trusted:
+            return True
+        return user_id is not None and user_id in (trusted if trusted is not None else (self.amqp_user,))
 
     @field_validator("jwt_public_key", mode="after")
     @classmethod

@@ -162,7 +162,12 @@ class RpcConsumer:
         task.add_done_callback(self._tasks.discard)
 
     async def _answer(self, message: AbstractIncomingMessage) -> None:
-        reply = await handle_request(self._runtime(), message.body)
+        # Only a trusted broker user's requests run: the broker validated ``user_id`` against the
+        # publishing connection, so anyone else who can reach the default exchange gets 4003.
+        if self._settings.rpc_caller_trusted(message.user_id):
+            reply = await handle_request(self._runtime(), message.body)
+        else:
+            reply = refuse_untrusted(message.user_id)
         channel = cast("aiormq.Channel", message.channel)  # the abstract type lacks ``wait``
         with contextlib.suppress(*CLOSED_CHANNEL_ERRORS):
             if message.reply_to:
@@ -189,6 +194,15 @@ class RpcConsumer:
         task = asyncio.get_running_loop().create_task(self._acks.settle(channel, tags))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def refuse_untrusted(publisher: str | None) -> bytes:
+    """The reply to a request whose publisher is not a trusted broker user; logged and counted."""
+    log.warning("rpc_refused_untrusted_publisher", amqp_user_id=publisher)
+    REQUESTS.labels("untrusted", str(int(ErrorCode.FORBIDDEN))).inc()
+    return rpc_error(
+        ErrorCode.FORBIDDEN, "forbidden: requests are served only from the gateways' broker user"
+    )
 
 
 async def handle_request(runtime: Runtime, body: bytes) -> bytes:

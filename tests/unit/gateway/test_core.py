@@ -312,17 +312,17 @@ class TestRpcClient:
 
     async def test_without_a_channel_requests_fail_fast(self) -> None:
         with pytest.raises(RpcUnavailable):
-            await RpcClient("herald.rpc", 1.0).call(b"{}")
+            await RpcClient("herald.rpc", 1.0, "guest").call(b"{}")
 
     async def test_unanswered_request_times_out(self) -> None:
-        client = RpcClient("herald.rpc", 0.05)
+        client = RpcClient("herald.rpc", 0.05, "guest")
         client._channel = self._Channel()  # type: ignore[assignment]
         with pytest.raises(RpcTimeout):
             await client.call(b"{}")
         assert client.in_flight == 0
 
     async def test_losing_the_channel_fails_every_pending_request(self) -> None:
-        client = RpcClient("herald.rpc", 30.0)
+        client = RpcClient("herald.rpc", 30.0, "guest")
         client._channel = self._Channel()  # type: ignore[assignment]
         calls = [asyncio.create_task(client.call(b"{}")) for _ in range(5)]
         await wait_until(lambda: client.in_flight == 5, 5, "five requests in flight")
