@@ -222,3 +222,23 @@ def test_k8s_ships_no_jwt_secret_value() -> None:
         if doc["kind"] == "Secret":
             shipped = {**doc.get("stringData", {}), **doc.get("data", {})}
             assert "HERALD_JWT_SECRET" not in shipped, f"Secret/{doc['metadata']['name']} ships a JWT secret"
+
+
+def test_k8s_broker_permissions_are_the_ones_herald_broker_setup_grants() -> None:
+    from herald_ops.broker import ROLES, permissions
+
+    expected = permissions("herald")
+    shipped = {
+        doc["metadata"]["name"]: doc["spec"]["permissions"]
+        for doc in k8s_documents()
+        if doc["kind"] == "Permission"
+    }
+    assert set(shipped) == {f"herald-{role}" for role in ROLES}
+    for role in ROLES:
+        grant = expected[role]
+        assert shipped[f"herald-{role}"] == {
+            "configure": grant.configure,
+            "write": grant.write,
+            "read": grant.read,
+        }
+    assert expected["producer"].write == r"^herald\.events$"  # producers write only to herald.events
