@@ -5,7 +5,8 @@ an operator asks for is counted.
 A scenario: one worker, two gateways, ``clients`` Python clients (one user each, all connected to the
 first gateway and given the second as failover), ``events`` send events spread over the users at
 ``rate`` per second; at half-way ``fault`` runs. Afterwards it waits until every client holds every
-notification of its user (live or by ``notifications.sync``) or the deadline passes, and returns a :class:`Figures`.
+notification of its user (live or by ``notifications.sync``) or the deadline passes, and returns
+a :class:`Figures`.
 
 Faults stop SHARED services (RabbitMQ, Postgres): callers must hold the exclusive services lock, and the
 fault always restores what it stopped in ``finally``.
