@@ -123,6 +123,27 @@ class TestParseRequest:
             "admin": False,
         }
 
+    @given(
+        st.integers(min_value=1, max_value=600),
+        st.sampled_from(['{"a":', "["]),
+        st.text(max_size=20),
+        st.sampled_from(sorted(FORWARDED)),
+    )
+    def test_any_nesting_depth_and_unicode_is_a_request_that_can_be_forwarded_or_a_frame_error(
+        self, depth: int, opener: str, leaf: str, method: str
+    ) -> None:
+        closer = "}" if opener.startswith("{") else "]"
+        params = '{"p":' + opener * depth + json.dumps(leaf) + closer * depth + "}"
+        raw = f'{{"jsonrpc":"2.0","id":1,"method":"{method}","params":{params}}}'
+        try:
+            request = parse_request(raw)
+        except FrameError as refused:
+            code = refused.code
+        else:
+            forward_body(request, "u1", False)  # whatever parses can be forwarded
+            code = 0
+        assert code in (0, -32700, -32602)
+
     def test_params_nested_300_deep_are_invalid_params_not_a_type_error(self) -> None:
         nested: Any = {}
         for _ in range(300):
