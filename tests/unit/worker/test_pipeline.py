@@ -46,9 +46,9 @@ async def failing_reload() -> None:
     raise ConnectionRefusedError("postgres is down")
 
 
-async def test_a_failed_catalog_reload_requeues_the_delivery_instead_of_stalling_acks() -> None:
-    channel = FakeChannel()
-    pipeline = Pipeline(
+def offline_pipeline() -> Pipeline:
+    """A pipeline with no database, publisher or catalog: enough for what happens before storing."""
+    return Pipeline(
         settings=Settings(_env_file=None),  # type: ignore[call-arg]
         pool=cast("asyncpg.Pool", None),
         publisher=cast("Publisher", None),
@@ -56,6 +56,11 @@ async def test_a_failed_catalog_reload_requeues_the_delivery_instead_of_stalling
         catalog=lambda: Catalog([]),
         reload_catalog=failing_reload,
     )
+
+
+async def test_a_failed_catalog_reload_requeues_the_delivery_instead_of_stalling_acks() -> None:
+    channel = FakeChannel()
+    pipeline = offline_pipeline()
     event = {"user_id": "u1", "type": "BRAND_NEW_TYPE", "title": "t"}
     await pipeline.accept(cast("AbstractIncomingMessage", FakeMessage(channel, 1, event)))
 
@@ -92,14 +97,7 @@ async def test_a_statement_canceled_every_time_is_retried_a_bounded_number_of_ti
 
     from worker import pipeline as pipeline_module
 
-    pipeline = Pipeline(
-        settings=Settings(_env_file=None),  # type: ignore[call-arg]
-        pool=cast("asyncpg.Pool", None),
-        publisher=cast("Publisher", None),
-        acks=AckTracker(),
-        catalog=lambda: Catalog([]),
-        reload_catalog=failing_reload,
-    )
+    pipeline = offline_pipeline()
     attempts: list[int] = []
     poisoned: list[Exception] = []
 
