@@ -208,8 +208,8 @@ class Settings(BaseSettings):
 
     @property
     def amqp_user(self) -> str:
-        """The broker user of ``amqp_url`` (``guest`` when the URL names none, as aio-pika assumes)."""
-        return unquote(urlsplit(self.amqp_url).username or "guest")
+        """The broker user of ``amqp_url`` (:func:`broker_user`)."""
+        return broker_user(self.amqp_url)
 
     def rpc_caller_trusted(self, user_id: str | None) -> bool:
         """Whether a request whose AMQP ``user_id`` is ``user_id`` may be served (see
@@ -242,6 +242,11 @@ class Settings(BaseSettings):
                 f"{ENV_PREFIX}JWT_SECRET: one of {ENV_PREFIX}JWT_SECRET, {ENV_PREFIX}JWT_PUBLIC_KEY "
                 f"or {ENV_PREFIX}JWT_JWKS_URL is required"
             )
+
+
+def broker_user(amqp_url: str) -> str:
+    """The user an AMQP URL connects as (``guest`` when it names none, as aio-pika assumes)."""
+    return unquote(urlsplit(amqp_url).username or "guest")
 
 
 class ConfigError(Exception):
