@@ -125,7 +125,8 @@ class RpcConsumer:
     the frame is flushed), and the acks of requests answered in the same turn of the event loop leave as
     one ``basic.ack(multiple=True)`` (:class:`worker.acks.AckTracker`). The queue is durable and classic
     with no arguments, as every declarer agrees; aio-pika's robust channel restores the consumer after a
-    reconnect.
+    reconnect. Only requests whose broker-validated AMQP ``user_id`` is a trusted broker user
+    (``HERALD_RPC_TRUSTED_USERS``, default: the worker's own) are served; others get 4003.
     """
 
     def __init__(self, settings: Settings, topology: Topology, runtime: Callable[[], Runtime]) -> None:
