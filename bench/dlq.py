@@ -58,7 +58,7 @@ async def run(stack: Stack, events: int) -> None:
     report("dlq list (peek)", len(listed), time.perf_counter() - started)
 
     started = time.perf_counter()
-    replayed = await replay(stack.amqp_url, TOPOLOGY, Selection())
+    replayed, _ = await replay(stack.amqp_url, TOPOLOGY, Selection())
     report("dlq replay (confirmed)", len(replayed), time.perf_counter() - started)
     await wait_until(lambda: dead_letters(stack) == events, 300, "replayed copies dead-lettered again")
     report("  … and dead-lettered again", events, time.perf_counter() - started)

@@ -146,7 +146,12 @@ async def open_connections(ws_url: str, users: list[str], count: int) -> list[tu
 async def run(stack: Stack, args: argparse.Namespace) -> list[list[Outcome]]:
     """Seed, then run ``args.rounds`` rounds of every scenario (a worker and a gateway are started here)."""
     stack.start_worker()
-    gateway = stack.start_gateway(rate_limit_per_second=1_000_000, rate_limit_burst=1_000_000)
+    gateway = stack.start_gateway(
+        rate_limit_per_second=1_000_000,
+        rate_limit_burst=1_000_000,
+        user_rate_limit_per_second=1_000_000,
+        user_rate_limit_burst=1_000_000,
+    )
     pids = [process.popen.pid for process in stack.processes if process.popen is not None]
     print(f"worker pid {pids[0]}, gateway pid {pids[1]}", flush=True)
     conn = await asyncpg.connect(stack.database_url)

@@ -20,6 +20,7 @@ from gateway.auth import TokenVerifier
 from gateway.broker import BrokerLink
 from gateway.http import HeraldConnection, HttpRoutes
 from gateway.hub import Hub
+from gateway.limits import UserLimits
 from gateway.metrics import Metrics
 from gateway.rpc import RpcClient
 from gateway.session import Sessions
@@ -45,7 +46,7 @@ class Gateway:
         self.metrics = Metrics()
         self.verifier = TokenVerifier(settings)
         names = Topology(settings.amqp_prefix)
-        self.rpc = RpcClient(names.rpc_queue, settings.rpc_timeout)
+        self.rpc = RpcClient(names.rpc_queue, settings.rpc_timeout, settings.amqp_user)
         self.broker = BrokerLink(
             settings.amqp_url,
             names,
@@ -54,7 +55,15 @@ class Gateway:
             f"herald-gateway {settings.gateway_host}:{settings.gateway_port} pid {os.getpid()}",
         )
         self.hub = Hub(
-            self.broker, self.metrics, settings.send_buffer_bytes, settings.max_connections_per_user
+            self.broker,
+            self.metrics,
+            settings.send_buffer_bytes,
+            settings.max_connections_per_user,
+            UserLimits(
+                settings.user_rate_limit_per_second,
+                settings.user_rate_limit_burst,
+                settings.max_user_requests_in_flight,
+            ),
         )
         self.broker.bind_hub(self.hub)
         self.sessions = Sessions(settings, self.verifier, self.hub, self.rpc, self.metrics)
@@ -75,6 +84,12 @@ class Gateway:
             log.warning(
                 "HERALD_DEV_TOKENS=1: /dev/token mints a valid token for ANY user without credentials; "
                 "never enable this outside local development"
+            )
+        if self.verifier.lacks_audience:
+            log.warning(
+                "HERALD_JWT_AUDIENCE is not set while a public key or JWKS is: tokens the identity "
+                "provider issued for any other application are accepted; set HERALD_JWT_AUDIENCE "
+                "(and HERALD_JWT_ISSUER)"
             )
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):

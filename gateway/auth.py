@@ -10,9 +10,13 @@
 - ``sub`` must be a valid user id (PROTOCOL §4), since it names an exchange and a routing key;
 - ``roles`` (a list) containing ``admin`` grants admin methods.
 
-JWKS keys come from :class:`jwt.PyJWKClient` (cached for 5 minutes; refetched on an unknown ``kid``, at
-most once per ``HERALD_JWT_JWKS_COOLDOWN`` so a stream of made-up ``kid`` values cannot hammer the
-identity provider); its blocking HTTP fetch runs in a thread, never on the event loop.
+JWKS keys come from :class:`gateway.jwks.JwksKeys` (a key set lives ``HERALD_JWT_JWKS_LIFESPAN``
+seconds, so a removed key stops verifying within it; refetched on an unknown ``kid`` at most once per
+``HERALD_JWT_JWKS_COOLDOWN``, failed fetches included, so a stream of made-up ``kid`` values cannot hammer
+the identity provider); the blocking HTTP fetch runs in a thread, never on the event loop.
+
+Any error while checking a token — PyJWT's, or an unexpected one such as the ``TypeError`` of an ES256
+token checked against an RSA key — refuses the token (401 / 4401); none escapes as a 500.
 
 :class:`AuthState` is sans-I/O: it records who the connection is and until when, and decides what an
 ``auth.refresh`` does.
@@ -20,16 +24,17 @@ identity provider); its blocking HTTP fetch runs in a thread, never on the event
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs
 
 import jwt
+import structlog
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from gateway.errors import AuthError, SubjectMismatch
+from gateway.jwks import JwksKeys
 from shared.events import is_valid_user_id
 from shared.logs import configure_logging
 from shared.settings import ConfigError, exit_with_config_error, load_settings
@@ -39,9 +44,9 @@ if TYPE_CHECKING:
 
     from shared.settings import Settings
 
+log = structlog.get_logger("gateway.auth")
+
 _HMAC: Final = frozenset({"HS256", "HS384", "HS512"})
-JWKS_LIFESPAN_SECONDS: Final = 300.0
-JWKS_TIMEOUT_SECONDS: Final = 5.0
 
 
 def load_edge_settings() -> Settings:
@@ -77,18 +82,18 @@ class TokenVerifier:
             load_pem_public_key(settings.jwt_public_key.encode()) if settings.jwt_public_key else None
         )
         self._jwks = (
-            jwt.PyJWKClient(
-                settings.jwt_jwks_url,
-                cache_keys=True,
-                lifespan=JWKS_LIFESPAN_SECONDS,
-                timeout=JWKS_TIMEOUT_SECONDS,
-                cooldown_duration=settings.jwt_jwks_cooldown,
-            )
+            JwksKeys(settings.jwt_jwks_url, settings.jwt_jwks_lifespan, settings.jwt_jwks_cooldown)
             if settings.jwt_jwks_url
             else None
         )
         self._audience = settings.jwt_audience
         self._issuer = settings.jwt_issuer
+
+    @property
+    def lacks_audience(self) -> bool:
+        """Asymmetric keys (PEM or JWKS) without ``HERALD_JWT_AUDIENCE``: an identity provider's tokens for
+        *any* of its applications would be accepted here."""
+        return self._audience is None and (self._public_key is not None or self._jwks is not None)
 
     async def verify(self, token: str) -> Claims:
         """The token's claims; :class:`AuthError` with a short reason when it is refused."""
@@ -99,7 +104,7 @@ class TokenVerifier:
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self._algorithms:
             raise AuthError("token algorithm not allowed")
-        key = await self._key_for(alg, header, token)
+        key = await self._key_for(alg, header)
         try:
             payload = jwt.decode(
                 token,
@@ -119,19 +124,21 @@ class TokenVerifier:
             raise AuthError("token audience or issuer not accepted") from None
         except jwt.PyJWTError:
             raise AuthError("invalid token") from None
+        except Exception as exc:  # a key that does not fit the algorithm (e.g. ES256 vs RSA): refused too
+            log.info("token refused by an unexpected verification error", error=type(exc).__name__)
+            raise AuthError("invalid token") from None
         return claims_from_payload(payload)
 
-    async def _key_for(self, alg: str, header: Mapping[str, Any], token: str) -> Any:
+    async def _key_for(self, alg: str, header: Mapping[str, Any]) -> Any:
         if alg in _HMAC:
             if self._secret is None:
                 raise AuthError("token algorithm not allowed")
             return self._secret
         if self._jwks is not None and (header.get("kid") is not None or self._public_key is None):
-            try:
-                signing_key = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
-            except jwt.PyJWTError:
-                raise AuthError("unknown signing key") from None
-            return signing_key.key
+            kid = header.get("kid")
+            if not isinstance(kid, str):
+                raise AuthError("unknown signing key")
+            return (await self._jwks.key(kid)).key
         if self._public_key is None:
             raise AuthError("token algorithm not allowed")
         return self._public_key

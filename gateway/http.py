@@ -1,11 +1,12 @@
 """Plain HTTP on the WebSocket port, and the checks a WebSocket handshake must pass (``process_request``).
 
 Routes (anything else is 404): ``/healthz`` (the process answers), ``/readyz`` (503 while the broker link
-is down), ``/metrics`` (Prometheus), ``/dev/token?user=U[&admin=1]`` (only with ``HERALD_DEV_TOKENS=1``),
-``/`` and ``/assets/<file>`` (the React demo inbox, built into ``clients/demo/dist/`` by
-``.ci/build-clients``; ``/`` falls back to the plain page while it is not built), ``/plain.html`` and
-``/static/<file>`` (from ``gateway/static/``), ``/sw.js`` (the Web Push service worker, from
-``gateway/static/``, at the root so its scope is the whole origin), ``/client/herald.js`` and
+is down), ``/metrics`` (Prometheus), ``/dev/token?user=U[&admin=1]`` (only with ``HERALD_DEV_TOKENS=1``
+and a loopback ``Host``), ``/`` and ``/assets/<file>`` (the React demo inbox, built into
+``clients/demo/dist/`` by ``.ci/build-clients``; ``/`` falls back to the plain page while it is not
+built), ``/plain.html`` and ``/static/<file>`` (from ``gateway/static/``), ``/sw.js`` (the Web Push
+service worker, from ``gateway/static/``, at the root so its scope is the whole origin),
+``/client/herald.js`` and
 ``/client/herald.d.ts`` (the browser client, from ``clients/js/``).
 
 A WebSocket handshake must target ``/notifications`` (else 404) from an allowed Origin (else 403); a
@@ -16,6 +17,7 @@ connection to the handler. Without a token the handler expects a first-frame ``a
 from __future__ import annotations
 
 import email.utils
+import ipaddress
 import mimetypes
 import time
 from http import HTTPStatus
@@ -94,6 +96,27 @@ def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...
     return host is not None and urlsplit(normalized).netloc == host.strip().lower()
 
 
+def loopback_host(host: str | None) -> bool:
+    """Whether a ``Host`` header names this machine's loopback (``localhost``, ``127.x.x.x``, ``[::1]``).
+
+    ``/dev/token`` answers only then: a page under another name that resolves to 127.0.0.1 (DNS
+    rebinding), or a proxy that forwards its own Host, gets nothing.
+    """
+    if not host:
+        return False
+    name = host.strip().lower()
+    if name.startswith("["):
+        name = name[1 : name.find("]")] if "]" in name else ""
+    elif name.count(":") == 1:  # name:port (a bare IPv6 address has several colons)
+        name = name.partition(":")[0]
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 def resolve_static(root: Path, relative: str) -> Path | None:
     """The file ``relative`` under ``root``, or ``None`` if it is missing or escapes ``root``."""
     if not relative or "\x00" in relative:
@@ -156,7 +179,7 @@ class HttpRoutes:
         path, _, query = request.path.partition("?")
         if _is_upgrade(request.headers):
             return await self._handshake(connection, request.headers, path, query)
-        return self._route(path, query)
+        return self._route(path, query, request.headers.get("Host"))
 
     async def _handshake(
         self, connection: ServerConnection, headers: Headers, path: str, query: str
@@ -177,7 +200,7 @@ class HttpRoutes:
             connection.handshake_claims = claims
         return None
 
-    def _route(self, path: str, query: str) -> Response:
+    def _route(self, path: str, query: str, host: str | None) -> Response:
         if path == "/healthz":
             return _text(200, "ok\n")
         if path == "/readyz":
@@ -185,7 +208,7 @@ class HttpRoutes:
         if path == "/metrics":
             return _response(200, self._metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
         if path == "/dev/token":
-            return self._dev_token(query)
+            return self._dev_token(query) if loopback_host(host) else _text(404, "Not Found\n")
         if path in ("/", "/index.html"):
             if resolve_static(self._demo_dir, "index.html") is None:  # not built: the plain page
                 return self._file(self._static_dir, "plain.html")

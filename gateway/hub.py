@@ -26,7 +26,7 @@ from websockets.protocol import State
 
 from gateway.background import spawn
 from gateway.errors import GatewayError
-from gateway.limits import admission_close_code, lagging
+from gateway.limits import TokenBucket, UserLimits, admission_close_code, lagging
 from shared.jsonrpc import CloseCode, notification_frame
 from shared.preferences import channel_enabled
 
@@ -103,9 +103,12 @@ ALL_ON: Final = InAppFilter()
 
 @dataclass(slots=True, eq=False)
 class UserSlot:
-    """One user's local state; see the module docstring."""
+    """One user's local state; see the module docstring. ``bucket`` and ``requests`` are the user's
+    shared rate budget and in-flight cap on this gateway (:class:`~gateway.limits.UserLimits`)."""
 
     user_id: str
+    bucket: TokenBucket
+    requests: asyncio.Semaphore
     live: set[ServerConnection] = field(default_factory=set)
     #: pending connection → frames to write after ``connected`` (``None`` once the cap overflowed).
     pending: dict[ServerConnection, list[bytes] | None] = field(default_factory=dict)
@@ -130,13 +133,19 @@ class Hub:
     """The user registry and the relay; one per process."""
 
     def __init__(
-        self, topology: UserTopology, metrics: Metrics, send_buffer_bytes: int, max_per_user: int
+        self,
+        topology: UserTopology,
+        metrics: Metrics,
+        send_buffer_bytes: int,
+        max_per_user: int,
+        user_limits: UserLimits,
     ) -> None:
         self.users: dict[str, UserSlot] = {}
         self._topology = topology
         self._metrics = metrics
         self._buffer_limit = send_buffer_bytes
         self._max_per_user = max_per_user
+        self._user_limits = user_limits
 
     @property
     def connection_count(self) -> int:
@@ -152,7 +161,9 @@ class Hub:
         """Register ``connection`` as pending for ``user_id``, or return the close code refusing it (4008)."""
         slot = self.users.get(user_id)
         if slot is None:
-            slot = self.users[user_id] = UserSlot(user_id)
+            limits = self._user_limits
+            bucket = TokenBucket(limits.rate, limits.burst, asyncio.get_running_loop().time())
+            slot = self.users[user_id] = UserSlot(user_id, bucket, asyncio.Semaphore(limits.in_flight))
         refusal = admission_close_code(slot.connection_count, self._max_per_user)
         if refusal is not None:
             self._forget_if_empty(slot)
@@ -287,5 +298,22 @@ class Hub:
                 targets.append(connection)
         for connection in laggards:
             slot.live.discard(connection)
-            self._metrics.closes.labels(str(int(CloseCode.TRY_AGAIN_LATER))).inc()
-            spawn(connection.close(CloseCode.TRY_AGAIN_LATER, "reader too slow"))
+            self.drop_laggard(connection)
+
+    def writable(self, connection: ServerConnection) -> bool:
+        """Whether a reply may be written to ``connection``; a laggard is closed 1013 instead.
+
+        Replies are held to the same send-buffer cap as relayed frames, so a client that sends requests
+        and never reads cannot make the gateway buffer its replies without bound.
+        """
+        if lagging(connection.transport.get_write_buffer_size(), self._buffer_limit):
+            self.drop_laggard(connection)
+            return False
+        return True
+
+    def drop_laggard(self, connection: ServerConnection) -> None:
+        """Close a connection whose unsent bytes exceed the send buffer (1013); counted once."""
+        if connection.protocol.state is not State.OPEN:
+            return
+        self._metrics.closes.labels(str(int(CloseCode.TRY_AGAIN_LATER))).inc()
+        spawn(connection.close(CloseCode.TRY_AGAIN_LATER, "reader too slow"))

@@ -6,6 +6,8 @@ decides lives here as plain functions and a small class, with time passed in so 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from shared.jsonrpc import CloseCode
 
 
@@ -44,7 +46,8 @@ def admission_close_code(open_connections: int, cap: int) -> CloseCode | None:
 def lagging(write_buffer_bytes: int, limit: int) -> bool:
     """Whether a connection whose transport holds ``write_buffer_bytes`` unsent bytes must be closed 1013.
 
-    Checked before every relayed frame, so a buffer exceeds ``limit`` by at most one frame.
+    Checked before every relayed frame and every request reply, so a buffer exceeds ``limit`` by at most
+    one frame.
     """
     return write_buffer_bytes > limit
 
@@ -77,3 +80,17 @@ class KeyedBuckets:
             bucket = TokenBucket(self._rate, self._burst, now)
         self._buckets[key] = bucket  # re-inserted last: dicts keep insertion order, oldest first
         return bucket.take(now)
+
+
+@dataclass(frozen=True, slots=True)
+class UserLimits:
+    """What one user may spend on one gateway, across all of its connections there.
+
+    ``rate``/``burst`` size the user's token bucket (taken on top of each connection's own), and
+    ``in_flight`` caps the user's requests awaiting the worker, which bounds the work a single user can
+    queue on ``herald.rpc`` to ``in_flight`` per gateway.
+    """
+
+    rate: float
+    burst: int
+    in_flight: int

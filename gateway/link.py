@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Final
+from urllib.parse import urlsplit
 
 import aio_pika
 import structlog
@@ -25,7 +26,11 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("gateway.link")
 
-RECONNECT_DELAYS: Final = (0.2, 0.5, 1.0, 2.0, 5.0)
+#: Pause after each failed connect, capped at one second: a gateway whose link is down strands every
+#: frame the worker publishes meanwhile, so waiting longer than the broker takes to come back is costly.
+RECONNECT_DELAYS: Final = (0.05, 0.1, 0.2, 0.5, 1.0)
+#: During a pause the broker's port is probed this often; a connect is tried as soon as it accepts.
+PORT_PROBE_INTERVAL: Final = 0.05
 CONNECT_TIMEOUT: Final = 10.0
 
 
@@ -34,6 +39,9 @@ class SupervisedLink:
 
     def __init__(self, amqp_url: str, connection_name: str) -> None:
         self._url = amqp_url
+        parsed = urlsplit(amqp_url)
+        default_port = 5671 if parsed.scheme == "amqps" else 5672
+        self._address = (parsed.hostname or "localhost", parsed.port or default_port)
         self._connection_name = connection_name
         self._connection: AbstractConnection | None = None
         self._ready = False
@@ -59,7 +67,7 @@ class SupervisedLink:
                 delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
                 failures += 1
                 log.warning("broker connect failed", error=str(exc) or type(exc).__name__, retry_in=delay)
-                await asyncio.sleep(delay)
+                await self._pause(delay, probe=True)
                 continue
             # A fresh event per connection: a late close callback of the previous one cannot end this one.
             lost = self._lost = asyncio.Event()
@@ -70,7 +78,7 @@ class SupervisedLink:
             except Exception as exc:  # same: a failed set-up is retried on a new connection
                 log.exception("broker set-up failed", error=str(exc))
                 await self._drop(connection)
-                await asyncio.sleep(RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)])
+                await self._pause(RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)], probe=False)
                 failures += 1
                 continue
             failures = 0
@@ -81,6 +89,32 @@ class SupervisedLink:
             if not self._closing:
                 log.warning("broker link lost; reconnecting")
             await self._drop(connection)
+
+    async def _pause(self, delay: float, *, probe: bool) -> None:
+        """Wait ``delay`` seconds; with ``probe``, end early once the broker's port starts accepting
+        connections again (a broker that is back is used at once, not after the rest of the pause).
+
+        A port that accepts from the start says the failure was something else (credentials, a vhost,
+        a broker still booting): then the whole pause is waited, so a fast failure is no busy loop.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        if not probe or await self._port_accepts(delay):
+            await asyncio.sleep(max(deadline - loop.time(), 0))
+            return
+        while not self._closing and (remaining := deadline - loop.time()) > 0:
+            await asyncio.sleep(min(PORT_PROBE_INTERVAL, remaining))
+            if await self._port_accepts(deadline - loop.time()):
+                return
+
+    async def _port_accepts(self, within: float) -> bool:
+        try:
+            async with asyncio.timeout(max(within, PORT_PROBE_INTERVAL)):
+                _, writer = await asyncio.open_connection(*self._address)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        return True
 
     async def close(self) -> None:
         """Stop supervising and close the connection."""

@@ -8,7 +8,8 @@ their validation. Rules the gateway enforces on every frame:
 - the frame is a JSON object with ``"jsonrpc": "2.0"`` and a string ``method`` (else -32700 / -32600);
 - ``id`` is absent (a notification: served, never answered), ``null``, a string of at most
   :data:`MAX_ID_CHARS` characters, or an integer with ``|id| ≤ 2**53`` (else -32600, answered with id null);
-- ``params`` is absent or an object (else -32602, ``data`` = ``"params"``);
+- ``params`` is absent or an object that can be forwarded: at most :data:`MAX_NESTING` levels deep, what
+  orjson writes (else -32602, ``data`` = ``"params"``);
 - ``method`` is in the table (else -32601); the internal ``session.open`` is not.
 """
 
@@ -25,6 +26,8 @@ from shared.jsonrpc import VERSION, ErrorCode, rpc_request
 MAX_ID_CHARS: Final = 128
 MAX_INT_ID: Final = 2**53
 MAX_TOKEN_CHARS: Final = 16 * 1024
+#: orjson reads 1,024 levels of nesting but writes at most 254; deeper params could not be forwarded.
+MAX_NESTING: Final = 254
 
 AUTH: Final = "auth"
 AUTH_REFRESH: Final = "auth.refresh"
@@ -118,9 +121,28 @@ def parse_request(frame: str | bytes) -> Request:
         raise FrameError(
             ErrorCode.INVALID_PARAMS, "invalid params: params must be an object", "params", request_id
         )
+    if _too_deep(frame, params):
+        raise FrameError(
+            ErrorCode.INVALID_PARAMS,
+            f"invalid params: nested deeper than {MAX_NESTING} levels",
+            "params",
+            request_id,
+        )
     if method in (AUTH, AUTH_REFRESH):
         token_param(params, request_id)
     return Request(method, params, request_id, raw_id is _NO_ID)
+
+
+def _too_deep(frame: str | bytes, params: dict[str, Any]) -> bool:
+    # Counting brackets is a cheap necessary condition; only a frame with that many is re-encoded.
+    raw = frame.encode() if isinstance(frame, str) else frame
+    if raw.count(b"{") + raw.count(b"[") <= MAX_NESTING:
+        return False
+    try:
+        orjson.dumps(params)
+    except orjson.JSONEncodeError:
+        return True
+    return False
 
 
 def token_param(params: dict[str, Any], request_id: Any = None) -> str:

@@ -32,9 +32,12 @@ REPLY_TO: Final = "amq.rabbitmq.reply-to"
 class RpcClient:
     """Request/reply with the worker; see the module docstring."""
 
-    def __init__(self, queue: str, timeout: float) -> None:
+    def __init__(self, queue: str, timeout: float, broker_user: str) -> None:
         self._queue = queue
         self._timeout = timeout
+        # Set as the AMQP user_id of every request: the broker refuses any other value than the
+        # connection's user, so the worker can trust it names the publisher (a gateway).
+        self._broker_user = broker_user
         self._channel: AbstractChannel | None = None
         self._underlay: aiormq.Channel | None = None
         # AMQP wants the per-message TTL as a string of milliseconds.
@@ -87,6 +90,7 @@ class RpcClient:
                 correlation_id=correlation_id,
                 reply_to=REPLY_TO,
                 expiration=self._expiration,
+                user_id=self._broker_user,
             )
             try:
                 await underlay.basic_publish(

@@ -5,9 +5,14 @@
    first frame that is not a valid ``auth``, or silence) sends the error, then closes 4401.
 2. Admitted by the hub (one connection over ``max_connections_per_user`` closes 4008), the user attached,
    ``session.open`` asked of the worker (within ``HERALD_RPC_TIMEOUT``), ``connected`` written.
-3. Serves frames: every frame takes a rate-limit token (4029 when empty); ``ping`` and ``auth.refresh``
-   are answered here, the other client methods forwarded, many at once, each answered when the worker
-   replies. Bad frames get a JSON-RPC error; the connection stays open.
+3. Serves frames: every frame takes a token from the connection's bucket and from its user's bucket on
+   this gateway (4029 when either is empty); ``ping`` and ``auth.refresh`` are answered here, the other
+   client methods forwarded, many at once, each answered when the worker replies. At most
+   ``max_requests_in_flight`` per connection and ``max_user_requests_in_flight`` per user await the
+   worker: at either cap the gateway stops reading the connection until one is answered. Every reply
+   is held to the send-buffer cap (a client that does not read its replies is closed 1013), and a reply
+   waits for the socket to drain before the next frame is read. Bad frames get a JSON-RPC error; the
+   connection stays open.
 4. Closes with 4401 when the token expires without a successful ``auth.refresh`` for the same user.
 """
 
@@ -133,9 +138,10 @@ class Sessions:
 class _Session:
     """State of one admitted connection: its token, rate limit, expiry timer and requests in flight."""
 
-    __slots__ = ("_auth", "_bucket", "_connection", "_expiry", "_owner", "_slot", "_tasks")
+    __slots__ = ("_auth", "_bucket", "_connection", "_expiry", "_owner", "_requests", "_slot", "_tasks")
 
     _tasks: set[asyncio.Task[None]] | None
+    _requests: asyncio.Semaphore | None
 
     def __init__(
         self, owner: Sessions, connection: HeraldConnection, auth: AuthState, slot: UserSlot
@@ -147,7 +153,9 @@ class _Session:
         settings = owner.settings
         loop = asyncio.get_running_loop()
         self._bucket = TokenBucket(settings.rate_limit_per_second, settings.rate_limit_burst, loop.time())
-        self._tasks = None  # created with the first forwarded request: most connections never send one
+        # Both created with the first forwarded request: most connections never send one.
+        self._tasks = None
+        self._requests = None
         self._expiry: Deadline | None = None
 
     @property
@@ -211,7 +219,7 @@ class _Session:
 
     async def _dispatch(self, frame: bytes, now: float) -> None:
         """Answer or forward one client frame; every frame takes a rate-limit token."""
-        allowed = self._bucket.take(now)
+        allowed = self._bucket.take(now) and self._slot.bucket.take(now)
         try:
             request = parse_request(frame)
         except FrameError as exc:
@@ -236,11 +244,35 @@ class _Session:
                 error_frame(request.id, ErrorCode.INVALID_REQUEST, "already authenticated; use auth.refresh"),
             )
         else:
-            if self._tasks is None:
-                self._tasks = set()
-            task = asyncio.create_task(self._forward(request))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            await self._start_forward(request)
+
+    async def _start_forward(self, request: Request) -> None:
+        """Forward ``request`` in its own task once both in-flight caps allow it.
+
+        Awaited by the receive loop, so at a cap the connection is not read (its frames wait in the socket,
+        and TCP slows the client down) until a request of the connection or its user is answered.
+        """
+        if self._tasks is None or self._requests is None:
+            self._tasks = set()
+            self._requests = asyncio.Semaphore(self._owner.settings.max_requests_in_flight)
+        connection_slots, user_slots = self._requests, self._slot.requests
+        await connection_slots.acquire()
+        try:
+            await user_slots.acquire()
+        except BaseException:
+            connection_slots.release()
+            raise
+        task = asyncio.create_task(self._forward(request))
+        self._tasks.add(task)
+
+        def finished(done: asyncio.Task[None]) -> None:
+            # A done callback runs even for a task cancelled before it started: the slots always return.
+            assert self._tasks is not None
+            self._tasks.discard(done)
+            connection_slots.release()
+            user_slots.release()
+
+        task.add_done_callback(finished)
 
     async def _refresh(self, request: Request) -> bytes:
         metrics = self._owner.metrics
@@ -287,6 +319,8 @@ class _Session:
             await self._send(frame)
 
     async def _send(self, frame: bytes) -> None:
+        if not self._owner.hub.writable(self._connection):
+            return
         with contextlib.suppress(ConnectionClosed):
             await self._connection.send(frame, text=True)
 

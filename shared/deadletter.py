@@ -1,27 +1,47 @@
 """Dead-letter header rules, spoken by the worker (which dead-letters) and ``herald dlq`` (which replays).
 
 The worker publishes an invalid event to ``herald.dlx`` as a copy of the producer's message plus
-``x-herald-error`` (the reason), ``x-herald-routing-key`` and ``x-herald-exchange``. The broker adds
-``x-death`` (and ``x-first-death-*`` / ``x-last-death-*``) when it dead-letters after the delivery limit.
-A replayed event starts again without any of these headers.
+``x-herald-error`` (the reason), ``x-herald-routing-key`` and ``x-herald-exchange``
+(:func:`dead_letter_headers`). The broker adds ``x-death`` (and ``x-first-death-*`` / ``x-last-death-*``)
+when it dead-letters after the delivery limit or an expiry. A replayed event starts again without any of
+these headers.
+
+A producer can set any header, so none of them is trusted blindly:
+
+- the worker drops every dead-letter header the producer's message carried before adding its own, so a
+  dead letter *without* ``x-death`` carries only headers the worker wrote; one *with* ``x-death`` was
+  dead-lettered by the broker, and any ``x-herald-*`` on it came from the producer and is ignored;
+- whatever the headers say, a replay goes only to Herald's input (:func:`replay_destination`): the events
+  exchange with a ``notification.*`` or ``user.*`` routing key, or the events queue through the default
+  exchange. A letter naming anything else (``herald.rpc``, another exchange) is refused and stays put.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import aio_pika
 
 from shared.topology import ERROR_HEADER, ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from aio_pika.abc import AbstractIncomingMessage, HeadersType
+
+    from shared.topology import Topology
 
 #: Headers that describe a past dead-lettering.
 DEAD_LETTER_HEADERS: Final = frozenset(
     {ERROR_HEADER, ORIGINAL_ROUTING_KEY_HEADER, ORIGINAL_EXCHANGE_HEADER, "x-death", "x-delivery-count"}
 )
 DEAD_LETTER_HEADER_PREFIXES: Final = ("x-first-death-", "x-last-death-")
+#: Routing keys a replay may use on the events exchange (what producers publish Herald events under).
+REPLAYABLE_ROUTING_PREFIXES: Final = ("notification.", "user.")
+
+
+class ReplayRefused(ValueError):
+    """A dead letter names a destination that is not Herald's input; it is not replayed."""
 
 
 def is_dead_letter_header(name: str) -> bool:
@@ -60,3 +80,32 @@ def replay_message(message: AbstractIncomingMessage) -> aio_pika.Message:
     """A copy of ``message`` to publish again: same body and properties, no dead-lettering headers."""
     headers = {key: value for key, value in (message.headers or {}).items() if not is_dead_letter_header(key)}
     return copy_message(message, headers)
+
+
+def dead_letter_headers(
+    incoming: Mapping[str, Any], reason: str, exchange: str, routing_key: str
+) -> dict[str, Any]:
+    """The headers of the worker's copy of a rejected event: the producer's own headers, minus any
+    dead-letter header it sent (so none can be forged), plus the reason and where the event came from."""
+    headers = {key: value for key, value in incoming.items() if not is_dead_letter_header(key)}
+    headers[ERROR_HEADER] = reason
+    headers[ORIGINAL_ROUTING_KEY_HEADER] = routing_key
+    headers[ORIGINAL_EXCHANGE_HEADER] = exchange
+    return headers
+
+
+def replay_destination(exchange: str, routing_key: str, topology: Topology) -> tuple[str, str]:
+    """``(exchange, routing_key)`` when a replay there reaches only Herald's input queue.
+
+    Raises:
+        ReplayRefused: any other destination (the RPC queue, another exchange, an unexpected key).
+    """
+    names_an_event = routing_key.startswith(REPLAYABLE_ROUTING_PREFIXES) and not routing_key.endswith(".")
+    to_events_exchange = exchange == topology.events_exchange and names_an_event
+    to_events_queue = exchange == "" and routing_key == topology.events_queue
+    if to_events_exchange or to_events_queue:
+        return exchange, routing_key
+    raise ReplayRefused(
+        f"destination {exchange or '(default exchange)'!s} / {routing_key!r} is not Herald's input "
+        f"({topology.events_exchange} with notification.* or user.*)"
+    )

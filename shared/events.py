@@ -88,6 +88,18 @@ class InvalidEvent(ValueError):
         self.reason = reason
 
 
+_NUL_REFUSED: Final = "must not contain NUL (U+0000): Postgres text and jsonb cannot store it"
+#: ``\u0000`` in orjson's output, preceded by an even number of backslashes (an odd one would make it
+#: the text "\\u0000", which is fine).
+_ESCAPED_NUL: Final = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError(_NUL_REFUSED)
+    return value
+
+
 def _data_within_limit(value: dict[str, Any]) -> dict[str, Any]:
     try:
         serialized = orjson.dumps(value)
@@ -96,7 +108,12 @@ def _data_within_limit(value: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"cannot be serialized ({exc})") from None
     if len(serialized) > MAX_DATA_BYTES:
         raise ValueError(f"must serialize to at most {MAX_DATA_BYTES} bytes")
+    if _ESCAPED_NUL.search(serialized):
+        raise ValueError(_NUL_REFUSED)
     return value
+
+
+NulFree = Annotated[str, AfterValidator(_no_nul)]
 
 
 _HTTP_URL: Final = TypeAdapter(HttpUrl)
@@ -135,15 +152,15 @@ class _EventFields(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
-    event_id: str | None = Field(
+    event_id: NulFree | None = Field(
         default=None,
         min_length=1,
         max_length=MAX_EVENT_ID_CHARS,
         validation_alias=AliasChoices("event_id", "eventId"),
     )
     type: Annotated[str, StringConstraints(pattern=TYPE_PATTERN)]
-    title: str = Field(min_length=1, max_length=MAX_TITLE_CHARS)
-    message: str = Field(default="", max_length=MAX_MESSAGE_CHARS)
+    title: NulFree = Field(min_length=1, max_length=MAX_TITLE_CHARS)
+    message: NulFree = Field(default="", max_length=MAX_MESSAGE_CHARS)
     data: Annotated[dict[str, Any], AfterValidator(_data_within_limit)] = Field(default_factory=dict)
     channels: frozenset[Channel] | None = None
     expires_at: datetime | None = Field(

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Literal, NoReturn
+from typing import Annotated, Final, Literal, NoReturn
+from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "HERALD_"
@@ -21,6 +22,25 @@ def _split_commas(value: object) -> object:
     if isinstance(value, str):
         return tuple(item.strip() for item in value.split(",") if item.strip())
     return value
+
+
+#: HS secrets shorter than this are refused: RFC 7518 §3.2 asks for a key at least as long as the hash.
+MIN_SECRET_BYTES: Final = 32
+#: Example values from docs and manifests; a deployment that kept one accepts tokens anyone can mint.
+PLACEHOLDER_SECRETS: Final = frozenset(
+    {"replace-me-with-at-least-32-random-bytes", "changeme", "change-me", "secret", "replace-me"}
+)
+_PLACEHOLDER_MARKERS: Final = ("replace-me", "replaceme", "changeme", "change-me", "placeholder")
+
+
+def weak_secret_reason(secret: str) -> str | None:
+    """Why ``secret`` cannot sign HS256 tokens (short, or a placeholder), or ``None`` when it can."""
+    lowered = secret.lower()
+    if lowered in PLACEHOLDER_SECRETS or any(marker in lowered for marker in _PLACEHOLDER_MARKERS):
+        return "is a placeholder; create one with: openssl rand -hex 32"
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        return f"must be at least {MIN_SECRET_BYTES} bytes; create one with: openssl rand -hex 32"
+    return None
 
 
 class Settings(BaseSettings):
@@ -35,10 +55,15 @@ class Settings(BaseSettings):
         db_pool_min, db_pool_max: asyncpg pool bounds per process [2, 10].
 
     JWT (the gateway needs one of secret, public key or JWKS URL)
-        jwt_secret: HS256 secret; also what ``herald token`` and ``/dev/token`` sign with.
+        jwt_secret: HS256 secret; also what ``herald token`` and ``/dev/token`` sign with. At least 32
+            bytes and not a known placeholder (refused at start); empty means unset.
         jwt_public_key: PEM text, or ``@path`` to read it from a file (RS256/ES256/EdDSA).
-        jwt_jwks_url: JWKS endpoint; keys are cached and refetched on an unknown ``kid``.
-        jwt_jwks_cooldown: minimum seconds between two refetches forced by unknown ``kid`` values [30].
+        jwt_jwks_url: JWKS endpoint (``https://``); keys are cached and refetched on an unknown ``kid``.
+        jwt_jwks_allow_http: accept a plain ``http://`` JWKS URL (a trusted sidecar, tests) [false].
+        jwt_jwks_lifespan: seconds a fetched key set is used; a key removed from the JWKS stops
+            verifying within this time [300].
+        jwt_jwks_cooldown: minimum seconds between two JWKS fetches forced by unknown ``kid`` values or
+            following a failed fetch [30].
         jwt_algorithms: comma-separated allowlist [``HS256``]; ``none`` is always refused.
         jwt_audience, jwt_issuer: checked only when set.
 
@@ -51,6 +76,11 @@ class Settings(BaseSettings):
         max_connections_per_user: per gateway process; one more closes with 4008 [16].
         send_buffer_bytes: per-connection write buffer cap; a reader above it closes with 1013 [1 MiB].
         rate_limit_per_second, rate_limit_burst: per-connection request token bucket [20, 40].
+        user_rate_limit_per_second, user_rate_limit_burst: per-user token bucket on each gateway, shared
+            by all of the user's connections there, taken on top of the connection's [40, 80].
+        max_requests_in_flight: forwarded requests of one connection awaiting the worker; at the cap the
+            gateway stops reading that connection until one is answered [8].
+        max_user_requests_in_flight: the same across all of a user's connections on one gateway [32].
         rpc_timeout: seconds the gateway waits for the worker before error 5003 [5].
         ping_interval, ping_timeout: keepalive, seconds [20, 20].
         dev_tokens: serve ``GET /dev/token`` (``herald dev`` only; never in production) [false].
@@ -69,6 +99,9 @@ class Settings(BaseSettings):
         retention_batch_size: rows per DELETE statement [1000].
         delivery_limit: redeliveries of a crashing event before the queue dead-letters it [20].
         rpc_prefetch: client requests a worker answers concurrently [64].
+        rpc_trusted_users: comma-separated broker users whose requests on ``herald.rpc`` the worker
+            serves, checked against the broker-validated AMQP ``user_id`` the gateways set; unset = the
+            worker's own broker user (one shared user in development); ``*`` = anyone (no check).
         confirm_frames: wait for publisher confirms of live event frames before acking [false]; see
             docs/design.md (frames precede the ack on the same connection either way).
 
@@ -99,7 +132,10 @@ class Settings(BaseSettings):
 
     jwt_secret: SecretStr | None = None
     jwt_public_key: str | None = None
+    # Before jwt_jwks_url: its validator reads this flag.
+    jwt_jwks_allow_http: bool = False
     jwt_jwks_url: str | None = None
+    jwt_jwks_lifespan: float = Field(default=300.0, gt=0)
     jwt_jwks_cooldown: float = Field(default=30.0, ge=0)
     jwt_algorithms: Annotated[tuple[str, ...], NoDecode] = ("HS256",)
     jwt_audience: str | None = None
@@ -114,6 +150,10 @@ class Settings(BaseSettings):
     send_buffer_bytes: int = Field(default=1 << 20, ge=1024)
     rate_limit_per_second: float = Field(default=20.0, gt=0)
     rate_limit_burst: int = Field(default=40, ge=1)
+    user_rate_limit_per_second: float = Field(default=40.0, gt=0)
+    user_rate_limit_burst: int = Field(default=80, ge=1)
+    max_requests_in_flight: int = Field(default=8, ge=1)
+    max_user_requests_in_flight: int = Field(default=32, ge=1)
     rpc_timeout: float = Field(default=5.0, gt=0)
     ping_interval: float = Field(default=20.0, gt=0)
     ping_timeout: float = Field(default=20.0, gt=0)
@@ -133,6 +173,7 @@ class Settings(BaseSettings):
     retention_batch_size: int = Field(default=1000, ge=1)
     delivery_limit: int = Field(default=20, ge=1)
     rpc_prefetch: int = Field(default=64, ge=1, le=65535)
+    rpc_trusted_users: Annotated[tuple[str, ...] | None, NoDecode] = None
     confirm_frames: bool = False
 
     vapid_private_key: SecretStr | None = None
@@ -153,10 +194,48 @@ class Settings(BaseSettings):
                 raise ValueError("'none' is never an accepted algorithm")
         return value
 
-    @field_validator("allowed_origins", mode="before")
+    @field_validator("jwt_secret", mode="after")
+    @classmethod
+    def _strong_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None  # empty = unset (a secret of "" would accept tokens anyone can mint)
+        refusal = weak_secret_reason(value.get_secret_value())
+        if refusal is not None:
+            raise ValueError(refusal)
+        return value
+
+    @field_validator("jwt_jwks_url", mode="after")
+    @classmethod
+    def _https_jwks(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or not value:
+            return None
+        scheme = value.partition("://")[0].lower()
+        if scheme == "http" and not info.data.get("jwt_jwks_allow_http"):
+            raise ValueError(
+                f"plain http lets anyone on the path swap the signing keys; use https, or set "
+                f"{ENV_PREFIX}JWT_JWKS_ALLOW_HTTP=true for a trusted local endpoint"
+            )
+        if scheme not in ("http", "https"):
+            raise ValueError("must be an https:// URL")
+        return value
+
+    @field_validator("allowed_origins", "rpc_trusted_users", mode="before")
     @classmethod
     def _parse_origins(cls, value: object) -> object:
         return _split_commas(value) if value != "" else None
+
+    @property
+    def amqp_user(self) -> str:
+        """The broker user of ``amqp_url`` (:func:`broker_user`)."""
+        return broker_user(self.amqp_url)
+
+    def rpc_caller_trusted(self, user_id: str | None) -> bool:
+        """Whether a request whose AMQP ``user_id`` is ``user_id`` may be served (see
+        ``rpc_trusted_users``). The broker refuses a ``user_id`` other than the publisher's own user."""
+        trusted = self.rpc_trusted_users
+        if trusted is not None and "*" in trusted:
+            return True
+        return user_id is not None and user_id in (trusted if trusted is not None else (self.amqp_user,))
 
     @field_validator("jwt_public_key", mode="after")
     @classmethod
@@ -193,6 +272,11 @@ def read_at_path(value: str | None) -> str | None:
         except OSError as exc:
             raise ValueError(f"cannot read key file {path}: {exc.strerror}") from exc
     return value
+
+
+def broker_user(amqp_url: str) -> str:
+    """The user an AMQP URL connects as (``guest`` when it names none, as aio-pika assumes)."""
+    return unquote(urlsplit(amqp_url).username or "guest")
 
 
 class ConfigError(Exception):

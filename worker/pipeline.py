@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import random
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
@@ -40,6 +39,7 @@ import structlog
 from shared.events import BroadcastEvent, InvalidEvent, ProfileEvent, SendEvent, parse_event
 from worker import metrics
 from worker.broadcast_routing import broadcast_jobs
+from worker.pending import Pending, tags_by_channel
 from worker.profiles import store_profile
 from worker.routing import NEW_METHOD, Incoming, Outgoing, SendRouting, route_broadcast
 from worker.store import events as store
@@ -66,22 +66,16 @@ _CONFLICT_ERRORS: Final = (
     # Two workers inserting the same (user, key) at once: the retry sees the winner's row.
     asyncpg.UniqueViolationError,
 )
+#: Retries of a batch whose statement Postgres canceled (57014, e.g. ``statement_timeout``). A cancel can
+#: be load (retry) or the batch itself, such as a broadcast to a huge user base that always exceeds the
+#: timeout: after this many it is treated like a data error (bisected, then dead-lettered), not forever.
+QUERY_CANCELED_RETRIES: Final = 3
 _BACKOFF_START: Final = 0.1
 _BACKOFF_MAX: Final = 5.0
 _MAX_PUBLISHING_BATCHES: Final = 4
 _UNKNOWN_TYPE_RELOAD_SECONDS: Final = 5.0
 # A batch of fan-out events (up to 1,000 recipients each) is cut short at this many recipients.
 _MAX_ROWS_PER_BATCH: Final = 5000
-
-
-@dataclass(slots=True)
-class Pending:
-    """An accepted event waiting for its batch, with what it takes to settle its delivery."""
-
-    event: SendEvent | BroadcastEvent
-    message: AbstractIncomingMessage
-    channel: AbstractChannel
-    tag: int
 
 
 class _Shutdown(Exception):
@@ -260,7 +254,7 @@ class Pipeline:
     async def _commit_resilient(self, items: list[Pending]) -> list[tuple[list[Pending], Outgoing]]:
         """Commit ``items``; returns the committed groups (a poison event is settled on its own)."""
         delay = _BACKOFF_START
-        conflicts = 0
+        conflicts = canceled = 0
         while True:
             try:
                 outgoing = await self._commit(items)
@@ -270,7 +264,9 @@ class Pipeline:
                 await asyncio.sleep(random.uniform(0, 0.01 * min(conflicts, 10)))
                 continue
             except Exception as exc:
-                if is_outage(exc):
+                if isinstance(exc, asyncpg.QueryCanceledError):
+                    canceled += 1
+                if is_outage(exc) and canceled <= QUERY_CANCELED_RETRIES:
                     self._set_database_up(False, exc)
                     metrics.DB_RETRIES.labels("outage").inc()
                     if self._closing:
@@ -311,7 +307,7 @@ class Pipeline:
 
     async def _requeue(self, items: list[Pending]) -> None:
         metrics.EVENTS.labels("requeued").inc(len(items))
-        for channel, tags in _tags_by_channel(items).items():
+        for channel, tags in tags_by_channel(items).items():
             await self._acks.requeue(channel, tags)
 
     # -- storing --------------------------------------------------------------------------------------
@@ -379,7 +375,7 @@ class Pipeline:
             metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)
             for channel, count in outgoing.delivery_counts().items():
                 metrics.DELIVERIES.labels(channel).inc(count)
-            for amqp_channel, tags in _tags_by_channel(items).items():
+            for amqp_channel, tags in tags_by_channel(items).items():
                 await self._acks.settle(amqp_channel, tags)
         finally:
             self._publish_slots.release()
@@ -390,10 +386,3 @@ async def _gather(coroutines: list[Coroutine[Any, Any, None]]) -> None:
         await coroutines[0]
     elif coroutines:
         await asyncio.gather(*coroutines)
-
-
-def _tags_by_channel(items: list[Pending]) -> dict[AbstractChannel, list[int]]:
-    tags: dict[AbstractChannel, list[int]] = {}
-    for item in items:
-        tags.setdefault(item.channel, []).append(item.tag)
-    return tags

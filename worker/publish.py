@@ -27,13 +27,10 @@ from typing import TYPE_CHECKING, Final
 from aio_pika import DeliveryMode, Message
 from aiormq import spec
 
-from shared.deadletter import copy_message
+from shared.deadletter import copy_message, dead_letter_headers
 from shared.topology import (
     BROADCAST_CRITICAL_HEADER,
     BROADCAST_TYPE_HEADER,
-    ERROR_HEADER,
-    ORIGINAL_EXCHANGE_HEADER,
-    ORIGINAL_ROUTING_KEY_HEADER,
 )
 
 if TYPE_CHECKING:
@@ -124,12 +121,12 @@ class Publisher:
         """Copy a rejected event to ``herald.dlx`` with its reason; the caller then acks the original.
 
         The body and properties are kept; headers gain ``x-herald-error`` and the original routing key
-        and exchange, which a broker-side reject could not carry.
+        and exchange, which a broker-side reject could not carry, and lose any dead-letter header the
+        producer sent (:func:`shared.deadletter.dead_letter_headers`).
         """
-        headers: HeadersType = dict(message.headers or {})
-        headers[ERROR_HEADER] = reason
-        headers[ORIGINAL_ROUTING_KEY_HEADER] = message.routing_key or ""
-        headers[ORIGINAL_EXCHANGE_HEADER] = message.exchange or ""
+        headers: HeadersType = dead_letter_headers(
+            message.headers or {}, reason, message.exchange or "", message.routing_key or ""
+        )
         await self.dlx.publish(
             copy_message(message, headers, DeliveryMode.PERSISTENT),
             routing_key=message.routing_key or "",

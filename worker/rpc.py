@@ -125,7 +125,8 @@ class RpcConsumer:
     the frame is flushed), and the acks of requests answered in the same turn of the event loop leave as
     one ``basic.ack(multiple=True)`` (:class:`worker.acks.AckTracker`). The queue is durable and classic
     with no arguments, as every declarer agrees; aio-pika's robust channel restores the consumer after a
-    reconnect.
+    reconnect. Only requests whose broker-validated AMQP ``user_id`` is a trusted broker user
+    (``HERALD_RPC_TRUSTED_USERS``, default: the worker's own) are served; others get 4003.
     """
 
     def __init__(self, settings: Settings, topology: Topology, runtime: Callable[[], Runtime]) -> None:
@@ -162,7 +163,12 @@ class RpcConsumer:
         task.add_done_callback(self._tasks.discard)
 
     async def _answer(self, message: AbstractIncomingMessage) -> None:
-        reply = await handle_request(self._runtime(), message.body)
+        # Only a trusted broker user's requests run: the broker validated ``user_id`` against the
+        # publishing connection, so anyone else who can reach the default exchange gets 4003.
+        if self._settings.rpc_caller_trusted(message.user_id):
+            reply = await handle_request(self._runtime(), message.body)
+        else:
+            reply = refuse_untrusted(message.user_id)
         channel = cast("aiormq.Channel", message.channel)  # the abstract type lacks ``wait``
         with contextlib.suppress(*CLOSED_CHANNEL_ERRORS):
             if message.reply_to:
@@ -189,6 +195,15 @@ class RpcConsumer:
         task = asyncio.get_running_loop().create_task(self._acks.settle(channel, tags))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def refuse_untrusted(publisher: str | None) -> bytes:
+    """The reply to a request whose publisher is not a trusted broker user; logged and counted."""
+    log.warning("rpc_refused_untrusted_publisher", amqp_user_id=publisher)
+    REQUESTS.labels("untrusted", str(int(ErrorCode.FORBIDDEN))).inc()
+    return rpc_error(
+        ErrorCode.FORBIDDEN, "forbidden: requests are served only from the gateways' broker user"
+    )
 
 
 async def handle_request(runtime: Runtime, body: bytes) -> bytes:

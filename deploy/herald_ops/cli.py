@@ -7,6 +7,7 @@ Subcommands:
     tail        print a user's live stream through the gateway
     dev         migrate, then run one worker and one gateway in the foreground until Ctrl-C
     dlq         inspect, replay or purge dead-lettered events
+    broker      create the RabbitMQ users of each role with least-privilege permissions
 
 Every subcommand reads the same ``HERALD_*`` settings as the services and returns a process exit code.
 """
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from herald_ops import dev, dlq, vapid
+from herald_ops import broker, dev, dlq, vapid
 from herald_ops import migrate as migrate_module
 from shared.settings import load_settings
 from shared.tokens import TokenError, mint_dev_token
@@ -172,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dlq.register(sub)
     vapid.register(sub)
+    broker.register(sub)
     return parser
 
 

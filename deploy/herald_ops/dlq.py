@@ -11,6 +11,10 @@ Contract:
 
 - ``list`` only looks: every message it reads is left unacknowledged and goes back to its place in the
   queue when the channel closes.
+- ``replay`` refuses (and leaves in the queue, exit status 1) a letter whose destination is not Herald's
+  input — the events exchange with a ``notification.*`` / ``user.*`` key, or the events queue through the
+  default exchange — and ignores ``x-herald-*`` headers on letters the broker dead-lettered (they came
+  from the producer): see :mod:`shared.deadletter`.
 - ``replay`` re-publishes each selected event, with publisher confirms, to the events exchange (or to the
   default exchange when the producer used it, as NestJS producers with ``noAssert`` do) under its
   original routing key, with its original properties — ``message_id`` included, so the worker's
@@ -35,7 +39,7 @@ import aio_pika
 import orjson
 from aio_pika.exceptions import DeliveryError
 
-from shared.deadletter import replay_message
+from shared.deadletter import ReplayRefused, replay_destination, replay_message
 from shared.settings import load_settings
 from shared.topology import ERROR_HEADER, ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER, Topology
 
@@ -104,6 +108,9 @@ def describe(message: AbstractIncomingMessage, position: int, topology: Topology
     headers: Mapping[str, Any] = message.headers or {}
     deaths = headers.get("x-death")
     first_death: Mapping[str, Any] = deaths[0] if isinstance(deaths, list) and deaths else {}
+    if "x-death" in headers:
+        # Dead-lettered by the broker: Herald did not write any x-herald-* header this letter carries.
+        headers = {key: value for key, value in headers.items() if not key.startswith("x-herald-")}
     if ERROR_HEADER in headers:
         reason = _text(headers[ERROR_HEADER])
     elif first_death:
@@ -209,7 +216,10 @@ async def _republish(
     window: list[tuple[AbstractIncomingMessage, DeadLetter]],
     topology: Topology,
 ) -> list[DeadLetter]:
-    """Publish a window of dead letters with their confirms in flight together; ack each confirmed one."""
+    """Publish a window of dead letters with their confirms in flight together; ack each confirmed one.
+
+    The window holds only letters whose destination :func:`shared.deadletter.replay_destination` allowed.
+    """
     outcomes = await asyncio.gather(
         *(
             (channel.default_exchange if letter.exchange == "" else events).publish(
@@ -238,8 +248,11 @@ async def _republish(
     return done
 
 
-async def replay(amqp_url: str, topology: Topology, selection: Selection) -> list[DeadLetter]:
-    """Re-publish the selected dead letters (see the module contract); return those replayed.
+async def replay(
+    amqp_url: str, topology: Topology, selection: Selection
+) -> tuple[list[DeadLetter], list[tuple[DeadLetter, str]]]:
+    """Re-publish the selected dead letters (see the module contract); return those replayed, and those
+    refused because their destination is not Herald's input, each with the reason (they stay queued).
 
     Up to :data:`REPLAY_WINDOW` publications are awaiting their confirms at once.
 
@@ -248,17 +261,23 @@ async def replay(amqp_url: str, topology: Topology, selection: Selection) -> lis
             and the ones not yet replayed stay in the dead-letter queue.
     """
     replayed: list[DeadLetter] = []
+    refused: list[tuple[DeadLetter, str]] = []
     async with _dead_letter_queue(amqp_url, topology) as (channel, queue, count):
         events = await channel.get_exchange(topology.events_exchange)
         window: list[tuple[AbstractIncomingMessage, DeadLetter]] = []
         async for item in _walk(queue, count, selection, topology):
+            try:
+                replay_destination(item[1].exchange, item[1].routing_key, topology)
+            except ReplayRefused as exc:
+                refused.append((item[1], str(exc)))  # left unacknowledged: back in place at the end
+                continue
             window.append(item)
             if len(window) == REPLAY_WINDOW:
                 replayed += await _republish(channel, events, window, topology)
                 window = []
         if window:
             replayed += await _republish(channel, events, window, topology)
-    return replayed
+    return replayed, refused
 
 
 async def purge(amqp_url: str, topology: Topology, selection: Selection) -> int:
@@ -304,11 +323,13 @@ async def _command(args: argparse.Namespace) -> int:
             print(f"{len(letters)} dead letter(s) shown")
         return 0
     if action == "replay":
-        replayed = await replay(settings.amqp_url, topology, selection)
+        replayed, refused = await replay(settings.amqp_url, topology, selection)
         for letter in replayed:
             _print_letter(letter)
         print(f"replayed {len(replayed)} event(s) to {topology.events_exchange}")
-        return 0
+        for letter, why in refused:
+            print(f"herald dlq: #{letter.position} not replayed: {why}", file=sys.stderr)
+        return 1 if refused else 0
     if not args.yes:
         matching = await list_dead_letters(settings.amqp_url, topology, selection)
         print(f"would purge {len(matching)} dead letter(s); pass --yes to delete them", file=sys.stderr)

@@ -99,7 +99,9 @@ class HttpApi:
         self.buckets = KeyedBuckets(
             settings.rate_limit_per_second, settings.rate_limit_burst, MAX_RATE_LIMITED_USERS
         )
-        self.rpc = RpcClient(Topology(settings.amqp_prefix).rpc_queue, settings.rpc_timeout)
+        self.rpc = RpcClient(
+            Topology(settings.amqp_prefix).rpc_queue, settings.rpc_timeout, settings.amqp_user
+        )
         self.link = RpcLink(
             settings.amqp_url,
             self.rpc,

@@ -35,7 +35,7 @@ from herald_ops.testing.client import (
     publish,
     running_stack,
 )
-from herald_ops.testing.stack import ROOT, fresh_id, mint, rabbitmqctl, wait_until
+from herald_ops.testing.stack import ROOT, free_port, fresh_id, mint, rabbitmqctl, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -454,3 +454,27 @@ async def test_expiry_and_shutdown_reconnect_at_once(code: int, why: str) -> Non
         [gone] = recorder.named("disconnected")
         assert gone.params == {"code": code, "reason": why, "retry_in": 0.0}
         assert len(fake.tokens) == 2
+
+
+async def test_a_failed_catch_up_sync_is_retried_until_it_succeeds() -> None:
+    async with ScriptedGateway() as fake, session(fake.url, "u1", backoff_base=0.01) as (client, recorder):
+        fake.store("lost 1")
+        fake.store("lost 2")
+        fake.failing_syncs = 2  # 5003 twice, as while the worker's consumer reconnects
+        await fake.send_all("sync:required", {})
+        await wait_until(lambda: len(recorder.new_ids()) == 2, 10, "the sync that finally succeeded")
+        assert fake.sync_calls == [0, 0, 0]
+        assert client.watermark == 2
+
+
+async def test_the_client_fails_over_to_the_next_gateway_url_without_waiting() -> None:
+    dead = f"ws://127.0.0.1:{free_port()}/notifications"  # refused: nothing listens there
+    async with ScriptedGateway() as first, ScriptedGateway() as second:
+        # A backoff of a minute: failing over must not wait for it.
+        client = HeraldClient([dead, first.url, second.url], lambda: mint("u1"), backoff_base=60)
+        async with client:
+            assert client.url == first.url
+            await first.close_all(1011, "gateway crashed")
+            await wait_until(lambda: client.state == "open" and len(second.tokens) == 1, 10, "second gateway")
+            assert client.url == second.url
+            assert await client.ping() == "pong"

@@ -50,14 +50,15 @@ def balancer(tmp_path: Path, fresh_stack: Stack) -> Iterator[tuple[str, list[Her
     config = config.replace("api-1:8767", f"127.0.0.1:{api.port}")
     path = tmp_path / "haproxy.cfg"
     path.write_text(config)
-    proxy = subprocess.Popen(
-        ["haproxy", "-db", "-f", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    # The access log goes to stdout (the compose setup): kept in a file the tests can read.
+    log = (tmp_path / "haproxy.log").open("wb")
+    proxy = subprocess.Popen(["haproxy", "-db", "-f", str(path)], stdout=log, stderr=subprocess.DEVNULL)
     try:
         yield f"127.0.0.1:{port}", gateways
     finally:
         proxy.terminate()
         proxy.wait(10)
+        log.close()
 
 
 async def test_websockets_through_haproxy_spread_and_fail_over(
@@ -125,3 +126,18 @@ async def test_websockets_through_haproxy_spread_and_fail_over(
             await ws.close()
     finally:
         await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+
+
+async def test_haproxy_never_logs_the_token_of_a_query_string(
+    balancer: tuple[str, list[HeraldProcess]], tmp_path: Path
+) -> None:
+    """Browsers can only pass a WebSocket token as ``?token=``: the access log keeps the path, not the
+    query, so credentials never reach log storage."""
+    address, _ = balancer
+    secret = "do-not-log-this-token"
+    await wait_until(lambda: http_get(f"http://{address}/healthz")[0] == 200, 20, "balancer up")
+    status, _ = http_get(f"http://{address}/healthz?token={secret}")
+    assert status == 200
+    log = tmp_path / "haproxy.log"
+    await wait_until(lambda: "/healthz" in log.read_text(errors="replace"), 10, "the request logged")
+    assert secret not in log.read_text(errors="replace")

@@ -288,3 +288,50 @@ async def test_replay_of_an_event_published_to_the_queue_directly(fresh_stack: S
     finally:
         await pg.close()
         await connection.close()
+
+
+async def test_a_forged_dead_letter_is_never_replayed_onto_the_rpc_queue(fresh_stack: Stack) -> None:
+    """A producer cannot aim ``herald dlq replay`` at ``herald.rpc``: whatever the headers claim, a
+    replay goes only to Herald's input (the events exchange with a ``notification.*`` / ``user.*`` key,
+    or the events queue through the default exchange). The forged letter stays in the dead-letter queue."""
+    stack = fresh_stack
+    stack.start_worker()  # declares the topology, then goes away so nothing consumes herald.rpc
+    stack.stop_all()
+    forged_request = {
+        "method": "notifications.broadcast",
+        "params": {"type": "SYSTEM_ANNOUNCEMENT", "title": "pwned"},
+        "user_id": "attacker",
+        "admin": True,
+    }
+    connection = await aio_pika.connect(stack.amqp_url)
+    try:
+        channel = await connection.channel()
+        dlx = await channel.get_exchange(TOPOLOGY.dead_letter_exchange)
+        forged_headers: list[dict[str, Any]] = [
+            {ERROR_HEADER: "forged", ORIGINAL_EXCHANGE_HEADER: "", ORIGINAL_ROUTING_KEY_HEADER: "herald.rpc"},
+            {
+                "x-death": [
+                    {
+                        "reason": "expired",
+                        "queue": TOPOLOGY.events_queue,
+                        "exchange": "",
+                        "count": 1,
+                        "routing-keys": [TOPOLOGY.rpc_queue],
+                    }
+                ],
+                ORIGINAL_EXCHANGE_HEADER: "",
+                ORIGINAL_ROUTING_KEY_HEADER: TOPOLOGY.rpc_queue,
+            },
+        ]
+        for n, headers in enumerate(forged_headers):
+            await dlx.publish(
+                aio_pika.Message(orjson.dumps(forged_request), headers=headers, message_id=f"forged-{n}"),
+                routing_key="notification.send",
+            )
+        await wait_until(lambda: queue_depth(stack, TOPOLOGY.dead_letter_queue) == 2, 20, "2 dead letters")
+        replayed = herald_dlq(stack, "replay")
+        assert "not replayed" in replayed.stdout + replayed.stderr
+        assert queue_depth(stack, TOPOLOGY.rpc_queue) == 0
+        assert queue_depth(stack, TOPOLOGY.dead_letter_queue) == 2
+    finally:
+        await connection.close()

@@ -8,6 +8,7 @@ request forwarding, bad frames, and the HTTP surface. Limits, JWT and broker fau
 from __future__ import annotations
 
 import asyncio
+import http.client
 import random
 import re
 from typing import TYPE_CHECKING, Any
@@ -391,8 +392,27 @@ async def test_dev_tokens_are_minted_only_when_enabled(gw_stack: Stack, responde
         assert reply["result"]["echo"]["admin"] is True
         await ws.close()
         assert http_get(f"{gw.url}/dev/token?user=not%20valid")[0] == 400
+        # Only a loopback Host: a page on another name that resolves to 127.0.0.1 (DNS rebinding) or a
+        # proxy in front of the gateway gets nothing.
+        for host, expected in [
+            ("evil.example", 404),
+            ("evil.example:80", 404),
+            ("127.0.0.1.evil.example", 404),
+            (f"localhost:{gw.port}", 200),
+            (f"[::1]:{gw.port}", 200),
+        ]:
+            assert get_with_host(gw.port, "/dev/token?user=u1", host) == expected, host
     finally:
         await asyncio.to_thread(gw.stop)
+
+
+def get_with_host(port: int, path: str, host: str) -> int:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", path, headers={"Host": host})
+        return connection.getresponse().status
+    finally:
+        connection.close()
 
 
 async def test_a_worker_that_does_not_answer_in_time_gives_5003(

@@ -54,7 +54,13 @@ frames = (
 def fuzzed() -> Iterator[HeraldProcess]:
     # No responder: forwarded requests time out quickly (5003), which exercises that path too.
     with stack_context("herald_gwfuzz") as stack:
-        yield stack.start_gateway(rpc_timeout=0.3, rate_limit_per_second=100_000, rate_limit_burst=100_000)
+        yield stack.start_gateway(
+            rpc_timeout=0.3,
+            rate_limit_per_second=100_000,
+            rate_limit_burst=100_000,
+            user_rate_limit_per_second=100_000,
+            user_rate_limit_burst=100_000,
+        )
 
 
 @pytest.fixture(scope="module")

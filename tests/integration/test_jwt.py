@@ -11,9 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 import jwt
@@ -25,7 +23,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from herald_ops.testing.gateway import Responder, call, recv_json, wait_closed
-from herald_ops.testing.stack import TEST_JWT_SECRET, free_port, fresh_id, mint, stack_context, wait_until
+from herald_ops.testing.jwks import JwksServer, rsa_jwk
+from herald_ops.testing.stack import TEST_JWT_SECRET, fresh_id, mint, stack_context, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
@@ -46,41 +45,6 @@ PUBLIC_PEM = PRIVATE.public_key().public_bytes(
 )
 ROTATED = _rsa()
 STRANGER = _rsa()
-
-
-def _jwk(key: rsa.RSAPrivateKey, kid: str) -> dict[str, Any]:
-    jwk: dict[str, Any] = jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
-    return {**jwk, "kid": kid, "alg": "RS256", "use": "sig"}
-
-
-class JwksServer:
-    """A JWKS endpoint on 127.0.0.1 that counts its fetches; ``keys`` may change while it runs."""
-
-    def __init__(self) -> None:
-        self.keys: list[dict[str, Any]] = [_jwk(PRIVATE, "k1")]
-        self.fetches = 0
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                outer.fetches += 1
-                body = orjson.dumps({"keys": outer.keys})
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def claims(sub: str | None = "jwt-user", ttl: float = 600, **extra: Any) -> dict[str, Any]:
@@ -143,7 +107,7 @@ def keyed(jwt_stack: Stack, responder: Responder) -> HeraldProcess:
 
 @pytest.fixture(scope="module")
 def jwks() -> Iterator[JwksServer]:
-    server = JwksServer()
+    server = JwksServer([rsa_jwk(PRIVATE, "k1")])
     yield server
     server.close()
 
@@ -152,7 +116,11 @@ def jwks() -> Iterator[JwksServer]:
 def via_jwks(jwt_stack: Stack, responder: Responder, jwks: JwksServer) -> HeraldProcess:
     """RS256 only, keys from the JWKS server, no refetch cool-down (so rotation is testable)."""
     return jwt_stack.start_gateway(
-        jwt_secret="", jwt_jwks_url=jwks.url, jwt_algorithms="RS256", jwt_jwks_cooldown=0
+        jwt_secret="",
+        jwt_jwks_url=jwks.url,
+        jwt_jwks_allow_http="true",
+        jwt_algorithms="RS256",
+        jwt_jwks_cooldown=0,
     )
 
 
@@ -210,7 +178,7 @@ async def test_jwks_accepts_known_kid_refuses_unknown_and_refetches_on_rotation(
     assert fetched >= 1
     assert not await accepted(via_jwks, rs256(plain, key=STRANGER, kid="nobody"))
     assert not await accepted(via_jwks, hs256(plain))  # HS256 is not allowed on this gateway
-    jwks.keys.append(_jwk(ROTATED, "k2"))
+    jwks.keys.append(rsa_jwk(ROTATED, "k2"))
     assert await accepted(via_jwks, rs256(plain, key=ROTATED, kid="k2"))  # unknown kid → refetch
     assert jwks.fetches > fetched
     settled = jwks.fetches

@@ -64,7 +64,9 @@ async def test_replies_carry_the_correlation_id_and_the_wire_format(rpc: AmqpRpc
     await reply_queue.consume(keep, no_ack=True)
     body = orjson.dumps({"method": "session.open", "params": {}, "user_id": user, "admin": False})
     await channel.default_exchange.publish(
-        aio_pika.Message(body, reply_to="amq.rabbitmq.reply-to", correlation_id="c-42", expiration=10),
+        aio_pika.Message(
+            body, reply_to="amq.rabbitmq.reply-to", correlation_id="c-42", expiration=10, user_id="guest"
+        ),
         routing_key=TOPOLOGY.rpc_queue,
     )
     await wait_until(lambda: bool(replies), 10, "the session.open reply")

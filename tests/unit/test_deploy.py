@@ -265,3 +265,32 @@ def test_dockerfile_copies_what_exists_and_is_not_ignored() -> None:
     for source in sources:
         assert (ROOT / source).exists(), f"COPY {source}: missing"
         assert source in allowed, f"COPY {source}: excluded by .dockerignore"
+
+
+def test_k8s_ships_no_jwt_secret_value() -> None:
+    """The operator creates ``herald-jwt`` (docs/operations.md); a value in the repository is a key every
+    copy of it knows."""
+    for doc in k8s_documents(with_patches=True):
+        if doc["kind"] == "Secret":
+            shipped = {**doc.get("stringData", {}), **doc.get("data", {})}
+            assert "HERALD_JWT_SECRET" not in shipped, f"Secret/{doc['metadata']['name']} ships a JWT secret"
+
+
+def test_k8s_broker_permissions_are_the_ones_herald_broker_setup_grants() -> None:
+    from herald_ops.broker import ROLES, permissions
+
+    expected = permissions("herald")
+    shipped = {
+        doc["metadata"]["name"]: doc["spec"]["permissions"]
+        for doc in k8s_documents()
+        if doc["kind"] == "Permission"
+    }
+    assert set(shipped) == {f"herald-{role}" for role in ROLES}
+    for role in ROLES:
+        grant = expected[role]
+        assert shipped[f"herald-{role}"] == {
+            "configure": grant.configure,
+            "write": grant.write,
+            "read": grant.read,
+        }
+    assert expected["producer"].write == r"^herald\.events$"  # producers write only to herald.events

@@ -19,7 +19,7 @@ class DeliverySettings(Settings):
     """What ``herald-delivery`` reads beyond :class:`Settings` (defaults in brackets).
 
     Process
-        delivery_http_host, delivery_http_port: ``/healthz``, ``/readyz``, ``/metrics`` [127.0.0.1, 8767].
+        delivery_http_host, delivery_http_port: ``/healthz``, ``/readyz``, ``/metrics`` [127.0.0.1, 8768].
         email_concurrency, push_concurrency: jobs of the channel in flight per process (the prefetch of
             its queue, and the batch a poll claims) [20, 50].
         delivery_max_attempts: attempts before a transiently failing job fails for good [8].
@@ -47,7 +47,7 @@ class DeliverySettings(Settings):
     """
 
     delivery_http_host: str = "127.0.0.1"
-    delivery_http_port: int = Field(default=8767, ge=0, le=65535)
+    delivery_http_port: int = Field(default=8768, ge=0, le=65535)
     email_concurrency: int = Field(default=20, ge=1, le=1000)
     push_concurrency: int = Field(default=50, ge=1, le=1000)
     delivery_max_attempts: int = Field(default=8, ge=1, le=100)

@@ -5,10 +5,12 @@ Semantics (the same as ``clients/js/herald.js``):
 - **Authentication** is always the first frame (``auth``), never the URL. ``token_provider`` (a plain or
   async callable returning a JWT) is called on every (re)connect and again shortly before the current
   token's ``exp`` (read from the JWT payload, not verified) to send ``auth.refresh``.
-- **Reconnects** use exponential backoff with full jitter. Close code 4401 fetches a fresh token and
-  reconnects (the client stops after two authentication failures in a row, or when the token provider
-  raises); 4008 (too many connections) stops the client; every other close — 1001 shutdown, 1013 slow
-  reader, network loss — reconnects.
+- **Reconnects** go to the next of the gateway URLs given (one or several) and, once every URL failed in
+  a row, wait with exponential backoff with full jitter, which starts over as soon as a gateway answers.
+  Close code 4401 fetches a fresh token and reconnects (the client stops after two authentication
+  failures in a row, or when the token provider raises); 4008 (too many connections) stops the client;
+  every other close — 1001 shutdown, 1013 slow reader, network loss — reconnects. A failed catch-up
+  ``notifications.sync`` is retried with backoff until it succeeds.
 - **Nothing missed, nothing twice**: after a reconnect, or on ``sync:required``, the client calls
   ``notifications.sync`` from its *watermark* and pages while ``has_more``; notifications it already
   delivered are dropped by ``id``. The watermark is the highest ``seq`` below which no notification can be
@@ -45,7 +47,6 @@ import contextlib
 import itertools
 import json
 import logging
-import random
 import time
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -63,10 +64,11 @@ from herald_client.errors import (
 from herald_client.events import Event, EventStream
 from herald_client.methods import InboxMethods
 from herald_client.protocol import CloseCode
+from herald_client.reconnect import Reconnect, backoff_delay
 from herald_client.tracking import DeliveryTracker
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
     from websockets.asyncio.client import ClientConnection
 
@@ -108,16 +110,12 @@ def token_expiry(token: str) -> float | None:
     return float(exp) if isinstance(exp, int | float) else None
 
 
-def backoff_delay(attempt: int, base: float, cap: float) -> float:
-    """Full-jitter exponential backoff: uniform in ``[0, min(cap, base * 2**attempt)]``."""
-    return random.uniform(0, min(cap, base * 2 ** min(attempt, 30)))
-
-
 class HeraldClient(InboxMethods):
     """A self-healing connection to a Herald gateway; see the module docstring for the semantics.
 
     Parameters:
-        url: ``ws(s)://HOST:PORT/notifications``.
+        url: ``ws(s)://HOST:PORT/notifications``, or several gateways' URLs: the client fails over
+            between them (:mod:`herald_client.reconnect`).
         token_provider: returns a JWT (sync or async); called per connect and before expiry.
         request_timeout: default seconds :meth:`request` waits for a reply, including the time spent
             waiting for a connection when the client is reconnecting.
@@ -128,7 +126,7 @@ class HeraldClient(InboxMethods):
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         token_provider: TokenProvider,
         *,
         request_timeout: float = 10.0,
@@ -137,7 +135,7 @@ class HeraldClient(InboxMethods):
         refresh_margin: float = 60.0,
         open_timeout: float = 15.0,
     ) -> None:
-        self.url = url
+        self._reconnect = Reconnect((url,) if isinstance(url, str) else tuple(url), backoff_base, backoff_max)
         self._token_provider = token_provider
         self.request_timeout = request_timeout
         self.backoff_base = backoff_base
@@ -168,6 +166,11 @@ class HeraldClient(InboxMethods):
         self._sync_lock = asyncio.Lock()
         self._recount: asyncio.Task[None] | None = None
         self._recount_again = False
+
+    @property
+    def url(self) -> str:
+        """The gateway URL of the current (or next) connection."""
+        return self._reconnect.url
 
     @property
     def watermark(self) -> int | None:
@@ -307,7 +310,6 @@ class HeraldClient(InboxMethods):
         return token
 
     async def _run(self) -> None:
-        attempt = 0
         auth_failures = 0
         while not self._closing:
             self._set_state("connecting" if self.state in ("idle", "connecting") else "reconnecting")
@@ -319,9 +321,13 @@ class HeraldClient(InboxMethods):
                 )
                 return
             code: int | None
+            answered = True
             try:
                 code, reason = await self._session(token)
-            except (OSError, InvalidHandshake, TimeoutError) as exc:
+            except InvalidHandshake as exc:  # the gateway answered, with something else than 101
+                code, reason = None, f"{type(exc).__name__}: {exc}"
+            except (OSError, TimeoutError) as exc:
+                answered = False
                 code, reason = None, f"{type(exc).__name__}: {exc}"
             opened = self._open.is_set()
             self._open.clear()
@@ -340,15 +346,7 @@ class HeraldClient(InboxMethods):
             if auth_failures >= MAX_AUTH_FAILURES:
                 self._stop(code, reason, HeraldAuthError("authentication refused", code, reason))
                 return
-            if opened:
-                attempt = 0
-            # An expired token (4401 after a working session) or a server restart retries at once.
-            delay = (
-                0.0
-                if opened and code in (CLOSE_UNAUTHORIZED, CloseCode.GOING_AWAY)
-                else backoff_delay(attempt, self.backoff_base, self.backoff_max)
-            )
-            attempt += 1
+            delay = self._reconnect.ended(opened=opened, answered=answered, code=code)
             self._emit("disconnected", {"code": code, "reason": reason, "retry_in": delay})
             self._set_state("reconnecting")
             await asyncio.sleep(delay)
@@ -479,26 +477,41 @@ class HeraldClient(InboxMethods):
             self._recount = None
 
     async def _catch_up(self) -> None:
-        """Page ``notifications.sync`` from the watermark while ``has_more``, then refresh the count."""
+        """Page ``notifications.sync`` from the watermark while ``has_more``, then refresh the count.
+
+        A failed sync (e.g. 5003 while the worker reconnects) is retried with backoff until it succeeds
+        or the client closes: the notifications it would recover are otherwise only seen at the next
+        reconnect.
+        """
         async with self._sync_lock:
-            try:
-                while self.watermark is not None:
-                    page = await self.sync(self.watermark, SYNC_PAGE)
-                    items = page.get("items") or []
-                    for item in items:
-                        self._deliver(item, replayed=True)
-                    if items:
-                        last = items[-1].get("seq")
-                        if isinstance(last, int):
-                            self.tracker.synced_up_to(last)
-                    if not page.get("has_more") or not items:
-                        break
-                # Re-anchor the count: it covers what the sync recovered and any frame counted twice
-                # between ``connected`` and the sync.
-                await self.fetch_unread_count()
-            except HeraldError as exc:
-                # The next reconnect syncs again from the same watermark.
-                log.warning("herald client: sync failed: %s", exc)
+            failures = 0
+            while not self._closing and not await self._catch_up_once():
+                delay = backoff_delay(failures, self.backoff_base, self.backoff_max)
+                failures += 1
+                log.warning("herald client: sync failed; retrying in %.2fs", delay)
+                await asyncio.sleep(delay)
+
+    async def _catch_up_once(self) -> bool:
+        """One catch-up; ``False`` when a request failed (the watermark then has not moved past it)."""
+        try:
+            while self.watermark is not None:
+                page = await self.sync(self.watermark, SYNC_PAGE)
+                items = page.get("items") or []
+                for item in items:
+                    self._deliver(item, replayed=True)
+                if items:
+                    last = items[-1].get("seq")
+                    if isinstance(last, int):
+                        self.tracker.synced_up_to(last)
+                if not page.get("has_more") or not items:
+                    break
+            # Re-anchor the count: it covers what the sync recovered and any frame counted twice
+            # between ``connected`` and the sync.
+            await self.fetch_unread_count()
+        except HeraldError as exc:
+            log.warning("herald client: sync failed: %s", exc)
+            return False
+        return True
 
     async def _refresh_loop(self, ws: ClientConnection, token: str) -> None:
         """Send ``auth.refresh`` with a fresh token shortly before the current one expires."""

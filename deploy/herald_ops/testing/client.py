@@ -99,6 +99,8 @@ class ScriptedGateway:
         self.stored: list[dict[str, Any]] = []
         self.tokens: list[str] = []
         self.sync_calls: list[int] = []
+        #: The next this many ``notifications.sync`` requests answer 5003, as while a worker reconnects.
+        self.failing_syncs = 0
         self.connections: set[ServerConnection] = set()
         self.url = ""
         self._server: Server | None = None
@@ -173,6 +175,9 @@ class ScriptedGateway:
         params = request.get("params") or {}
         if request["method"] == "notifications.sync":
             self.sync_calls.append(params["since"])
+            if self.failing_syncs:
+                self.failing_syncs -= 1
+                return {"error": {"code": 5003, "message": "service unavailable"}}
             newer = [item for item in self.stored if item["seq"] > params["since"]]
             page = newer[: min(params.get("limit", 100), self.page_size)]
             return {"result": {"items": page, "has_more": len(newer) > len(page)}}

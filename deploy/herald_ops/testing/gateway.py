@@ -4,6 +4,8 @@ looking at the broker's bindings through ``rabbitmqctl``.
 The responder stands in for the worker's request handlers: ``session.open`` answers counts and the
 preferences set for the user in :attr:`Responder.preferences`; every other method echoes what the gateway
 sent (``{"echo": {method, params, user_id, admin}}``) after ``params["delay"]`` seconds when given.
+It records every request (:attr:`Responder.seen`) and, per user, the most requests it held at once
+(:attr:`Responder.peak_in_flight`), which is what a gateway's in-flight caps bound.
 """
 
 from __future__ import annotations
@@ -137,6 +139,8 @@ class Responder:
         self.amqp_url = amqp_url
         self.preferences: dict[str, Any] = {}
         self.seen: list[dict[str, Any]] = []
+        self.peak_in_flight: dict[str, int] = {}
+        self._in_flight: dict[str, int] = {}
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
 
@@ -159,12 +163,21 @@ class Responder:
                     {**SESSION_COUNTS, "preferences": self.preferences.get(request["user_id"], {})}
                 )
             else:
-                delay = request["params"].get("delay") if isinstance(request["params"], dict) else None
-                if isinstance(delay, int | float):
-                    await asyncio.sleep(delay)
-                reply = rpc_result({"echo": request})
+                reply = await self._echo(request)
             assert self._channel is not None
             assert message.reply_to
             await self._channel.default_exchange.publish(
                 aio_pika.Message(reply, correlation_id=message.correlation_id), routing_key=message.reply_to
             )
+
+    async def _echo(self, request: dict[str, Any]) -> bytes:
+        user = request["user_id"]
+        held = self._in_flight[user] = self._in_flight.get(user, 0) + 1
+        self.peak_in_flight[user] = max(held, self.peak_in_flight.get(user, 0))
+        try:
+            delay = request["params"].get("delay") if isinstance(request["params"], dict) else None
+            if isinstance(delay, int | float):
+                await asyncio.sleep(delay)
+            return rpc_result({"echo": request})
+        finally:
+            self._in_flight[user] -= 1

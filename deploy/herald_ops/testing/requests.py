@@ -19,6 +19,7 @@ import orjson
 import websockets
 
 from herald_ops.testing.stack import mint, wait_until
+from shared.settings import broker_user
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -114,19 +115,25 @@ async def next_message(queue: AbstractQueue, timeout: float = 30) -> AbstractInc
 
 
 class AmqpRpc:
-    """A gateway stand-in: requests to ``herald.rpc`` over direct reply-to, futures by correlation id."""
+    """A gateway stand-in: requests to ``herald.rpc`` over direct reply-to, futures by correlation id.
 
-    def __init__(self, connection: AbstractConnection, channel: AbstractChannel, queue_name: str) -> None:
+    Like a gateway it sets the AMQP ``user_id`` to its connection's broker user, which the worker checks.
+    """
+
+    def __init__(
+        self, connection: AbstractConnection, channel: AbstractChannel, queue_name: str, broker_user: str
+    ) -> None:
         self.connection = connection
         self.channel = channel
         self.queue_name = queue_name
+        self.broker_user = broker_user
         self.pending: dict[str, asyncio.Future[bytes]] = {}
 
     @classmethod
     async def connect(cls, amqp_url: str, queue_name: str = "herald.rpc") -> AmqpRpc:
         connection = await aio_pika.connect(amqp_url)
         channel = await connection.channel()
-        client = cls(connection, channel, queue_name)
+        client = cls(connection, channel, queue_name, broker_user(amqp_url))
         reply_queue = await channel.get_queue("amq.rabbitmq.reply-to", ensure=False)
         await reply_queue.consume(client._on_reply, no_ack=True)
         return client
@@ -147,6 +154,7 @@ class AmqpRpc:
                 reply_to="amq.rabbitmq.reply-to",
                 correlation_id=correlation_id,
                 expiration=timeout,
+                user_id=self.broker_user,
             ),
             routing_key=self.queue_name,
         )

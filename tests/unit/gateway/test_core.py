@@ -123,6 +123,38 @@ class TestParseRequest:
             "admin": False,
         }
 
+    @given(
+        st.integers(min_value=1, max_value=600),
+        st.sampled_from(['{"a":', "["]),
+        st.text(max_size=20),
+        st.sampled_from(sorted(FORWARDED)),
+    )
+    def test_any_nesting_depth_and_unicode_is_a_request_that_can_be_forwarded_or_a_frame_error(
+        self, depth: int, opener: str, leaf: str, method: str
+    ) -> None:
+        closer = "}" if opener.startswith("{") else "]"
+        params = '{"p":' + opener * depth + json.dumps(leaf) + closer * depth + "}"
+        raw = f'{{"jsonrpc":"2.0","id":1,"method":"{method}","params":{params}}}'
+        try:
+            request = parse_request(raw)
+        except FrameError as refused:
+            code = refused.code
+        else:
+            forward_body(request, "u1", False)  # whatever parses can be forwarded
+            code = 0
+        assert code in (0, -32700, -32602)
+
+    def test_params_nested_300_deep_are_invalid_params_not_a_type_error(self) -> None:
+        nested: Any = {}
+        for _ in range(300):
+            nested = {"a": nested}
+        with pytest.raises(FrameError) as refused:
+            # The standard library writes what orjson (limit 254 levels) refuses to.
+            parse_request(
+                json.dumps({"jsonrpc": "2.0", "id": 7, "method": "notifications.list", "params": nested})
+            )
+        assert (refused.value.code, refused.value.data, refused.value.request_id) == (-32602, "params", 7)
+
     def test_every_forwarded_method_parses(self) -> None:
         for method in FORWARDED:
             assert parse_request(frame(id=1, method=method)).method == method
@@ -304,16 +336,16 @@ class TestRpcClient:
 
     async def test_without_a_channel_requests_fail_fast(self) -> None:
         with pytest.raises(RpcUnavailable):
-            await RpcClient("herald.rpc", 1.0).call(b"{}")
+            await RpcClient("herald.rpc", 1.0, "guest").call(b"{}")
 
     async def test_unanswered_request_times_out(self) -> None:
-        client = self.attached(RpcClient("herald.rpc", 0.05))
+        client = self.attached(RpcClient("herald.rpc", 0.05, "guest"))
         with pytest.raises(RpcTimeout):
             await client.call(b"{}")
         assert client.in_flight == 0
 
     async def test_losing_the_channel_fails_every_pending_request(self) -> None:
-        client = self.attached(RpcClient("herald.rpc", 30.0))
+        client = self.attached(RpcClient("herald.rpc", 30.0, "guest"))
         calls = [asyncio.create_task(client.call(b"{}")) for _ in range(5)]
         await wait_until(lambda: client.in_flight == 5, 5, "five requests in flight")
         client.detach()

@@ -10,6 +10,7 @@ from websockets.protocol import State
 
 from gateway.errors import TopologyError
 from gateway.hub import PENDING_FRAMES_CAP, SYNC_REQUIRED, Hub, InAppFilter
+from gateway.limits import UserLimits
 from gateway.metrics import Metrics
 from herald_ops.testing.stack import wait_until
 from shared.jsonrpc import CloseCode, notification_frame
@@ -79,7 +80,7 @@ def topology() -> FakeTopology:
 
 @pytest.fixture
 def hub(topology: FakeTopology) -> Hub:
-    return Hub(topology, Metrics(), send_buffer_bytes=1024, max_per_user=2)
+    return Hub(topology, Metrics(), 1024, 2, UserLimits(rate=10, burst=10, in_flight=4))
 
 
 async def live(hub: Hub, user: str) -> Any:

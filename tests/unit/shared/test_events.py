@@ -216,3 +216,27 @@ def test_profile_events_carry_only_the_fields_present() -> None:
     assert reason({"user_id": "u1", "email": "not-an-address"}, "user.profile").startswith("email")
     assert reason({"user_id": "u1", "timezone": "Mars/Base"}, "user.profile").startswith("timezone")
     assert reason({"user_id": "bad id!"}, "user.profile").startswith("user_id")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("title", "bad\x00title"),
+        ("message", "bad\x00message"),
+        ("data", {"k": "v\x00"}),
+        ("data", {"k\x00": 1}),
+        ("data", {"deep": [{"k": ["\x00"]}]}),
+        ("event_id", "e\x00"),
+    ],
+)
+def test_nul_characters_are_refused_at_parse_time(field: str, value: object) -> None:
+    """Postgres text and jsonb cannot hold U+0000: refusing it here costs nothing, in the store a batch
+    bisection."""
+    body = {"user_id": "u1", "type": "T", "title": "t", field: value}
+    assert reason(body).startswith(field)
+    assert "NUL" in reason(body)
+
+
+def test_an_escaped_backslash_before_u0000_is_not_a_nul() -> None:
+    body = {"user_id": "u1", "type": "T", "title": "t", "data": {"path": "C:\\u0000"}}
+    assert parse(body) is not None

@@ -54,7 +54,40 @@ def test_public_key_from_file(tmp_path: object, monkeypatch: pytest.MonkeyPatch)
 def test_gateway_requires_a_way_to_verify_tokens() -> None:
     with pytest.raises(ConfigError, match=r"^HERALD_JWT_SECRET"):
         Settings(_env_file=None).require_jwt_key()  # type: ignore[call-arg]
-    Settings(_env_file=None, jwt_jwks_url="http://127.0.0.1/jwks").require_jwt_key()  # type: ignore[call-arg]
+    Settings(_env_file=None, jwt_jwks_url="https://idp.test/jwks").require_jwt_key()  # type: ignore[call-arg]
+
+
+def refusal(**settings: object) -> str:
+    with pytest.raises(ValidationError) as refused:
+        Settings(_env_file=None, **settings)  # type: ignore[arg-type]
+    return describe_validation_error(refused.value)
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "short",
+        "x" * 31,
+        "replace-me-with-at-least-32-random-bytes",
+        "changeme-changeme-changeme-changeme",
+        "CHANGEME-CHANGEME-CHANGEME-CHANGEME",
+    ],
+)
+def test_short_and_placeholder_hs_secrets_are_refused_naming_the_variable(secret: str) -> None:
+    message = refusal(jwt_secret=secret)
+    assert message.startswith("HERALD_JWT_SECRET:")
+    assert secret not in message  # the one line never echoes the secret
+
+
+def test_a_random_32_byte_secret_is_accepted_and_an_empty_one_means_unset() -> None:
+    assert Settings(_env_file=None, jwt_secret="k" * 16 + "Zq3vX9pL2mN8rT5w").jwt_secret is not None  # type: ignore[call-arg]
+    assert Settings(_env_file=None, jwt_secret="").jwt_secret is None  # type: ignore[call-arg]
+
+
+def test_plain_http_jwks_urls_are_refused_unless_allowed() -> None:
+    assert refusal(jwt_jwks_url="http://idp.test/jwks").startswith("HERALD_JWT_JWKS_URL:")
+    allowed = Settings(_env_file=None, jwt_jwks_url="http://idp.test/jwks", jwt_jwks_allow_http=True)  # type: ignore[call-arg]
+    assert allowed.jwt_jwks_url == "http://idp.test/jwks"
 
 
 def test_malformed_setting_stops_the_process_with_one_line() -> None:

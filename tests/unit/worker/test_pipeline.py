@@ -46,9 +46,9 @@ async def failing_reload() -> None:
     raise ConnectionRefusedError("postgres is down")
 
 
-async def test_a_failed_catalog_reload_requeues_the_delivery_instead_of_stalling_acks() -> None:
-    channel = FakeChannel()
-    pipeline = Pipeline(
+def offline_pipeline() -> Pipeline:
+    """A pipeline with no database, publisher or catalog: enough for what happens before storing."""
+    return Pipeline(
         settings=Settings(_env_file=None),  # type: ignore[call-arg]
         pool=cast("asyncpg.Pool", None),
         publisher=cast("Publisher", None),
@@ -56,6 +56,11 @@ async def test_a_failed_catalog_reload_requeues_the_delivery_instead_of_stalling
         catalog=lambda: Catalog([]),
         reload_catalog=failing_reload,
     )
+
+
+async def test_a_failed_catalog_reload_requeues_the_delivery_instead_of_stalling_acks() -> None:
+    channel = FakeChannel()
+    pipeline = offline_pipeline()
     event = {"user_id": "u1", "type": "BRAND_NEW_TYPE", "title": "t"}
     await pipeline.accept(cast("AbstractIncomingMessage", FakeMessage(channel, 1, event)))
 
@@ -79,3 +84,34 @@ async def test_acks_never_name_a_nacked_tag() -> None:
     assert channel.calls == [("nack", 1, True), ("ack", 2, True), ("nack", 3, True)]
     await acks.settle(fake, [4])
     assert channel.calls[-1] == ("ack", 4, True)
+
+
+async def test_a_statement_canceled_every_time_is_retried_a_bounded_number_of_times_then_dead_lettered() -> (
+    None
+):
+    """A broadcast so large that ``statement_timeout`` cancels it on every attempt is not an outage that
+    ends: after :data:`worker.pipeline.QUERY_CANCELED_RETRIES` retries it goes to the dead-letter path."""
+    import asyncio
+
+    import asyncpg
+
+    from worker import pipeline as pipeline_module
+
+    pipeline = offline_pipeline()
+    attempts: list[int] = []
+    poisoned: list[Exception] = []
+
+    async def canceled(items: list[Any]) -> Any:
+        attempts.append(len(items))
+        raise asyncpg.QueryCanceledError("canceling statement due to statement timeout")
+
+    async def poison(item: Any, exc: Exception) -> None:
+        poisoned.append(exc)
+
+    pipeline._commit = canceled  # type: ignore[method-assign]
+    pipeline._poison = poison  # type: ignore[method-assign]
+    async with asyncio.timeout(30):
+        assert await pipeline._commit_resilient([cast("Any", object())]) == []
+    assert len(attempts) == pipeline_module.QUERY_CANCELED_RETRIES + 1
+    assert len(poisoned) == 1
+    assert isinstance(poisoned[0], asyncpg.QueryCanceledError)

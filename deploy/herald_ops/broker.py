@@ -1,0 +1,152 @@
+"""``herald broker setup``: one RabbitMQ user per role, each allowed only what the role needs.
+
+Roles and their permissions (configure / write / read regexes on a vhost, for prefix ``herald``):
+
+- ``gateway``: declares ``herald.users``, ``herald.broadcast``, the per-user exchanges and its own
+  server-named queue (``amq.gen-*``); binds them; consumes its queue and RPC replies; publishes requests
+  through the default exchange (``amq.default``). It sets the AMQP ``user_id`` of every request, which
+  the broker checks against the connection's user, so the worker knows a request came from a gateway.
+- ``worker``: everything under the prefix (it declares the topology), plus replies through the default
+  exchange.
+- ``delivery``: the email/push senders: their own ``herald.deliveries.*`` queues, bound to and consumed
+  from ``herald.deliveries``.
+- ``producer``: writes to ``herald.events`` only — no configure, no read, no default exchange (through
+  which ``herald.rpc`` would be reachable). Producers must publish to the events exchange.
+
+The command runs ``rabbitmqctl`` (on a broker node, or with ``--node``), prints each role's user and a
+generated password once, and is idempotent: an existing user gets a new password only with
+``--rotate``. ``--print`` only prints the ``rabbitmqctl`` lines, for review or a runbook. The worker
+then accepts requests only from the gateway user: set ``HERALD_RPC_TRUSTED_USERS`` to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import secrets
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from shared.settings import load_settings
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+ROLES: Final = ("gateway", "worker", "delivery", "producer")
+
+
+@dataclass(frozen=True, slots=True)
+class Permission:
+    """``rabbitmqctl set_permissions`` regexes of one role."""
+
+    configure: str
+    write: str
+    read: str
+
+
+def permissions(prefix: str) -> dict[str, Permission]:
+    """Each role's permissions for the topology named by ``prefix`` (``HERALD_AMQP_PREFIX``)."""
+    p = re.escape(prefix)
+    return {
+        "gateway": Permission(
+            configure=rf"^({p}\.users|{p}\.broadcast|{p}\.user\..+|amq\.gen-.+)$",
+            write=rf"^({p}\.user\..+|amq\.gen-.+|amq\.default)$",
+            read=rf"^({p}\.users|{p}\.broadcast|{p}\.user\..+|amq\.gen-.+|amq\.rabbitmq\.reply-to)$",
+        ),
+        "worker": Permission(configure=rf"^{p}\..+$", write=rf"^({p}\..+|amq\.default)$", read=rf"^{p}\..+$"),
+        "delivery": Permission(
+            configure=rf"^{p}\.deliveries\..+$",
+            write=rf"^{p}\.deliveries\..+$",
+            read=rf"^{p}\.deliveries(\..+)?$",
+        ),
+        "producer": Permission(configure="^$", write=rf"^{p}\.events$", read="^$"),
+    }
+
+
+def commands(vhost: str, prefix: str, users: dict[str, str], passwords: dict[str, str]) -> list[list[str]]:
+    """The ``rabbitmqctl`` argument lists creating each role's user (``users[role]``) and permissions."""
+    lines: list[list[str]] = []
+    for role, permission in permissions(prefix).items():
+        if role in passwords:
+            lines.append(["add_user", users[role], passwords[role]])
+        lines.append(
+            [
+                "set_permissions",
+                "-p",
+                vhost,
+                users[role],
+                permission.configure,
+                permission.write,
+                permission.read,
+            ]
+        )
+    return lines
+
+
+def _rabbitmqctl(node: str | None, *args: str) -> subprocess.CompletedProcess[str]:
+    node_args = ["--node", node] if node else []
+    return subprocess.run(
+        ["rabbitmqctl", "-q", *node_args, *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def _existing_users(node: str | None) -> set[str]:
+    listed = _rabbitmqctl(node, "list_users", "--no-table-headers")
+    return {line.split("\t")[0] for line in listed.stdout.splitlines() if line.strip()}
+
+
+def setup(args: argparse.Namespace) -> int:
+    """Handler of ``herald broker setup``: exit 0 when every user and permission is in place."""
+    prefix = load_settings().amqp_prefix
+    users = {role: f"{args.name_prefix}-{role}" for role in ROLES}
+    existing = set() if args.print_only else _existing_users(args.node)
+    fresh = {role: secrets.token_urlsafe(24) for role in ROLES if users[role] not in existing}
+    lines = commands(args.vhost, prefix, users, fresh)
+    if args.print_only:
+        for line in lines:
+            print(shlex.join(["rabbitmqctl", *line]))
+        return 0
+    rotated = {role: secrets.token_urlsafe(24) for role in ROLES if args.rotate and users[role] in existing}
+    lines += [["change_password", users[role], password] for role, password in rotated.items()]
+    for line in lines:
+        done = _rabbitmqctl(args.node, *line)
+        if done.returncode != 0:
+            # The arguments are not echoed: some are passwords.
+            print(f"herald broker: rabbitmqctl {line[0]} failed: {done.stderr.strip()}", file=sys.stderr)
+            return 1
+    for role in ROLES:
+        password = fresh.get(role) or rotated.get(role)
+        shown = password if password is not None else "(unchanged)"
+        print(f"{role}\t{users[role]}\t{shown}")
+    print(f"set HERALD_RPC_TRUSTED_USERS={users['gateway']} on the workers", file=sys.stderr)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``broker setup``; the handler is ``args.handler(args) -> int``."""
+    broker = subparsers.add_parser("broker", help="RabbitMQ users and permissions per role")
+    actions = broker.add_subparsers(dest="broker_action", required=True, metavar="{setup}")
+    setup_parser = actions.add_parser("setup", help="create the gateway/worker/delivery/producer users")
+    setup_parser.add_argument("--vhost", default="/", help="the vhost Herald runs in [/]")
+    setup_parser.add_argument("--name-prefix", default="herald", help="users are <prefix>-<role> [herald]")
+    setup_parser.add_argument("--node", help="rabbitmqctl --node (default: the local node)")
+    setup_parser.add_argument("--rotate", action="store_true", help="new passwords for existing users")
+    setup_parser.add_argument(
+        "--print", dest="print_only", action="store_true", help="only print the rabbitmqctl lines"
+    )
+    setup_parser.set_defaults(handler=setup)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m herald_ops.broker setup ...`` (the same as ``herald broker setup ...``)."""
+    parser = argparse.ArgumentParser(prog="herald")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["broker", *(argv if argv is not None else sys.argv[1:])])
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
