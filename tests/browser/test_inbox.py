@@ -133,7 +133,8 @@ class Tabs:
                 " window.heraldDemo?.client?.state, document.body.innerText.slice(0, 300)]"
             )
             raise AssertionError(
-                f"the inbox of {user} did not connect: {state}; console: {console[-20:]}"
+                f"the inbox of {user} did not connect: {state}; console: {console[-20:]};"
+                f" gateway log: {(gateway or self.gateway).logs()[-1500:]}"
             ) from exc
         await page.wait_for_function("window.heraldDemo && window.heraldDemo.client")
         await page.evaluate(
