@@ -705,6 +705,11 @@ export class SharedHeraldClient extends HeraldApi {
     this._lastBeat = 0;
     this._claiming = null;
     this._locked = false; // holds the Web Lock: no other tab can lead
+    // Each leadership has a term, later than every term this tab saw: with Web Locks, a message of a lower
+    // term than the leader's is a late one of a leader that already left (the lock can pass to the next tab
+    // before the other tabs have read the old leader's last messages and its `bye`).
+    this._term = 0; // this tab's, while it leads
+    this._leaderTerm = 0; // the highest term seen
     // A page that may come back from the back/forward cache keeps its role; a closing one hands over.
     this._onPageHide = (event) => {
       if (!event?.persisted) this._leave();
@@ -818,6 +823,8 @@ export class SharedHeraldClient extends HeraldApi {
 
   _lead() {
     if (this.role === "leader" || this.state === "closed") return;
+    this._term = Math.max(Date.now(), this._leaderTerm + 1);
+    this._leaderTerm = this._term;
     this._setRole("leader");
     this._leaderChanged(this.tabId);
     const { BroadcastChannel: _b, locks: _l, shareKey: _k, heartbeatMs: _h, ...clientOptions } = this.options;
@@ -866,7 +873,7 @@ export class SharedHeraldClient extends HeraldApi {
 
   _post(message) {
     try {
-      this._channel?.postMessage({ ...message, from: this.tabId });
+      this._channel?.postMessage({ ...message, from: this.tabId, term: this.role === "leader" ? this._term : 0 });
     } catch (err) {
       console.warn("herald: cannot post to the other tabs", err);
     }
@@ -875,6 +882,8 @@ export class SharedHeraldClient extends HeraldApi {
   _onMessage(message) {
     if (!message || typeof message !== "object" || message.from === this.tabId || this.state === "closed") return;
     const { t, from } = message;
+    const term = typeof message.term === "number" ? message.term : 0;
+    if ((t === "leader" || t === "beat" || t === "event" || t === "bye") && this._stale(term)) return;
     if (t === "hello") {
       if (this.role === "leader" && this._inner) this._post({ t: "leader", snapshot: this._snapshotOf(this._inner) });
     } else if (t === "leader" || t === "beat" || t === "event") {
@@ -889,6 +898,7 @@ export class SharedHeraldClient extends HeraldApi {
         }
       }
       if (this.role !== "leader") this._setRole("follower");
+      this._leaderTerm = Math.max(this._leaderTerm, term);
       if (from !== this.leaderId) this._leaderChanged(from);
       if (t === "event") this._receive(message.method, message.params, message.replayed, message.snapshot);
       else if (message.snapshot) this._apply(message.snapshot);
@@ -945,6 +955,11 @@ export class SharedHeraldClient extends HeraldApi {
     if (!error) pending.resolve(result);
     else if (error.name === "HeraldRequestError") pending.reject(new HeraldRequestError(error.code, error.message, error.data));
     else pending.reject(new HeraldConnectionError(error.message, error.kind ?? "disconnected"));
+  }
+
+  /** A late message of a leader that already handed over (Web Locks only: one leader at a time, in term order). */
+  _stale(term) {
+    return Boolean(this.options.locks?.request) && term > 0 && term < this._leaderTerm;
   }
 
   _leaderChanged(leader) {

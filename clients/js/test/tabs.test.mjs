@@ -228,6 +228,71 @@ test("a follower's request during the handover waits for the new leader", async 
   }
 });
 
+/** BroadcastChannel between the "tabs" of one test, able to hold back one tab's messages (a slow delivery). */
+function channelBus() {
+  const members = new Set();
+  const held = new Map(); // tab id → messages not delivered yet
+  class Channel {
+    constructor(name) {
+      this.name = name;
+      this.onmessage = null;
+      members.add(this);
+    }
+    postMessage(data) {
+      const copy = structuredClone(data);
+      if (held.has(copy.from)) held.get(copy.from).push([this, copy]);
+      else setTimeout(() => this._deliver(copy), 1);
+    }
+    _deliver(data) {
+      for (const other of members) if (other !== this && other.name === this.name) other.onmessage?.({ data });
+    }
+    close() {
+      members.delete(this);
+    }
+  }
+  return {
+    Channel,
+    hold: (tabId) => held.set(tabId, []),
+    release(tabId) {
+      const messages = held.get(tabId) ?? [];
+      held.delete(tabId);
+      for (const [channel, data] of messages) channel._deliver(data);
+    },
+  };
+}
+
+test("a late message of the leader that left does not take a follower away from the new leader", async () => {
+  // In a browser the Web Lock can pass to the next tab before the other tabs have read the old
+  // leader's last messages: a follower then hears the new leader first and the old one's `bye` after.
+  const gateway = new FakeGateway();
+  const bus = channelBus();
+  const opened = tabs(gateway, 3, { locks: new FakeLocks(), BroadcastChannel: bus.Channel });
+  try {
+    await Promise.all(opened.map((tab) => tab.client.connect()));
+    await waitUntil(() => leaderOf(opened).length === 1 && opened.every((t) => t.client.role !== "electing"), 10000, "one leader");
+    const [old] = leaderOf(opened);
+    bus.hold(old.client.tabId);
+    gateway.notify("last one of the old leader"); // relayed by the old leader: held back
+    await waitUntil(() => old.titles.length === 1, 10000, "the old leader to get it");
+    old.client.close(); // its `bye` is held back too; the lock passes at once
+    const rest = opened.filter((tab) => tab !== old);
+    await waitUntil(() => leaderOf(rest).length === 1 && rest.every((t) => t.client.state === "open"), 10000, "the new leader");
+    const [next] = leaderOf(rest);
+    const follower = rest.find((tab) => tab !== next);
+    await waitUntil(() => follower.client.leaderId === next.client.tabId, 10000, "the follower to follow it");
+    await waitUntil(() => follower.titles.length === 1, 10000, "the missed notification (the new leader syncs it)");
+    bus.release(old.client.tabId); // now the follower reads the old leader's event and `bye` (delivered at once)
+    assert.equal(follower.client.leaderId, next.client.tabId);
+    assert.equal(follower.client.state, "open");
+    assert.equal(await follower.client.ping(), "pong");
+    gateway.notify("live");
+    await waitUntil(() => follower.titles.at(-1) === "live", 10000, "live through the new leader");
+    assert.deepEqual(follower.titles, ["last one of the old leader", "live"]);
+  } finally {
+    opened.forEach((tab) => tab.client.close());
+  }
+});
+
 test("tabs of different users never share", async () => {
   const gateway = new FakeGateway();
   const locks = new FakeLocks();
