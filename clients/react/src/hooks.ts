@@ -182,6 +182,10 @@ export function useNotifications({ filter = "all", pageSize = 20, types, categor
     const touch = (ids: string[] | undefined, all: boolean | undefined, change: (n: Notification) => Notification) =>
       update((items) => items.map((n) => (all || ids?.includes(n.id) ? change(n) : n)));
     const drop = (ids: string[] | undefined) => update((items) => items.filter((n) => !ids?.includes(n.id)));
+    // An item archived or unarchived elsewhere that this list should now show: the frame carries only ids.
+    const reloadFor = (ids: string[] | undefined) => {
+      if (ids?.some((id) => !pageRef.current.items.some((n) => n.id === id))) void fetchPage(true);
+    };
     const offs = [
       client.on("notification:new", (n) => {
         if (!matches(n)) return;
@@ -199,11 +203,17 @@ export function useNotifications({ filter = "all", pageSize = 20, types, categor
       }),
       client.on("notification:deleted", ({ ids }: IdsChange) => drop(ids)),
       client.on("notification:archived", ({ ids }: IdsChange) => {
-        if (filter === "archived") touch(ids, false, (n) => ({ ...n, archived_at: n.archived_at ?? now() }));
-        else drop(ids);
+        if (filter === "archived") {
+          touch(ids, false, (n) => ({ ...n, archived_at: n.archived_at ?? now() }));
+          reloadFor(ids);
+        } else drop(ids);
       }),
       client.on("notification:unarchived", ({ ids }: IdsChange) => {
         if (filter === "archived") drop(ids);
+        else {
+          touch(ids, false, (n) => ({ ...n, archived_at: null }));
+          reloadFor(ids);
+        }
       }),
       client.on("notification:acted", (params) => {
         const at = params.acted_at ?? now();
@@ -211,7 +221,7 @@ export function useNotifications({ filter = "all", pageSize = 20, types, categor
       }),
     ];
     return () => offs.forEach((off) => off());
-  }, [client, matches, filter, update]);
+  }, [client, matches, filter, update, fetchPage]);
 
   /** Apply `change` now; undo it (for the items it touched) if `send` fails. */
   const optimistic = useCallback(

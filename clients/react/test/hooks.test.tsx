@@ -114,6 +114,25 @@ describe("useNotifications", () => {
     expect(archived.result.current.items).toEqual([]);
   });
 
+  it("an item archived or unarchived in another list (another tab) moves between the lists", async () => {
+    const { gateway, client, wrapper } = setup();
+    gateway.notify({}, { live: false });
+    gateway.notify({}, { live: false });
+    const inbox = renderHook(() => useNotifications(), { wrapper });
+    const archived = renderHook(() => useNotifications({ filter: "archived" }), { wrapper });
+    await act(() => client.connect());
+    await waitFor(() => expect(inbox.result.current.items.map((n) => n.id)).toEqual(["n2", "n1"]));
+    await waitFor(() => expect(archived.result.current.loading).toBe(false));
+    expect(archived.result.current.items).toEqual([]);
+    await act(() => inbox.result.current.archive(["n1"]));
+    expect(inbox.result.current.items.map((n) => n.id)).toEqual(["n2"]);
+    await waitFor(() => expect(archived.result.current.items.map((n) => n.id)).toEqual(["n1"]));
+    await act(() => archived.result.current.unarchive(["n1"]));
+    expect(archived.result.current.items).toEqual([]);
+    await waitFor(() => expect(inbox.result.current.items.map((n) => n.id)).toEqual(["n2", "n1"]));
+    expect(inbox.result.current.items[1].archived_at).toBeNull();
+  });
+
   it("reloads after a reconnect", async () => {
     const { gateway, client, wrapper } = setup();
     gateway.notify({}, { live: false });
