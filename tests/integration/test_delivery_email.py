@@ -235,3 +235,54 @@ async def test_a_broadcast_emails_the_known_users_whose_preferences_allow_it(
     await recorded(pg, reached, ("email", "sent"), ("push", "scheduled"))
     assert [r["channel"] for r in await job_rows(pg, opted_out)] == ["push"]
     assert mailbox.to(opted_out_address) == []
+
+
+async def test_a_collapsed_notification_replaces_its_waiting_email_and_a_later_version_is_a_new_one(
+    delivery: HeraldProcess, mailbox: Mailbox, watcher: Watcher, pg: asyncpg.Connection
+) -> None:
+    # Amendments 14 and 25: the versions of one collapsed notification share a job key; while its email
+    # waits (a delay) a higher version replaces it, and once sent a higher version is a job of its own.
+    await pg.execute("UPDATE notification_types SET email_delay_seconds = 6 WHERE name = 'COURSE_COMPLETED'")
+    try:
+        user, address = await user_with_email(watcher, pg)
+
+        async def collapsed_into(count: int) -> bool:
+            return await pg.fetchval("SELECT max(count) FROM notifications WHERE user_id = $1", user) == count
+
+        titles = [f"{n} courses completed" for n in (1, 2, 3)]
+        for n, title in enumerate(titles, 1):
+            await watcher.publish(event(user, "COURSE_COMPLETED", title=title, collapse_key="done"))
+            await wait_until(lambda n=n: collapsed_into(n), 30, f"event {n} collapsed")
+        notification = await pg.fetchrow("SELECT id, seq FROM notifications WHERE user_id = $1", user)
+        key = f"{notification['id']}:{user}:email"
+
+        async def replaced() -> bool:
+            rows = await job_rows(pg, user)
+            return [(r["id"], r["job_key"], r["version"]) for r in rows] == [(key, key, notification["seq"])]
+
+        await wait_until(replaced, 30, "one waiting job holding the latest version")
+        await wait_until(lambda: mailbox.count(address) == 1, 60, "the delayed email")
+        (row,) = await recorded(pg, user, ("email", "sent"))
+        assert mailbox.to(address)[0]["Subject"] == titles[-1]
+        stored_title = await pg.fetchval(
+            "SELECT notification->>'title' FROM delivery_jobs WHERE id = $1", key
+        )
+        assert (row["id"], stored_title) == (key, titles[-1])
+
+        # The notification is still unread: a fourth event collapses into it after its email was sent.
+        await watcher.publish(
+            event(user, "COURSE_COMPLETED", title="4 courses completed", collapse_key="done")
+        )
+        await wait_until(lambda: collapsed_into(4), 30, "event 4 collapsed")
+        await wait_until(lambda: mailbox.count(address) == 2, 60, "the later version's email")
+        assert [m["Subject"] for m in mailbox.to(address)] == [titles[-1], "4 courses completed"]
+        rows = await recorded(pg, user, ("email", "sent"), ("email", "sent"))
+        latest = await pg.fetchval("SELECT seq FROM notifications WHERE id = $1", notification["id"])
+        assert [(r["id"], r["job_key"], r["version"]) for r in rows] == [
+            (key, key, notification["seq"]),
+            (f"{key}:{latest}", key, latest),
+        ]
+    finally:
+        await pg.execute(
+            "UPDATE notification_types SET email_delay_seconds = 0 WHERE name = 'COURSE_COMPLETED'"
+        )

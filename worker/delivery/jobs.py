@@ -49,6 +49,10 @@ class JobMessage(BaseModel):
     user_id: str
     channel: Literal["email", "push"]
     deliver_after: datetime | None = None
+    #: ``<notification id>:<user>:<channel>`` and the notification's seq (amendment 14); absent in the
+    #: old format, whose jobs are keyed by their message id only.
+    job_key: str | None = None
+    version: int | None = None
 
 
 def parse_job(body: bytes, message_id: str | None) -> tuple[str, JobMessage]:

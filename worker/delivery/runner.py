@@ -1,7 +1,8 @@
 """One channel's job loop: take jobs from the queue and from Postgres, send them, record each outcome.
 
 A job message from ``herald.deliveries.<channel>`` is recorded in ``delivery_jobs`` first (once: a
-redelivery changes nothing). A job due now is inserted already claimed and sent at once, and its message
+redelivery changes nothing; a higher version of a collapsed notification replaces its key's waiting row,
+docs/protocol.md amendment 25). A job due now is inserted already claimed and sent at once, and its message
 is acked only after the outcome is written, so the queue's prefetch bounds the jobs in flight. A job that
 must wait (quiet hours, a catalog delay, a retry's backoff) is acked once recorded and later claimed by
 :meth:`ChannelRunner.poll_forever` — in any ``herald-delivery`` process — when it comes due.
@@ -97,8 +98,17 @@ class ChannelRunner:
         claimed: Claimed | None
         if await self._with_database(lambda: deliveries.schedule(self._pool, job_id, job, lease)):
             notification = job.notification.model_dump(mode="json")
-            claimed = Claimed(job_id, job.user_id, job.channel, notification, attempts=1, cancelled=False)
-        else:  # recorded before: a redelivery, or a job still waiting; send it only if due and unclaimed
+            claimed = Claimed(
+                job_id,
+                job.user_id,
+                job.channel,
+                notification,
+                attempts=1,
+                cancelled=False,
+                version=deliveries.stored_version(job),
+            )
+        else:  # recorded before (a redelivery, a job still waiting) or it replaced a waiting row's version;
+            # send it only if due and unclaimed
             claimed = await self._with_database(lambda: deliveries.claim_one(self._pool, job_id, lease))
         if claimed is not None:
             await self.run(claimed)
@@ -141,7 +151,7 @@ class ChannelRunner:
             )
             await deliveries.retry_later(self._pool, job.id, outcome.error or "", delay)
         else:
-            await deliveries.finish(self._pool, job.id, outcome.status, outcome.error)
+            await deliveries.finish(self._pool, job.id, outcome.status, outcome.error, job.version)
 
     async def _dead_letter(self, job_id: str, body: bytes, reason: str) -> None:
         try:

@@ -11,16 +11,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
-if TYPE_CHECKING:
-    import asyncpg
+import asyncpg
 
+if TYPE_CHECKING:
     from worker.broadcast_routing import BroadcastJobs
     from worker.delivery.jobs import JobMessage
     from worker.store.pool import Connection
 
 # The delay comes from the catalog; a delayed job with an in-app copy is cancelled if that is read or
 # deleted before it is due. A job due now is inserted already claimed (the caller sends it at once).
-_SCHEDULE: Final = """
+# {conflict} is what a job recorded before does: an old-format job (no key) is recorded once by id; a keyed
+# job (amendments 14, 25) replaces the notification of its key's waiting row when its version is higher,
+# keeping that row's due time, and is dropped when lower or equal. ``claimed`` is true only for an insert.
+_SCHEDULE_TEMPLATE: Final = """
     WITH job AS (
         SELECT coalesce((SELECT CASE WHEN $4 = 'email' THEN t.email_delay_seconds
                                      ELSE t.push_delay_seconds END
@@ -32,14 +35,21 @@ _SCHEDULE: Final = """
     )
     INSERT INTO delivery_jobs
            (id, notification_id, user_id, channel, notification, cancel_if_read, attempts, due_at,
-            locked_until)
+            locked_until, job_key, version)
     SELECT $1, $2, $3, $4, $5::jsonb,
            delay > 0 AND EXISTS (SELECT 1 FROM notifications n WHERE n.user_id = $3 AND n.id = $2),
            CASE WHEN due <= now() THEN 1 ELSE 0 END, due,
-           CASE WHEN due <= now() THEN now() + make_interval(secs => $9) END
+           CASE WHEN due <= now() THEN now() + make_interval(secs => $9) END, $10::text, $11::integer
       FROM timed
-    ON CONFLICT (id) DO NOTHING
-    RETURNING locked_until IS NOT NULL AS claimed"""
+     WHERE NOT EXISTS (SELECT 1 FROM delivery_jobs d WHERE d.id = $1)
+    {conflict}
+    RETURNING xmax = 0 AND locked_until IS NOT NULL AS claimed"""
+_SCHEDULE: Final = _SCHEDULE_TEMPLATE.format(conflict="ON CONFLICT (id) DO NOTHING")
+_SCHEDULE_KEYED: Final = _SCHEDULE_TEMPLATE.format(
+    conflict="""ON CONFLICT (job_key) WHERE status = 'scheduled' DO UPDATE
+       SET notification = excluded.notification, version = excluded.version
+     WHERE excluded.version > delivery_jobs.version"""
+)
 
 # A broadcast's jobs, straight into the table (no AMQP message each): the pollers send them, paced by the
 # rate caps. Same timing and cancellation rule as _SCHEDULE; a repeated broadcast inserts nothing twice.
@@ -74,13 +84,18 @@ _CLAIM: Final = """
            locked_until = CASE WHEN d.cancel THEN NULL ELSE now() + make_interval(secs => $3) END
       FROM decided d
      WHERE j.id = d.id
-    RETURNING j.id, j.user_id, j.channel, j.notification, j.attempts, d.cancel AS cancelled"""
+    RETURNING j.id, j.user_id, j.channel, j.notification, j.attempts, d.cancel AS cancelled, j.version"""
 _CLAIM_ONE: Final = _CLAIM.format(where="id = $1")
 _CLAIM_DUE: Final = _CLAIM.format(where="channel = $1")
 
+# A higher version that replaced the row while it was being sent ($4: the version sent) is a job of its
+# own: the row stays scheduled, due at once, with the new notification.
 _FINISH: Final = """
     UPDATE delivery_jobs
-       SET status = $2, last_error = $3, locked_until = NULL,
+       SET status = CASE WHEN version IS DISTINCT FROM $4 THEN status ELSE $2 END,
+           last_error = CASE WHEN version IS DISTINCT FROM $4 THEN NULL ELSE $3 END,
+           attempts = CASE WHEN version IS DISTINCT FROM $4 THEN 0 ELSE attempts END,
+           locked_until = NULL,
            sent_at = CASE WHEN $2 = 'sent' THEN now() ELSE sent_at END
      WHERE id = $1"""
 
@@ -108,23 +123,42 @@ class Claimed:
     notification: dict[str, Any]
     attempts: int
     cancelled: bool
+    #: The notification version the row held when claimed (``None``: a job without a key).
+    version: int | None = None
+
+
+def stored_version(job: JobMessage) -> int | None:
+    """The version a job is recorded with: ``None`` for a job without ``job_key`` or ``version``, which
+    is kept by its message id alone (the old format; nothing stored in-app)."""
+    return job.version if job.job_key is not None else None
 
 
 async def schedule(pool: asyncpg.Pool, job_id: str, job: JobMessage, lease: float) -> bool:
-    """Record a job (once: a redelivered message changes nothing); whether it was inserted claimed."""
+    """Record a job, or let it replace its key's waiting row; whether it was inserted claimed.
+
+    A redelivered message changes nothing. Several processes may record versions of one key at once: the
+    partial unique index on waiting keys serializes them, and a message id recorded meanwhile by another
+    process (a concurrent redelivery) is "recorded before".
+    """
     notification = job.notification
-    claimed: bool | None = await pool.fetchval(
-        _SCHEDULE,
-        job_id,
-        notification.id,
-        job.user_id,
-        job.channel,
-        notification.model_dump(mode="json"),
-        notification.type,
-        notification.created_at,
-        job.deliver_after,
-        lease,
-    )
+    version = stored_version(job)
+    try:
+        claimed: bool | None = await pool.fetchval(
+            _SCHEDULE if version is None else _SCHEDULE_KEYED,
+            job_id,
+            notification.id,
+            job.user_id,
+            job.channel,
+            notification.model_dump(mode="json"),
+            notification.type,
+            notification.created_at,
+            job.deliver_after,
+            lease,
+            None if version is None else job.job_key,
+            version,
+        )
+    except asyncpg.UniqueViolationError:
+        return False
     return bool(claimed)
 
 
@@ -162,9 +196,12 @@ async def claim_due(pool: asyncpg.Pool, channel: str, limit: int, lease: float) 
     return [_claimed(row) for row in await pool.fetch(_CLAIM_DUE, channel, limit, lease)]
 
 
-async def finish(pool: asyncpg.Pool, job_id: str, status: str, error: str | None) -> None:
-    """Write a final state: ``sent``, ``skipped`` or ``failed`` (with its error)."""
-    await pool.execute(_FINISH, job_id, status, error)
+async def finish(
+    pool: asyncpg.Pool, job_id: str, status: str, error: str | None, version: int | None = None
+) -> None:
+    """Write a final state: ``sent``, ``skipped`` or ``failed`` (with its error) for the ``version`` sent;
+    a row replaced by a higher version meanwhile stays scheduled for that version instead."""
+    await pool.execute(_FINISH, job_id, status, error, version)
 
 
 async def retry_later(pool: asyncpg.Pool, job_id: str, error: str, delay: float) -> None:

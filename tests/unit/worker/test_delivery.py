@@ -16,6 +16,7 @@ from worker.delivery.render import EmailRenderer, template_names
 from worker.delivery.senders.email import SmtpTarget, classify_reply
 from worker.delivery.senders.webpush import MAX_PAYLOAD_BYTES, encrypt, push_payload
 from worker.delivery.settings import DeliverySettings
+from worker.store import deliveries
 from worker.vapid import load_vapid, public_key
 
 if TYPE_CHECKING:
@@ -72,6 +73,18 @@ def test_jobs_are_validated_and_keep_their_message_id() -> None:
         parse_job(orjson.dumps({"notification": NOTIFICATION, "user_id": "u1", "channel": "sms"}), None)
     with pytest.raises(InvalidJob, match="JSON"):
         parse_job(b"{", None)
+
+
+def test_a_keyed_job_is_recorded_with_its_version_and_an_old_format_one_without() -> None:
+    keyed = {"notification": NOTIFICATION, "user_id": "u1", "channel": "email", "job_key": "n1:u1:email"}
+    _, job = parse_job(orjson.dumps({**keyed, "version": 7}), "n1:u1:email:7")
+    assert (job.job_key, deliveries.stored_version(job)) == ("n1:u1:email", 7)
+    _, unstored = parse_job(orjson.dumps({**keyed, "version": None}), "n1:u1:email")
+    assert deliveries.stored_version(unstored) is None
+    _, old = parse_job(
+        orjson.dumps({"notification": NOTIFICATION, "user_id": "u1", "channel": "email"}), None
+    )
+    assert (old.job_key, deliveries.stored_version(old)) == (None, None)
 
 
 def test_template_fallback_chain_tries_locale_then_language_then_type_then_default() -> None:
