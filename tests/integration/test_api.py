@@ -22,6 +22,7 @@ from gateway.api.routes import ROUTES
 from herald_ops.testing.requests import WsClient, seed, unread_truth
 from herald_ops.testing.stack import ROOT, fresh_id, mint, stack_context, wait_until_sync
 from worker.requests.registry import METHODS
+from worker.vapid import new_key_pair
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -42,9 +43,10 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    """A stack of its own: one worker, one gateway, one api (allowing one cross-origin page)."""
+    """A stack of its own: one worker (Web Push configured, so every method serves), one gateway, one api
+    (allowing one cross-origin page)."""
     with stack_context() as stack:
-        stack.start_worker()
+        stack.start_worker(vapid_private_key=new_key_pair()[0])
         gateway = stack.start_gateway()
         yield Env(stack, gateway, stack.start_api(allowed_origins=ORIGIN))
 
@@ -315,7 +317,8 @@ async def test_preferences_accept_the_seeds_flags_and_herald_document(http: http
 
 
 async def test_every_route_is_served_or_clearly_not_implemented(http: httpx.AsyncClient) -> None:
-    """A route whose method this worker lacks (§9/§10 still being built) answers 501, never 404 or 500."""
+    """Every route answers (200, or 400 for the placeholder ids); one whose method a worker lacks would
+    answer 501, never 404 or 500."""
     admin = auth("ops", admin=True)
     for route in ROUTES:
         path = route.path.replace("{id}", "n-1").replace("{action_id}", "a-1")
