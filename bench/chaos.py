@@ -4,13 +4,14 @@ Each scenario runs on its own vhost + database (``herald_ops.testing.chaos``) an
 delivered live, delivered by sync, lost, duplicated, and recovery times (gateway links up and every
 client complete, from the moment the faulty part came back; clients reconnected for the gateway kill).
 
-    flock -x /work/services.lock .venv/bin/python -m bench.chaos [--scenario rabbitmq|postgres|gateway]
+    .venv/bin/python -m bench.chaos [--scenario rabbitmq|postgres|gateway]
     .venv/bin/python -m bench.chaos --soak [--minutes 10 --connections 5000 --rate 200 --requests 20]
 
-The scenarios stop the SHARED RabbitMQ and Postgres: hold the exclusive services lock. The soak stops
-nothing; it holds ``--connections`` raw WebSocket connections on two gateways, streams ``--rate``
-events/s and ``--requests`` requests/s for ``--minutes``, samples gateway and worker RSS every 10 s and
-prints each process's RSS slope (least squares, MiB per minute) and the error lines of their logs.
+The scenarios stop the machine's RabbitMQ and Postgres: run them when nothing else uses those
+services. The soak stops nothing; it holds ``--connections`` raw WebSocket connections on two gateways,
+streams ``--rate`` events/s and ``--requests`` requests/s for ``--minutes``, samples gateway and worker
+RSS every 10 s and prints each process's RSS slope (least squares, MiB per minute) and the error
+lines of their logs.
 """
 
 from __future__ import annotations
