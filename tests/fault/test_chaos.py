@@ -3,7 +3,7 @@ gateway SIGKILL each lose and duplicate nothing, and every client ends with ever
 user, live or by sync, without any process being restarted by hand. Sizes are kept small here (the
 fault suite stays within minutes); ``bench/chaos.py`` runs the bigger versions and prints the figures.
 
-These stop SHARED services: run them only while holding the exclusive services lock."""
+These stop the machine's RabbitMQ and Postgres, so they run last, serially, with the rest of tests/fault."""
 
 from __future__ import annotations
 

@@ -8,8 +8,8 @@ first gateway and given the second as failover), ``events`` send events spread o
 notification of its user (live or by ``notifications.sync``) or the deadline passes, and returns
 a :class:`Figures`.
 
-Faults stop SHARED services (RabbitMQ, Postgres): callers must hold the exclusive services lock, and the
-fault always restores what it stopped in ``finally``.
+Faults stop the machine's RabbitMQ and Postgres: nothing else may use them meanwhile (the fault suite
+runs last, serially), and the fault always restores what it stopped in ``finally``.
 """
 
 from __future__ import annotations
