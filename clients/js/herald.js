@@ -291,6 +291,18 @@ export class HeraldApi {
   }
 
   /** The ms left before `deadline`; throws the timeout error when none is (never send a late request). */
+  /** Resolves when the client is open (now or after the ongoing reconnect); both clients keep `_waiters`. */
+  ready() {
+    if (this.state === "open") return Promise.resolve();
+    if (this.state === "closed") return Promise.reject(this._closedError());
+    return new Promise((resolve, reject) => this._waiters.add({ resolve, reject }));
+  }
+
+  /** Stop for good: close the socket, reject pending requests, emit `closed`. */
+  close() {
+    this._stop(null, "closed by the client");
+  }
+
   static _left(method, deadline) {
     const left = deadline - Date.now();
     if (left <= 0) throw new HeraldConnectionError(`${method}: no reply within the timeout`, "timeout");
@@ -352,18 +364,6 @@ export class HeraldClient extends HeraldApi {
   connect() {
     if (this.state === "idle") this._open();
     return this.ready();
-  }
-
-  /** Resolves when the client is open (now or after the ongoing reconnect). */
-  ready() {
-    if (this.state === "open") return Promise.resolve();
-    if (this.state === "closed") return Promise.reject(this._closedError());
-    return new Promise((resolve, reject) => this._waiters.add({ resolve, reject }));
-  }
-
-  /** Stop for good: close the socket, reject pending requests, emit `closed`. */
-  close() {
-    this._stop(null, "closed by the client");
   }
 
   // ------------------------------------------------------------------------------------------- requests
@@ -727,16 +727,6 @@ export class SharedHeraldClient extends HeraldApi {
   connect() {
     if (this.state === "idle") this._start();
     return this.ready();
-  }
-
-  ready() {
-    if (this.state === "open") return Promise.resolve();
-    if (this.state === "closed") return Promise.reject(this._closedError());
-    return new Promise((resolve, reject) => this._waiters.add({ resolve, reject }));
-  }
-
-  close() {
-    this._stop(null, "closed by the client");
   }
 
   request(method, params = {}, { timeoutMs = this.options.requestTimeoutMs } = {}) {
