@@ -378,6 +378,26 @@ async def test_a_read_notification_closes_its_group_and_jobs_follow_the_collapse
         assert await visible_counts(db, user) == {"unread_count": 2, "unseen_count": 1}
 
 
+async def test_an_archived_open_notification_collapsed_into_is_back_in_the_inbox_and_its_total(
+    env: Env, db: asyncpg.Connection, producer: Producer
+) -> None:
+    user = fresh_id()
+    await producer.send(user, "NEW_COMMENT", "1 comment", event_id=f"{user}-a1", collapse_key="thread")
+    (first,) = await stored(db, user, 1)
+    async with two_tabs(env, user) as (tab, _):
+        await tab.result("notifications.archive", {"ids": [first["id"]]})
+        assert (await tab.result("notifications.list", {}))["total"] == 0
+        await producer.send(user, "NEW_COMMENT", "2 comments", event_id=f"{user}-a2", collapse_key="thread")
+
+        async def collapsed() -> bool:
+            return await db.fetchval("SELECT count FROM notifications WHERE id = $1", first["id"]) == 2
+
+        await wait_until(collapsed, 30, "the second event collapsed into the archived first")
+        inbox = await tab.result("notifications.list", {})
+        assert ([item["id"] for item in inbox["items"]], inbox["total"]) == ([first["id"]], 1)
+    assert await visible_counts(db, user) == {"unread_count": 1, "unseen_count": 1}
+
+
 # ------------------------------------------------------------------------------------------- expiry
 
 
@@ -398,6 +418,8 @@ async def test_an_expired_notification_leaves_list_sync_and_counts_without_a_ret
 
         await wait_until(gone, 30, "the expired notification to leave the list")
         assert await assert_counts_agree(tab, db, user) == {"unread_count": 1, "unseen_count": 1}
+        # The inbox's total is the maintained counter minus the expired row it still holds.
+        assert (await tab.result("notifications.list", {}))["total"] == 1
         synced = await tab.result("notifications.sync", {"since": 0})
         assert [item["id"] for item in synced["items"]] == [staying["id"]]
         third, connected = await env.tab(user)
@@ -414,6 +436,7 @@ async def test_an_expired_notification_leaves_list_sync_and_counts_without_a_ret
     assert deleted >= 1
     assert await db.fetchval("SELECT count(*) FROM notifications WHERE id = $1", expiring["id"]) == 0
     assert await visible_counts(db, user) == {"unread_count": 1, "unseen_count": 1}
+    assert await db.fetchval("SELECT inbox_count FROM users WHERE user_id = $1", user) == 1
 
 
 def _stored_events(worker: HeraldProcess) -> float:

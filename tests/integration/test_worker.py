@@ -407,7 +407,8 @@ async def test_retention_deletes_old_rows_and_adjusts_unread(
 ) -> None:
     user = fresh_id("old")
     await db.execute(
-        "INSERT INTO users (user_id, last_seq, unread_count, unseen_count) VALUES ($1, 2600, 2510, 2510)",
+        "INSERT INTO users (user_id, last_seq, unread_count, unseen_count, inbox_count)"
+        " VALUES ($1, 2600, 2510, 2510, 2600)",
         user,
     )
     await db.execute(
@@ -430,6 +431,7 @@ async def test_retention_deletes_old_rows_and_adjusts_unread(
         await pool.close()
     assert [r["seq"] for r in await rows(db, user)] == list(range(2501, 2601))
     assert await counters(db, user) == (2600, 10)
+    assert await db.fetchval("SELECT inbox_count FROM users WHERE user_id = $1", user) == 100
 
 
 async def test_redelivery_of_a_stored_event_republishes_it(fresh_stack: Stack) -> None:

@@ -70,8 +70,8 @@ def _content_arrays(first: int) -> str:
     return _CONTENT_ARRAYS.format(*(f"${n}" for n in range(first, first + 8)))
 
 
-# Allocates each user's seqs in input order and bumps last_seq, unread_count and unseen_count in the
-# same statement (a new row is unread and unseen, whatever its count).
+# Allocates each user's seqs in input order and bumps last_seq, unread_count, unseen_count and
+# inbox_count in the same statement (a new row is unread, unseen and in the inbox, whatever its count).
 _INSERT: Final = f"""
     WITH input AS (
         SELECT *
@@ -83,7 +83,7 @@ _INSERT: Final = f"""
     ), bumped AS (
         UPDATE users u
            SET last_seq = u.last_seq + c.n, unread_count = u.unread_count + c.n,
-               unseen_count = u.unseen_count + c.n
+               unseen_count = u.unseen_count + c.n, inbox_count = u.inbox_count + c.n
           FROM (SELECT user_id, count(*) AS n FROM input GROUP BY user_id) AS c
          WHERE u.user_id = c.user_id
      RETURNING u.user_id, u.last_seq - c.n AS base
@@ -98,20 +98,22 @@ _INSERT: Final = f"""
 # Collapse in place: each target (an unread row, locked with its user) gets the user's next seq, the
 # latest content (an expired target is live again unless the latest event expired it too), count + n,
 # and is unseen and back in the inbox again. unread_count does not move (the row was and stays unread);
-# unseen_count grows by the targets that had been seen.
+# unseen_count grows by the targets that had been seen, inbox_count by those that had been archived.
 _COLLAPSE: Final = f"""
     WITH input AS (
         SELECT *
           FROM unnest($1::text[], $2::text[], $3::int[], {_content_arrays(4)}) WITH ORDINALITY
             AS t(user_id, id, n, {_CONTENT_NAMES}, ord)
     ), targets AS (
-        SELECT i.*, s.seen_at IS NOT NULL AS was_seen,
+        SELECT i.*, s.seen_at IS NOT NULL AS was_seen, s.archived_at IS NOT NULL AS was_archived,
                row_number() OVER (PARTITION BY i.user_id ORDER BY i.ord) AS rn
           FROM input i JOIN notifications s ON s.user_id = i.user_id AND s.id = i.id
     ), bumped AS (
         UPDATE users u
-           SET last_seq = u.last_seq + c.k, unseen_count = u.unseen_count + c.reseen
-          FROM (SELECT user_id, count(*) AS k, count(*) FILTER (WHERE was_seen) AS reseen
+           SET last_seq = u.last_seq + c.k, unseen_count = u.unseen_count + c.reseen,
+               inbox_count = u.inbox_count + c.unarchived
+          FROM (SELECT user_id, count(*) AS k, count(*) FILTER (WHERE was_seen) AS reseen,
+                       count(*) FILTER (WHERE was_archived) AS unarchived
                   FROM targets GROUP BY user_id) AS c
          WHERE u.user_id = c.user_id
      RETURNING u.user_id, u.last_seq - c.k AS base
@@ -156,7 +158,7 @@ _BROADCAST: Final = f"""
     ), bumped AS (
         UPDATE users u
            SET last_seq = u.last_seq + 1, unread_count = u.unread_count + 1,
-               unseen_count = u.unseen_count + 1
+               unseen_count = u.unseen_count + 1, inbox_count = u.inbox_count + 1
           FROM recipients r
          WHERE u.user_id = r.user_id
      RETURNING u.user_id, u.last_seq

@@ -2,8 +2,9 @@
 
 Every statement is scoped by the caller's verified user id. Expired notifications are not listed, synced
 or counted: reads filter them out, and counts are the maintained counters (``users.unread_count``,
-``users.unseen_count``) minus the user's expired rows that retention has not deleted yet, found through
-partial indexes on ``expires_at`` (so a count never scans the user's notifications).
+``users.unseen_count``, ``users.inbox_count``) minus the user's expired rows that retention has not
+deleted yet, found through partial indexes on ``expires_at`` (so a count never scans the user's
+notifications).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from worker.store.notifications import (
+    EXPIRED_INBOX,
     EXPIRED_UNREAD,
     EXPIRED_UNSEEN,
     NOTIFICATION_COLUMNS,
@@ -129,14 +131,12 @@ def list_query(params: PageQuery, user_id: str) -> tuple[str, list[Any]]:
         conditions.append(f"category = ANY(${len(args)}::text[])")
     filters = " AND ".join(conditions)
     unread = f"(COALESCE((SELECT unread_count FROM users WHERE user_id = $1), 0) - {EXPIRED_UNREAD})"
-    # The maintained counter answers "how many unread, archived or not" without counting; other totals
-    # count rows.
     unseen = f"(COALESCE((SELECT unseen_count FROM users WHERE user_id = $1), 0) - {EXPIRED_UNSEEN})"
-    total = (
-        unread
-        if conditions[2:] == ["read_at IS NULL"]
-        else (f"(SELECT count(*) FROM notifications WHERE {filters})")
-    )
+    inbox = f"(COALESCE((SELECT inbox_count FROM users WHERE user_id = $1), 0) - {EXPIRED_INBOX})"
+    # The maintained counters answer the two totals every page load asks for, "unread, archived or not"
+    # and "the inbox" (not archived), without counting; other filters count their rows.
+    maintained = {("read_at IS NULL",): unread, ("archived_at IS NULL",): inbox}
+    total = maintained.get(tuple(conditions[2:]), f"(SELECT count(*) FROM notifications WHERE {filters})")
     page = filters
     if params.before is not None:
         args.append(params.before)

@@ -4,11 +4,11 @@ Every statement is scoped by the caller's verified user id; ids belonging to som
 they are ignored exactly like ids that do not exist. Expired notifications are treated the same way: they
 are gone for the user (retention deletes them later), so nothing changes them.
 
-``users.unread_count`` and ``users.unseen_count`` are maintained, never counted: each mutation changes
-``notifications`` and both counters in one statement (data-modifying CTEs). A mutation first locks the
-user's ``users`` row (the ``locked`` CTE, which every changed row joins), so a user's mutations are
-serialized and always take locks in the same order as the worker's inserts (users row, then
-notifications): concurrent requests of one user cannot deadlock each other.
+``users.unread_count``, ``users.unseen_count`` and ``users.inbox_count`` are maintained, never counted:
+each mutation changes ``notifications`` and the counters in one statement (data-modifying CTEs). A
+mutation first locks the user's ``users`` row (the ``locked`` CTE, which every changed row joins), so a
+user's mutations are serialized and always take locks in the same order as the worker's inserts (users
+row, then notifications): concurrent requests of one user cannot deadlock each other.
 
 Reading an item also marks it seen, and closes its collapse group (``collapse_key`` = NULL: the next
 event with that key starts a new notification, and marking this one unread again cannot clash with it).
@@ -33,14 +33,14 @@ DEADLOCK_RETRIES: Final = 3
 
 
 def _mutation(changed: str, *, with_ids: bool = True) -> str:
-    """One statement: lock the users row, change notifications (``changed``), adjust both counters.
+    """One statement: lock the users row, change notifications (``changed``), adjust the counters.
 
     ``changed`` is a data-modifying statement over ``notifications AS n`` joined with ``locked`` and
-    returning ``n.id``, ``n.seq``, ``unread_delta`` and ``unseen_delta`` (how the row changed each
-    counter); ``$1`` is the user id. Joining ``locked`` means no notification row is locked before the
-    users row. The result is one row: how many rows changed, their ids in seq order (empty unless
-    ``with_ids``) and the visible counts after the change (the counters minus expired rows, which no
-    mutation touches, so the statement's snapshot of them is exact).
+    returning ``n.id``, ``n.seq``, ``unread_delta``, ``unseen_delta`` and ``inbox_delta`` (how the row
+    changed each counter); ``$1`` is the user id. Joining ``locked`` means no notification row is
+    locked before the users row. The result is one row: how many rows changed, their ids in seq order
+    (empty unless ``with_ids``) and the visible counts after the change (the counters minus expired
+    rows, which no mutation touches, so the statement's snapshot of them is exact).
     """
     ids = "ARRAY(SELECT id FROM changed ORDER BY seq)" if with_ids else "'{}'::text[]"
     return f"""
@@ -50,7 +50,8 @@ WITH locked AS (
     {changed}
 ), counter AS (
     UPDATE users SET unread_count = unread_count + (SELECT sum(unread_delta) FROM changed),
-                     unseen_count = unseen_count + (SELECT sum(unseen_delta) FROM changed)
+                     unseen_count = unseen_count + (SELECT sum(unseen_delta) FROM changed),
+                     inbox_count = inbox_count + (SELECT sum(inbox_delta) FROM changed)
      WHERE user_id = $1 AND EXISTS (SELECT FROM changed)
  RETURNING unread_count, unseen_count
 )
@@ -81,29 +82,45 @@ def _update(assignments: str, condition: str, deltas: str) -> str:
 
 _BY_ID: Final = "o.id = ANY($2::text[])"
 _READ: Final = "read_at = now(), seen_at = COALESCE(o.seen_at, now()), collapse_key = NULL"
-_READ_DELTAS: Final = "-1 AS unread_delta, CASE WHEN o.seen_at IS NULL THEN -1 ELSE 0 END AS unseen_delta"
-_SEEN_DELTAS: Final = "0 AS unread_delta, -1 AS unseen_delta"
-_NEUTRAL: Final = "0 AS unread_delta, 0 AS unseen_delta"
+_READ_DELTAS: Final = (
+    "-1 AS unread_delta, CASE WHEN o.seen_at IS NULL THEN -1 ELSE 0 END AS unseen_delta, 0 AS inbox_delta"
+)
+_SEEN_DELTAS: Final = "0 AS unread_delta, -1 AS unseen_delta, 0 AS inbox_delta"
 
 _MARK_READ: Final = _mutation(_update(_READ, f"{_BY_ID} AND o.read_at IS NULL", _READ_DELTAS))
 # The event says "all", so the (possibly 100,000) ids are not collected.
 _MARK_ALL_READ: Final = _mutation(_update(_READ, "o.read_at IS NULL", _READ_DELTAS), with_ids=False)
 _MARK_UNREAD: Final = _mutation(
-    _update("read_at = NULL", f"{_BY_ID} AND o.read_at IS NOT NULL", "1 AS unread_delta, 0 AS unseen_delta")
+    _update(
+        "read_at = NULL",
+        f"{_BY_ID} AND o.read_at IS NOT NULL",
+        "1 AS unread_delta, 0 AS unseen_delta, 0 AS inbox_delta",
+    )
 )
 _MARK_SEEN: Final = _mutation(_update("seen_at = now()", f"{_BY_ID} AND o.seen_at IS NULL", _SEEN_DELTAS))
 _MARK_ALL_SEEN: Final = _mutation(
     _update("seen_at = now()", "o.seen_at IS NULL", _SEEN_DELTAS), with_ids=False
 )
-_ARCHIVE: Final = _mutation(_update("archived_at = now()", f"{_BY_ID} AND o.archived_at IS NULL", _NEUTRAL))
+_ARCHIVE: Final = _mutation(
+    _update(
+        "archived_at = now()",
+        f"{_BY_ID} AND o.archived_at IS NULL",
+        "0 AS unread_delta, 0 AS unseen_delta, -1 AS inbox_delta",
+    )
+)
 _UNARCHIVE: Final = _mutation(
-    _update("archived_at = NULL", f"{_BY_ID} AND o.archived_at IS NOT NULL", _NEUTRAL)
+    _update(
+        "archived_at = NULL",
+        f"{_BY_ID} AND o.archived_at IS NOT NULL",
+        "0 AS unread_delta, 0 AS unseen_delta, 1 AS inbox_delta",
+    )
 )
 _DELETE: Final = _mutation(
     f"""DELETE FROM notifications AS n USING locked
      WHERE n.user_id = locked.user_id AND n.id = ANY($2::text[]) AND {live("n")}
  RETURNING n.id, n.seq, CASE WHEN n.read_at IS NULL THEN -1 ELSE 0 END AS unread_delta,
-           CASE WHEN n.seen_at IS NULL THEN -1 ELSE 0 END AS unseen_delta"""
+           CASE WHEN n.seen_at IS NULL THEN -1 ELSE 0 END AS unseen_delta,
+           CASE WHEN n.archived_at IS NULL THEN -1 ELSE 0 END AS inbox_delta"""
 )
 # The first choice is final (acted_at IS NULL); acting reads the item, so it is seen too.
 _ACT: Final = _mutation(
@@ -113,7 +130,7 @@ _ACT: Final = _mutation(
         "o.id = $2 AND o.acted_at IS NULL "
         "AND o.actions @> jsonb_build_array(jsonb_build_object('id', $3::text))",
         "CASE WHEN o.read_at IS NULL THEN -1 ELSE 0 END AS unread_delta, "
-        "CASE WHEN o.seen_at IS NULL THEN -1 ELSE 0 END AS unseen_delta",
+        "CASE WHEN o.seen_at IS NULL THEN -1 ELSE 0 END AS unseen_delta, 0 AS inbox_delta",
     )
 )
 _ACTED: Final = f"""

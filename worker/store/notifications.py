@@ -25,7 +25,8 @@ def live(table: str = "notifications") -> str:
 
 
 # What the maintained counters include but the user must not see: expired rows not deleted yet. Each is
-# an index range scan over that user's expired rows only (sql/004_inbox_states.sql), none for most users.
+# an index range scan over that user's expired rows only (sql/004_inbox_states.sql,
+# sql/008_inbox_count.sql), none for most users.
 EXPIRED_UNREAD: Final = (
     "(SELECT count(*) FROM notifications "
     "WHERE user_id = $1 AND expires_at IS NOT NULL AND expires_at <= now() AND read_at IS NULL)"
@@ -33,6 +34,10 @@ EXPIRED_UNREAD: Final = (
 EXPIRED_UNSEEN: Final = (
     "(SELECT count(*) FROM notifications "
     "WHERE user_id = $1 AND expires_at IS NOT NULL AND expires_at <= now() AND seen_at IS NULL)"
+)
+EXPIRED_INBOX: Final = (
+    "(SELECT count(*) FROM notifications "
+    "WHERE user_id = $1 AND expires_at IS NOT NULL AND expires_at <= now() AND archived_at IS NULL)"
 )
 
 

@@ -34,14 +34,17 @@ _DELETE: Final = """
     ), gone AS (
         DELETE FROM notifications n USING doomed d
          WHERE n.user_id = d.user_id AND n.seq = d.seq
-     RETURNING n.user_id, n.read_at IS NULL AS unread, n.seen_at IS NULL AS unseen
+     RETURNING n.user_id, n.read_at IS NULL AS unread, n.seen_at IS NULL AS unseen,
+               n.archived_at IS NULL AS in_inbox
     ), counted AS (
-        SELECT user_id, count(*) FILTER (WHERE unread) AS unread, count(*) FILTER (WHERE unseen) AS unseen
+        SELECT user_id, count(*) FILTER (WHERE unread) AS unread, count(*) FILTER (WHERE unseen) AS unseen,
+               count(*) FILTER (WHERE in_inbox) AS in_inbox
           FROM gone GROUP BY user_id
     ), adjusted AS (
-        UPDATE users u SET unread_count = u.unread_count - c.unread, unseen_count = u.unseen_count - c.unseen
+        UPDATE users u SET unread_count = u.unread_count - c.unread, unseen_count = u.unseen_count - c.unseen,
+                           inbox_count = u.inbox_count - c.in_inbox
           FROM counted c
-         WHERE u.user_id = c.user_id AND (c.unread > 0 OR c.unseen > 0)
+         WHERE u.user_id = c.user_id AND (c.unread > 0 OR c.unseen > 0 OR c.in_inbox > 0)
      RETURNING 1
     )
     SELECT (SELECT count(*) FROM gone) AS deleted, (SELECT count(*) FROM adjusted) AS users"""
@@ -70,9 +73,9 @@ async def retention_step(conn: Connection, days: int, limit: int) -> int:
     return the count.
 
     The users of the doomed rows are locked in id order first (the batch order), then the rows are
-    deleted and their users' ``unread_count`` / ``unseen_count`` lowered by the unread / unseen ones, in
-    the same transaction. (Expired rows were already left out of every count; the counters still held
-    them, so the visible counts do not move.)
+    deleted and their users' ``unread_count`` / ``unseen_count`` / ``inbox_count`` lowered by the unread /
+    unseen / not archived ones, in the same transaction. (Expired rows were already left out of every
+    count; the counters still held them, so the visible counts do not move.)
     """
     async with conn.transaction():
         doomed = await conn.fetch(_PICK, days, limit)

@@ -48,7 +48,7 @@ async def seed(conn: asyncpg.Connection, user_id: str, count: int, *, read: bool
         )
         last = await conn.fetchval(
             """UPDATE users SET last_seq = last_seq + $2, unread_count = unread_count + $3,
-                               unseen_count = unseen_count + $3
+                               unseen_count = unseen_count + $3, inbox_count = inbox_count + $2
                 WHERE user_id = $1 RETURNING last_seq""",
             user_id,
             count,
@@ -83,20 +83,24 @@ async def unread_truth(conn: asyncpg.Connection, user_id: str) -> tuple[int, int
 
 async def visible_counts(conn: asyncpg.Connection, user_id: str) -> dict[str, int]:
     """The truth, counted row by row: ``{"unread_count", "unseen_count"}`` of the user's live
-    (not expired) notifications, archived or not; and the maintained counters agree with all rows."""
+    (not expired) notifications, archived or not; and the maintained counters (the inbox's too) agree
+    with all rows."""
     row = await conn.fetchrow(
         """SELECT count(*) FILTER (WHERE read_at IS NULL AND live) AS unread_count,
                   count(*) FILTER (WHERE seen_at IS NULL AND live) AS unseen_count,
                   count(*) FILTER (WHERE read_at IS NULL) AS all_unread,
                   count(*) FILTER (WHERE seen_at IS NULL) AS all_unseen,
+                  count(*) FILTER (WHERE archived_at IS NULL) AS all_inbox,
                   (SELECT unread_count FROM users WHERE user_id = $1) AS unread_counter,
-                  (SELECT unseen_count FROM users WHERE user_id = $1) AS unseen_counter
-             FROM (SELECT read_at, seen_at, expires_at IS NULL OR expires_at > now() AS live
+                  (SELECT unseen_count FROM users WHERE user_id = $1) AS unseen_counter,
+                  (SELECT inbox_count FROM users WHERE user_id = $1) AS inbox_counter
+             FROM (SELECT read_at, seen_at, archived_at, expires_at IS NULL OR expires_at > now() AS live
                      FROM notifications WHERE user_id = $1) AS n""",
         user_id,
     )
     assert row is not None
-    assert (row["unread_counter"] or 0, row["unseen_counter"] or 0) == (row["all_unread"], row["all_unseen"])
+    counters = (row["unread_counter"] or 0, row["unseen_counter"] or 0, row["inbox_counter"] or 0)
+    assert counters == (row["all_unread"], row["all_unseen"], row["all_inbox"])
     return {"unread_count": row["unread_count"], "unseen_count": row["unseen_count"]}
 
 
