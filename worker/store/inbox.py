@@ -135,7 +135,7 @@ def list_query(params: PageQuery, user_id: str) -> tuple[str, list[Any]]:
     inbox = f"(COALESCE((SELECT inbox_count FROM users WHERE user_id = $1), 0) - {EXPIRED_INBOX})"
     # The maintained counters answer the two totals every page load asks for, "unread, archived or not"
     # and "the inbox" (not archived), without counting; other filters count their rows.
-    maintained = {("read_at IS NULL",): unread, ("archived_at IS NULL",): inbox}
+    maintained: dict[tuple[str, ...], str] = {("read_at IS NULL",): unread, ("archived_at IS NULL",): inbox}
     total = maintained.get(tuple(conditions[2:]), f"(SELECT count(*) FROM notifications WHERE {filters})")
     page = filters
     if params.before is not None:
