@@ -40,7 +40,7 @@ from shared.topology import Topology
 if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection
 
-    from herald_ops.testing.stack import HeraldProcess
+    from herald_ops.testing.stack import HeraldProcess, Stack
 
 SCENARIOS = {
     "rabbitmq": ("rabbitmq restart (stop_app/start_app)", restart_rabbitmq(outage=10.0), 200, 2000),
@@ -49,10 +49,11 @@ SCENARIOS = {
 }
 
 
-async def scenario(key: str, rate: float, as_json: bool) -> None:
+def scenario(key: str, rate: float, as_json: bool) -> None:
     title, fault, clients, events = SCENARIOS[key]
+    # The stack is created and dropped outside the scenario's event loop (it runs its own for that).
     with stack_context("herald_chaos") as stack:
-        figures = await run_scenario(stack, title, fault, clients=clients, events=events, rate=rate)
+        figures = asyncio.run(run_scenario(stack, title, fault, clients=clients, events=events, rate=rate))
     print(json.dumps(describe(figures)) if as_json else figures.line(), flush=True)
 
 
@@ -77,54 +78,58 @@ async def hold(url: str, user: str, held: list[ClientConnection]) -> None:
     held.append(ws)
 
 
-async def soak(minutes: float, connections: int, rate: float, requests: float) -> None:
+def soak(minutes: float, connections: int, rate: float, requests: float) -> None:
     with stack_context("herald_soak") as stack:
-        worker = stack.start_worker()
-        gateways = [stack.start_gateway(max_connections_per_user=64) for _ in range(2)]
-        users = [fresh_id("s") for _ in range(max(connections // 4, 1))]
-        held: list[ClientConnection] = []
-        for start in range(0, connections, 200):
-            await asyncio.gather(
-                *(
-                    hold(gateways[n % 2].ws_url, users[n % len(users)], held)
-                    for n in range(start, min(start + 200, connections))
-                )
+        asyncio.run(_soak(stack, minutes, connections, rate, requests))
+
+
+async def _soak(stack: Stack, minutes: float, connections: int, rate: float, requests: float) -> None:
+    worker = stack.start_worker()
+    gateways = [stack.start_gateway(max_connections_per_user=64) for _ in range(2)]
+    users = [fresh_id("s") for _ in range(max(connections // 4, 1))]
+    held: list[ClientConnection] = []
+    for start in range(0, connections, 200):
+        await asyncio.gather(
+            *(
+                hold(gateways[n % 2].ws_url, users[n % len(users)], held)
+                for n in range(start, min(start + 200, connections))
             )
-        readers = [asyncio.create_task(_drain(ws)) for ws in held]
-        samples: dict[str, list[tuple[float, float]]] = {"worker": [], "gateway-1": [], "gateway-2": []}
-        processes = {"worker": worker, "gateway-1": gateways[0], "gateway-2": gateways[1]}
-        connection = await aio_pika.connect(stack.amqp_url)
-        exchange = await (await connection.channel()).get_exchange(Topology().events_exchange)
-        started = time.monotonic()
-        sent = asked = 0
-        next_sample = started
-        while (elapsed := time.monotonic() - started) < minutes * 60:
-            while sent < elapsed * rate:
-                body = {"user_id": users[sent % len(users)], "type": "COURSE_UPDATE", "title": f"soak {sent}"}
-                await exchange.publish(aio_pika.Message(orjson.dumps(body)), routing_key="notification.send")
-                sent += 1
-            while asked < elapsed * requests:
-                request = {"jsonrpc": "2.0", "id": asked, "method": "notifications.unread_count"}
-                await held[asked % len(held)].send(orjson.dumps(request).decode())
-                asked += 1
-            if time.monotonic() >= next_sample:
-                for name, process in processes.items():
-                    samples[name].append((elapsed, rss_mib(process)))
-                next_sample += 10
-            await asyncio.sleep(0.01)
-        await connection.close()
-        for task in readers:
-            task.cancel()
-        print(f"soak: {len(held)} connections, {sent} events, {asked} requests in {minutes:.1f} min")
-        for name, process in processes.items():
-            series = samples[name]
-            errors = [line for line in process.logs().splitlines() if '"level": "error"' in line]
-            print(
-                f"  {name}: RSS {series[0][1]:.1f} → {series[-1][1]:.1f} MiB, slope "
-                f"{slope_per_minute(series):+.2f} MiB/min, {len(errors)} error line(s)"
-            )
-            for line in errors[:5]:
-                print(f"    {line[:200]}")
+        )
+    readers = [asyncio.create_task(_drain(ws)) for ws in held]
+    samples: dict[str, list[tuple[float, float]]] = {"worker": [], "gateway-1": [], "gateway-2": []}
+    processes = {"worker": worker, "gateway-1": gateways[0], "gateway-2": gateways[1]}
+    connection = await aio_pika.connect(stack.amqp_url)
+    exchange = await (await connection.channel()).get_exchange(Topology().events_exchange)
+    started = time.monotonic()
+    sent = asked = 0
+    next_sample = started
+    while (elapsed := time.monotonic() - started) < minutes * 60:
+        while sent < elapsed * rate:
+            body = {"user_id": users[sent % len(users)], "type": "COURSE_UPDATE", "title": f"soak {sent}"}
+            await exchange.publish(aio_pika.Message(orjson.dumps(body)), routing_key="notification.send")
+            sent += 1
+        while asked < elapsed * requests:
+            request = {"jsonrpc": "2.0", "id": asked, "method": "notifications.unread_count"}
+            await held[asked % len(held)].send(orjson.dumps(request).decode())
+            asked += 1
+        if time.monotonic() >= next_sample:
+            for name, process in processes.items():
+                samples[name].append((elapsed, rss_mib(process)))
+            next_sample += 10
+        await asyncio.sleep(0.01)
+    await connection.close()
+    for task in readers:
+        task.cancel()
+    print(f"soak: {len(held)} connections, {sent} events, {asked} requests in {minutes:.1f} min")
+    for name, process in processes.items():
+        series = samples[name]
+        errors = [line for line in process.logs().splitlines() if '"level": "error"' in line]
+        print(
+            f"  {name}: RSS {series[0][1]:.1f} → {series[-1][1]:.1f} MiB, slope "
+            f"{slope_per_minute(series):+.2f} MiB/min, {len(errors)} error line(s)"
+        )
+        for line in errors[:5]:
+            print(f"    {line[:200]}")
 
 
 async def _drain(ws: ClientConnection) -> None:
@@ -143,10 +148,10 @@ def main() -> None:
     parser.add_argument("--requests", type=float, default=20.0, help="requests per second in the soak [20]")
     args = parser.parse_args()
     if args.soak:
-        asyncio.run(soak(args.minutes, args.connections, args.rate, args.requests))
+        soak(args.minutes, args.connections, args.rate, args.requests)
         return
     for key in args.scenario or sorted(SCENARIOS):
-        asyncio.run(scenario(key, args.rate, args.json))
+        scenario(key, args.rate, args.json)
 
 
 if __name__ == "__main__":

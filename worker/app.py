@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 from faststream import FastStream
-from faststream.rabbit import RabbitBroker
 from faststream.specification import AsyncAPI
 
 from shared.logs import configure_logging
@@ -30,7 +29,7 @@ from shared.settings import load_settings
 from shared.topology import Topology
 from worker import http, metrics, probes
 from worker.acks import AckTracker
-from worker.amqp import bind_profile_events, declare_topology
+from worker.amqp import bind_profile_events, broker, declare_topology
 from worker.events import document_publishers, subscribe_events
 from worker.pipeline import Pipeline
 from worker.retention import retention_loop
@@ -64,7 +63,7 @@ class _Worker:
         self.settings = settings
         self.topology = Topology(settings.amqp_prefix)
         # logger=None: FastStream would log every message; the pipeline logs what matters itself.
-        self.broker = RabbitBroker(settings.amqp_url, logger=None)
+        self.broker = broker(settings.amqp_url)
         self.requests = RpcConsumer(settings, self.topology, self.runtime)
         self.app = FastStream(
             self.broker,

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Annotated, Any, Final
 import structlog
 from aiolimiter import AsyncLimiter
 from faststream import AckPolicy, FastStream
-from faststream.rabbit import Channel, QueueType, RabbitBroker, RabbitQueue
+from faststream.rabbit import Channel, QueueType, RabbitQueue
 from faststream.specification import AsyncAPI
 from pydantic import WithJsonSchema
 
 from shared.logs import configure_logging
 from shared.topology import Topology
 from worker import http, probes
-from worker.amqp import deliveries_exchange, raw_body
+from worker.amqp import broker, deliveries_exchange, raw_body
 from worker.delivery.render import EmailRenderer
 from worker.delivery.runner import ChannelRunner
 from worker.delivery.senders.email import EmailSender, SmtpTarget
@@ -59,7 +59,7 @@ class _Delivery:
     def __init__(self, settings: DeliverySettings) -> None:
         self.settings = settings
         self.topology = Topology(settings.amqp_prefix)
-        self.broker = RabbitBroker(settings.amqp_url, logger=None)
+        self.broker = broker(settings.amqp_url)
         self.app = FastStream(
             self.broker,
             logger=logging.getLogger("herald.delivery.app"),

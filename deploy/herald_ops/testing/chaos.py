@@ -4,9 +4,11 @@ an operator asks for is counted.
 
 A scenario: one worker, two gateways, ``clients`` Python clients (one user each, all connected to the
 first gateway and given the second as failover), ``events`` send events spread over the users at
-``rate`` per second; at half-way ``fault`` runs. Afterwards it waits until every client holds every
-notification of its user (live or by ``notifications.sync``) or the deadline passes, and returns
-a :class:`Figures`.
+``rate`` per second; at half-way ``fault`` runs. The recovery times are taken while the stream goes
+on, from the moment the faulty part is back: every surviving gateway ready (``gateway_links_up``), and
+every client holding every notification its user had stored by then (``clients_complete``, live or by
+``notifications.sync``). After the stream it waits until every client holds every notification of its
+user or the deadline passes, and returns a :class:`Figures` with the whole accounting.
 
 Faults stop the machine's RabbitMQ and Postgres: nothing else may use them meanwhile (the fault suite
 runs last, serially), and the fault always restores what it stopped in ``finally``.
@@ -134,10 +136,12 @@ async def run_scenario(
         inboxes.append(_Inbox(client))
     await asyncio.gather(*(inbox.client.start() for inbox in inboxes))
     try:
-        faulted = asyncio.create_task(_fault_at_half(fault, gateways, events, rate))
-        figures.sent = await _stream(stack, users, events, rate)
-        back = await faulted
-        await _wait_links(gateways, figures, back)
+        streaming = asyncio.create_task(_stream(stack, users, events, rate))
+        back = await _fault_at_half(fault, gateways, events, rate)
+        await asyncio.gather(
+            _wait_links(gateways, figures, back), _wait_caught_up(stack, inboxes, figures, back, deadline)
+        )
+        figures.sent = await streaming
         await _wait_complete(stack, inboxes, figures, back, deadline)
     finally:
         await asyncio.gather(*(inbox.client.close() for inbox in inboxes), return_exceptions=True)
@@ -191,6 +195,40 @@ async def _wait_links(gateways: list[HeraldProcess], figures: Figures, back: flo
     figures.recovery["gateway_links_up"] = time.monotonic() - back
 
 
+async def _stored_by_user(stack: Stack) -> dict[str, set[str]]:
+    """Every stored notification id, by user (one connection, which may fail while Postgres restarts)."""
+    got: list[dict[str, set[str]]] = []
+
+    async def read() -> bool:
+        with contextlib.suppress(OSError, asyncpg.PostgresError):
+            pg = await asyncpg.connect(stack.database_url)
+            try:
+                by_user: dict[str, set[str]] = {}
+                for row in await pg.fetch("SELECT user_id, id FROM notifications"):
+                    by_user.setdefault(row["user_id"], set()).add(row["id"])
+                got.append(by_user)
+            finally:
+                await pg.close()
+        return bool(got)
+
+    await wait_until(read, 60, "the stored notifications")
+    return got[0]
+
+
+def _holds(inboxes: list[_Inbox], expected: dict[str, set[str]]) -> bool:
+    return all(expected.get(i.client.user_id or "", set()) <= set(i.ids) for i in inboxes)
+
+
+async def _wait_caught_up(
+    stack: Stack, inboxes: list[_Inbox], figures: Figures, back: float, deadline: float
+) -> None:
+    """``clients_complete``: until every client holds what its user had stored when the fault ended."""
+    expected = await _stored_by_user(stack)
+    with contextlib.suppress(AssertionError):
+        await wait_until(lambda: _holds(inboxes, expected), deadline, "every client caught up")
+    figures.recovery["clients_complete"] = time.monotonic() - back
+
+
 async def _wait_complete(
     stack: Stack, inboxes: list[_Inbox], figures: Figures, back: float, deadline: float
 ) -> None:
@@ -203,13 +241,8 @@ async def _wait_complete(
             expected.setdefault(row["user_id"], set()).add(row["id"])
         figures.stored = len({row["idempotency_key"] for row in rows})
         figures.duplicated = len(rows) - figures.stored  # stored twice (clients also drop repeats by id)
-
-        def complete() -> bool:
-            return all(expected.get(i.client.user_id or "", set()) <= set(i.ids) for i in inboxes)
-
         with contextlib.suppress(AssertionError):
-            await wait_until(complete, deadline, "every client complete")
-        figures.recovery["clients_complete"] = time.monotonic() - back
+            await wait_until(lambda: _holds(inboxes, expected), deadline, "every client complete")
         for inbox in inboxes:
             mine = expected.get(inbox.client.user_id or "", set())
             figures.lost += len(mine - set(inbox.ids))
