@@ -8,7 +8,7 @@ jobs are batched here:
   cancelling an entry drops its callback at once (so a closed connection is freed right away) and the
   heap is compacted when cancelled entries dominate.
 - :class:`Keepalive` — wait ``interval`` seconds, ping every open connection at once, wait ``timeout``,
-  close (1011) those that did not answer, repeat. websockets' own per-connection keepalive is disabled.
+  drop (1011) those that did not answer, repeat. websockets' own per-connection keepalive is disabled.
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ class Keepalive:
                     waiter = waiter.result() if waiter.done() else None
                 if waiter is not None and not waiter.done() and connection.protocol.state is State.OPEN:
                     silent += 1
-                    spawn(connection.close(WsCloseCode.INTERNAL_ERROR, "keepalive ping timeout"))
+                    drop(connection)
             if silent:
                 log.info("closed connections that stopped answering pings", count=silent)
 
@@ -143,3 +143,18 @@ class Keepalive:
             return None
         assert isinstance(waiter, asyncio.Future)
         return waiter
+
+
+def drop(connection: ServerConnection) -> None:
+    """Fail a connection whose peer stopped answering pings: a 1011 close frame, then the TCP connection
+    is aborted at once.
+
+    A closing handshake would wait ``close_timeout`` for a peer that has shown it does not answer, and
+    a plain transport close waits for the send buffer to drain, which a peer that stopped reading never
+    lets happen; either would keep the connection's slot (and its per-user count) for seconds.
+    """
+    connection.protocol.fail(WsCloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+    for data in connection.protocol.data_to_send():
+        if data:
+            connection.transport.write(data)
+    connection.transport.abort()

@@ -168,7 +168,11 @@ async def test_keepalive_drops_a_peer_that_stops_answering_pings(
     gateway = limits_stack.start_gateway(ping_interval=0.3, ping_timeout=0.3)
     user = fresh_id()
     # A client that stops reading (its one-frame queue is full) also stops answering pings.
-    mute = await connect(f"{gateway.ws_url}?token={mint(user)}", max_queue=1, compression=None)
+    # close_timeout: the mute client no longer reads, so its own close would wait for an answer it
+    # cannot see.
+    mute = await connect(
+        f"{gateway.ws_url}?token={mint(user)}", max_queue=1, compression=None, close_timeout=0.1
+    )
     assert (await recv_json(mute))["method"] == "connected"
     connection = await aio_pika.connect(limits_stack.amqp_url)
     try:
