@@ -26,8 +26,9 @@ from shared.jsonrpc import VERSION, ErrorCode, rpc_request
 MAX_ID_CHARS: Final = 128
 MAX_INT_ID: Final = 2**53
 MAX_TOKEN_CHARS: Final = 16 * 1024
-#: orjson reads 1,024 levels of nesting but writes at most 254; deeper params could not be forwarded.
-MAX_NESTING: Final = 254
+#: orjson reads 1,024 levels of nesting but writes at most 254, and the body forwarded to the worker holds
+#: ``params`` one level down: deeper params could not be forwarded.
+MAX_NESTING: Final = 253
 
 AUTH: Final = "auth"
 AUTH_REFRESH: Final = "auth.refresh"
@@ -139,7 +140,7 @@ def _too_deep(frame: str | bytes, params: dict[str, Any]) -> bool:
     if raw.count(b"{") + raw.count(b"[") <= MAX_NESTING:
         return False
     try:
-        orjson.dumps(params)
+        orjson.dumps({"params": params})  # at the depth the forwarded body holds them
     except orjson.JSONEncodeError:
         return True
     return False

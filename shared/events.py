@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, NamedTuple, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
@@ -65,6 +65,9 @@ from herald_client.protocol import (
     MAX_URL_CHARS as MAX_URL_CHARS,
 )
 from herald_client.protocol import (
+    SOURCE_PATTERN as SOURCE_PATTERN,
+)
+from herald_client.protocol import (
     TYPE_PATTERN as TYPE_PATTERN,
 )
 from herald_client.protocol import (
@@ -78,6 +81,7 @@ if TYPE_CHECKING:
 Channel = Literal["in_app", "email", "push"]
 UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
 _USER_ID_RE: Final = re.compile(USER_ID_PATTERN)
+_SOURCE_RE: Final = re.compile(SOURCE_PATTERN)
 
 
 class InvalidEvent(ValueError):
@@ -114,6 +118,26 @@ def _data_within_limit(value: dict[str, Any]) -> dict[str, Any]:
 
 
 NulFree = Annotated[str, AfterValidator(_no_nul)]
+
+
+def _source_name(value: str) -> str:
+    if not _SOURCE_RE.fullmatch(value):
+        raise ValueError("must be 1 to 64 characters of A-Z a-z 0-9 . _ : -")
+    return value
+
+
+#: The producer an event comes from (``source``): a namespace for its idempotency keys.
+Source = Annotated[str, AfterValidator(_source_name)]
+
+
+class IdempotencyKey(NamedTuple):
+    """What makes two events the same event: the producer's ``key`` within its ``source``.
+
+    ``source`` is ``""`` for events without one: they share one namespace, as before sources existed.
+    """
+
+    source: str
+    key: str
 
 
 _HTTP_URL: Final = TypeAdapter(HttpUrl)
@@ -158,6 +182,7 @@ class _EventFields(BaseModel):
         max_length=MAX_EVENT_ID_CHARS,
         validation_alias=AliasChoices("event_id", "eventId"),
     )
+    source: Source | None = None
     type: Annotated[str, StringConstraints(pattern=TYPE_PATTERN)]
     title: NulFree = Field(min_length=1, max_length=MAX_TITLE_CHARS)
     message: NulFree = Field(default="", max_length=MAX_MESSAGE_CHARS)
@@ -178,6 +203,13 @@ class _EventFields(BaseModel):
         if value is not None and value.tzinfo is None:
             raise ValueError("must include a time zone offset")
         return value
+
+    @property
+    def idempotency_key(self) -> IdempotencyKey | None:
+        """The event's key scoped by its ``source``; ``None`` without an ``event_id`` (never deduplicated)."""
+        if self.event_id is None:
+            return None
+        return IdempotencyKey(self.source or "", self.event_id)
 
 
 def _document_single_recipient(schema: JsonDict) -> None:

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from shared.events import BroadcastEvent, SendEvent
+    from shared.events import IdempotencyKey as Key
     from shared.preferences import Catalog
     from worker.writes import Content, Written
 
@@ -54,15 +55,16 @@ log = structlog.get_logger("herald.worker")
 NEW_METHOD: Final = "notification:new"
 
 
-def notification_id(idempotency_key: str | None) -> str:
+def notification_id(scoped: Key | None) -> str:
     """The id of the notification an event creates: 32 hex characters.
 
     With an idempotency key the id is derived from it, so a redelivered or repeated event yields the same
     id everywhere (in-app row, live frame, email/push jobs — senders can deduplicate on it) and a broadcast
-    shares one id among its recipients. Without a key: time-ordered (millisecond prefix) and random.
+    shares one id among its recipients; the source is the BLAKE2b key (none, the empty key: the id unscoped
+    events always had). Without an idempotency key: time-ordered (millisecond prefix) and random.
     """
-    if idempotency_key is not None:
-        return hashlib.blake2b(idempotency_key.encode(), digest_size=16).hexdigest()
+    if scoped is not None:
+        return hashlib.blake2b(scoped.key.encode(), digest_size=16, key=scoped.source.encode()).hexdigest()
     return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
 
 
@@ -107,7 +109,7 @@ class _Recipient:
 
     index: int  # of the event in the batch
     user: str
-    key: str | None
+    key: Key | None
     params: dict[str, Any]
 
 
@@ -187,15 +189,15 @@ class SendRouting:
         self._grouped: set[int] = set()  # id() of the in-app copies that are part of a collapse group
         self._new_groups: list[tuple[str, dict[str, Any]]] = []  # (user, Notification) of groups inserted
         self._collapsed_groups: list[tuple[str, dict[str, Any]]] = []  # ... and collapsed, in write order
-        self._duplicates: set[tuple[str, str | None]] = set()
+        self._duplicates: set[tuple[str, Key | None]] = set()
         self._muted = self._repeated = 0
         defaults = default_preferences(catalog)
         preferences: dict[str, dict[str, Any]] = {}
-        seen: set[tuple[str, str]] = set()
+        seen: set[tuple[str, Key]] = set()
         for index, incoming in enumerate(batch):
             event = incoming.event
             kind = catalog[event.type]
-            key = event.event_id
+            key = event.idempotency_key
             nid = notification_id(key)
             reached = False
             first_copy = key is None
@@ -225,7 +227,7 @@ class SendRouting:
             elif not reached:
                 self._muted += 1
 
-    def keyed(self) -> list[tuple[str, str]]:
+    def keyed(self) -> list[tuple[str, Key]]:
         """The ``(user id, idempotency key)`` of every in-app copy that may already be stored."""
         return [(r.user, r.key) for r in self._in_app if r.key is not None]
 
@@ -239,7 +241,7 @@ class SendRouting:
         return sorted(keys)
 
     def writes(
-        self, stored: Mapping[tuple[str, str], dict[str, Any]], targets: Mapping[tuple[str, str], str]
+        self, stored: Mapping[tuple[str, Key], dict[str, Any]], targets: Mapping[tuple[str, str], str]
     ) -> Writes:
         """What to write, given the Notification objects already ``stored`` for :meth:`keyed` and the
         open notification ids (``targets``) of :meth:`collapsible`.
@@ -284,7 +286,7 @@ class SendRouting:
         return writes
 
     def _insert(
-        self, writes: Writes, user: str, key: str | None, collapse_key: str | None, params: dict[str, Any]
+        self, writes: Writes, user: str, key: Key | None, collapse_key: str | None, params: dict[str, Any]
     ) -> None:
         rows = writes.rows
         rows.user_id.append(user)
@@ -383,7 +385,7 @@ class BroadcastRouting:
 def route_broadcast(event: BroadcastEvent, catalog: Catalog, now: datetime) -> BroadcastRouting:
     """Route one broadcast event: its notification id, row fields and live frame."""
     kind = catalog[event.type]
-    nid = notification_id(event.event_id)
+    nid = notification_id(event.idempotency_key)
     params = notification_params(nid, event, kind.category, now)
     return BroadcastRouting(
         event=event,

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from datetime import datetime
 
+    from shared.events import IdempotencyKey
+
 
 @dataclass(slots=True)
 class Content:
@@ -57,7 +59,7 @@ class NewRows:
 
     user_id: list[str] = field(default_factory=list)
     id: list[str] = field(default_factory=list)
-    idempotency_key: list[str | None] = field(default_factory=list)
+    idempotency_key: list[IdempotencyKey | None] = field(default_factory=list)
     collapse_key: list[str | None] = field(default_factory=list)
     count: list[int] = field(default_factory=list)
     content: Content = field(default_factory=Content)
@@ -70,7 +72,8 @@ class NewRows:
         return (
             self.user_id,
             self.id,
-            self.idempotency_key,
+            [key.source if key else "" for key in self.idempotency_key],
+            [key.key if key else None for key in self.idempotency_key],
             self.collapse_key,
             self.count,
             *self.content.columns(),
@@ -101,7 +104,7 @@ class Writes:
 
     rows: NewRows = field(default_factory=NewRows)
     collapses: Collapses = field(default_factory=Collapses)
-    keys: list[tuple[str, str, str]] = field(default_factory=list)
+    keys: list[tuple[str, IdempotencyKey, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,11 +12,18 @@ Roles and their permissions (configure / write / read regexes on a vhost, for pr
   from ``herald.deliveries``.
 - ``producer``: writes to ``herald.events`` only — no configure, no read, no default exchange (through
   which ``herald.rpc`` would be reachable). Producers must publish to the events exchange.
+- ``monitor``: nothing at all, which still lets it into the vhost: a passive queue declare, which is how
+  an autoscaler (KEDA) or a probe reads a queue's length, needs no permission.
+
+``herald-api`` connects as the gateway user: it publishes requests exactly as the gateways do, and the
+worker serves only that user's.
 
 The command runs ``rabbitmqctl`` (on a broker node, or with ``--node``), prints each role's user and a
-generated password once, and is idempotent: an existing user gets a new password only with
-``--rotate``. ``--print`` only prints the ``rabbitmqctl`` lines, for review or a runbook. The worker
-then accepts requests only from the gateway user: set ``HERALD_RPC_TRUSTED_USERS`` to it.
+generated password once (hex digits: a password must not read as a ``rabbitmqctl`` option, and every user
+name and password also follows ``--``, which ends option parsing), and is idempotent: an existing user
+gets a new password only with ``--rotate``. ``--print`` only prints the ``rabbitmqctl`` lines, for review
+or a runbook. The worker then accepts requests only from the gateway user: set
+``HERALD_RPC_TRUSTED_USERS`` to it.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from shared.settings import load_settings
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-ROLES: Final = ("gateway", "worker", "delivery", "producer")
+ROLES: Final = ("gateway", "worker", "delivery", "producer", "monitor")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,20 +70,31 @@ def permissions(prefix: str) -> dict[str, Permission]:
             read=rf"^{p}\.deliveries(\..+)?$",
         ),
         "producer": Permission(configure="^$", write=rf"^{p}\.events$", read="^$"),
+        "monitor": Permission(configure="^$", write="^$", read="^$"),
     }
 
 
+def new_password() -> str:
+    """A generated password: 192 random bits as hex, which never starts with ``-`` (an option)."""
+    return secrets.token_hex(24)
+
+
 def commands(vhost: str, prefix: str, users: dict[str, str], passwords: dict[str, str]) -> list[list[str]]:
-    """The ``rabbitmqctl`` argument lists creating each role's user (``users[role]``) and permissions."""
+    """The ``rabbitmqctl`` argument lists creating each role's user (``users[role]``) and permissions.
+
+    The positional arguments follow ``--``: a password such as ``-KF0…`` would otherwise be parsed as an
+    option and the command refused ("Invalid options for this command").
+    """
     lines: list[list[str]] = []
     for role, permission in permissions(prefix).items():
         if role in passwords:
-            lines.append(["add_user", users[role], passwords[role]])
+            lines.append(["add_user", "--", users[role], passwords[role]])
         lines.append(
             [
                 "set_permissions",
                 "-p",
                 vhost,
+                "--",
                 users[role],
                 permission.configure,
                 permission.write,
@@ -84,6 +102,11 @@ def commands(vhost: str, prefix: str, users: dict[str, str], passwords: dict[str
             ]
         )
     return lines
+
+
+def password_changes(users: dict[str, str], passwords: dict[str, str]) -> list[list[str]]:
+    """The ``rabbitmqctl change_password`` argument lists giving ``users[role]`` ``passwords[role]``."""
+    return [["change_password", "--", users[role], password] for role, password in passwords.items()]
 
 
 def _rabbitmqctl(node: str | None, *args: str) -> subprocess.CompletedProcess[str]:
@@ -103,14 +126,14 @@ def setup(args: argparse.Namespace) -> int:
     prefix = load_settings().amqp_prefix
     users = {role: f"{args.name_prefix}-{role}" for role in ROLES}
     existing = set() if args.print_only else _existing_users(args.node)
-    fresh = {role: secrets.token_urlsafe(24) for role in ROLES if users[role] not in existing}
+    fresh = {role: new_password() for role in ROLES if users[role] not in existing}
     lines = commands(args.vhost, prefix, users, fresh)
     if args.print_only:
         for line in lines:
             print(shlex.join(["rabbitmqctl", *line]))
         return 0
-    rotated = {role: secrets.token_urlsafe(24) for role in ROLES if args.rotate and users[role] in existing}
-    lines += [["change_password", users[role], password] for role, password in rotated.items()]
+    rotated = {role: new_password() for role in ROLES if args.rotate and users[role] in existing}
+    lines += password_changes(users, rotated)
     for line in lines:
         done = _rabbitmqctl(args.node, *line)
         if done.returncode != 0:
@@ -129,7 +152,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add ``broker setup``; the handler is ``args.handler(args) -> int``."""
     broker = subparsers.add_parser("broker", help="RabbitMQ users and permissions per role")
     actions = broker.add_subparsers(dest="broker_action", required=True, metavar="{setup}")
-    setup_parser = actions.add_parser("setup", help="create the gateway/worker/delivery/producer users")
+    setup_parser = actions.add_parser("setup", help="create one user per role (gateway, worker, ...)")
     setup_parser.add_argument("--vhost", default="/", help="the vhost Herald runs in [/]")
     setup_parser.add_argument("--name-prefix", default="herald", help="users are <prefix>-<role> [herald]")
     setup_parser.add_argument("--node", help="rabbitmqctl --node (default: the local node)")

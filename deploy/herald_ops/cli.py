@@ -62,7 +62,7 @@ def _cmd_send(args: argparse.Namespace) -> int:
         return 2
 
     async def publish() -> str:
-        async with Producer(settings.amqp_url, settings.amqp_prefix) as producer:
+        async with Producer(settings.amqp_url, settings.amqp_prefix, args.source) as producer:
             if args.broadcast:
                 return await producer.broadcast(
                     args.type, args.title, args.message, data=data, event_id=args.event_id
@@ -153,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--message", default="")
     send.add_argument("--data", help="JSON object attached to the notification")
     send.add_argument("--event-id", help="idempotency key (random by default)")
+    send.add_argument("--source", help="the producer's name: scopes --event-id to it")
     send.add_argument("--channels", help="comma-separated subset of in_app,email,push")
     send.add_argument("--url", help="the notification's click target (http or https)")
     send.add_argument(

@@ -1,6 +1,7 @@
 """Least privilege on the broker: ``herald broker setup`` creates one user per role in the test's own
-vhost (deleted afterwards); Herald runs on them; a producer can write only to ``herald.events``; the
-worker serves requests only from the gateway's user, which the broker vouches for through ``user_id``."""
+vhost (deleted afterwards); Herald runs on them (herald-api on the gateway's user: it calls the workers
+the same way); a producer can write only to ``herald.events``; the worker serves requests only from the
+gateway's user, which the broker vouches for through ``user_id``."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ from urllib.parse import quote
 import aio_pika
 import aiormq
 import asyncpg
+import httpx
 import orjson
 import pytest
 
 from gateway.rpc import RpcClient
+from herald_ops.broker import ROLES, commands, password_changes
 from herald_ops.testing.gateway import call, open_client
-from herald_ops.testing.stack import AMQP_BASE, ROOT, fresh_id, rabbitmqctl, wait_until
+from herald_ops.testing.stack import AMQP_BASE, ROOT, fresh_id, mint, rabbitmqctl, wait_until
 from shared.jsonrpc import rpc_request
 
 if TYPE_CHECKING:
@@ -56,11 +59,11 @@ def roles(fresh_stack: Stack) -> Iterator[dict[str, str]]:
     created = [line.split("\t") for line in done.stdout.splitlines()]
     try:
         assert done.returncode == 0, done.stderr
-        assert [role for role, _, _ in created] == ["gateway", "worker", "delivery", "producer"]
+        assert [role for role, _, _ in created] == list(ROLES)
         yield {role: role_url(fresh_stack, user, password) for role, user, password in created}
     finally:
         fresh_stack.stop_all()
-        for role in ("gateway", "worker", "delivery", "producer"):
+        for role in ROLES:
             rabbitmqctl("delete_user", f"{name_prefix}-{role}", check=False)
 
 
@@ -68,9 +71,16 @@ async def test_herald_runs_on_least_privilege_users(fresh_stack: Stack, roles: d
     gateway_user = roles["gateway"].split("//")[1].split(":")[0]
     fresh_stack.start_worker(amqp_url=roles["worker"], rpc_trusted_users=gateway_user)
     gateway = fresh_stack.start_gateway(amqp_url=roles["gateway"])
+    api = fresh_stack.start_api(amqp_url=roles["gateway"])
+    fresh_stack.start_delivery(amqp_url=roles["delivery"])  # ready: its queues declared and consumed
     user = fresh_id()
     ws, _ = await open_client(gateway, user)
     assert "result" in await call(ws, "notifications.unread_count")
+    async with httpx.AsyncClient(base_url=api.url, timeout=15) as http:
+        count = await http.get(
+            "/api/notifications/realtime/unread-count", headers={"Authorization": f"Bearer {mint(user)}"}
+        )
+    assert count.status_code == 200, count.text
 
     producer = await aio_pika.connect(roles["producer"])
     pg = await asyncpg.connect(fresh_stack.database_url)
@@ -101,6 +111,24 @@ async def test_herald_runs_on_least_privilege_users(fresh_stack: Stack, roles: d
         await ws.close()
 
 
+async def test_the_monitor_reads_queue_lengths_and_nothing_else(
+    fresh_stack: Stack, roles: dict[str, str]
+) -> None:
+    """What KEDA does with the monitor's credentials: a passive declare of a queue, for its length."""
+    fresh_stack.start_worker(amqp_url=roles["worker"])  # declares the queues
+    monitor = await aio_pika.connect(roles["monitor"])
+    try:
+        queue = await (await monitor.channel()).declare_queue("herald.events", passive=True)
+        assert isinstance(queue.declaration_result.message_count, int)
+        with pytest.raises(aiormq.exceptions.ChannelAccessRefused):
+            await queue.get(fail=False)  # reading a message needs read permission
+        channel = await monitor.channel()
+        with pytest.raises(aiormq.exceptions.ChannelAccessRefused):
+            await channel.default_exchange.publish(aio_pika.Message(b"{}"), routing_key="herald.rpc")
+    finally:
+        await monitor.close()
+
+
 async def test_the_worker_serves_requests_only_from_the_gateway_user(
     fresh_stack: Stack, roles: dict[str, str]
 ) -> None:
@@ -121,3 +149,25 @@ async def test_the_worker_serves_requests_only_from_the_gateway_user(
             )
     finally:
         await intruder.close()
+
+
+async def test_passwords_starting_with_a_dash_are_set_and_work(fresh_stack: Stack) -> None:
+    """The ``add_user`` and ``change_password`` lines ``herald broker setup`` runs, with the kind of
+    password that once broke them."""
+    name = fresh_id("t-dash")
+    users = dict.fromkeys(ROLES, name)
+    first, rotated = "-KF0" + fresh_id("p"), "--" + fresh_id("p")
+    (add_user,) = [
+        line
+        for line in commands(fresh_stack.name, "herald", users, {"producer": first})
+        if line[0] == "add_user"
+    ]
+    try:
+        rabbitmqctl(*add_user)
+        rabbitmqctl("set_permissions", "-p", fresh_stack.name, name, "^$", "^$", "^$")
+        await (await aio_pika.connect(role_url(fresh_stack, name, first))).close()
+        for line in password_changes(users, {"producer": rotated}):
+            rabbitmqctl(*line)
+        await (await aio_pika.connect(role_url(fresh_stack, name, rotated))).close()
+    finally:
+        rabbitmqctl("delete_user", name, check=False)

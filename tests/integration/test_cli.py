@@ -13,6 +13,7 @@ import pytest
 
 from herald_client.producer import InvalidEvent, Producer, PublishError
 from herald_ops.testing.stack import TEST_JWT_SECRET
+from shared.events import IdempotencyKey, parse_event
 from shared.topology import Topology
 
 if TYPE_CHECKING:
@@ -96,6 +97,26 @@ async def test_send_carries_url_actions_and_collapse_key(
         {"id": "accept", "label": "Accept", "url": "https://lms.example/c/42/accept"},
         {"id": "decline", "label": "Decline"},
     ]
+
+
+async def test_a_source_scopes_the_event_id_and_is_checked_before_publishing(
+    stack: Stack, amqp: AbstractRobustConnection
+) -> None:
+    _, body = await sent_message(
+        stack,
+        amqp,
+        *("--user", "u-cli", "--type", "GRADE_RELEASED", "--title", "Graded"),
+        *("--event-id", "grade-1", "--source", "gradebook"),
+    )
+    parsed = parse_event(orjson.dumps(body), "notification.send")
+    assert parsed.idempotency_key == IdempotencyKey("gradebook", "grade-1")  # type: ignore[union-attr]
+    result = herald(
+        stack, "send", "--user", "u", "--type", "GRADE_RELEASED", "--title", "x", "--source", "a b"
+    )
+    assert result.returncode == 1
+    assert "source" in result.stderr
+    with pytest.raises(InvalidEvent, match="source"):
+        Producer(stack.amqp_url, source="s" * 65)
 
 
 def test_send_refuses_an_invalid_event_before_publishing(stack: Stack) -> None:

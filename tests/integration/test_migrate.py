@@ -64,6 +64,36 @@ async def test_an_edited_script_is_refused(dsn: str, tmp_path: Path) -> None:
         await migrate(dsn, sql_dir)
 
 
+async def test_scoped_keys_arrive_on_a_database_that_has_the_later_script(dsn: str, tmp_path: Path) -> None:
+    """Installations had 006 before 005 existed: 005 is applied late, and rows stored before it keep
+    their key in the namespace of events without a source."""
+    sql_dir = tmp_path / "sql"
+    shutil.copytree(default_sql_dir(), sql_dir)
+    scoped = sql_dir / "005_idempotency_sources.sql"
+    text = scoped.read_text()
+    scoped.unlink()
+    assert "005_idempotency_sources.sql" not in await migrate(dsn, sql_dir)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("INSERT INTO users (user_id) VALUES ('u1')")
+        insert = """INSERT INTO notifications (user_id, seq, id, type, category, title, message,
+                                               idempotency_key)
+                    VALUES ('u1', $1, $2, 'NEW_COMMENT', 'social', 't', 'm', 'e1')"""
+        await conn.execute(insert, 1, "n1")
+        scoped.write_text(text)
+        assert await migrate(dsn, sql_dir) == ["005_idempotency_sources.sql"]
+        assert await conn.fetchval("SELECT source FROM notifications WHERE id = 'n1'") == ""
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute(insert, 2, "n2")  # the same key without a source: still one notification
+        await conn.execute(
+            """INSERT INTO notifications (user_id, seq, id, type, category, title, message,
+                                          idempotency_key, source)
+               VALUES ('u1', 3, 'n3', 'NEW_COMMENT', 'social', 't', 'm', 'e1', 'billing')"""
+        )
+    finally:
+        await conn.close()
+
+
 async def test_command_line_says_what_it_did(dsn: str) -> None:
     def run() -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -150,6 +150,8 @@ BAD_INPUTS: list[tuple[str, bytes, str, str]] = [
         "65536-byte limit",
     ),
     ("unknown channel", orjson.dumps(event("u-x", channels=["sms"])), "notification.send", "channels"),
+    ("bad source", orjson.dumps(event("u-x", source="no spaces")), "notification.send", "source: "),
+    ("source too long", orjson.dumps(event("u-x", source="s" * 65)), "notification.send", "source: "),
     ("unknown kind", orjson.dumps(event("u-x")), "notification.delete", "unknown event kind"),
     (
         "data nested too deep",

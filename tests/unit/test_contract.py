@@ -36,6 +36,7 @@ def test_the_server_speaks_the_sdk_codes_and_limits() -> None:
         "ACTION_ID_PATTERN",
         "MAX_URL_CHARS",
         "MAX_COLLAPSE_KEY_CHARS",
+        "SOURCE_PATTERN",
     ):
         assert getattr(events, limit) == getattr(wire, limit), limit
 

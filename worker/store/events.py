@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 
+from shared.events import IdempotencyKey
 from shared.preferences import with_profile_zone
 from worker.store.notifications import NOTIFICATION_FIELDS, notification_json
 from worker.writes import Written
@@ -42,15 +43,17 @@ _LOCK_USERS: Final = """
 _PREFIXED: Final = ", ".join(f"n.{name}" for name in NOTIFICATION_FIELDS)
 
 # A key is stored either as a row's own idempotency key or, for an event collapsed into a row that
-# carries another event's key, in notification_keys.
+# carries another event's key, in notification_keys; either way scoped by its source ("" without one).
 _EXISTING: Final = f"""
-    SELECT k.user_id, k.idempotency_key, {_PREFIXED}
-      FROM unnest($1::text[], $2::text[]) AS k(user_id, idempotency_key)
-      JOIN notifications n ON n.user_id = k.user_id AND n.idempotency_key = k.idempotency_key
+    SELECT k.user_id, k.source, k.idempotency_key, {_PREFIXED}
+      FROM unnest($1::text[], $2::text[], $3::text[]) AS k(user_id, source, idempotency_key)
+      JOIN notifications n
+        ON n.user_id = k.user_id AND n.source = k.source AND n.idempotency_key = k.idempotency_key
     UNION ALL
-    SELECT k.user_id, k.idempotency_key, {_PREFIXED}
-      FROM unnest($1::text[], $2::text[]) AS k(user_id, idempotency_key)
-      JOIN notification_keys c ON c.user_id = k.user_id AND c.idempotency_key = k.idempotency_key
+    SELECT k.user_id, k.source, k.idempotency_key, {_PREFIXED}
+      FROM unnest($1::text[], $2::text[], $3::text[]) AS k(user_id, source, idempotency_key)
+      JOIN notification_keys c
+        ON c.user_id = k.user_id AND c.source = k.source AND c.idempotency_key = k.idempotency_key
       JOIN notifications n ON n.user_id = c.user_id AND n.id = c.notification_id"""
 
 # The open (unread) notification of each (user, collapse key), through the partial unique index.
@@ -75,9 +78,10 @@ def _content_arrays(first: int) -> str:
 _INSERT: Final = f"""
     WITH input AS (
         SELECT *
-          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], {_content_arrays(6)})
+          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
+                      {_content_arrays(7)})
                WITH ORDINALITY
-            AS t(user_id, id, idempotency_key, collapse_key, count, {_CONTENT_NAMES}, ord)
+            AS t(user_id, id, source, idempotency_key, collapse_key, count, {_CONTENT_NAMES}, ord)
     ), numbered AS (
         SELECT input.*, row_number() OVER (PARTITION BY user_id ORDER BY ord) AS rn FROM input
     ), bumped AS (
@@ -89,8 +93,8 @@ _INSERT: Final = f"""
      RETURNING u.user_id, u.last_seq - c.n AS base
     )
     INSERT INTO notifications
-           (user_id, seq, id, idempotency_key, collapse_key, count, {_CONTENT_NAMES})
-    SELECT n.user_id, b.base + n.rn, n.id, n.idempotency_key, n.collapse_key, n.count, n.type,
+           (user_id, seq, id, source, idempotency_key, collapse_key, count, {_CONTENT_NAMES})
+    SELECT n.user_id, b.base + n.rn, n.id, n.source, n.idempotency_key, n.collapse_key, n.count, n.type,
            n.category, n.title, n.message, n.data::jsonb, n.url, n.actions::jsonb, n.expires_at
       FROM numbered n JOIN bumped b USING (user_id)
     RETURNING user_id, id, seq, created_at"""
@@ -128,8 +132,8 @@ _COLLAPSE: Final = f"""
     RETURNING n.user_id, n.id, n.seq, n.count, n.created_at"""
 
 _REMEMBER_KEYS: Final = """
-    INSERT INTO notification_keys (user_id, idempotency_key, notification_id)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+    INSERT INTO notification_keys (user_id, source, idempotency_key, notification_id)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
     ON CONFLICT DO NOTHING"""
 
 # "May this user see type t in-app?" over users u, notification_types t and user_preferences p (a left
@@ -152,7 +156,7 @@ _BROADCAST: Final = f"""
          WHERE {IN_APP_ALLOWED}
            AND ($7::text IS NULL OR NOT EXISTS (
                    SELECT 1 FROM notifications n
-                    WHERE n.user_id = u.user_id AND n.idempotency_key = $7))
+                    WHERE n.user_id = u.user_id AND n.source = $11 AND n.idempotency_key = $7))
          ORDER BY u.user_id
            FOR UPDATE OF u
     ), bumped AS (
@@ -165,8 +169,8 @@ _BROADCAST: Final = f"""
     )
     INSERT INTO notifications
            (user_id, seq, id, type, category, title, message, data, idempotency_key, expires_at, url,
-            actions)
-    SELECT b.user_id, b.last_seq, $1, $2, $3, $4, $5, $6::text::jsonb, $7, $8, $9, $10::text::jsonb
+            actions, source)
+    SELECT b.user_id, b.last_seq, $1, $2, $3, $4, $5, $6::text::jsonb, $7, $8, $9, $10::text::jsonb, $11
       FROM bumped b"""
 
 
@@ -204,15 +208,22 @@ async def audience(conn: Connection) -> dict[str, dict[str, Any] | None]:
     return {row["user_id"]: _overrides(row) for row in await conn.fetch(_AUDIENCE)}
 
 
-async def existing(conn: Connection, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
-    """The stored Notification objects of the ``(user_id, idempotency_key)`` pairs, by pair.
+async def existing(
+    conn: Connection, pairs: list[tuple[str, IdempotencyKey]]
+) -> dict[tuple[str, IdempotencyKey], dict[str, Any]]:
+    """The stored Notification objects of the ``(user_id, idempotency key)`` pairs, by pair.
 
     Call it while holding the users' locks: no one else can insert for those users until commit.
     """
     if not pairs:
         return {}
-    rows = await conn.fetch(_EXISTING, [user for user, _ in pairs], [key for _, key in pairs])
-    return {(row["user_id"], row["idempotency_key"]): notification_json(row) for row in rows}
+    users = [user for user, _ in pairs]
+    sources = [key.source for _, key in pairs]
+    rows = await conn.fetch(_EXISTING, users, sources, [key.key for _, key in pairs])
+    return {
+        (row["user_id"], IdempotencyKey(row["source"], row["idempotency_key"])): notification_json(row)
+        for row in rows
+    }
 
 
 async def collapse_targets(conn: Connection, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
@@ -246,7 +257,8 @@ async def write(conn: Connection, writes: Writes) -> Written:
         }
         collapsed = [updated[key] for key in zip(collapses.user_id, collapses.id, strict=True)]
     if writes.keys:
-        await conn.execute(_REMEMBER_KEYS, *(list(column) for column in zip(*writes.keys, strict=True)))
+        absorbed = [(user, key.source, key.key, nid) for user, key, nid in writes.keys]
+        await conn.execute(_REMEMBER_KEYS, *(list(column) for column in zip(*absorbed, strict=True)))
     return Written(inserted, collapsed)
 
 
@@ -265,5 +277,6 @@ async def broadcast(conn: Connection, routing: BroadcastRouting) -> int:
         event.expires_at,
         routing.params["url"],
         routing.actions_json,
+        event.source or "",
     )
     return int(status.rsplit(" ", 1)[-1])

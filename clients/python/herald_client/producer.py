@@ -6,7 +6,8 @@ Example::
         await producer.send("u1", "COURSE_NEW_CONTENT", "New lesson", "Lesson 7 is up")
 
 Every event gets an ``event_id`` (a random one unless given) that is also its AMQP ``message_id``, so a
-retried ``send`` after a lost confirm stores nothing twice.
+retried ``send`` after a lost confirm stores nothing twice. ``Producer(..., source="billing")`` scopes
+those ids to this producer: another producer's equal ``event_id`` is then a different event.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from herald_client.protocol import (
     MAX_TITLE_CHARS,
     MAX_URL_CHARS,
     SEND_ROUTING_KEY,
+    SOURCE_PATTERN,
     TYPE_PATTERN,
     USER_ID_PATTERN,
     events_exchange,
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
 
 _USER_ID = re.compile(USER_ID_PATTERN)
 _TYPE = re.compile(TYPE_PATTERN)
+_SOURCE = re.compile(SOURCE_PATTERN)
 
 
 class InvalidEvent(ValueError):
@@ -66,9 +69,17 @@ class Producer:
     Args:
         amqp_url: RabbitMQ URL.
         prefix: the topology prefix (``HERALD_AMQP_PREFIX``), ``herald`` by default.
+        source: this producer's name (1–64 characters of ``[A-Za-z0-9._:-]``), sent as every event's
+            ``source``: its ``event_id`` values need to be unique only among its own events.
+
+    Raises:
+        InvalidEvent: ``source`` breaks its rule.
     """
 
-    def __init__(self, amqp_url: str, prefix: str = "herald") -> None:
+    def __init__(self, amqp_url: str, prefix: str = "herald", source: str | None = None) -> None:
+        if source is not None and not _SOURCE.fullmatch(source):
+            raise InvalidEvent(f"source: {source!r} must match {SOURCE_PATTERN}")
+        self._source = source
         self._url = amqp_url
         self._exchange_name = events_exchange(prefix)
         self._connection: AbstractRobustConnection | None = None
@@ -142,8 +153,8 @@ class Producer:
         await self._publish(body, BROADCAST_ROUTING_KEY)
         return str(body["event_id"])
 
-    @staticmethod
     def _common(
+        self,
         type: str,
         title: str,
         message: str,
@@ -159,6 +170,8 @@ class Producer:
             "message": message,
             "data": data or {},
         }
+        if self._source is not None:
+            body["source"] = self._source
         if channels is not None:
             body["channels"] = sorted(set(channels))
         if expires_at is not None:

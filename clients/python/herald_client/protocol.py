@@ -63,6 +63,9 @@ MAX_TITLE_CHARS: Final = 200
 MAX_MESSAGE_CHARS: Final = 2000
 MAX_RECIPIENTS: Final = 1000
 MAX_EVENT_ID_CHARS: Final = 200
+# A producer's name (`source`): its event ids are unique within it, not across producers. At most 64 ASCII
+# characters, so it is also a valid BLAKE2b key (the worker derives notification ids with it).
+SOURCE_PATTERN: Final = r"^[A-Za-z0-9._:-]{1,64}$"
 USER_ID_PATTERN: Final = r"^[A-Za-z0-9._:@-]{1,128}$"
 TYPE_PATTERN: Final = r"^[A-Z][A-Z0-9_]{0,63}$"
 CHANNELS: Final = ("in_app", "email", "push")

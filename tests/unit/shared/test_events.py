@@ -11,6 +11,7 @@ from shared.events import (
     MAX_BODY_BYTES,
     MAX_DATA_BYTES,
     BroadcastEvent,
+    IdempotencyKey,
     InvalidEvent,
     SendEvent,
     is_valid_user_id,
@@ -69,6 +70,39 @@ def test_broadcast_needs_no_user() -> None:
 def test_message_id_is_the_key_unless_the_body_has_one() -> None:
     assert parse({**BASE, "user_id": "u"}, message_id="m1").event_id == "m1"  # type: ignore[attr-defined]
     assert parse({**BASE, "user_id": "u", "eventId": "e"}, message_id="m1").event_id == "e"  # type: ignore[attr-defined]
+
+
+def test_a_source_scopes_the_idempotency_key() -> None:
+    scoped = parse({**BASE, "user_id": "u", "event_id": "e", "source": "billing-service"})
+    assert scoped.idempotency_key == IdempotencyKey("billing-service", "e")  # type: ignore[attr-defined]
+    unscoped = parse({**BASE, "user_id": "u"}, message_id="m1")
+    assert unscoped.idempotency_key == IdempotencyKey("", "m1")  # type: ignore[attr-defined]
+    from_amqp = parse({**BASE, "user_id": "u", "source": "lms"}, message_id="m1")
+    assert from_amqp.idempotency_key == IdempotencyKey("lms", "m1")  # type: ignore[attr-defined]
+    assert parse({**BASE, "user_id": "u", "source": "lms"}).idempotency_key is None  # type: ignore[attr-defined]
+    enveloped = parse(
+        {"pattern": "notification.broadcast", "data": {**BASE, "source": "a.b:c_d", "eventId": "e"}}
+    )
+    assert enveloped.idempotency_key == IdempotencyKey("a.b:c_d", "e")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("source", ["", "s" * 65, "has space", "slash/", "é", "nul\x00", 7, None])
+def test_a_bad_source_is_dead_lettered_with_a_clear_reason(source: object) -> None:
+    for routing_key, recipient in ((SEND, {"user_id": "u"}), ("notification.broadcast", {})):
+        body = {**BASE, **recipient, "event_id": "e", "source": source}
+        if source is None:
+            # An explicit null is no source, as when the key is absent.
+            assert parse(body, routing_key).idempotency_key == IdempotencyKey("", "e")  # type: ignore[attr-defined]
+            continue
+        explained = reason(body, routing_key)
+        assert explained.startswith("source: "), explained
+        if isinstance(source, str):
+            assert "1 to 64 characters of A-Z a-z 0-9 . _ : -" in explained
+
+
+def test_the_longest_source_is_accepted() -> None:
+    parsed = parse({**BASE, "user_id": "u", "event_id": "e", "source": "s" * 64})
+    assert parsed.idempotency_key == IdempotencyKey("s" * 64, "e")  # type: ignore[attr-defined]
 
 
 def test_channels_narrow_to_known_ones() -> None:

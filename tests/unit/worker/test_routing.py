@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from shared.events import BroadcastEvent, SendEvent
+from shared.events import BroadcastEvent, IdempotencyKey, SendEvent
 from shared.preferences import Catalog, NotificationType
 from worker.routing import Incoming, SendRouting, notification_id, route_broadcast
 from worker.writes import Writes, Written
@@ -31,6 +32,11 @@ ALL_OFF = {"in_app": False, "email": False, "push": False}
 NIGHT = {"start": "22:00", "end": "07:00", "timezone": "UTC"}
 
 
+def unscoped(key: str) -> IdempotencyKey:
+    """The idempotency key of an event without a ``source``."""
+    return IdempotencyKey("", key)
+
+
 def send(type_: str = "COURSE_NEW_CONTENT", **fields: Any) -> SendEvent:
     return SendEvent.model_validate({"user_ids": ["u1"], "type": type_, "title": "Hello", **fields})
 
@@ -38,7 +44,7 @@ def send(type_: str = "COURSE_NEW_CONTENT", **fields: Any) -> SendEvent:
 def route(
     *events: SendEvent,
     overrides: Mapping[str, Mapping[str, Any] | None] | None = None,
-    stored: Mapping[tuple[str, str], dict[str, Any]] | None = None,
+    stored: Mapping[tuple[str, IdempotencyKey], dict[str, Any]] | None = None,
     redelivered: bool = False,
 ) -> tuple[NewRows, Outgoing]:
     """Route a batch as the pipeline does, with the insert answered by consecutive seqs."""
@@ -49,7 +55,7 @@ def route(
 def route_writes(
     *events: SendEvent,
     overrides: Mapping[str, Mapping[str, Any] | None] | None = None,
-    stored: Mapping[tuple[str, str], dict[str, Any]] | None = None,
+    stored: Mapping[tuple[str, IdempotencyKey], dict[str, Any]] | None = None,
     targets: Mapping[tuple[str, str], str] | None = None,
     redelivered: bool = False,
 ) -> tuple[NewRows, Writes, Outgoing]:
@@ -132,13 +138,41 @@ def test_the_same_event_twice_in_one_batch_is_stored_once() -> None:
 
 def test_an_event_stored_before_is_published_again_as_stored() -> None:
     previous = {"id": "n1", "seq": 7, "type": "COURSE_NEW_CONTENT", "title": "Hello", "count": 1}
-    rows, out = route(send(event_id="k1"), stored={("u1", "k1"): previous})
+    rows, out = route(send(event_id="k1"), stored={("u1", unscoped("k1")): previous})
     assert len(rows) == 0
     assert orjson.loads(out.frames[0][1])["params"]["seq"] == 7
     assert out.deliveries == []  # the first delivery sent them
     assert out.outcomes == {"stored": 0, "muted": 0, "duplicate": 1}
-    _, again = route(send(event_id="k1"), stored={("u1", "k1"): previous}, redelivered=True)
+    _, again = route(send(event_id="k1"), stored={("u1", unscoped("k1")): previous}, redelivered=True)
     assert set(jobs(again)) == {"email", "push"}  # maybe lost before the ack: sent again
+
+
+def test_the_same_event_id_from_two_sources_is_two_notifications() -> None:
+    rows, out = route(send(event_id="k1", source="billing"), send(event_id="k1", source="courses"))
+    assert rows.idempotency_key == [IdempotencyKey("billing", "k1"), IdempotencyKey("courses", "k1")]
+    assert len(set(rows.id)) == 2
+    assert out.outcomes == {"stored": 2, "muted": 0, "duplicate": 0}
+    again, repeated = route(send(event_id="k1", source="billing"), send(event_id="k1", source="billing"))
+    assert (len(again), repeated.outcomes["duplicate"]) == (1, 1)
+
+
+def test_a_source_changes_the_notification_id_and_no_source_keeps_the_old_one() -> None:
+    assert notification_id(unscoped("k1")) == hashlib.blake2b(b"k1", digest_size=16).hexdigest()
+    scoped = {notification_id(IdempotencyKey(source, "k1")) for source in ("a", "b", "a:b", "a.b")}
+    assert len(scoped) == 4
+    assert notification_id(unscoped("k1")) not in scoped
+    # A source is not a prefix of the key: ("a", "bk1") and ("ab", "k1") are different events.
+    assert notification_id(IdempotencyKey("a", "bk1")) != notification_id(IdempotencyKey("ab", "k1"))
+
+
+def test_a_stored_copy_from_another_source_is_not_a_duplicate() -> None:
+    previous = {"id": "n1", "seq": 7, "type": "COURSE_NEW_CONTENT", "title": "Hello", "count": 1}
+    rows, out = route(send(event_id="k1", source="billing"), stored={("u1", unscoped("k1")): previous})
+    assert (len(rows), out.outcomes["stored"]) == (1, 1)
+    rows, out = route(
+        send(event_id="k1", source="billing"), stored={("u1", IdempotencyKey("billing", "k1")): previous}
+    )
+    assert (len(rows), out.outcomes["duplicate"]) == (0, 1)
 
 
 def test_a_broadcast_outside_in_app_stores_nothing() -> None:
@@ -162,17 +196,17 @@ def test_events_of_one_collapse_key_in_one_batch_become_one_new_row_with_the_lat
     assert rows.collapse_key == [None, "thread-1"]
     assert rows.count == [1, 4]
     assert rows.content.title == ["unrelated", "comment 3"]
-    collapsed_row = rows.idempotency_key.index("c0")  # the first event's key (and id) names the row
-    assert rows.id[collapsed_row] == notification_id("c0")
+    collapsed_row = rows.idempotency_key.index(unscoped("c0"))  # the first event's key (and id) names the row
+    assert rows.id[collapsed_row] == notification_id(unscoped("c0"))
     # The other three keys are remembered against that id: their redeliveries are duplicates.
-    assert writes.keys == [("u1", f"c{i}", notification_id("c0")) for i in (1, 2, 3)]
+    assert writes.keys == [("u1", unscoped(f"c{i}"), notification_id(unscoped("c0"))) for i in (1, 2, 3)]
     frames = [orjson.loads(frame)["params"] for _, frame in out.frames]
     assert [(f["title"], f["count"]) for f in frames] == [("unrelated", 1), ("comment 3", 4)]
     # One job per channel for the collapsed notification, named by its stable job key.
     bodies = [orjson.loads(body) for _, body, _ in out.deliveries]
     assert sorted((b["job_key"], b["notification"]["count"]) for b in bodies) == sorted(
         (f"{nid}:u1:{channel}", count)
-        for nid, count in ((notification_id("other"), 1), (notification_id("c0"), 4))
+        for nid, count in ((notification_id(unscoped("other")), 1), (notification_id(unscoped("c0")), 4))
         for channel in ("email", "push")
     )
     assert out.outcomes == {"stored": 5, "muted": 0, "duplicate": 0}
@@ -185,7 +219,7 @@ def test_a_collapse_into_a_stored_unread_row_updates_it_under_its_id() -> None:
     collapses = writes.collapses
     assert (collapses.user_id, collapses.id, collapses.count) == (["u1"], ["open-row"], [2])
     assert collapses.content.title == ["late 1"]
-    assert writes.keys == [("u1", "late0", "open-row"), ("u1", "late1", "open-row")]
+    assert writes.keys == [("u1", unscoped(f"late{i}"), "open-row") for i in (0, 1)]
     (frame,) = [orjson.loads(frame)["params"] for _, frame in out.frames]
     assert (frame["id"], frame["seq"], frame["count"]) == ("open-row", 100, 3)
     message_ids = sorted(mid for _, _, mid in out.deliveries)
@@ -197,7 +231,7 @@ def test_a_redelivered_collapse_event_is_a_duplicate_not_one_more() -> None:
     stored = {"id": "open-row", "seq": 9, "type": "COURSE_NEW_CONTENT", "title": "t", "count": 3}
     rows, writes, out = route_writes(
         send(event_id="late0", collapse_key="thread-1"),
-        stored={("u1", "late0"): stored},
+        stored={("u1", unscoped("late0")): stored},
         targets={("u1", "thread-1"): "open-row"},
     )
     assert (len(rows), len(writes.collapses), writes.keys) == (0, 0, [])

@@ -1,0 +1,99 @@
+"""Idempotency keys scoped by producer (``source``), end to end: a real worker, RabbitMQ and Postgres.
+
+The same ``event_id`` from two sources is two notifications; from one source, one — and a redelivery of
+it republishes the stored notification and its email/push jobs as for an event without a source.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import aio_pika
+import asyncpg
+import orjson
+
+from herald_ops.testing.stack import fresh_id
+from herald_ops.testing.worker import TOPOLOGY, Watcher, counters, event, frame_params, rows
+
+if TYPE_CHECKING:
+    from herald_ops.testing.stack import Stack
+
+
+async def test_sources_scope_event_ids_and_a_redelivery_republishes(fresh_stack: Stack) -> None:
+    worker = fresh_stack.start_worker(batch_timeout_ms=20)
+    connection = await aio_pika.connect(fresh_stack.amqp_url)
+    pg = await asyncpg.connect(fresh_stack.database_url)
+    try:
+        watcher = Watcher(await connection.channel())
+        user = fresh_id("src")
+        frames = await watcher.frames(user)
+        deliveries = await watcher.bound_queue(TOPOLOGY.deliveries_exchange, "email", "push")
+        key = fresh_id("ev")
+        billing = event(user, "GRADE_RELEASED", event_id=key, source="billing")
+        courses = event(user, "GRADE_RELEASED", event_id=key, source="courses")
+        unscoped = event(user, "GRADE_RELEASED", event_id=key)
+        for body in (billing, courses, unscoped):
+            await watcher.publish(body)
+        first = [frame_params(m) for m in await watcher.take(frames, 3)]
+        await watcher.take(deliveries, 6)
+        stored = await rows(pg, user)
+        assert [(r["source"], r["idempotency_key"]) for r in stored] == [
+            ("billing", key),
+            ("courses", key),
+            ("", key),
+        ]
+        assert len({r["id"] for r in stored}) == 3
+        assert [(p["id"], p["seq"]) for p in first] == [(r["id"], r["seq"]) for r in stored]
+
+        # The same source and key again, in a later batch: nothing new is stored, and the stored copy goes
+        # out live again (clients drop the repeat by id and seq).
+        await watcher.publish(billing)
+        (repeat,) = await watcher.take(frames, 1)
+        assert frame_params(repeat) == first[0]
+
+        # ... and delivered again by the broker to a consumer that died before acking: the jobs go again.
+        worker.stop()
+        await watcher.publish(billing)
+        grabber = await connection.channel()
+        grabbed = await (await grabber.declare_queue(TOPOLOGY.events_queue, passive=True)).get()
+        assert grabbed.body == orjson.dumps(billing)
+        await grabber.close()  # unacked: requeued as redelivered
+        worker.launch()
+        (again,) = await watcher.take(frames, 1)
+        assert frame_params(again) == first[0]
+        jobs = [orjson.loads(m.body) for m in await watcher.take(deliveries, 2)]
+        assert {(job["channel"], job["notification"]["id"]) for job in jobs} == {
+            ("email", first[0]["id"]),
+            ("push", first[0]["id"]),
+        }
+        assert await watcher.nothing_more(deliveries) == []
+        assert len(await rows(pg, user)) == 3
+        assert await counters(pg, user) == (3, 3)
+    finally:
+        await pg.close()
+        await connection.close()
+
+
+async def test_broadcasts_are_scoped_by_source_too(fresh_stack: Stack) -> None:
+    fresh_stack.start_worker(batch_timeout_ms=20)
+    connection = await aio_pika.connect(fresh_stack.amqp_url)
+    pg = await asyncpg.connect(fresh_stack.database_url)
+    try:
+        watcher = Watcher(await connection.channel())
+        users = [fresh_id("bsrc") for _ in range(2)]
+        await pg.executemany("INSERT INTO users (user_id) VALUES ($1)", [(user,) for user in users])
+        live = await watcher.bound_queue(TOPOLOGY.broadcast_exchange)
+        key = fresh_id("bc")
+        announcement = {"event_id": key, "type": "SYSTEM_ANNOUNCEMENT", "title": "Maintenance"}
+        for source in ("ops", "ops", "marketing"):
+            await watcher.publish({**announcement, "source": source}, routing_key="notification.broadcast")
+        ids = [frame_params(m)["id"] for m in await watcher.take(live, 3)]
+        assert ids[0] == ids[1] != ids[2]
+        for user in users:
+            stored = await rows(pg, user)
+            assert sorted((r["source"], r["id"]) for r in stored) == sorted(
+                [("ops", ids[0]), ("marketing", ids[2])]
+            )
+    finally:
+        await pg.close()
+        await connection.close()
