@@ -34,6 +34,7 @@ import secrets
 import shlex
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -121,6 +122,25 @@ def _existing_users(node: str | None) -> set[str]:
     return {line.split("\t")[0] for line in listed.stdout.splitlines() if line.strip()}
 
 
+def _run_per_user(node: str | None, lines: list[list[str]]) -> tuple[str, str] | None:
+    """Run ``lines``: each user's in order, different users' at the same time (every ``rabbitmqctl``
+    call starts an Erlang VM, about 1.5 s). Returns the first failure's command and stderr, if any."""
+    by_user: dict[str, list[list[str]]] = {}
+    for line in lines:
+        by_user.setdefault(line[line.index("--") + 1], []).append(line)
+
+    def run(chain: list[list[str]]) -> tuple[str, str] | None:
+        for line in chain:
+            done = _rabbitmqctl(node, *line)
+            if done.returncode != 0:
+                return line[0], done.stderr
+        return None
+
+    with ThreadPoolExecutor(max_workers=max(len(by_user), 1)) as pool:
+        outcomes = list(pool.map(run, by_user.values()))
+    return next((outcome for outcome in outcomes if outcome is not None), None)
+
+
 def setup(args: argparse.Namespace) -> int:
     """Handler of ``herald broker setup``: exit 0 when every user and permission is in place."""
     prefix = load_settings().amqp_prefix
@@ -134,12 +154,12 @@ def setup(args: argparse.Namespace) -> int:
         return 0
     rotated = {role: new_password() for role in ROLES if args.rotate and users[role] in existing}
     lines += password_changes(users, rotated)
-    for line in lines:
-        done = _rabbitmqctl(args.node, *line)
-        if done.returncode != 0:
-            # The arguments are not echoed: some are passwords.
-            print(f"herald broker: rabbitmqctl {line[0]} failed: {done.stderr.strip()}", file=sys.stderr)
-            return 1
+    failed = _run_per_user(args.node, lines)
+    if failed is not None:
+        command, stderr = failed
+        # The arguments are not echoed: some are passwords.
+        print(f"herald broker: rabbitmqctl {command} failed: {stderr.strip()}", file=sys.stderr)
+        return 1
     for role in ROLES:
         password = fresh.get(role) or rotated.get(role)
         shown = password if password is not None else "(unchanged)"

@@ -1,4 +1,4 @@
-"""Least privilege on the broker: ``herald broker setup`` creates one user per role in the test's own
+"""Least privilege on the broker: ``herald broker setup`` creates one user per role in the module's own
 vhost (deleted afterwards); Herald runs on them (herald-api on the gateway's user: it calls the workers
 the same way); a producer can write only to ``herald.events``; the worker serves requests only from the
 gateway's user, which the broker vouches for through ``user_id``."""
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -20,7 +21,7 @@ import pytest
 from gateway.rpc import RpcClient
 from herald_ops.broker import ROLES, commands, password_changes
 from herald_ops.testing.gateway import call, open_client
-from herald_ops.testing.stack import AMQP_BASE, ROOT, fresh_id, mint, rabbitmqctl, wait_until
+from herald_ops.testing.stack import AMQP_BASE, ROOT, fresh_id, mint, rabbitmqctl, stack_context, wait_until
 from shared.jsonrpc import rpc_request
 
 if TYPE_CHECKING:
@@ -34,8 +35,25 @@ def role_url(stack: Stack, user: str, password: str) -> str:
     return f"amqp://{quote(user)}:{quote(password)}@{host}/{stack.name}"
 
 
+@pytest.fixture(scope="module")
+def users_stack() -> Iterator[Stack]:
+    """One vhost and database for the module: ``rabbitmqctl`` starts an Erlang VM per call, so the
+    users are created once (``roles``) and each test starts and stops its own processes on them."""
+    with stack_context("herald_users") as created:
+        yield created
+
+
 @pytest.fixture
-def roles(fresh_stack: Stack) -> Iterator[dict[str, str]]:
+def stack(users_stack: Stack) -> Iterator[Stack]:
+    """The module's stack, with the processes this test started stopped afterwards."""
+    try:
+        yield users_stack
+    finally:
+        users_stack.stop_all()
+
+
+@pytest.fixture(scope="module")
+def roles(users_stack: Stack) -> Iterator[dict[str, str]]:
     """``herald broker setup`` in the stack's vhost: role → AMQP URL of its new user."""
     name_prefix = fresh_id("t")
     done = subprocess.run(
@@ -46,11 +64,11 @@ def roles(fresh_stack: Stack) -> Iterator[dict[str, str]]:
             "broker",
             "setup",
             "--vhost",
-            fresh_stack.name,
+            users_stack.name,
             "--name-prefix",
             name_prefix,
         ],
-        env=fresh_stack.env(),
+        env=users_stack.env(),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -60,19 +78,20 @@ def roles(fresh_stack: Stack) -> Iterator[dict[str, str]]:
     try:
         assert done.returncode == 0, done.stderr
         assert [role for role, _, _ in created] == list(ROLES)
-        yield {role: role_url(fresh_stack, user, password) for role, user, password in created}
+        yield {role: role_url(users_stack, user, password) for role, user, password in created}
     finally:
-        fresh_stack.stop_all()
-        for role in ROLES:
-            rabbitmqctl("delete_user", f"{name_prefix}-{role}", check=False)
+        with ThreadPoolExecutor(max_workers=len(ROLES)) as pool:  # an Erlang VM per call: in parallel
+            list(
+                pool.map(lambda role: rabbitmqctl("delete_user", f"{name_prefix}-{role}", check=False), ROLES)
+            )
 
 
-async def test_herald_runs_on_least_privilege_users(fresh_stack: Stack, roles: dict[str, str]) -> None:
+async def test_herald_runs_on_least_privilege_users(stack: Stack, roles: dict[str, str]) -> None:
     gateway_user = roles["gateway"].split("//")[1].split(":")[0]
-    fresh_stack.start_worker(amqp_url=roles["worker"], rpc_trusted_users=gateway_user)
-    gateway = fresh_stack.start_gateway(amqp_url=roles["gateway"])
-    api = fresh_stack.start_api(amqp_url=roles["gateway"])
-    fresh_stack.start_delivery(amqp_url=roles["delivery"])  # ready: its queues declared and consumed
+    stack.start_worker(amqp_url=roles["worker"], rpc_trusted_users=gateway_user)
+    gateway = stack.start_gateway(amqp_url=roles["gateway"])
+    api = stack.start_api(amqp_url=roles["gateway"])
+    stack.start_delivery(amqp_url=roles["delivery"])  # ready: its queues declared and consumed
     user = fresh_id()
     ws, _ = await open_client(gateway, user)
     assert "result" in await call(ws, "notifications.unread_count")
@@ -83,7 +102,7 @@ async def test_herald_runs_on_least_privilege_users(fresh_stack: Stack, roles: d
     assert count.status_code == 200, count.text
 
     producer = await aio_pika.connect(roles["producer"])
-    pg = await asyncpg.connect(fresh_stack.database_url)
+    pg = await asyncpg.connect(stack.database_url)
     try:
         channel = await producer.channel()
         events = await channel.get_exchange("herald.events", ensure=False)
@@ -111,11 +130,9 @@ async def test_herald_runs_on_least_privilege_users(fresh_stack: Stack, roles: d
         await ws.close()
 
 
-async def test_the_monitor_reads_queue_lengths_and_nothing_else(
-    fresh_stack: Stack, roles: dict[str, str]
-) -> None:
+async def test_the_monitor_reads_queue_lengths_and_nothing_else(stack: Stack, roles: dict[str, str]) -> None:
     """What KEDA does with the monitor's credentials: a passive declare of a queue, for its length."""
-    fresh_stack.start_worker(amqp_url=roles["worker"])  # declares the queues
+    stack.start_worker(amqp_url=roles["worker"])  # declares the queues
     monitor = await aio_pika.connect(roles["monitor"])
     try:
         queue = await (await monitor.channel()).declare_queue("herald.events", passive=True)
@@ -130,11 +147,11 @@ async def test_the_monitor_reads_queue_lengths_and_nothing_else(
 
 
 async def test_the_worker_serves_requests_only_from_the_gateway_user(
-    fresh_stack: Stack, roles: dict[str, str]
+    stack: Stack, roles: dict[str, str]
 ) -> None:
     gateway_user = roles["gateway"].split("//")[1].split(":")[0]
-    fresh_stack.start_worker(amqp_url=roles["worker"], rpc_trusted_users=gateway_user)
-    intruder = await aio_pika.connect(fresh_stack.amqp_url)  # guest: may publish anywhere in the vhost
+    stack.start_worker(amqp_url=roles["worker"], rpc_trusted_users=gateway_user)
+    intruder = await aio_pika.connect(stack.amqp_url)  # guest: may publish anywhere in the vhost
     try:
         rpc = RpcClient("herald.rpc", 10.0, "guest")
         await rpc.attach(await intruder.channel())
@@ -151,23 +168,21 @@ async def test_the_worker_serves_requests_only_from_the_gateway_user(
         await intruder.close()
 
 
-async def test_passwords_starting_with_a_dash_are_set_and_work(fresh_stack: Stack) -> None:
+async def test_passwords_starting_with_a_dash_are_set_and_work(stack: Stack) -> None:
     """The ``add_user`` and ``change_password`` lines ``herald broker setup`` runs, with the kind of
     password that once broke them."""
     name = fresh_id("t-dash")
     users = dict.fromkeys(ROLES, name)
     first, rotated = "-KF0" + fresh_id("p"), "--" + fresh_id("p")
     (add_user,) = [
-        line
-        for line in commands(fresh_stack.name, "herald", users, {"producer": first})
-        if line[0] == "add_user"
+        line for line in commands(stack.name, "herald", users, {"producer": first}) if line[0] == "add_user"
     ]
     try:
         rabbitmqctl(*add_user)
-        rabbitmqctl("set_permissions", "-p", fresh_stack.name, name, "^$", "^$", "^$")
-        await (await aio_pika.connect(role_url(fresh_stack, name, first))).close()
+        rabbitmqctl("set_permissions", "-p", stack.name, name, "^$", "^$", "^$")
+        await (await aio_pika.connect(role_url(stack, name, first))).close()
         for line in password_changes(users, {"producer": rotated}):
             rabbitmqctl(*line)
-        await (await aio_pika.connect(role_url(fresh_stack, name, rotated))).close()
+        await (await aio_pika.connect(role_url(stack, name, rotated))).close()
     finally:
         rabbitmqctl("delete_user", name, check=False)
