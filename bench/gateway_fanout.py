@@ -100,6 +100,12 @@ class Server:
                 self.popen.kill()
 
 
+def progress(step: str) -> None:
+    print(
+        f"{time.strftime('%H:%M:%S')} {step} (load average {load_average():.1f})", file=sys.stderr, flush=True
+    )
+
+
 def relay_path(user: str) -> str:
     """The bare relay takes the user id from the path."""
     return f"/{user}"
@@ -264,9 +270,11 @@ class Bench:
         results: dict[str, float] = {}
         for start in (self.start_gateway, lambda: self.start_baseline("relay")):
             server = start()
+            progress(f"fan-out through {server.name}")
             await self.relay_phases(server, results)
             server.stop()
         server = self.start_baseline("bare")
+        progress("fan-out from bare")
         await self.bare_phases(server, results)
         server.stop()
         return results
@@ -312,6 +320,7 @@ class Bench:
         )
         for start in starts:
             server = start()
+            progress(f"idle memory of {server.name}")
             first, second = await self.idle_memory(server)
             results[f"{server.name} KiB/conn"], results[f"{server.name} KiB/conn (2nd wave)"] = first, second
             results[f"{server.name} KiB/conn load"] = load_average()
@@ -333,7 +342,10 @@ class Bench:
             for server in self.servers:
                 server.stop()
             await self.responder.stop()
-            rabbitmqctl("delete_vhost", self.vhost, check=False)
+            try:
+                rabbitmqctl("delete_vhost", self.vhost, check=False)
+            except subprocess.TimeoutExpired:  # a busy broker goes on deleting it
+                progress(f"rabbitmqctl delete_vhost {self.vhost} timed out; RabbitMQ finishes it on its own")
 
 
 MEASURES = [

@@ -1,7 +1,8 @@
 """The two baselines ``bench/gateway_fanout.py`` measures Herald's gateway against, each in its own process.
 
 Run: ``python -m bench.relay_servers {bare-server,bare-relay} PORT [AMQP_URL]``; prints ``ready`` once it
-listens. Both use the same websockets server settings (uvloop, compression off, no keepalive).
+listens. Both use the same websockets server settings (uvloop, compression off, no keepalive, the
+gateway's listen backlog).
 
 - **bare-server**: websockets only, no broker. It writes frames it generates itself when a ``/control``
   connection asks (``user N SIZE``: N frames round-robin over its connections; ``broadcast N SIZE``: N
@@ -25,12 +26,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 from typing import TYPE_CHECKING, Any, Final
 
 import aio_pika
 import uvloop
 from websockets.asyncio.server import ServerConnection, broadcast, serve
+from websockets.exceptions import ConnectionClosed
 
 from shared.jsonrpc import notification_frame
 from shared.topology import Topology
@@ -40,8 +43,14 @@ if TYPE_CHECKING:
 
     from aio_pika.abc import AbstractIncomingMessage
 
-#: The websockets server settings both baselines share: compression off and no keepalive pings.
-SERVE_OPTIONS: Final[dict[str, Any]] = {"compression": None, "ping_interval": None, "max_queue": 8}
+#: The websockets server settings both baselines share: compression off, no keepalive pings, and the
+#: gateway's listen backlog, so all three accept a burst of 5,000 connects alike.
+SERVE_OPTIONS: Final[dict[str, Any]] = {
+    "compression": None,
+    "ping_interval": None,
+    "max_queue": 8,
+    "backlog": 4096,
+}
 
 
 def frame_of_size(n: int, payload_bytes: int) -> bytes:
@@ -123,7 +132,8 @@ async def bare_relay(port: int, amqp_url: str) -> None:
                 )
                 await queue.bind(exchange)
                 await exchange.bind(users_exchange, routing_key=user_id)
-            await ws.send("attached")
+            with contextlib.suppress(ConnectionClosed):  # the client may be gone already
+                await ws.send("attached")
             await ws.wait_closed()
         finally:
             connections.discard(ws)
