@@ -17,11 +17,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import aiosmtplib
 
 from worker.delivery.jobs import Outcome
-from worker.store.profiles import get_profile
 
 if TYPE_CHECKING:
-    import asyncpg
-
     from worker.delivery.render import EmailRenderer
     from worker.store.deliveries import Claimed
 
@@ -70,16 +67,14 @@ def classify_reply(code: int, text: str) -> Outcome:
 
 
 class EmailSender:
-    """Renders each job with :class:`EmailRenderer` and sends it to the profile's address."""
+    """Renders each job with :class:`EmailRenderer` and sends it to the address of the profile the claim
+    read with the job."""
 
     channel = "email"
 
-    def __init__(
-        self, target: SmtpTarget, *, timeout: float, pool: asyncpg.Pool, renderer: EmailRenderer
-    ) -> None:
+    def __init__(self, target: SmtpTarget, *, timeout: float, renderer: EmailRenderer) -> None:
         self._target = target
         self._timeout = timeout
-        self._pool = pool
         self._renderer = renderer
         self._smtp: aiosmtplib.SMTP | None = None
         self._lock = asyncio.Lock()
@@ -102,7 +97,7 @@ class EmailSender:
 
     async def send(self, job: Claimed) -> Outcome:
         """Send one email; a user without an address is skipped."""
-        profile = await get_profile(self._pool, job.user_id)
+        profile = job.profile
         if not profile["email"]:
             return Outcome.skipped("no email address")
         message = self._renderer.message(job.id, job.notification, profile, job.user_id)
