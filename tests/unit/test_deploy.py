@@ -191,13 +191,15 @@ def scaled_object(target: str) -> dict[str, Any]:
     )
 
 
-def test_keda_scales_delivery_on_both_job_queues() -> None:
+def test_keda_scales_delivery_on_the_due_jobs_of_each_channel() -> None:
+    # The worker records its jobs in Postgres: a queue length would say nothing about the backlog.
     triggers = scaled_object("herald-delivery")["spec"]["triggers"]
-    assert {t["metadata"]["queueName"] for t in triggers} == {
-        Topology().delivery_queue("email"),
-        Topology().delivery_queue("push"),
-    }
-    assert all(t["type"] == "rabbitmq" and t["metadata"]["mode"] == "QueueLength" for t in triggers)
+    assert all(t["type"] == "postgresql" for t in triggers)
+    queries = [" ".join(t["metadata"]["query"].split()) for t in triggers]
+    for channel in ("email", "push"):
+        (query,) = [q for q in queries if f"channel = '{channel}'" in q]
+        assert query.startswith("SELECT count(*) FROM delivery_jobs WHERE")
+        assert "status = 'scheduled' AND due_at <= now()" in query
 
 
 def test_keda_scales_the_worker_on_the_events_queue() -> None:
