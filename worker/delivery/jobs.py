@@ -42,7 +42,7 @@ class JobNotification(BaseModel):
 
 
 class JobMessage(BaseModel):
-    """A ``herald.deliveries`` message body (``DeliveryJob`` in docs/asyncapi.json)."""
+    """A ``herald.deliveries`` message body (``worker.schemas.DeliveryJob`` documents it)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 

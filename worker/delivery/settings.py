@@ -20,14 +20,15 @@ class DeliverySettings(Settings):
 
     Process
         delivery_http_host, delivery_http_port: ``/healthz``, ``/readyz``, ``/metrics`` [127.0.0.1, 8768].
-        email_concurrency, push_concurrency: jobs of the channel in flight per process (the prefetch of
-            its queue, and the batch a poll claims) [20, 50].
+        email_concurrency, push_concurrency: jobs of the channel in flight per process (a claim takes the
+            free slots once half are free; also the prefetch of its queue of other services' jobs) [20, 50].
         delivery_max_attempts: attempts before a transiently failing job fails for good [8].
         delivery_retry_base_seconds, delivery_retry_max_seconds: exponential backoff with full jitter
             between attempts [2, 600].
         delivery_lease_seconds: how long a claimed job stays claimed; a process killed while sending
             leaves its jobs to be claimed again after this [60].
-        delivery_poll_seconds: pause between two looks for waiting jobs that came due [1].
+        delivery_poll_seconds: pause between two looks for due jobs when no ``NOTIFY`` came (delayed jobs,
+            retries, a lost listener), and between two attempts to listen again [1].
 
     Email
         smtp_url: ``smtp://[user:pass@]host:port`` (``?starttls=true`` to upgrade), ``smtps://`` for

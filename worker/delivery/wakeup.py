@@ -33,6 +33,7 @@ class Wakeup:
         self._dsn = dsn
         self._runners = runners
         self._conn: asyncpg.Connection | None = None
+        self._warned = False  # one warning per lost connection, not one per attempt
 
     def _woken(self, channel: str) -> None:
         runner = self._runners.get(channel)
@@ -47,8 +48,11 @@ class Wakeup:
                 try:
                     self._conn = await listen(self._dsn, self._woken)
                 except Exception as exc:  # polling covers the gap
-                    log.warning("cannot listen for due jobs; polling only", error=repr(exc))
+                    if not self._warned:
+                        log.warning("cannot listen for due jobs; polling only", error=repr(exc))
+                        self._warned = True
                 else:
+                    self._warned = False
                     for runner in self._runners.values():
                         runner.wake()
             await asyncio.sleep(interval)
