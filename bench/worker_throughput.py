@@ -199,7 +199,11 @@ async def worker_run(
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - started
         cpu = cpu_seconds(process.popen.pid) - cpu
-        print(f"  {tag}: {events / elapsed:,.0f} events/s, load average {os.getloadavg()[0]:.1f}", flush=True)
+        print(
+            f"  {tag}: {events / elapsed:,.0f} events/s, {cpu * 1e6 / events:,.0f} CPU ms per 1,000,"
+            f" load average {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
     finally:
         process.stop()
         stack.processes.remove(process)
@@ -234,9 +238,12 @@ async def run_all(stack: Stack, args: argparse.Namespace) -> list[dict[str, tupl
 def main(args: argparse.Namespace) -> None:
     stack = create_stack("herald_bench")
     try:
-        rounds = uvloop.run(run_all(stack, args))
+        report(uvloop.run(run_all(stack, args)), args)  # before the teardown, which a loaded broker may slow
     finally:
         destroy_stack(stack)
+
+
+def report(rounds: list[dict[str, tuple[float, float]]], args: argparse.Namespace) -> None:
     # The machine is shared: medians over the rounds; a ratio is taken within a round (its variants ran
     # back to back, under similar load). CPU per event barely depends on the load: compare those too.
     counts = dict.fromkeys(rounds[0], args.events) | {SINGLE: args.single_events}
@@ -251,6 +258,7 @@ def main(args: argparse.Namespace) -> None:
         print(f"{name:<38} {count:>7} {rate:>9,.0f} {ratio:>10.0%} {cpu:>13,.0f}")
     with_jobs = statistics.median(r[WITH_JOBS][0] / r[BATCHED[False]][0] for r in rounds)
     print(f"email + push on: {with_jobs:.0%} of the in-app-only rate (median of per-round ratios)")
+    print("load average (1, 5, 15 min): " + ", ".join(f"{load:.1f}" for load in os.getloadavg()))
     if args.rounds > 1:
         print("events/s per round:", "; ".join(", ".join(f"{v[0]:,.0f}" for v in r.values()) for r in rounds))
 

@@ -48,8 +48,9 @@ _RECORD: Final = f"""
         INSERT INTO delivery_jobs
                (id, notification_id, user_id, channel, notification, cancel_if_read, due_at, job_key, version)
         SELECT id, notification_id, user_id, channel, notification::jsonb,
-               delay > 0 AND EXISTS (SELECT 1 FROM notifications n
-                                      WHERE n.user_id = job.user_id AND n.id = job.notification_id),
+               CASE WHEN delay > 0 THEN EXISTS (SELECT 1 FROM notifications n  -- no probe without a delay
+                                                 WHERE n.user_id = job.user_id AND n.id = job.notification_id)
+                    ELSE false END,
                greatest(coalesce(deliver_after, now()), created + make_interval(secs => delay)),
                job_key, version
           FROM job
