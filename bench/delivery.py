@@ -5,11 +5,12 @@ Starts its own vhost + database and one ``herald-delivery`` (rate caps lifted), 
 jobs and as many push jobs in ``delivery_jobs`` the way the worker does (one statement per 200 jobs, which
 wakes ``herald-delivery`` with ``NOTIFY``), and times until the servers received them all. The bare loops
 send the same number of messages to the same servers: the same rendered emails over one aiosmtplib
-connection, one after another (as ``herald-delivery`` uses its one connection), and httpx POSTs with the
-push channel's concurrency (no encryption, no database). With ``--markdown`` the table is printed as
+connection, one after another (``herald-delivery`` uses ``--smtp-connections``, default its
+``HERALD_SMTP_CONNECTIONS``; 1 is the like-for-like comparison), and httpx POSTs with the push channel's
+concurrency (no encryption, no database). With ``--markdown`` the table is printed as
 Markdown for docs/performance.md.
 
-    .venv/bin/python -m bench.delivery [--jobs 1000] [--markdown]
+    .venv/bin/python -m bench.delivery [--jobs 1000] [--smtp-connections 4] [--markdown]
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import orjson
 from herald_ops.testing.delivery import BrowserKeys, running_mailbox, running_receiver
 from herald_ops.testing.stack import fresh_id, stack_context
 from worker.delivery.render import EmailRenderer
+from worker.delivery.settings import DeliverySettings
 from worker.store.deliveries import record
 from worker.vapid import new_key_pair
 from worker.writes import Job
@@ -123,7 +125,7 @@ async def bare_posts(receiver: PushReceiver, count: int) -> float:
         return count / (time.perf_counter() - started)
 
 
-async def run(stack: Stack, jobs: int) -> list[tuple[str, float, float]]:
+async def run(stack: Stack, jobs: int, smtp_connections: int) -> list[tuple[str, float, float]]:
     private_pem, _ = new_key_pair()
     with running_mailbox() as mailbox, running_receiver() as receiver:
         user = fresh_id()
@@ -143,6 +145,7 @@ async def run(stack: Stack, jobs: int) -> list[tuple[str, float, float]]:
             smtp_url=mailbox.url,
             email_from=SENDER,
             smtp_rate=1_000_000,
+            smtp_connections=smtp_connections,
             push_rate=1_000_000,
             push_concurrency=PUSH_CONCURRENCY,
             vapid_private_key=private_pem,
@@ -166,7 +169,7 @@ async def run(stack: Stack, jobs: int) -> list[tuple[str, float, float]]:
 def report(rows: list[tuple[str, float, float]], *, markdown: bool) -> None:
     for name, herald, bare in rows:
         print(f"{name:10} herald-delivery {herald:8.0f}   bare loop {bare:8.0f}   ratio {herald / bare:5.0%}")
-    print(f"load average {os.getloadavg()[0]:.1f}")
+    print("load average (1, 5, 15 min): " + ", ".join(f"{load:.1f}" for load in os.getloadavg()))
     if markdown:
         print("\n| measure | herald-delivery | bare loop | ratio |\n|---|---|---|---|")
         for name, herald, bare in rows:
@@ -177,10 +180,16 @@ def report(rows: list[tuple[str, float, float]], *, markdown: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument(
+        "--smtp-connections", type=int, default=DeliverySettings.model_fields["smtp_connections"].default
+    )
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     with stack_context("herald_bench") as stack:
-        rows = asyncio.run(run(stack, args.jobs))
+        rows = asyncio.run(run(stack, args.jobs, args.smtp_connections))
+        print(
+            f"herald-delivery with {args.smtp_connections} SMTP connection(s), {args.jobs} jobs per channel"
+        )
         report(rows, markdown=args.markdown)  # before the teardown, which a loaded broker may make slow
 
 

@@ -131,7 +131,12 @@ class _Delivery:
                 unsubscribe_url=settings.unsubscribe_url,
             )
             target = SmtpTarget.from_url(settings.smtp_url.get_secret_value())
-            return EmailSender(target, timeout=settings.smtp_timeout, renderer=renderer)
+            return EmailSender(
+                target,
+                timeout=settings.smtp_timeout,
+                renderer=renderer,
+                connections=settings.smtp_connections,
+            )
         assert settings.vapid_private_key is not None
         return WebPushSender(
             load_vapid(settings.vapid_private_key.get_secret_value()),

@@ -34,6 +34,8 @@ class DeliverySettings(Settings):
         smtp_url: ``smtp://[user:pass@]host:port`` (``?starttls=true`` to upgrade), ``smtps://`` for
             implicit TLS; unset = email jobs wait (scheduled) until it is configured.
         smtp_timeout: seconds for connecting and each SMTP command [30].
+        smtp_connections: SMTP connections per process, each reused for message after message; sends
+            beyond them wait for one [4].
         smtp_rate: messages per second per process [50].
         email_from: the From address [``Herald <herald@localhost>``].
         templates_dir: a directory whose templates override the shipped ones (same names).
@@ -59,6 +61,7 @@ class DeliverySettings(Settings):
 
     smtp_url: SecretStr | None = None
     smtp_timeout: float = Field(default=30.0, gt=0)
+    smtp_connections: int = Field(default=4, ge=1, le=100)
     smtp_rate: float = Field(default=50.0, gt=0)
     email_from: str = "Herald <herald@localhost>"
     templates_dir: Path | None = None
