@@ -5,8 +5,8 @@ Starts its own vhost + database and one ``herald-delivery`` (rate caps lifted), 
 jobs and as many push jobs in ``delivery_jobs`` the way the worker does (one statement per 200 jobs, which
 wakes ``herald-delivery`` with ``NOTIFY``), and times until the servers received them all. The bare loops
 send the same number of messages to the same servers: the same rendered emails over one aiosmtplib
-connection, one after another (``herald-delivery`` uses ``--smtp-connections``, default its
-``HERALD_SMTP_CONNECTIONS``; 1 is the like-for-like comparison), and httpx POSTs with the push channel's
+connection, one after another (``herald-delivery`` uses ``--smtp-connections``, default
+``HERALD_SMTP_CONNECTIONS``'s 1: like for like), and httpx POSTs with the push channel's
 concurrency (no encryption, no database). With ``--markdown`` the table is printed as
 Markdown for docs/performance.md.
 

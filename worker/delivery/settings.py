@@ -35,7 +35,7 @@ class DeliverySettings(Settings):
             implicit TLS; unset = email jobs wait (scheduled) until it is configured.
         smtp_timeout: seconds for connecting and each SMTP command [30].
         smtp_connections: SMTP connections per process, each reused for message after message; sends
-            beyond them wait for one [4].
+            beyond them wait for one; more than one overlaps the round trips to a distant relay [1].
         smtp_rate: messages per second per process [50].
         email_from: the From address [``Herald <herald@localhost>``].
         templates_dir: a directory whose templates override the shipped ones (same names).
@@ -61,7 +61,7 @@ class DeliverySettings(Settings):
 
     smtp_url: SecretStr | None = None
     smtp_timeout: float = Field(default=30.0, gt=0)
-    smtp_connections: int = Field(default=4, ge=1, le=100)
+    smtp_connections: int = Field(default=1, ge=1, le=100)
     smtp_rate: float = Field(default=50.0, gt=0)
     email_from: str = "Herald <herald@localhost>"
     templates_dir: Path | None = None
