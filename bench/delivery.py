@@ -1,27 +1,28 @@
 """Delivery throughput: emails/s to a local SMTP server and pushes/s to a local push receiver through a real
 ``herald-delivery``, side by side with a bare aiosmtplib loop and a bare HTTP POST loop in the same run.
 
-Starts its own vhost + database and one ``herald-delivery`` (rate caps lifted), publishes ``--jobs`` email
-jobs and as many push jobs to ``herald.deliveries`` in the worker's format, and times until the servers
-received them all. The bare loops send the same number of messages to the same servers: the same rendered
-emails over one aiosmtplib connection, one after another (as ``herald-delivery`` uses its one
-connection), and httpx POSTs
-with the push channel's concurrency (no encryption, no database). With ``--markdown`` the table is printed
-as Markdown for docs/performance.md.
+Starts its own vhost + database and one ``herald-delivery`` (rate caps lifted), records ``--jobs`` email
+jobs and as many push jobs in ``delivery_jobs`` the way the worker does (one statement per 200 jobs, which
+wakes ``herald-delivery`` with ``NOTIFY``), and times until the servers received them all. The bare loops
+send the same number of messages to the same servers: the same rendered emails over one aiosmtplib
+connection, one after another (``herald-delivery`` uses ``--smtp-connections``, default
+``HERALD_SMTP_CONNECTIONS``'s 1: like for like), and httpx POSTs with the push channel's
+concurrency (no encryption, no database). With ``--markdown`` the table is printed as
+Markdown for docs/performance.md.
 
-    .venv/bin/python -m bench.delivery [--jobs 1000] [--markdown]
+    .venv/bin/python -m bench.delivery [--jobs 1000] [--smtp-connections 4] [--markdown]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-import aio_pika
 import aiosmtplib
 import asyncpg
 import httpx
@@ -29,9 +30,11 @@ import orjson
 
 from herald_ops.testing.delivery import BrowserKeys, running_mailbox, running_receiver
 from herald_ops.testing.stack import fresh_id, stack_context
-from shared.topology import Topology
 from worker.delivery.render import EmailRenderer
+from worker.delivery.settings import DeliverySettings
+from worker.store.deliveries import record
 from worker.vapid import new_key_pair
+from worker.writes import Job
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -39,15 +42,13 @@ if TYPE_CHECKING:
     from herald_ops.testing.delivery import Mailbox, PushReceiver
     from herald_ops.testing.stack import Stack
 
-TOPOLOGY = Topology()
 PUSH_CONCURRENCY = 50
 SENDER = "Herald <bench@herald.test>"
 
 
-def job(user: str, channel: str, index: int) -> tuple[bytes, str]:
-    notification_id = f"{fresh_id('n')}{index}"
-    notification = {
-        "id": notification_id,
+def notification(index: int) -> dict[str, object]:
+    return {
+        "id": f"{fresh_id('n')}{index}",
         "seq": None,
         "type": "INSTRUCTOR_MESSAGE",
         "category": "social",
@@ -57,28 +58,32 @@ def job(user: str, channel: str, index: int) -> tuple[bytes, str]:
         "created_at": datetime.now(UTC).isoformat(),
         "read_at": None,
     }
-    body = {"notification": notification, "user_id": user, "channel": channel, "deliver_after": None}
-    return orjson.dumps(body), f"{notification_id}:{user}:{channel}"
 
 
-async def publish_jobs(amqp_url: str, channel_name: str, user: str, count: int) -> None:
-    connection = await aio_pika.connect(amqp_url)
+def job(user: str, channel: str, index: int) -> Job:
+    """A job as the worker records it for a notification whose in-app copy is off (no key, no version)."""
+    params = notification(index)
+    return Job(
+        id=f"{params['id']}:{user}:{channel}",
+        notification_id=str(params["id"]),
+        user_id=user,
+        channel=channel,
+        notification=orjson.dumps(params).decode(),
+        type="INSTRUCTOR_MESSAGE",
+        created_at=datetime.now(UTC),
+        deliver_after=None,
+        job_key=None,
+        version=None,
+    )
+
+
+async def record_jobs(database_url: str, channel: str, user: str, count: int) -> None:
+    conn = await asyncpg.connect(database_url)
     try:
-        channel = await connection.channel()
-        exchange = await channel.get_exchange(TOPOLOGY.deliveries_exchange)
         for start in range(0, count, 200):
-            messages = [job(user, channel_name, i) for i in range(start, min(start + 200, count))]
-            await asyncio.gather(
-                *(
-                    exchange.publish(
-                        aio_pika.Message(body, message_id=mid, content_type="application/json"),
-                        routing_key=channel_name,
-                    )
-                    for body, mid in messages
-                )
-            )
+            await record(conn, [job(user, channel, i) for i in range(start, min(start + 200, count))])
     finally:
-        await connection.close()
+        await conn.close()
 
 
 async def until(predicate: Callable[[], bool], timeout: float) -> None:
@@ -94,9 +99,8 @@ async def bare_smtp(mailbox: Mailbox, address: str, count: int) -> float:
     renderer = EmailRenderer(templates_dir=None, app_name="Herald", sender=SENDER, unsubscribe_url=None)
     messages = []
     for index in range(count):
-        body, job_id = job("bare", "email", index)
-        notification = orjson.loads(body)["notification"]
-        messages.append(renderer.message(job_id, notification, {"email": address}, "bare"))
+        params = notification(index)
+        messages.append(renderer.message(f"{params['id']}:bare:email", params, {"email": address}, "bare"))
     smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=mailbox.port, start_tls=False)
     await smtp.connect()
     started = time.perf_counter()
@@ -121,7 +125,7 @@ async def bare_posts(receiver: PushReceiver, count: int) -> float:
         return count / (time.perf_counter() - started)
 
 
-async def run(stack: Stack, jobs: int) -> list[tuple[str, float, float]]:
+async def run(stack: Stack, jobs: int, smtp_connections: int) -> list[tuple[str, float, float]]:
     private_pem, _ = new_key_pair()
     with running_mailbox() as mailbox, running_receiver() as receiver:
         user = fresh_id()
@@ -141,6 +145,7 @@ async def run(stack: Stack, jobs: int) -> list[tuple[str, float, float]]:
             smtp_url=mailbox.url,
             email_from=SENDER,
             smtp_rate=1_000_000,
+            smtp_connections=smtp_connections,
             push_rate=1_000_000,
             push_concurrency=PUSH_CONCURRENCY,
             vapid_private_key=private_pem,
@@ -148,13 +153,13 @@ async def run(stack: Stack, jobs: int) -> list[tuple[str, float, float]]:
             log_level="WARNING",
         )
         started = time.perf_counter()
-        await publish_jobs(stack.amqp_url, "email", user, jobs)
+        await record_jobs(stack.database_url, "email", user, jobs)
         await until(lambda: mailbox.count(address) >= jobs, 600)
         herald_email = jobs / (time.perf_counter() - started)
         bare_email = await bare_smtp(mailbox, f"bare-{address}", jobs)
 
         started = time.perf_counter()
-        await publish_jobs(stack.amqp_url, "push", user, jobs)
+        await record_jobs(stack.database_url, "push", user, jobs)
         await until(lambda: len(receiver.to("herald")) >= jobs, 600)
         herald_push = jobs / (time.perf_counter() - started)
         bare_push = await bare_posts(receiver, jobs)
@@ -164,6 +169,7 @@ async def run(stack: Stack, jobs: int) -> list[tuple[str, float, float]]:
 def report(rows: list[tuple[str, float, float]], *, markdown: bool) -> None:
     for name, herald, bare in rows:
         print(f"{name:10} herald-delivery {herald:8.0f}   bare loop {bare:8.0f}   ratio {herald / bare:5.0%}")
+    print("load average (1, 5, 15 min): " + ", ".join(f"{load:.1f}" for load in os.getloadavg()))
     if markdown:
         print("\n| measure | herald-delivery | bare loop | ratio |\n|---|---|---|---|")
         for name, herald, bare in rows:
@@ -174,10 +180,16 @@ def report(rows: list[tuple[str, float, float]], *, markdown: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument(
+        "--smtp-connections", type=int, default=DeliverySettings.model_fields["smtp_connections"].default
+    )
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     with stack_context("herald_bench") as stack:
-        rows = asyncio.run(run(stack, args.jobs))
+        rows = asyncio.run(run(stack, args.jobs, args.smtp_connections))
+        print(
+            f"herald-delivery with {args.smtp_connections} SMTP connection(s), {args.jobs} jobs per channel"
+        )
         report(rows, markdown=args.markdown)  # before the teardown, which a loaded broker may make slow
 
 

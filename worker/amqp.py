@@ -50,7 +50,8 @@ def broadcast_exchange(topology: Topology) -> RabbitExchange:
 
 
 def deliveries_exchange(topology: Topology) -> RabbitExchange:
-    """``herald.deliveries``: topic exchange for email/push jobs, routing key = channel."""
+    """``herald.deliveries``: topic exchange for email/push jobs from other services, routing key =
+    channel (the worker records its own jobs in Postgres)."""
     return _exchange(topology.deliveries_exchange, ExchangeType.TOPIC)
 
 
@@ -100,12 +101,14 @@ async def declare_topology(broker: RabbitBroker, topology: Topology, *, confirm_
         live = await channel.declare_exchange(
             topology.users_exchange, aio_pika.ExchangeType.DIRECT, durable=True, auto_delete=False
         )
+    # The worker records its email/push jobs in Postgres; the exchange stays for other services' jobs
+    # (herald-delivery consumes it; its broker user may not declare it).
+    await broker.declare_exchange(deliveries_exchange(topology))
     return Publisher(
         users=users,
         live=live,
         live_confirmed=confirm_frames,
         broadcast=await broker.declare_exchange(broadcast_exchange(topology)),
-        deliveries=await broker.declare_exchange(deliveries_exchange(topology)),
         outcomes=await broker.declare_exchange(outcomes_exchange(topology)),
         dlx=dlx,
     )

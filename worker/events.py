@@ -17,14 +17,13 @@ from pydantic import WithJsonSchema
 from shared.events import BroadcastEvent, ProfileEvent, SendEvent
 from worker.amqp import (
     broadcast_exchange,
-    deliveries_exchange,
     events_exchange,
     events_queue,
     outcomes_exchange,
     raw_body,
     users_exchange,
 )
-from worker.schemas import DeliveryJob, NotificationFrame, Outcome
+from worker.schemas import NotificationFrame, Outcome
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -110,12 +109,6 @@ def document_publishers(broker: RabbitBroker, topology: Topology) -> None:
         title="herald.broadcast",
         schema=NotificationFrame,
         description="Broadcast notification:new frames: seq null, header x-herald-type = the type.",
-    )
-    broker.publisher(
-        exchange=deliveries_exchange(topology),
-        title="herald.deliveries",
-        schema=DeliveryJob,
-        description="Email/push jobs, routing key = channel; hold each until deliver_after when set.",
     )
     broker.publisher(
         exchange=outcomes_exchange(topology),

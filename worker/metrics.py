@@ -13,7 +13,9 @@ EVENTS: Final = Counter(
     ["outcome"],
 )
 NOTIFICATIONS: Final = Counter("herald_worker_notifications_stored", "Notification rows inserted.")
-DELIVERIES: Final = Counter("herald_worker_deliveries", "Email/push jobs published.", ["channel"])
+DELIVERIES: Final = Counter(
+    "herald_worker_deliveries", "Email/push jobs recorded for herald-delivery.", ["channel"]
+)
 BATCH_SIZE: Final = Histogram(
     "herald_worker_batch_size",
     "Events per committed batch.",

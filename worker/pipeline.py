@@ -11,10 +11,12 @@ Life of an event (docs/design.md has the reasons):
    batch of sends is one transaction: users rows ensured and locked in id order, preferences read with the
    lock, duplicates (same user and idempotency key) read back, the rest inserted by one multi-row statement
    (:mod:`worker.store.events`); :mod:`worker.routing` decides in between who gets what, on which channel.
+   The email/push jobs of what was stored are recorded in ``delivery_jobs`` by one more statement in the
+   same transaction (an outbox: ``herald-delivery`` is woken by ``NOTIFY`` at commit and sends them).
    Each broadcast is its own transaction (one set-based statement).
-3. After the commit, every frame and delivery of the batch is published with confirms in flight together;
-   then the batch's deliveries are acked (:class:`worker.acks.AckTracker`). Publishing overlaps with the
-   next batch's commit; acks happen only after both commit and confirms.
+3. After the commit, every frame of the batch is published (broadcast frames with confirms in flight
+   together); then the batch's AMQP deliveries are acked (:class:`worker.acks.AckTracker`). Publishing
+   overlaps with the next batch's commit; acks happen only after both commit and confirms.
 
 Failures: deadlocks and serialization failures retry the batch at once; an outage
 (:func:`worker.store.pool.is_outage`) keeps the batch unacked and retries it with capped exponential
@@ -41,9 +43,9 @@ from worker import metrics
 from worker.broadcast_routing import broadcast_jobs
 from worker.pending import Pending, tags_by_channel
 from worker.profiles import store_profile
-from worker.routing import NEW_METHOD, Incoming, Outgoing, SendRouting, route_broadcast
+from worker.routing import NEW_METHOD, Outgoing, SendRouting, route_broadcast
 from worker.store import events as store
-from worker.store.deliveries import insert_waiting
+from worker.store.deliveries import insert_waiting, record
 from worker.store.pool import is_outage
 
 if TYPE_CHECKING:
@@ -246,6 +248,8 @@ class Pipeline:
         metrics.NOTIFICATIONS.inc(outgoing.rows)
         for outcome, count in outgoing.outcomes.items():
             metrics.EVENTS.labels(outcome).inc(count)
+        for channel, count in outgoing.delivery_counts().items():
+            metrics.DELIVERIES.labels(channel).inc(count)
         await self._publish_slots.acquire()
         task = asyncio.create_task(self._publish_and_ack(committed, outgoing))
         self._publishing.add(task)
@@ -323,18 +327,14 @@ class Pipeline:
     async def _store_sends(
         self, conn: Connection, catalog: Catalog, items: list[Pending], now: datetime
     ) -> Outgoing:
-        batch = [
-            Incoming(item.event, bool(item.message.redelivered))
-            for item in items
-            if isinstance(item.event, SendEvent)
-        ]
-        overrides = await store.lock_users(
-            conn, list({u for incoming in batch for u in incoming.event.user_ids})
-        )
+        batch = [item.event for item in items if isinstance(item.event, SendEvent)]
+        overrides = await store.lock_users(conn, list({u for event in batch for u in event.user_ids}))
         routing = SendRouting(batch, overrides, catalog, now)
         stored = await store.existing(conn, routing.keyed())
         writes = routing.writes(stored, await store.collapse_targets(conn, routing.collapsible()))
-        return routing.outgoing(await store.write(conn, writes))
+        outgoing = routing.outgoing(await store.write(conn, writes))
+        await record(conn, outgoing.deliveries)
+        return outgoing
 
     async def _store_broadcast(
         self, conn: Connection, catalog: Catalog, event: BroadcastEvent, now: datetime
@@ -363,7 +363,6 @@ class Pipeline:
                 confirmed += [
                     publisher.broadcast_frame(t, c, NEW_METHOD, f) for t, c, f in outgoing.broadcasts
                 ]
-                confirmed += [publisher.delivery(c, body, mid) for c, body, mid in outgoing.deliveries]
                 await _gather(confirmed)
             except Exception as exc:
                 # Not acked: redelivered, found stored, published again.
@@ -373,8 +372,6 @@ class Pipeline:
                 await self._requeue(items)
                 return
             metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)
-            for channel, count in outgoing.delivery_counts().items():
-                metrics.DELIVERIES.labels(channel).inc(count)
             for amqp_channel, tags in tags_by_channel(items).items():
                 await self._acks.settle(amqp_channel, tags)
         finally:

@@ -1,18 +1,19 @@
-"""Publishing from the worker: live frames, broadcast frames, deliveries, action outcomes, dead letters.
+"""Publishing from the worker: live frames, broadcast frames, action outcomes, dead letters.
 
 Every publish goes to one of the permanent exchanges declared at start (``herald.users``,
-``herald.broadcast``, ``herald.deliveries``, ``herald.outcomes``, ``herald.dlx``) and never to a per-user
-exchange: a publish to an exchange that does not exist closes the channel.
+``herald.broadcast``, ``herald.outcomes``, ``herald.dlx``) and never to a per-user exchange: a publish to
+an exchange that does not exist closes the channel. Email/push jobs are not published: the pipeline
+records them in Postgres in the batch's transaction (``worker.store.deliveries``).
 
 Frames are published with ``mandatory=False`` (a frame for a user connected nowhere is dropped by RabbitMQ
-instead of being returned to us). Deliveries, dead letters and broadcast frames use the broker's
+instead of being returned to us). Outcomes, dead letters and broadcast frames use the broker's
 publisher-confirm channel and their callers ``await`` the confirm. Live frames — the ``notification:new``
 frames of event batches and the events of client requests — go on ``live``: by default a channel without
 confirms on the same connection as the consumers, so each frame is written before the batch's ack or the
 request's reply (``HERALD_CONFIRM_FRAMES=true`` puts them on the confirm channel; docs/design.md weighs
 the two).
 
-Hot-path publishes (frames, deliveries) go straight to the underlying aiormq channel with ``wait=False``:
+Hot-path publishes (live frames) go straight to the underlying aiormq channel with ``wait=False``:
 aio-pika's ``Exchange.publish`` holds the channel lock until each frame is flushed to the socket, which
 serializes a batch's publishes one socket write at a time; here the confirms are still awaited.
 
@@ -42,7 +43,7 @@ JSON: Final = "application/json"
 class Publisher:
     """The worker's handles on the permanent exchanges (aio-pika exchanges on a confirm channel)."""
 
-    __slots__ = ("broadcast", "deliveries", "dlx", "live", "live_confirmed", "outcomes", "users")
+    __slots__ = ("broadcast", "dlx", "live", "live_confirmed", "outcomes", "users")
 
     def __init__(
         self,
@@ -51,7 +52,6 @@ class Publisher:
         live: AbstractExchange,
         live_confirmed: bool,
         broadcast: AbstractExchange,
-        deliveries: AbstractExchange,
         outcomes: AbstractExchange,
         dlx: AbstractExchange,
     ) -> None:
@@ -59,7 +59,6 @@ class Publisher:
         self.live = live
         self.live_confirmed = live_confirmed
         self.broadcast = broadcast
-        self.deliveries = deliveries
         self.outcomes = outcomes
         self.dlx = dlx
 
@@ -100,13 +99,6 @@ class Publisher:
             routing_key="",
             mandatory=False,
         )
-
-    async def delivery(self, channel: str, body: bytes, message_id: str) -> None:
-        """Publish one persistent email/push job to ``herald.deliveries`` with routing key ``channel``."""
-        properties = spec.Basic.Properties(
-            content_type=JSON, message_type=channel, delivery_mode=2, message_id=message_id
-        )
-        await self._fast_publish(self.deliveries, channel, body, properties)
 
     async def outcome(self, notification_type: str, body: bytes, message_id: str) -> None:
         """Publish one persistent action outcome to ``herald.outcomes`` keyed by the notification type;

@@ -39,7 +39,7 @@ from shared.preferences import (
     effective_preferences,
     quiet_hours_end,
 )
-from worker.writes import Writes
+from worker.writes import Job, Writes
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -70,11 +70,11 @@ def notification_id(scoped: Key | None) -> str:
 
 @dataclass(slots=True)
 class Outgoing:
-    """What a committed batch publishes: frames per user, broadcast frames, email/push jobs."""
+    """What a batch publishes (frames per user, broadcast frames) and the email/push jobs it records."""
 
     frames: list[tuple[str, bytes]] = field(default_factory=list)  # (user id, frame)
     broadcasts: list[tuple[str, bool, bytes]] = field(default_factory=list)  # (type, critical, frame)
-    deliveries: list[tuple[str, bytes, str]] = field(default_factory=list)  # (channel, body, message id)
+    deliveries: list[Job] = field(default_factory=list)
     rows: int = 0  # notifications inserted
     outcomes: dict[str, int] = field(default_factory=dict)  # events by metrics outcome
 
@@ -90,17 +90,9 @@ class Outgoing:
     def delivery_counts(self) -> dict[str, int]:
         """Email/push jobs by channel."""
         counts: dict[str, int] = {}
-        for channel, _, _ in self.deliveries:
-            counts[channel] = counts.get(channel, 0) + 1
+        for job in self.deliveries:
+            counts[job.channel] = counts.get(job.channel, 0) + 1
         return counts
-
-
-@dataclass(frozen=True, slots=True)
-class Incoming:
-    """One send event of a batch; ``redelivered``: the broker delivered it before (its jobs may be lost)."""
-
-    event: SendEvent
-    redelivered: bool = False
 
 
 @dataclass(slots=True)
@@ -175,7 +167,7 @@ class SendRouting:
 
     def __init__(
         self,
-        batch: Sequence[Incoming],
+        batch: Sequence[SendEvent],
         overrides: Mapping[str, Mapping[str, Any] | None],
         catalog: Catalog,
         now: datetime,
@@ -194,8 +186,7 @@ class SendRouting:
         defaults = default_preferences(catalog)
         preferences: dict[str, dict[str, Any]] = {}
         seen: set[tuple[str, Key]] = set()
-        for index, incoming in enumerate(batch):
-            event = incoming.event
+        for index, event in enumerate(batch):
             kind = catalog[event.type]
             key = event.idempotency_key
             nid = notification_id(key)
@@ -233,11 +224,7 @@ class SendRouting:
 
     def collapsible(self) -> list[tuple[str, str]]:
         """The ``(user id, collapse key)`` of every in-app copy that may collapse into a stored row."""
-        keys = {
-            (r.user, key)
-            for r in self._in_app
-            if (key := self._batch[r.index].event.collapse_key) is not None
-        }
+        keys = {(r.user, key) for r in self._in_app if (key := self._batch[r.index].collapse_key) is not None}
         return sorted(keys)
 
     def writes(
@@ -257,7 +244,7 @@ class SendRouting:
                 recipient.params = previous
                 continue
             self._fresh.append(recipient)
-            collapse_key = self._batch[recipient.index].event.collapse_key
+            collapse_key = self._batch[recipient.index].collapse_key
             if collapse_key is None:
                 self._insert(writes, recipient.user, recipient.key, None, recipient.params)
             else:
@@ -311,14 +298,18 @@ class SendRouting:
         published += self._new_groups + self._collapsed_groups
         out.frames = [(user, notification_frame(NEW_METHOD, params)) for user, params in published]
         jobs: set[tuple[int, str]] = set()
+        notifications: dict[int, str] = {}  # id(Notification object) → its JSON (email and push share it)
         for recipient, channel, held in self._by_mail:
-            duplicate = (recipient.user, recipient.key) in self._duplicates
-            if duplicate and not self._batch[recipient.index].redelivered:
-                continue  # a producer's repeat: its jobs went out the first time
+            if (recipient.user, recipient.key) in self._duplicates:
+                continue  # stored before: its jobs were recorded in the same transaction
             if (id(recipient.params), channel) in jobs:
                 continue
             jobs.add((id(recipient.params), channel))
-            out.deliveries.append(_job(recipient, channel, held))
+            params = recipient.params
+            text = notifications.get(id(params))
+            if text is None:
+                text = notifications[id(params)] = dumps(params).decode()
+            out.deliveries.append(_job(recipient, channel, held, text))
         # Per event: a duplicate found nothing new to store (every in-app copy existed, or it repeated an
         # event of this batch); muted reached no channel; stored is the rest (collapsed ones included).
         with_fresh_rows = {r.index for r in self._fresh}
@@ -332,26 +323,28 @@ class SendRouting:
         return out
 
 
-def _job(recipient: _Recipient, channel: str, held: datetime | None) -> tuple[str, bytes, str]:
-    """One email/push job: ``(channel, body, message id)``.
+def _job(recipient: _Recipient, channel: str, held: datetime | None, notification: str) -> Job:
+    """One email/push job (``notification``: the Notification object as JSON).
 
-    ``job_key`` is stable across a collapsed notification's versions and ``version`` (its seq, ``None``
-    when nothing is stored) grows with each. The AMQP ``message_id`` is the job key for a notification's
-    first version (``count`` 1, as before collapse keys existed) and ``<job key>:<seq>`` for later ones, so a
-    sender that deduplicates on it still receives every new version.
+    ``job_key`` is stable across a collapsed notification's versions and ``version`` (its seq) grows with
+    each; both are ``None`` when nothing is stored in-app. The row id is the job key for a notification's
+    first version (``count`` 1, as before collapse keys existed) and ``<job key>:<seq>`` for later ones.
     """
     params = recipient.params
     key = job_key(params["id"], recipient.user, channel)
     version = params["seq"]
-    body = {
-        "notification": params,
-        "user_id": recipient.user,
-        "channel": channel,
-        "deliver_after": held,
-        "job_key": key,
-        "version": version,
-    }
-    return channel, dumps(body), key if params["count"] == 1 else f"{key}:{version}"
+    return Job(
+        id=key if params["count"] == 1 else f"{key}:{version}",
+        notification_id=params["id"],
+        user_id=recipient.user,
+        channel=channel,
+        notification=notification,
+        type=params["type"],
+        created_at=params["created_at"],
+        deliver_after=held,
+        job_key=None if version is None else key,
+        version=version,
+    )
 
 
 @dataclass(frozen=True, slots=True)

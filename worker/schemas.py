@@ -65,7 +65,8 @@ class NotificationFrame(BaseModel):
 
 
 class DeliveryJob(BaseModel):
-    """One email or push job; routing key and ``channel`` agree.
+    """One email or push job another service hands ``herald-delivery`` on ``herald.deliveries`` (the
+    worker records its own in ``delivery_jobs``, same fields); routing key and ``channel`` agree.
 
     ``deliver_after`` is the end of the user's quiet hours (hold the job until then) or null (deliver now).
     ``job_key`` (``<id>:<user>:<channel>``) is the same for every version of a collapsed notification and

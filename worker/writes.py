@@ -1,4 +1,6 @@
-"""What a batch of sends writes, sans-I/O: new rows, collapses into stored rows, and absorbed keys.
+"""What a batch of sends writes, sans-I/O: new rows, collapses into stored rows, absorbed keys, and the
+email/push jobs of what was stored (:class:`Job`, recorded by :func:`worker.store.deliveries.record` in the
+same transaction).
 
 :class:`worker.routing.SendRouting` fills a :class:`Writes`; :func:`worker.store.events.write` runs it as
 three statements (insert, collapse, remember keys), column by column (one array per column, ``unnest``).
@@ -114,3 +116,22 @@ class Written:
 
     inserted: list[tuple[int, datetime]]
     collapsed: list[tuple[int, int, datetime]]
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One email/push job: the columns :func:`worker.store.deliveries.record` takes (``notification`` is
+    the Notification object as JSON text)."""
+
+    id: str
+    notification_id: str
+    user_id: str
+    channel: str
+    notification: str
+    type: str
+    created_at: datetime
+    deliver_after: datetime | None
+    #: ``<notification id>:<user>:<channel>`` and the notification's seq (amendments 14, 25); both
+    #: ``None`` for a job without a stored in-app copy, which is kept by its id alone.
+    job_key: str | None
+    version: int | None

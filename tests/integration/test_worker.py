@@ -15,7 +15,15 @@ import orjson
 import pytest
 
 from herald_ops.testing.stack import Stack, create_stack, destroy_stack, fresh_id, http_get, wait_until
-from herald_ops.testing.worker import TOPOLOGY, Watcher, counters, event, frame_params, rows
+from herald_ops.testing.worker import (
+    TOPOLOGY,
+    Watcher,
+    counters,
+    event,
+    frame_params,
+    recorded_jobs,
+    rows,
+)
 from shared.events import MAX_BODY_BYTES
 from shared.preferences import decide_channels, effective_preferences
 from shared.settings import Settings
@@ -253,15 +261,15 @@ async def test_email_and_push_follow_channels(watcher: Watcher, db: asyncpg.Conn
     plain, no_push, no_in_app = fresh_id("plain"), fresh_id("nopush"), fresh_id("noinapp")
     await set_preferences(db, no_push, channels={"push": False})
     await set_preferences(db, no_in_app, types={"GRADE_RELEASED": {"in_app": False}})
-    deliveries = await watcher.bound_queue(TOPOLOGY.deliveries_exchange, "email", "push")
     frames = await watcher.frames(plain, no_push, no_in_app)
 
     await watcher.publish(event([plain, no_push, no_in_app], "GRADE_RELEASED"))
     narrowed = fresh_id("narrow")
     await watcher.publish(event(narrowed, "GRADE_RELEASED", channels=["push"]))
 
-    jobs = await watcher.take(deliveries, 2 + 1 + 2 + 1)
-    got = sorted((orjson.loads(m.body)["user_id"], m.routing_key) for m in jobs)
+    users = [plain, no_push, no_in_app, narrowed]
+    jobs = await recorded_jobs(db, users, 2 + 1 + 2 + 1)
+    got = sorted((job["user_id"], job["channel"]) for job in jobs)
     assert got == sorted(
         [
             (plain, "email"),
@@ -273,11 +281,18 @@ async def test_email_and_push_follow_channels(watcher: Watcher, db: asyncpg.Conn
         ]
     )
     for job in jobs:
-        body = orjson.loads(job.body)
-        assert body["channel"] == job.routing_key
-        assert body["notification"]["type"] == "GRADE_RELEASED"
-        assert body["notification"]["id"]
-        assert body["deliver_after"] is None
+        assert job["notification"]["type"] == "GRADE_RELEASED"
+        assert job["notification_id"] == job["notification"]["id"]
+        assert job["id"] == f"{job['notification_id']}:{job['user_id']}:{job['channel']}"
+        assert (job["status"], job["due_at"]) == ("scheduled", job["created_at"])  # due at once
+    # Stored in-app: keyed by version; in-app off (nothing stored): by id alone.
+    versions = {(job["user_id"], job["version"] is not None, job["job_key"] is not None) for job in jobs}
+    assert versions == {
+        (plain, True, True),
+        (no_push, True, True),
+        (no_in_app, False, False),
+        (narrowed, False, False),
+    }
     assert sorted(m.routing_key or "" for m in await watcher.take(frames, 2)) == sorted([plain, no_push])
     assert await rows(db, no_in_app) == []
     assert await rows(db, narrowed) == []
@@ -287,7 +302,6 @@ async def test_critical_types_cannot_be_muted(watcher: Watcher, db: asyncpg.Conn
     user = fresh_id("critical")
     off = {"in_app": False, "email": False, "push": False}
     await set_preferences(db, user, channels=off, types={"SECURITY_ALERT": off})
-    deliveries = await watcher.bound_queue(TOPOLOGY.deliveries_exchange, "email", "push")
     frames = await watcher.frames(user)
 
     await watcher.publish(event(user, "SECURITY_ALERT"))
@@ -295,9 +309,10 @@ async def test_critical_types_cannot_be_muted(watcher: Watcher, db: asyncpg.Conn
     await watcher.publish(event(marker, "GRADE_RELEASED", channels=["email"]))
 
     assert frame_params((await watcher.take(frames, 1))[0])["type"] == "SECURITY_ALERT"
-    jobs = [(orjson.loads(m.body)["user_id"], m.routing_key) for m in await watcher.take(deliveries, 2)]
-    # In-app and email are locked on; push follows the user's switch. The marker's job comes last.
-    assert jobs == [(user, "email"), (marker, "email")]
+    await recorded_jobs(db, [marker], 1)  # committed after (or with) the user's event
+    jobs = await recorded_jobs(db, [user], 1)
+    # In-app and email are locked on; push follows the user's switch.
+    assert [(job["user_id"], job["channel"]) for job in jobs] == [(user, "email")]
     assert len(await rows(db, user)) == 1
 
 
@@ -306,16 +321,14 @@ async def test_quiet_hours_hold_email_and_push_only(watcher: Watcher, db: asyncp
     now = datetime.now(UTC)
     start, end = (now - timedelta(hours=1)).strftime("%H:%M"), (now + timedelta(hours=1)).strftime("%H:%M")
     await set_preferences(db, user, quiet_hours={"start": start, "end": end, "timezone": "UTC"})
-    deliveries = await watcher.bound_queue(TOPOLOGY.deliveries_exchange, "email", "push")
     frames = await watcher.frames(user)
 
     await watcher.publish(event(user, "GRADE_RELEASED"))
 
     await watcher.take(frames, 1)  # in-app is never held
-    jobs = await watcher.take(deliveries, 2)
+    jobs = await recorded_jobs(db, [user], 2)
     for job in jobs:
-        held_until = datetime.fromisoformat(orjson.loads(job.body)["deliver_after"])
-        assert timedelta(minutes=58) < held_until - now <= timedelta(hours=1, minutes=1)
+        assert timedelta(minutes=58) < job["due_at"] - now <= timedelta(hours=1, minutes=1)
 
 
 async def test_broadcast_stores_one_row_per_allowed_known_user(
@@ -436,7 +449,9 @@ async def test_retention_deletes_old_rows_and_adjusts_unread(
     assert await db.fetchval("SELECT inbox_count FROM users WHERE user_id = $1", user) == 100
 
 
-async def test_redelivery_of_a_stored_event_republishes_it(fresh_stack: Stack) -> None:
+async def test_redelivery_of_a_stored_event_republishes_its_frame_and_records_no_job_twice(
+    fresh_stack: Stack,
+) -> None:
     worker = fresh_stack.start_worker()
     connection = await aio_pika.connect(fresh_stack.amqp_url)
     pg = await asyncpg.connect(fresh_stack.database_url)
@@ -444,11 +459,10 @@ async def test_redelivery_of_a_stored_event_republishes_it(fresh_stack: Stack) -
         watcher = Watcher(await connection.channel())
         user = fresh_id("redeliver")
         frames = await watcher.frames(user)
-        deliveries = await watcher.bound_queue(TOPOLOGY.deliveries_exchange, "email", "push")
         body = event(user, "GRADE_RELEASED")
         await watcher.publish(body)
         (first,) = await watcher.take(frames, 1)
-        await watcher.take(deliveries, 2)
+        jobs = await recorded_jobs(pg, [user], 2)
 
         # The same message again, delivered once to a consumer that dies: RabbitMQ redelivers it.
         worker.stop()
@@ -461,7 +475,8 @@ async def test_redelivery_of_a_stored_event_republishes_it(fresh_stack: Stack) -
 
         (again,) = await watcher.take(frames, 1)
         assert frame_params(again) == frame_params(first)
-        assert sorted(m.routing_key or "" for m in await watcher.take(deliveries, 2)) == ["email", "push"]
+        # The jobs were recorded with the row, in its transaction: the duplicate adds none.
+        assert await recorded_jobs(pg, [user], 2) == jobs
         assert len(await rows(pg, user)) == 1
         assert await counters(pg, user) == (1, 1)
     finally:

@@ -192,13 +192,15 @@ def scaled_object(target: str) -> dict[str, Any]:
     )
 
 
-def test_keda_scales_delivery_on_both_job_queues() -> None:
+def test_keda_scales_delivery_on_the_due_jobs_of_each_channel() -> None:
+    # The worker records its jobs in Postgres: a queue length would say nothing about the backlog.
     triggers = scaled_object("herald-delivery")["spec"]["triggers"]
-    assert {t["metadata"]["queueName"] for t in triggers} == {
-        Topology().delivery_queue("email"),
-        Topology().delivery_queue("push"),
-    }
-    assert all(t["type"] == "rabbitmq" and t["metadata"]["mode"] == "QueueLength" for t in triggers)
+    assert all(t["type"] == "postgresql" for t in triggers)
+    queries = [" ".join(t["metadata"]["query"].split()) for t in triggers]
+    for channel in ("email", "push"):
+        (query,) = [q for q in queries if f"channel = '{channel}'" in q]
+        assert query.startswith("SELECT count(*) FROM delivery_jobs WHERE")
+        assert "status = 'scheduled' AND due_at <= now()" in query
 
 
 def test_keda_scales_the_worker_on_the_events_queue() -> None:
@@ -351,14 +353,20 @@ def test_the_worker_trusts_the_gateway_user_and_keda_reads_as_the_monitor() -> N
     (container,) = containers(worker)
     trusted = env_entries(container)["HERALD_RPC_TRUSTED_USERS"]
     assert secret_key(trusted) == ("herald-gateway-user-credentials", "username")
-    (auth,) = [doc for doc in k8s_documents() if doc["kind"] == "TriggerAuthentication"]
+    # The worker scales on its queue's length, read as the monitor (herald-delivery scales on due jobs
+    # in Postgres, with the database's credentials).
+    (auth,) = [
+        doc
+        for doc in k8s_documents()
+        if doc["kind"] == "TriggerAuthentication" and doc["metadata"]["name"] == "herald-rabbitmq"
+    ]
     assert {(ref["parameter"], ref["name"], ref["key"]) for ref in auth["spec"]["secretTargetRef"]} == {
         ("username", "herald-monitor-user-credentials", "username"),
         ("password", "herald-monitor-user-credentials", "password"),
     }
-    for target in ("herald-worker", "herald-delivery"):
-        for trigger in scaled_object(target)["spec"]["triggers"]:
-            assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"], target
+    for trigger in scaled_object("herald-worker")["spec"]["triggers"]:
+        assert trigger["type"] == "rabbitmq"
+        assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
 
 
 # Compose: which broker user each service connects as (migrate does not use the broker).

@@ -1,10 +1,12 @@
-"""The ``herald-delivery`` app: one FastStream subscriber and one :class:`ChannelRunner` per channel.
+"""The ``herald-delivery`` app: one :class:`ChannelRunner` per channel, a listener, and one FastStream
+subscriber per channel for jobs other services publish.
 
-Each channel has its own queue (``herald.deliveries.email``, ``herald.deliveries.push``, bound by the
-channel's routing key on ``herald.deliveries``), its own AMQP channel with its concurrency as prefetch,
-its own rate cap and its own poller, so a dead SMTP relay never slows push, nor the reverse. A channel
-whose sender is not configured (no ``HERALD_SMTP_URL``, no ``HERALD_VAPID_PRIVATE_KEY``) is not consumed:
-its jobs wait in the queue until a process that can send them starts.
+The worker records its jobs in Postgres and ``NOTIFY`` wakes the runners (:mod:`worker.delivery.wakeup`).
+Each channel has its own runner (its concurrency, rate cap and claims), so a dead SMTP relay never slows
+push, nor the reverse, and its own queue (``herald.deliveries.email``, ``herald.deliveries.push``, bound by
+the channel's routing key on ``herald.deliveries``) whose messages are recorded like the worker's jobs. A
+channel whose sender is not configured (no ``HERALD_SMTP_URL``, no ``HERALD_VAPID_PRIVATE_KEY``) is not
+sent: its jobs wait (scheduled in Postgres, or in its queue) until a process that can send them starts.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from worker.delivery.runner import ChannelRunner
 from worker.delivery.senders.email import EmailSender, SmtpTarget
 from worker.delivery.senders.webpush import WebPushSender
 from worker.delivery.settings import load_delivery_settings
+from worker.delivery.wakeup import Wakeup
 from worker.schemas import DeliveryJob
 from worker.store.catalog import load_catalog
 from worker.store.pool import create_pool
@@ -66,8 +69,10 @@ class _Delivery:
             specification=AsyncAPI(title="Herald delivery", description="Email and Web Push jobs in."),
         )
         self.runners: dict[str, ChannelRunner] = {}
+        self._wakeup = Wakeup(settings.database_url, self.runners)
         self._pool: asyncpg.Pool | None = None
         self._catalog: Catalog | None = None
+        self._pumps: list[asyncio.Task[None]] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._server: asyncio.Server | None = None
         for channel in self._configured_channels():
@@ -104,7 +109,8 @@ class _Delivery:
             no_reply=True,
             decoder=raw_body,
             title=self.topology.delivery_queue(channel),
-            description=f"{channel} jobs from the worker (routing key {channel}).",
+            description=f"{channel} jobs from other services (routing key {channel}); the worker's own"
+            " jobs go through Postgres.",
         )
         broker = self.broker
 
@@ -125,7 +131,12 @@ class _Delivery:
                 unsubscribe_url=settings.unsubscribe_url,
             )
             target = SmtpTarget.from_url(settings.smtp_url.get_secret_value())
-            return EmailSender(target, timeout=settings.smtp_timeout, pool=pool, renderer=renderer)
+            return EmailSender(
+                target,
+                timeout=settings.smtp_timeout,
+                renderer=renderer,
+                connections=settings.smtp_connections,
+            )
         assert settings.vapid_private_key is not None
         return WebPushSender(
             load_vapid(settings.vapid_private_key.get_secret_value()),
@@ -169,11 +180,16 @@ class _Delivery:
             settings.delivery_http_port,
             probes.routes(self.app, self.broker, self._pool),
         )
-        self._tasks = [
-            asyncio.create_task(runner.poll_forever(), name=f"herald-poll-{channel}")
+        self._pumps = [
+            asyncio.create_task(runner.pump(), name=f"herald-pump-{channel}")
             for channel, runner in self.runners.items()
         ]
-        self._tasks.append(asyncio.create_task(self._refresh_catalog(), name="herald-catalog"))
+        self._tasks = [
+            asyncio.create_task(
+                self._wakeup.keep_listening(settings.delivery_poll_seconds), name="herald-wakeup"
+            ),
+            asyncio.create_task(self._refresh_catalog(), name="herald-catalog"),
+        ]
         log.info("delivery started", channels=sorted(self.runners), http=settings.delivery_http_port)
 
     async def _refresh_catalog(self) -> None:
@@ -188,16 +204,16 @@ class _Delivery:
     async def _drain(self) -> None:
         for runner in self.runners.values():
             runner.stop()
-        polls, refresh = self._tasks[:-1], self._tasks[-1:]
-        for task in refresh:
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*polls, *refresh, return_exceptions=True)
+        await asyncio.gather(*self._pumps, *self._tasks, return_exceptions=True)
 
     async def _close(self) -> None:
         if self._server is not None:
             self._server.close()
         for runner in self.runners.values():
             await runner.close()
+        await self._wakeup.close()
         if self._pool is not None:
             await self._pool.close()
         log.info("delivery stopped")

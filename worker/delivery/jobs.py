@@ -16,6 +16,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from shared.events import validation_reason
+from worker.writes import Job
 
 Status = Literal["sent", "skipped", "retry", "failed"]
 #: The longest error text kept in a job's row and dead-letter header.
@@ -41,7 +42,7 @@ class JobNotification(BaseModel):
 
 
 class JobMessage(BaseModel):
-    """A ``herald.deliveries`` message body (``DeliveryJob`` in docs/asyncapi.json)."""
+    """A ``herald.deliveries`` message body (``worker.schemas.DeliveryJob`` documents it)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -64,6 +65,25 @@ def parse_job(body: bytes, message_id: str | None) -> tuple[str, JobMessage]:
     except ValidationError as exc:
         raise InvalidJob(validation_reason(exc)) from None
     return message_id or f"{job.notification.id}:{job.user_id}:{job.channel}", job
+
+
+def to_record(job_id: str, job: JobMessage) -> Job:
+    """The ``delivery_jobs`` row of a job message. A job without ``job_key`` or ``version`` (the old
+    format, or nothing stored in-app) is kept by its id alone."""
+    notification = job.notification
+    keyed = job.job_key is not None and job.version is not None
+    return Job(
+        id=job_id,
+        notification_id=notification.id,
+        user_id=job.user_id,
+        channel=job.channel,
+        notification=orjson.dumps(notification.model_dump(mode="json")).decode(),
+        type=notification.type,
+        created_at=notification.created_at,
+        deliver_after=job.deliver_after,
+        job_key=job.job_key if keyed else None,
+        version=job.version if keyed else None,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,15 +1,18 @@
-"""One channel's job loop: take jobs from the queue and from Postgres, send them, record each outcome.
+"""One channel's job loop: claim due jobs from Postgres in batches, send them, record the outcomes in batches.
 
-A job message from ``herald.deliveries.<channel>`` is recorded in ``delivery_jobs`` first (once: a
-redelivery changes nothing; a higher version of a collapsed notification replaces its key's waiting row,
-docs/protocol.md amendment 25). A job due now is inserted already claimed and sent at once, and its message
-is acked only after the outcome is written, so the queue's prefetch bounds the jobs in flight. A job that
-must wait (quiet hours, a catalog delay, a retry's backoff) is acked once recorded and later claimed by
-:meth:`ChannelRunner.poll_forever` — in any ``herald-delivery`` process — when it comes due.
+The worker records its jobs in ``delivery_jobs`` in the transaction that stores their notifications and
+the statement sends ``NOTIFY`` (:mod:`worker.delivery.wakeup` wakes the runner of the channel); a job
+message another service published to ``herald.deliveries.<channel>`` is recorded the same way
+(:meth:`ChannelRunner.on_message`) and acked. :meth:`ChannelRunner.pump` keeps up to ``concurrency`` jobs
+in flight: it claims due jobs (with the user's profile) in one statement whenever half the slots are free,
+and between wake-ups looks again every ``HERALD_DELIVERY_POLL_SECONDS`` (jobs held by quiet hours, a catalog
+delay or a retry's backoff come due without a notification; a lost listener costs only latency). A job
+keeps its slot until its outcome is written: outcomes finished while a write runs go into the next write.
 
 Exactly-once in normal operation: a job is sent only by the holder of its lease, whose outcome write
 releases it; a process killed after the server accepted a message but before that write leaves its lease
-to expire, and only such in-flight jobs are sent again (docs/delivery.md).
+to expire, and only such in-flight jobs (at most ``concurrency`` per channel and process) are sent again
+(docs/delivery.md).
 """
 
 from __future__ import annotations
@@ -17,34 +20,65 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Final, TypeVar
 
+import asyncpg
 import orjson
 import structlog
 
 from shared.topology import ERROR_HEADER
 from worker.delivery import metrics
-from worker.delivery.jobs import InvalidJob, Outcome, parse_job, retry_delay, settle
+from worker.delivery.jobs import InvalidJob, Outcome, parse_job, retry_delay, settle, to_record
 from worker.store import deliveries
-from worker.store.deliveries import Claimed
+from worker.store.deliveries import Finished
 from worker.store.pool import is_outage
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    import asyncpg
     from aio_pika.abc import AbstractIncomingMessage
     from aiolimiter import AsyncLimiter
     from faststream.rabbit import RabbitBroker
 
     from worker.delivery.senders.base import Sender
     from worker.delivery.settings import DeliverySettings
+    from worker.store.deliveries import Claimed
 
 log = structlog.get_logger("herald.delivery")
 
 T = TypeVar("T")
 _OUTAGE_BACKOFF_START: Final = 0.2
 _OUTAGE_BACKOFF_MAX: Final = 5.0
+
+
+class _Outcomes:
+    """Writes outcomes in batches: each :meth:`write` returns once its outcome is in the database, and the
+    outcomes that arrive while one statement runs are written together by the next."""
+
+    def __init__(self, write: Callable[[list[Finished]], Awaitable[None]]) -> None:
+        self._write = write
+        self._pending: list[tuple[Finished, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def write(self, finished: Finished) -> None:
+        done = asyncio.get_running_loop().create_future()
+        self._pending.append((finished, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._flush(), name="herald-outcomes")
+        await done
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await self._write([finished for finished, _ in batch])
+            except Exception as exc:  # not an outage (those are retried inside): a bug, for every waiter
+                for _, done in batch:
+                    done.set_exception(exc)
+            else:
+                for _, done in batch:
+                    done.set_result(None)
 
 
 class ChannelRunner:
@@ -69,7 +103,11 @@ class ChannelRunner:
         self._dead_queue = dead_queue
         self._limiter = limiter
         self._concurrency = concurrency
-        self._stopping = asyncio.Event()
+        self._stopping = False
+        self._woken = asyncio.Event()  # jobs may have come due (a NOTIFY, a recorded message, stop)
+        self._freed = asyncio.Event()  # a slot came free (or stop)
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._outcomes = _Outcomes(self._finish)
 
     async def _with_database(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Run ``operation``, retrying through a database outage (the job waits, nothing is lost)."""
@@ -84,8 +122,12 @@ class ChannelRunner:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _OUTAGE_BACKOFF_MAX)
 
+    def wake(self) -> None:
+        """Jobs of this channel may be due: claim at once instead of at the next poll."""
+        self._woken.set()
+
     async def on_message(self, message: AbstractIncomingMessage) -> None:
-        """Record one job message, send it when it is due, then ack it."""
+        """Record one job message from another service (the pump sends it when due), then ack it."""
         try:
             job_id, job = parse_job(message.body, message.message_id)
             if job.channel != self.channel:
@@ -94,25 +136,40 @@ class ChannelRunner:
             await self._dead_letter(message.message_id or "", message.body, str(exc))
             await message.ack()
             return
-        lease = self._settings.delivery_lease_seconds
-        claimed: Claimed | None
-        if await self._with_database(lambda: deliveries.schedule(self._pool, job_id, job, lease)):
-            notification = job.notification.model_dump(mode="json")
-            claimed = Claimed(
-                job_id,
-                job.user_id,
-                job.channel,
-                notification,
-                attempts=1,
-                cancelled=False,
-                version=deliveries.stored_version(job),
-            )
-        else:  # recorded before (a redelivery, a job still waiting) or it replaced a waiting row's version;
-            # send it only if due and unclaimed
-            claimed = await self._with_database(lambda: deliveries.claim_one(self._pool, job_id, lease))
-        if claimed is not None:
-            await self.run(claimed)
+        with contextlib.suppress(asyncpg.UniqueViolationError):  # recorded meanwhile by a redelivery
+            await self._with_database(lambda: deliveries.record(self._pool, [to_record(job_id, job)]))
+        self.wake()
         await message.ack()
+
+    async def pump(self) -> None:
+        """Claim and send due jobs until :meth:`stop`, then wait for the jobs in flight."""
+        lease = self._settings.delivery_lease_seconds
+        while not self._stopping:
+            self._freed.clear()
+            free = self._concurrency - len(self._in_flight)
+            if free * 2 < self._concurrency:  # claim in batches: wait until half the slots are free
+                await self._freed.wait()
+                continue
+            self._woken.clear()
+            batch = await self._with_database(
+                partial(deliveries.claim_due, self._pool, self.channel, free, lease)
+            )
+            for job in batch:
+                task = asyncio.create_task(self.run(job))
+                self._in_flight.add(task)
+                task.add_done_callback(self._done)
+            if len(batch) < free:  # nothing more is due now
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._settings.delivery_poll_seconds):
+                        await self._woken.wait()
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._freed.set()
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("delivery job failed", channel=self.channel, exc_info=error)
 
     async def run(self, job: Claimed) -> None:
         """Attempt one claimed job and record the outcome (a cancelled one is only counted)."""
@@ -128,7 +185,13 @@ class ChannelRunner:
                 outcome = Outcome.transient(f"sender error: {exc!r}")
             metrics.SEND_SECONDS.labels(self.channel).observe(time.perf_counter() - started)
         final = settle(outcome, job.attempts, self._settings.delivery_max_attempts)
-        await self._with_database(lambda: self._record(job, final))
+        retry_in = None
+        if final.status == "retry":
+            settings = self._settings
+            retry_in = retry_delay(
+                job.attempts, settings.delivery_retry_base_seconds, settings.delivery_retry_max_seconds
+            )
+        await self._outcomes.write(Finished(job, final.status, final.error, retry_in))
         metrics.DELIVERIES.labels(self.channel, final.status).inc()
         if final.status == "failed":
             log.warning("delivery failed", channel=self.channel, job_id=job.id, error=final.error)
@@ -143,15 +206,8 @@ class ChannelRunner:
             )
             await self._dead_letter(job.id, body, final.error or "failed")
 
-    async def _record(self, job: Claimed, outcome: Outcome) -> None:
-        if outcome.status == "retry":
-            settings = self._settings
-            delay = retry_delay(
-                job.attempts, settings.delivery_retry_base_seconds, settings.delivery_retry_max_seconds
-            )
-            await deliveries.retry_later(self._pool, job.id, outcome.error or "", delay)
-        else:
-            await deliveries.finish(self._pool, job.id, outcome.status, outcome.error, job.version)
+    async def _finish(self, outcomes: list[Finished]) -> None:
+        await self._with_database(lambda: deliveries.finish(self._pool, outcomes))
 
     async def _dead_letter(self, job_id: str, body: bytes, reason: str) -> None:
         try:
@@ -168,26 +224,12 @@ class ChannelRunner:
             return
         metrics.DEAD_LETTERED.labels(self.channel).inc()
 
-    async def poll_forever(self) -> None:
-        """Claim and send due waiting jobs until :meth:`stop`; a full batch polls again at once."""
-        settings = self._settings
-        while not self._stopping.is_set():
-            batch = await self._with_database(
-                lambda: deliveries.claim_due(
-                    self._pool, self.channel, self._concurrency, settings.delivery_lease_seconds
-                )
-            )
-            if batch:
-                await asyncio.gather(*(self.run(job) for job in batch))
-            if len(batch) < self._concurrency:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(settings.delivery_poll_seconds):
-                        await self._stopping.wait()
-
     def stop(self) -> None:
-        """Let :meth:`poll_forever` finish its current batch and return."""
-        self._stopping.set()
+        """Let :meth:`pump` claim nothing more, finish the jobs in flight and return."""
+        self._stopping = True
+        self._woken.set()
+        self._freed.set()
 
     async def close(self) -> None:
-        """Close the sender's connections (after the subscriber and the poller stopped)."""
+        """Close the sender's connections (after the subscriber and the pump stopped)."""
         await self._sender.close()

@@ -20,19 +20,22 @@ class DeliverySettings(Settings):
 
     Process
         delivery_http_host, delivery_http_port: ``/healthz``, ``/readyz``, ``/metrics`` [127.0.0.1, 8768].
-        email_concurrency, push_concurrency: jobs of the channel in flight per process (the prefetch of
-            its queue, and the batch a poll claims) [20, 50].
+        email_concurrency, push_concurrency: jobs of the channel in flight per process (a claim takes the
+            free slots once half are free; also the prefetch of its queue of other services' jobs) [20, 50].
         delivery_max_attempts: attempts before a transiently failing job fails for good [8].
         delivery_retry_base_seconds, delivery_retry_max_seconds: exponential backoff with full jitter
             between attempts [2, 600].
         delivery_lease_seconds: how long a claimed job stays claimed; a process killed while sending
             leaves its jobs to be claimed again after this [60].
-        delivery_poll_seconds: pause between two looks for waiting jobs that came due [1].
+        delivery_poll_seconds: pause between two looks for due jobs when no ``NOTIFY`` came (delayed jobs,
+            retries, a lost listener), and between two attempts to listen again [1].
 
     Email
         smtp_url: ``smtp://[user:pass@]host:port`` (``?starttls=true`` to upgrade), ``smtps://`` for
             implicit TLS; unset = email jobs wait (scheduled) until it is configured.
         smtp_timeout: seconds for connecting and each SMTP command [30].
+        smtp_connections: SMTP connections per process, each reused for message after message; sends
+            beyond them wait for one; more than one overlaps the round trips to a distant relay [1].
         smtp_rate: messages per second per process [50].
         email_from: the From address [``Herald <herald@localhost>``].
         templates_dir: a directory whose templates override the shipped ones (same names).
@@ -58,6 +61,7 @@ class DeliverySettings(Settings):
 
     smtp_url: SecretStr | None = None
     smtp_timeout: float = Field(default=30.0, gt=0)
+    smtp_connections: int = Field(default=1, ge=1, le=100)
     smtp_rate: float = Field(default=50.0, gt=0)
     email_from: str = "Herald <herald@localhost>"
     templates_dir: Path | None = None

@@ -1,8 +1,13 @@
 """The SQL of ``delivery_jobs``: one state row per email/push job, claimed with a lease.
 
-A job is *claimed* by setting ``locked_until`` (``FOR UPDATE SKIP LOCKED`` lets many ``herald-delivery``
-processes claim side by side); the claimer sends and then writes the outcome. Claiming also decides
-cancellation, race-free: a delayed job whose in-app copy was read or deleted by then ends ``cancelled``.
+Jobs are *recorded* in batches by one set-based statement (:func:`record`): the worker's in the batch's
+own transaction (an outbox: a job exists exactly when its notification was committed), ``herald-delivery``
+for a job message a third party published. The statement wakes the delivery processes with ``NOTIFY``
+(:data:`WAKE_CHANNEL`, payload = the job channel) when a recorded job is due now. A job is *claimed* in
+batches by setting ``locked_until`` (``FOR UPDATE SKIP LOCKED`` lets many ``herald-delivery`` processes
+claim side by side; the claim also reads the user's profile); the claimer sends and then writes the
+outcomes, again in batches. Claiming also decides cancellation, race-free: a delayed job whose in-app
+copy was read or deleted by then ends ``cancelled``.
 """
 
 from __future__ import annotations
@@ -13,46 +18,54 @@ from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
 
+from shared.events import PROFILE_FIELDS
+
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
     from worker.broadcast_routing import BroadcastJobs
-    from worker.delivery.jobs import JobMessage
     from worker.store.pool import Connection
+    from worker.writes import Job
+
+#: The ``LISTEN``/``NOTIFY`` channel that tells ``herald-delivery`` jobs came due (payload: the job channel).
+WAKE_CHANNEL: Final = "herald_delivery_jobs"
 
 # The delay comes from the catalog; a delayed job with an in-app copy is cancelled if that is read or
-# deleted before it is due. A job due now is inserted already claimed (the caller sends it at once).
-# {conflict} is what a job recorded before does: an old-format job (no key) is recorded once by id; a keyed
-# job (amendments 14, 25) replaces the notification of its key's waiting row when its version is higher,
-# keeping that row's due time, and is dropped when lower or equal. ``claimed`` is true only for an insert.
-_SCHEDULE_TEMPLATE: Final = """
+# deleted before it is due. A job recorded before (same id) is left alone. A keyed job (amendments 14, 25)
+# replaces the notification of its key's waiting row when its version is higher, keeping that row's due
+# time, and is dropped when lower or equal; jobs without a key (in-app off, the old format) have a null
+# key, which the partial unique index never matches. Due rows wake the delivery processes at commit.
+_RECORD: Final = f"""
     WITH job AS (
-        SELECT coalesce((SELECT CASE WHEN $4 = 'email' THEN t.email_delay_seconds
-                                     ELSE t.push_delay_seconds END
-                           FROM notification_types t WHERE t.name = $6), 0) AS delay,
-               $7::timestamptz AS created, $8::timestamptz AS deliver_after
-    ), timed AS (
-        SELECT delay, greatest(coalesce(deliver_after, now()), created + make_interval(secs => delay)) AS due
+        SELECT j.*, coalesce(CASE WHEN j.channel = 'email' THEN t.email_delay_seconds
+                                  ELSE t.push_delay_seconds END, 0) AS delay
+          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                      $7::timestamptz[], $8::timestamptz[], $9::text[], $10::integer[])
+               AS j(id, notification_id, user_id, channel, notification, type, created, deliver_after,
+                    job_key, version)
+          LEFT JOIN notification_types t ON t.name = j.type
+    ), recorded AS (
+        INSERT INTO delivery_jobs
+               (id, notification_id, user_id, channel, notification, cancel_if_read, due_at, job_key, version)
+        SELECT id, notification_id, user_id, channel, notification::jsonb,
+               CASE WHEN delay > 0 THEN EXISTS (SELECT 1 FROM notifications n  -- no probe without a delay
+                                                 WHERE n.user_id = job.user_id AND n.id = job.notification_id)
+                    ELSE false END,
+               greatest(coalesce(deliver_after, now()), created + make_interval(secs => delay)),
+               job_key, version
           FROM job
+         WHERE NOT EXISTS (SELECT 1 FROM delivery_jobs d WHERE d.id = job.id)
+        ON CONFLICT (job_key) WHERE status = 'scheduled' DO UPDATE
+           SET notification = excluded.notification, version = excluded.version
+         WHERE excluded.version > delivery_jobs.version
+        RETURNING channel, due_at
+    ), woken AS (
+        SELECT pg_notify('{WAKE_CHANNEL}', channel) FROM recorded WHERE due_at <= now() GROUP BY channel
     )
-    INSERT INTO delivery_jobs
-           (id, notification_id, user_id, channel, notification, cancel_if_read, attempts, due_at,
-            locked_until, job_key, version)
-    SELECT $1, $2, $3, $4, $5::jsonb,
-           delay > 0 AND EXISTS (SELECT 1 FROM notifications n WHERE n.user_id = $3 AND n.id = $2),
-           CASE WHEN due <= now() THEN 1 ELSE 0 END, due,
-           CASE WHEN due <= now() THEN now() + make_interval(secs => $9) END, $10::text, $11::integer
-      FROM timed
-     WHERE NOT EXISTS (SELECT 1 FROM delivery_jobs d WHERE d.id = $1)
-    {conflict}
-    RETURNING xmax = 0 AND locked_until IS NOT NULL AS claimed"""
-_SCHEDULE: Final = _SCHEDULE_TEMPLATE.format(conflict="ON CONFLICT (id) DO NOTHING")
-_SCHEDULE_KEYED: Final = _SCHEDULE_TEMPLATE.format(
-    conflict="""ON CONFLICT (job_key) WHERE status = 'scheduled' DO UPDATE
-       SET notification = excluded.notification, version = excluded.version
-     WHERE excluded.version > delivery_jobs.version"""
-)
+    SELECT (SELECT count(*) FROM recorded) AS recorded, (SELECT count(*) FROM woken) AS woken"""
 
 # A broadcast's jobs, straight into the table (no AMQP message each): the pollers send them, paced by the
-# rate caps. Same timing and cancellation rule as _SCHEDULE; a repeated broadcast inserts nothing twice.
+# rate caps. Same timing and cancellation rule as _RECORD; a repeated broadcast inserts nothing twice.
 _INSERT_WAITING: Final = """
     INSERT INTO delivery_jobs (id, notification_id, user_id, channel, notification, cancel_if_read, due_at)
     SELECT $1 || ':' || j.user_id || ':' || j.channel, $1, j.user_id, j.channel, $2::jsonb,
@@ -64,16 +77,16 @@ _INSERT_WAITING: Final = """
                                               ELSE t.push_delay_seconds END, 0) AS delay) AS d
     ON CONFLICT (id) DO NOTHING"""
 
-# {where} picks the candidates: one job by id, or a channel's due jobs.
+# Up to $2 due jobs of channel $1, earliest first, each with its user's contact data (null when none).
 _CLAIM: Final = """
     WITH candidates AS (
         SELECT id FROM delivery_jobs
-         WHERE {where} AND status = 'scheduled' AND due_at <= now()
+         WHERE channel = $1 AND status = 'scheduled' AND due_at <= now()
            AND (locked_until IS NULL OR locked_until <= now())
          ORDER BY due_at LIMIT $2
            FOR UPDATE SKIP LOCKED
     ), decided AS (
-        SELECT j.id, j.cancel_if_read AND NOT EXISTS (
+        SELECT j.id, j.user_id, j.cancel_if_read AND NOT EXISTS (
                    SELECT 1 FROM notifications n
                     WHERE n.user_id = j.user_id AND n.id = j.notification_id AND n.read_at IS NULL) AS cancel
           FROM candidates c JOIN delivery_jobs j USING (id)
@@ -82,27 +95,29 @@ _CLAIM: Final = """
        SET status = CASE WHEN d.cancel THEN 'cancelled' ELSE j.status END,
            attempts = j.attempts + CASE WHEN d.cancel THEN 0 ELSE 1 END,
            locked_until = CASE WHEN d.cancel THEN NULL ELSE now() + make_interval(secs => $3) END
-      FROM decided d
+      FROM decided d LEFT JOIN user_profiles p ON p.user_id = d.user_id
      WHERE j.id = d.id
-    RETURNING j.id, j.user_id, j.channel, j.notification, j.attempts, d.cancel AS cancelled, j.version"""
-_CLAIM_ONE: Final = _CLAIM.format(where="id = $1")
-_CLAIM_DUE: Final = _CLAIM.format(where="channel = $1")
+    RETURNING j.id, j.user_id, j.channel, j.notification, j.attempts, d.cancel AS cancelled, j.version,
+              p.email, p.name, p.locale, p.timezone"""
 
-# A higher version that replaced the row while it was being sent ($4: the version sent) is a job of its
-# own: the row stays scheduled, due at once, with the new notification.
+# The outcomes of a batch of sends. A retry ($5 not null: seconds until due) releases the lease and keeps
+# the row scheduled. A final state is written for the version sent ($4); a higher version that replaced
+# the row while it was being sent is a job of its own: the row stays scheduled, due at once, with it.
 _FINISH: Final = """
-    UPDATE delivery_jobs
-       SET status = CASE WHEN version IS DISTINCT FROM $4 THEN status ELSE $2 END,
-           last_error = CASE WHEN version IS DISTINCT FROM $4 THEN NULL ELSE $3 END,
-           attempts = CASE WHEN version IS DISTINCT FROM $4 THEN 0 ELSE attempts END,
+    UPDATE delivery_jobs j
+       SET status = CASE WHEN o.retry_in IS NOT NULL OR j.version IS DISTINCT FROM o.version
+                         THEN j.status ELSE o.status END,
+           last_error = CASE WHEN o.retry_in IS NULL AND j.version IS DISTINCT FROM o.version
+                             THEN NULL ELSE o.error END,
+           attempts = CASE WHEN o.retry_in IS NULL AND j.version IS DISTINCT FROM o.version
+                           THEN 0 ELSE j.attempts END,
+           due_at = CASE WHEN o.retry_in IS NOT NULL THEN now() + make_interval(secs => o.retry_in)
+                         ELSE j.due_at END,
            locked_until = NULL,
-           sent_at = CASE WHEN $2 = 'sent' THEN now() ELSE sent_at END
-     WHERE id = $1"""
-
-_RETRY: Final = """
-    UPDATE delivery_jobs
-       SET last_error = $2, locked_until = NULL, due_at = now() + make_interval(secs => $3)
-     WHERE id = $1"""
+           sent_at = CASE WHEN o.retry_in IS NULL AND o.status = 'sent' THEN now() ELSE j.sent_at END
+      FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::float8[])
+           AS o(id, status, error, version, retry_in)
+     WHERE j.id = o.id"""
 
 _LIST: Final = """
     SELECT id, notification_id, user_id, channel, status, attempts, last_error, due_at, sent_at, created_at
@@ -124,42 +139,45 @@ class Claimed:
     attempts: int
     cancelled: bool
     #: The notification version the row held when claimed (``None``: a job without a key).
-    version: int | None = None
+    version: int | None
+    #: The user's contact data (``email``, ``name``, ``locale``, ``timezone``; ``None`` when unknown).
+    profile: dict[str, Any]
 
 
-def stored_version(job: JobMessage) -> int | None:
-    """The version a job is recorded with: ``None`` for a job without ``job_key`` or ``version``, which
-    is kept by its message id alone (the old format; nothing stored in-app)."""
-    return job.version if job.job_key is not None else None
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The outcome of one attempt to write: a final ``status`` (with its error), or a retry in
+    ``retry_in`` seconds (``status`` is then ignored)."""
+
+    job: Claimed
+    status: str
+    error: str | None
+    retry_in: float | None = None
 
 
-async def schedule(pool: asyncpg.Pool, job_id: str, job: JobMessage, lease: float) -> bool:
-    """Record a job, or let it replace its key's waiting row; whether it was inserted claimed.
+async def record(conn: Connection | asyncpg.Pool, jobs: Sequence[Job]) -> int:
+    """Record ``jobs`` (new ones, or higher versions replacing waiting rows); how many rows changed.
 
-    A redelivered message changes nothing. Several processes may record versions of one key at once: the
-    partial unique index on waiting keys serializes them, and a message id recorded meanwhile by another
-    process (a concurrent redelivery) is "recorded before".
+    Several processes may record versions of one key at once: the partial unique index on waiting keys
+    serializes them. Two recording the same new id at once: the loser raises ``UniqueViolationError``
+    (the worker retries its batch, which then finds the row).
     """
-    notification = job.notification
-    version = stored_version(job)
-    try:
-        claimed: bool | None = await pool.fetchval(
-            _SCHEDULE if version is None else _SCHEDULE_KEYED,
-            job_id,
-            notification.id,
-            job.user_id,
-            job.channel,
-            notification.model_dump(mode="json"),
-            notification.type,
-            notification.created_at,
-            job.deliver_after,
-            lease,
-            None if version is None else job.job_key,
-            version,
-        )
-    except asyncpg.UniqueViolationError:
-        return False
-    return bool(claimed)
+    if not jobs:
+        return 0
+    columns = (
+        [job.id for job in jobs],
+        [job.notification_id for job in jobs],
+        [job.user_id for job in jobs],
+        [job.channel for job in jobs],
+        [job.notification for job in jobs],
+        [job.type for job in jobs],
+        [job.created_at for job in jobs],
+        [job.deliver_after for job in jobs],
+        [job.job_key for job in jobs],
+        [job.version for job in jobs],
+    )
+    recorded: int = await conn.fetchval(_RECORD, *columns)
+    return recorded
 
 
 async def insert_waiting(conn: Connection, jobs: BroadcastJobs) -> int:
@@ -181,32 +199,46 @@ async def insert_waiting(conn: Connection, jobs: BroadcastJobs) -> int:
     return int(status.rsplit(" ", 1)[1])
 
 
-def _claimed(row: asyncpg.Record) -> Claimed:
-    return Claimed(**dict(row))
-
-
-async def claim_one(pool: asyncpg.Pool, job_id: str, lease: float) -> Claimed | None:
-    """Claim job ``job_id`` if it is scheduled, due and not claimed by anyone."""
-    row = await pool.fetchrow(_CLAIM_ONE, job_id, 1, lease)
-    return None if row is None else _claimed(row)
-
-
 async def claim_due(pool: asyncpg.Pool, channel: str, limit: int, lease: float) -> list[Claimed]:
     """Claim up to ``limit`` due jobs of ``channel``, earliest first (cancelled ones included)."""
-    return [_claimed(row) for row in await pool.fetch(_CLAIM_DUE, channel, limit, lease)]
+    rows = await pool.fetch(_CLAIM, channel, limit, lease)
+    return [
+        Claimed(
+            row["id"],
+            row["user_id"],
+            row["channel"],
+            row["notification"],
+            row["attempts"],
+            row["cancelled"],
+            row["version"],
+            {name: row[name] for name in PROFILE_FIELDS},
+        )
+        for row in rows
+    ]
 
 
-async def finish(
-    pool: asyncpg.Pool, job_id: str, status: str, error: str | None, version: int | None = None
-) -> None:
-    """Write a final state: ``sent``, ``skipped`` or ``failed`` (with its error) for the ``version`` sent;
-    a row replaced by a higher version meanwhile stays scheduled for that version instead."""
-    await pool.execute(_FINISH, job_id, status, error, version)
+async def finish(pool: asyncpg.Pool, outcomes: Sequence[Finished]) -> None:
+    """Write the outcomes of a batch of attempts in one statement, releasing their leases."""
+    await pool.execute(
+        _FINISH,
+        [o.job.id for o in outcomes],
+        [o.status for o in outcomes],
+        [o.error for o in outcomes],
+        [o.job.version for o in outcomes],
+        [o.retry_in for o in outcomes],
+    )
 
 
-async def retry_later(pool: asyncpg.Pool, job_id: str, error: str, delay: float) -> None:
-    """Release the lease and make the job due again in ``delay`` seconds."""
-    await pool.execute(_RETRY, job_id, error, delay)
+async def listen(dsn: str, woken: Callable[[str], None]) -> asyncpg.Connection:
+    """A connection of its own that calls ``woken(job channel)`` for every notification on
+    :data:`WAKE_CHANNEL` (``LISTEN`` holds session state: it cannot be a pool connection)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.add_listener(WAKE_CHANNEL, lambda _conn, _pid, _channel, payload: woken(payload))
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
 
 
 async def list_jobs(

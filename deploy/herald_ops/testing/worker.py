@@ -133,3 +133,18 @@ async def counters(pg: asyncpg.Connection, user: str) -> tuple[int, int] | None:
     """``(last_seq, unread_count)`` of a user, or ``None`` when unknown."""
     row = await pg.fetchrow("SELECT last_seq, unread_count FROM users WHERE user_id = $1", user)
     return None if row is None else (row["last_seq"], row["unread_count"])
+
+
+async def recorded_jobs(pg: asyncpg.Connection, users: list[str], count: int) -> list[dict[str, Any]]:
+    """Wait until the email/push jobs of ``users`` in ``delivery_jobs`` number ``count``; return their rows
+    oldest first, the notification decoded."""
+    query = "SELECT * FROM delivery_jobs WHERE user_id = ANY($1) ORDER BY created_at, id"
+
+    async def enough() -> bool:
+        return len(await pg.fetch(query, users)) >= count
+
+    await wait_until(enough, 20, f"{count} email/push jobs of {users} recorded")
+    return [
+        {**dict(row), "notification": orjson.loads(row["notification"])}
+        for row in await pg.fetch(query, users)
+    ]

@@ -11,12 +11,11 @@ import pytest
 
 from herald_ops import cli
 from herald_ops.testing.delivery import BrowserKeys
-from worker.delivery.jobs import InvalidJob, Outcome, parse_job, retry_delay, settle
+from worker.delivery.jobs import InvalidJob, Outcome, parse_job, retry_delay, settle, to_record
 from worker.delivery.render import EmailRenderer, template_names
 from worker.delivery.senders.email import SmtpTarget, classify_reply
 from worker.delivery.senders.webpush import MAX_PAYLOAD_BYTES, encrypt, push_payload
 from worker.delivery.settings import DeliverySettings
-from worker.store import deliveries
 from worker.vapid import load_vapid, public_key
 
 if TYPE_CHECKING:
@@ -77,14 +76,20 @@ def test_jobs_are_validated_and_keep_their_message_id() -> None:
 
 def test_a_keyed_job_is_recorded_with_its_version_and_an_old_format_one_without() -> None:
     keyed = {"notification": NOTIFICATION, "user_id": "u1", "channel": "email", "job_key": "n1:u1:email"}
-    _, job = parse_job(orjson.dumps({**keyed, "version": 7}), "n1:u1:email:7")
-    assert (job.job_key, deliveries.stored_version(job)) == ("n1:u1:email", 7)
-    _, unstored = parse_job(orjson.dumps({**keyed, "version": None}), "n1:u1:email")
-    assert deliveries.stored_version(unstored) is None
-    _, old = parse_job(
-        orjson.dumps({"notification": NOTIFICATION, "user_id": "u1", "channel": "email"}), None
+    row = to_record(*parse_job(orjson.dumps({**keyed, "version": 7}), "n1:u1:email:7"))
+    assert (row.id, row.job_key, row.version) == ("n1:u1:email:7", "n1:u1:email", 7)
+    assert (row.notification_id, row.type, row.created_at) == (
+        "n1",
+        NOTIFICATION["type"],
+        datetime(2026, 1, 1, tzinfo=UTC),
     )
-    assert (old.job_key, deliveries.stored_version(old)) == (None, None)
+    assert orjson.loads(row.notification)["id"] == "n1"
+    unstored = to_record(*parse_job(orjson.dumps({**keyed, "version": None}), "n1:u1:email"))
+    assert (unstored.job_key, unstored.version) == (None, None)
+    old = to_record(
+        *parse_job(orjson.dumps({"notification": NOTIFICATION, "user_id": "u1", "channel": "email"}), None)
+    )
+    assert (old.id, old.job_key, old.version) == ("n1:u1:email", None, None)
 
 
 def test_template_fallback_chain_tries_locale_then_language_then_type_then_default() -> None:

@@ -10,14 +10,14 @@ import orjson
 
 from shared.events import BroadcastEvent, IdempotencyKey, SendEvent
 from shared.preferences import Catalog, NotificationType
-from worker.routing import Incoming, SendRouting, notification_id, route_broadcast
+from worker.routing import SendRouting, notification_id, route_broadcast
 from worker.writes import Writes, Written
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from worker.routing import Outgoing
-    from worker.writes import NewRows
+    from worker.writes import Job, NewRows
 
 CATALOG = Catalog(
     [
@@ -45,10 +45,9 @@ def route(
     *events: SendEvent,
     overrides: Mapping[str, Mapping[str, Any] | None] | None = None,
     stored: Mapping[tuple[str, IdempotencyKey], dict[str, Any]] | None = None,
-    redelivered: bool = False,
 ) -> tuple[NewRows, Outgoing]:
     """Route a batch as the pipeline does, with the insert answered by consecutive seqs."""
-    rows, _, out = route_writes(*events, overrides=overrides, stored=stored, redelivered=redelivered)
+    rows, _, out = route_writes(*events, overrides=overrides, stored=stored)
     return rows, out
 
 
@@ -57,10 +56,9 @@ def route_writes(
     overrides: Mapping[str, Mapping[str, Any] | None] | None = None,
     stored: Mapping[tuple[str, IdempotencyKey], dict[str, Any]] | None = None,
     targets: Mapping[tuple[str, str], str] | None = None,
-    redelivered: bool = False,
 ) -> tuple[NewRows, Writes, Outgoing]:
     """Route a batch with open collapse ``targets``: new rows get seqs 1.., collapses 100.. (count + 1)."""
-    routing = SendRouting([Incoming(e, redelivered) for e in events], overrides or {}, CATALOG, NOW)
+    routing = SendRouting(events, overrides or {}, CATALOG, NOW)
     writes = routing.writes(stored or {}, targets or {})
     rows, collapses = writes.rows, writes.collapses
     written = Written(
@@ -70,9 +68,9 @@ def route_writes(
     return rows, writes, routing.outgoing(written)
 
 
-def jobs(out: Outgoing) -> dict[str, Any]:
-    """The delivery job bodies by channel."""
-    return {channel: orjson.loads(body) for channel, body, _ in out.deliveries}
+def jobs(out: Outgoing) -> dict[str, Job]:
+    """The email/push jobs by channel."""
+    return {job.channel: job for job in out.deliveries}
 
 
 def test_without_overrides_every_channel_is_used() -> None:
@@ -109,14 +107,15 @@ def test_a_critical_type_keeps_in_app_and_email_whatever_the_switches() -> None:
 def test_quiet_hours_hold_email_and_push_but_never_in_app() -> None:
     rows, out = route(send(), overrides={"u1": {"quiet_hours": NIGHT}})
     assert (len(rows), len(out.frames)) == (1, 1)
-    held = {channel: job["deliver_after"] for channel, job in jobs(out).items()}
-    assert held == {"email": "2025-01-16T07:00:00Z", "push": "2025-01-16T07:00:00Z"}
+    held = {channel: job.deliver_after for channel, job in jobs(out).items()}
+    morning = datetime(2025, 1, 16, 7, 0, tzinfo=UTC)
+    assert held == {"email": morning, "push": morning}
 
 
 def test_outside_quiet_hours_jobs_go_now() -> None:
     morning = {"start": "08:00", "end": "12:00", "timezone": "UTC"}
     _, out = route(send(), overrides={"u1": {"quiet_hours": morning}})
-    assert {job["deliver_after"] for job in jobs(out).values()} == {None}
+    assert {job.deliver_after for job in jobs(out).values()} == {None}
 
 
 def test_the_events_channels_narrow_what_preferences_allow() -> None:
@@ -141,10 +140,8 @@ def test_an_event_stored_before_is_published_again_as_stored() -> None:
     rows, out = route(send(event_id="k1"), stored={("u1", unscoped("k1")): previous})
     assert len(rows) == 0
     assert orjson.loads(out.frames[0][1])["params"]["seq"] == 7
-    assert out.deliveries == []  # the first delivery sent them
+    assert out.deliveries == []  # recorded with the stored row, in its transaction
     assert out.outcomes == {"stored": 0, "muted": 0, "duplicate": 1}
-    _, again = route(send(event_id="k1"), stored={("u1", unscoped("k1")): previous}, redelivered=True)
-    assert set(jobs(again)) == {"email", "push"}  # maybe lost before the ack: sent again
 
 
 def test_the_same_event_id_from_two_sources_is_two_notifications() -> None:
@@ -203,8 +200,8 @@ def test_events_of_one_collapse_key_in_one_batch_become_one_new_row_with_the_lat
     frames = [orjson.loads(frame)["params"] for _, frame in out.frames]
     assert [(f["title"], f["count"]) for f in frames] == [("unrelated", 1), ("comment 3", 4)]
     # One job per channel for the collapsed notification, named by its stable job key.
-    bodies = [orjson.loads(body) for _, body, _ in out.deliveries]
-    assert sorted((b["job_key"], b["notification"]["count"]) for b in bodies) == sorted(
+    recorded = [(job.job_key, orjson.loads(job.notification)["count"]) for job in out.deliveries]
+    assert sorted(recorded) == sorted(
         (f"{nid}:u1:{channel}", count)
         for nid, count in ((notification_id(unscoped("other")), 1), (notification_id(unscoped("c0")), 4))
         for channel in ("email", "push")
@@ -222,9 +219,11 @@ def test_a_collapse_into_a_stored_unread_row_updates_it_under_its_id() -> None:
     assert writes.keys == [("u1", unscoped(f"late{i}"), "open-row") for i in (0, 1)]
     (frame,) = [orjson.loads(frame)["params"] for _, frame in out.frames]
     assert (frame["id"], frame["seq"], frame["count"]) == ("open-row", 100, 3)
-    message_ids = sorted(mid for _, _, mid in out.deliveries)
-    # A later version of a job gets its own message id: a sender that deduplicates on it still sees it.
-    assert message_ids == ["open-row:u1:email:100", "open-row:u1:push:100"]
+    # A later version of a job is a row of its own once the first is final: its id carries the version.
+    assert sorted((job.id, job.job_key, job.version) for job in out.deliveries) == [
+        ("open-row:u1:email:100", "open-row:u1:email", 100),
+        ("open-row:u1:push:100", "open-row:u1:push", 100),
+    ]
 
 
 def test_a_redelivered_collapse_event_is_a_duplicate_not_one_more() -> None:

@@ -1,10 +1,14 @@
-"""Email over SMTP with aiosmtplib: one connection, opened on first use and reused for every message.
+"""Email over SMTP with aiosmtplib: a pool of ``HERALD_SMTP_CONNECTIONS`` connections, each opened on first
+use and reused for message after message.
 
-Sends are serialized on that connection (SMTP is one transaction at a time per connection); the channel's
-concurrency overlaps the database work around them. A dropped or refused connection is reopened by the
-next send. Classification (docs/protocol.md §9): a 4xx reply, a refused or timed-out connection and a
-failed login are transient (the job is retried; an SMTP server that is down holds every job); a 5xx reply
-to the message (sender, recipient or data refused) is permanent.
+SMTP is one transaction at a time per connection, and each costs four round trips (MAIL, RCPT, DATA, the
+message), so one connection sends at most one message per four round trips to the relay; several overlap
+them. A send takes an idle connection (waiting for one when all are busy) and hands it back. A dropped or
+refused connection is reopened by the next send that takes it.
+
+Classification (docs/protocol.md §9): a 4xx reply, a refused or timed-out connection and a failed login
+are transient (the job is retried; an SMTP server that is down holds every job); a 5xx reply to the
+message (sender, recipient or data refused) is permanent.
 """
 
 from __future__ import annotations
@@ -17,11 +21,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import aiosmtplib
 
 from worker.delivery.jobs import Outcome
-from worker.store.profiles import get_profile
 
 if TYPE_CHECKING:
-    import asyncpg
-
     from worker.delivery.render import EmailRenderer
     from worker.store.deliveries import Claimed
 
@@ -70,70 +71,77 @@ def classify_reply(code: int, text: str) -> Outcome:
 
 
 class EmailSender:
-    """Renders each job with :class:`EmailRenderer` and sends it to the profile's address."""
+    """Renders each job with :class:`EmailRenderer` and sends it to the address of the profile the claim
+    read with the job."""
 
     channel = "email"
 
     def __init__(
-        self, target: SmtpTarget, *, timeout: float, pool: asyncpg.Pool, renderer: EmailRenderer
+        self, target: SmtpTarget, *, timeout: float, renderer: EmailRenderer, connections: int = 1
     ) -> None:
         self._target = target
         self._timeout = timeout
-        self._pool = pool
         self._renderer = renderer
-        self._smtp: aiosmtplib.SMTP | None = None
-        self._lock = asyncio.Lock()
+        self._connections = connections
+        # Idle connections; None is a slot whose connection is not open (yet, or since it dropped).
+        self._idle: asyncio.Queue[aiosmtplib.SMTP | None] = asyncio.Queue()
+        for _ in range(connections):
+            self._idle.put_nowait(None)
 
-    async def _connection(self) -> aiosmtplib.SMTP:
-        if self._smtp is None or not self._smtp.is_connected:
-            target = self._target
-            smtp = aiosmtplib.SMTP(
-                hostname=target.hostname,
-                port=target.port,
-                username=target.username,
-                password=target.password,
-                use_tls=target.use_tls,
-                start_tls=target.start_tls,
-                timeout=self._timeout,
-            )
-            await smtp.connect()
-            self._smtp = smtp
-        return self._smtp
+    async def _connect(self) -> aiosmtplib.SMTP:
+        target = self._target
+        smtp = aiosmtplib.SMTP(
+            hostname=target.hostname,
+            port=target.port,
+            username=target.username,
+            password=target.password,
+            use_tls=target.use_tls,
+            start_tls=target.start_tls,
+            timeout=self._timeout,
+        )
+        await smtp.connect()
+        return smtp
 
     async def send(self, job: Claimed) -> Outcome:
         """Send one email; a user without an address is skipped."""
-        profile = await get_profile(self._pool, job.user_id)
+        profile = job.profile
         if not profile["email"]:
             return Outcome.skipped("no email address")
         message = self._renderer.message(job.id, job.notification, profile, job.user_id)
-        async with self._lock:
-            try:
-                smtp = await self._connection()
-                await smtp.send_message(message)
-            except aiosmtplib.SMTPRecipientsRefused as exc:
-                refused = exc.recipients[0]
-                return classify_reply(refused.code, refused.message)
-            except _CONNECTION_ERRORS as exc:
-                await self._drop()
-                return Outcome.transient(f"smtp connection: {exc!r}")
-            except aiosmtplib.SMTPResponseException as exc:
-                return classify_reply(exc.code, exc.message)
-            except aiosmtplib.SMTPException as exc:
-                await self._drop()
-                return Outcome.transient(f"smtp: {exc!r}")
+        smtp = await self._idle.get()
+        try:
+            if smtp is None or not smtp.is_connected:
+                smtp = await self._connect()
+            await smtp.send_message(message)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            refused = exc.recipients[0]
+            return classify_reply(refused.code, refused.message)
+        except _CONNECTION_ERRORS as exc:
+            _close(smtp)
+            smtp = None  # the slot opens a new connection next time
+            return Outcome.transient(f"smtp connection: {exc!r}")
+        except aiosmtplib.SMTPResponseException as exc:
+            return classify_reply(exc.code, exc.message)
+        except aiosmtplib.SMTPException as exc:
+            _close(smtp)
+            smtp = None
+            return Outcome.transient(f"smtp: {exc!r}")
+        finally:
+            self._idle.put_nowait(smtp)
         return Outcome.sent()
 
-    async def _drop(self) -> None:
-        smtp, self._smtp = self._smtp, None
-        if smtp is not None:
-            smtp.close()
-
     async def close(self) -> None:
-        """Say QUIT when connected, else just drop the socket."""
-        async with self._lock:
-            smtp, self._smtp = self._smtp, None
+        """Wait for the sends in flight, then say QUIT on every open connection."""
+        for _ in range(self._connections):
+            smtp = await self._idle.get()
             if smtp is not None and smtp.is_connected:
                 try:
                     await smtp.quit()
                 except aiosmtplib.SMTPException:
                     smtp.close()
+
+
+def _close(smtp: aiosmtplib.SMTP | None) -> None:
+    """Drop a connection that failed (without QUIT: it may not answer)."""
+    if smtp is not None:
+        smtp.close()
