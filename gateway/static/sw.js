@@ -2,8 +2,13 @@
  *
  * push: the payload is herald-delivery's JSON {id, type, category, title, message, data, created_at};
  * it is shown as a notification tagged with the notification id (a repeat replaces, never stacks).
- * notificationclick: focuses a window already showing the notification's URL (data.url, http(s) only,
- * else the inbox), or opens one.
+ * notificationclick: shows the notification's URL (data.url, http(s) only, else the inbox):
+ *   1. a window already at that URL is focused;
+ *   2. else, for a URL of this origin, a window this worker controls (the inbox) is focused and navigated
+ *      there: navigating a controlled window needs no user activation, so it works even when the browser
+ *      refuses the focus;
+ *   3. else (another origin, or no window open) a new window is opened. Browsers allow that only with the
+ *      click's user activation, which a real click on the notification gives.
  */
 "use strict";
 
@@ -43,8 +48,15 @@ self.addEventListener("notificationclick", (event) => {
   event.waitUntil(
     (async () => {
       const windows = await self.clients.matchAll({ type: "window", includeUncontrolled: true });
-      const open = windows.find((client) => client.url === target);
-      if (open) return open.focus();
+      const showing = windows.find((client) => client.url === target);
+      if (showing) return showing.focus();
+      const controlled = await self.clients.matchAll({ type: "window" });
+      if (controlled.length && new URL(target).origin === self.location.origin) {
+        const inbox = controlled[0]; // the most recently focused one first
+        // Focus first, while the click's activation lasts; a refused focus must not stop the navigation.
+        await inbox.focus().catch(() => undefined);
+        return inbox.navigate(target);
+      }
       return self.clients.openWindow(target);
     })(),
   );

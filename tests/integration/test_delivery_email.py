@@ -13,6 +13,7 @@ from herald_ops.testing.worker import TOPOLOGY, Watcher, event
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from datetime import datetime
 
     import asyncpg
 
@@ -256,15 +257,30 @@ async def test_a_collapsed_notification_replaces_its_waiting_email_and_a_later_v
 ) -> None:
     # Amendments 14 and 25: the versions of one collapsed notification share a job key; while its email
     # waits (a delay) a higher version replaces it, and once sent a higher version is a job of its own.
-    await pg.execute("UPDATE notification_types SET email_delay_seconds = 6 WHERE name = 'COURSE_COMPLETED'")
+    # The delay is long so the three versions surely arrive while the email waits, however slow the
+    # machine; once they have, the test ends the wait (how a delay elapses is another test's subject).
+    await pg.execute(
+        "UPDATE notification_types SET email_delay_seconds = 600 WHERE name = 'COURSE_COMPLETED'"
+    )
     try:
         user, address = await user_with_email(watcher, pg)
 
         async def collapsed_into(count: int) -> bool:
             return await pg.fetchval("SELECT max(count) FROM notifications WHERE user_id = $1", user) == count
 
+        async def waiting_due_at() -> list[datetime]:
+            rows = await job_rows(pg, user)
+            return [r["due_at"] for r in rows if r["status"] == "scheduled"]
+
         titles = [f"{n} courses completed" for n in (1, 2, 3)]
-        for n, title in enumerate(titles, 1):
+        await watcher.publish(event(user, "COURSE_COMPLETED", title=titles[0], collapse_key="done"))
+
+        async def first_waiting() -> bool:
+            return bool(await waiting_due_at())
+
+        await wait_until(first_waiting, 30, "the first version's email waiting")
+        first_due_at = await waiting_due_at()
+        for n, title in enumerate(titles[1:], 2):
             await watcher.publish(event(user, "COURSE_COMPLETED", title=title, collapse_key="done"))
             await wait_until(lambda n=n: collapsed_into(n), 30, f"event {n} collapsed")
         notification = await pg.fetchrow("SELECT id, seq FROM notifications WHERE user_id = $1", user)
@@ -275,6 +291,9 @@ async def test_a_collapsed_notification_replaces_its_waiting_email_and_a_later_v
             return [(r["id"], r["job_key"], r["version"]) for r in rows] == [(key, key, notification["seq"])]
 
         await wait_until(replaced, 30, "one waiting job holding the latest version")
+        assert await waiting_due_at() == first_due_at  # a replacement keeps the waiting job's due time
+        assert mailbox.to(address) == []
+        await pg.execute("UPDATE delivery_jobs SET due_at = now() WHERE id = $1", key)
         await wait_until(lambda: mailbox.count(address) == 1, 60, "the delayed email")
         (row,) = await recorded(pg, user, ("email", "sent"))
         assert mailbox.to(address)[0]["Subject"] == titles[-1]
@@ -283,7 +302,11 @@ async def test_a_collapsed_notification_replaces_its_waiting_email_and_a_later_v
         )
         assert (row["id"], stored_title) == (key, titles[-1])
 
-        # The notification is still unread: a fourth event collapses into it after its email was sent.
+        # The notification is still unread: a fourth event collapses into it after its email was sent
+        # (without a delay now, so its email leaves at once).
+        await pg.execute(
+            "UPDATE notification_types SET email_delay_seconds = 0 WHERE name = 'COURSE_COMPLETED'"
+        )
         await watcher.publish(
             event(user, "COURSE_COMPLETED", title="4 courses completed", collapse_key="done")
         )
@@ -291,10 +314,10 @@ async def test_a_collapsed_notification_replaces_its_waiting_email_and_a_later_v
         await wait_until(lambda: mailbox.count(address) == 2, 60, "the later version's email")
         assert [m["Subject"] for m in mailbox.to(address)] == [titles[-1], "4 courses completed"]
         rows = await recorded(pg, user, ("email", "sent"), ("email", "sent"))
-        latest = await pg.fetchval("SELECT seq FROM notifications WHERE id = $1", notification["id"])
+        latest_seq = await pg.fetchval("SELECT seq FROM notifications WHERE id = $1", notification["id"])
         assert [(r["id"], r["job_key"], r["version"]) for r in rows] == [
             (key, key, notification["seq"]),
-            (f"{key}:{latest}", key, latest),
+            (f"{key}:{latest_seq}", key, latest_seq),
         ]
     finally:
         await pg.execute(

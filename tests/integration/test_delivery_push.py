@@ -17,6 +17,8 @@ from worker.vapid import new_key_pair
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    import asyncpg
+
     from herald_ops.testing.requests import AmqpRpc
     from herald_ops.testing.stack import HeraldProcess, Stack
 
@@ -40,7 +42,14 @@ def stack() -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def delivery(stack: Stack) -> HeraldProcess:
-    return stack.start_delivery(vapid_subject="mailto:ops@herald.test", push_ttl=600, **PUSH)
+    return stack.start_delivery(
+        vapid_subject="mailto:ops@herald.test",
+        push_ttl=600,
+        delivery_retry_base_seconds=0.2,
+        delivery_retry_max_seconds=1.0,
+        delivery_poll_seconds=0.2,
+        **PUSH,
+    )
 
 
 async def test_subscriptions_are_validated_deduplicated_and_listed(
@@ -120,3 +129,32 @@ async def test_a_gone_subscription_is_removed(
         return (await rpc.call("push.list", user=user))["result"]["items"] == []
 
     await wait_until(emptied, 30, "the subscription removed")
+
+
+async def test_a_device_that_failed_transiently_is_retried_alone(
+    delivery: HeraldProcess, rpc: AmqpRpc, watcher: Watcher, receiver: PushReceiver, pg: asyncpg.Connection
+) -> None:
+    # Amendment 22: one device accepts, the other's push service answers 503 once. The retry goes to the
+    # second device only, and the job is sent once both have the push.
+    user = fresh_id()
+    devices = {fresh_id("s"): BrowserKeys() for _ in range(2)}
+    accepting, unavailable = devices
+    receiver.unavailable[f"/push/{unavailable}"] = 1
+    for name, browser in devices.items():
+        reply = await rpc.call("push.subscribe", browser.subscription(receiver.endpoint(name)), user=user)
+        assert "result" in reply
+    await watcher.publish(event(user, "GRADE_RELEASED", title="Essay graded"))
+
+    async def sent() -> bool:
+        status: str | None = await pg.fetchval("SELECT status FROM delivery_jobs WHERE user_id = $1", user)
+        return status == "sent"
+
+    await wait_until(sent, 60, "the job sent to both devices")
+    # The row is final: no process sends this job again, so what the receiver has is all there will be.
+    assert [p.status for p in receiver.to(accepting)] == [201]
+    assert [p.status for p in receiver.to(unavailable)] == [503, 201]
+    for name, browser in devices.items():
+        (push,) = [p for p in receiver.to(name) if p.accepted]
+        assert orjson.loads(browser.decrypt(push.body))["title"] == "Essay graded"
+    attempts = await pg.fetchval("SELECT attempts FROM delivery_jobs WHERE user_id = $1", user)
+    assert attempts == 2

@@ -92,6 +92,9 @@ class Outcome:
 
     status: Status
     error: str | None = None
+    #: A retry of a job that some of its targets already accepted (push to several devices: the retry goes
+    #: only to the others). Giving up on it leaves it ``sent``: it reached the user.
+    partly_sent: bool = False
 
     @classmethod
     def sent(cls) -> Outcome:
@@ -102,8 +105,8 @@ class Outcome:
         return cls("skipped", reason)
 
     @classmethod
-    def transient(cls, error: str) -> Outcome:
-        return cls("retry", error[:MAX_ERROR_CHARS])
+    def transient(cls, error: str, *, partly_sent: bool = False) -> Outcome:
+        return cls("retry", error[:MAX_ERROR_CHARS], partly_sent)
 
     @classmethod
     def permanent(cls, error: str) -> Outcome:
@@ -111,9 +114,13 @@ class Outcome:
 
 
 def settle(outcome: Outcome, attempts: int, max_attempts: int) -> Outcome:
-    """The job's next state: a transient failure on the last allowed attempt fails for good."""
+    """The job's next state: a transient failure on the last allowed attempt fails for good, unless some
+    target accepted the job already (then it is sent, and the error names what never accepted it)."""
     if outcome.status == "retry" and attempts >= max_attempts:
-        return Outcome.permanent(f"gave up after {attempts} attempts: {outcome.error}")
+        given_up = f"gave up after {attempts} attempts: {outcome.error}"
+        if outcome.partly_sent:
+            return Outcome("sent", given_up[:MAX_ERROR_CHARS])
+        return Outcome.permanent(given_up)
     return outcome
 
 

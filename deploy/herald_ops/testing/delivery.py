@@ -2,7 +2,8 @@
 
 :class:`Mailbox` speaks real SMTP on a free loopback port and keeps every accepted message; it can refuse
 recipients (a fixed reply, or a number of transient replies first). :class:`PushReceiver` is an HTTP server
-that keeps every POST and answers each endpoint path with a scripted status (201 by default).
+that keeps every POST and answers each endpoint path with a scripted status (201 by default, or a number
+of 503 replies first).
 :class:`BrowserKeys` is a browser's side of a push subscription: it verifies the VAPID JWT and decrypts
 an ``aes128gcm`` body.
 """
@@ -122,6 +123,11 @@ class Push:
     path: str
     headers: dict[str, str]
     body: bytes
+    status: int  # what the receiver answered
+
+    @property
+    def accepted(self) -> bool:
+        return 200 <= self.status < 300
 
 
 class _Server(ThreadingHTTPServer):
@@ -131,12 +137,15 @@ class _Server(ThreadingHTTPServer):
 
 @dataclass
 class PushReceiver:
-    """A loopback push service: keeps every POST, answers ``status[path]`` (default 201)."""
+    """A loopback push service: keeps every POST, answers ``status[path]`` (default 201), or 503 while
+    ``unavailable[path]`` (how many more times) is above 0."""
 
     port: int = field(default_factory=free_port)
     received: list[Push] = field(default_factory=list)
     status: dict[str, int] = field(default_factory=dict)
+    unavailable: dict[str, int] = field(default_factory=dict)
     _server: ThreadingHTTPServer | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def endpoint(self, name: str) -> str:
         return f"http://127.0.0.1:{self.port}/push/{name}"
@@ -149,10 +158,14 @@ class PushReceiver:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                receiver.received.append(
-                    Push(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-                )
-                self.send_response(receiver.status.get(self.path, 201))
+                with receiver._lock:
+                    status = receiver.status.get(self.path, 201)
+                    if receiver.unavailable.get(self.path, 0) > 0:
+                        receiver.unavailable[self.path] -= 1
+                        status = 503
+                    headers = {k.lower(): v for k, v in self.headers.items()}
+                    receiver.received.append(Push(self.path, headers, body, status))
+                self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -168,7 +181,8 @@ class PushReceiver:
             self._server.server_close()
 
     def to(self, name: str) -> list[Push]:
-        return [p for p in self.received if p.path == f"/push/{name}"]
+        with self._lock:
+            return [p for p in self.received if p.path == f"/push/{name}"]
 
 
 @contextlib.contextmanager

@@ -57,6 +57,12 @@ def test_a_transient_failure_on_the_last_attempt_fails_for_good() -> None:
     assert settle(Outcome.permanent("smtp 550"), 1, 8).status == "failed"
 
 
+def test_giving_up_on_a_device_leaves_a_job_that_reached_another_sent() -> None:
+    partly = Outcome.transient("push 503", partly_sent=True)
+    assert settle(partly, 3, 8) == partly
+    assert settle(partly, 8, 8) == Outcome("sent", "gave up after 8 attempts: push 503")
+
+
 def test_smtp_replies_4xx_are_transient_and_5xx_permanent() -> None:
     assert classify_reply(451, "later") == Outcome("retry", "smtp 451: later")
     assert classify_reply(550, "no such user") == Outcome("failed", "smtp 550: no such user")

@@ -4,8 +4,12 @@ py-vapid signs the VAPID JWT and http-ece encrypts (the two libraries pywebpush 
 the POSTs go through one pooled ``httpx.AsyncClient`` (keep-alive per push service), not a session per
 push. A job goes to every subscription of its user at once. Per subscription: 2xx delivered; 404/410
 the subscription is gone and removed; 429, 5xx and network errors transient; any other 4xx (400, 403,
-413, ...) permanent. The job is sent once any subscription accepted it, transient when none did and one
-may later, skipped when the user has no subscription left.
+413, ...) permanent.
+
+While one device failed transiently, the job is retried for that device alone: the devices that accepted
+it or refused it for good are kept as receipts (``push_receipts``) and skipped by the retry, so no device
+gets a push twice. The job is settled when no device is left to retry: sent if any device accepted it,
+failed if every one refused it for good, skipped if the user has no subscription left.
 """
 
 from __future__ import annotations
@@ -119,9 +123,9 @@ class WebPushSender:
         return cached[1]
 
     async def send(self, job: Claimed) -> Outcome:
-        """Push to each of the user's subscriptions; see the module docstring for the outcome."""
-        subscriptions = await store.targets(self._pool, job.user_id)
-        if not subscriptions:
+        """Push to each of the user's subscriptions this job has yet to reach; see the module docstring."""
+        targets = await store.targets(self._pool, job.user_id, job.id, job.version)
+        if not targets.pending and not targets.settled:
             return Outcome.skipped("no push subscription")
         notification = job.notification
         payload = push_payload(notification)
@@ -133,14 +137,25 @@ class WebPushSender:
             "Content-Encoding": "aes128gcm",
             "Content-Type": "application/octet-stream",
         }
-        results = await asyncio.gather(*(self._post(s, payload, headers) for s in subscriptions))
-        if any(result.status == "sent" for result in results):
+        results = await asyncio.gather(*(self._post(s, payload, headers) for s in targets.pending))
+        settled_now = [
+            store.Receipt(subscription.id, result.status, result.error)
+            for subscription, result in zip(targets.pending, results, strict=True)
+            if result.status in ("sent", "failed")
+        ]
+        settled = [*targets.settled, *settled_now]
+        reached = any(receipt.status == "sent" for receipt in settled)
+        transient = [result for result in results if result.status == "retry"]
+        if transient:
+            if settled_now:
+                await store.record_receipts(self._pool, job.id, job.version, settled_now)
+            return Outcome.transient(transient[0].error or "push failed", partly_sent=reached)
+        if reached:
             return Outcome.sent()
-        failures = [result for result in results if result.status in ("retry", "failed")]
-        if not failures:
-            return Outcome.skipped("every push subscription is gone")
-        transient = [result for result in failures if result.status == "retry"]
-        return (transient or failures)[0]
+        refused = [receipt for receipt in settled if receipt.status == "failed"]
+        if refused:
+            return Outcome.permanent(refused[0].error or "push failed")
+        return Outcome.skipped("every push subscription is gone")
 
     async def _post(
         self, subscription: store.Subscription, payload: bytes, headers: dict[str, str]
