@@ -11,7 +11,7 @@ Life of an event (docs/design.md has the reasons):
    batch of sends is one transaction: users rows ensured and locked in id order, preferences read with the
    lock, duplicates (same user and idempotency key) read back, the rest inserted by one multi-row statement
    (:mod:`worker.store.events`); :mod:`worker.routing` decides in between who gets what, on which channel.
-   Each broadcast is its own transaction (one set-based statement).
+   A broadcast is stored chunk by chunk, one short transaction after each batch (:mod:`worker.broadcasts`).
 3. After the commit, every frame and delivery of the batch is published with confirms in flight together;
    then the batch's deliveries are acked (:class:`worker.acks.AckTracker`). Publishing overlaps with the
    next batch's commit; acks happen only after both commit and confirms.
@@ -38,12 +38,11 @@ import structlog
 
 from shared.events import BroadcastEvent, InvalidEvent, ProfileEvent, SendEvent, parse_event
 from worker import metrics
-from worker.broadcast_routing import broadcast_jobs
-from worker.pending import Pending, tags_by_channel
+from worker.broadcasts import Broadcasts
+from worker.pending import Pending, tags_by_channel, take_batch
 from worker.profiles import store_profile
-from worker.routing import NEW_METHOD, Incoming, Outgoing, SendRouting, route_broadcast
+from worker.routing import NEW_METHOD, Incoming, Outgoing, SendRouting
 from worker.store import events as store
-from worker.store.deliveries import insert_waiting
 from worker.store.pool import is_outage
 
 if TYPE_CHECKING:
@@ -55,6 +54,7 @@ if TYPE_CHECKING:
     from shared.preferences import Catalog
     from shared.settings import Settings
     from worker.acks import AckTracker
+    from worker.broadcasts import Store
     from worker.publish import Publisher
     from worker.store.pool import Connection
 
@@ -74,8 +74,6 @@ _BACKOFF_START: Final = 0.1
 _BACKOFF_MAX: Final = 5.0
 _MAX_PUBLISHING_BATCHES: Final = 4
 _UNKNOWN_TYPE_RELOAD_SECONDS: Final = 5.0
-# A batch of fan-out events (up to 1,000 recipients each) is cut short at this many recipients.
-_MAX_ROWS_PER_BATCH: Final = 5000
 
 
 class _Shutdown(Exception):
@@ -104,6 +102,7 @@ class Pipeline:
         self._batch_size = settings.batch_size
         self._batch_timeout = settings.batch_timeout_ms / 1000
         self._pending: list[Pending] = []
+        self._broadcasts = Broadcasts(acks, catalog, settings.broadcast_chunk_size)
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
         self._closing = False
@@ -141,7 +140,12 @@ class Pipeline:
             return
         if self._closing:
             return  # stopping: left unacked, requeued when the channel closes
-        self._pending.append(Pending(event, message, channel, message.delivery_tag or 0))
+        item = Pending(event, message, channel, message.delivery_tag or 0)
+        if isinstance(event, BroadcastEvent):
+            self._broadcasts.add(item)
+            self._wake.set()
+            return
+        self._pending.append(item)
         if len(self._pending) == 1:
             self._wake.set()
         if len(self._pending) >= self._batch_size:
@@ -196,68 +200,80 @@ class Pipeline:
 
     async def _run(self) -> None:
         while True:
-            if not self._pending:
+            if not self._pending and not self._broadcasts:
                 if self._closing:
                     return
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if len(self._pending) < self._batch_size and not self._closing and self._batch_timeout > 0:
-                self._full.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._batch_timeout):
-                        await self._full.wait()
-            batch = self._take_batch()
             try:
-                await self._process(batch)
+                if self._pending:
+                    await self._next_batch()
+                if self._broadcasts and self._closing:
+                    self._broadcasts.drop()  # left unacked: redelivered when the channel closes, resumed
+                elif self._broadcasts:
+                    await self._next_chunk()
             except _Shutdown:
                 self._pending.clear()
+                self._broadcasts.drop()
                 return
-            except Exception:  # a bug: keep the loop alive; the batch is redelivered by the broker
-                log.exception("batch failed")
-                await self._requeue(batch)
 
-    def _take_batch(self) -> list[Pending]:
-        """Up to ``batch_size`` events, fewer when their recipients would exceed a transaction's worth."""
-        count = rows = 0
-        for item in self._pending[: self._batch_size]:
-            weight = len(item.event.user_ids) if isinstance(item.event, SendEvent) else 1
-            if count and rows + weight > _MAX_ROWS_PER_BATCH:
-                break
-            count += 1
-            rows += weight
-        batch = self._pending[:count]
-        del self._pending[:count]
-        return batch
+    async def _next_batch(self) -> None:
+        # While a broadcast is being stored its chunks pace the loop: no waiting for a fuller batch.
+        fill = self._batch_timeout > 0 and not (self._closing or self._broadcasts)
+        if fill and len(self._pending) < self._batch_size:
+            self._full.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._batch_timeout):
+                    await self._full.wait()
+        batch = take_batch(self._pending, self._batch_size)
+        try:
+            await self._process(batch)
+        except _Shutdown:
+            raise
+        except Exception:  # a bug: keep the loop alive; the batch is redelivered by the broker
+            log.exception("batch failed")
+            await self._requeue(batch)
+
+    async def _next_chunk(self) -> None:
+        """Store the next chunk of the oldest broadcast; after its last one, publish the frame and ack."""
+        started = time.perf_counter()
+        stored = await self._broadcasts.store_next_chunk(self._commit_resilient)
+        if stored is not None:
+            await self._committed(started, *stored)
 
     async def _process(self, batch: list[Pending]) -> None:
-        sends = [item for item in batch if isinstance(item.event, SendEvent)]
-        groups = [sends] if sends else []
-        groups += [[item] for item in batch if not isinstance(item.event, SendEvent)]
         started = time.perf_counter()
         committed: list[Pending] = []
         outgoing = Outgoing()
-        for group in groups:
-            for items, out in await self._commit_resilient(group):
-                committed += items
-                outgoing.extend(out)
-        metrics.STORE_SECONDS.observe(time.perf_counter() - started)
+        for items, out in await self._commit_resilient(batch, self._store_sends):
+            committed += items
+            outgoing.extend(out)
         metrics.BATCH_SIZE.observe(len(batch))
+        await self._committed(started, committed, outgoing)
+
+    async def _committed(self, started: float, items: list[Pending], outgoing: Outgoing) -> None:
+        """Count what was stored since ``started``; publish ``outgoing`` and then ack ``items``, in a task."""
+        metrics.STORE_SECONDS.observe(time.perf_counter() - started)
         metrics.NOTIFICATIONS.inc(outgoing.rows)
         for outcome, count in outgoing.outcomes.items():
             metrics.EVENTS.labels(outcome).inc(count)
+        if not items:
+            return
         await self._publish_slots.acquire()
-        task = asyncio.create_task(self._publish_and_ack(committed, outgoing))
+        task = asyncio.create_task(self._publish_and_ack(items, outgoing))
         self._publishing.add(task)
         task.add_done_callback(self._publishing.discard)
 
-    async def _commit_resilient(self, items: list[Pending]) -> list[tuple[list[Pending], Outgoing]]:
-        """Commit ``items``; returns the committed groups (a poison event is settled on its own)."""
+    async def _commit_resilient(
+        self, items: list[Pending], store: Store
+    ) -> list[tuple[list[Pending], Outgoing]]:
+        """Commit ``items`` with ``store``; returns the committed groups (a poison event is settled alone)."""
         delay = _BACKOFF_START
         conflicts = canceled = 0
         while True:
             try:
-                outgoing = await self._commit(items)
+                outgoing = await self._commit(items, store)
             except _CONFLICT_ERRORS:
                 conflicts += 1
                 metrics.DB_RETRIES.labels("conflict").inc()
@@ -278,8 +294,8 @@ class Pipeline:
                     await self._poison(items[0], exc)
                     return []
                 middle = len(items) // 2
-                return await self._commit_resilient(items[:middle]) + await self._commit_resilient(
-                    items[middle:]
+                return await self._commit_resilient(items[:middle], store) + await self._commit_resilient(
+                    items[middle:], store
                 )
             self._set_database_up(True)
             return [(items, outgoing)]
@@ -312,17 +328,11 @@ class Pipeline:
 
     # -- storing --------------------------------------------------------------------------------------
 
-    async def _commit(self, items: list[Pending]) -> Outgoing:
-        catalog = self._catalog()
-        now = datetime.now(UTC)
+    async def _commit(self, items: list[Pending], store: Store) -> Outgoing:
         async with self._pool.acquire() as conn, conn.transaction():
-            if isinstance(items[0].event, BroadcastEvent):
-                return await self._store_broadcast(conn, catalog, items[0].event, now)
-            return await self._store_sends(conn, catalog, items, now)
+            return await store(conn, items)
 
-    async def _store_sends(
-        self, conn: Connection, catalog: Catalog, items: list[Pending], now: datetime
-    ) -> Outgoing:
+    async def _store_sends(self, conn: Connection, items: list[Pending]) -> Outgoing:
         batch = [
             Incoming(item.event, bool(item.message.redelivered))
             for item in items
@@ -331,19 +341,10 @@ class Pipeline:
         overrides = await store.lock_users(
             conn, list({u for incoming in batch for u in incoming.event.user_ids})
         )
-        routing = SendRouting(batch, overrides, catalog, now)
+        routing = SendRouting(batch, overrides, self._catalog(), datetime.now(UTC))
         stored = await store.existing(conn, routing.keyed())
         writes = routing.writes(stored, await store.collapse_targets(conn, routing.collapsible()))
         return routing.outgoing(await store.write(conn, writes))
-
-    async def _store_broadcast(
-        self, conn: Connection, catalog: Catalog, event: BroadcastEvent, now: datetime
-    ) -> Outgoing:
-        routing = route_broadcast(event, catalog, now)
-        recipients = 0 if routing.muted else await store.broadcast(conn, routing)
-        # Email/push go straight to delivery_jobs; herald-delivery sends them paced by its rate caps.
-        await insert_waiting(conn, broadcast_jobs(routing, await store.audience(conn), catalog, now))
-        return routing.outgoing(recipients)
 
     # -- publishing -----------------------------------------------------------------------------------
 

@@ -133,3 +133,12 @@ async def counters(pg: asyncpg.Connection, user: str) -> tuple[int, int] | None:
     """``(last_seq, unread_count)`` of a user, or ``None`` when unknown."""
     row = await pg.fetchrow("SELECT last_seq, unread_count FROM users WHERE user_id = $1", user)
     return None if row is None else (row["last_seq"], row["unread_count"])
+
+
+async def add_known_users(pg: asyncpg.Connection, last_seqs: dict[str, int]) -> None:
+    """Make each user known with ``last_seq`` (and no rows yet): a user base for broadcasts."""
+    await pg.execute(
+        "INSERT INTO users (user_id, last_seq) SELECT * FROM unnest($1::text[], $2::bigint[])",
+        list(last_seqs),
+        list(last_seqs.values()),
+    )
