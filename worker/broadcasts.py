@@ -10,6 +10,7 @@ makes every chunk an earlier run committed store nothing again.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -107,21 +108,31 @@ class BroadcastRun:
 class Broadcasts:
     """The accepted broadcasts, oldest first; chunks are stored for the first one until it is done."""
 
-    __slots__ = ("_acks", "_catalog", "_chunk_size", "_runs")
+    __slots__ = ("_acks", "_added", "_catalog", "_chunk_size", "_runs")
 
     def __init__(self, acks: AckTracker, catalog: Callable[[], Catalog], chunk_size: int) -> None:
         self._acks = acks
         self._catalog = catalog
         self._chunk_size = chunk_size
         self._runs: deque[BroadcastRun] = deque()
-
-    def __len__(self) -> int:
-        return len(self._runs)
+        self._added = asyncio.Event()
 
     def add(self, item: Pending) -> None:
         """Queue an accepted broadcast; its delivery is held (``worker.acks``) until it is settled."""
         self._acks.hold(item.channel, item.tag)
         self._runs.append(BroadcastRun.start(item, self._catalog(), self._chunk_size))
+        self._added.set()
+
+    def wake(self) -> None:
+        """End a :meth:`next` that waits (the pipeline is stopping)."""
+        self._added.set()
+
+    async def next(self, stopping: Callable[[], bool]) -> bool:
+        """Wait until a broadcast is queued; ``False`` once ``stopping()`` (checked again on :meth:`wake`)."""
+        while not self._runs and not stopping():
+            self._added.clear()
+            await self._added.wait()
+        return not stopping()
 
     def drop(self) -> None:
         """Forget every broadcast, unsettled (stopping): RabbitMQ redelivers them, and they resume."""

@@ -11,7 +11,8 @@ Life of an event (docs/design.md has the reasons):
    batch of sends is one transaction: users rows ensured and locked in id order, preferences read with the
    lock, duplicates (same user and idempotency key) read back, the rest inserted by one multi-row statement
    (:mod:`worker.store.events`); :mod:`worker.routing` decides in between who gets what, on which channel.
-   A broadcast is stored chunk by chunk, one short transaction after each batch (:mod:`worker.broadcasts`).
+   A broadcast is stored chunk by chunk, one short transaction each, by a loop of its own beside the
+   batches (:mod:`worker.broadcasts`).
 3. After the commit, every frame and delivery of the batch is published with confirms in flight together;
    then the batch's deliveries are acked (:class:`worker.acks.AckTracker`). Publishing overlaps with the
    next batch's commit; acks happen only after both commit and confirms.
@@ -109,6 +110,7 @@ class Pipeline:
         self._publishing: set[asyncio.Task[None]] = set()
         self._publish_slots = asyncio.Semaphore(_MAX_PUBLISHING_BATCHES)
         self._runner: asyncio.Task[None] | None = None
+        self._broadcaster: asyncio.Task[None] | None = None
         self.database_up = True
 
     # -- intake ---------------------------------------------------------------------------------------
@@ -143,7 +145,6 @@ class Pipeline:
         item = Pending(event, message, channel, message.delivery_tag or 0)
         if isinstance(event, BroadcastEvent):
             self._broadcasts.add(item)
-            self._wake.set()
             return
         self._pending.append(item)
         if len(self._pending) == 1:
@@ -181,8 +182,9 @@ class Pipeline:
     # -- batching -------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the batching loop (call once, from the running event loop)."""
+        """Start the batching loop and the broadcast loop (call once, from the running event loop)."""
         self._runner = asyncio.create_task(self._run(), name="herald-batcher")
+        self._broadcaster = asyncio.create_task(self._run_broadcasts(), name="herald-broadcasts")
 
     async def close(self) -> None:
         """Flush what is pending, wait for its publishes and acks, and stop the loop.
@@ -193,54 +195,47 @@ class Pipeline:
         self._closing = True
         self._wake.set()
         self._full.set()
-        if self._runner is not None:
-            await self._runner
+        self._broadcasts.wake()
+        for loop in (self._runner, self._broadcaster):
+            if loop is not None:
+                await loop
         if self._publishing:
             await asyncio.gather(*self._publishing, return_exceptions=True)
 
     async def _run(self) -> None:
         while True:
-            if not self._pending and not self._broadcasts:
+            if not self._pending:
                 if self._closing:
                     return
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            if len(self._pending) < self._batch_size and not self._closing and self._batch_timeout > 0:
+                self._full.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._batch_timeout):
+                        await self._full.wait()
+            batch = take_batch(self._pending, self._batch_size)
             try:
-                if self._pending:
-                    await self._next_batch()
-                if self._broadcasts and self._closing:
-                    self._broadcasts.drop()  # left unacked: redelivered when the channel closes, resumed
-                elif self._broadcasts:
-                    await self._next_chunk()
+                await self._process(batch)
             except _Shutdown:
                 self._pending.clear()
-                self._broadcasts.drop()
                 return
+            except Exception:  # a bug: keep the loop alive; the batch is redelivered by the broker
+                log.exception("batch failed")
+                await self._requeue(batch)
 
-    async def _next_batch(self) -> None:
-        # While a broadcast is being stored its chunks pace the loop: no waiting for a fuller batch.
-        fill = self._batch_timeout > 0 and not (self._closing or self._broadcasts)
-        if fill and len(self._pending) < self._batch_size:
-            self._full.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._batch_timeout):
-                    await self._full.wait()
-        batch = take_batch(self._pending, self._batch_size)
-        try:
-            await self._process(batch)
-        except _Shutdown:
-            raise
-        except Exception:  # a bug: keep the loop alive; the batch is redelivered by the broker
-            log.exception("batch failed")
-            await self._requeue(batch)
-
-    async def _next_chunk(self) -> None:
-        """Store the next chunk of the oldest broadcast; after its last one, publish the frame and ack."""
-        started = time.perf_counter()
-        stored = await self._broadcasts.store_next_chunk(self._commit_resilient)
-        if stored is not None:
-            await self._committed(started, *stored)
+    async def _run_broadcasts(self) -> None:
+        """Store the accepted broadcasts one after the other, chunk by chunk, beside the batches."""
+        while await self._broadcasts.next(lambda: self._closing):
+            started = time.perf_counter()
+            try:
+                stored = await self._broadcasts.store_next_chunk(self._commit_resilient)
+            except _Shutdown:
+                break
+            if stored is not None:
+                await self._committed(started, *stored)
+        self._broadcasts.drop()  # stopping: left unacked, redelivered when the channel closes, resumed
 
     async def _process(self, batch: list[Pending]) -> None:
         started = time.perf_counter()
