@@ -94,9 +94,9 @@ class Settings(BaseSettings):
         prefetch: unacked events in flight per worker [500].
         batch_size: events committed in one transaction [200].
         batch_timeout_ms: how long a partial batch waits for more events [5].
-        broadcast_chunk_size: known users a broadcast stores per transaction; per-user batches are
-            committed between chunks, so a smaller chunk shortens their wait and lengthens the broadcast
-            [1000].
+        broadcast_chunk_size: known users a broadcast stores per transaction, beside the per-user
+            batches; a batch that locks a user of the chunk in progress waits for it, so a smaller chunk
+            shortens that wait and lengthens the broadcast [1000].
         retention_days: notifications older than this are deleted [90].
         retention_interval_seconds: pause between retention passes [3600].
         retention_batch_size: rows per DELETE statement [1000].

@@ -1,11 +1,12 @@
-"""A broadcast in progress: stored chunk by chunk, with the per-user batches committed in between.
+"""A broadcast in progress: stored chunk by chunk, beside the per-user batches.
 
-The pipeline stores one chunk (``broadcast_chunk_size`` known users in id order, ``worker.store.broadcasts``)
-per turn of its loop, after the batch of sends that waited meanwhile, so a per-user event waits for at most
-one chunk instead of the whole broadcast. The delivery stays unacked (held, ``worker.acks``) until the last
-chunk is committed and the one live frame is confirmed; only then is it acked. Progress lives in memory
-only: a broadcast redelivered after a crash starts again from the first user, and the idempotency key
-makes every chunk an earlier run committed store nothing again.
+The pipeline's broadcast loop stores the chunks (``broadcast_chunk_size`` known users in id order,
+``worker.store.broadcasts``) one after the other on a connection of its own, while the batching loop goes
+on: a per-user event waits for a chunk only when its batch locks a user the chunk holds. The delivery
+stays unacked (held, ``worker.acks``) until the last chunk is committed and the one live frame is
+confirmed; only then is it acked. Progress lives in memory only: a broadcast redelivered after a crash
+starts again from the first user, and the idempotency key makes every chunk an earlier run committed
+store nothing again.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Broadcasts stored chunk by chunk by a real worker: small chunks over a few thousand known users.
 
 Each chunk is its own transaction, so the rows of one broadcast carry as many inserting transaction ids
-(``xmin``) as it had chunks. Per-user batches are committed between chunks: a send for the user the
-broadcast reaches last, published once the first chunk is visible, takes that user's next ``seq`` before
-the broadcast's copy does (one statement for the whole broadcast would have stored the copy first).
+(``xmin``) as it had chunks. Per-user batches are committed while the chunks go on: a send for the user
+the broadcast reaches last, published once the first chunk is visible, takes that user's next ``seq``
+before the broadcast's copy does (one statement for the whole broadcast would have stored the copy first).
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ async def test_a_broadcast_in_many_chunks_stores_one_row_per_allowed_user_with_t
     assert sorted((r["user_id"], r["channel"]) for r in recorded) == sorted(jobs)
 
 
-async def test_a_send_published_mid_broadcast_is_stored_between_its_chunks(
+async def test_a_send_published_mid_broadcast_is_stored_before_its_last_chunk(
     fresh_stack: Stack, db: asyncpg.Connection, watcher: Watcher
 ) -> None:
     reached_last = "zz-reached-last"  # sorts after every user-NNNNN: the broadcast's last chunk
@@ -149,7 +149,7 @@ async def test_a_send_published_mid_broadcast_is_stored_between_its_chunks(
     await wait_until(both_stored, 30, "the send and the broadcast for the last user")
 
     stored = await rows(db, reached_last)
-    # The send took seq 1 between two chunks; the broadcast's copy, in the last chunk, seq 2.
+    # The send took seq 1 while the chunks went on; the broadcast's copy, in the last chunk, seq 2.
     assert [(r["idempotency_key"], r["seq"]) for r in stored] == [
         (send["event_id"], 1),
         (body["event_id"], 2),
