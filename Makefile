@@ -55,6 +55,7 @@ bench: install
 	$(BIN)/python bench/requests.py
 	$(BIN)/python bench/connect_storm.py
 	$(BIN)/python bench/e2e.py
+	$(BIN)/python bench/broadcast.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

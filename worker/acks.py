@@ -9,6 +9,10 @@ set of settled tags above it, and acks only when the run of consecutive settled 
 not yet settled (still in a batch, or not yet handed to the batcher) stops the run, whatever the order in
 which handlers happened to run. Tags restart at 1 on a new channel (a reconnect), so the tracker keeps
 one state per channel object; a closed channel's deliveries are requeued by RabbitMQ and redelivered.
+
+A broadcast is stored chunk by chunk and settled only after its last chunk, seconds later. Its tag is
+*held* (:meth:`AckTracker.hold`): while a held tag stops the run, the deliveries settled above it are acked
+one by one (``multiple=False``), so they neither wait for it nor fill the prefetch window.
 """
 
 from __future__ import annotations
@@ -29,13 +33,15 @@ CLOSED_CHANNEL_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeEr
 
 
 class _ChannelState:
-    __slots__ = ("acked", "lock", "nacked", "settled")
+    __slots__ = ("acked", "gone", "held", "lock", "settled")
 
     def __init__(self) -> None:
         self.acked = 0
         self.settled: set[int] = set()
-        # Settled by a nack: the broker no longer knows these tags, so no multiple-ack may name one.
-        self.nacked: set[int] = set()
+        # Nacked, or acked alone: the broker no longer knows these tags, so no multiple-ack may name one.
+        self.gone: set[int] = set()
+        # Unsettled for long (a broadcast in progress); see the module docstring.
+        self.held: set[int] = set()
         # Acks must leave in tag order: a multiple-ack for a lower tag sent after a higher one names an
         # already-acked tag, and the broker closes the channel (PRECONDITION_FAILED unknown delivery tag).
         self.lock = asyncio.Lock()
@@ -58,28 +64,39 @@ class AckTracker:
             state = self._channels[channel] = _ChannelState()
         return state
 
+    def hold(self, channel: AbstractChannel, tag: int) -> None:
+        """Mark ``tag`` as a delivery that stays unsettled for long; it is released when it is settled."""
+        self._state(channel).held.add(tag)
+
     async def settle(self, channel: AbstractChannel, tags: Iterable[int]) -> None:
         """Mark ``tags`` (acked or already nacked) as done and ack the grown contiguous prefix.
 
-        The ack names the highest tag of the run that was not nacked (acking a nacked tag closes the
-        channel: PRECONDITION_FAILED unknown delivery tag); a run of nacked tags alone sends nothing.
+        The ack names the highest tag of the run the broker still knows (acking a nacked tag closes the
+        channel: PRECONDITION_FAILED unknown delivery tag); a run of such tags alone sends nothing. While a
+        tag is held, every settled tag above the run is acked on its own.
         """
         state = self._state(channel)
-        state.settled.update(tags)
+        done = set(tags)
+        state.settled |= done
+        state.held -= done
         async with state.lock:
             top = state.acked
             ackable = 0
             while top + 1 in state.settled:
                 top += 1
                 state.settled.discard(top)
-                if top in state.nacked:
-                    state.nacked.discard(top)
+                if top in state.gone:
+                    state.gone.discard(top)
                 else:
                     ackable = top
             state.acked = top
-            if ackable:
-                with contextlib.suppress(*CLOSED_CHANNEL_ERRORS):
+            with contextlib.suppress(*CLOSED_CHANNEL_ERRORS):
+                if ackable:
                     await channel.basic_ack(ackable, multiple=True)
+                if state.held:
+                    for tag in sorted(state.settled - state.gone):
+                        await channel.basic_ack(tag, multiple=False)
+                        state.gone.add(tag)
 
     async def requeue(self, channel: AbstractChannel, tags: Iterable[int]) -> None:
         """Nack ``tags`` with requeue (the quorum queue counts it against ``x-delivery-limit``)."""
@@ -88,5 +105,5 @@ class AckTracker:
             with contextlib.suppress(*CLOSED_CHANNEL_ERRORS):
                 await channel.basic_nack(tag, multiple=False, requeue=True)
             done.append(tag)
-        self._state(channel).nacked.update(done)
+        self._state(channel).gone.update(done)
         await self.settle(channel, done)

@@ -1,7 +1,8 @@
 """A broadcast's email and push jobs, sans-I/O: which known users the rule of a send lets it reach.
 
-The worker stores a broadcast with one set-based statement (in-app), then routes every known user here and
-inserts the jobs into ``delivery_jobs`` in the same transaction (``worker.store.deliveries``).
+The worker stores a broadcast chunk by chunk (``worker.broadcasts``): each chunk's statement stores the
+in-app copies and returns the chunk's known users, routed here, whose jobs go into ``delivery_jobs`` in the
+chunk's transaction (``worker.store.deliveries``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def broadcast_jobs(
     catalog: Catalog,
     now: datetime,
 ) -> BroadcastJobs:
-    """Who of the known users (``audience``: user → stored overrides) gets a broadcast by email or push.
+    """Who of ``audience`` (known users → stored overrides) gets a broadcast by email or push.
 
     The same rule as a send's: :func:`shared.preferences.decide_channels` with the event's ``channels``,
     held until the end of the user's quiet hours.

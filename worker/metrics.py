@@ -23,7 +23,7 @@ BATCH_SIZE: Final = Histogram(
 )
 _LATENCY_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 STORE_SECONDS: Final = Histogram(
-    "herald_worker_store_seconds", "Time to commit one batch.", buckets=_LATENCY_BUCKETS
+    "herald_worker_store_seconds", "Time to commit one batch or broadcast chunk.", buckets=_LATENCY_BUCKETS
 )
 PUBLISH_SECONDS: Final = Histogram(
     "herald_worker_publish_seconds",

@@ -1,15 +1,18 @@
-"""An event the pipeline accepted and has not settled yet, and how its deliveries are acked by channel."""
+"""An event the pipeline accepted and has not settled yet: how sends are cut into batches, and how their
+deliveries are acked by channel."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
+
+from shared.events import SendEvent
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractIncomingMessage
     from aiormq.abc import AbstractChannel
 
-    from shared.events import BroadcastEvent, SendEvent
+    from shared.events import BroadcastEvent
 
 
 @dataclass(slots=True)
@@ -20,6 +23,25 @@ class Pending:
     message: AbstractIncomingMessage
     channel: AbstractChannel
     tag: int
+
+
+# A batch of fan-out events (up to 1,000 recipients each) is cut short at this many recipients.
+_MAX_ROWS_PER_BATCH: Final = 5000
+
+
+def take_batch(pending: list[Pending], size: int) -> list[Pending]:
+    """Remove and return the first ``size`` events of ``pending``, fewer when their recipients would exceed
+    a transaction's worth."""
+    count = rows = 0
+    for item in pending[:size]:
+        weight = len(item.event.user_ids) if isinstance(item.event, SendEvent) else 1
+        if count and rows + weight > _MAX_ROWS_PER_BATCH:
+            break
+        count += 1
+        rows += weight
+    batch = pending[:count]
+    del pending[:count]
+    return batch
 
 
 def tags_by_channel(items: list[Pending]) -> dict[AbstractChannel, list[int]]:

@@ -13,7 +13,8 @@ Life of an event (docs/design.md has the reasons):
    (:mod:`worker.store.events`); :mod:`worker.routing` decides in between who gets what, on which channel.
    The email/push jobs of what was stored are recorded in ``delivery_jobs`` by one more statement in the
    same transaction (an outbox: ``herald-delivery`` is woken by ``NOTIFY`` at commit and sends them).
-   Each broadcast is its own transaction (one set-based statement).
+   A broadcast is stored chunk by chunk, one short transaction each, by a loop of its own beside the
+   batches (:mod:`worker.broadcasts`).
 3. After the commit, every frame of the batch is published (broadcast frames with confirms in flight
    together); then the batch's AMQP deliveries are acked (:class:`worker.acks.AckTracker`). Publishing
    overlaps with the next batch's commit; acks happen only after both commit and confirms.
@@ -40,12 +41,12 @@ import structlog
 
 from shared.events import BroadcastEvent, InvalidEvent, ProfileEvent, SendEvent, parse_event
 from worker import metrics
-from worker.broadcast_routing import broadcast_jobs
-from worker.pending import Pending, tags_by_channel
+from worker.broadcasts import Broadcasts
+from worker.pending import Pending, tags_by_channel, take_batch
 from worker.profiles import store_profile
-from worker.routing import NEW_METHOD, Outgoing, SendRouting, route_broadcast
+from worker.routing import NEW_METHOD, Outgoing, SendRouting
 from worker.store import events as store
-from worker.store.deliveries import insert_waiting, record
+from worker.store.deliveries import record
 from worker.store.pool import is_outage
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
     from shared.preferences import Catalog
     from shared.settings import Settings
     from worker.acks import AckTracker
+    from worker.broadcasts import Store
     from worker.publish import Publisher
     from worker.store.pool import Connection
 
@@ -76,8 +78,6 @@ _BACKOFF_START: Final = 0.1
 _BACKOFF_MAX: Final = 5.0
 _MAX_PUBLISHING_BATCHES: Final = 4
 _UNKNOWN_TYPE_RELOAD_SECONDS: Final = 5.0
-# A batch of fan-out events (up to 1,000 recipients each) is cut short at this many recipients.
-_MAX_ROWS_PER_BATCH: Final = 5000
 
 
 class _Shutdown(Exception):
@@ -106,12 +106,14 @@ class Pipeline:
         self._batch_size = settings.batch_size
         self._batch_timeout = settings.batch_timeout_ms / 1000
         self._pending: list[Pending] = []
+        self._broadcasts = Broadcasts(acks, catalog, settings.broadcast_chunk_size)
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
         self._closing = False
         self._publishing: set[asyncio.Task[None]] = set()
         self._publish_slots = asyncio.Semaphore(_MAX_PUBLISHING_BATCHES)
         self._runner: asyncio.Task[None] | None = None
+        self._broadcaster: asyncio.Task[None] | None = None
         self.database_up = True
 
     # -- intake ---------------------------------------------------------------------------------------
@@ -143,7 +145,11 @@ class Pipeline:
             return
         if self._closing:
             return  # stopping: left unacked, requeued when the channel closes
-        self._pending.append(Pending(event, message, channel, message.delivery_tag or 0))
+        item = Pending(event, message, channel, message.delivery_tag or 0)
+        if isinstance(event, BroadcastEvent):
+            self._broadcasts.add(item)
+            return
+        self._pending.append(item)
         if len(self._pending) == 1:
             self._wake.set()
         if len(self._pending) >= self._batch_size:
@@ -179,8 +185,9 @@ class Pipeline:
     # -- batching -------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the batching loop (call once, from the running event loop)."""
+        """Start the batching loop and the broadcast loop (call once, from the running event loop)."""
         self._runner = asyncio.create_task(self._run(), name="herald-batcher")
+        self._broadcaster = asyncio.create_task(self._run_broadcasts(), name="herald-broadcasts")
 
     async def close(self) -> None:
         """Flush what is pending, wait for its publishes and acks, and stop the loop.
@@ -191,8 +198,10 @@ class Pipeline:
         self._closing = True
         self._wake.set()
         self._full.set()
-        if self._runner is not None:
-            await self._runner
+        self._broadcasts.wake()
+        for loop in (self._runner, self._broadcaster):
+            if loop is not None:
+                await loop
         if self._publishing:
             await asyncio.gather(*self._publishing, return_exceptions=True)
 
@@ -209,7 +218,7 @@ class Pipeline:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._batch_timeout):
                         await self._full.wait()
-            batch = self._take_batch()
+            batch = take_batch(self._pending, self._batch_size)
             try:
                 await self._process(batch)
             except _Shutdown:
@@ -219,49 +228,52 @@ class Pipeline:
                 log.exception("batch failed")
                 await self._requeue(batch)
 
-    def _take_batch(self) -> list[Pending]:
-        """Up to ``batch_size`` events, fewer when their recipients would exceed a transaction's worth."""
-        count = rows = 0
-        for item in self._pending[: self._batch_size]:
-            weight = len(item.event.user_ids) if isinstance(item.event, SendEvent) else 1
-            if count and rows + weight > _MAX_ROWS_PER_BATCH:
+    async def _run_broadcasts(self) -> None:
+        """Store the accepted broadcasts one after the other, chunk by chunk, beside the batches."""
+        while await self._broadcasts.next(lambda: self._closing):
+            started = time.perf_counter()
+            try:
+                stored = await self._broadcasts.store_next_chunk(self._commit_resilient)
+            except _Shutdown:
                 break
-            count += 1
-            rows += weight
-        batch = self._pending[:count]
-        del self._pending[:count]
-        return batch
+            if stored is not None:
+                await self._committed(started, *stored)
+        self._broadcasts.drop()  # stopping: left unacked, redelivered when the channel closes, resumed
 
     async def _process(self, batch: list[Pending]) -> None:
-        sends = [item for item in batch if isinstance(item.event, SendEvent)]
-        groups = [sends] if sends else []
-        groups += [[item] for item in batch if not isinstance(item.event, SendEvent)]
         started = time.perf_counter()
         committed: list[Pending] = []
         outgoing = Outgoing()
-        for group in groups:
-            for items, out in await self._commit_resilient(group):
-                committed += items
-                outgoing.extend(out)
-        metrics.STORE_SECONDS.observe(time.perf_counter() - started)
+        for items, out in await self._commit_resilient(batch, self._store_sends):
+            committed += items
+            outgoing.extend(out)
         metrics.BATCH_SIZE.observe(len(batch))
+        await self._committed(started, committed, outgoing)
+
+    async def _committed(self, started: float, items: list[Pending], outgoing: Outgoing) -> None:
+        """Count what was stored since ``started``; publish ``outgoing`` and then ack ``items``, in a task."""
+        metrics.STORE_SECONDS.observe(time.perf_counter() - started)
         metrics.NOTIFICATIONS.inc(outgoing.rows)
         for outcome, count in outgoing.outcomes.items():
             metrics.EVENTS.labels(outcome).inc(count)
         for channel, count in outgoing.delivery_counts().items():
             metrics.DELIVERIES.labels(channel).inc(count)
+        if not items:
+            return
         await self._publish_slots.acquire()
-        task = asyncio.create_task(self._publish_and_ack(committed, outgoing))
+        task = asyncio.create_task(self._publish_and_ack(items, outgoing))
         self._publishing.add(task)
         task.add_done_callback(self._publishing.discard)
 
-    async def _commit_resilient(self, items: list[Pending]) -> list[tuple[list[Pending], Outgoing]]:
-        """Commit ``items``; returns the committed groups (a poison event is settled on its own)."""
+    async def _commit_resilient(
+        self, items: list[Pending], store: Store
+    ) -> list[tuple[list[Pending], Outgoing]]:
+        """Commit ``items`` with ``store``; returns the committed groups (a poison event is settled alone)."""
         delay = _BACKOFF_START
         conflicts = canceled = 0
         while True:
             try:
-                outgoing = await self._commit(items)
+                outgoing = await self._commit(items, store)
             except _CONFLICT_ERRORS:
                 conflicts += 1
                 metrics.DB_RETRIES.labels("conflict").inc()
@@ -282,8 +294,8 @@ class Pipeline:
                     await self._poison(items[0], exc)
                     return []
                 middle = len(items) // 2
-                return await self._commit_resilient(items[:middle]) + await self._commit_resilient(
-                    items[middle:]
+                return await self._commit_resilient(items[:middle], store) + await self._commit_resilient(
+                    items[middle:], store
                 )
             self._set_database_up(True)
             return [(items, outgoing)]
@@ -316,34 +328,22 @@ class Pipeline:
 
     # -- storing --------------------------------------------------------------------------------------
 
-    async def _commit(self, items: list[Pending]) -> Outgoing:
-        catalog = self._catalog()
+    async def _commit(self, items: list[Pending], store: Store) -> Outgoing:
+        # Taken before BEGIN, so never later than the transaction's now(): a job due "now" is recorded due
+        # at the transaction's time, and each retry of a batch routes at its own time.
         now = datetime.now(UTC)
         async with self._pool.acquire() as conn, conn.transaction():
-            if isinstance(items[0].event, BroadcastEvent):
-                return await self._store_broadcast(conn, catalog, items[0].event, now)
-            return await self._store_sends(conn, catalog, items, now)
+            return await store(conn, items, now)
 
-    async def _store_sends(
-        self, conn: Connection, catalog: Catalog, items: list[Pending], now: datetime
-    ) -> Outgoing:
+    async def _store_sends(self, conn: Connection, items: list[Pending], now: datetime) -> Outgoing:
         batch = [item.event for item in items if isinstance(item.event, SendEvent)]
         overrides = await store.lock_users(conn, list({u for event in batch for u in event.user_ids}))
-        routing = SendRouting(batch, overrides, catalog, now)
+        routing = SendRouting(batch, overrides, self._catalog(), now)
         stored = await store.existing(conn, routing.keyed())
         writes = routing.writes(stored, await store.collapse_targets(conn, routing.collapsible()))
         outgoing = routing.outgoing(await store.write(conn, writes))
         await record(conn, outgoing.deliveries)
         return outgoing
-
-    async def _store_broadcast(
-        self, conn: Connection, catalog: Catalog, event: BroadcastEvent, now: datetime
-    ) -> Outgoing:
-        routing = route_broadcast(event, catalog, now)
-        recipients = 0 if routing.muted else await store.broadcast(conn, routing)
-        # Email/push go straight to delivery_jobs; herald-delivery sends them paced by its rate caps.
-        await insert_waiting(conn, broadcast_jobs(routing, await store.audience(conn), catalog, now))
-        return routing.outgoing(recipients)
 
     # -- publishing -----------------------------------------------------------------------------------
 

@@ -3,8 +3,8 @@
 The invariant (docs/design.md): every statement that allocates a user's ``seq`` holds that user's
 ``users`` row lock until commit, so a user's notifications become visible in ``seq`` order. A batch locks
 its users sorted by id (``ORDER BY user_id FOR UPDATE``), so two batches never wait on each other in a
-cycle; a broadcast locks the same way inside its one statement. Deadlocks that remain possible with other
-writers (requests, retention) surface as ``DeadlockDetectedError`` and the caller retries the batch.
+cycle; a broadcast chunk locks the same way (``worker.store.broadcasts``). Deadlocks that remain possible
+with other writers (requests, retention) surface as ``DeadlockDetectedError`` and the caller retries.
 
 Every function takes a connection that is already inside a transaction.
 """
@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 
     from asyncpg import Record
 
-    from worker.routing import BroadcastRouting
     from worker.store.pool import Connection
     from worker.writes import Writes
 
@@ -136,43 +135,6 @@ _REMEMBER_KEYS: Final = """
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
     ON CONFLICT DO NOTHING"""
 
-# "May this user see type t in-app?" over users u, notification_types t and user_preferences p (a left
-# join: no row is no overrides). This is shared.preferences.decide_channels for "in_app", written for a
-# set-based statement: a critical type's in-app is locked on; otherwise the master switch (default on)
-# and the type's switch (default: the catalog's default_in_app) must both allow it.
-# tests/integration/test_preference_rule_sql.py checks that the two agree on every combination.
-IN_APP_ALLOWED: Final = """(t.critical
-        OR (coalesce((p.channels ->> 'in_app')::boolean, true)
-            AND coalesce((p.types -> t.name ->> 'in_app')::boolean, t.default_in_app)))"""
-
-# One statement for a broadcast: every known user whose effective preferences allow the type in-app,
-# minus those who already have it, locked in user-id order, each given its next seq and one more unread.
-_BROADCAST: Final = f"""
-    WITH recipients AS (
-        SELECT u.user_id
-          FROM users u
-          JOIN notification_types t ON t.name = $2
-          LEFT JOIN user_preferences p ON p.user_id = u.user_id
-         WHERE {IN_APP_ALLOWED}
-           AND ($7::text IS NULL OR NOT EXISTS (
-                   SELECT 1 FROM notifications n
-                    WHERE n.user_id = u.user_id AND n.source = $11 AND n.idempotency_key = $7))
-         ORDER BY u.user_id
-           FOR UPDATE OF u
-    ), bumped AS (
-        UPDATE users u
-           SET last_seq = u.last_seq + 1, unread_count = u.unread_count + 1,
-               unseen_count = u.unseen_count + 1, inbox_count = u.inbox_count + 1
-          FROM recipients r
-         WHERE u.user_id = r.user_id
-     RETURNING u.user_id, u.last_seq
-    )
-    INSERT INTO notifications
-           (user_id, seq, id, type, category, title, message, data, idempotency_key, expires_at, url,
-            actions, source)
-    SELECT b.user_id, b.last_seq, $1, $2, $3, $4, $5, $6::text::jsonb, $7, $8, $9, $10::text::jsonb, $11
-      FROM bumped b"""
-
 
 async def lock_users(conn: Connection, user_ids: list[str]) -> dict[str, dict[str, Any] | None]:
     """Create missing ``users`` rows, lock all of them in id order, and return their overrides.
@@ -184,16 +146,10 @@ async def lock_users(conn: Connection, user_ids: list[str]) -> dict[str, dict[st
     ordered = sorted(user_ids)
     await conn.execute(_ENSURE_USERS, ordered)
     rows = await conn.fetch(_LOCK_USERS, ordered)
-    return {row["user_id"]: _overrides(row) for row in rows}
+    return {row["user_id"]: stored_overrides(row) for row in rows}
 
 
-_AUDIENCE: Final = """
-    SELECT u.user_id, p.channels, p.types, p.quiet_hours, pr.timezone
-      FROM users u LEFT JOIN user_preferences p USING (user_id)
-      LEFT JOIN user_profiles pr ON pr.user_id = u.user_id"""
-
-
-def _overrides(row: Record) -> dict[str, Any] | None:
+def stored_overrides(row: Record) -> dict[str, Any] | None:
     """A row's stored overrides (``None`` without preferences), quiet hours in the profile's zone if none."""
     stored = (
         {"channels": row["channels"], "types": row["types"], "quiet_hours": row["quiet_hours"]}
@@ -201,11 +157,6 @@ def _overrides(row: Record) -> dict[str, Any] | None:
         else None
     )
     return with_profile_zone(stored, row["timezone"])
-
-
-async def audience(conn: Connection) -> dict[str, dict[str, Any] | None]:
-    """Every known user's overrides (as :func:`lock_users` returns them): who a broadcast may email."""
-    return {row["user_id"]: _overrides(row) for row in await conn.fetch(_AUDIENCE)}
 
 
 async def existing(
@@ -260,23 +211,3 @@ async def write(conn: Connection, writes: Writes) -> Written:
         absorbed = [(user, key.source, key.key, nid) for user, key, nid in writes.keys]
         await conn.execute(_REMEMBER_KEYS, *(list(column) for column in zip(*absorbed, strict=True)))
     return Written(inserted, collapsed)
-
-
-async def broadcast(conn: Connection, routing: BroadcastRouting) -> int:
-    """Store one broadcast for every allowed known user in one statement; return how many got it."""
-    event = routing.event
-    status = await conn.execute(
-        _BROADCAST,
-        routing.notification_id,
-        event.type,
-        routing.category,
-        event.title,
-        event.message,
-        routing.data_json,
-        event.event_id,
-        event.expires_at,
-        routing.params["url"],
-        routing.actions_json,
-        event.source or "",
-    )
-    return int(status.rsplit(" ", 1)[-1])

@@ -148,3 +148,12 @@ async def recorded_jobs(pg: asyncpg.Connection, users: list[str], count: int) ->
         {**dict(row), "notification": orjson.loads(row["notification"])}
         for row in await pg.fetch(query, users)
     ]
+
+
+async def add_known_users(pg: asyncpg.Connection, last_seqs: dict[str, int]) -> None:
+    """Make each user known with ``last_seq`` (and no rows yet): a user base for broadcasts."""
+    await pg.execute(
+        "INSERT INTO users (user_id, last_seq) SELECT * FROM unnest($1::text[], $2::bigint[])",
+        list(last_seqs),
+        list(last_seqs.values()),
+    )

@@ -86,6 +86,28 @@ async def test_acks_never_name_a_nacked_tag() -> None:
     assert channel.calls[-1] == ("ack", 4, True)
 
 
+async def test_while_a_broadcast_is_held_later_deliveries_are_acked_one_by_one() -> None:
+    """A held delivery (a broadcast stored chunk by chunk) does not stop the acks of the ones after it."""
+    channel = FakeChannel()
+    acks = AckTracker()
+    fake = cast("Any", channel)
+    acks.hold(fake, 2)
+    await acks.settle(fake, [1])
+    await acks.settle(fake, [3, 4])
+    await acks.requeue(fake, [5])
+    await acks.settle(fake, [6])
+    assert channel.calls == [
+        ("ack", 1, True),
+        ("ack", 3, False),
+        ("ack", 4, False),
+        ("nack", 5, True),
+        ("ack", 6, False),
+    ]
+    await acks.settle(fake, [2])  # the broadcast is done: named by a multiple-ack, 3-6 are gone already
+    await acks.settle(fake, [7])  # and contiguous runs are acked together again
+    assert channel.calls[-2:] == [("ack", 2, True), ("ack", 7, True)]
+
+
 async def test_a_statement_canceled_every_time_is_retried_a_bounded_number_of_times_then_dead_lettered() -> (
     None
 ):
@@ -101,7 +123,7 @@ async def test_a_statement_canceled_every_time_is_retried_a_bounded_number_of_ti
     attempts: list[int] = []
     poisoned: list[Exception] = []
 
-    async def canceled(items: list[Any]) -> Any:
+    async def canceled(items: list[Any], store: Any) -> Any:
         attempts.append(len(items))
         raise asyncpg.QueryCanceledError("canceling statement due to statement timeout")
 
@@ -111,7 +133,7 @@ async def test_a_statement_canceled_every_time_is_retried_a_bounded_number_of_ti
     pipeline._commit = canceled  # type: ignore[method-assign]
     pipeline._poison = poison  # type: ignore[method-assign]
     async with asyncio.timeout(30):
-        assert await pipeline._commit_resilient([cast("Any", object())]) == []
+        assert await pipeline._commit_resilient([cast("Any", object())], cast("Any", None)) == []
     assert len(attempts) == pipeline_module.QUERY_CANCELED_RETRIES + 1
     assert len(poisoned) == 1
     assert isinstance(poisoned[0], asyncpg.QueryCanceledError)
