@@ -30,9 +30,8 @@ from dataclasses import dataclass, field
 import aio_pika
 import asyncpg
 import orjson
-from aiormq import spec
 
-from herald_ops.testing.measure import load_average, percentile
+from herald_ops.testing.measure import load_average, percentile, produce_timestamped
 from herald_ops.testing.stack import Stack, fresh_id, stack_context
 from shared.topology import Topology
 
@@ -64,31 +63,10 @@ async def produce(
     channel: aio_pika.abc.AbstractChannel, users: list[str], rate: int, until: asyncio.Event, run: str
 ) -> int:
     """Publish ``rate`` events/s until ``until`` is set; return how many were published."""
-    rng = random.Random(run)
     raw = await channel.get_underlay_channel()
-    sent = 0
-    started = time.perf_counter()
-    while not until.is_set():
-        due = int((time.perf_counter() - started) * rate)
-        while sent < due:
-            event = {
-                "event_id": f"{run}-{sent}",
-                "user_id": rng.choice(users),
-                "type": "NEW_COMMENT",
-                "title": "A reply",
-                "message": "Someone replied to your comment",
-                "data": {"run": run, "event": f"{run}-{sent}", "sent": time.perf_counter()},
-            }
-            await raw.basic_publish(
-                orjson.dumps(event),
-                exchange=TOPOLOGY.events_exchange,
-                routing_key="notification.send",
-                properties=spec.Basic.Properties(content_type="application/json", delivery_mode=2),
-                wait=False,
-            )
-            sent += 1
-        await asyncio.sleep(TICK)
-    return sent
+    return await produce_timestamped(
+        raw, TOPOLOGY.events_exchange, users, rate, run, tick=TICK, keep_going=lambda _: not until.is_set()
+    )
 
 
 async def stream(

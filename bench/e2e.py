@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import random
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -25,9 +24,8 @@ from dataclasses import dataclass, field
 import aio_pika
 import orjson
 import websockets
-from aiormq import spec
 
-from herald_ops.testing.measure import cpu_seconds, load_average, percentile
+from herald_ops.testing.measure import cpu_seconds, load_average, percentile, produce_timestamped
 from herald_ops.testing.stack import Stack, fresh_id, mint, stack_context
 from shared.topology import Topology
 
@@ -66,31 +64,10 @@ async def produce(
     exchange: aio_pika.abc.AbstractExchange, users: list[str], rate: int, seconds: float, run: str
 ) -> int:
     """Publish ``rate`` events/s for ``seconds``; return how many were published."""
-    rng = random.Random(run)
     channel = await exchange.channel.get_underlay_channel()  # type: ignore[attr-defined]
-    sent = 0
-    started = time.perf_counter()
-    while (elapsed := time.perf_counter() - started) < seconds:
-        due = int(elapsed * rate)
-        while sent < due:
-            event = {
-                "event_id": f"{run}-{sent}",
-                "user_id": rng.choice(users),
-                "type": "NEW_COMMENT",
-                "title": "A reply",
-                "message": "Someone replied to your comment",
-                "data": {"run": run, "event": f"{run}-{sent}", "sent": time.perf_counter()},
-            }
-            await channel.basic_publish(
-                orjson.dumps(event),
-                exchange=exchange.name,
-                routing_key="notification.send",
-                properties=spec.Basic.Properties(content_type="application/json", delivery_mode=2),
-                wait=False,
-            )
-            sent += 1
-        await asyncio.sleep(TICK)
-    return sent
+    return await produce_timestamped(
+        channel, exchange.name, users, rate, run, tick=TICK, keep_going=lambda elapsed: elapsed < seconds
+    )
 
 
 @dataclass

@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 
 from herald_ops.testing.stack import Stack, stack_context
+from herald_ops.testing.worker import Watcher
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -42,6 +43,26 @@ def fresh_stack() -> Iterator[Stack]:
     """A vhost and database for this test alone; its processes are stopped afterwards."""
     with stack_context() as created:
         yield created
+
+
+@pytest.fixture
+async def fresh_db(fresh_stack: Stack) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to this test's own database."""
+    conn = await asyncpg.connect(fresh_stack.database_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def fresh_watcher(fresh_stack: Stack) -> AsyncIterator[Watcher]:
+    """Publishes to and watches this test's own vhost (one connection)."""
+    connection = await aio_pika.connect(fresh_stack.amqp_url)
+    try:
+        yield Watcher(await connection.channel())
+    finally:
+        await connection.close()
 
 
 @pytest.fixture

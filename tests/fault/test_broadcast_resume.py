@@ -10,15 +10,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import aio_pika
-import asyncpg
-import pytest
-
 from herald_ops.testing.stack import fresh_id, wait_until
 from herald_ops.testing.worker import TOPOLOGY, Watcher, add_known_users, frame_params
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    import asyncpg
 
     from herald_ops.testing.stack import Stack
 
@@ -26,60 +22,48 @@ USERS = 6000
 CHUNK = 20
 
 
-@pytest.fixture
-async def db(fresh_stack: Stack) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(fresh_stack.database_url)
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
-async def watcher(fresh_stack: Stack) -> AsyncIterator[Watcher]:
-    connection = await aio_pika.connect(fresh_stack.amqp_url)
-    try:
-        yield Watcher(await connection.channel())
-    finally:
-        await connection.close()
-
-
 async def test_a_broadcast_killed_mid_way_resumes_without_duplicates_or_loss(
-    fresh_stack: Stack, db: asyncpg.Connection, watcher: Watcher
+    fresh_stack: Stack, fresh_db: asyncpg.Connection, fresh_watcher: Watcher
 ) -> None:
-    await add_known_users(db, {f"user-{i:05d}": 0 for i in range(USERS)})
+    await add_known_users(fresh_db, {f"user-{i:05d}": 0 for i in range(USERS)})
     worker = fresh_stack.start_worker(broadcast_chunk_size=CHUNK)
-    live = await watcher.bound_queue(TOPOLOGY.broadcast_exchange)
+    live = await fresh_watcher.bound_queue(TOPOLOGY.broadcast_exchange)
     key = fresh_id("bc")
     body = {"event_id": key, "type": "GRADE_RELEASED", "title": "Grades", "message": "m"}
 
     async def stored() -> int:
-        count: int = await db.fetchval("SELECT count(*) FROM notifications WHERE idempotency_key = $1", key)
+        count: int = await fresh_db.fetchval(
+            "SELECT count(*) FROM notifications WHERE idempotency_key = $1", key
+        )
         return count
 
     async def some_stored() -> bool:
         return await stored() > 0
 
-    await watcher.publish(body, routing_key="notification.broadcast")
+    await fresh_watcher.publish(body, routing_key="notification.broadcast")
     await wait_until(some_stored, 30, "the broadcast's first chunk")
     worker.kill()
     assert 0 < await stored() < USERS  # killed between chunks, before the last one
-    assert await watcher.nothing_more(live) == []  # no frame before the last chunk
+    assert await fresh_watcher.nothing_more(live) == []  # no frame before the last chunk
 
     resumed = fresh_stack.start_worker(broadcast_chunk_size=CHUNK)
-    [frame] = await watcher.take(live, 1)
+    [frame] = await fresh_watcher.take(live, 1)
     assert frame_params(frame)["seq"] is None
 
-    per_user = await db.fetch(
+    per_user = await fresh_db.fetch(
         "SELECT user_id, count(*) AS copies, min(seq) AS seq FROM notifications GROUP BY user_id"
     )
     assert len(per_user) == USERS
     assert {(r["copies"], r["seq"]) for r in per_user} == {(1, 1)}
-    counters = await db.fetch("SELECT DISTINCT last_seq, unread_count, unseen_count, inbox_count FROM users")
+    counters = await fresh_db.fetch(
+        "SELECT DISTINCT last_seq, unread_count, unseen_count, inbox_count FROM users"
+    )
     assert [tuple(r) for r in counters] == [(1, 1, 1, 1)]
-    jobs = await db.fetch("SELECT channel, count(DISTINCT user_id) AS users FROM delivery_jobs GROUP BY 1")
+    jobs = await fresh_db.fetch(
+        "SELECT channel, count(DISTINCT user_id) AS users FROM delivery_jobs GROUP BY 1"
+    )
     assert sorted(tuple(r) for r in jobs) == [("email", USERS), ("push", USERS)]
     # Acked after the resumed run: nothing is left in the input queue once that worker is gone.
     assert resumed.stop() == 0
-    queue = await watcher.channel.declare_queue(TOPOLOGY.events_queue, passive=True)
+    queue = await fresh_watcher.channel.declare_queue(TOPOLOGY.events_queue, passive=True)
     assert queue.declaration_result.message_count == 0

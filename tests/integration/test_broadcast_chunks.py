@@ -11,10 +11,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-import aio_pika
-import asyncpg
 import orjson
-import pytest
 
 from herald_ops.testing.stack import fresh_id, wait_until
 from herald_ops.testing.worker import TOPOLOGY, Watcher, add_known_users, event, frame_params, rows
@@ -22,31 +19,13 @@ from shared.preferences import DELIVERY_CHANNELS, decide_channels, effective_pre
 from worker.store.catalog import load_catalog
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    import asyncpg
 
     from herald_ops.testing.stack import Stack
 
 CHUNK = 50
 USERS = 3000
 TYPE = "GRADE_RELEASED"  # in-app, email and push on by default
-
-
-@pytest.fixture
-async def db(fresh_stack: Stack) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(fresh_stack.database_url)
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
-async def watcher(fresh_stack: Stack) -> AsyncIterator[Watcher]:
-    connection = await aio_pika.connect(fresh_stack.amqp_url)
-    try:
-        yield Watcher(await connection.channel())
-    finally:
-        await connection.close()
 
 
 def broadcast_body(notification_type: str = TYPE) -> dict[str, Any]:
@@ -65,12 +44,12 @@ def overrides_of(index: int) -> dict[str, Any] | None:
 
 
 async def test_a_broadcast_in_many_chunks_stores_one_row_per_allowed_user_with_their_next_seq(
-    fresh_stack: Stack, db: asyncpg.Connection, watcher: Watcher
+    fresh_stack: Stack, fresh_db: asyncpg.Connection, fresh_watcher: Watcher
 ) -> None:
     last_seqs = {f"user-{i:05d}": i % 4 for i in range(USERS)}
-    await add_known_users(db, last_seqs)
+    await add_known_users(fresh_db, last_seqs)
     overrides = {user: overrides_of(i) for i, user in enumerate(last_seqs)}
-    await db.executemany(
+    await fresh_db.executemany(
         """INSERT INTO user_preferences (user_id, channels, types)
            VALUES ($1, $2::text::jsonb, $3::text::jsonb)""",
         [
@@ -79,7 +58,7 @@ async def test_a_broadcast_in_many_chunks_stores_one_row_per_allowed_user_with_t
             if o is not None
         ],
     )
-    catalog = await load_catalog(db)
+    catalog = await load_catalog(fresh_db)
     wanted = {
         user: decide_channels(catalog[TYPE], effective_preferences(catalog, o), None)
         for user, o in overrides.items()
@@ -88,18 +67,18 @@ async def test_a_broadcast_in_many_chunks_stores_one_row_per_allowed_user_with_t
     jobs = {(user, c) for user, channels in wanted.items() for c in DELIVERY_CHANNELS if c in channels}
     assert 0 < len(in_app) < USERS
     fresh_stack.start_worker(broadcast_chunk_size=CHUNK)
-    live = await watcher.bound_queue(TOPOLOGY.broadcast_exchange)
+    live = await fresh_watcher.bound_queue(TOPOLOGY.broadcast_exchange)
     body = broadcast_body()
 
-    await watcher.publish(body, routing_key="notification.broadcast")
-    await watcher.publish(body, routing_key="notification.broadcast")  # the same broadcast again
+    await fresh_watcher.publish(body, routing_key="notification.broadcast")
+    await fresh_watcher.publish(body, routing_key="notification.broadcast")  # the same broadcast again
 
     # One frame per broadcast, each after its last chunk; the repeat stored nothing, as its frame shows.
-    first, second = await watcher.take(live, 2)
+    first, second = await fresh_watcher.take(live, 2)
     params = frame_params(first)
     assert params["seq"] is None
     assert frame_params(second)["id"] == params["id"]
-    stored = await db.fetch(
+    stored = await fresh_db.fetch(
         "SELECT user_id, id, seq, xmin::text AS tx FROM notifications WHERE idempotency_key = $1",
         body["event_id"],
     )
@@ -107,7 +86,7 @@ async def test_a_broadcast_in_many_chunks_stores_one_row_per_allowed_user_with_t
     for row in stored:
         assert row["id"] == params["id"]
         assert row["seq"] == last_seqs[row["user_id"]] + 1
-    for user in await db.fetch(
+    for user in await fresh_db.fetch(
         "SELECT user_id, last_seq, unread_count, unseen_count, inbox_count FROM users"
     ):
         got = int(user["user_id"] in in_app)
@@ -119,36 +98,36 @@ async def test_a_broadcast_in_many_chunks_stores_one_row_per_allowed_user_with_t
     assert len(per_transaction) == math.ceil(USERS / CHUNK)
     assert max(per_transaction.values()) <= CHUNK
     # Email and push for exactly whom the send rule lets through, in-app muted or not, once each.
-    recorded = await db.fetch(
+    recorded = await fresh_db.fetch(
         "SELECT user_id, channel FROM delivery_jobs WHERE notification_id = $1", params["id"]
     )
     assert sorted((r["user_id"], r["channel"]) for r in recorded) == sorted(jobs)
 
 
 async def test_a_send_published_mid_broadcast_is_stored_before_its_last_chunk(
-    fresh_stack: Stack, db: asyncpg.Connection, watcher: Watcher
+    fresh_stack: Stack, fresh_db: asyncpg.Connection, fresh_watcher: Watcher
 ) -> None:
     reached_last = "zz-reached-last"  # sorts after every user-NNNNN: the broadcast's last chunk
-    await add_known_users(db, {f"user-{i:05d}": 0 for i in range(8000)} | {reached_last: 0})
+    await add_known_users(fresh_db, {f"user-{i:05d}": 0 for i in range(8000)} | {reached_last: 0})
     fresh_stack.start_worker(broadcast_chunk_size=20)
-    live = await watcher.bound_queue(TOPOLOGY.broadcast_exchange)
+    live = await fresh_watcher.bound_queue(TOPOLOGY.broadcast_exchange)
     body = broadcast_body("SYSTEM_ANNOUNCEMENT")
 
     async def some_stored() -> bool:
         query = "SELECT count(*) FROM notifications WHERE idempotency_key = $1"
-        return bool(await db.fetchval(query, body["event_id"]))
+        return bool(await fresh_db.fetchval(query, body["event_id"]))
 
     async def both_stored() -> bool:
-        return len(await rows(db, reached_last)) == 2
+        return len(await rows(fresh_db, reached_last)) == 2
 
-    await watcher.publish(body, routing_key="notification.broadcast")
+    await fresh_watcher.publish(body, routing_key="notification.broadcast")
     await wait_until(some_stored, 30, "the broadcast's first chunk")
     send = event(reached_last)
-    await watcher.publish(send)
-    await watcher.take(live, 1)  # the broadcast's frame: its last chunk is committed
+    await fresh_watcher.publish(send)
+    await fresh_watcher.take(live, 1)  # the broadcast's frame: its last chunk is committed
     await wait_until(both_stored, 30, "the send and the broadcast for the last user")
 
-    stored = await rows(db, reached_last)
+    stored = await rows(fresh_db, reached_last)
     # The send took seq 1 while the chunks went on; the broadcast's copy, in the last chunk, seq 2.
     assert [(r["idempotency_key"], r["seq"]) for r in stored] == [
         (send["event_id"], 1),

@@ -1,13 +1,22 @@
-"""What the benchmarks measure besides time: a process's CPU, percentiles, and how busy the box is."""
+"""What the benchmarks measure besides time: a process's CPU, percentiles, how busy the box is; and the
+timestamped event stream the latency benchmarks publish."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import random
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import orjson
+from aiormq import spec
+
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
+
+    import aiormq
 
 
 def cpu_seconds(pid: int) -> float:
@@ -27,3 +36,45 @@ def percentile(values: Sequence[float], share: float) -> float:
 def load_average() -> float:
     """The one-minute load average: other jobs on a shared box move every wall-clock figure."""
     return os.getloadavg()[0]
+
+
+async def produce_timestamped(
+    channel: aiormq.Channel,
+    exchange: str,
+    users: list[str],
+    rate: int,
+    run: str,
+    *,
+    tick: float,
+    keep_going: Callable[[float], bool],
+) -> int:
+    """Publish ``rate`` persistent ``NEW_COMMENT`` send events a second to ``exchange``, each to a random
+    user of ``users``, while ``keep_going(seconds since the start)``; return how many were published.
+
+    Every ``tick`` seconds the events the rate calls for by then go out unconfirmed on the raw
+    ``channel``; each carries ``data.run``, ``data.event`` (its id) and ``data.sent`` (``perf_counter``
+    when published), from which a receiver in the same process takes the latency.
+    """
+    rng = random.Random(run)
+    sent = 0
+    started = time.perf_counter()
+    while keep_going(elapsed := time.perf_counter() - started):
+        while sent < int(elapsed * rate):
+            event = {
+                "event_id": f"{run}-{sent}",
+                "user_id": rng.choice(users),
+                "type": "NEW_COMMENT",
+                "title": "A reply",
+                "message": "Someone replied to your comment",
+                "data": {"run": run, "event": f"{run}-{sent}", "sent": time.perf_counter()},
+            }
+            await channel.basic_publish(
+                orjson.dumps(event),
+                exchange=exchange,
+                routing_key="notification.send",
+                properties=spec.Basic.Properties(content_type="application/json", delivery_mode=2),
+                wait=False,
+            )
+            sent += 1
+        await asyncio.sleep(tick)
+    return sent
