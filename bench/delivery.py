@@ -10,14 +10,16 @@ connection, one after another (``herald-delivery`` uses ``--smtp-connections``, 
 concurrency (no encryption, no database). With ``--markdown`` the table is printed as
 Markdown for docs/performance.md.
 
-    .venv/bin/python -m bench.delivery [--jobs 1000] [--smtp-connections 4] [--markdown]
+    .venv/bin/python -m bench.delivery [--jobs 1000] [--rounds 3] [--smtp-connections 4] [--markdown]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
+import statistics
 import sys
 import time
 from datetime import UTC, datetime
@@ -125,22 +127,41 @@ async def bare_posts(receiver: PushReceiver, count: int) -> float:
         return count / (time.perf_counter() - started)
 
 
-async def run(stack: Stack, jobs: int, smtp_connections: int) -> list[tuple[str, float, float]]:
+def emailed(mailbox: Mailbox, address: str, jobs: int) -> bool:
+    return mailbox.count(address) >= jobs
+
+
+def pushed(receiver: PushReceiver, name: str, jobs: int) -> bool:
+    return len(receiver.to(name)) >= jobs
+
+
+async def known_user(stack: Stack, receiver: PushReceiver) -> tuple[str, str]:
+    """A user with an email address and one push subscription at ``receiver``; returns (user, address)."""
+    user = fresh_id()
+    address = f"{user}@bench.test"
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        await conn.execute("INSERT INTO user_profiles (user_id, email) VALUES ($1, $2)", user, address)
+        keys = BrowserKeys().subscription(receiver.endpoint(user))["keys"]
+        await conn.execute(
+            "INSERT INTO push_subscriptions (id, user_id, endpoint, p256dh, auth)"
+            " VALUES ($1, $2, $3, $4, $5)",
+            fresh_id("s"), user, receiver.endpoint(user), keys["p256dh"], keys["auth"],
+        )  # fmt: skip
+    finally:
+        await conn.close()
+    return user, address
+
+
+Round = list[tuple[str, float, float]]
+
+
+async def run(stack: Stack, jobs: int, smtp_connections: int, rounds: int) -> list[Round]:
+    """``rounds`` rounds against one ``herald-delivery``: each a new user, its emails and pushes, then the
+    bare loops' as many, back to back."""
     private_pem, _ = new_key_pair()
+    measured: list[Round] = []
     with running_mailbox() as mailbox, running_receiver() as receiver:
-        user = fresh_id()
-        address = f"{user}@bench.test"
-        conn = await asyncpg.connect(stack.database_url)
-        try:
-            await conn.execute("INSERT INTO user_profiles (user_id, email) VALUES ($1, $2)", user, address)
-            keys = BrowserKeys().subscription(receiver.endpoint("herald"))["keys"]
-            await conn.execute(
-                "INSERT INTO push_subscriptions (id, user_id, endpoint, p256dh, auth)"
-                " VALUES ($1, $2, $3, $4, $5)",
-                fresh_id("s"), user, receiver.endpoint("herald"), keys["p256dh"], keys["auth"],
-            )  # fmt: skip
-        finally:
-            await conn.close()
         stack.start_delivery(
             smtp_url=mailbox.url,
             email_from=SENDER,
@@ -152,24 +173,28 @@ async def run(stack: Stack, jobs: int, smtp_connections: int) -> list[tuple[str,
             push_allow_http="true",
             log_level="WARNING",
         )
-        started = time.perf_counter()
-        await record_jobs(stack.database_url, "email", user, jobs)
-        await until(lambda: mailbox.count(address) >= jobs, 600)
-        herald_email = jobs / (time.perf_counter() - started)
-        bare_email = await bare_smtp(mailbox, f"bare-{address}", jobs)
+        for number in range(rounds):
+            user, address = await known_user(stack, receiver)
+            started = time.perf_counter()
+            await record_jobs(stack.database_url, "email", user, jobs)
+            await until(functools.partial(emailed, mailbox, address, jobs), 600)
+            herald_email = jobs / (time.perf_counter() - started)
+            bare_email = await bare_smtp(mailbox, f"bare-{address}", jobs)
 
-        started = time.perf_counter()
-        await record_jobs(stack.database_url, "push", user, jobs)
-        await until(lambda: len(receiver.to("herald")) >= jobs, 600)
-        herald_push = jobs / (time.perf_counter() - started)
-        bare_push = await bare_posts(receiver, jobs)
-    return [("emails/s", herald_email, bare_email), ("pushes/s", herald_push, bare_push)]
+            started = time.perf_counter()
+            await record_jobs(stack.database_url, "push", user, jobs)
+            await until(functools.partial(pushed, receiver, user, jobs), 600)
+            herald_push = jobs / (time.perf_counter() - started)
+            bare_push = await bare_posts(receiver, jobs)
+            measured.append([("emails/s", herald_email, bare_email), ("pushes/s", herald_push, bare_push)])
+            print(f"round {number + 1}: load average {os.getloadavg()[0]:.1f}", flush=True)
+            report(measured[-1], markdown=False)
+    return measured
 
 
-def report(rows: list[tuple[str, float, float]], *, markdown: bool) -> None:
+def report(rows: Round, *, markdown: bool) -> None:
     for name, herald, bare in rows:
         print(f"{name:10} herald-delivery {herald:8.0f}   bare loop {bare:8.0f}   ratio {herald / bare:5.0%}")
-    print("load average (1, 5, 15 min): " + ", ".join(f"{load:.1f}" for load in os.getloadavg()))
     if markdown:
         print("\n| measure | herald-delivery | bare loop | ratio |\n|---|---|---|---|")
         for name, herald, bare in rows:
@@ -183,14 +208,26 @@ def main() -> None:
     parser.add_argument(
         "--smtp-connections", type=int, default=DeliverySettings.model_fields["smtp_connections"].default
     )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (medians reported)")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     with stack_context("herald_bench") as stack:
-        rows = asyncio.run(run(stack, args.jobs, args.smtp_connections))
+        rounds = asyncio.run(run(stack, args.jobs, args.smtp_connections, args.rounds))
         print(
-            f"herald-delivery with {args.smtp_connections} SMTP connection(s), {args.jobs} jobs per channel"
+            f"herald-delivery with {args.smtp_connections} SMTP connection(s), {args.jobs} jobs per channel, "
+            f"medians of {len(rounds)} rounds (the ratio: the median of the rounds' ratios)"
         )
-        report(rows, markdown=args.markdown)  # before the teardown, which a loaded broker may make slow
+        # Before the teardown, which a loaded broker may make slow.
+        for index, (name, _, _) in enumerate(rounds[0]):
+            herald = statistics.median(r[index][1] for r in rounds)
+            bare = statistics.median(r[index][2] for r in rounds)
+            ratio = statistics.median(r[index][1] / r[index][2] for r in rounds)
+            print(f"{name:10} herald-delivery {herald:8.0f}   bare loop {bare:8.0f}   ratio {ratio:5.0%}")
+        print("load average (1, 5, 15 min): " + ", ".join(f"{load:.1f}" for load in os.getloadavg()))
+        if args.markdown:
+            for number, rows in enumerate(rounds, 1):
+                print(f"\nround {number}")
+                report(rows, markdown=True)
 
 
 if __name__ == "__main__":
