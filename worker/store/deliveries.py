@@ -64,18 +64,27 @@ _RECORD: Final = f"""
     )
     SELECT (SELECT count(*) FROM recorded) AS recorded, (SELECT count(*) FROM woken) AS woken"""
 
-# A broadcast's jobs, straight into the table (no AMQP message each): the pollers send them, paced by the
-# rate caps. Same timing and cancellation rule as _RECORD; a repeated broadcast inserts nothing twice.
-_INSERT_WAITING: Final = """
-    INSERT INTO delivery_jobs (id, notification_id, user_id, channel, notification, cancel_if_read, due_at)
-    SELECT $1 || ':' || j.user_id || ':' || j.channel, $1, j.user_id, j.channel, $2::jsonb,
-           d.delay > 0 AND EXISTS (SELECT 1 FROM notifications n WHERE n.user_id = j.user_id AND n.id = $1),
-           greatest(coalesce(j.deliver_after, now()), $4::timestamptz + make_interval(secs => d.delay))
-      FROM unnest($5::text[], $6::text[], $7::timestamptz[]) AS j(user_id, channel, deliver_after)
-      LEFT JOIN notification_types t ON t.name = $3
-     CROSS JOIN LATERAL (SELECT coalesce(CASE WHEN j.channel = 'email' THEN t.email_delay_seconds
-                                              ELSE t.push_delay_seconds END, 0) AS delay) AS d
-    ON CONFLICT (id) DO NOTHING"""
+# A broadcast's jobs, straight into the table (no AMQP message each), paced by the rate caps. Same timing,
+# cancellation and wake-up (NOTIFY for due rows, at commit) as _RECORD; a repeated broadcast inserts
+# nothing twice.
+_INSERT_WAITING: Final = f"""
+    WITH inserted AS (
+        INSERT INTO delivery_jobs
+               (id, notification_id, user_id, channel, notification, cancel_if_read, due_at)
+        SELECT $1 || ':' || j.user_id || ':' || j.channel, $1, j.user_id, j.channel, $2::jsonb,
+               d.delay > 0
+                   AND EXISTS (SELECT 1 FROM notifications n WHERE n.user_id = j.user_id AND n.id = $1),
+               greatest(coalesce(j.deliver_after, now()), $4::timestamptz + make_interval(secs => d.delay))
+          FROM unnest($5::text[], $6::text[], $7::timestamptz[]) AS j(user_id, channel, deliver_after)
+          LEFT JOIN notification_types t ON t.name = $3
+         CROSS JOIN LATERAL (SELECT coalesce(CASE WHEN j.channel = 'email' THEN t.email_delay_seconds
+                                                  ELSE t.push_delay_seconds END, 0) AS delay) AS d
+        ON CONFLICT (id) DO NOTHING
+        RETURNING channel, due_at
+    ), woken AS (
+        SELECT pg_notify('{WAKE_CHANNEL}', channel) FROM inserted WHERE due_at <= now() GROUP BY channel
+    )
+    SELECT (SELECT count(*) FROM inserted) AS inserted, (SELECT count(*) FROM woken) AS woken"""
 
 # Up to $2 due jobs of channel $1, earliest first, each with its user's contact data (null when none).
 _CLAIM: Final = """
@@ -181,12 +190,12 @@ async def record(conn: Connection | asyncpg.Pool, jobs: Sequence[Job]) -> int:
 
 
 async def insert_waiting(conn: Connection, jobs: BroadcastJobs) -> int:
-    """Record a broadcast's email/push jobs for the pollers; how many were new."""
+    """Record a broadcast's email/push jobs (due ones wake herald-delivery at commit); how many were new."""
     if not jobs.jobs:
         return 0
     notification = jobs.notification
     users, channels, held = (list(column) for column in zip(*jobs.jobs, strict=True))
-    status: str = await conn.execute(
+    inserted: int = await conn.fetchval(
         _INSERT_WAITING,
         notification["id"],
         notification,
@@ -196,7 +205,7 @@ async def insert_waiting(conn: Connection, jobs: BroadcastJobs) -> int:
         channels,
         held,
     )
-    return int(status.rsplit(" ", 1)[1])
+    return inserted
 
 
 async def claim_due(pool: asyncpg.Pool, channel: str, limit: int, lease: float) -> list[Claimed]:
