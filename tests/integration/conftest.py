@@ -7,13 +7,22 @@ from typing import TYPE_CHECKING
 import aio_pika
 import pytest
 
+from herald_ops.testing.delivery import running_mailbox
 from herald_ops.testing.requests import AmqpRpc
 from herald_ops.testing.worker import TOPOLOGY, Watcher
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterator
 
+    from herald_ops.testing.delivery import Mailbox
     from herald_ops.testing.stack import Stack
+
+
+@pytest.fixture(scope="module")
+def mailbox() -> Iterator[Mailbox]:
+    """A real SMTP server (aiosmtpd) on a free loopback port, for the module's delivery processes."""
+    with running_mailbox() as box:
+        yield box
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import aio_pika
 import pytest
 
-from herald_ops.testing.delivery import Mailbox, running_mailbox, user_with_email
+from herald_ops.testing.delivery import Mailbox, user_with_email
 from herald_ops.testing.stack import fresh_id, stack_context, wait_until
 from herald_ops.testing.worker import TOPOLOGY, Watcher, event
 
@@ -31,12 +31,6 @@ DELIVERY = {
     "delivery_poll_seconds": 0.2,
     "delivery_max_attempts": 4,
 }
-
-
-@pytest.fixture(scope="module")
-def mailbox() -> Iterator[Mailbox]:
-    with running_mailbox() as box:
-        yield box
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import aio_pika
 import orjson
 import pytest
 
-from herald_ops.testing.delivery import Mailbox, running_mailbox, user_with_email
+from herald_ops.testing.delivery import Mailbox, user_with_email
 from herald_ops.testing.requests import AmqpRpc
 from herald_ops.testing.stack import fresh_id, stack_context, wait_until
 from herald_ops.testing.worker import TOPOLOGY, Watcher, event
@@ -36,12 +36,6 @@ FAST_RETRIES = {
     "delivery_max_attempts": 60,
     "delivery_lease_seconds": 3,
 }
-
-
-@pytest.fixture(scope="module")
-def mailbox() -> Iterator[Mailbox]:
-    with running_mailbox() as box:
-        yield box
 
 
 @pytest.fixture(scope="module")
