@@ -10,6 +10,10 @@ import pytest
 from herald_ops.testing.delivery import Mailbox, user_with_email
 from herald_ops.testing.stack import fresh_id, stack_context, wait_until
 from herald_ops.testing.worker import TOPOLOGY, Watcher, event
+from worker.delivery.jobs import Outcome
+from worker.delivery.render import EmailRenderer
+from worker.delivery.senders.email import EmailSender, SmtpTarget
+from worker.store.deliveries import Claimed
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -188,6 +192,43 @@ async def test_permanent_refusal_fails_and_dead_letters_while_others_arrive(
         assert found[0].headers["x-herald-error"] == "smtp 550: 5.1.1 no such user"
     finally:
         await connection.close()
+
+
+async def test_a_non_ascii_address_is_sent_with_smtputf8(
+    delivery: HeraldProcess, mailbox: Mailbox, watcher: Watcher, pg: asyncpg.Connection
+) -> None:
+    user, address = await user_with_email(watcher, pg, domain="exämple.test")
+    await watcher.publish(event(user, "CERTIFICATE_ISSUED", title="Zertifikat"))
+    await wait_until(lambda: mailbox.count(address) == 1, 60, "the email to a non-ASCII address")
+    assert mailbox.to(address)[0]["Subject"] == "Zertifikat"
+    assert [r["status"] for r in await recorded(pg, user, ("email", "sent"))] == ["sent"]
+
+
+async def test_a_server_without_smtputf8_refuses_a_non_ascii_address_for_good() -> None:
+    """RFC 6531: without the extension the server cannot take the address, so the job fails at once
+    instead of being retried until it runs out of attempts."""
+    strict = Mailbox(enable_smtputf8=False)
+    strict.start()
+    try:
+        renderer = EmailRenderer(templates_dir=None, app_name="Herald", sender=SENDER, unsubscribe_url=None)
+        sender = EmailSender(SmtpTarget.from_url(strict.url), timeout=10, renderer=renderer)
+        address = f"{fresh_id()}@exämple.test"
+        job = Claimed(
+            id="j1:u1:email",
+            user_id="u1",
+            channel="email",
+            notification={"id": "j1", "type": "CERTIFICATE_ISSUED", "title": "T", "message": "M", "data": {}},
+            attempts=1,
+            cancelled=False,
+            version=None,
+            profile={"email": address, "name": None, "locale": None, "timezone": None},
+        )
+        outcome = await sender.send(job)
+        await sender.close()
+    finally:
+        strict.stop()
+    assert outcome == Outcome.permanent("smtp: a non-ASCII address needs SMTPUTF8, which the server lacks")
+    assert strict.count(address) == 0
 
 
 async def test_delayed_job_is_cancelled_by_a_read_and_sent_when_unread(

@@ -31,7 +31,7 @@ from shared.events import PROFILE_FIELDS
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from jinja2 import BaseLoader
+    from jinja2 import BaseLoader, Template
 
 
 def template_names(notification_type: str, locale: str | None, part: str) -> list[str]:
@@ -76,10 +76,15 @@ class EmailRenderer:
             autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
             undefined=StrictUndefined,
             keep_trailing_newline=True,
+            auto_reload=False,  # templates are read once per process (see ``_templates``)
         )
+        # (type, locale) → the subject, text and HTML templates its fallback chain selected: resolving a
+        # chain costs a lookup per name tried, and it is the same for every job of that type and locale.
+        self._templates: dict[tuple[str, str | None], tuple[Template, Template, Template]] = {}
         self._app_name = app_name
         self._sender = sender
-        self._domain = parseaddr(sender)[1].rpartition("@")[2] or "herald.invalid"
+        self.envelope_sender = parseaddr(sender)[1]
+        self._domain = self.envelope_sender.rpartition("@")[2] or "herald.invalid"
         self._unsubscribe_url = unsubscribe_url
 
     def unsubscribe_link(self, user_id: str, notification_type: str) -> str | None:
@@ -100,12 +105,21 @@ class EmailRenderer:
             "app_name": self._app_name,
             "unsubscribe_url": unsubscribe,
         }
-        parts = [
-            self._env.select_template(template_names(notification["type"], profile.get("locale"), part))
-            for part in ("subject.txt", "txt", "html")
-        ]
-        subject, text, html = (template.render(context) for template in parts)
+        subject, text, html = (
+            template.render(context) for template in self._select(notification["type"], profile.get("locale"))
+        )
         return RenderedEmail(" ".join(subject.split()), text, html)
+
+    def _select(self, notification_type: str, locale: str | None) -> tuple[Template, Template, Template]:
+        key = (notification_type, locale)
+        selected = self._templates.get(key)
+        if selected is None:
+            subject, text, html = (
+                self._env.select_template(template_names(notification_type, locale, part))
+                for part in ("subject.txt", "txt", "html")
+            )
+            selected = self._templates[key] = (subject, text, html)
+        return selected
 
     def message(
         self, job_id: str, notification: dict[str, Any], profile: dict[str, Any], user_id: str

@@ -48,9 +48,11 @@ def b64url_decode(text: str) -> bytes:
 class Mailbox:
     """An aiosmtpd handler that records messages; ``refuse[address]`` scripts RCPT replies."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, enable_smtputf8: bool = True) -> None:
+        self._enable_smtputf8 = enable_smtputf8  # RFC 6531 addresses (aiosmtpd's Controller offers it)
         self._received: list[tuple[tuple[str, ...], bytes]] = []  # (envelope recipients, raw message)
         self._parsed: dict[int, EmailMessage] = {}
+        self._counts: dict[str, int] = {}  # address → messages accepted: polled often, so kept, not counted
         self.refuse: dict[str, str] = {}  # address → permanent reply, e.g. "550 no such user"
         self.defer: dict[str, int] = {}  # address → how many more times to answer 451
         self.port = free_port()
@@ -63,7 +65,9 @@ class Mailbox:
 
     def start(self) -> None:
         """Listen (again) on the same port."""
-        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self._controller = Controller(
+            self, hostname="127.0.0.1", port=self.port, enable_SMTPUTF8=self._enable_smtputf8
+        )
         self._controller.start()
 
     def stop(self) -> None:
@@ -88,12 +92,15 @@ class Mailbox:
         # Kept raw: parsing here would slow the server down for every sender, the bare loop included.
         with self._lock:
             self._received.append((tuple(envelope.rcpt_tos), bytes(envelope.content)))
+            for address in set(envelope.rcpt_tos):
+                self._counts[address] = self._counts.get(address, 0) + 1
         return "250 OK"
 
     def count(self, address: str) -> int:
-        """How many messages were accepted for ``address`` (cheap: the envelope, not the headers)."""
+        """How many messages were accepted for ``address`` (a kept count: waits poll it while the server
+        runs in the same process, and a scan of every message would slow the server down)."""
         with self._lock:
-            return sum(address in recipients for recipients, _ in self._received)
+            return self._counts.get(address, 0)
 
     def to(self, address: str) -> list[EmailMessage]:
         """The messages received for ``address``, parsed (each once)."""
@@ -229,10 +236,13 @@ def verify_vapid(authorization: str, public_key: str, audience: str) -> dict[str
     return claims
 
 
-async def user_with_email(watcher: Watcher, db: asyncpg.Connection, **profile: str) -> tuple[str, str]:
-    """A fresh user whose ``user.profile`` event (an address, and ``profile``) is stored; (user, address)."""
+async def user_with_email(
+    watcher: Watcher, db: asyncpg.Connection, *, domain: str = "mail.test", **profile: str
+) -> tuple[str, str]:
+    """A fresh user whose ``user.profile`` event (an address at ``domain``, and ``profile``) is stored;
+    (user, address)."""
     user = fresh_id()
-    address = f"{user}@mail.test"
+    address = f"{user}@{domain}"
     await watcher.publish({"user_id": user, "email": address, **profile}, routing_key="user.profile")
 
     async def stored() -> bool:

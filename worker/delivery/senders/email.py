@@ -107,12 +107,20 @@ class EmailSender:
         profile = job.profile
         if not profile["email"]:
             return Outcome.skipped("no email address")
-        message = self._renderer.message(job.id, job.notification, profile, job.user_id)
+        address: str = profile["email"]
+        # Rendered and flattened before taking a connection: a connection waits only on its server, and
+        # the next message is built while the current one is in flight.
+        data = self._renderer.message(job.id, job.notification, profile, job.user_id).as_bytes()
+        # Every header is ASCII (encoded words) and the parts are base64, so the bytes are 7-bit clean;
+        # only a non-ASCII address needs the server's SMTPUTF8 (RFC 6531).
+        options = [] if address.isascii() else ["SMTPUTF8"]
         smtp = await self._idle.get()
         try:
             if smtp is None or not smtp.is_connected:
                 smtp = await self._connect()
-            await smtp.send_message(message)
+            if options and not smtp.supports_extension("smtputf8"):
+                return Outcome.permanent("smtp: a non-ASCII address needs SMTPUTF8, which the server lacks")
+            await smtp.sendmail(self._renderer.envelope_sender, [address], data, mail_options=options)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             refused = exc.recipients[0]
             return classify_reply(refused.code, refused.message)
