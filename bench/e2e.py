@@ -90,7 +90,9 @@ class Outcome:
 
 
 async def run(stack: Stack, args: argparse.Namespace) -> list[Outcome]:
-    stack.start_worker()
+    stack.start_worker(
+        **({} if args.batch_timeout_ms is None else {"batch_timeout_ms": args.batch_timeout_ms})
+    )
     gateway = stack.start_gateway(rate_limit_per_second=1_000_000, rate_limit_burst=1_000_000)
     pids = [process.popen.pid for process in stack.processes if process.popen is not None]
     print(f"worker pid {pids[0]}, gateway pid {pids[1]}", flush=True)
@@ -151,6 +153,12 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=10.0, help="publishing time per rate")
     parser.add_argument("--clients", type=int, default=1000, help="connected clients, one user each")
     parser.add_argument("--rounds", type=int, default=1, help="rounds over all rates (medians reported)")
+    parser.add_argument(
+        "--batch-timeout-ms",
+        type=float,
+        default=None,
+        help="the worker's HERALD_BATCH_TIMEOUT_MS [its default]",
+    )
     arguments = parser.parse_args()
     # The stack is made outside the event loop: creating it runs the migrations with asyncio.run.
     with stack_context("herald_bench") as bench_stack:

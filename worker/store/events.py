@@ -31,10 +31,15 @@ _ENSURE_USERS: Final = """
     SELECT u FROM unnest($1::text[]) AS u ORDER BY u
     ON CONFLICT DO NOTHING"""
 
+# The preferences and the profile are probed per user (LATERAL) for the reason given at _EXISTING.
 _LOCK_USERS: Final = """
     SELECT u.user_id, p.channels, p.types, p.quiet_hours, pr.timezone
-      FROM users u LEFT JOIN user_preferences p USING (user_id)
-      LEFT JOIN user_profiles pr ON pr.user_id = u.user_id
+      FROM users u
+      LEFT JOIN LATERAL (
+           SELECT channels, types, quiet_hours FROM user_preferences s WHERE s.user_id = u.user_id LIMIT 1
+           ) AS p ON true
+      LEFT JOIN LATERAL (
+           SELECT timezone FROM user_profiles s WHERE s.user_id = u.user_id LIMIT 1) AS pr ON true
      WHERE u.user_id = ANY($1::text[])
      ORDER BY u.user_id
        FOR UPDATE OF u"""
@@ -43,17 +48,27 @@ _PREFIXED: Final = ", ".join(f"n.{name}" for name in NOTIFICATION_FIELDS)
 
 # A key is stored either as a row's own idempotency key or, for an event collapsed into a row that
 # carries another event's key, in notification_keys; either way scoped by its source ("" without one).
+# Written as one index probe per key (LATERAL ... LIMIT 1) rather than joins: the worker's prepared
+# statements run on generic plans, and a generic plan made while the tables were small (a new
+# database, or one whose statistics autovacuum has not refreshed yet) joined by sequential scans of
+# the whole notifications table, so every batch grew slower as the table grew (docs/performance.md).
 _EXISTING: Final = f"""
     SELECT k.user_id, k.source, k.idempotency_key, {_PREFIXED}
       FROM unnest($1::text[], $2::text[], $3::text[]) AS k(user_id, source, idempotency_key)
-      JOIN notifications n
-        ON n.user_id = k.user_id AND n.source = k.source AND n.idempotency_key = k.idempotency_key
+     CROSS JOIN LATERAL (
+           SELECT * FROM notifications s
+            WHERE s.user_id = k.user_id AND s.source = k.source AND s.idempotency_key = k.idempotency_key
+            LIMIT 1) AS n
     UNION ALL
     SELECT k.user_id, k.source, k.idempotency_key, {_PREFIXED}
       FROM unnest($1::text[], $2::text[], $3::text[]) AS k(user_id, source, idempotency_key)
-      JOIN notification_keys c
-        ON c.user_id = k.user_id AND c.source = k.source AND c.idempotency_key = k.idempotency_key
-      JOIN notifications n ON n.user_id = c.user_id AND n.id = c.notification_id"""
+     CROSS JOIN LATERAL (
+           SELECT c.notification_id FROM notification_keys c
+            WHERE c.user_id = k.user_id AND c.source = k.source AND c.idempotency_key = k.idempotency_key
+            LIMIT 1) AS c
+     CROSS JOIN LATERAL (
+           SELECT * FROM notifications s WHERE s.user_id = k.user_id AND s.id = c.notification_id LIMIT 1
+           ) AS n"""
 
 # The open (unread) notification of each (user, collapse key), through the partial unique index.
 _TARGETS: Final = """
