@@ -7,10 +7,12 @@ as a producer would. Each event carries the time it was published (this process 
 receives, so one clock serves both); a client takes the latency when its ``notification:new`` arrives.
 
 Per rate: delivered/expected, p50/p95/p99/max of publish -> client in ms, the worker's and the gateway's
-CPU share of a core, and the load average (targets on this box: p99 <= 25 ms at 500 ev/s, 1,500 ev/s
+CPU share of a core, the worker's batches meanwhile (how many, their mean size, the mean time to store
+one: the store's share of the wait), and the load average (targets on this box: p99 <= 25 ms at 500 ev/s, 1,500 ev/s
 sustained with p99 <= 100 ms). Events still missing 10 s after the last publish count as not delivered.
 
     .venv/bin/python -m bench.e2e [--rates 500,1500] [--seconds 10] [--clients 1000] [--rounds 1]
+        [--batch-timeout-ms MS]
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 
 import aio_pika
+import httpx
 import orjson
 import websockets
 
@@ -70,6 +73,20 @@ async def produce(
     )
 
 
+def batch_totals(metrics_url: str) -> tuple[float, float, float]:
+    """The worker's (seconds storing, batches, events in them) so far, from its ``/metrics``."""
+    text = httpx.get(metrics_url, timeout=10).text
+
+    def total(name: str) -> float:
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+    return (
+        total("herald_worker_store_seconds_sum"),
+        total("herald_worker_store_seconds_count"),
+        total("herald_worker_batch_size_sum"),
+    )
+
+
 @dataclass
 class Outcome:
     rate: int
@@ -77,20 +94,24 @@ class Outcome:
     latencies: list[float]
     cpu_share: tuple[float, float]
     load: float
+    #: The worker's batches meanwhile (seconds storing, batches, events): the store's share of the wait.
+    batches: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def line(self) -> str:
         ms = self.latencies
+        store, count, events = self.batches
         return (
             f"{self.rate:5d} ev/s: delivered {len(ms)}/{self.expected} "
             f"p50={percentile(ms, 0.5):6.1f} p95={percentile(ms, 0.95):6.1f} "
             f"p99={percentile(ms, 0.99):6.1f} max={max(ms, default=0):7.1f} ms; "
             f"CPU of a core: worker {self.cpu_share[0]:.0%}, gateway {self.cpu_share[1]:.0%}; "
-            f"load average {self.load:.1f}"
+            f"batches: {count:.0f} of {events / max(count, 1):.1f} events, "
+            f"{store / max(count, 1) * 1000:.1f} ms each to store; load average {self.load:.1f}"
         )
 
 
 async def run(stack: Stack, args: argparse.Namespace) -> list[Outcome]:
-    stack.start_worker(
+    worker = stack.start_worker(
         **({} if args.batch_timeout_ms is None else {"batch_timeout_ms": args.batch_timeout_ms})
     )
     gateway = stack.start_gateway(rate_limit_per_second=1_000_000, rate_limit_burst=1_000_000)
@@ -116,6 +137,7 @@ async def run(stack: Stack, args: argparse.Namespace) -> list[Outcome]:
             for rate in args.rates:
                 receipts.run, receipts.latencies = fresh_id(f"r{round_}-{rate}"), {}
                 cpu = [cpu_seconds(pid) for pid in pids]
+                batches = batch_totals(f"{worker.url}/metrics")
                 started = time.perf_counter()
                 expected = await produce(exchange, users, rate, args.seconds, receipts.run)
                 deadline = time.perf_counter() + GRACE
@@ -123,8 +145,14 @@ async def run(stack: Stack, args: argparse.Namespace) -> list[Outcome]:
                     await asyncio.sleep(0.05)
                 elapsed = time.perf_counter() - started
                 share = [(cpu_seconds(pid) - before) / elapsed for pid, before in zip(pids, cpu, strict=True)]
+                after = batch_totals(f"{worker.url}/metrics")
                 outcome = Outcome(
-                    rate, expected, list(receipts.latencies.values()), (share[0], share[1]), load_average()
+                    rate,
+                    expected,
+                    list(receipts.latencies.values()),
+                    (share[0], share[1]),
+                    load_average(),
+                    (after[0] - batches[0], after[1] - batches[1], after[2] - batches[2]),
                 )
                 outcomes.append(outcome)
                 print(f"round {round_ + 1}: {outcome.line()}", flush=True)

@@ -155,7 +155,7 @@ class _Delivery:
     async def _startup(self) -> None:
         settings = self.settings
         configure_logging(settings)
-        pool = self._pool = await create_pool(settings)
+        pool = self._pool = await create_pool(settings, custom_plans=True)
         self._catalog = await load_catalog(pool)
         await self.broker.connect()
         dead_queue = self.topology.deliveries_dead_queue

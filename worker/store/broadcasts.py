@@ -45,6 +45,9 @@ IN_APP_ALLOWED: Final = """(t.critical
 # Written as "$7 IS NULL OR NOT EXISTS (...)" the planner hashed the subquery instead: a scan of every
 # row with the key, so each chunk got slower as the broadcast grew (64 → 115 ms per 1,000 users, and
 # 108 → 187 ms for a second broadcast; flat at 45-50 ms this way, docs/performance.md).
+# The chunk's users' preferences, one index probe per user in any plan (worker.store.events, _EXISTING).
+_PREFERENCES: Final = "SELECT * FROM user_preferences s WHERE s.user_id = c.user_id LIMIT 1"
+
 _CHUNK: Final = f"""
     WITH chunk AS (
         SELECT user_id
@@ -57,7 +60,7 @@ _CHUNK: Final = f"""
         SELECT c.user_id
           FROM chunk c
           JOIN notification_types t ON t.name = $2
-          LEFT JOIN user_preferences p ON p.user_id = c.user_id
+          LEFT JOIN LATERAL ({_PREFERENCES}) AS p ON true
           LEFT JOIN LATERAL (
                 SELECT true AS found FROM notifications n
                  WHERE n.user_id = c.user_id AND n.source = $15 AND n.idempotency_key = $7
@@ -84,8 +87,9 @@ _CHUNK: Final = f"""
     SELECT c.user_id, p.channels, p.types, p.quiet_hours, pr.timezone,
            (SELECT count(*) FROM stored) AS stored
       FROM chunk c
-      LEFT JOIN user_preferences p ON p.user_id = c.user_id
-      LEFT JOIN user_profiles pr ON pr.user_id = c.user_id
+      LEFT JOIN LATERAL ({_PREFERENCES}) AS p ON true
+      LEFT JOIN LATERAL (
+           SELECT timezone FROM user_profiles s WHERE s.user_id = c.user_id LIMIT 1) AS pr ON true
      ORDER BY c.user_id"""
 
 

@@ -47,14 +47,19 @@ _RECORD: Final = f"""
     ), recorded AS (
         INSERT INTO delivery_jobs
                (id, notification_id, user_id, channel, notification, cancel_if_read, due_at, job_key, version)
-        SELECT id, notification_id, user_id, channel, notification::jsonb,
-               CASE WHEN delay > 0 THEN EXISTS (SELECT 1 FROM notifications n  -- no probe without a delay
-                                                 WHERE n.user_id = job.user_id AND n.id = job.notification_id)
-                    ELSE false END,
+        SELECT id, notification_id, user_id, channel, notification::jsonb, stored.found IS NOT NULL,
                greatest(coalesce(deliver_after, now()), created + make_interval(secs => delay)),
                job_key, version
           FROM job
-         WHERE NOT EXISTS (SELECT 1 FROM delivery_jobs d WHERE d.id = job.id)
+          -- One index probe per job, in any plan (worker.store.events, _EXISTING): recorded before?
+          LEFT JOIN LATERAL (SELECT true AS found FROM delivery_jobs d WHERE d.id = job.id LIMIT 1) AS seen
+               ON true
+          -- Is the in-app copy there (only asked with a delay: reading it will cancel the job)?
+          LEFT JOIN LATERAL (
+               SELECT true AS found FROM notifications n
+                WHERE job.delay > 0 AND n.user_id = job.user_id AND n.id = job.notification_id LIMIT 1
+               ) AS stored ON true
+         WHERE seen.found IS NULL
         ON CONFLICT (job_key) WHERE status = 'scheduled' DO UPDATE
            SET notification = excluded.notification, version = excluded.version
          WHERE excluded.version > delivery_jobs.version

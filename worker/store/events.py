@@ -103,7 +103,7 @@ _INSERT: Final = f"""
            SET last_seq = u.last_seq + c.n, unread_count = u.unread_count + c.n,
                unseen_count = u.unseen_count + c.n, inbox_count = u.inbox_count + c.n
           FROM (SELECT user_id, count(*) AS n FROM input GROUP BY user_id) AS c
-         WHERE u.user_id = c.user_id
+         WHERE u.user_id = c.user_id AND u.user_id = ANY($1::text[])  -- an index condition in any plan
      RETURNING u.user_id, u.last_seq - c.n AS base
     )
     INSERT INTO notifications
@@ -123,9 +123,12 @@ _COLLAPSE: Final = f"""
           FROM unnest($1::text[], $2::text[], $3::int[], {_content_arrays(4)}) WITH ORDINALITY
             AS t(user_id, id, n, {_CONTENT_NAMES}, ord)
     ), targets AS (
-        SELECT i.*, s.seen_at IS NOT NULL AS was_seen, s.archived_at IS NOT NULL AS was_archived,
+        SELECT i.*, s.row, s.seen_at IS NOT NULL AS was_seen, s.archived_at IS NOT NULL AS was_archived,
                row_number() OVER (PARTITION BY i.user_id ORDER BY i.ord) AS rn
-          FROM input i JOIN notifications s ON s.user_id = i.user_id AND s.id = i.id
+          FROM input i
+         CROSS JOIN LATERAL (
+               SELECT ctid AS row, seen_at, archived_at FROM notifications s
+                WHERE s.user_id = i.user_id AND s.id = i.id LIMIT 1) AS s
     ), bumped AS (
         UPDATE users u
            SET last_seq = u.last_seq + c.k, unseen_count = u.unseen_count + c.reseen,
@@ -133,7 +136,7 @@ _COLLAPSE: Final = f"""
           FROM (SELECT user_id, count(*) AS k, count(*) FILTER (WHERE was_seen) AS reseen,
                        count(*) FILTER (WHERE was_archived) AS unarchived
                   FROM targets GROUP BY user_id) AS c
-         WHERE u.user_id = c.user_id
+         WHERE u.user_id = c.user_id AND u.user_id = ANY($1::text[])
      RETURNING u.user_id, u.last_seq - c.k AS base
     )
     UPDATE notifications n
@@ -142,7 +145,7 @@ _COLLAPSE: Final = f"""
            expires_at = t.expires_at, count = n.count + t.n,
            created_at = now(), seen_at = NULL, archived_at = NULL
       FROM targets t JOIN bumped b USING (user_id)
-     WHERE n.user_id = t.user_id AND n.id = t.id
+     WHERE n.ctid = t.row  -- the row the target probe found (its user is locked: it cannot move)
     RETURNING n.user_id, n.id, n.seq, n.count, n.created_at"""
 
 _REMEMBER_KEYS: Final = """

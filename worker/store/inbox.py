@@ -47,7 +47,9 @@ SELECT u.user_id, u.last_seq, u.unread_count - {_for_each_user(EXPIRED_UNREAD)} 
   FROM (SELECT user_id, last_seq, unread_count, unseen_count FROM created
         UNION ALL
         SELECT user_id, last_seq, unread_count, unseen_count FROM users WHERE user_id = ANY($1::text[])) AS u
-  LEFT JOIN user_preferences AS p ON p.user_id = u.user_id
+  LEFT JOIN LATERAL (  -- a probe per user in any plan (worker.store.events, _EXISTING)
+       SELECT channels, types, quiet_hours, updated_at FROM user_preferences s WHERE s.user_id = u.user_id
+        LIMIT 1) AS p ON true
 """
 
 UNREAD_COUNT: Final = f"""

@@ -70,14 +70,25 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
-async def create_pool(settings: Settings) -> asyncpg.Pool:
-    """A pool whose connections encode and decode ``json``/``jsonb`` with orjson."""
+async def create_pool(settings: Settings, *, custom_plans: bool = False) -> asyncpg.Pool:
+    """A pool whose connections encode and decode ``json``/``jsonb`` with orjson.
+
+    Args:
+        settings: the database URL and the pool's bounds.
+        custom_plans: plan every execution with its own values (``plan_cache_mode =
+            force_custom_plan``) instead of letting Postgres switch a prepared statement to a generic
+            plan. A generic plan is kept until the statistics of its tables change, so one made while a
+            table was small keeps scanning it as it grows. The worker's statements are written to be
+            index probes under any plan (``tests/integration/test_generic_plans.py``) and save the
+            planning; ``herald-delivery`` pays it on a few statements per batch of sends.
+    """
     pool: asyncpg.Pool = await asyncpg.create_pool(
         settings.database_url,
         min_size=settings.db_pool_min,
         max_size=settings.db_pool_max,
         init=_init_connection,
         reset=_keep_session,
+        server_settings={"plan_cache_mode": "force_custom_plan"} if custom_plans else None,
     )
     return pool
 

@@ -81,6 +81,10 @@ async def retention_step(conn: Connection, days: int, limit: int) -> int:
         doomed = await conn.fetch(_PICK, days, limit)
         if not doomed:
             return 0
+        # The delete joins a batch of (user, seq) pairs with the whole table: a generic plan made while
+        # the table was small would scan it (worker.store.pool.create_pool), so this rare statement is
+        # planned with its values; one more round trip per batch of `limit` deletions.
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
         await conn.execute(_LOCK_USERS, sorted({row["user_id"] for row in doomed}))
         result = await conn.fetchrow(
             _DELETE, [row["user_id"] for row in doomed], [row["seq"] for row in doomed]
