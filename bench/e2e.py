@@ -8,8 +8,9 @@ receives, so one clock serves both); a client takes the latency when its ``notif
 
 Per rate: delivered/expected, p50/p95/p99/max of publish -> client in ms, the worker's and the gateway's
 CPU share of a core, the worker's batches meanwhile (how many, their mean size, the mean time to store
-one: the store's share of the wait), and the load average (targets on this box: p99 <= 25 ms at 500 ev/s, 1,500 ev/s
-sustained with p99 <= 100 ms). Events still missing 10 s after the last publish count as not delivered.
+one: the store's share of the wait), and the load average (targets on this box: p99 <= 25 ms at 500
+ev/s, 1,500 ev/s sustained with p99 <= 100 ms). Events still missing 10 s after the last publish count as
+not delivered.
 
     .venv/bin/python -m bench.e2e [--rates 500,1500] [--seconds 10] [--clients 1000] [--rounds 1]
         [--batch-timeout-ms MS]
