@@ -93,7 +93,7 @@ class Settings(BaseSettings):
         worker_http_host, worker_http_port: ``/healthz``, ``/readyz``, ``/metrics`` [127.0.0.1, 8766].
         prefetch: unacked events in flight per worker [500].
         batch_size: events committed in one transaction [200].
-        batch_timeout_ms: how long a partial batch waits for more events [5].
+        batch_timeout_ms: how long a partial batch waits for more events [2].
         broadcast_chunk_size: known users a broadcast stores per transaction, beside the per-user
             batches; a batch that locks a user of the chunk in progress waits for it, so a smaller chunk
             shortens that wait and lengthens the broadcast [1000].
@@ -170,7 +170,7 @@ class Settings(BaseSettings):
     worker_http_port: int = Field(default=8766, ge=0, le=65535)
     prefetch: int = Field(default=500, ge=1, le=65535)
     batch_size: int = Field(default=200, ge=1, le=5000)
-    batch_timeout_ms: float = Field(default=5.0, ge=0)
+    batch_timeout_ms: float = Field(default=2.0, ge=0)
     broadcast_chunk_size: int = Field(default=1000, ge=1, le=100_000)
     retention_days: int = Field(default=90, ge=1)
     retention_interval_seconds: float = Field(default=3600.0, gt=0)
