@@ -185,6 +185,9 @@ class SendRouting:
         self._muted = self._repeated = 0
         defaults = default_preferences(catalog)
         preferences: dict[str, dict[str, Any]] = {}
+        # Effective documents by the stored overrides' content: most users who changed anything changed
+        # the same few switches, and merging a document per user was 6 % of the worker's busy time.
+        merged: dict[bytes, dict[str, Any]] = {}
         seen: set[tuple[str, Key]] = set()
         for index, event in enumerate(batch):
             kind = catalog[event.type]
@@ -196,7 +199,14 @@ class SendRouting:
                 prefs = preferences.get(user)
                 if prefs is None:
                     stored = overrides.get(user)
-                    prefs = preferences[user] = effective_preferences(catalog, stored) if stored else defaults
+                    if stored:
+                        content = orjson.dumps(stored, option=orjson.OPT_SORT_KEYS)
+                        prefs = merged.get(content)
+                        if prefs is None:
+                            prefs = merged[content] = effective_preferences(catalog, stored)
+                    else:
+                        prefs = defaults
+                    preferences[user] = prefs
                 channels = decide_channels(kind, prefs, event.channels)
                 if key is not None:
                     if (user, key) in seen:

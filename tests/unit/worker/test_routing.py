@@ -96,6 +96,15 @@ def test_type_switch_off_mutes_only_that_type() -> None:
     assert len(rows) == 1
 
 
+def test_users_with_equal_overrides_share_a_document_and_others_keep_their_own() -> None:
+    email_off = {"channels": {"email": False}}
+    overrides = {"u1": email_off, "u2": dict(email_off), "u3": {"channels": {"push": False}}, "u4": None}
+    _, out = route(send(user_ids=["u1", "u2", "u3", "u4"]), overrides=overrides)
+    channels = sorted((job.user_id, job.channel) for job in out.deliveries)
+    assert channels == [("u1", "push"), ("u2", "push"), ("u3", "email"), ("u4", "email"), ("u4", "push")]
+    assert sorted(user for user, _ in out.frames) == ["u1", "u2", "u3", "u4"]
+
+
 def test_a_critical_type_keeps_in_app_and_email_whatever_the_switches() -> None:
     overrides = {"u1": {"channels": ALL_OFF, "types": {"SECURITY_ALERT": ALL_OFF}}}
     rows, out = route(send("SECURITY_ALERT"), overrides=overrides)
