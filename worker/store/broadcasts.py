@@ -38,6 +38,9 @@ IN_APP_ALLOWED: Final = """(t.critical
         OR (coalesce((p.channels ->> 'in_app')::boolean, true)
             AND coalesce((p.types -> t.name ->> 'in_app')::boolean, t.default_in_app)))"""
 
+# The chunk's users' preferences, one index probe per user in any plan (worker.store.events, _EXISTING).
+_PREFERENCES: Final = "SELECT * FROM user_preferences s WHERE s.user_id = c.user_id LIMIT 1"
+
 # $11: created_at, the same for every copy (the one of the live frame); $12/$13: the chunk; $14: muted
 # (the event's channels exclude in-app: only the email/push audience is wanted); $15: the producer's
 # source ('' for none), part of the key. "Already stored" is one index probe per user (LATERAL ... LIMIT 1
@@ -45,9 +48,6 @@ IN_APP_ALLOWED: Final = """(t.critical
 # Written as "$7 IS NULL OR NOT EXISTS (...)" the planner hashed the subquery instead: a scan of every
 # row with the key, so each chunk got slower as the broadcast grew (64 → 115 ms per 1,000 users, and
 # 108 → 187 ms for a second broadcast; flat at 45-50 ms this way, docs/performance.md).
-# The chunk's users' preferences, one index probe per user in any plan (worker.store.events, _EXISTING).
-_PREFERENCES: Final = "SELECT * FROM user_preferences s WHERE s.user_id = c.user_id LIMIT 1"
-
 _CHUNK: Final = f"""
     WITH chunk AS (
         SELECT user_id
