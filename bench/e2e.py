@@ -13,7 +13,11 @@ ev/s, 1,500 ev/s sustained with p99 <= 100 ms). Events still missing 10 s after 
 not delivered.
 
     .venv/bin/python -m bench.e2e [--rates 500,1500] [--seconds 10] [--clients 1000] [--rounds 1]
-        [--batch-timeout-ms MS]
+        [--batch-timeout-ms MS] [--worker-only]
+
+With ``--worker-only`` there is no gateway and no client: this process takes each frame from a queue
+bound to ``herald.users`` for the users, so the latency is the worker's hop alone (publish -> RabbitMQ ->
+worker -> Postgres -> RabbitMQ).
 """
 
 from __future__ import annotations
@@ -115,24 +119,30 @@ async def run(stack: Stack, args: argparse.Namespace) -> list[Outcome]:
     worker = stack.start_worker(
         **({} if args.batch_timeout_ms is None else {"batch_timeout_ms": args.batch_timeout_ms})
     )
-    gateway = stack.start_gateway(rate_limit_per_second=1_000_000, rate_limit_burst=1_000_000)
-    pids = [process.popen.pid for process in stack.processes if process.popen is not None]
-    print(f"worker pid {pids[0]}, gateway pid {pids[1]}", flush=True)
     users = [fresh_id("e2e") for _ in range(args.clients)]
     receipts = Receipts()
     clients = []
-    for start in range(0, len(users), 100):  # 100 at a time: the connect storm is bench/connect_storm.py
-        batch = users[start : start + 100]
-        connected = [asyncio.Event() for _ in batch]
-        clients += [
-            asyncio.create_task(client(f"{gateway.ws_url}?token={mint(user)}", receipts, event))
-            for user, event in zip(batch, connected, strict=True)
-        ]
-        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in connected)), 60)
+    if not args.worker_only:
+        gateway = stack.start_gateway(rate_limit_per_second=1_000_000, rate_limit_burst=1_000_000)
+        for start in range(0, len(users), 100):  # 100 at a time: the storm is bench/connect_storm.py
+            batch = users[start : start + 100]
+            connected = [asyncio.Event() for _ in batch]
+            clients += [
+                asyncio.create_task(client(f"{gateway.ws_url}?token={mint(user)}", receipts, event))
+                for user, event in zip(batch, connected, strict=True)
+            ]
+            await asyncio.wait_for(asyncio.gather(*(event.wait() for event in connected)), 60)
+    pids = [process.popen.pid for process in stack.processes if process.popen is not None]
+    print("pids (worker, gateway): " + ", ".join(map(str, pids)), flush=True)
     connection = await aio_pika.connect(stack.amqp_url)
     outcomes = []
     async with connection:
         channel = await connection.channel(publisher_confirms=False)
+        if args.worker_only:  # the frames where the worker publishes them: the worker's hop alone
+            frames = await channel.declare_queue("", exclusive=True)
+            for user in users:
+                await frames.bind(TOPOLOGY.users_exchange, routing_key=user)
+            await frames.consume(lambda message: receipts.take(message.body), no_ack=True)
         exchange = await channel.get_exchange(TOPOLOGY.events_exchange)
         for round_ in range(args.rounds):
             for rate in args.rates:
@@ -146,6 +156,7 @@ async def run(stack: Stack, args: argparse.Namespace) -> list[Outcome]:
                     await asyncio.sleep(0.05)
                 elapsed = time.perf_counter() - started
                 share = [(cpu_seconds(pid) - before) / elapsed for pid, before in zip(pids, cpu, strict=True)]
+                share += [0.0] * (2 - len(share))  # no gateway with --worker-only
                 after = batch_totals(f"{worker.url}/metrics")
                 outcome = Outcome(
                     rate,
@@ -182,6 +193,11 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=10.0, help="publishing time per rate")
     parser.add_argument("--clients", type=int, default=1000, help="connected clients, one user each")
     parser.add_argument("--rounds", type=int, default=1, help="rounds over all rates (medians reported)")
+    parser.add_argument(
+        "--worker-only",
+        action="store_true",
+        help="no gateway and no clients: take each frame from herald.users (the worker's hop alone)",
+    )
     parser.add_argument(
         "--batch-timeout-ms",
         type=float,
