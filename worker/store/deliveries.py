@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 import asyncpg
 
 from shared.events import PROFILE_FIELDS
+from worker.store.pool import PLAN_WITH_VALUES
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -265,5 +266,8 @@ async def list_jobs(
 ) -> list[dict[str, Any]]:
     """Jobs newest first, filtered; ``before`` is the ``(created_at, id)`` of the last row of a page."""
     after_at, after_id = before if before else (None, None)
-    rows = await pool.fetch(_LIST, user_id, status, after_at, after_id, limit)
+    async with pool.acquire() as conn, conn.transaction():
+        # The filters are optional ("$1 IS NULL OR ..."): only a plan made with the values uses an index.
+        await conn.execute(PLAN_WITH_VALUES)
+        rows = await conn.fetch(_LIST, user_id, status, after_at, after_id, limit)
     return [dict(row) for row in rows]

@@ -70,6 +70,10 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
+#: Run first in a transaction whose statements must be planned with their values (see create_pool).
+PLAN_WITH_VALUES: Final = "SET LOCAL plan_cache_mode = force_custom_plan"
+
+
 async def create_pool(settings: Settings, *, custom_plans: bool = False) -> asyncpg.Pool:
     """A pool whose connections encode and decode ``json``/``jsonb`` with orjson.
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Final
 
+from worker.store.pool import PLAN_WITH_VALUES
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
@@ -84,7 +86,7 @@ async def retention_step(conn: Connection, days: int, limit: int) -> int:
         # The delete joins a batch of (user, seq) pairs with the whole table: a generic plan made while
         # the table was small would scan it (worker.store.pool.create_pool), so this rare statement is
         # planned with its values; one more round trip per batch of `limit` deletions.
-        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        await conn.execute(PLAN_WITH_VALUES)
         await conn.execute(_LOCK_USERS, sorted({row["user_id"] for row in doomed}))
         result = await conn.fetchrow(
             _DELETE, [row["user_id"] for row in doomed], [row["seq"] for row in doomed]
