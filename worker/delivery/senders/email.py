@@ -14,6 +14,7 @@ message (sender, recipient or data refused) is permanent.
 from __future__ import annotations
 
 import asyncio
+import email.policy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -100,6 +101,8 @@ class EmailSender:
             timeout=self._timeout,
         )
         await smtp.connect()
+        if smtp.is_ehlo_or_helo_needed:  # know the server's extensions (SMTPUTF8) before the first send
+            await smtp.ehlo()
         return smtp
 
     async def send(self, job: Claimed) -> Outcome:
@@ -109,11 +112,13 @@ class EmailSender:
             return Outcome.skipped("no email address")
         address: str = profile["email"]
         # Rendered and flattened before taking a connection: a connection waits only on its server, and
-        # the next message is built while the current one is in flight.
-        data = self._renderer.message(job.id, job.notification, profile, job.user_id).as_bytes()
-        # Every header is ASCII (encoded words) and the parts are base64, so the bytes are 7-bit clean;
-        # only a non-ASCII address needs the server's SMTPUTF8 (RFC 6531).
-        options = [] if address.isascii() else ["SMTPUTF8"]
+        # the next message is built while the current one is in flight. The parts are base64 and the
+        # headers encoded words, so the bytes are 7-bit clean, except for a non-ASCII address: it goes
+        # with SMTPUTF8 (RFC 6531), and its To header as UTF-8, since an address cannot be encoded.
+        message = self._renderer.message(job.id, job.notification, profile, job.user_id)
+        utf8 = not address.isascii()
+        data = message.as_bytes(policy=email.policy.SMTPUTF8) if utf8 else message.as_bytes()
+        options = ["SMTPUTF8"] if utf8 else []
         smtp = await self._idle.get()
         try:
             if smtp is None or not smtp.is_connected:
