@@ -15,11 +15,13 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 import worker.store
+from worker.store.inbox import list_query
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -45,14 +47,39 @@ CUSTOM_PLANNED = {
 _SQL = re.compile(r"\s*(WITH|SELECT|INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
 
 
+@dataclass(frozen=True)
+class Page:
+    """A ``notifications.list`` query (``worker.store.inbox.PageQuery``)."""
+
+    limit: int = 20
+    before: int | None = None
+    page: int | None = None
+    unread_only: bool = False
+    archived: bool | None = None
+    types: list[str] | None = None
+    categories: list[str] | None = None
+
+
+#: ``notifications.list`` builds its statement from the filters in use: a few of the shapes.
+PAGES = {
+    "first page": Page(),
+    "next page": Page(before=100),
+    "unread only": Page(unread_only=True),
+    "archived, one type": Page(archived=True, types=["NEW_COMMENT"]),
+}
+
+
 def statements() -> dict[str, str]:
-    """Every module-level SQL statement with parameters in ``worker.store``, by ``module._NAME``."""
+    """Every module-level SQL statement with parameters in ``worker.store``, by ``module._NAME``, and the
+    list statement of each of :data:`PAGES`."""
     found = {}
     for module_info in pkgutil.iter_modules(worker.store.__path__):
         module = importlib.import_module(f"worker.store.{module_info.name}")
         for name, value in vars(module).items():
             if isinstance(value, str) and _SQL.match(value) and "$1" in value:
                 found[f"{module_info.name}.{name}"] = value
+    for name, page in PAGES.items():
+        found[f"inbox.list_query: {name}"] = list_query(page, "u1")[0]
     return found
 
 
@@ -111,7 +138,7 @@ async def test_every_statement_probes_indexes_under_a_generic_plan_made_on_empty
     assert {"events._EXISTING", "events._INSERT", "deliveries._RECORD", "inbox._OPEN_SESSIONS"} <= set(
         prepared
     )
-    assert set(CUSTOM_PLANNED) <= set(prepared)
+    assert set(CUSTOM_PLANNED) | {f"inbox.list_query: {name}" for name in PAGES} <= set(prepared)
 
     await fill(db, users=2000)
     full_scans = {}
