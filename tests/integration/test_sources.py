@@ -11,10 +11,18 @@ from typing import TYPE_CHECKING
 
 import aio_pika
 import asyncpg
-import orjson
 
 from herald_ops.testing.stack import fresh_id
-from herald_ops.testing.worker import TOPOLOGY, Watcher, counters, event, frame_params, recorded_jobs, rows
+from herald_ops.testing.worker import (
+    TOPOLOGY,
+    Watcher,
+    counters,
+    event,
+    frame_params,
+    recorded_jobs,
+    redeliver_while_down,
+    rows,
+)
 
 if TYPE_CHECKING:
     from herald_ops.testing.stack import Stack
@@ -57,13 +65,7 @@ async def test_sources_scope_event_ids_and_a_redelivery_republishes_without_new_
         assert frame_params(repeat) == first[0]
 
         # ... and delivered again by the broker to a consumer that died before acking: published again.
-        worker.stop()
-        await watcher.publish(billing)
-        grabber = await connection.channel()
-        grabbed = await (await grabber.declare_queue(TOPOLOGY.events_queue, passive=True)).get()
-        assert grabbed.body == orjson.dumps(billing)
-        await grabber.close()  # unacked: requeued as redelivered
-        worker.launch()
+        await redeliver_while_down(worker, connection, watcher, billing)
         (again,) = await watcher.take(frames, 1)
         assert frame_params(again) == first[0]
         assert await recorded_jobs(pg, [user], 6) == jobs  # recorded with the row: none added

@@ -22,6 +22,7 @@ from herald_ops.testing.worker import (
     event,
     frame_params,
     recorded_jobs,
+    redeliver_while_down,
     rows,
 )
 from shared.events import MAX_BODY_BYTES
@@ -465,13 +466,7 @@ async def test_redelivery_of_a_stored_event_republishes_its_frame_and_records_no
         jobs = await recorded_jobs(pg, [user], 2)
 
         # The same message again, delivered once to a consumer that dies: RabbitMQ redelivers it.
-        worker.stop()
-        await watcher.publish(body)
-        grabber = await connection.channel()
-        grabbed = await (await grabber.declare_queue(TOPOLOGY.events_queue, passive=True)).get()
-        assert grabbed.body == orjson.dumps(body)
-        await grabber.close()  # unacked: requeued as redelivered
-        worker.launch()
+        await redeliver_while_down(worker, connection, watcher, body)
 
         (again,) = await watcher.take(frames, 1)
         assert frame_params(again) == frame_params(first)

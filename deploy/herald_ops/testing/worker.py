@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     import asyncpg
     from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
+    from herald_ops.testing.stack import HeraldProcess
+
 TOPOLOGY = Topology()
 _counter = itertools.count()
 
@@ -157,3 +159,17 @@ async def add_known_users(pg: asyncpg.Connection, last_seqs: dict[str, int]) -> 
         list(last_seqs),
         list(last_seqs.values()),
     )
+
+
+async def redeliver_while_down(
+    worker: HeraldProcess, connection: aio_pika.abc.AbstractConnection, watcher: Watcher, body: dict[str, Any]
+) -> None:
+    """Publish ``body`` while ``worker`` is stopped, take it from ``herald.events`` without an ack (a
+    consumer that died before acking), then start the worker again: RabbitMQ redelivers it."""
+    worker.stop()
+    await watcher.publish(body)
+    grabber = await connection.channel()
+    grabbed = await (await grabber.declare_queue(TOPOLOGY.events_queue, passive=True)).get()
+    assert grabbed.body == orjson.dumps(body)
+    await grabber.close()  # unacked: requeued as redelivered
+    worker.launch()
