@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Final, cast
 import aio_pika
 from faststream.rabbit import Channel, ExchangeType, QueueType, RabbitBroker, RabbitExchange, RabbitQueue
 
-from shared.topology import EVENTS_BINDING_KEY, PROFILE_ROUTING_KEY
+from shared.topology import EVENTS_BINDING_KEY
 from worker.publish import Publisher
 
 if TYPE_CHECKING:
@@ -82,11 +82,9 @@ async def declare_topology(broker: RabbitBroker, topology: Topology, *, confirm_
     Unless ``confirm_frames``, live event frames get a channel of their own without publisher confirms
     (see ``worker.publish``).
 
-    The two consumed queues, ``herald.events`` (with its binding) and ``herald.rpc``, are declared by
-    their subscribers when the broker starts, on the subscribers' own channels: FastStream's declarer
-    caches queue objects by their properties, so declaring them here first would make the subscribers
-    consume on this default channel, without their ``prefetch_count`` (measured: both consumers on
-    channel 1 with prefetch 0).
+    The two consumed queues, ``herald.events`` (with its bindings) and ``herald.rpc``, are declared by
+    their consumers (:class:`worker.events.EventConsumer`, :class:`worker.rpc.RpcConsumer`) on their own
+    channels, with their ``prefetch_count``.
     """
     await broker.declare_exchange(events_exchange(topology))
     dlx = await broker.declare_exchange(_exchange(topology.dead_letter_exchange, ExchangeType.FANOUT))
@@ -112,17 +110,6 @@ async def declare_topology(broker: RabbitBroker, topology: Topology, *, confirm_
         outcomes=await broker.declare_exchange(outcomes_exchange(topology)),
         dlx=dlx,
     )
-
-
-async def bind_profile_events(broker: RabbitBroker, topology: Topology, delivery_limit: int) -> None:
-    """Bind the events queue to ``user.profile`` too (its subscriber binds only ``notification.#``).
-
-    Call after the subscriber started: the declarer then hands back the subscriber's own queue object
-    (declaring it earlier would move the consumer to the default channel, see :func:`declare_topology`).
-    """
-    queue = await broker.declare_queue(events_queue(topology, delivery_limit))
-    exchange = await broker.declare_exchange(events_exchange(topology))
-    await queue.bind(exchange, routing_key=PROFILE_ROUTING_KEY)
 
 
 async def raw_body(message: RabbitMessage) -> bytes:

@@ -1,4 +1,4 @@
-"""The Herald worker: a FastStream app consuming ``herald.events`` (and ``herald.rpc``, see ``worker.rpc``).
+"""The Herald worker: a FastStream app consuming ``herald.events`` and ``herald.rpc`` through aio-pika.
 
 :func:`create_app` builds the app from the settings (read from the environment when not given), so importing
 this module reads no configuration. ``herald-worker`` and ``python -m worker`` run it;
@@ -6,10 +6,11 @@ this module reads no configuration. ``herald-worker`` and ``python -m worker`` r
 work too (the latter documents the producer event schema).
 
 Start-up: logging, the database pool (waiting for Postgres if it is not up yet), the catalog, the §3
-topology, the :class:`worker.runtime.Runtime` and the :class:`worker.pipeline.Pipeline`; then the broker
-starts consuming, and the HTTP endpoints, the catalog refresher (every 60 s and on SIGHUP) and the retention
-loop start. Shutdown: the consumer is cancelled, the pipeline flushes (commit, publish, ack), then the
-broker and the pool close.
+topology, the :class:`worker.runtime.Runtime` and the :class:`worker.pipeline.Pipeline`; then the two
+consumers start (:mod:`worker.rpc`, :mod:`worker.events`: FastStream's per-message machinery cost more
+than the work, docs/performance.md), and the HTTP endpoints, the catalog refresher (every 60 s and on
+SIGHUP) and the retention loop start. Shutdown: the consumers are cancelled, the pipeline flushes (commit,
+publish, ack), then the broker and the pool close.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from shared.settings import load_settings
 from shared.topology import Topology
 from worker import http, metrics, probes
 from worker.acks import AckTracker
-from worker.amqp import bind_profile_events, broker, declare_topology
-from worker.events import document_publishers, subscribe_events
+from worker.amqp import broker, declare_topology
+from worker.events import EventConsumer, document_events, document_publishers
 from worker.pipeline import Pipeline
 from worker.retention import retention_loop
 from worker.rpc import RpcConsumer, document_requests
@@ -65,17 +66,19 @@ class _Worker:
         # logger=None: FastStream would log every message; the pipeline logs what matters itself.
         self.broker = broker(settings.amqp_url)
         self.requests = RpcConsumer(settings, self.topology, self.runtime)
+        self.events = EventConsumer(settings, self.topology, self.pipeline)
+        documented = document_requests(settings, self.topology, self.runtime)
+        document_events(documented, settings, self.topology, self.pipeline)
         self.app = FastStream(
             self.broker,
             logger=logging.getLogger("herald.worker.app"),
             specification=AsyncAPI(
-                document_requests(settings, self.topology, self.runtime),
+                documented,
                 title="Herald worker",
                 description="Producer events in; live frames, broadcasts and email/push jobs out "
                 "(PROTOCOL §3-§4).",
             ),
         )
-        self.events = subscribe_events(self.broker, settings, self.topology, self.pipeline)
         document_publishers(self.broker, self.topology)
         self._runtime: Runtime | None = None
         self._pipeline: Pipeline | None = None
@@ -135,10 +138,10 @@ class _Worker:
         pipeline.start()
         self._runtime, self._pipeline = runtime, pipeline
         await self.requests.start(self.broker)
+        await self.events.start(self.broker)
 
     async def _serve(self) -> None:
         settings, runtime = self.settings, self.runtime()
-        await bind_profile_events(self.broker, self.topology, settings.delivery_limit)
         self._server = await http.serve(
             settings.worker_http_host,
             settings.worker_http_port,

@@ -1,13 +1,15 @@
-"""The ``herald.events`` subscriber and the AsyncAPI entries of what the worker publishes.
+"""The ``herald.events`` consumer and the AsyncAPI entries of the worker's input and outputs.
 
-The handler receives the raw body and hands the delivery to the :class:`worker.pipeline.Pipeline`, which
-acks (or dead-letters) it once stored and published. The publishers registered here are documentation
-only: the pipeline publishes through :class:`worker.publish.Publisher`, and AsyncAPI lists only
-publishers the broker knows.
+:class:`EventConsumer` hands every delivery to the :class:`worker.pipeline.Pipeline`, which acks (or
+dead-letters) it once stored and published. The subscriber and publishers registered for the document are
+documentation only: the pipeline publishes through :class:`worker.publish.Publisher`, and AsyncAPI lists
+only what a broker knows.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import TYPE_CHECKING, Annotated, Any
 
 from faststream import AckPolicy
@@ -15,6 +17,8 @@ from faststream.rabbit import Channel
 from pydantic import WithJsonSchema
 
 from shared.events import BroadcastEvent, ProfileEvent, SendEvent
+from shared.topology import EVENTS_BINDING_KEY, PROFILE_ROUTING_KEY
+from worker.acks import CLOSED_CHANNEL_ERRORS
 from worker.amqp import (
     broadcast_exchange,
     events_exchange,
@@ -28,9 +32,9 @@ from worker.schemas import NotificationFrame, Outcome
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
     from faststream.rabbit import RabbitBroker
     from faststream.rabbit.message import RabbitMessage
-    from faststream.rabbit.subscriber import RabbitSubscriber
 
     from shared.settings import Settings
     from shared.topology import Topology
@@ -70,11 +74,16 @@ EventBody = Annotated[
 ]
 
 
-def subscribe_events(
+def document_events(
     broker: RabbitBroker, settings: Settings, topology: Topology, pipeline: Callable[[], Pipeline]
-) -> RabbitSubscriber:
-    """Register the ``herald.events`` consumer; ``pipeline`` returns the running worker's pipeline."""
-    subscriber = broker.subscriber(
+) -> None:
+    """Carry the ``herald.events`` subscriber on ``broker`` for the AsyncAPI document.
+
+    Events are consumed by :class:`EventConsumer`, not by FastStream; ``broker`` is one that never
+    connects (see :func:`worker.rpc.document_requests`), and the handler here does what the consumer does.
+    """
+
+    @broker.subscriber(
         events_queue(topology, settings.delivery_limit),
         events_exchange(topology),
         channel=Channel(prefetch_count=settings.prefetch),
@@ -82,18 +91,69 @@ def subscribe_events(
         no_reply=True,
         decoder=raw_body,
         title="herald.events",
-        description="Producer events (routing keys notification.send, notification.broadcast and, bound "
-        "after start, user.profile).",
+        description="Producer events (routing keys notification.send, notification.broadcast and "
+        "user.profile).",
     )
-
-    @subscriber
     async def on_event(body: EventBody) -> None:
         """Hand one delivery to the pipeline; it acks (or dead-letters) it once stored and published."""
-        # From the context, not a `msg: RabbitMessage` parameter: parameters cost a thread-pool hop each.
         message: RabbitMessage = broker.context.get_local("message")
-        await pipeline().accept(message.raw_message)
+        work = pipeline().accept(message.raw_message)
+        if work is not None:
+            await work
 
-    return subscriber
+
+class EventConsumer:
+    """The ``herald.events`` consumer: aio-pika on a channel of its own, with ``settings.prefetch``.
+
+    FastStream's per-message machinery (parser, middlewares, fast-depends, a task per message) cost as
+    much of the worker's CPU as a bare FastStream loop does in all (docs/performance.md), so deliveries go
+    from aio-pika's callback straight to :meth:`worker.pipeline.Pipeline.accept`: a valid event is queued
+    for a batch in the callback itself, and only what needs I/O first (a dead-lettering, a profile, an
+    unknown type) runs as a task. The queue (quorum, ``x-delivery-limit``, dead-lettering to
+    ``herald.dlx``) and its two bindings are declared with the flags every declarer uses; aio-pika's
+    robust channel restores the consumer after a reconnect, and the deliveries a closed channel held are
+    requeued by RabbitMQ.
+    """
+
+    def __init__(self, settings: Settings, topology: Topology, pipeline: Callable[[], Pipeline]) -> None:
+        self._settings = settings
+        self._topology = topology
+        self._pipeline = pipeline
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._queue: AbstractQueue | None = None
+        self._consumer_tag: str | None = None
+
+    async def start(self, broker: RabbitBroker) -> None:
+        """Declare and bind ``herald.events`` on a channel of ``broker``'s connection and start consuming."""
+        topology = self._topology
+        channel = await broker.config.channel_manager.get_channel(
+            Channel(prefetch_count=self._settings.prefetch, publisher_confirms=False)
+        )
+        self._queue = await channel.declare_queue(
+            topology.events_queue,
+            durable=True,
+            arguments=topology.events_queue_arguments(self._settings.delivery_limit),
+        )
+        for routing_key in (EVENTS_BINDING_KEY, PROFILE_ROUTING_KEY):
+            await self._queue.bind(topology.events_exchange, routing_key=routing_key)
+        # aio-pika accepts a plain callable too (typed as a coroutine function only).
+        self._consumer_tag = await self._queue.consume(self._on_event)  # type: ignore[arg-type]
+
+    async def stop(self) -> None:
+        """Stop taking deliveries and finish the ones being validated."""
+        if self._queue is not None and self._consumer_tag is not None:
+            with contextlib.suppress(*CLOSED_CHANNEL_ERRORS):
+                await self._queue.cancel(self._consumer_tag)
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    def _on_event(self, message: AbstractIncomingMessage) -> None:
+        # A plain function: aio-pika would wrap a coroutine function in one more task per delivery.
+        work = self._pipeline().accept(message)
+        if work is not None:
+            task = asyncio.get_running_loop().create_task(work)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
 
 def document_publishers(broker: RabbitBroker, topology: Topology) -> None:

@@ -2,7 +2,7 @@
 
 Life of an event (docs/design.md has the reasons):
 
-1. :meth:`Pipeline.accept` (called by the FastStream handler) parses the body with
+1. :meth:`Pipeline.accept` (called by :class:`worker.events.EventConsumer`) parses the body with
    :func:`shared.events.parse_event` and checks the type against the in-memory catalog (an unknown type
    first reloads the catalog, at most every 5 s, so a type an operator just added is accepted). An invalid
    event is copied to ``herald.dlx`` with its ``x-herald-error`` reason and acked, at once; it never enters
@@ -85,7 +85,7 @@ class _Shutdown(Exception):
 
 
 class Pipeline:
-    """Accepts events from the handler, batches, stores, publishes and acks them."""
+    """Accepts events from the consumer, batches, stores, publishes and acks them."""
 
     def __init__(
         self,
@@ -118,17 +118,40 @@ class Pipeline:
 
     # -- intake ---------------------------------------------------------------------------------------
 
-    async def accept(self, message: AbstractIncomingMessage) -> None:
-        """Validate one delivery; queue it for a batch or dead-letter it. Never raises for bad input."""
+    def accept(self, message: AbstractIncomingMessage) -> Coroutine[Any, Any, None] | None:
+        """Validate one delivery and queue it for a batch; never raises for bad input.
+
+        A valid send or broadcast of a known type is queued at once, in the consumer's callback, and
+        ``None`` is returned. Whatever needs I/O first is returned as a coroutine for the caller to run: a
+        dead-lettering, a ``user.profile`` event (stored at once, then acked), an unknown type (the catalog
+        is reloaded in case an operator just added it).
+        """
         try:
             channel = message.channel
         except RuntimeError:
-            return  # its channel closed while the handler waited: RabbitMQ redelivers it
+            return None  # its channel closed meanwhile: RabbitMQ redelivers it
         try:
             event = parse_event(message.body, message.routing_key, message.message_id)
+        except InvalidEvent as exc:
+            return self.dead_letter(message, channel, exc.reason)
+        except Exception:  # a bug; left unsettled, the delivery would stop every later ack
+            log.exception("event could not be parsed; requeued")
+            return self._requeue_one(message, channel)
+        if isinstance(event, ProfileEvent) or event.type not in self._catalog():
+            return self._accept_after_io(message, channel, event)
+        self._enqueue(message, channel, event)
+        return None
+
+    async def _accept_after_io(
+        self,
+        message: AbstractIncomingMessage,
+        channel: AbstractChannel,
+        event: SendEvent | BroadcastEvent | ProfileEvent,
+    ) -> None:
+        try:
             if isinstance(event, ProfileEvent):
                 await store_profile(self._pool, event)  # contact data skips the batcher
-            elif event.type not in self._catalog() and not await self._type_added(event.type):
+            elif not await self._type_added(event.type):
                 raise InvalidEvent(f"type: unknown notification type {event.type!r}")
         except InvalidEvent as exc:
             await self.dead_letter(message, channel, exc.reason)
@@ -142,7 +165,12 @@ class Pipeline:
             return
         if isinstance(event, ProfileEvent):
             await self._acks.settle(channel, (message.delivery_tag or 0,))
-            return
+        else:
+            self._enqueue(message, channel, event)
+
+    def _enqueue(
+        self, message: AbstractIncomingMessage, channel: AbstractChannel, event: SendEvent | BroadcastEvent
+    ) -> None:
         if self._closing:
             return  # stopping: left unacked, requeued when the channel closes
         item = Pending(event, message, channel, message.delivery_tag or 0)

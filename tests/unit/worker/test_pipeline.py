@@ -62,7 +62,9 @@ async def test_a_failed_catalog_reload_requeues_the_delivery_instead_of_stalling
     channel = FakeChannel()
     pipeline = offline_pipeline()
     event = {"user_id": "u1", "type": "BRAND_NEW_TYPE", "title": "t"}
-    await pipeline.accept(cast("AbstractIncomingMessage", FakeMessage(channel, 1, event)))
+    work = pipeline.accept(cast("AbstractIncomingMessage", FakeMessage(channel, 1, event)))
+    assert work is not None  # an unknown type needs a catalog reload first
+    await work
 
     # Requeued (counted against x-delivery-limit) and settled, so later deliveries can still be acked.
     assert channel.calls == [("nack", 1, True)]
