@@ -378,24 +378,10 @@ class Pipeline:
     async def _publish_and_ack(self, items: list[Pending], outgoing: Outgoing) -> None:
         try:
             started = time.perf_counter()
-            publisher = self._publisher
-            confirmed: list[Coroutine[Any, Any, None]] = []
             try:
-                if publisher.live_confirmed:
-                    confirmed += [publisher.live_frame(u, NEW_METHOD, f) for u, f in outgoing.frames]
-                else:
-                    # No confirm to wait for: each call only queues the frame for the socket, in order,
-                    # ahead of the ack below on the same connection.
-                    for user, frame in outgoing.frames:
-                        await publisher.live_frame(user, NEW_METHOD, frame)
-                confirmed += [
-                    publisher.broadcast_frame(t, c, NEW_METHOD, f) for t, c, f in outgoing.broadcasts
-                ]
-                await _gather(confirmed)
+                await self._publisher.batch_frames(NEW_METHOD, outgoing.frames, outgoing.broadcasts)
             except Exception as exc:
                 # Not acked: redelivered, found stored, published again.
-                for coroutine in confirmed:
-                    coroutine.close()
                 log.warning("publish failed; batch requeued", error=repr(exc), events=len(items))
                 await self._requeue(items)
                 return
@@ -404,10 +390,3 @@ class Pipeline:
                 await self._acks.settle(amqp_channel, tags)
         finally:
             self._publish_slots.release()
-
-
-async def _gather(coroutines: list[Coroutine[Any, Any, None]]) -> None:
-    if len(coroutines) == 1:
-        await coroutines[0]
-    elif coroutines:
-        await asyncio.gather(*coroutines)

@@ -23,7 +23,8 @@ serializes a batch's publishes one socket write at a time; here the confirms are
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+import asyncio
+from typing import TYPE_CHECKING, Any, Final
 
 from aio_pika import DeliveryMode, Message
 from aiormq import spec
@@ -35,6 +36,8 @@ from shared.topology import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine, Sequence
+
     from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, HeadersType
 
 JSON: Final = "application/json"
@@ -84,6 +87,30 @@ class Publisher:
         """
         properties = spec.Basic.Properties(content_type=JSON, message_type=method, delivery_mode=1)
         await self._fast_publish(self.live, user_id, frame, properties)
+
+    async def batch_frames(
+        self, method: str, frames: Sequence[tuple[str, bytes]], broadcasts: Sequence[tuple[str, bool, bytes]]
+    ) -> None:
+        """Publish a committed batch's frames: ``(user id, frame)`` live, ``(type, critical, frame)`` to
+        ``herald.broadcast``; returns when every confirm there is to wait for arrived."""
+        confirmed: list[Coroutine[Any, Any, None]] = []
+        try:
+            if self.live_confirmed:
+                confirmed += [self.live_frame(user, method, frame) for user, frame in frames]
+            else:
+                # No confirm to wait for: each call only queues the frame for the socket, in order, ahead
+                # of the batch's ack, which goes out later on the same connection.
+                for user, frame in frames:
+                    await self.live_frame(user, method, frame)
+            confirmed += [self.broadcast_frame(t, c, method, f) for t, c, f in broadcasts]
+            if len(confirmed) == 1:
+                await confirmed[0]
+            elif confirmed:
+                await asyncio.gather(*confirmed)
+        except BaseException:
+            for coroutine in confirmed:
+                coroutine.close()  # those never started: no "never awaited" warning
+            raise
 
     async def broadcast_frame(
         self, notification_type: str, critical: bool, method: str, frame: bytes
