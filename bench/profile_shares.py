@@ -24,6 +24,8 @@ RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("FastStream consume path (parser, middlewares, fast-depends)", ("fast_depends/",)),
     ("session coalescing and its SQL", ("Coalescer",)),
     ("asyncpg protocol (reading results, pool)", ("asyncpg/",)),
+    # Called from aio-pika's delivery callback, so before the AMQP rules.
+    ("worker intake: parse and validate (Pipeline.accept)", ("Pipeline.accept",)),
     ("AMQP frames in: aiormq/pamqp decoding, aio-pika message objects", ("aiormq/",)),
     ("AMQP frames in: aiormq/pamqp decoding, aio-pika message objects", ("pamqp/",)),
     ("AMQP frames in: aiormq/pamqp decoding, aio-pika message objects", ("aio_pika/",)),
