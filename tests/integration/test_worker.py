@@ -14,7 +14,15 @@ import asyncpg
 import orjson
 import pytest
 
-from herald_ops.testing.stack import Stack, create_stack, destroy_stack, fresh_id, http_get, wait_until
+from herald_ops.testing.stack import (
+    Stack,
+    create_stack,
+    destroy_stack,
+    fresh_id,
+    http_get,
+    rabbitmqctl,
+    wait_until,
+)
 from herald_ops.testing.worker import (
     TOPOLOGY,
     Watcher,
@@ -397,6 +405,33 @@ async def test_a_type_added_to_the_catalog_is_picked_up_on_sighup(
     await watcher.publish(event(user, "STUDY_GROUP_INVITE"))
 
     assert frame_params((await watcher.take(frames, 1))[0])["category"] == "social"
+
+
+def test_events_and_requests_are_consumed_on_channels_of_their_own() -> None:
+    """Each consumer gets its own channel and prefetch; on a shared channel a prefetch applies to both (or,
+    declared on the default channel, none: the regression worker.amqp.declare_topology describes)."""
+    stack = create_stack("herald_consumers")
+    try:
+        stack.start_worker(prefetch=37, rpc_prefetch=11)
+        listing = rabbitmqctl(
+            "list_consumers",
+            "-p",
+            stack.name,
+            "--formatter",
+            "json",
+            "queue_name",
+            "channel_pid",
+            "prefetch_count",
+            "ack_required",
+        ).stdout
+        consumers = {consumer["queue_name"]: consumer for consumer in orjson.loads(listing)}
+    finally:
+        destroy_stack(stack)
+    events, requests = consumers[TOPOLOGY.events_queue], consumers[TOPOLOGY.rpc_queue]
+    # Manual acks, at most HERALD_PREFETCH (HERALD_RPC_PREFETCH) unacked, each on a channel of its own.
+    assert (events["prefetch_count"], events["ack_required"]) == (37, True)
+    assert (requests["prefetch_count"], requests["ack_required"]) == (11, True)
+    assert events["channel_pid"] != requests["channel_pid"]
 
 
 async def test_health_readiness_metrics_and_asyncapi(worker: HeraldProcess, watcher: Watcher) -> None:
