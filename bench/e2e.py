@@ -29,11 +29,16 @@ import time
 from dataclasses import dataclass, field
 
 import aio_pika
-import httpx
 import orjson
 import websockets
 
-from herald_ops.testing.measure import cpu_seconds, load_average, percentile, produce_timestamped
+from herald_ops.testing.measure import (
+    batch_totals,
+    cpu_seconds,
+    load_average,
+    percentile,
+    produce_timestamped,
+)
 from herald_ops.testing.stack import Stack, fresh_id, mint, stack_context
 from shared.topology import Topology
 
@@ -75,20 +80,6 @@ async def produce(
     channel = await exchange.channel.get_underlay_channel()  # type: ignore[attr-defined]
     return await produce_timestamped(
         channel, exchange.name, users, rate, run, tick=TICK, keep_going=lambda elapsed: elapsed < seconds
-    )
-
-
-def batch_totals(metrics_url: str) -> tuple[float, float, float]:
-    """The worker's (seconds storing, batches, events in them) so far, from its ``/metrics``."""
-    text = httpx.get(metrics_url, timeout=10).text
-
-    def total(name: str) -> float:
-        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
-
-    return (
-        total("herald_worker_store_seconds_sum"),
-        total("herald_worker_store_seconds_count"),
-        total("herald_worker_batch_size_sum"),
     )
 
 

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from faststream import AckPolicy
 from faststream.rabbit import Channel, RabbitBroker
 
-from herald_ops.testing.measure import cpu_seconds
+from herald_ops.testing.measure import batch_totals, cpu_seconds
 from herald_ops.testing.stack import Stack, create_stack, destroy_stack
 from shared.topology import Topology
 from worker.amqp import events_exchange, events_queue
@@ -199,8 +199,12 @@ async def worker_run(
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - started
         cpu = cpu_seconds(process.popen.pid) - cpu
+        store, batches, batched = batch_totals(f"{process.url}/metrics")
+        batches = max(batches, 1)
         print(
             f"  {tag}: {events / elapsed:,.0f} events/s, {cpu * 1e6 / events:,.0f} CPU ms per 1,000,"
+            f" {batches:,.0f} batches of {batched / batches:.0f} events, {store * 1000 / batches:.1f} ms each"
+            f" to store (of {elapsed * 1000 / batches:.1f} ms per batch),"
             f" load average {os.getloadavg()[0]:.1f}",
             flush=True,
         )

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx
 import orjson
 from aiormq import spec
 
@@ -78,3 +79,17 @@ async def produce_timestamped(
             sent += 1
         await asyncio.sleep(tick)
     return sent
+
+
+def batch_totals(metrics_url: str) -> tuple[float, float, float]:
+    """The worker's (seconds storing, batches, events in them) so far, from its ``/metrics``."""
+    text = httpx.get(metrics_url, timeout=10).text
+
+    def total(name: str) -> float:
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+    return (
+        total("herald_worker_store_seconds_sum"),
+        total("herald_worker_store_seconds_count"),
+        total("herald_worker_batch_size_sum"),
+    )
