@@ -69,6 +69,7 @@ _CONFLICT_ERRORS: Final = (
     asyncpg.SerializationError,
     # Two workers inserting the same (user, key) at once: the retry sees the winner's row.
     asyncpg.UniqueViolationError,
+    store.UsersRaced,
 )
 #: Retries of a batch whose statement Postgres canceled (57014, e.g. ``statement_timeout``). A cancel can
 #: be load (retry) or the batch itself, such as a broadcast to a huge user base that always exceeds the

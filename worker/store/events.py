@@ -2,9 +2,10 @@
 
 The invariant (docs/design.md): every statement that allocates a user's ``seq`` holds that user's
 ``users`` row lock until commit, so a user's notifications become visible in ``seq`` order. A batch locks
-its users sorted by id (``ORDER BY user_id FOR UPDATE``), so two batches never wait on each other in a
-cycle; a broadcast chunk locks the same way (``worker.store.broadcasts``). Deadlocks that remain possible
-with other writers (requests, retention) surface as ``DeadlockDetectedError`` and the caller retries.
+its known users sorted by id (``ORDER BY user_id FOR UPDATE``) and then creates its new ones sorted by id,
+so two batches never wait on each other in a cycle (:func:`lock_users`); a broadcast chunk locks the same
+way (``worker.store.broadcasts``). Deadlocks that remain possible with other writers (requests,
+retention) surface as ``DeadlockDetectedError`` and the caller retries.
 
 Every function takes a connection that is already inside a transaction.
 """
@@ -26,10 +27,11 @@ if TYPE_CHECKING:
     from worker.store.pool import Connection
     from worker.writes import Writes
 
-_ENSURE_USERS: Final = """
+_CREATE_USERS: Final = """
     INSERT INTO users (user_id)
     SELECT u FROM unnest($1::text[]) AS u ORDER BY u
-    ON CONFLICT DO NOTHING"""
+    ON CONFLICT DO NOTHING
+    RETURNING user_id"""
 
 # The preferences and the profile are probed per user (LATERAL) for the reason given at _EXISTING.
 _LOCK_USERS: Final = """
@@ -154,16 +156,37 @@ _REMEMBER_KEYS: Final = """
     ON CONFLICT DO NOTHING"""
 
 
+class UsersRaced(Exception):
+    """Another transaction created one of a batch's new users while the batch held its known users' locks.
+
+    Locking that user now could wait in a cycle (the batch holds higher ids that the creator may want next),
+    so the caller rolls back and retries; the retry finds the user known and locks it in id order.
+    """
+
+
 async def lock_users(conn: Connection, user_ids: list[str]) -> dict[str, dict[str, Any] | None]:
-    """Create missing ``users`` rows, lock all of them in id order, and return their overrides.
+    """Lock the ``users`` rows of ``user_ids`` in id order, creating missing ones, and return their overrides.
+
+    When every user is known (the common case) this is one statement. Otherwise the missing users are
+    created, in id order, after the known ones are locked: rows this transaction creates are its own until
+    commit, so no one can be waiting for them, and they have no preferences yet (``user_preferences``
+    references ``users``), hence no overrides.
 
     Returns:
         ``user_id → {"channels", "types", "quiet_hours"}`` for users with stored preferences, else ``None``;
         quiet hours without a time zone get the profile's.
+
+    Raises:
+        UsersRaced: another transaction created one of the missing users meanwhile; retry the transaction.
     """
-    ordered = sorted(user_ids)
-    await conn.execute(_ENSURE_USERS, ordered)
+    ordered = sorted(set(user_ids))
     rows = await conn.fetch(_LOCK_USERS, ordered)
+    if len(rows) < len(ordered):
+        known = {row["user_id"] for row in rows}
+        missing = [user for user in ordered if user not in known]
+        if len(await conn.fetch(_CREATE_USERS, missing)) < len(missing):
+            raise UsersRaced(f"a user of {len(missing)} new ones was created concurrently")
+        return {row["user_id"]: stored_overrides(row) for row in rows} | dict.fromkeys(missing)
     return {row["user_id"]: stored_overrides(row) for row in rows}
 
 
