@@ -109,6 +109,16 @@ export function useNotifications({ filter = "all", pageSize = 20, types, categor
       return next;
     });
   }, []);
+  // The live changes since the first page was asked for: that page was read before them, so they are
+  // applied again to it when it arrives (a notification stored meanwhile would otherwise vanish).
+  const sinceReset = useRef<((items: Notification[]) => Notification[])[] | null>(null);
+  const live = useCallback(
+    (change: (items: Notification[]) => Notification[]) => {
+      sinceReset.current?.push(change);
+      update(change);
+    },
+    [update],
+  );
 
   const fetchPage = useCallback(
     (reset: boolean) => {
@@ -122,18 +132,21 @@ export function useNotifications({ filter = "all", pageSize = 20, types, categor
       if (categoriesKey) params.categories = categoriesKey.split(",");
       const cursor = reset ? null : pageRef.current.cursor;
       if (cursor !== null) params.before = cursor;
+      if (reset) sinceReset.current = [];
       setLoading(true);
       const run = (async () => {
         try {
           const result = await client.list(params);
           if (mine !== generation.current) return;
-          const base = reset ? [] : pageRef.current.items;
-          const known = new Set(base.map((n) => n.id));
-          const next = {
-            items: order([...base, ...result.items.filter((n) => !known.has(n.id))]),
-            cursor: result.next_cursor,
-            exhausted: result.next_cursor === null,
-          };
+          let items: Notification[];
+          if (reset) {
+            items = order(result.items);
+            for (const change of sinceReset.current ?? []) items = change(items);
+          } else {
+            const known = new Set(pageRef.current.items.map((n) => n.id));
+            items = order([...pageRef.current.items, ...result.items.filter((n) => !known.has(n.id))]);
+          }
+          const next = { items, cursor: result.next_cursor, exhausted: result.next_cursor === null };
           pageRef.current = next;
           setPage(next);
           setError(null);
@@ -142,6 +155,7 @@ export function useNotifications({ filter = "all", pageSize = 20, types, categor
         } finally {
           if (mine === generation.current) {
             loadingRef.current = null;
+            if (reset) sinceReset.current = null;
             setLoading(false);
           }
         }
@@ -180,8 +194,8 @@ export function useNotifications({ filter = "all", pageSize = 20, types, categor
     if (!client) return undefined;
     const now = () => new Date().toISOString();
     const touch = (ids: string[] | undefined, all: boolean | undefined, change: (n: Notification) => Notification) =>
-      update((items) => items.map((n) => (all || ids?.includes(n.id) ? change(n) : n)));
-    const drop = (ids: string[] | undefined) => update((items) => items.filter((n) => !ids?.includes(n.id)));
+      live((items) => items.map((n) => (all || ids?.includes(n.id) ? change(n) : n)));
+    const drop = (ids: string[] | undefined) => live((items) => items.filter((n) => !ids?.includes(n.id)));
     // An item archived or unarchived elsewhere that this list should now show: the frame carries only ids.
     const reloadFor = (ids: string[] | undefined) => {
       if (ids?.some((id) => !pageRef.current.items.some((n) => n.id === id))) void fetchPage(true);
@@ -189,12 +203,12 @@ export function useNotifications({ filter = "all", pageSize = 20, types, categor
     const offs = [
       client.on("notification:new", (n) => {
         if (!matches(n)) return;
-        update((items) => order([n, ...items.filter((other) => other.id !== n.id)]));
+        live((items) => order([n, ...items.filter((other) => other.id !== n.id)]));
       }),
       client.on("notification:read", ({ ids, all }: IdsChange) => {
         const at = now();
         touch(ids, all, (n) => (n.read_at ? n : { ...n, read_at: at }));
-        if (filter === "unread") update((items) => items.filter((n) => !n.read_at));
+        if (filter === "unread") live((items) => items.filter((n) => !n.read_at));
       }),
       client.on("notification:unread", ({ ids, all }: IdsChange) => touch(ids, all, (n) => ({ ...n, read_at: null }))),
       client.on("notification:seen", ({ ids, all }: IdsChange) => {
@@ -221,7 +235,7 @@ export function useNotifications({ filter = "all", pageSize = 20, types, categor
       }),
     ];
     return () => offs.forEach((off) => off());
-  }, [client, matches, filter, update, fetchPage]);
+  }, [client, matches, filter, live, fetchPage]);
 
   /** Apply `change` now; undo it (for the items it touched) if `send` fails. */
   const optimistic = useCallback(

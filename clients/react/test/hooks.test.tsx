@@ -61,6 +61,28 @@ describe("useNotifications", () => {
     await waitFor(() => expect(result.current.items[0].title).toBe("live"));
   });
 
+  it("keeps what arrives live while the first page loads: a page read before it does not undo it", async () => {
+    const { gateway, client, wrapper } = setup();
+    gateway.notify({}, { live: false });
+    let release!: () => void;
+    gateway.holds.set("notifications.list", new Promise<void>((resolve) => (release = resolve)));
+    const { result } = renderHook(() => useNotifications(), { wrapper });
+    await act(() => client.connect());
+    await waitFor(() => expect(gateway.requests.map((r) => r.method)).toContain("notifications.list"));
+    // Stored after the page's query ran, so the page will not have it; read in another tab meanwhile.
+    const late = { ...gateway.stored[0], id: "late", seq: 2, title: "late", created_at: "2026-01-01T01:00:00.000Z" };
+    act(() => {
+      gateway.broadcast("notification:new", late);
+      gateway.broadcast("notification:read", { ids: ["n1"] });
+    });
+    await waitFor(() => expect(result.current.items.map((n) => n.id)).toEqual(["late"]));
+    gateway.holds.delete("notifications.list");
+    act(() => release());
+    await waitFor(() => expect(result.current.loading).toBe(false));
+    expect(result.current.items.map((n) => n.id)).toEqual(["late", "n1"]);
+    expect(result.current.items[1].read_at).not.toBeNull();
+  });
+
   it("marks read optimistically, before the server answers", async () => {
     const { gateway, client, wrapper } = setup();
     gateway.notify({}, { live: false });
