@@ -169,8 +169,9 @@ async def lock_users(conn: Connection, user_ids: list[str]) -> dict[str, dict[st
 
     When every user is known (the common case) this is one statement. Otherwise the missing users are
     created, in id order, after the known ones are locked: rows this transaction creates are its own until
-    commit, so no one can be waiting for them, and they have no preferences yet (``user_preferences``
-    references ``users``), hence no overrides.
+    commit, so holding them never makes it wait (another creator of the same user waits for this commit,
+    then finds it there and retries), and they have no preferences yet (``user_preferences`` references
+    ``users``), hence no overrides.
 
     Returns:
         ``user_id → {"channels", "types", "quiet_hours"}`` for users with stored preferences, else ``None``;
