@@ -8,8 +8,6 @@ only what a broker knows.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import TYPE_CHECKING, Annotated, Any
 
 from faststream import AckPolicy
@@ -18,7 +16,6 @@ from pydantic import WithJsonSchema
 
 from shared.events import BroadcastEvent, ProfileEvent, SendEvent
 from shared.topology import EVENTS_BINDING_KEY, PROFILE_ROUTING_KEY
-from worker.acks import CLOSED_CHANNEL_ERRORS
 from worker.amqp import (
     broadcast_exchange,
     events_exchange,
@@ -27,12 +24,13 @@ from worker.amqp import (
     raw_body,
     users_exchange,
 )
+from worker.consumers import QueueConsumer
 from worker.schemas import NotificationFrame, Outcome
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+    from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
     from faststream.rabbit import RabbitBroker
     from faststream.rabbit.message import RabbitMessage
 
@@ -102,58 +100,42 @@ def document_events(
             await work
 
 
-class EventConsumer:
-    """The ``herald.events`` consumer: aio-pika on a channel of its own, with ``settings.prefetch``.
+class EventConsumer(QueueConsumer):
+    """The ``herald.events`` consumer: its own channel with ``settings.prefetch`` (:mod:`worker.consumers`).
 
     FastStream's per-message machinery (parser, middlewares, fast-depends, a task per message) cost as
     much of the worker's CPU as a bare FastStream loop does in all (docs/performance.md), so deliveries go
     from aio-pika's callback straight to :meth:`worker.pipeline.Pipeline.accept`: a valid event is queued
     for a batch in the callback itself, and only what needs I/O first (a dead-lettering, a profile, an
     unknown type) runs as a task. The queue (quorum, ``x-delivery-limit``, dead-lettering to
-    ``herald.dlx``) and its two bindings are declared with the flags every declarer uses; aio-pika's
-    robust channel restores the consumer after a reconnect, and the deliveries a closed channel held are
-    requeued by RabbitMQ.
+    ``herald.dlx``) and its two bindings are declared with the flags every declarer uses.
     """
 
     def __init__(self, settings: Settings, topology: Topology, pipeline: Callable[[], Pipeline]) -> None:
+        super().__init__()
         self._settings = settings
         self._topology = topology
         self._pipeline = pipeline
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._queue: AbstractQueue | None = None
-        self._consumer_tag: str | None = None
 
     async def start(self, broker: RabbitBroker) -> None:
         """Declare and bind ``herald.events`` on a channel of ``broker``'s connection and start consuming."""
+        await self._consume(broker, self._settings.prefetch, self._declare, self._on_event)
+
+    async def _declare(self, channel: AbstractRobustChannel) -> AbstractQueue:
         topology = self._topology
-        channel = await broker.config.channel_manager.get_channel(
-            Channel(prefetch_count=self._settings.prefetch, publisher_confirms=False)
-        )
-        self._queue = await channel.declare_queue(
+        queue = await channel.declare_queue(
             topology.events_queue,
             durable=True,
             arguments=topology.events_queue_arguments(self._settings.delivery_limit),
         )
         for routing_key in (EVENTS_BINDING_KEY, PROFILE_ROUTING_KEY):
-            await self._queue.bind(topology.events_exchange, routing_key=routing_key)
-        # aio-pika accepts a plain callable too (typed as a coroutine function only).
-        self._consumer_tag = await self._queue.consume(self._on_event)  # type: ignore[arg-type]
-
-    async def stop(self) -> None:
-        """Stop taking deliveries and finish the ones being validated."""
-        if self._queue is not None and self._consumer_tag is not None:
-            with contextlib.suppress(*CLOSED_CHANNEL_ERRORS):
-                await self._queue.cancel(self._consumer_tag)
-        if self._tasks:
-            await asyncio.wait(set(self._tasks))
+            await queue.bind(topology.events_exchange, routing_key=routing_key)
+        return queue
 
     def _on_event(self, message: AbstractIncomingMessage) -> None:
-        # A plain function: aio-pika would wrap a coroutine function in one more task per delivery.
         work = self._pipeline().accept(message)
         if work is not None:
-            task = asyncio.get_running_loop().create_task(work)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(work)
 
 
 def document_publishers(broker: RabbitBroker, topology: Topology) -> None:

@@ -32,6 +32,7 @@ from shared.events import USER_ID_PATTERN
 from shared.jsonrpc import ErrorCode, JsonRpcError, rpc_error, rpc_result
 from worker.acks import CLOSED_CHANNEL_ERRORS, AckTracker
 from worker.amqp import raw_body
+from worker.consumers import QueueConsumer
 from worker.requests.common import Caller, invalid_params
 from worker.requests.registry import METHODS
 from worker.store.pool import is_outage
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     import aiormq
-    from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+    from aio_pika.abc import AbstractIncomingMessage
     from aiormq.abc import AbstractChannel
 
     from shared.settings import Settings
@@ -116,7 +117,7 @@ def document_requests(settings: Settings, topology: Topology, runtime: Callable[
     return broker
 
 
-class RpcConsumer:
+class RpcConsumer(QueueConsumer):
     """The ``herald.rpc`` consumer: aio-pika on its own channel, so requests never wait behind event batches.
 
     ``settings.rpc_prefetch`` bounds how many requests one worker answers at once; the channel has no
@@ -124,43 +125,30 @@ class RpcConsumer:
     straight to aiormq with ``wait=False`` (aio-pika's ``Exchange.publish`` holds the channel lock until
     the frame is flushed), and the acks of requests answered in the same turn of the event loop leave as
     one ``basic.ack(multiple=True)`` (:class:`worker.acks.AckTracker`). The queue is durable and classic
-    with no arguments, as every declarer agrees; aio-pika's robust channel restores the consumer after a
-    reconnect. Only requests whose broker-validated AMQP ``user_id`` is a trusted broker user
+    with no arguments, as every declarer agrees (channel and callback: :mod:`worker.consumers`). Only
+    requests whose broker-validated AMQP ``user_id`` is a trusted broker user
     (``HERALD_RPC_TRUSTED_USERS``, default: the worker's own) are served; others get 4003.
     """
 
     def __init__(self, settings: Settings, topology: Topology, runtime: Callable[[], Runtime]) -> None:
+        super().__init__()
         self._settings = settings
         self._queue_name = topology.rpc_queue
         self._runtime = runtime
         self._acks = AckTracker()
         self._answered: dict[AbstractChannel, list[int]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._queue: AbstractQueue | None = None
-        self._consumer_tag: str | None = None
 
     async def start(self, broker: RabbitBroker) -> None:
         """Declare ``herald.rpc`` on a channel of ``broker``'s connection and start consuming."""
-        channel = await broker.config.channel_manager.get_channel(
-            Channel(prefetch_count=self._settings.rpc_prefetch, publisher_confirms=False)
+        await self._consume(
+            broker,
+            self._settings.rpc_prefetch,
+            lambda channel: channel.declare_queue(self._queue_name, durable=True, auto_delete=False),
+            self._on_request,
         )
-        self._queue = await channel.declare_queue(self._queue_name, durable=True, auto_delete=False)
-        # aio-pika accepts a plain callable too (typed as a coroutine function only).
-        self._consumer_tag = await self._queue.consume(self._on_request)  # type: ignore[arg-type]
-
-    async def stop(self) -> None:
-        """Stop taking requests and finish the ones being answered."""
-        if self._queue is not None and self._consumer_tag is not None:
-            with contextlib.suppress(*CLOSED_CHANNEL_ERRORS):
-                await self._queue.cancel(self._consumer_tag)
-        while self._tasks:  # an answer schedules its ack's task when it finishes
-            await asyncio.wait(set(self._tasks))
 
     def _on_request(self, message: AbstractIncomingMessage) -> None:
-        # A plain function: aio-pika would wrap a coroutine function in one more task per message.
-        task = asyncio.get_running_loop().create_task(self._answer(message))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._answer(message))
 
     async def _answer(self, message: AbstractIncomingMessage) -> None:
         # Only a trusted broker user's requests run: the broker validated ``user_id`` against the
@@ -191,10 +179,7 @@ class RpcConsumer:
             answered.append(message.delivery_tag)
 
     def _settle(self, channel: AbstractChannel) -> None:
-        tags = self._answered.pop(channel, [])
-        task = asyncio.get_running_loop().create_task(self._acks.settle(channel, tags))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._acks.settle(channel, self._answered.pop(channel, [])))
 
 
 def refuse_untrusted(publisher: str | None) -> bytes:

@@ -181,14 +181,13 @@ async def lock_users(conn: Connection, user_ids: list[str]) -> dict[str, dict[st
         UsersRaced: another transaction created one of the missing users meanwhile; retry the transaction.
     """
     ordered = sorted(set(user_ids))
-    rows = await conn.fetch(_LOCK_USERS, ordered)
-    if len(rows) < len(ordered):
-        known = {row["user_id"] for row in rows}
-        missing = [user for user in ordered if user not in known]
+    overrides = {row["user_id"]: stored_overrides(row) for row in await conn.fetch(_LOCK_USERS, ordered)}
+    missing = [user for user in ordered if user not in overrides]
+    if missing:
         if len(await conn.fetch(_CREATE_USERS, missing)) < len(missing):
             raise UsersRaced(f"a user of {len(missing)} new ones was created concurrently")
-        return {row["user_id"]: stored_overrides(row) for row in rows} | dict.fromkeys(missing)
-    return {row["user_id"]: stored_overrides(row) for row in rows}
+        overrides.update(dict.fromkeys(missing))
+    return overrides
 
 
 def stored_overrides(row: Record) -> dict[str, Any] | None:

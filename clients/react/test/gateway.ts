@@ -55,6 +55,16 @@ export class FakeGateway {
   }
 
   /** Store a notification (newest last) and push it live unless `live` is false. */
+  /** Hold every reply to `method` until the returned function is called. */
+  hold(method: string): () => void {
+    let release!: () => void;
+    this.holds.set(method, new Promise<void>((resolve) => (release = resolve)));
+    return () => {
+      this.holds.delete(method);
+      release();
+    };
+  }
+
   notify(fields: Partial<Notification> = {}, { live = true } = {}): Notification {
     const seq = this.stored.length + 1;
     const item: Notification = {

@@ -64,8 +64,7 @@ describe("useNotifications", () => {
   it("keeps what arrives live while the first page loads: a page read before it does not undo it", async () => {
     const { gateway, client, wrapper } = setup();
     gateway.notify({}, { live: false });
-    let release!: () => void;
-    gateway.holds.set("notifications.list", new Promise<void>((resolve) => (release = resolve)));
+    const release = gateway.hold("notifications.list");
     const { result } = renderHook(() => useNotifications(), { wrapper });
     await act(() => client.connect());
     await waitFor(() => expect(gateway.requests.map((r) => r.method)).toContain("notifications.list"));
@@ -76,7 +75,6 @@ describe("useNotifications", () => {
       gateway.broadcast("notification:read", { ids: ["n1"] });
     });
     await waitFor(() => expect(result.current.items.map((n) => n.id)).toEqual(["late"]));
-    gateway.holds.delete("notifications.list");
     act(() => release());
     await waitFor(() => expect(result.current.loading).toBe(false));
     expect(result.current.items.map((n) => n.id)).toEqual(["late", "n1"]);
@@ -86,8 +84,7 @@ describe("useNotifications", () => {
   it("marks read optimistically, before the server answers", async () => {
     const { gateway, client, wrapper } = setup();
     gateway.notify({}, { live: false });
-    let release!: () => void;
-    gateway.holds.set("notifications.mark_read", new Promise<void>((resolve) => (release = resolve)));
+    const release = gateway.hold("notifications.mark_read");
     const { result } = renderHook(() => useNotifications(), { wrapper });
     await act(() => client.connect());
     await waitFor(() => expect(result.current.items).toHaveLength(1));
