@@ -68,7 +68,7 @@ class _Worker:
         self.requests = RpcConsumer(settings, self.topology, self.runtime)
         self.events = EventConsumer(settings, self.topology, self.pipeline)
         documented = document_requests(settings, self.topology, self.runtime)
-        document_events(documented, settings, self.topology, self.pipeline)
+        document_events(documented, settings, self.topology)
         self.app = FastStream(
             self.broker,
             logger=logging.getLogger("herald.worker.app"),

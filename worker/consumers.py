@@ -1,10 +1,16 @@
-"""What the worker's two aio-pika consumers (``herald.events``, ``herald.rpc``) share.
+"""What the worker's two queue consumers (``herald.events``, ``herald.rpc``) share.
 
 Each queue is consumed on a channel of its own of the broker's connection, with its own prefetch and no
-publisher confirms (nothing is published on it), by a plain callback: aio-pika would wrap a coroutine
-function in one more task per delivery. The work a delivery starts runs as tasks the consumer keeps, so
-:meth:`QueueConsumer.stop` can finish them. aio-pika's robust channel restores the consumer after a
-reconnect; the deliveries a closed channel held are requeued by RabbitMQ.
+publisher confirms (nothing is published on it), through aiormq directly, as the gateway consumes its
+frames. aio-pika's ``Queue.consume`` would turn every delivery into an ``IncomingMessage`` (every property
+decoded and copied) and run the callback in a second task per delivery, through a wrapper that warns on
+each call of a plain function: a tenth of the worker's CPU per event (docs/performance.md). Here aiormq's
+own task per delivery calls the consumer's callback, which either finishes the delivery's work at once or
+returns a coroutine that runs as a task the consumer keeps, so :meth:`QueueConsumer.stop` can finish it.
+
+aio-pika's robust channel still owns the channel: after a reconnect it reopens it, restores its prefetch,
+queue and bindings, and then calls :meth:`QueueConsumer._resume`, which consumes again (aio-pika restores
+only the consumers it created itself). The deliveries a closed channel held are requeued by RabbitMQ.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from faststream.rabbit import Channel
 
 from worker.acks import CLOSED_CHANNEL_ERRORS
@@ -20,8 +27,14 @@ from worker.acks import CLOSED_CHANNEL_ERRORS
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
 
-    from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
+    from aio_pika.abc import AbstractQueue, AbstractRobustChannel
+    from aiormq.abc import DeliveredMessage
     from faststream.rabbit import RabbitBroker
+
+    #: Called in aiormq's task for each delivery: ``None`` when done, else the rest of the work.
+    OnDelivery = Callable[[DeliveredMessage], Coroutine[Any, Any, None] | None]
+
+log = structlog.get_logger(__name__)
 
 
 class QueueConsumer:
@@ -29,7 +42,9 @@ class QueueConsumer:
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._queue: AbstractQueue | None = None
+        self._channel: AbstractRobustChannel | None = None
+        self._queue_name = ""
+        self._on_delivery: OnDelivery | None = None
         self._consumer_tag: str | None = None
 
     async def _consume(
@@ -37,15 +52,39 @@ class QueueConsumer:
         broker: RabbitBroker,
         prefetch: int,
         declare: Callable[[AbstractRobustChannel], Awaitable[AbstractQueue]],
-        on_delivery: Callable[[AbstractIncomingMessage], None],
+        on_delivery: OnDelivery,
     ) -> None:
         """Open the channel, ``declare`` the queue on it and start delivering to ``on_delivery``."""
         channel = await broker.config.channel_manager.get_channel(
             Channel(prefetch_count=prefetch, publisher_confirms=False)
         )
-        self._queue = await declare(channel)
-        # aio-pika accepts a plain callable too (typed as a coroutine function only).
-        self._consumer_tag = await self._queue.consume(on_delivery)  # type: ignore[arg-type]
+        queue = await declare(channel)
+        self._channel, self._queue_name, self._on_delivery = channel, queue.name, on_delivery
+        channel.reopen_callbacks.add(self._resume)
+        await self._basic_consume(channel)
+
+    async def _basic_consume(self, channel: AbstractRobustChannel) -> None:
+        underlay = await channel.get_underlay_channel()
+        consuming = await underlay.basic_consume(self._queue_name, self._deliver, no_ack=False)
+        self._consumer_tag = consuming.consumer_tag
+
+    async def _resume(self, channel: AbstractRobustChannel | None) -> None:
+        """Consume again on the channel aio-pika reopened after a reconnect (queue and bindings restored)."""
+        if channel is None:  # aio-pika passes the channel through a weak reference
+            return
+        try:
+            await self._basic_consume(channel)
+        except Exception:
+            # The channel closed again meanwhile: the next reopen calls this again.
+            log.warning("consuming again after a reconnect failed", queue=self._queue_name, exc_info=True)
+            return
+        log.info("consuming again after a reconnect", queue=self._queue_name)
+
+    async def _deliver(self, message: DeliveredMessage) -> None:
+        assert self._on_delivery is not None  # set before basic_consume
+        work = self._on_delivery(message)
+        if work is not None:
+            self._spawn(work)
 
     def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -54,8 +93,11 @@ class QueueConsumer:
 
     async def stop(self) -> None:
         """Stop taking deliveries and finish the work started for those taken."""
-        if self._queue is not None and self._consumer_tag is not None:
+        channel, tag = self._channel, self._consumer_tag
+        if channel is not None and tag is not None:
+            channel.reopen_callbacks.discard(self._resume)
             with contextlib.suppress(*CLOSED_CHANNEL_ERRORS):
-                await self._queue.cancel(self._consumer_tag)
+                underlay = await channel.get_underlay_channel()
+                await underlay.basic_cancel(tag)
         while self._tasks:  # a finishing task may start another (a request's answer, then its ack)
             await asyncio.wait(set(self._tasks))

@@ -28,11 +28,11 @@ from worker.consumers import QueueConsumer
 from worker.schemas import NotificationFrame, Outcome
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Coroutine
 
-    from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
+    from aio_pika.abc import AbstractQueue, AbstractRobustChannel
+    from aiormq.abc import DeliveredMessage
     from faststream.rabbit import RabbitBroker
-    from faststream.rabbit.message import RabbitMessage
 
     from shared.settings import Settings
     from shared.topology import Topology
@@ -72,13 +72,11 @@ EventBody = Annotated[
 ]
 
 
-def document_events(
-    broker: RabbitBroker, settings: Settings, topology: Topology, pipeline: Callable[[], Pipeline]
-) -> None:
+def document_events(broker: RabbitBroker, settings: Settings, topology: Topology) -> None:
     """Carry the ``herald.events`` subscriber on ``broker`` for the AsyncAPI document.
 
     Events are consumed by :class:`EventConsumer`, not by FastStream; ``broker`` is one that never
-    connects (see :func:`worker.rpc.document_requests`), and the handler here does what the consumer does.
+    connects (see :func:`worker.rpc.document_requests`), so the handler here is never called.
     """
 
     @broker.subscriber(
@@ -93,11 +91,9 @@ def document_events(
         "user.profile).",
     )
     async def on_event(body: EventBody) -> None:
-        """Hand one delivery to the pipeline; it acks (or dead-letters) it once stored and published."""
-        message: RabbitMessage = broker.context.get_local("message")
-        work = pipeline().accept(message.raw_message)
-        if work is not None:
-            await work
+        """Documentation only: :class:`EventConsumer` hands each delivery to the pipeline, which acks (or
+        dead-letters) it once stored and published."""
+        raise RuntimeError("the documentation broker never consumes")
 
 
 class EventConsumer(QueueConsumer):
@@ -105,9 +101,9 @@ class EventConsumer(QueueConsumer):
 
     FastStream's per-message machinery (parser, middlewares, fast-depends, a task per message) cost as
     much of the worker's CPU as a bare FastStream loop does in all (docs/performance.md), so deliveries go
-    from aio-pika's callback straight to :meth:`worker.pipeline.Pipeline.accept`: a valid event is queued
-    for a batch in the callback itself, and only what needs I/O first (a dead-lettering, a profile, an
-    unknown type) runs as a task. The queue (quorum, ``x-delivery-limit``, dead-lettering to
+    from aiormq straight to :meth:`worker.pipeline.Pipeline.accept`: a valid event is queued for a batch
+    in the callback itself, and only what needs I/O first (a dead-lettering, a profile, an unknown type)
+    runs as a task. The queue (quorum, ``x-delivery-limit``, dead-lettering to
     ``herald.dlx``) and its two bindings are declared with the flags every declarer uses.
     """
 
@@ -132,10 +128,8 @@ class EventConsumer(QueueConsumer):
             await queue.bind(topology.events_exchange, routing_key=routing_key)
         return queue
 
-    def _on_event(self, message: AbstractIncomingMessage) -> None:
-        work = self._pipeline().accept(message)
-        if work is not None:
-            self._spawn(work)
+    def _on_event(self, message: DeliveredMessage) -> Coroutine[Any, Any, None] | None:
+        return self._pipeline().accept(message)
 
 
 def document_publishers(broker: RabbitBroker, topology: Topology) -> None:

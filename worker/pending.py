@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Final
 from shared.events import SendEvent
 
 if TYPE_CHECKING:
-    from aio_pika.abc import AbstractIncomingMessage
-    from aiormq.abc import AbstractChannel
+    from aiormq.abc import AbstractChannel, DeliveredMessage
 
     from shared.events import BroadcastEvent
 
@@ -20,7 +19,7 @@ class Pending:
     """An accepted event waiting for its batch, with what it takes to settle its delivery."""
 
     event: SendEvent | BroadcastEvent
-    message: AbstractIncomingMessage
+    message: DeliveredMessage
     channel: AbstractChannel
     tag: int
 

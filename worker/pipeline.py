@@ -52,8 +52,7 @@ from worker.store.pool import is_outage
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
 
-    from aio_pika.abc import AbstractIncomingMessage
-    from aiormq.abc import AbstractChannel
+    from aiormq.abc import AbstractChannel, DeliveredMessage
 
     from shared.preferences import Catalog
     from shared.settings import Settings
@@ -119,7 +118,7 @@ class Pipeline:
 
     # -- intake ---------------------------------------------------------------------------------------
 
-    def accept(self, message: AbstractIncomingMessage) -> Coroutine[Any, Any, None] | None:
+    def accept(self, message: DeliveredMessage) -> Coroutine[Any, Any, None] | None:
         """Validate one delivery and queue it for a batch; never raises for bad input.
 
         A valid send or broadcast of a known type is queued at once, in the consumer's callback, and
@@ -132,7 +131,7 @@ class Pipeline:
         except RuntimeError:
             return None  # its channel closed meanwhile: RabbitMQ redelivers it
         try:
-            event = parse_event(message.body, message.routing_key, message.message_id)
+            event = parse_event(message.body, message.routing_key, message.header.properties.message_id)
         except InvalidEvent as exc:
             return self.dead_letter(message, channel, exc.reason)
         except Exception:  # a bug; left unsettled, the delivery would stop every later ack
@@ -145,7 +144,7 @@ class Pipeline:
 
     async def _accept_after_io(
         self,
-        message: AbstractIncomingMessage,
+        message: DeliveredMessage,
         channel: AbstractChannel,
         event: SendEvent | BroadcastEvent | ProfileEvent,
     ) -> None:
@@ -170,7 +169,7 @@ class Pipeline:
             self._enqueue(message, channel, event)
 
     def _enqueue(
-        self, message: AbstractIncomingMessage, channel: AbstractChannel, event: SendEvent | BroadcastEvent
+        self, message: DeliveredMessage, channel: AbstractChannel, event: SendEvent | BroadcastEvent
     ) -> None:
         if self._closing:
             return  # stopping: left unacked, requeued when the channel closes
@@ -193,22 +192,21 @@ class Pipeline:
         await self._reload_catalog()
         return name in self._catalog()
 
-    async def dead_letter(
-        self, message: AbstractIncomingMessage, channel: AbstractChannel, reason: str
-    ) -> None:
+    async def dead_letter(self, message: DeliveredMessage, channel: AbstractChannel, reason: str) -> None:
         """Publish ``message`` to ``herald.dlx`` with ``reason`` (confirmed), then ack it.
 
         If the copy cannot be published the delivery is requeued instead, never left hanging unacked.
         """
         tag = message.delivery_tag or 0
+        message_id = message.header.properties.message_id
         try:
             await self._publisher.dead_letter(message, reason)
         except Exception as exc:
-            log.warning("dead-lettering failed; requeued", error=repr(exc), message_id=message.message_id)
+            log.warning("dead-lettering failed; requeued", error=repr(exc), message_id=message_id)
             await self._requeue_one(message, channel)
             return
         metrics.EVENTS.labels("dead_lettered").inc()
-        log.info("event dead-lettered", reason=reason, message_id=message.message_id)
+        log.info("event dead-lettered", reason=reason, message_id=message_id)
         await self._acks.settle(channel, (tag,))
 
     # -- batching -------------------------------------------------------------------------------------
@@ -343,10 +341,12 @@ class Pipeline:
             # The database refused this event's data (e.g. a NUL character in a text field).
             await self.dead_letter(item.message, item.channel, f"store: {exc.__class__.__name__}: {exc}")
             return
-        log.error("event failed; requeued", message_id=item.message.message_id, exc_info=exc)
+        log.error(
+            "event failed; requeued", message_id=item.message.header.properties.message_id, exc_info=exc
+        )
         await self._requeue([item])
 
-    async def _requeue_one(self, message: AbstractIncomingMessage, channel: AbstractChannel) -> None:
+    async def _requeue_one(self, message: DeliveredMessage, channel: AbstractChannel) -> None:
         metrics.EVENTS.labels("requeued").inc()
         await self._acks.requeue(channel, [message.delivery_tag or 0])
 

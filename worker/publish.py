@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, Final
 
-from aio_pika import DeliveryMode, Message
+from aio_pika import DeliveryMode, IncomingMessage, Message
 from aiormq import spec
 
 from shared.deadletter import copy_message, dead_letter_headers
@@ -38,7 +38,8 @@ from shared.topology import (
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Sequence
 
-    from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, HeadersType
+    from aio_pika.abc import AbstractExchange, HeadersType
+    from aiormq.abc import DeliveredMessage
 
 JSON: Final = "application/json"
 
@@ -136,13 +137,15 @@ class Publisher:
             mandatory=False,
         )
 
-    async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
+    async def dead_letter(self, delivered: DeliveredMessage, reason: str) -> None:
         """Copy a rejected event to ``herald.dlx`` with its reason; the caller then acks the original.
 
         The body and properties are kept; headers gain ``x-herald-error`` and the original routing key
         and exchange, which a broker-side reject could not carry, and lose any dead-letter header the
         producer sent (:func:`shared.deadletter.dead_letter_headers`).
         """
+        # Only a rejected event pays for aio-pika's decoded view of its properties.
+        message = IncomingMessage(delivered, no_ack=True)
         headers: HeadersType = dead_letter_headers(
             message.headers or {}, reason, message.exchange or "", message.routing_key or ""
         )

@@ -38,11 +38,10 @@ from worker.requests.registry import METHODS
 from worker.store.pool import is_outage
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Coroutine
 
     import aiormq
-    from aio_pika.abc import AbstractIncomingMessage
-    from aiormq.abc import AbstractChannel
+    from aiormq.abc import AbstractChannel, DeliveredMessage
 
     from shared.settings import Settings
     from shared.topology import Topology
@@ -118,7 +117,7 @@ def document_requests(settings: Settings, topology: Topology, runtime: Callable[
 
 
 class RpcConsumer(QueueConsumer):
-    """The ``herald.rpc`` consumer: aio-pika on its own channel, so requests never wait behind event batches.
+    """The ``herald.rpc`` consumer: a channel of its own, so requests never wait behind event batches.
 
     ``settings.rpc_prefetch`` bounds how many requests one worker answers at once; the channel has no
     publisher confirms (a reply nobody can receive any more is not worth a confirm). The reply goes
@@ -147,26 +146,27 @@ class RpcConsumer(QueueConsumer):
             self._on_request,
         )
 
-    def _on_request(self, message: AbstractIncomingMessage) -> None:
-        self._spawn(self._answer(message))
+    def _on_request(self, message: DeliveredMessage) -> Coroutine[Any, Any, None]:
+        return self._answer(message)
 
-    async def _answer(self, message: AbstractIncomingMessage) -> None:
+    async def _answer(self, message: DeliveredMessage) -> None:
+        properties = message.header.properties
         # Only a trusted broker user's requests run: the broker validated ``user_id`` against the
         # publishing connection, so anyone else who can reach the default exchange gets 4003.
-        if self._settings.rpc_caller_trusted(message.user_id):
+        if self._settings.rpc_caller_trusted(properties.user_id):
             reply = await handle_request(self._runtime(), message.body)
         else:
-            reply = refuse_untrusted(message.user_id)
+            reply = refuse_untrusted(properties.user_id)
         channel = cast("aiormq.Channel", message.channel)  # the abstract type lacks ``wait``
         with contextlib.suppress(*CLOSED_CHANNEL_ERRORS):
-            if message.reply_to:
+            if properties.reply_to:
                 # mandatory=False: a gateway that went away leaves nobody to route the reply to.
                 await channel.basic_publish(
                     reply,
                     exchange="",
-                    routing_key=message.reply_to,
+                    routing_key=properties.reply_to,
                     properties=spec.Basic.Properties(
-                        content_type=_JSON, correlation_id=message.correlation_id
+                        content_type=_JSON, correlation_id=properties.correlation_id
                     ),
                     mandatory=False,
                     wait=False,

@@ -26,7 +26,14 @@ from herald_ops.testing.gateway import (
     user_exchanges,
     user_frame,
 )
-from herald_ops.testing.stack import fresh_id, http_status, rabbitmqctl, stack_context, wait_until
+from herald_ops.testing.stack import (
+    close_connections,
+    fresh_id,
+    http_status,
+    rabbitmqctl,
+    stack_context,
+    wait_until,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -48,19 +55,6 @@ async def responder(fault_stack: Stack) -> AsyncIterator[Responder]:
     await started.stop()
 
 
-def close_gateway_connections(vhost: str) -> int:
-    """Close every gateway connection of ``vhost`` from the broker side; return how many."""
-    listing = rabbitmqctl("list_connections", "vhost", "pid", "client_properties").stdout
-    pids = [
-        line.split("\t")[1]
-        for line in listing.splitlines()
-        if line.startswith(vhost + "\t") and "herald-gateway" in line
-    ]
-    for pid in pids:
-        rabbitmqctl("close_connection", pid, "test: broker-side drop")
-    return len(pids)
-
-
 async def test_gateway_recovers_from_a_broker_side_drop(fault_stack: Stack, responder: Responder) -> None:
     gateway: HeraldProcess = fault_stack.start_gateway()
     vhost = fault_stack.name
@@ -74,7 +68,7 @@ async def test_gateway_recovers_from_a_broker_side_drop(fault_stack: Stack, resp
     )
     rabbitmqctl("clear_permissions", "-p", vhost, "guest")
     try:
-        assert close_gateway_connections(vhost) == 1
+        assert close_connections(vhost, client="herald-gateway") == 1
         await wait_until(
             lambda: http_status(f"{gateway.url}/readyz") == 503, 10, "/readyz reports the outage"
         )

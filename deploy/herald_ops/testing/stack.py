@@ -56,6 +56,21 @@ def rabbitmqctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[s
     )
 
 
+def close_connections(vhost: str, client: str = "") -> int:
+    """Close, from the broker side, every connection to ``vhost`` whose client properties contain
+    ``client`` (every one by default); return how many. ``close_connection`` takes the connection's
+    pid: its name (``host:port -> host:port``) is refused."""
+    listing = rabbitmqctl("list_connections", "vhost", "pid", "client_properties").stdout
+    pids = [
+        line.split("\t")[1]
+        for line in listing.splitlines()
+        if line.startswith(vhost + "\t") and client in line
+    ]
+    for pid in pids:
+        rabbitmqctl("close_connection", pid, "test: broker-side drop")
+    return len(pids)
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as sock:

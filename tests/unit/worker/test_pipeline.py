@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, cast
 
 import orjson
+from aiormq import spec
+from aiormq.abc import DeliveredMessage
+from pamqp.header import ContentHeader
 
 from shared.preferences import Catalog
 from shared.settings import Settings
@@ -13,7 +16,6 @@ from worker.pipeline import Pipeline
 
 if TYPE_CHECKING:
     import asyncpg
-    from aio_pika.abc import AbstractIncomingMessage
 
     from worker.publish import Publisher
 
@@ -33,13 +35,16 @@ class FakeChannel:
         self.calls.append(("nack", tag, requeue))
 
 
-class FakeMessage:
-    def __init__(self, channel: FakeChannel, tag: int, body: dict[str, Any]) -> None:
-        self.channel = channel
-        self.delivery_tag = tag
-        self.body = orjson.dumps(body)
-        self.routing_key = "notification.send"
-        self.message_id = None
+def delivered(channel: FakeChannel, tag: int, body: dict[str, Any]) -> DeliveredMessage:
+    """What aiormq hands the event consumer for one delivery of ``body``."""
+    return DeliveredMessage(
+        delivery=spec.Basic.Deliver(
+            delivery_tag=tag, exchange="herald.events", routing_key="notification.send"
+        ),
+        header=ContentHeader(properties=spec.Basic.Properties()),
+        body=orjson.dumps(body),
+        channel=cast("Any", channel),
+    )
 
 
 async def failing_reload() -> None:
@@ -62,7 +67,7 @@ async def test_a_failed_catalog_reload_requeues_the_delivery_instead_of_stalling
     channel = FakeChannel()
     pipeline = offline_pipeline()
     event = {"user_id": "u1", "type": "BRAND_NEW_TYPE", "title": "t"}
-    work = pipeline.accept(cast("AbstractIncomingMessage", FakeMessage(channel, 1, event)))
+    work = pipeline.accept(delivered(channel, 1, event))
     assert work is not None  # an unknown type needs a catalog reload first
     await work
 
