@@ -4,7 +4,7 @@ Each queue is consumed on a channel of its own of the broker's connection, with 
 publisher confirms (nothing is published on it), through aiormq directly, as the gateway consumes its
 frames. aio-pika's ``Queue.consume`` would turn every delivery into an ``IncomingMessage`` (every property
 decoded and copied) and run the callback in a second task per delivery, through a wrapper that warns on
-each call of a plain function: a tenth of the worker's CPU per event (docs/performance.md). Here aiormq's
+each call of a plain function: about 15 % of the worker's CPU per event (docs/performance.md). Here aiormq's
 own task per delivery calls the consumer's callback, which either finishes the delivery's work at once or
 returns a coroutine that runs as a task the consumer keeps, so :meth:`QueueConsumer.stop` can finish it.
 
