@@ -10,7 +10,9 @@ returns a coroutine that runs as a task the consumer keeps, so :meth:`QueueConsu
 
 aio-pika's robust channel still owns the channel: after a reconnect it reopens it, restores its prefetch,
 queue and bindings, and then calls :meth:`QueueConsumer._resume`, which consumes again (aio-pika restores
-only the consumers it created itself). The deliveries a closed channel held are requeued by RabbitMQ.
+only the consumers it created itself). The deliveries a closed channel held are requeued by RabbitMQ. When
+the broker cancels the consumer (the queue was deleted), the queue is declared again, with its bindings,
+and consumed again: an operator's delete must not leave a running worker idle while its queue fills.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
 
     from aio_pika.abc import AbstractQueue, AbstractRobustChannel
+    from aiormq import spec
     from aiormq.abc import DeliveredMessage
     from faststream.rabbit import RabbitBroker
 
@@ -44,6 +47,7 @@ class QueueConsumer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._channel: AbstractRobustChannel | None = None
         self._queue_name = ""
+        self._declare_queue: Callable[[AbstractRobustChannel], Awaitable[AbstractQueue]] | None = None
         self._on_delivery: OnDelivery | None = None
         self._consumer_tag: str | None = None
 
@@ -59,7 +63,8 @@ class QueueConsumer:
             Channel(prefetch_count=prefetch, publisher_confirms=False)
         )
         queue = await declare(channel)
-        self._channel, self._queue_name, self._on_delivery = channel, queue.name, on_delivery
+        self._channel, self._queue_name = channel, queue.name
+        self._declare_queue, self._on_delivery = declare, on_delivery
         channel.reopen_callbacks.add(self._resume)
         await self._basic_consume(channel)
 
@@ -67,18 +72,34 @@ class QueueConsumer:
         underlay = await channel.get_underlay_channel()
         consuming = await underlay.basic_consume(self._queue_name, self._deliver, no_ack=False)
         self._consumer_tag = consuming.consumer_tag
+        underlay.on_consumer_cancel_callbacks.add(self._cancelled_by_broker)
+
+    def _cancelled_by_broker(self, frame: spec.Basic.Cancel) -> None:
+        channel, declare = self._channel, self._declare_queue
+        if frame.consumer_tag != self._consumer_tag or channel is None or declare is None:
+            return
+        self._consumer_tag = None
+        log.warning("the broker cancelled the consumer; declaring the queue again", queue=self._queue_name)
+
+        async def declare_and_consume(channel: AbstractRobustChannel) -> None:
+            await declare(channel)
+            await self._basic_consume(channel)
+
+        self._spawn(self._consume_again(declare_and_consume(channel)))
 
     async def _resume(self, channel: AbstractRobustChannel | None) -> None:
         """Consume again on the channel aio-pika reopened after a reconnect (queue and bindings restored)."""
-        if channel is None:  # aio-pika passes the channel through a weak reference
-            return
+        if channel is not None:  # aio-pika passes the channel through a weak reference
+            await self._consume_again(self._basic_consume(channel))
+
+    async def _consume_again(self, consuming: Coroutine[Any, Any, None]) -> None:
         try:
-            await self._basic_consume(channel)
+            await consuming
         except Exception:
-            # The channel closed again meanwhile: the next reopen calls this again.
-            log.warning("consuming again after a reconnect failed", queue=self._queue_name, exc_info=True)
+            # The channel closed meanwhile: aio-pika reopens it and calls _resume again.
+            log.warning("consuming again failed", queue=self._queue_name, exc_info=True)
             return
-        log.info("consuming again after a reconnect", queue=self._queue_name)
+        log.info("consuming again", queue=self._queue_name)
 
     async def _deliver(self, message: DeliveredMessage) -> None:
         assert self._on_delivery is not None  # set before basic_consume

@@ -14,6 +14,7 @@ import asyncpg
 import orjson
 import pytest
 
+from herald_ops.testing.requests import AmqpRpc
 from herald_ops.testing.stack import (
     Stack,
     create_stack,
@@ -432,6 +433,39 @@ def test_events_and_requests_are_consumed_on_channels_of_their_own() -> None:
     assert (events["prefetch_count"], events["ack_required"]) == (37, True)
     assert (requests["prefetch_count"], requests["ack_required"]) == (11, True)
     assert events["channel_pid"] != requests["channel_pid"]
+
+
+def consumed_queues(stack: Stack) -> list[str]:
+    """The queues of ``stack``'s vhost that have a consumer, sorted."""
+    listing = rabbitmqctl("list_consumers", "-p", stack.name, "--formatter", "json", "queue_name").stdout
+    return sorted(consumer["queue_name"] for consumer in orjson.loads(listing))
+
+
+async def test_a_deleted_queue_is_declared_bound_and_consumed_again(
+    fresh_stack: Stack, fresh_watcher: Watcher, fresh_db: asyncpg.Connection
+) -> None:
+    """An operator deletes ``herald.events`` and ``herald.rpc`` under a running worker: the broker cancels
+    both consumers, and the worker declares each queue again, with its bindings, and consumes it."""
+    fresh_stack.start_worker()
+    both = sorted([TOPOLOGY.events_queue, TOPOLOGY.rpc_queue])
+    assert consumed_queues(fresh_stack) == both
+    for name in both:
+        await fresh_watcher.channel.queue_delete(name)
+    await wait_until(lambda: consumed_queues(fresh_stack) == both, 20, "both queues consumed again")
+    user = fresh_id("requeue")
+    # Published through the exchange: only a queue bound again receives it.
+    await fresh_watcher.publish(event(user, event_id=f"{user}-1"))
+    await wait_until(lambda: _stored(fresh_db, user), 20, "the event stored")
+    rpc = await AmqpRpc.connect(fresh_stack.amqp_url, TOPOLOGY.rpc_queue)
+    try:
+        reply = await rpc.call("notifications.unread_count", user=user)
+    finally:
+        await rpc.close()
+    assert reply == {"result": {"count": 1, "unseen_count": 1}}
+
+
+async def _stored(pg: asyncpg.Connection, user: str) -> bool:
+    return len(await rows(pg, user)) == 1
 
 
 async def test_health_readiness_metrics_and_asyncapi(worker: HeraldProcess, watcher: Watcher) -> None:
