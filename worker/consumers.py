@@ -50,6 +50,7 @@ class QueueConsumer:
         self._declare_queue: Callable[[AbstractRobustChannel], Awaitable[AbstractQueue]] | None = None
         self._on_delivery: OnDelivery | None = None
         self._consumer_tag: str | None = None
+        self._stopping = False
 
     async def _consume(
         self,
@@ -69,6 +70,8 @@ class QueueConsumer:
         await self._basic_consume(channel)
 
     async def _basic_consume(self, channel: AbstractRobustChannel) -> None:
+        if self._stopping:  # a reconnect or a re-declare finishing during stop(): stay stopped
+            return
         underlay = await channel.get_underlay_channel()
         consuming = await underlay.basic_consume(self._queue_name, self._deliver, no_ack=False)
         self._consumer_tag = consuming.consumer_tag
@@ -76,7 +79,7 @@ class QueueConsumer:
 
     def _cancelled_by_broker(self, frame: spec.Basic.Cancel) -> None:
         channel, declare = self._channel, self._declare_queue
-        if frame.consumer_tag != self._consumer_tag or channel is None or declare is None:
+        if frame.consumer_tag != self._consumer_tag or channel is None or declare is None or self._stopping:
             return
         self._consumer_tag = None
         log.warning("the broker cancelled the consumer; declaring the queue again", queue=self._queue_name)
@@ -114,6 +117,7 @@ class QueueConsumer:
 
     async def stop(self) -> None:
         """Stop taking deliveries and finish the work started for those taken."""
+        self._stopping = True
         channel, tag = self._channel, self._consumer_tag
         if channel is not None and tag is not None:
             channel.reopen_callbacks.discard(self._resume)
