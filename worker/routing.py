@@ -304,7 +304,7 @@ class SendRouting:
         published += self._new_groups + self._collapsed_groups
         out.frames = [(user, notification_frame(NEW_METHOD, params)) for user, params in published]
         jobs: set[tuple[int, str]] = set()
-        notifications: dict[int, str] = {}  # id(Notification object) → its JSON (email and push share it)
+        copies: dict[int, str] = {}  # id(Notification object) → JSON, shared by its email and push jobs
         for recipient, channel, held in self._by_mail:
             if (recipient.user, recipient.key) in self._duplicates:
                 continue  # stored before: its jobs were recorded in the same transaction
@@ -312,9 +312,9 @@ class SendRouting:
                 continue
             jobs.add((id(recipient.params), channel))
             params = recipient.params
-            text = notifications.get(id(params))
-            if text is None:
-                text = notifications[id(params)] = dumps(params).decode()
+            text: str | None = None  # stored in-app: the job keeps no copy, its claim reads the row
+            if params["seq"] is None:
+                text = copies.get(id(params)) or copies.setdefault(id(params), dumps(params).decode())
             out.deliveries.append(_job(recipient, channel, held, text))
         # Per event: a duplicate found nothing new to store (every in-app copy existed, or it repeated an
         # event of this batch); muted reached no channel; stored is the rest (collapsed ones included).
@@ -329,8 +329,8 @@ class SendRouting:
         return out
 
 
-def _job(recipient: _Recipient, channel: str, held: datetime | None, notification: str) -> Job:
-    """One email/push job (``notification``: the Notification object as JSON).
+def _job(recipient: _Recipient, channel: str, held: datetime | None, notification: str | None) -> Job:
+    """One email/push job (``notification``: the Notification object as JSON, ``None`` if stored in-app).
 
     ``job_key`` is stable across a collapsed notification's versions and ``version`` (its seq) grows with
     each; both are ``None`` when nothing is stored in-app. The row id is the job key for a notification's

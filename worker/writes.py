@@ -121,13 +121,14 @@ class Written:
 @dataclass(frozen=True, slots=True)
 class Job:
     """One email/push job: the columns :func:`worker.store.deliveries.record` takes (``notification`` is
-    the Notification object as JSON text)."""
+    the Notification object as JSON text, or ``None`` for a job whose notification is stored in-app: the
+    claim reads it from there)."""
 
     id: str
     notification_id: str
     user_id: str
     channel: str
-    notification: str
+    notification: str | None
     type: str
     created_at: datetime
     deliver_after: datetime | None

@@ -351,15 +351,16 @@ async def test_a_read_notification_closes_its_group_and_jobs_follow_the_collapse
 
     await wait_until(collapsed, 30, "the second event collapsed into the first")
     # One job identity for both versions: with no delivery process running the first version's job is
-    # still waiting, and the second replaces its notification (amendment 25) instead of adding a job.
+    # still waiting, and the second replaces its version (amendment 25) instead of adding a job. It keeps
+    # no copy (sql/009): its claim reads the in-app row, which holds the second version.
     key = f"{first['id']}:{user}:email"
     seq = await db.fetchval("SELECT seq FROM notifications WHERE id = $1", first["id"])
     jobs = await db.fetch(
-        "SELECT id, job_key, version, (notification->>'count')::int AS count FROM delivery_jobs"
+        "SELECT id, job_key, version, notification FROM delivery_jobs"
         " WHERE user_id = $1 AND channel = 'email'",
         user,
     )
-    assert [tuple(job) for job in jobs] == [(key, key, seq, 2)]
+    assert [tuple(job) for job in jobs] == [(key, key, seq, None)]
 
     async with two_tabs(env, user) as (tab, _):
         await tab.result("notifications.mark_read", {"ids": [first["id"]]})

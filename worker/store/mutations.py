@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
 
-from worker.store.notifications import EXPIRED_UNREAD, EXPIRED_UNSEEN, live
+from worker.store.notifications import EXPIRED_UNREAD, EXPIRED_UNSEEN, live, notification_jsonb
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 DEADLOCK_RETRIES: Final = 3
 
 
-def _mutation(changed: str, *, with_ids: bool = True) -> str:
+def _mutation(changed: str, *, with_ids: bool = True, then: str = "") -> str:
     """One statement: lock the users row, change notifications (``changed``), adjust the counters.
 
     ``changed`` is a data-modifying statement over ``notifications AS n`` joined with ``locked`` and
@@ -40,7 +40,8 @@ def _mutation(changed: str, *, with_ids: bool = True) -> str:
     changed each counter); ``$1`` is the user id. Joining ``locked`` means no notification row is
     locked before the users row. The result is one row: how many rows changed, their ids in seq order
     (empty unless ``with_ids``) and the visible counts after the change (the counters minus expired
-    rows, which no mutation touches, so the statement's snapshot of them is exact).
+    rows, which no mutation touches, so the statement's snapshot of them is exact). ``then`` adds
+    data-modifying CTEs over ``changed`` (``, name AS (...)``).
     """
     ids = "ARRAY(SELECT id FROM changed ORDER BY seq)" if with_ids else "'{}'::text[]"
     return f"""
@@ -48,7 +49,7 @@ WITH locked AS (
     SELECT user_id, unread_count, unseen_count FROM users WHERE user_id = $1 FOR UPDATE
 ), changed AS (
     {changed}
-), counter AS (
+){then}, counter AS (
     UPDATE users SET unread_count = unread_count + (SELECT sum(unread_delta) FROM changed),
                      unseen_count = unseen_count + (SELECT sum(unseen_delta) FROM changed),
                      inbox_count = inbox_count + (SELECT sum(inbox_delta) FROM changed)
@@ -115,12 +116,24 @@ _UNARCHIVE: Final = _mutation(
         "0 AS unread_delta, 0 AS unseen_delta, 1 AS inbox_delta",
     )
 )
+# A deleted notification's jobs still waiting without a copy (sql/009) get one, in the same statement:
+# what they send must not depend on the inbox. Found by their waiting keys (worker.routing.job_key:
+# <id>:<user>:<channel>) through the partial unique index; a delayed job among them is cancelled at its
+# claim anyway, as the deletion is meant to do.
 _DELETE: Final = _mutation(
     f"""DELETE FROM notifications AS n USING locked
      WHERE n.user_id = locked.user_id AND n.id = ANY($2::text[]) AND {live("n")}
  RETURNING n.id, n.seq, CASE WHEN n.read_at IS NULL THEN -1 ELSE 0 END AS unread_delta,
            CASE WHEN n.seen_at IS NULL THEN -1 ELSE 0 END AS unseen_delta,
-           CASE WHEN n.archived_at IS NULL THEN -1 ELSE 0 END AS inbox_delta"""
+           CASE WHEN n.archived_at IS NULL THEN -1 ELSE 0 END AS inbox_delta,
+           {notification_jsonb("n")} AS copy""",
+    then="""
+, copied AS (
+    UPDATE delivery_jobs j SET notification = c.copy
+      FROM changed c
+     WHERE j.job_key = ANY(ARRAY[c.id || ':' || $1 || ':email', c.id || ':' || $1 || ':push'])
+       AND j.status = 'scheduled' AND j.notification IS NULL
+)""",
 )
 # The first choice is final (acted_at IS NULL); acting reads the item, so it is seen too.
 _ACT: Final = _mutation(

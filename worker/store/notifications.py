@@ -41,6 +41,22 @@ EXPIRED_INBOX: Final = (
 )
 
 
+_TIMESTAMPS: Final = frozenset({"created_at", "read_at", "seen_at", "archived_at", "acted_at", "expires_at"})
+
+
+def notification_jsonb(table: str) -> str:
+    """SQL for ``table``'s row as the Notification object :func:`notification_json` gives, in ``jsonb``
+    with timestamps as RFC 3339 UTC strings (``Z``), as Herald's JSON encoding writes them
+    (:func:`shared.jsonrpc.dumps`; it leaves out a zero fraction, this writes ``.000000``)."""
+
+    def value(name: str) -> str:
+        if name in _TIMESTAMPS:
+            return f"""to_char({table}.{name} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+        return f"{table}.{name}"
+
+    return "jsonb_build_object(" + ", ".join(f"'{name}', {value(name)}" for name in NOTIFICATION_FIELDS) + ")"
+
+
 def notification_json(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
     """The client-facing Notification object (docs/protocol.md §5, §10) of a ``notifications`` row.
 

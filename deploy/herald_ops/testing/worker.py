@@ -139,7 +139,7 @@ async def counters(pg: asyncpg.Connection, user: str) -> tuple[int, int] | None:
 
 async def recorded_jobs(pg: asyncpg.Connection, users: list[str], count: int) -> list[dict[str, Any]]:
     """Wait until the email/push jobs of ``users`` in ``delivery_jobs`` number ``count``; return their rows
-    oldest first, the notification decoded."""
+    oldest first, the notification decoded (``None`` for a job that keeps no copy: its in-app row is it)."""
     query = "SELECT * FROM delivery_jobs WHERE user_id = ANY($1) ORDER BY created_at, id"
 
     async def enough() -> bool:
@@ -147,7 +147,7 @@ async def recorded_jobs(pg: asyncpg.Connection, users: list[str], count: int) ->
 
     await wait_until(enough, 20, f"{count} email/push jobs of {users} recorded")
     return [
-        {**dict(row), "notification": orjson.loads(row["notification"])}
+        {**dict(row), "notification": row["notification"] and orjson.loads(row["notification"])}
         for row in await pg.fetch(query, users)
     ]
 
