@@ -5,9 +5,10 @@ own transaction (an outbox: a job exists exactly when its notification was commi
 for a job message a third party published. The statement wakes the delivery processes with ``NOTIFY``
 (:data:`WAKE_CHANNEL`, payload = the job channel) when a recorded job is due now. A job is *claimed* in
 batches by setting ``locked_until`` (``FOR UPDATE SKIP LOCKED`` lets many ``herald-delivery`` processes
-claim side by side; the claim also reads the user's profile); the claimer sends and then writes the
-outcomes, again in batches. Claiming also decides cancellation, race-free: a delayed job whose in-app
-copy was read or deleted by then ends ``cancelled``.
+claim side by side; the claim also reads the user's profile and, for a job that keeps no copy of its
+notification, the in-app row: sql/009); the claimer sends and then writes the outcomes, again in batches.
+Claiming also decides cancellation, race-free: a delayed job whose in-app copy was read or deleted by then
+ends ``cancelled``, and so does a job without a copy whose in-app row retention deleted.
 """
 
 from __future__ import annotations
