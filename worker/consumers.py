@@ -78,26 +78,24 @@ class QueueConsumer:
         underlay.on_consumer_cancel_callbacks.add(self._cancelled_by_broker)
 
     def _cancelled_by_broker(self, frame: spec.Basic.Cancel) -> None:
-        channel, declare = self._channel, self._declare_queue
-        if frame.consumer_tag != self._consumer_tag or channel is None or declare is None or self._stopping:
+        if frame.consumer_tag != self._consumer_tag or self._channel is None or self._stopping:
             return
         self._consumer_tag = None
         log.warning("the broker cancelled the consumer; declaring the queue again", queue=self._queue_name)
-
-        async def declare_and_consume(channel: AbstractRobustChannel) -> None:
-            await declare(channel)
-            await self._basic_consume(channel)
-
-        self._spawn(self._consume_again(declare_and_consume(channel)))
+        self._spawn(self._consume_again(self._channel, declare=True))
 
     async def _resume(self, channel: AbstractRobustChannel | None) -> None:
         """Consume again on the channel aio-pika reopened after a reconnect (queue and bindings restored)."""
         if channel is not None:  # aio-pika passes the channel through a weak reference
-            await self._consume_again(self._basic_consume(channel))
+            await self._consume_again(channel, declare=False)
 
-    async def _consume_again(self, consuming: Coroutine[Any, Any, None]) -> None:
+    async def _consume_again(self, channel: AbstractRobustChannel, *, declare: bool) -> None:
+        """Consume on ``channel`` again, declaring the queue (and its bindings) first if ``declare``."""
+        assert self._declare_queue is not None  # set before the first basic_consume
         try:
-            await consuming
+            if declare:
+                await self._declare_queue(channel)
+            await self._basic_consume(channel)
         except Exception:
             # The channel closed meanwhile: aio-pika reopens it and calls _resume again.
             log.warning("consuming again failed", queue=self._queue_name, exc_info=True)
@@ -117,10 +115,9 @@ class QueueConsumer:
 
     async def stop(self) -> None:
         """Stop taking deliveries and finish the work started for those taken."""
-        self._stopping = True
+        self._stopping = True  # from here on nothing consumes again (_basic_consume checks it)
         channel, tag = self._channel, self._consumer_tag
         if channel is not None and tag is not None:
-            channel.reopen_callbacks.discard(self._resume)
             with contextlib.suppress(*CLOSED_CHANNEL_ERRORS):
                 underlay = await channel.get_underlay_channel()
                 await underlay.basic_cancel(tag)

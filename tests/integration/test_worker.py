@@ -410,27 +410,26 @@ async def test_a_type_added_to_the_catalog_is_picked_up_on_sighup(
     assert frame_params((await watcher.take(frames, 1))[0])["category"] == "social"
 
 
+def consumers(stack: Stack, *fields: str) -> list[dict[str, Any]]:
+    """``rabbitmqctl list_consumers`` of ``stack``'s vhost: the ``fields`` of each consumer."""
+    listing = rabbitmqctl("list_consumers", "-p", stack.name, "--formatter", "json", *fields).stdout
+    found: list[dict[str, Any]] = orjson.loads(listing)
+    return found
+
+
 def test_events_and_requests_are_consumed_on_channels_of_their_own() -> None:
     """Each consumer gets its own channel and prefetch; on a shared channel a prefetch applies to both (or,
     declared on the default channel, none: the regression worker.amqp.declare_topology describes)."""
     stack = create_stack("herald_consumers")
     try:
         stack.start_worker(prefetch=37, rpc_prefetch=11)
-        listing = rabbitmqctl(
-            "list_consumers",
-            "-p",
-            stack.name,
-            "--formatter",
-            "json",
-            "queue_name",
-            "channel_pid",
-            "prefetch_count",
-            "ack_required",
-        ).stdout
-        consumers = {consumer["queue_name"]: consumer for consumer in orjson.loads(listing)}
+        by_queue = {
+            consumer["queue_name"]: consumer
+            for consumer in consumers(stack, "queue_name", "channel_pid", "prefetch_count", "ack_required")
+        }
     finally:
         destroy_stack(stack)
-    events, requests = consumers[TOPOLOGY.events_queue], consumers[TOPOLOGY.rpc_queue]
+    events, requests = by_queue[TOPOLOGY.events_queue], by_queue[TOPOLOGY.rpc_queue]
     # Manual acks, at most HERALD_PREFETCH (HERALD_RPC_PREFETCH) unacked, each on a channel of its own.
     assert (events["prefetch_count"], events["ack_required"]) == (37, True)
     assert (requests["prefetch_count"], requests["ack_required"]) == (11, True)
@@ -439,8 +438,7 @@ def test_events_and_requests_are_consumed_on_channels_of_their_own() -> None:
 
 def consumed_queues(stack: Stack) -> list[str]:
     """The queues of ``stack``'s vhost that have a consumer, sorted."""
-    listing = rabbitmqctl("list_consumers", "-p", stack.name, "--formatter", "json", "queue_name").stdout
-    return sorted(consumer["queue_name"] for consumer in orjson.loads(listing))
+    return sorted(consumer["queue_name"] for consumer in consumers(stack, "queue_name"))
 
 
 async def test_a_deleted_queue_is_declared_bound_and_consumed_again(
