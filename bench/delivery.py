@@ -7,8 +7,12 @@ wakes ``herald-delivery`` with ``NOTIFY``), and times until the servers received
 send the same number of messages to the same servers: the same rendered emails over one aiosmtplib
 connection, one after another (``herald-delivery`` uses ``--smtp-connections``, default
 ``HERALD_SMTP_CONNECTIONS``'s 1: like for like), and httpx POSTs with the push channel's
-concurrency (no encryption, no database). With ``--markdown`` the table is printed as
-Markdown for docs/performance.md.
+concurrency (no encryption, no database).
+
+Each channel runs twice per round: jobs carrying their notification's copy (its in-app copy is off) and
+jobs of notifications stored in-app, which carry none (``notification`` NULL, keyed, versioned: the claim
+reads the in-app row), in alternating order. The in-app rows are inserted before the timing starts. With ``--markdown`` the table
+is printed as Markdown for docs/performance.md.
 
     .venv/bin/python -m bench.delivery [--jobs 1000] [--rounds 3] [--smtp-connections 4] [--markdown]
 """
@@ -34,6 +38,7 @@ from herald_ops.testing.delivery import BrowserKeys, running_mailbox, running_re
 from herald_ops.testing.stack import fresh_id, stack_context
 from worker.delivery.render import EmailRenderer
 from worker.delivery.settings import DeliverySettings
+from worker.routing import job_key
 from worker.store.deliveries import record
 from worker.vapid import new_key_pair
 from worker.writes import Job
@@ -62,28 +67,51 @@ def notification(index: int) -> dict[str, object]:
     }
 
 
-def job(user: str, channel: str, index: int) -> Job:
-    """A job as the worker records it for a notification whose in-app copy is off (no key, no version)."""
-    params = notification(index)
+def job(user: str, channel: str, params: dict[str, object]) -> Job:
+    """A job as the worker records it: with a copy when ``params`` has no seq (its in-app copy is off, no
+    key, no version), else keyed and versioned by that seq, without a copy."""
+    key = job_key(str(params["id"]), user, channel)
+    seq = params["seq"]
+    version = seq if isinstance(seq, int) else None
     return Job(
-        id=f"{params['id']}:{user}:{channel}",
+        id=key,
         notification_id=str(params["id"]),
         user_id=user,
         channel=channel,
-        notification=orjson.dumps(params).decode(),
+        notification=orjson.dumps(params).decode() if version is None else None,
         type="INSTRUCTOR_MESSAGE",
         created_at=datetime.now(UTC),
         deliver_after=None,
-        job_key=None,
-        version=None,
+        job_key=None if version is None else key,
+        version=version,
     )
 
 
-async def record_jobs(database_url: str, channel: str, user: str, count: int) -> None:
+async def stored_in_app(database_url: str, user: str, count: int) -> list[dict[str, object]]:
+    """``count`` notifications stored in the (new) ``user``'s inbox, seqs from 1; returns their params."""
+    batch = [notification(index) | {"seq": index + 1} for index in range(count)]
     conn = await asyncpg.connect(database_url)
     try:
-        for start in range(0, count, 200):
-            await record(conn, [job(user, channel, i) for i in range(start, min(start + 200, count))])
+        await conn.execute("INSERT INTO users (user_id) VALUES ($1) ON CONFLICT DO NOTHING", user)
+        await conn.copy_records_to_table(
+            "notifications",
+            columns=["user_id", "seq", "id", "type", "category", "title", "message", "data"],
+            records=[
+                (user, p["seq"], p["id"], p["type"], p["category"], p["title"], p["message"],
+                 orjson.dumps(p["data"]).decode())
+                for p in batch
+            ],
+        )  # fmt: skip
+    finally:
+        await conn.close()
+    return batch
+
+
+async def record_jobs(database_url: str, channel: str, user: str, batch: list[dict[str, object]]) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        for start in range(0, len(batch), 200):
+            await record(conn, [job(user, channel, params) for params in batch[start : start + 200]])
     finally:
         await conn.close()
 
@@ -127,12 +155,12 @@ async def bare_posts(receiver: PushReceiver, count: int) -> float:
         return count / (time.perf_counter() - started)
 
 
-def emailed(mailbox: Mailbox, address: str, jobs: int) -> bool:
-    return mailbox.count(address) >= jobs
+def emailed(mailbox: Mailbox, address: str, total: int) -> bool:
+    return mailbox.count(address) >= total
 
 
-def pushed(receiver: PushReceiver, name: str, jobs: int) -> bool:
-    return len(receiver.to(name)) >= jobs
+def pushed(receiver: PushReceiver, name: str, total: int) -> bool:
+    return len(receiver.to(name)) >= total
 
 
 async def known_user(stack: Stack, receiver: PushReceiver) -> tuple[str, str]:
@@ -175,18 +203,33 @@ async def run(stack: Stack, jobs: int, smtp_connections: int, rounds: int) -> li
         )
         for number in range(rounds):
             user, address = await known_user(stack, receiver)
-            started = time.perf_counter()
-            await record_jobs(stack.database_url, "email", user, jobs)
-            await until(functools.partial(emailed, mailbox, address, jobs), 600)
-            herald_email = jobs / (time.perf_counter() - started)
+            copies = [notification(index) for index in range(jobs)]
+            in_app = await stored_in_app(stack.database_url, user, jobs)
+            rates: dict[tuple[str, str], float] = {}
+            for channel, done in (
+                ("email", functools.partial(emailed, mailbox, address)),
+                ("push", functools.partial(pushed, receiver, user)),
+            ):
+                variants = [("copy", copies), ("in-app row", in_app)]
+                # Alternating which goes first, so that neither always finds the process warmed up.
+                for variant, batch in variants[:: 1 if number % 2 == 0 else -1]:
+                    total = jobs * (1 + len([key for key in rates if key[0] == channel]))
+                    started = time.perf_counter()
+                    await record_jobs(stack.database_url, channel, user, batch)
+                    await until(functools.partial(done, total), 600)
+                    rates[channel, variant] = jobs / (time.perf_counter() - started)
             bare_email = await bare_smtp(mailbox, f"bare-{address}", jobs)
-
-            started = time.perf_counter()
-            await record_jobs(stack.database_url, "push", user, jobs)
-            await until(functools.partial(pushed, receiver, user, jobs), 600)
-            herald_push = jobs / (time.perf_counter() - started)
             bare_push = await bare_posts(receiver, jobs)
-            measured.append([("emails/s", herald_email, bare_email), ("pushes/s", herald_push, bare_push)])
+            measured.append(
+                [
+                    (f"{unit} ({variant})", rates[channel, variant], bare)
+                    for channel, unit, bare in (
+                        ("email", "emails/s", bare_email),
+                        ("push", "pushes/s", bare_push),
+                    )
+                    for variant in ("copy", "in-app row")
+                ]
+            )
             print(f"round {number + 1}: load average {os.getloadavg()[0]:.1f}", flush=True)
             report(measured[-1], markdown=False)
     return measured
@@ -194,7 +237,7 @@ async def run(stack: Stack, jobs: int, smtp_connections: int, rounds: int) -> li
 
 def report(rows: Round, *, markdown: bool) -> None:
     for name, herald, bare in rows:
-        print(f"{name:10} herald-delivery {herald:8.0f}   bare loop {bare:8.0f}   ratio {herald / bare:5.0%}")
+        print(f"{name:22} herald-delivery {herald:8.0f}   bare loop {bare:8.0f}   ratio {herald / bare:5.0%}")
     if markdown:
         print("\n| measure | herald-delivery | bare loop | ratio |\n|---|---|---|---|")
         for name, herald, bare in rows:
@@ -222,7 +265,7 @@ def main() -> None:
             herald = statistics.median(r[index][1] for r in rounds)
             bare = statistics.median(r[index][2] for r in rounds)
             ratio = statistics.median(r[index][1] / r[index][2] for r in rounds)
-            print(f"{name:10} herald-delivery {herald:8.0f}   bare loop {bare:8.0f}   ratio {ratio:5.0%}")
+            print(f"{name:22} herald-delivery {herald:8.0f}   bare loop {bare:8.0f}   ratio {ratio:5.0%}")
         print("load average (1, 5, 15 min): " + ", ".join(f"{load:.1f}" for load in os.getloadavg()))
         if args.markdown:
             for number, rows in enumerate(rounds, 1):
