@@ -9,10 +9,10 @@ connection, one after another (``herald-delivery`` uses ``--smtp-connections``, 
 ``HERALD_SMTP_CONNECTIONS``'s 1: like for like), and httpx POSTs with the push channel's
 concurrency (no encryption, no database).
 
-Each channel runs twice per round: jobs carrying their notification's copy (its in-app copy is off) and
-jobs of notifications stored in-app, which carry none (``notification`` NULL, keyed, versioned: the claim
-reads the in-app row), in alternating order. The in-app rows are inserted before the timing starts. With ``--markdown`` the table
-is printed as Markdown for docs/performance.md.
+Each channel runs twice per round, in alternating order: jobs carrying their notification's copy (its
+in-app copy is off) and jobs of notifications stored in-app, which carry none (``notification`` NULL,
+keyed, versioned: the claim reads the in-app row). The in-app rows are inserted before the timing
+starts. With ``--markdown`` the table is printed as Markdown for docs/performance.md.
 
     .venv/bin/python -m bench.delivery [--jobs 1000] [--rounds 3] [--smtp-connections 4] [--markdown]
 """
