@@ -18,11 +18,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
-import orjson
 
 from shared.events import PROFILE_FIELDS
-from shared.jsonrpc import dumps
-from worker.store.notifications import NOTIFICATION_COLUMNS, NOTIFICATION_FIELDS
+from worker.store.notifications import notification_jsonb
 from worker.store.pool import PLAN_WITH_VALUES
 
 if TYPE_CHECKING:
@@ -34,11 +32,6 @@ if TYPE_CHECKING:
 
 #: The ``LISTEN``/``NOTIFY`` channel that tells ``herald-delivery`` jobs came due (payload: the job channel).
 WAKE_CHANNEL: Final = "herald_delivery_jobs"
-
-# The in-app row's columns a claim returns for a job without a copy, prefixed: they share names with the
-# job's own (id, type, created_at, ...).
-_IN_APP_FIELDS: Final = ", ".join(f"s.{name} AS n_{name}" for name in NOTIFICATION_FIELDS)
-_CLAIMED_IN_APP_FIELDS: Final = ", ".join(f"d.n_{name}" for name in NOTIFICATION_FIELDS)
 
 # The delay comes from the catalog; a delayed job with an in-app copy is cancelled if that is read or
 # deleted before it is due. A job recorded before (same id) is left alone. A keyed job (amendments 14, 25)
@@ -102,9 +95,9 @@ _INSERT_WAITING: Final = f"""
     SELECT (SELECT count(*) FROM inserted) AS inserted, (SELECT count(*) FROM woken) AS woken"""
 
 # Up to $2 due jobs of channel $1, earliest first, each with its user's contact data (null when none) and,
-# for a job without a copy of its notification (sql/009), the in-app row's columns (``n_<name>``). Such a
-# job whose row is gone (retention deleted it) has nothing to send: it ends cancelled, like a delayed job
-# whose copy was read or deleted.
+# for a job without a copy of its notification (sql/009), the in-app row as that copy (the same jsonb
+# notifications.delete writes into such jobs). Such a job whose row is gone (retention deleted it) has
+# nothing to send: it ends cancelled, like a delayed job whose copy was read or deleted.
 _CLAIM: Final = f"""
     WITH candidates AS (
         SELECT id FROM delivery_jobs
@@ -113,14 +106,14 @@ _CLAIM: Final = f"""
          ORDER BY due_at LIMIT $2
            FOR UPDATE SKIP LOCKED
     ), decided AS (
-        SELECT j.id, j.user_id, {_IN_APP_FIELDS},
+        SELECT j.id, j.user_id, coalesce(j.notification, s.copy) AS notification,
                (j.cancel_if_read AND NOT EXISTS (
                    SELECT 1 FROM notifications n
                     WHERE n.user_id = j.user_id AND n.id = j.notification_id AND n.read_at IS NULL))
-               OR (j.notification IS NULL AND s.id IS NULL) AS cancel
+               OR (j.notification IS NULL AND s.copy IS NULL) AS cancel
           FROM candidates c JOIN delivery_jobs j USING (id)
           LEFT JOIN LATERAL (
-               SELECT {NOTIFICATION_COLUMNS} FROM notifications n
+               SELECT {notification_jsonb("n")} AS copy FROM notifications n
                 WHERE j.notification IS NULL AND n.user_id = j.user_id AND n.id = j.notification_id LIMIT 1
                ) AS s ON true
     )
@@ -130,8 +123,8 @@ _CLAIM: Final = f"""
            locked_until = CASE WHEN d.cancel THEN NULL ELSE now() + make_interval(secs => $3) END
       FROM decided d LEFT JOIN user_profiles p ON p.user_id = d.user_id
      WHERE j.id = d.id
-    RETURNING j.id, j.user_id, j.channel, j.notification, j.attempts, d.cancel AS cancelled, j.version,
-              p.email, p.name, p.locale, p.timezone, {_CLAIMED_IN_APP_FIELDS}"""
+    RETURNING j.id, j.user_id, j.channel, d.notification, j.attempts, d.cancel AS cancelled, j.version,
+              p.email, p.name, p.locale, p.timezone"""
 
 # The outcomes of a batch of sends. A retry ($5 not null: seconds until due) releases the lease and keeps
 # the row scheduled. A final state is written for the version sent ($4); a higher version that replaced
@@ -240,7 +233,7 @@ async def claim_due(pool: asyncpg.Pool, channel: str, limit: int, lease: float) 
             row["id"],
             row["user_id"],
             row["channel"],
-            _notification(row),
+            row["notification"] or {},  # empty: cancelled, the in-app row is gone
             row["attempts"],
             row["cancelled"],
             row["version"],
@@ -248,19 +241,6 @@ async def claim_due(pool: asyncpg.Pool, channel: str, limit: int, lease: float) 
         )
         for row in rows
     ]
-
-
-def _notification(row: asyncpg.Record) -> dict[str, Any]:
-    """A claimed job's Notification object: its copy, or else the in-app row's, as JSON would carry it
-    (timestamps as RFC 3339 strings, like a copy's); empty for a job cancelled because the row is gone."""
-    copy: dict[str, Any] | None = row["notification"]
-    if copy is not None:
-        return copy
-    if row["n_id"] is None:
-        return {}
-    # Encoded as the worker encodes a copy (shared.jsonrpc.dumps), so both read the same.
-    parsed: dict[str, Any] = orjson.loads(dumps({name: row[f"n_{name}"] for name in NOTIFICATION_FIELDS}))
-    return parsed
 
 
 async def finish(pool: asyncpg.Pool, outcomes: Sequence[Finished]) -> None:
