@@ -7,12 +7,15 @@ that order, so the exchange always has a queue bound before it can receive anyth
 when the last gateway unbinds. Detaching = unbinding the queue.
 
 Topology runs on its own channels, never the consuming or RPC ones: a small pool of
-:data:`TOPOLOGY_CHANNELS`, a user always on the same one, each running one operation (attach or detach,
-several AMQP calls) at a time. Another gateway's unbind can delete a user's exchange between this
-gateway's declare and bind; the broker answers 404 and closes the channel, so the channel is reopened and
-the attach retried from the declare. Because an operation has its channel to itself, a 404 (or a channel
-closing under it) always belongs to that operation — never to another user's detach queued behind it,
-which would otherwise fail and leave a stray binding.
+:data:`TOPOLOGY_CHANNELS`, a user always on the same one, each running one operation (a batch of
+attaches, or one detach) at a time. Attaches that arrive while their lane is busy wait for its next batch
+(up to :data:`ATTACH_BATCH` users), which is sent in one round trip: a reconnect storm then costs the
+broker's work per user, not one round trip per user through a busy event loop. Another gateway's unbind
+can delete a user's exchange between this gateway's declare and bind; the broker answers 404 and closes
+the channel, so the channel is reopened and the batch retried in halves, down to the single user retried
+from the declare. Because an operation has its channel to itself, a 404 (or a channel closing under it)
+always belongs to that operation — never to another user's detach queued behind it, which would otherwise
+fail and leave a stray binding.
 
 The connection is a plain (non-robust) aio-pika connection supervised by
 :class:`gateway.link.SupervisedLink` rather than by aio-pika's robust reconnect: a robust connection would
@@ -36,6 +39,7 @@ import aio_pika
 import aiormq
 import structlog
 
+from gateway.background import spawn
 from gateway.errors import TopologyError
 from gateway.link import SupervisedLink
 from shared.topology import BROADCAST_CRITICAL_HEADER, BROADCAST_TYPE_HEADER
@@ -55,6 +59,8 @@ log = structlog.get_logger("gateway.broker")
 
 ATTACH_ATTEMPTS: Final = 8
 TOPOLOGY_CHANNELS: Final = 4
+#: Users attached in one round trip on a lane at most: bounds how long the first of them waits for the last.
+ATTACH_BATCH: Final = 256
 
 #: A channel-level failure that closed the topology channel; retrying on a new channel can succeed.
 _CHANNEL_FAILURES: Final = (aiormq.exceptions.ChannelClosed, aiormq.exceptions.ChannelInvalidStateError)
@@ -62,10 +68,19 @@ _CHANNEL_FAILURES: Final = (aiormq.exceptions.ChannelClosed, aiormq.exceptions.C
 
 @dataclass(eq=False)
 class _Lane:
-    """One topology channel and the lock that gives it to one operation at a time."""
+    """One topology channel, the lock that gives it to one operation at a time, and the users waiting for
+    its next batched attach (``flushing`` while a task works through them)."""
 
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     channel: AbstractChannel | None = None
+    attaching: list[tuple[str, asyncio.Future[None]]] = field(default_factory=list)
+    flushing: bool = False
+
+
+def _fail(waiters: list[tuple[str, asyncio.Future[None]]], error: TopologyError) -> None:
+    for _, attached in waiters:
+        if not attached.done():
+            attached.set_exception(error)
 
 
 class BrokerLink(SupervisedLink):
@@ -126,54 +141,153 @@ class BrokerLink(SupervisedLink):
         for lane in self._lanes:
             lane.channel = None
 
+    def _lane(self, user_id: str) -> _Lane:
+        return self._lanes[hash(user_id) % len(self._lanes)]
+
     async def _on_lane(
         self, user_id: str, operation: Callable[[AbstractChannel], Awaitable[None]], gone_ok: bool
     ) -> None:
-        """Run ``operation`` alone on the user's topology channel, retrying on a fresh channel when the
-        broker closed it (404 included). With ``gone_ok`` a 404 means the target is gone: done."""
-        lane = self._lanes[hash(user_id) % len(self._lanes)]
+        """Run ``operation`` alone on the user's topology channel; see :meth:`_retried`."""
+        lane = self._lane(user_id)
         async with lane.lock:
-            for attempt in range(ATTACH_ATTEMPTS):
-                if self._connection is None or self._connection.is_closed:
-                    raise TopologyError("broker connection down")
-                if lane.channel is None or lane.channel.is_closed:
-                    lane.channel = await self._connection.channel(publisher_confirms=False)
-                try:
-                    await operation(lane.channel)
+            await self._retried(lane, user_id, operation, gone_ok)
+
+    async def _attempt(self, lane: _Lane, operation: Callable[[AbstractChannel], Awaitable[None]]) -> None:
+        """Run ``operation`` once on ``lane`` (whose lock the caller holds), on a fresh channel if needed."""
+        if self._connection is None or self._connection.is_closed:
+            raise TopologyError("broker connection down")
+        if lane.channel is None or lane.channel.is_closed:
+            lane.channel = await self._connection.channel(publisher_confirms=False)
+        await operation(lane.channel)
+
+    async def _retried(
+        self,
+        lane: _Lane,
+        subject: str,
+        operation: Callable[[AbstractChannel], Awaitable[None]],
+        gone_ok: bool,
+    ) -> None:
+        """Run ``operation`` on ``lane``, retrying on a fresh channel when the broker closed it (404
+        included). With ``gone_ok`` a 404 means the target is gone: done."""
+        for attempt in range(ATTACH_ATTEMPTS):
+            try:
+                await self._attempt(lane, operation)
+                return
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                if gone_ok:
                     return
-                except aiormq.exceptions.ChannelNotFoundEntity:
-                    if gone_ok:
-                        return
-                    self._metrics.topology_retries.inc()
-                except _CHANNEL_FAILURES as exc:
-                    self._metrics.topology_retries.inc()
-                    log.debug("topology retried", user_id=user_id, attempt=attempt, error=str(exc))
-                await asyncio.sleep(0.01 * attempt)
-        raise TopologyError(f"topology for {user_id} failed {ATTACH_ATTEMPTS} times")
+                self._metrics.topology_retries.inc()
+            except _CHANNEL_FAILURES as exc:
+                self._metrics.topology_retries.inc()
+                log.debug("topology retried", user_id=subject, attempt=attempt, error=str(exc))
+            await asyncio.sleep(0.01 * attempt)
+        raise TopologyError(f"topology for {subject} failed {ATTACH_ATTEMPTS} times")
 
     async def attach(self, user_id: str) -> None:
         """Declare ``herald.user.<id>``, bind the queue to it, bind it to ``herald.users``; retry on 404.
 
+        The attach joins its lane's next batch (see the module docstring) and returns when that batch,
+        or the part of it that holds this user, is done.
+
         Raises:
             TopologyError: the link is down, or every attempt failed.
         """
-        exchange_name = self._names.user_exchange(user_id)
-        queue_name = self._queue_name
+        lane = self._lane(user_id)
+        attached: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        lane.attaching.append((user_id, attached))
+        if not lane.flushing:
+            lane.flushing = True
+            spawn(self._flush_attaches(lane))
+        await attached
+
+    async def _flush_attaches(self, lane: _Lane) -> None:
+        """Attach the users waiting on ``lane``, a batch at a time, until none is left."""
+        try:
+            while lane.attaching:
+                batch = lane.attaching[:ATTACH_BATCH]
+                del lane.attaching[:ATTACH_BATCH]
+                try:
+                    async with lane.lock:
+                        await self._attach_batch(lane, batch)
+                except Exception as exc:  # anything unforeseen fails this batch, not the users after it
+                    _fail(batch, TopologyError(f"attach failed: {exc!r}"))
+        finally:
+            lane.flushing = False
+            # Only a cancellation (the process stopping) leaves users waiting here.
+            _fail(lane.attaching, TopologyError("gateway stopping"))
+            lane.attaching = []
+
+    async def _attach_batch(self, lane: _Lane, batch: list[tuple[str, asyncio.Future[None]]]) -> None:
+        """Attach ``batch`` in one round trip; when that fails, each half on its own, down to single users
+        retried as usual. So a race with another gateway's detach costs a retry of its half, and a user
+        whose exchange the broker keeps refusing fails alone."""
+        operation = self._attach_operation([user_id for user_id, _ in batch])
+        try:
+            if len(batch) == 1:
+                await self._retried(lane, batch[0][0], operation, gone_ok=False)
+            else:
+                await self._attempt(lane, operation)
+        except _CHANNEL_FAILURES as exc:
+            self._metrics.topology_retries.inc()
+            log.debug("batched attach split", users=len(batch), error=str(exc))
+            half = len(batch) // 2
+            await self._attach_batch(lane, batch[:half])
+            await self._attach_batch(lane, batch[half:])
+            return
+        except TopologyError as exc:
+            _fail(batch, exc)
+            return
+        for _, attached in batch:
+            if not attached.done():
+                attached.set_result(None)
+
+    def _attach_operation(self, users: list[str]) -> Callable[[AbstractChannel], Awaitable[None]]:
+        names = self._names
+
+        def declare_and_bind_queue(user_id: str, queue_name: str) -> list[aiormq.abc.FrameType]:
+            exchange_name = names.user_exchange(user_id)
+            return [
+                aiormq.spec.Exchange.Declare(
+                    exchange=exchange_name, exchange_type="fanout", auto_delete=True, nowait=True
+                ),
+                # Keyed by the queue name, as aio-pika's ``Queue.unbind`` in detach names it (fanout
+                # ignores it).
+                aiormq.spec.Queue.Bind(
+                    queue=queue_name, exchange=exchange_name, routing_key=queue_name, nowait=True
+                ),
+            ]
 
         async def operation(channel: AbstractChannel) -> None:
-            # One round trip instead of three: the declare and the first bind are sent with nowait and
-            # the last bind waits. AMQP runs a channel's methods in order, so its reply (or the channel
-            # closing, 404 included, on any of the three) comes after all of them — and the operation
-            # has the channel to itself, so that failure is this attach's.
+            # The queue of the connection this attempt runs on: a retry after a reconnect binds the new one.
+            queue_name = self._queue_name
+            *earlier, last = users
+            frames: list[aiormq.abc.FrameType] = []
+            for user_id in earlier:
+                frames += declare_and_bind_queue(user_id, queue_name)
+                frames.append(
+                    aiormq.spec.Exchange.Bind(
+                        destination=names.user_exchange(user_id),
+                        source=names.users_exchange,
+                        routing_key=user_id,
+                        nowait=True,
+                    )
+                )
+            frames += declare_and_bind_queue(last, queue_name)
+            # Every method but the last bind goes out as one write: aiormq sends each method through a
+            # task and a lock of its own, which costs a few event-loop turns per method, and a reconnect
+            # storm makes every turn long (seconds for a batch of 256 users). The last bind is awaited.
+            # AMQP runs a channel's methods in order, so its reply (or the channel closing, 404 included,
+            # on any of them) comes after all of them; the batch has the channel to itself, and the
+            # channel is checked open right before the write, so nothing is sent on a closed channel.
             underlay = await channel.get_underlay_channel()
-            await underlay.exchange_declare(
-                exchange_name, exchange_type="fanout", durable=False, auto_delete=True, nowait=True
+            if underlay.is_closed:
+                raise aiormq.exceptions.ChannelInvalidStateError("topology channel closed")
+            await underlay.connection.write_queue.put(
+                aiormq.abc.ChannelFrame.marshall(underlay.number, frames)
             )
-            # Keyed by the queue name, as aio-pika's ``Queue.unbind`` in detach names it (fanout ignores it).
-            await underlay.queue_bind(queue_name, exchange_name, routing_key=queue_name, nowait=True)
-            await underlay.exchange_bind(exchange_name, self._names.users_exchange, routing_key=user_id)
+            await underlay.exchange_bind(names.user_exchange(last), names.users_exchange, routing_key=last)
 
-        await self._on_lane(user_id, operation, gone_ok=False)
+        return operation
 
     async def detach(self, user_id: str, generation: int) -> None:
         """Unbind the queue from the user's exchange (which then deletes itself unless another gateway's

@@ -1,0 +1,121 @@
+"""The gateway's batched attach against the real broker: :class:`gateway.broker.BrokerLink` in this process.
+
+Attaches that arrive together go out as one batch per topology lane. Every user of a batch must end up
+bound (a frame published to ``herald.users`` for each reaches the link's queue once), and a user whose
+exchange the broker refuses must fail alone, not take the rest of its batch with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import TYPE_CHECKING, Any, cast
+
+import aio_pika
+import pytest
+
+from gateway.broker import ATTACH_ATTEMPTS, BrokerLink
+from gateway.errors import TopologyError
+from gateway.metrics import Metrics
+from gateway.rpc import RpcClient
+from herald_ops.testing.gateway import NAMES, publish_user, user_frame
+from herald_ops.testing.stack import fresh_id, wait_until
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from aio_pika.abc import AbstractChannel
+
+    from gateway.hub import Hub
+    from herald_ops.testing.stack import Stack
+
+
+class RecordingHub:
+    """Stands in for the hub: counts the frames relayed per user."""
+
+    def __init__(self) -> None:
+        self.frames: Counter[str] = Counter()
+
+    async def rebuild(self) -> None:
+        """Nobody is connected before the first attach."""
+
+    def relay_user(self, user_id: str, body: bytes, method: str | None) -> None:
+        self.frames[user_id] += 1
+
+    def relay_broadcast(self, body: bytes, notification_type: str | None, critical: bool) -> None:
+        raise AssertionError("no broadcast is published here")
+
+
+@pytest.fixture
+async def link(stack: Stack) -> AsyncIterator[tuple[BrokerLink, RecordingHub, Metrics]]:
+    hub, metrics = RecordingHub(), Metrics()
+    rpc = RpcClient(NAMES.rpc_queue, timeout=5.0, broker_user="guest")
+    started = BrokerLink(stack.amqp_url, NAMES, rpc, metrics, connection_name="test-attach")
+    started.bind_hub(cast("Hub", hub))
+    supervisor = asyncio.create_task(started.run())
+    try:
+        await wait_until(lambda: started.ready, 15, "the link is up")
+        yield started, hub, metrics
+    finally:
+        await started.close()
+        supervisor.cancel()
+        await asyncio.gather(supervisor, return_exceptions=True)
+
+
+@pytest.fixture
+async def channel(stack: Stack) -> AsyncIterator[AbstractChannel]:
+    connection = await aio_pika.connect(stack.amqp_url)
+    try:
+        yield await connection.channel()
+    finally:
+        await connection.close()
+
+
+def retries(metrics: Metrics) -> float:
+    return metrics.registry.get_sample_value("herald_gateway_topology_retries_total") or 0.0
+
+
+async def frames_reach(channel: AbstractChannel, hub: RecordingHub, users: list[str]) -> None:
+    for user in users:
+        await publish_user(channel, user, user_frame(user, 1))
+    await wait_until(
+        lambda: all(hub.frames[user] == 1 for user in users), 15, "one frame relayed for every user"
+    )
+
+
+async def test_users_attached_together_are_all_bound(
+    link: tuple[BrokerLink, RecordingHub, Metrics], channel: AbstractChannel
+) -> None:
+    broker, hub, metrics = link
+    users = [fresh_id("batch") for _ in range(300)]
+    # Started in one turn of the event loop: each lane's first batch holds every user of the lane.
+    outcomes = await asyncio.gather(*(broker.attach(user) for user in users))
+    assert outcomes == [None] * len(users)
+    await frames_reach(channel, hub, users)
+    assert retries(metrics) == 0
+    assert set(hub.frames) == set(users)
+
+
+async def test_a_user_whose_exchange_the_broker_refuses_fails_alone(
+    link: tuple[BrokerLink, RecordingHub, Metrics], channel: AbstractChannel
+) -> None:
+    broker, hub, metrics = link
+    refused = fresh_id("refused")
+    # Another kind of exchange under the user's name: the gateway's fanout declare gets 406 every time.
+    await channel.declare_exchange(
+        NAMES.user_exchange(refused), aio_pika.ExchangeType.DIRECT, durable=False, auto_delete=False
+    )
+    users = [fresh_id("batch") for _ in range(60)]
+    everyone = [*users[:30], refused, *users[30:]]
+    try:
+        outcomes: list[Any] = await asyncio.gather(
+            *(broker.attach(user) for user in everyone), return_exceptions=True
+        )
+        failed = {user: outcome for user, outcome in zip(everyone, outcomes, strict=True) if outcome}
+        assert list(failed) == [refused]
+        assert isinstance(failed[refused], TopologyError)
+        await frames_reach(channel, hub, users)
+        # The lone user's own attempts, and before them the failed attempts of the batches holding it.
+        assert retries(metrics) > ATTACH_ATTEMPTS
+    finally:
+        await channel.exchange_delete(NAMES.user_exchange(refused))
