@@ -11,7 +11,10 @@ after a gateway restart reconnects users Herald has seen). Each round has two wa
 
 The report gives, per round and as medians over ``--rounds``, the time until every client was connected
 (target: <= 3 s for 5,000), p50/p99/max per client, and the storm's rate as a share of the handshake
-rate (target: >= 40 %), with the CPU seconds the worker and the gateway spent in each wave.
+rate (target: >= 40 %), with the CPU seconds the worker and the gateway spent in each wave. After the
+storm's clients close, the next wave waits until the gateway has detached every user (its
+``herald_gateway_users`` gauge at 0), and the time that took is reported too: otherwise the detaches of
+one round would run during the next round's handshakes.
 
     .venv/bin/python -m bench.connect_storm [--clients 5000] [--rounds 3]
 """
@@ -30,7 +33,10 @@ import orjson
 import websockets
 
 from herald_ops.testing.measure import cpu_seconds, load_average, percentile
-from herald_ops.testing.stack import Stack, fresh_id, mint, stack_context
+from herald_ops.testing.stack import HeraldProcess, Stack, fresh_id, http_get, mint, stack_context
+
+#: Seconds the gateway gets to detach every user of a storm once its clients closed.
+DETACH_DEADLINE = 300.0
 
 
 @dataclass
@@ -42,6 +48,8 @@ class Wave:
     failures: collections.Counter[str]
     wall: float
     cpu: tuple[float, float]
+    #: Seconds from the clients' close until the gateway had detached every user (storm waves only).
+    detached: float | None = None
 
     @property
     def rate(self) -> float:
@@ -54,11 +62,34 @@ class Wave:
             f"p99={percentile(ms, 0.99):5.0f}ms max={max(ms, default=0):5.0f}ms "
             f"failures={sum(self.failures.values())} {dict(self.failures.most_common(3))} "
             f"CPU s worker {self.cpu[0]:.2f} gateway {self.cpu[1]:.2f}"
+            + ("" if self.detached is None else f"; all detached {self.detached:.2f}s after the close")
         )
 
 
-async def wave(name: str, urls: list[str], pids: list[int], until_connected: bool) -> Wave:
-    """Open every url at once; ready = handshake done (and ``connected`` received when asked)."""
+def gateway_users(gateway: HeraldProcess) -> float | None:
+    """The gateway's ``herald_gateway_users`` gauge, ``None`` when its metrics do not answer."""
+    _, body = http_get(f"{gateway.url}/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith("herald_gateway_users "):
+            return float(line.split()[1])
+    return None
+
+
+async def settle(gateway: HeraldProcess, since: float) -> float:
+    """Wait until ``gateway`` holds no user any more (polled every 50 ms, within DETACH_DEADLINE);
+    return the seconds since ``since``."""
+    while await asyncio.to_thread(gateway_users, gateway) != 0:
+        if time.perf_counter() - since > DETACH_DEADLINE:
+            raise SystemExit(f"the gateway still holds users {DETACH_DEADLINE:.0f} s after the close")
+        await asyncio.sleep(0.05)
+    return time.perf_counter() - since
+
+
+async def wave(
+    name: str, urls: list[str], pids: list[int], until_connected: bool, gateway: HeraldProcess
+) -> Wave:
+    """Open every url at once; ready = handshake done (and ``connected`` received when asked). Then close
+    them all and, with ``until_connected``, wait until ``gateway`` has detached every user."""
     ready: list[float] = []
     failures: collections.Counter[str] = collections.Counter()
     sockets = []
@@ -79,8 +110,10 @@ async def wave(name: str, urls: list[str], pids: list[int], until_connected: boo
     await asyncio.gather(*(one(url) for url in urls))
     wall = time.perf_counter() - started
     cpu = tuple(cpu_seconds(pid) - before for pid, before in zip(pids, cpu_before, strict=True))
+    closed = time.perf_counter()
     await asyncio.gather(*(ws.close() for ws in sockets))
-    return Wave(name, ready, failures, wall, (cpu[0], cpu[1]))
+    detached = await settle(gateway, since=closed) if until_connected else None
+    return Wave(name, ready, failures, wall, (cpu[0], cpu[1]), detached)
 
 
 async def run(stack: Stack, args: argparse.Namespace) -> list[tuple[Wave, Wave]]:
@@ -98,9 +131,9 @@ async def run(stack: Stack, args: argparse.Namespace) -> list[tuple[Wave, Wave]]
     with_tokens = [f"{gateway.ws_url}?token={mint(user)}" for user in users]
     rounds = []
     for number in range(args.rounds):
-        floor = await wave("handshake only", bare, pids, until_connected=False)
+        floor = await wave("handshake only", bare, pids, until_connected=False, gateway=gateway)
         print(f"  storm of {args.clients} connections", flush=True)
-        storm = await wave("storm", with_tokens, pids, until_connected=True)
+        storm = await wave("storm", with_tokens, pids, until_connected=True, gateway=gateway)
         rounds.append((floor, storm))
         print(f"round {number + 1} (load average {load_average():.1f})")
         print(
@@ -119,6 +152,8 @@ def report(rounds: list[tuple[Wave, Wave]]) -> None:
         )
     share = statistics.median(storm.rate / floor.rate for floor, storm in rounds)
     print(f"  storm rate = {share:.0%} of the handshake rate")
+    detached = statistics.median(storm.detached or 0.0 for _, storm in rounds)
+    print(f"  every user detached {detached:.2f} s after the storm's clients closed")
 
 
 if __name__ == "__main__":
