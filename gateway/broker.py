@@ -202,6 +202,7 @@ class BrokerLink(SupervisedLink):
 
     async def _flush_attaches(self, lane: _Lane) -> None:
         """Attach the users waiting on ``lane``, a batch at a time, until none is left."""
+        batch: list[tuple[str, asyncio.Future[None]]] = []
         try:
             while lane.attaching:
                 batch = lane.attaching[:ATTACH_BATCH]
@@ -213,8 +214,9 @@ class BrokerLink(SupervisedLink):
                     _fail(batch, TopologyError(f"attach failed: {exc!r}"))
         finally:
             lane.flushing = False
-            # Only a cancellation (the process stopping) leaves users waiting here.
-            _fail(lane.attaching, TopologyError("gateway stopping"))
+            # Only a cancellation (the process stopping) leaves users waiting here, or unanswered in
+            # the batch it interrupted.
+            _fail(batch + lane.attaching, TopologyError("gateway stopping"))
             lane.attaching = []
 
     async def _attach_batch(self, lane: _Lane, batch: list[tuple[str, asyncio.Future[None]]]) -> None:

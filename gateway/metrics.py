@@ -65,7 +65,7 @@ class Metrics:
         )
         self.topology_retries = Counter(
             "herald_gateway_topology_retries",
-            "Per-user attach attempts retried after a 404 or channel loss",
+            "Attach attempts (of a user or of a batch of users) retried after a 404 or channel loss",
             registry=registry,
         )
         self.user_frames = self.frames_relayed.labels("user")
