@@ -34,6 +34,7 @@ AUTH: Final = "auth"
 AUTH_REFRESH: Final = "auth.refresh"
 PING: Final = "ping"
 SESSION_OPEN: Final = "session.open"
+SESSION_OPEN_MANY: Final = "session.open_many"
 LOCAL: Final = frozenset({AUTH, AUTH_REFRESH, PING})
 FORWARDED: Final = frozenset(
     {
@@ -165,5 +166,11 @@ def forward_body(request: Request, user_id: str, admin: bool) -> bytes:
 
 
 def session_open_body(user_id: str, admin: bool) -> bytes:
-    """The ``session.open`` request body sent at every connect."""
+    """The ``session.open`` request body of one connect."""
     return rpc_request(SESSION_OPEN, {}, user_id, admin)
+
+
+def session_open_many_body(user_ids: list[str]) -> bytes:
+    """The ``session.open_many`` request body of concurrent connects; the envelope names the first user
+    (it must name one), whom the method does not treat otherwise."""
+    return rpc_request(SESSION_OPEN_MANY, {"user_ids": user_ids}, user_ids[0], False)

@@ -23,7 +23,6 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Any, Final
 
-import orjson
 import structlog
 from websockets.exceptions import ConnectionClosed
 
@@ -32,6 +31,7 @@ from gateway.background import spawn
 from gateway.errors import AuthError, FrameError, RpcTimeout, RpcUnavailable, SubjectMismatch
 from gateway.http import release_handshake
 from gateway.limits import TokenBucket
+from gateway.opening import SessionOpener
 from gateway.protocol import (
     AUTH,
     AUTH_REFRESH,
@@ -39,7 +39,6 @@ from gateway.protocol import (
     Request,
     forward_body,
     parse_request,
-    session_open_body,
     token_param,
 )
 from gateway.timers import Deadline, DeadlineQueue
@@ -72,6 +71,7 @@ class Sessions:
         self.rpc = rpc
         self.metrics = metrics
         self.deadlines = DeadlineQueue()
+        self.opener = SessionOpener(rpc)
 
     async def handle(self, connection: HeraldConnection) -> None:
         """Serve ``connection`` until it closes; see the module docstring."""
@@ -197,25 +197,15 @@ class _Session:
             task.cancel()
 
     async def _session_open(self) -> dict[str, Any] | None:
-        claims = self._claims
+        user_id = self._claims.user_id
         try:
-            body = await self._owner.rpc.call(session_open_body(claims.user_id, claims.admin))
+            opened = await self._owner.opener.open(user_id)
         except (RpcTimeout, RpcUnavailable) as exc:
-            log.warning(
-                "session.open unanswered; connected without counts", user_id=claims.user_id, error=str(exc)
-            )
+            log.warning("session.open unanswered; connected without counts", user_id=user_id, error=str(exc))
             return None
-        try:
-            reply = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            reply = None
-        result = reply.get("result") if isinstance(reply, dict) else None
-        if not isinstance(result, dict):
-            log.warning(
-                "session.open failed; connected without counts", user_id=claims.user_id, reply=body[:200]
-            )
-            return None
-        return result
+        if opened is None:
+            log.warning("session.open failed; connected without counts", user_id=user_id)
+        return opened
 
     async def _dispatch(self, frame: bytes, now: float) -> None:
         """Answer or forward one client frame; every frame takes a rate-limit token."""

@@ -64,6 +64,10 @@ def error_frame(request_id: Any, code: int, message: str, data: Any = None) -> b
     return dumps({"jsonrpc": VERSION, "id": request_id, "error": error_object(code, message, data)})
 
 
+#: Users one internal ``session.open_many`` request may name (docs/protocol.md, amendment 39).
+SESSIONS_PER_REQUEST: Final = 64
+
+
 def rpc_request(method: str, params: Any, user_id: str, admin: bool) -> bytes:
     """Gateway → worker request body: the client's method and params with the verified caller."""
     return dumps({"method": method, "params": params, "user_id": user_id, "admin": admin})

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Final
 
 import structlog
 
+from shared.coalesce import Coalescer
 from worker import metrics
-from worker.coalesce import Coalescer
 from worker.store import inbox
 from worker.store.catalog import load_catalog
 from worker.store.pool import is_outage

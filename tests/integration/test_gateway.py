@@ -2,7 +2,9 @@
 
 Relay to every connection of a user across two gateways and to nobody else, bindings gone after the last
 connection, churn without stray bindings or lost frames, broadcast filtering by in-app preferences,
-request forwarding, bad frames, and the HTTP surface. Limits, JWT and broker faults have their own files.
+request forwarding, bad frames, the HTTP surface, and the ``session.open_many`` requests that concurrent
+connects share (with the fallback to ``session.open`` for a worker that does not know it). Limits, JWT
+and broker faults have their own files.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from herald_ops.testing.gateway import (
     user_frame,
 )
 from herald_ops.testing.stack import ROOT, fresh_id, http_get, mint, stack_context, wait_until
-from shared.jsonrpc import notification_frame
+from shared.jsonrpc import SESSIONS_PER_REQUEST, notification_frame
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -43,6 +45,10 @@ if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection
 
     from herald_ops.testing.stack import HeraldProcess, Stack
+
+
+#: Connects at once in the session.open_many test.
+CONNECTS = 150
 
 
 @pytest.fixture(scope="module")
@@ -427,3 +433,52 @@ async def test_a_worker_that_does_not_answer_in_time_gives_5003(
         await ws.close()
     finally:
         await asyncio.to_thread(gw.stop)
+
+
+async def connect_all(gateway: HeraldProcess, users: list[str]) -> list[dict[str, Any]]:
+    opened = await asyncio.gather(*(open_client(gateway, user) for user in users))
+    await asyncio.gather(*(ws.close() for ws, _ in opened))
+    return [params for _, params in opened]
+
+
+def batches_for(responder: Responder, users: list[str]) -> list[list[str]]:
+    """The user lists of the ``session.open_many`` requests that named any of ``users``."""
+    named = (
+        request["params"]["user_ids"]
+        for request in responder.seen
+        if request["method"] == "session.open_many"
+    )
+    return [user_ids for user_ids in named if set(user_ids) & set(users)]
+
+
+def single_opens_for(responder: Responder, users: list[str]) -> list[str]:
+    """The users of ``users`` that got a ``session.open`` of their own."""
+    return [r["user_id"] for r in responder.seen if r["method"] == "session.open" and r["user_id"] in users]
+
+
+async def test_concurrent_connects_share_session_open_many_requests(
+    gateways: tuple[HeraldProcess, HeraldProcess], responder: Responder
+) -> None:
+    users = [fresh_id("many") for _ in range(CONNECTS)]
+    opened = await connect_all(gateways[0], users)
+    assert [(p["user_id"], p["unread_count"], p["last_seq"]) for p in opened] == [
+        (user, SESSION_COUNTS["unread_count"], SESSION_COUNTS["last_seq"]) for user in users
+    ]
+    batches = batches_for(responder, users)
+    assert sorted(user for batch in batches for user in batch) == sorted(users)
+    assert len(batches) < CONNECTS
+    assert max(len(batch) for batch in batches) <= SESSIONS_PER_REQUEST
+    assert not single_opens_for(responder, users)
+
+
+async def test_a_worker_without_session_open_many_answers_each_connect_on_its_own(
+    gateways: tuple[HeraldProcess, HeraldProcess], responder: Responder
+) -> None:
+    users = [fresh_id("one") for _ in range(40)]
+    responder.knows_open_many = False
+    try:
+        opened = await connect_all(gateways[0], users)
+    finally:
+        responder.knows_open_many = True
+    assert all(p["unread_count"] == SESSION_COUNTS["unread_count"] for p in opened)
+    assert sorted(single_opens_for(responder, users)) == sorted(users)

@@ -19,10 +19,11 @@ from faststream.rabbit import RabbitBroker
 
 from herald_ops.testing.requests import next_message, seed, unread_truth, visible_counts
 from herald_ops.testing.stack import fresh_id, stack_context, wait_until
+from shared.coalesce import Coalescer
+from shared.jsonrpc import SESSIONS_PER_REQUEST
 from shared.settings import Settings
 from shared.topology import BROADCAST_ROUTING_KEY, Topology
 from worker.amqp import declare_topology
-from worker.coalesce import Coalescer
 from worker.requests.common import Caller, Method, NoParams
 from worker.requests.registry import METHODS
 from worker.rpc import handle_request
@@ -180,6 +181,14 @@ async def test_a_failing_method_is_an_internal_error_and_a_lost_database_is_unav
     assert unreachable_reply["error"]["code"] == 5003
 
 
+async def users_with_1_to_n_unread(pg: asyncpg.Connection, n: int) -> list[str]:
+    """``n`` fresh users, the k-th with k unread notifications."""
+    users = [fresh_id() for _ in range(n)]
+    for count, user in enumerate(users, start=1):
+        await seed(pg, user, count)
+    return users
+
+
 async def test_session_open_makes_the_user_known_and_reports_counters(
     worker_state: Runtime, pg: asyncpg.Connection
 ) -> None:
@@ -194,6 +203,31 @@ async def test_session_open_makes_the_user_known_and_reports_counters(
     assert (again["unread_count"], again["last_seq"]) == (5, 5)
 
 
+async def test_session_open_many_answers_what_session_open_answers_for_each_user(
+    worker_state: Runtime, pg: asyncpg.Connection
+) -> None:
+    users = await users_with_1_to_n_unread(pg, 5)
+    new = fresh_id()
+    # A user named twice is answered once; the envelope's caller is only the first of them.
+    many = await result(
+        worker_state, "session.open_many", {"user_ids": [*users, new, users[0]]}, user=users[0]
+    )
+    assert set(many["sessions"]) == {*users, new}
+    for user in [*users, new]:
+        assert many["sessions"][user] == await result(worker_state, "session.open", user=user)
+    assert await pg.fetchval("SELECT count(*) FROM users WHERE user_id = $1", new) == 1
+
+
+@pytest.mark.parametrize(
+    "user_ids",
+    [[], [f"u{n}" for n in range(SESSIONS_PER_REQUEST + 1)], ["ok", "bad user!"], "u1", [7]],
+    ids=["none", "too many", "invalid id", "not a list", "not a string"],
+)
+async def test_session_open_many_refuses_bad_user_lists(worker_state: Runtime, user_ids: Any) -> None:
+    field = await invalid_field(worker_state, "session.open_many", {"user_ids": user_ids}, user="u1")
+    assert field.startswith("user_ids")
+
+
 async def test_concurrent_session_opens_of_a_new_user_all_succeed(worker_state: Runtime) -> None:
     # Several tabs connecting at once race to create the users row; each must still get its counters.
     user = fresh_id()
@@ -206,9 +240,7 @@ async def test_concurrent_session_opens_of_many_users_share_statements_and_get_t
 ) -> None:
     # A reconnect storm: known users with different counters and one with a stored override, plus new
     # users, all at once. Each gets its own counters; the statements are fewer than the users.
-    known = [fresh_id() for _ in range(30)]
-    for count, user in enumerate(known, start=1):
-        await seed(pg, user, count)
+    known = await users_with_1_to_n_unread(pg, 30)
     await pg.execute(
         "INSERT INTO user_preferences (user_id, types) VALUES ($1, $2::jsonb)",
         known[0],

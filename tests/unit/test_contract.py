@@ -17,7 +17,7 @@ def test_every_method_the_python_client_calls_is_served() -> None:
 
 
 def test_the_gateway_forwards_exactly_the_worker_methods_a_client_may_call() -> None:
-    internal = {gateway_protocol.SESSION_OPEN}
+    internal = {gateway_protocol.SESSION_OPEN, gateway_protocol.SESSION_OPEN_MANY}
     assert set(gateway_protocol.FORWARDED) == set(WORKER_METHODS) - internal
 
 
@@ -51,5 +51,5 @@ def test_every_method_a_client_may_call_has_an_http_route() -> None:
     """herald-api offers every client method the worker serves (docs/protocol.md §11)."""
     from gateway.api.routes import ROUTES
 
-    internal = {gateway_protocol.SESSION_OPEN}
+    internal = {gateway_protocol.SESSION_OPEN, gateway_protocol.SESSION_OPEN_MANY}
     assert set(WORKER_METHODS) - internal <= {route.method for route in ROUTES}

@@ -2,10 +2,12 @@
 looking at the broker's bindings through ``rabbitmqctl``.
 
 The responder stands in for the worker's request handlers: ``session.open`` answers counts and the
-preferences set for the user in :attr:`Responder.preferences`; every other method echoes what the gateway
-sent (``{"echo": {method, params, user_id, admin}}``) after ``params["delay"]`` seconds when given.
-It records every request (:attr:`Responder.seen`) and, per user, the most requests it held at once
-(:attr:`Responder.peak_in_flight`), which is what a gateway's in-flight caps bound.
+preferences set for the user in :attr:`Responder.preferences`, and ``session.open_many`` the same for
+each of its users (unless :attr:`Responder.knows_open_many` is false: then -32601, as from an older
+worker). Every other method echoes what the gateway sent (``{"echo": {method, params, user_id,
+admin}}``) after ``params["delay"]`` seconds when given. It records every request
+(:attr:`Responder.seen`) and, per user, the most requests it held at once (:attr:`Responder.peak_in_flight`),
+which is what a gateway's in-flight caps bound.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import orjson
 from websockets.asyncio.client import connect
 
 from herald_ops.testing.stack import fresh_id, mint, rabbitmqctl
-from shared.jsonrpc import notification_frame, rpc_result
+from shared.jsonrpc import ErrorCode, notification_frame, rpc_error, rpc_result
 from shared.topology import Topology
 
 if TYPE_CHECKING:
@@ -138,6 +140,7 @@ class Responder:
     def __init__(self, amqp_url: str) -> None:
         self.amqp_url = amqp_url
         self.preferences: dict[str, Any] = {}
+        self.knows_open_many = True
         self.seen: list[dict[str, Any]] = []
         self.peak_in_flight: dict[str, int] = {}
         self._in_flight: dict[str, int] = {}
@@ -159,9 +162,12 @@ class Responder:
             request = orjson.loads(message.body)
             self.seen.append(request)
             if request["method"] == "session.open":
-                reply = rpc_result(
-                    {**SESSION_COUNTS, "preferences": self.preferences.get(request["user_id"], {})}
-                )
+                reply = rpc_result(self._session(request["user_id"]))
+            elif request["method"] == "session.open_many" and self.knows_open_many:
+                users = request["params"]["user_ids"]
+                reply = rpc_result({"sessions": {user: self._session(user) for user in users}})
+            elif request["method"] == "session.open_many":
+                reply = rpc_error(ErrorCode.METHOD_NOT_FOUND, "method not found: session.open_many")
             else:
                 reply = await self._echo(request)
             assert self._channel is not None
@@ -169,6 +175,9 @@ class Responder:
             await self._channel.default_exchange.publish(
                 aio_pika.Message(reply, correlation_id=message.correlation_id), routing_key=message.reply_to
             )
+
+    def _session(self, user: str) -> dict[str, Any]:
+        return {**SESSION_COUNTS, "preferences": self.preferences.get(user, {})}
 
     async def _echo(self, request: dict[str, Any]) -> bytes:
         user = request["user_id"]

@@ -1,4 +1,4 @@
-"""worker.coalesce: concurrent lookups share one call, in order, bounded, errors to their own call only."""
+"""shared.coalesce: concurrent lookups share one call, in order, bounded, errors to their own call only."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from worker.coalesce import Coalescer
+from shared.coalesce import Coalescer
 
 
 class Source:

@@ -1,8 +1,9 @@
 """Concurrent lookups of single keys answered by one call for all of them.
 
-A connect storm asks ``session.open`` for thousands of users at once; one statement for a few hundred
-users costs about what one statement for one user costs, so the lookups that arrive while a call is
-running are answered together by the next call instead of one statement each.
+A connect storm asks ``session.open`` for thousands of users at once. In the worker, one statement for a
+few hundred users costs about what one statement for one user costs; in the gateway, one request for a
+batch of users costs about what one request costs. So the lookups that arrive while a call is running are
+answered together by the next call instead of one call each.
 """
 
 from __future__ import annotations

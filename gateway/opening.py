@@ -1,0 +1,90 @@
+"""``session.open`` for the connections of one event-loop turn in one request.
+
+A reconnect storm opens thousands of sessions at once. One internal ``session.open_many`` request for up
+to :data:`~shared.jsonrpc.SESSIONS_PER_REQUEST` users costs the broker, the worker and this process about
+what one ``session.open`` costs, so the connects that arrive while a request runs share the next one
+(:class:`shared.coalesce.Coalescer`, no timer). A worker that does not know the method (an older one,
+during a rolling upgrade) answers -32601; then each of those users gets its own ``session.open``, as
+before, and the next batch tries ``session.open_many`` again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import structlog
+
+from gateway.errors import RpcError
+from gateway.protocol import session_open_body, session_open_many_body
+from shared.coalesce import Coalescer
+from shared.jsonrpc import SESSIONS_PER_REQUEST, ErrorCode
+
+if TYPE_CHECKING:
+    from gateway.rpc import RpcClient
+
+log = structlog.get_logger("gateway.opening")
+
+#: What one user's lookup yields: the ``session.open`` result, ``None`` when the worker's reply had no
+#: usable one, or the error of that user's own request (when each user got one).
+Opened = dict[str, Any] | RpcError | None
+
+
+def _reply(body: bytes) -> tuple[Any, int | None]:
+    """(result, error code) of a reply body; (``None``, ``None``) when it is neither."""
+    try:
+        reply = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(reply, dict):
+        return None, None
+    error = reply.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    return reply.get("result"), code if isinstance(code, int) else None
+
+
+class SessionOpener:
+    """``session.open`` lookups by user id, batched; see the module docstring."""
+
+    def __init__(self, rpc: RpcClient) -> None:
+        self._rpc = rpc
+        self._lookups: Coalescer[str, Opened] = Coalescer(self._open_many, SESSIONS_PER_REQUEST)
+
+    async def open(self, user_id: str) -> dict[str, Any] | None:
+        """The user's counters and effective preferences; ``None`` when the worker's reply had none.
+
+        Raises:
+            RpcTimeout: the worker did not answer in time.
+            RpcUnavailable: the broker link is down (or went down while waiting).
+        """
+        opened = await self._lookups.get(user_id)
+        if isinstance(opened, RpcError):
+            raise opened
+        return opened
+
+    async def _open_many(self, user_ids: list[str]) -> dict[str, Opened]:
+        body = await self._rpc.call(session_open_many_body(user_ids))
+        result, code = _reply(body)
+        if code == ErrorCode.METHOD_NOT_FOUND:
+            return dict(zip(user_ids, await asyncio.gather(*map(self._open_one, user_ids)), strict=True))
+        sessions = result.get("sessions") if isinstance(result, dict) else None
+        if not isinstance(sessions, dict):
+            log.warning("session.open_many failed", users=len(user_ids), reply=body[:200])
+            return dict.fromkeys(user_ids)
+        return {user_id: _usable(sessions.get(user_id)) for user_id in user_ids}
+
+    async def _open_one(self, user_id: str) -> Opened:
+        try:
+            body = await self._rpc.call(session_open_body(user_id, False))
+        except RpcError as exc:
+            return exc
+        result, _ = _reply(body)
+        if not isinstance(result, dict):
+            log.warning("session.open failed", user_id=user_id, reply=body[:200])
+            return None
+        return result
+
+
+def _usable(opened: Any) -> dict[str, Any] | None:
+    return opened if isinstance(opened, dict) else None
