@@ -32,6 +32,7 @@ is the record; clients catch up with ``notifications.sync``).
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
@@ -39,9 +40,9 @@ import aio_pika
 import aiormq
 import structlog
 
-from gateway.background import spawn
 from gateway.errors import TopologyError
 from gateway.link import SupervisedLink
+from shared.coalesce import Coalescer
 from shared.topology import BROADCAST_CRITICAL_HEADER, BROADCAST_TYPE_HEADER
 
 if TYPE_CHECKING:
@@ -66,21 +67,18 @@ ATTACH_BATCH: Final = 64
 _CHANNEL_FAILURES: Final = (aiormq.exceptions.ChannelClosed, aiormq.exceptions.ChannelInvalidStateError)
 
 
+#: What one user's attach in a batch came to: done (``None``), or the error that user alone failed with.
+_Attached = TopologyError | None
+
+
 @dataclass(eq=False)
 class _Lane:
-    """One topology channel, the lock that gives it to one operation at a time, and the users waiting for
-    its next batched attach (``flushing`` while a task works through them)."""
+    """One topology channel and the lock that gives it to one operation at a time; ``attaches`` batches
+    the users that wait for it (set by :class:`BrokerLink`)."""
 
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     channel: AbstractChannel | None = None
-    attaching: list[tuple[str, asyncio.Future[None]]] = field(default_factory=list)
-    flushing: bool = False
-
-
-def _fail(waiters: list[tuple[str, asyncio.Future[None]]], error: TopologyError) -> None:
-    for _, attached in waiters:
-        if not attached.done():
-            attached.set_exception(error)
+    attaches: Coalescer[str, _Attached] = field(init=False)
 
 
 class BrokerLink(SupervisedLink):
@@ -96,6 +94,8 @@ class BrokerLink(SupervisedLink):
         self._metrics = metrics
         self._hub: Hub | None = None
         self._lanes = [_Lane() for _ in range(TOPOLOGY_CHANNELS)]
+        for lane in self._lanes:
+            lane.attaches = Coalescer(functools.partial(self._attach_users, lane), ATTACH_BATCH)
         self._queue_name = ""
         self._generation = 0
 
@@ -192,56 +192,38 @@ class BrokerLink(SupervisedLink):
         Raises:
             TopologyError: the link is down, or every attempt failed.
         """
-        lane = self._lane(user_id)
-        attached: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        lane.attaching.append((user_id, attached))
-        if not lane.flushing:
-            lane.flushing = True
-            spawn(self._flush_attaches(lane))
-        await attached
+        outcome = await self._lane(user_id).attaches.get(user_id)
+        if outcome is not None:
+            raise outcome
 
-    async def _flush_attaches(self, lane: _Lane) -> None:
-        """Attach the users waiting on ``lane``, a batch at a time, until none is left."""
-        batch: list[tuple[str, asyncio.Future[None]]] = []
+    async def _attach_users(self, lane: _Lane, users: list[str]) -> dict[str, _Attached]:
+        """The batch of ``lane``'s :class:`Coalescer`: the users' outcomes, with the lane to itself."""
         try:
-            while lane.attaching:
-                batch = lane.attaching[:ATTACH_BATCH]
-                del lane.attaching[:ATTACH_BATCH]
-                try:
-                    async with lane.lock:
-                        await self._attach_batch(lane, batch)
-                except Exception as exc:  # anything unforeseen fails this batch, not the users after it
-                    _fail(batch, TopologyError(f"attach failed: {exc!r}"))
-        finally:
-            lane.flushing = False
-            # Only a cancellation (the process stopping) leaves users waiting here, or unanswered in
-            # the batch it interrupted.
-            _fail(batch + lane.attaching, TopologyError("gateway stopping"))
-            lane.attaching = []
+            async with lane.lock:
+                return await self._attach_batch(lane, users)
+        except TopologyError:
+            raise
+        except Exception as exc:  # translated, as everything the gateway raises across modules
+            raise TopologyError(f"attach failed: {exc!r}") from exc
 
-    async def _attach_batch(self, lane: _Lane, batch: list[tuple[str, asyncio.Future[None]]]) -> None:
-        """Attach ``batch`` in one round trip; when that fails, each half on its own, down to single users
+    async def _attach_batch(self, lane: _Lane, users: list[str]) -> dict[str, _Attached]:
+        """Attach ``users`` in one round trip; when that fails, each half on its own, down to single users
         retried as usual. So a race with another gateway's detach costs a retry of its half, and a user
         whose exchange the broker keeps refusing fails alone."""
-        operation = self._attach_operation([user_id for user_id, _ in batch])
+        operation = self._attach_operation(users)
         try:
-            if len(batch) == 1:
-                await self._retried(lane, batch[0][0], operation, gone_ok=False)
+            if len(users) == 1:
+                await self._retried(lane, users[0], operation, gone_ok=False)
             else:
                 await self._attempt(lane, operation)
         except _CHANNEL_FAILURES as exc:
             self._metrics.topology_retries.inc()
-            log.debug("batched attach split", users=len(batch), error=str(exc))
-            half = len(batch) // 2
-            await self._attach_batch(lane, batch[:half])
-            await self._attach_batch(lane, batch[half:])
-            return
+            log.debug("batched attach split", users=len(users), error=str(exc))
+            half = len(users) // 2
+            return await self._attach_batch(lane, users[:half]) | await self._attach_batch(lane, users[half:])
         except TopologyError as exc:
-            _fail(batch, exc)
-            return
-        for _, attached in batch:
-            if not attached.done():
-                attached.set_result(None)
+            return dict.fromkeys(users, exc)
+        return dict.fromkeys(users)
 
     def _attach_operation(self, users: list[str]) -> Callable[[AbstractChannel], Awaitable[None]]:
         names = self._names

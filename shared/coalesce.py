@@ -24,6 +24,8 @@ class Coalescer(Generic[K, V]):
     No timer: a lookup on an idle coalescer starts a call in the next turn of the event loop (so the
     lookups of that turn share it); lookups arriving while it runs wait for the next one. ``fetch`` returns
     a value for every key it was given; when it raises, every lookup of that call raises the same error.
+    When the draining task is cancelled (the event loop stopping), the lookups it leaves unanswered are
+    cancelled too, rather than left waiting forever.
     """
 
     __slots__ = ("_fetch", "_max_keys", "_running", "_waiting")
@@ -43,6 +45,7 @@ class Coalescer(Generic[K, V]):
         return await future
 
     async def _drain(self) -> None:
+        batch: list[tuple[K, asyncio.Future[V]]] = []
         try:
             while self._waiting:
                 batch = self._waiting[: self._max_keys]
@@ -59,3 +62,7 @@ class Coalescer(Generic[K, V]):
                         future.set_result(values[key])
         finally:
             self._running = None
+            # Answered futures ignore cancel(); only those a cancellation interrupted are left.
+            for _, future in (*batch, *self._waiting):
+                future.cancel()
+            self._waiting = []

@@ -74,3 +74,20 @@ async def test_a_failed_call_fails_its_own_lookups_and_the_next_call_runs() -> N
     assert await fine == "B"
     assert await coalescer.get("c") == "C"  # idle again: a new lookup starts a new call
     assert source.calls == [["a"], ["b"], ["c"]]
+
+
+async def test_lookups_left_by_a_cancelled_call_are_cancelled_not_left_waiting() -> None:
+    source, coalescer, interrupted = await held_call("a")
+    queued = asyncio.ensure_future(coalescer.get("b"))
+    await asyncio.sleep(0)
+    draining = next(
+        task for task in asyncio.all_tasks() if task.get_coro().__qualname__ == "Coalescer._drain"
+    )
+    draining.cancel()
+    for lookup in (interrupted, queued):
+        # Left waiting, the lookup would time out here instead.
+        with pytest.raises(asyncio.CancelledError):
+            async with asyncio.timeout(5):
+                await lookup
+    source.release.set()
+    assert await coalescer.get("c") == "C"  # a new lookup starts a new call
