@@ -32,8 +32,9 @@ import asyncpg
 import orjson
 import websockets
 
+from herald_ops.testing.gateway import metric
 from herald_ops.testing.measure import cpu_seconds, load_average, percentile
-from herald_ops.testing.stack import HeraldProcess, Stack, fresh_id, http_get, mint, stack_context
+from herald_ops.testing.stack import HeraldProcess, Stack, fresh_id, mint, stack_context
 
 #: Seconds the gateway gets to detach every user of a storm once its clients closed.
 DETACH_DEADLINE = 300.0
@@ -66,19 +67,10 @@ class Wave:
         )
 
 
-def gateway_users(gateway: HeraldProcess) -> float | None:
-    """The gateway's ``herald_gateway_users`` gauge, ``None`` when its metrics do not answer."""
-    _, body = http_get(f"{gateway.url}/metrics")
-    for line in body.decode().splitlines():
-        if line.startswith("herald_gateway_users "):
-            return float(line.split()[1])
-    return None
-
-
 async def settle(gateway: HeraldProcess, since: float) -> float:
     """Wait until ``gateway`` holds no user any more (polled every 50 ms, within DETACH_DEADLINE);
     return the seconds since ``since``."""
-    while await asyncio.to_thread(gateway_users, gateway) != 0:
+    while await asyncio.to_thread(metric, gateway, "herald_gateway_users") != 0:
         if time.perf_counter() - since > DETACH_DEADLINE:
             raise SystemExit(f"the gateway still holds users {DETACH_DEADLINE:.0f} s after the close")
         await asyncio.sleep(0.05)

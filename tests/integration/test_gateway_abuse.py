@@ -12,8 +12,8 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
-from herald_ops.testing.gateway import Responder, call, open_client, recv_json, wait_closed
-from herald_ops.testing.stack import fresh_id, http_get, mint, stack_context, wait_until
+from herald_ops.testing.gateway import Responder, call, metric, open_client, recv_json, wait_closed
+from herald_ops.testing.stack import fresh_id, mint, stack_context, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -49,13 +49,6 @@ def gateway(abuse_stack: Stack, responder: Responder) -> HeraldProcess:
         max_requests_in_flight=4,
         max_user_requests_in_flight=6,
     )
-
-
-def metric(gateway: HeraldProcess, series: str) -> float:
-    for line in http_get(f"{gateway.url}/metrics")[1].decode().splitlines():
-        if line.startswith(series + " "):
-            return float(line.split()[-1])
-    return 0.0
 
 
 def request(n: int, method: str = "notifications.list", **params: object) -> str:

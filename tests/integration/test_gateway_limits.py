@@ -17,13 +17,14 @@ from herald_ops.testing.gateway import (
     BROKER_SETTLES,
     Responder,
     call,
+    metric,
     open_client,
     publish_user,
     recv_json,
     user_bindings,
     wait_closed,
 )
-from herald_ops.testing.stack import fresh_id, http_get, mint, stack_context, wait_until
+from herald_ops.testing.stack import fresh_id, mint, stack_context, wait_until
 from shared.jsonrpc import notification_frame
 
 if TYPE_CHECKING:
@@ -54,14 +55,6 @@ def gateway(limits_stack: Stack, responder: Responder) -> HeraldProcess:
         max_connections_per_user=2,
         send_buffer_bytes=64 * 1024,
     )
-
-
-def metric(gateway: HeraldProcess, series: str) -> float:
-    """The value of one exposition line (0 when absent)."""
-    for line in http_get(f"{gateway.url}/metrics")[1].decode().splitlines():
-        if line.startswith(series + " "):
-            return float(line.split()[-1])
-    return 0.0
 
 
 async def test_frame_over_64_kib_closes_1009(gateway: HeraldProcess) -> None:

@@ -21,7 +21,7 @@ import aio_pika
 import orjson
 from websockets.asyncio.client import connect
 
-from herald_ops.testing.stack import fresh_id, mint, rabbitmqctl
+from herald_ops.testing.stack import fresh_id, http_get, mint, rabbitmqctl
 from shared.jsonrpc import ErrorCode, notification_frame, rpc_error, rpc_result
 from shared.topology import Topology
 
@@ -81,6 +81,14 @@ async def wait_closed(ws: ClientConnection, timeout: float = 15.0) -> tuple[int 
                 await ws.recv()
     await ws.wait_closed()
     return ws.close_code, ws.close_reason
+
+
+def metric(gateway: HeraldProcess, series: str) -> float:
+    """The value of one exposition line of ``gateway``'s ``/metrics`` (0 when absent)."""
+    for line in http_get(f"{gateway.url}/metrics")[1].decode().splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
 
 
 def user_frame(user: str, n: int) -> bytes:
