@@ -13,13 +13,12 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import structlog
 
 from gateway.errors import RpcError
 from gateway.protocol import session_open_body, session_open_many_body
 from shared.coalesce import Coalescer
-from shared.jsonrpc import SESSIONS_PER_REQUEST, ErrorCode
+from shared.jsonrpc import SESSIONS_PER_REQUEST, ErrorCode, read_rpc_reply
 
 if TYPE_CHECKING:
     from gateway.rpc import RpcClient
@@ -31,17 +30,14 @@ log = structlog.get_logger("gateway.opening")
 Opened = dict[str, Any] | RpcError | None
 
 
-def _reply(body: bytes) -> tuple[Any, int | None]:
+def _result_or_code(body: bytes) -> tuple[Any, int | None]:
     """(result, error code) of a reply body; (``None``, ``None``) when it is neither."""
-    try:
-        reply = orjson.loads(body)
-    except orjson.JSONDecodeError:
+    read = read_rpc_reply(body)
+    if read is None:
         return None, None
-    if not isinstance(reply, dict):
-        return None, None
-    error = reply.get("error")
-    code = error.get("code") if isinstance(error, dict) else None
-    return reply.get("result"), code if isinstance(code, int) else None
+    result, error = read
+    code = error.get("code") if error is not None else None
+    return result, code if isinstance(code, int) else None
 
 
 class SessionOpener:
@@ -65,7 +61,7 @@ class SessionOpener:
 
     async def _open_many(self, user_ids: list[str]) -> dict[str, Opened]:
         body = await self._rpc.call(session_open_many_body(user_ids))
-        result, code = _reply(body)
+        result, code = _result_or_code(body)
         if code == ErrorCode.METHOD_NOT_FOUND:
             return dict(zip(user_ids, await asyncio.gather(*map(self._open_one, user_ids)), strict=True))
         sessions = result.get("sessions") if isinstance(result, dict) else None
@@ -79,7 +75,7 @@ class SessionOpener:
             body = await self._rpc.call(session_open_body(user_id, False))
         except RpcError as exc:
             return exc
-        result, _ = _reply(body)
+        result, _ = _result_or_code(body)
         if not isinstance(result, dict):
             log.warning("session.open failed", user_id=user_id, reply=body[:200])
             return None

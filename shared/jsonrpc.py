@@ -83,6 +83,23 @@ def rpc_error(code: int, message: str, data: Any = None) -> bytes:
     return dumps({"error": error_object(code, message, data)})
 
 
+def read_rpc_reply(body: bytes) -> tuple[Any, dict[str, Any] | None] | None:
+    """``(result, None)`` or ``(None, error object)`` of a worker → gateway reply body; ``None`` when the
+    body is neither shape. An ``error`` member that is not an object reads as ``{}``."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(document, dict):
+        return None
+    if "error" in document:
+        error = document["error"]
+        return None, error if isinstance(error, dict) else {}
+    if "result" in document:
+        return document["result"], None
+    return None
+
+
 def splice_reply(request_id: Any, reply_body: bytes) -> bytes:
     """Turn a worker reply body (``{"result": ...}`` / ``{"error": ...}``) into the client's frame.
 

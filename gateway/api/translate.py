@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from gateway.api.routes import Kind, Source
-from shared.jsonrpc import ErrorCode, JsonRpcError, dumps
+from shared.jsonrpc import ErrorCode, JsonRpcError, dumps, read_rpc_reply
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -165,20 +165,16 @@ def page_shape(params: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str
 
 def answer(route: Route, params: Any, reply: bytes) -> tuple[int, bytes]:
     """The HTTP status and JSON body for the worker's reply to ``route``'s request."""
-    try:
-        document = orjson.loads(reply)
-    except orjson.JSONDecodeError:
-        document = None
-    if not isinstance(document, dict) or not ("result" in document or "error" in document):
+    read = read_rpc_reply(reply)
+    if read is None:
         raise ApiError(ErrorCode.INTERNAL_ERROR, "internal error: unreadable reply from the worker")
-    if "error" in document:
-        error = document["error"]
+    result, error = read
+    if error is not None:
         code = int(error.get("code", ErrorCode.INTERNAL_ERROR))
         message = str(error.get("message", "error"))
         if code == ErrorCode.METHOD_NOT_FOUND:
             message = f"not implemented: this deployment does not serve {route.method} yet"
         return status_of(code), error_body(code, message, error.get("data"))
-    result = document["result"]
     if route.shape == "page":
         result = page_shape(params, result)
     return HTTPStatus.OK, dumps(result)
