@@ -8,6 +8,7 @@ import uvicorn
 
 from gateway.api.app import HttpApi
 from gateway.auth import load_edge_settings
+from shared.process import tune_garbage_collector
 
 #: Seconds uvicorn waits for requests in flight after SIGTERM (longer than an RPC timeout by default).
 GRACEFUL_SHUTDOWN_SECONDS: Final = 10
@@ -28,6 +29,7 @@ def main() -> None:
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
+    tune_garbage_collector()
     uvicorn.Server(config).run()
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uvloop
+from shared.process import run
 
 
 def main() -> None:
@@ -10,7 +10,7 @@ def main() -> None:
     # Imported here so a configuration error is reported by the settings before anything else starts.
     from worker.delivery.app import create_app
 
-    uvloop.run(create_app().run())
+    run(create_app().run())
 
 
 if __name__ == "__main__":
