@@ -11,7 +11,9 @@ after a gateway restart reconnects users Herald has seen). Each round has two wa
 
 The report gives, per round and as medians over ``--rounds``, the time until every client was connected
 (target: <= 3 s for 5,000), p50/p99/max per client, and the storm's rate as a share of the handshake
-rate (target: >= 40 %), with the CPU seconds the worker and the gateway spent in each wave. After the
+rate (target: >= 40 %), with the CPU seconds the worker, the gateway, the broker (when it runs on this
+machine) and this process's clients spent in each wave, and how many of the box's cores that kept busy.
+The clients' process collects no garbage during a wave (as ``timeit``). After the
 storm's clients close, the next wave waits until the gateway has detached every user (its
 ``herald_gateway_users`` gauge at 0), and the time that took is reported too: otherwise the detaches of
 one round would run during the next round's handshakes.
@@ -34,7 +36,7 @@ import orjson
 import websockets
 
 from herald_ops.testing.gateway import metric
-from herald_ops.testing.measure import cpu_seconds, load_average, percentile
+from herald_ops.testing.measure import cpu_seconds, load_average, local_broker_pid, percentile
 from herald_ops.testing.stack import HeraldProcess, Stack, fresh_id, mint, stack_context
 
 #: Seconds the gateway gets to detach every user of a storm once its clients closed.
@@ -49,7 +51,9 @@ class Wave:
     seconds: list[float]
     failures: collections.Counter[str]
     wall: float
-    cpu: tuple[float, float]
+    #: CPU seconds spent during the wave, by process: worker, gateway, broker (when it runs on this
+    #: machine) and this process, the clients.
+    cpu: dict[str, float]
     #: Seconds from the clients' close until the gateway had detached every user (storm waves only).
     detached: float | None = None
 
@@ -63,7 +67,8 @@ class Wave:
             f"{self.name:15s} all={self.wall:5.2f}s rate={self.rate:6.0f}/s p50={percentile(ms, 0.5):5.0f}ms "
             f"p99={percentile(ms, 0.99):5.0f}ms max={max(ms, default=0):5.0f}ms "
             f"failures={sum(self.failures.values())} {dict(self.failures.most_common(3))} "
-            f"CPU s worker {self.cpu[0]:.2f} gateway {self.cpu[1]:.2f}"
+            f"CPU s {' '.join(f'{name} {seconds:.2f}' for name, seconds in self.cpu.items())} "
+            f"= {sum(self.cpu.values()):.1f} ({sum(self.cpu.values()) / self.wall:.1f} cores)"
             + ("" if self.detached is None else f"; all detached {self.detached:.2f}s after the close")
         )
 
@@ -78,8 +83,13 @@ async def settle(gateway: HeraldProcess, since: float) -> float:
     return time.perf_counter() - since
 
 
+def cpu_now(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds used so far by each process of ``pids``, and by this one (``clients``)."""
+    return {name: cpu_seconds(pid) for name, pid in pids.items()} | {"clients": time.process_time()}
+
+
 async def wave(
-    name: str, urls: list[str], pids: list[int], until_connected: bool, gateway: HeraldProcess
+    name: str, urls: list[str], pids: dict[str, int], until_connected: bool, gateway: HeraldProcess
 ) -> Wave:
     """Open every url at once; ready = handshake done (and ``connected`` received when asked). Then close
     them all and, with ``until_connected``, wait until ``gateway`` has detached every user."""
@@ -90,7 +100,7 @@ async def wave(
     # alive, CPython's collector took half of this process's CPU, so the floor measured the clients.
     gc.collect()
     gc.disable()
-    cpu_before = [cpu_seconds(pid) for pid in pids]
+    cpu_before = cpu_now(pids)
     started = time.perf_counter()
 
     async def one(url: str) -> None:
@@ -108,21 +118,25 @@ async def wave(
 
     await asyncio.gather(*(one(url) for url in urls))
     wall = time.perf_counter() - started
-    cpu = tuple(cpu_seconds(pid) - before for pid, before in zip(pids, cpu_before, strict=True))
+    cpu = {name: seconds - cpu_before[name] for name, seconds in cpu_now(pids).items()}
     closed = time.perf_counter()
     await asyncio.gather(*(ws.close() for ws in sockets))
     gc.enable()
     detached = await settle(gateway, since=closed) if until_connected else None
-    return Wave(name, ready, failures, wall, (cpu[0], cpu[1]), detached)
+    return Wave(name, ready, failures, wall, cpu, detached)
 
 
 async def run(stack: Stack, args: argparse.Namespace) -> list[tuple[Wave, Wave]]:
-    stack.start_worker()
+    worker = stack.start_worker()
     gateway = stack.start_gateway(
         rate_limit_per_second=1_000_000, rate_limit_burst=1_000_000, auth_timeout=120
     )
-    pids = [process.popen.pid for process in stack.processes if process.popen is not None]
-    print(f"worker pid {pids[0]}, gateway pid {pids[1]}", flush=True)
+    assert worker.popen is not None
+    assert gateway.popen is not None
+    pids = {"worker": worker.popen.pid, "gateway": gateway.popen.pid}
+    if (broker := local_broker_pid()) is not None:
+        pids["broker"] = broker
+    print(f"pids {pids}", flush=True)
     users = [fresh_id("storm") for _ in range(args.clients)]
     conn = await asyncpg.connect(stack.database_url)
     await conn.execute("INSERT INTO users (user_id) SELECT unnest($1::text[])", users)

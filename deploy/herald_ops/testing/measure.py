@@ -26,6 +26,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def local_broker_pid() -> int | None:
+    """The pid of the RabbitMQ node on this machine (the ``beam.smp`` started with ``-s rabbit boot``),
+    or ``None``: a benchmark on one box can then count the broker's CPU beside Herald's."""
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # not a process, or it ended meanwhile
+            continue
+        if argv and argv[0].endswith(b"beam.smp") and b"rabbit" in argv and b"boot" in argv:
+            return int(entry.name)
+    return None
+
+
 def percentile(values: Sequence[float], share: float) -> float:
     """The value below which ``share`` of ``values`` lie (nearest rank; 0 when there are none)."""
     if not values:
