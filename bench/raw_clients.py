@@ -1,5 +1,6 @@
-"""The client side of ``bench/gateway_fanout.py``: raw WebSocket clients that only count the bytes they
-receive (so they cost almost nothing), and what the benchmark waits for and reads off a server process."""
+"""The client side of ``bench/gateway_fanout.py`` and ``bench/connect_storm.py``: raw WebSocket clients
+that only count the bytes they receive and keep the first frame (so they cost almost nothing), and what
+the benchmarks wait for and read off a server process."""
 
 from __future__ import annotations
 
@@ -38,8 +39,21 @@ class Tally:
             self.reached.set()
 
 
+def frame_payload(data: bytes) -> bytes | None:
+    """The payload of the unmasked server frame at the start of ``data``, or ``None`` while incomplete."""
+    if len(data) < 2:
+        return None
+    length, start = data[1] & 0x7F, 2
+    if length == 126:
+        length, start = int.from_bytes(data[2:4], "big"), 4
+    elif length == 127:
+        length, start = int.from_bytes(data[2:10], "big"), 10
+    return data[start : start + length] if len(data) >= start + length else None
+
+
 class RawClient(asyncio.Protocol):
-    """A WebSocket client that only performs the handshake and counts the bytes it receives."""
+    """A WebSocket client that only performs the handshake, counts the bytes it receives and keeps the
+    payload of the first frame (``first_frame``)."""
 
     def __init__(self, path: str, port: int, tally: Tally) -> None:
         key = base64.b64encode(os.urandom(16)).decode()
@@ -49,7 +63,9 @@ class RawClient(asyncio.Protocol):
         ).encode()
         self.tally = tally
         self.head = b""
-        self.upgraded = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.upgraded = loop.create_future()
+        self.first_frame: asyncio.Future[bytes] = loop.create_future()
         self.received = 0
         self.transport: Any = None
 
@@ -69,12 +85,19 @@ class RawClient(asyncio.Protocol):
             data = self.head[end + 4 :]
             self.head = b""
             self.upgraded.set_result(None)
+        if not self.first_frame.done():
+            self.head += data
+            if (payload := frame_payload(self.head)) is not None:
+                self.head = b""
+                self.first_frame.set_result(payload)
         self.received += len(data)
         self.tally.add(len(data))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.upgraded.done():
             self.upgraded.set_exception(ConnectionError("closed during handshake"))
+        # Cancelled rather than failed: a benchmark that never waits for a first frame gets no warning.
+        self.first_frame.cancel()
 
 
 async def open_clients(port: int, paths: list[str], tally: Tally, parallel: int = 200) -> list[RawClient]:
