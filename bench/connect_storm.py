@@ -134,8 +134,13 @@ class Clients:
                 await asyncio.wait([raw.first_frame])
                 if raw.first_frame.cancelled():
                     raise ConnectionError("closed before the first frame")
-                if orjson.loads(raw.first_frame.result()).get("method") != "connected":
-                    raise ConnectionError(f"first frame is not connected: {raw.first_frame.result()[:60]!r}")
+                first = raw.first_frame.result()
+                try:
+                    method = orjson.loads(first).get("method")
+                except orjson.JSONDecodeError:  # a close frame, say: its code and reason are not JSON
+                    method = None
+                if method != "connected":
+                    raise ConnectionError(f"first frame is not connected: {first[:60]!r}")
             return
         # No proxy lookup (``proxy=None``): reading the environment for one was 9 % of this process's
         # samples, and the floor is meant to be the gateway's handshake rate.

@@ -39,21 +39,31 @@ class Tally:
             self.reached.set()
 
 
-def frame_payload(data: bytes) -> bytes | None:
-    """The payload of the unmasked server frame at the start of ``data``, or ``None`` while incomplete."""
-    if len(data) < 2:
-        return None
-    length, start = data[1] & 0x7F, 2
-    if length == 126:
-        length, start = int.from_bytes(data[2:4], "big"), 4
-    elif length == 127:
-        length, start = int.from_bytes(data[2:10], "big"), 10
-    return data[start : start + length] if len(data) >= start + length else None
+#: Opcodes of the control frames a server may send before any message: ping and pong.
+PING_PONG = (0x9, 0xA)
+
+
+def first_message(data: bytes) -> bytes | None:
+    """The payload of the first frame at the start of ``data`` that is not a ping or a pong (the gateway's
+    keepalive may ping before anything else), or ``None`` while that frame is incomplete. Server frames
+    are unmasked."""
+    while len(data) >= 2:
+        opcode, length, start = data[0] & 0x0F, data[1] & 0x7F, 2
+        if length == 126:
+            length, start = int.from_bytes(data[2:4], "big"), 4
+        elif length == 127:
+            length, start = int.from_bytes(data[2:10], "big"), 10
+        if len(data) < start + length:
+            return None
+        if opcode not in PING_PONG:
+            return data[start : start + length]
+        data = data[start + length :]
+    return None
 
 
 class RawClient(asyncio.Protocol):
     """A WebSocket client that only performs the handshake, counts the bytes it receives and keeps the
-    payload of the first frame (``first_frame``)."""
+    payload of the first message (``first_frame``: a close frame's too, but no ping or pong)."""
 
     def __init__(self, path: str, port: int, tally: Tally) -> None:
         key = base64.b64encode(os.urandom(16)).decode()
@@ -87,7 +97,7 @@ class RawClient(asyncio.Protocol):
             self.upgraded.set_result(None)
         if not self.first_frame.done():
             self.head += data
-            if (payload := frame_payload(self.head)) is not None:
+            if (payload := first_message(self.head)) is not None:
                 self.head = b""
                 self.first_frame.set_result(payload)
         self.received += len(data)
