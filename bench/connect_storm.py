@@ -122,11 +122,11 @@ class Clients:
     async def ready(self, url: str, until_connected: bool) -> None:
         if self.kind == "raw":
             address = urllib.parse.urlsplit(url)
-            assert address.port is not None
-            loop = asyncio.get_running_loop()
+            port = address.port
+            assert port is not None
             target = f"{address.path}?{address.query}" if address.query else address.path
-            _, raw = await loop.create_connection(
-                lambda: RawClient(target, address.port or 0, Tally()), address.hostname, address.port
+            _, raw = await asyncio.get_running_loop().create_connection(
+                lambda: RawClient(target, port, Tally()), address.hostname, port
             )
             self._open.append(raw)
             await raw.upgraded
