@@ -1,4 +1,5 @@
-"""Herald's shared leaf package: settings, models, topology names, logging, producer and client helpers.
+"""Herald's shared leaf package: settings, models, topology names, logging, process start-up, producer
+and client helpers.
 
 Nothing here imports from ``worker`` or ``gateway``.
 """

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 from shared.process import YOUNG_THRESHOLD
 
@@ -45,3 +47,30 @@ def test_run_freezes_start_up_and_raises_the_young_threshold_before_the_loop_run
     # The collector stays on: a closed connection's objects form cycles only it frees.
     assert inside["enabled"] is True
     assert inside["loop"].startswith("uvloop")
+
+
+#: Every process's entry point, and the function of shared.process it must call before serving.
+ENTRY_POINTS = {
+    "gateway/__main__.py": "run",
+    "gateway/api/__main__.py": "tune_garbage_collector",
+    "worker/__main__.py": "run",
+    "worker/delivery/__main__.py": "run",
+}
+
+
+def test_every_entry_point_serves_through_shared_process() -> None:
+    root = Path(__file__).resolve().parents[3]
+    for relative, function in ENTRY_POINTS.items():
+        tree = ast.parse((root / relative).read_text())
+        imported = {
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module == "shared.process"
+            for alias in node.names
+        }
+        called = {
+            node.func.id
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+        }
+        assert function in imported & called, f"{relative} does not call shared.process.{function}"
