@@ -56,6 +56,7 @@ from bench.raw_clients import (  # noqa: E402
     rss_kib,
     wait_first_frames,
     wait_gateway_connections,
+    wait_unbound,
     wire_size,
 )
 from bench.relay_servers import frame_of_size  # noqa: E402
@@ -310,6 +311,9 @@ class Bench:
             await asyncio.sleep(2.0)
             if server.metrics:
                 await wait_gateway_connections(server.port, 0)
+        # The relays unbind each user as the clients go; stopped before that ends, a relay would leave
+        # the broker minutes of work deleting its queue with the rest of the bindings.
+        await wait_unbound(self.vhost)
         return waves[0], waves[1]
 
     async def memory(self) -> dict[str, float]:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from herald_ops.testing.stack import http_get
+from herald_ops.testing.stack import http_get, rabbitmqctl
 
 
 def wire_size(payload: int) -> int:
@@ -143,6 +143,24 @@ async def wait_gateway_connections(port: int, count: int) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"the gateway never reported {count} connections")
         await asyncio.sleep(0.2)
+
+
+def user_exchanges_left(vhost: str) -> int:
+    """How many per-user exchanges (``herald.user.*``) ``vhost`` still has: each goes when its last
+    binding does."""
+    listing = rabbitmqctl("list_exchanges", "-q", "-p", vhost, "name").stdout
+    return sum(1 for line in listing.splitlines() if line.startswith("herald.user."))
+
+
+async def wait_unbound(vhost: str, deadline: float = 300.0) -> None:
+    """Wait until every per-user exchange of ``vhost`` is gone, so that the server holding their bindings
+    can stop without leaving the broker to delete its queue with thousands of bindings (which takes it
+    minutes: rabbitmq/rabbitmq-server#12926)."""
+    give_up = time.monotonic() + deadline
+    while (left := await asyncio.to_thread(user_exchanges_left, vhost)) > 0:
+        if time.monotonic() > give_up:
+            raise TimeoutError(f"{left} user exchanges still bound after {deadline:.0f} s")
+        await asyncio.sleep(0.5)
 
 
 def close_clients(clients: list[RawClient]) -> None:

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any, cast
 import aio_pika
 import pytest
 
-from gateway.broker import ATTACH_ATTEMPTS, BrokerLink
+from gateway.broker import ATTACH_ATTEMPTS, GATEWAY_QUEUES, BrokerLink
 from gateway.errors import TopologyError
 from gateway.metrics import Metrics
 from gateway.rpc import RpcClient
 from herald_ops.testing.gateway import NAMES, publish_user, user_frame
-from herald_ops.testing.stack import fresh_id, wait_until
+from herald_ops.testing.stack import fresh_id, rabbitmqctl, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -94,6 +94,30 @@ async def test_users_attached_together_are_all_bound(
     await frames_reach(channel, hub, users)
     assert retries(metrics) == 0
     assert set(hub.frames) == set(users)
+
+
+async def test_users_are_spread_over_the_gateway_queues_and_broadcasts_reach_one_of_them(
+    link: tuple[BrokerLink, RecordingHub, Metrics], channel: AbstractChannel, stack: Stack
+) -> None:
+    broker, hub, _ = link
+    users = [fresh_id("spread") for _ in range(400)]
+    assert await asyncio.gather(*(broker.attach(user) for user in users)) == [None] * len(users)
+    await frames_reach(channel, hub, users)
+    listing = rabbitmqctl(
+        "list_bindings", "-q", "-p", stack.name, "source_name", "destination_name", "destination_kind"
+    ).stdout
+    rows = [line.split("\t") for line in listing.splitlines()]
+    bound = {
+        source: queue for source, queue, kind in rows if kind == "queue" and source.startswith("herald.user.")
+    }
+    ours = {bound[NAMES.user_exchange(user)] for user in users}
+    # A crashed gateway's queues are deleted by the broker one by one, at a cost that grows far faster
+    # than the bindings of one queue: so each user's exchange is bound to one of several queues.
+    assert len(ours) == GATEWAY_QUEUES
+    # One queue of the process takes broadcasts (other gateways of the session may have theirs), so
+    # each broadcast frame arrives once.
+    broadcast_queues = {queue for source, queue, _ in rows if source == NAMES.broadcast_exchange}
+    assert len(broadcast_queues & ours) == 1
 
 
 async def test_a_user_whose_exchange_the_broker_refuses_fails_alone(
