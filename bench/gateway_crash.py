@@ -18,9 +18,14 @@ import argparse
 import asyncio
 import time
 
-import orjson
-
-from bench.raw_clients import RawClient, Tally, close_clients, user_exchanges_left
+from bench.raw_clients import (
+    Tally,
+    close_clients,
+    open_clients,
+    user_exchanges_left,
+    wait_first_frames,
+    wait_unbound,
+)
 from herald_ops.testing.measure import cpu_seconds, load_average, local_broker_pid
 from herald_ops.testing.stack import Stack, fresh_id, mint, stack_context
 
@@ -28,27 +33,12 @@ from herald_ops.testing.stack import Stack, fresh_id, mint, stack_context
 CLEANUP_DEADLINE = 1200.0
 
 
-async def connect_all(port: int, users: list[str]) -> list[RawClient]:
-    loop = asyncio.get_running_loop()
-    gate = asyncio.Semaphore(200)
-
-    async def one(user: str) -> RawClient:
-        async with gate:
-            path = f"/notifications?token={mint(user)}"
-            _, client = await loop.create_connection(
-                lambda: RawClient(path, port, Tally()), "127.0.0.1", port
-            )
-            if orjson.loads(await client.first_frame).get("method") != "connected":
-                raise SystemExit(f"{user} got another first frame than connected")
-            return client
-
-    return list(await asyncio.gather(*(one(user) for user in users)))
-
-
 async def run(stack: Stack, count: int) -> None:
     stack.start_worker()
     gateway = stack.start_gateway(rate_limit_per_second=1_000_000, rate_limit_burst=1_000_000)
-    clients = await connect_all(gateway.port, [fresh_id("crash") for _ in range(count)])
+    paths = [f"/notifications?token={mint(fresh_id('crash'))}" for _ in range(count)]
+    clients = await open_clients(gateway.port, paths, Tally())
+    await wait_first_frames(clients)
     exchanges = await asyncio.to_thread(user_exchanges_left, stack.name)
     print(f"{len(clients)} users connected, {exchanges} user exchanges bound", flush=True)
     broker = local_broker_pid()
@@ -56,10 +46,7 @@ async def run(stack: Stack, count: int) -> None:
     started = time.perf_counter()
     gateway.kill()
     close_clients(clients)
-    while (left := await asyncio.to_thread(user_exchanges_left, stack.name)) > 0:
-        if time.perf_counter() - started > CLEANUP_DEADLINE:
-            raise SystemExit(f"{left} user exchanges still there {CLEANUP_DEADLINE:.0f} s after the kill")
-        await asyncio.sleep(0.5)
+    await wait_unbound(stack.name, CLEANUP_DEADLINE)
     wall = time.perf_counter() - started
     cpu = f", broker CPU {cpu_seconds(broker) - cpu_before:.1f} s" if broker is not None else ""
     print(f"cleaned up {wall:.1f} s after the kill{cpu} (load average {load_average():.1f})")
