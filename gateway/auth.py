@@ -88,6 +88,18 @@ class TokenVerifier:
         )
         self._audience = settings.jwt_audience
         self._issuer = settings.jwt_issuer
+        self._fixed_key = self._only_key()
+
+    def _only_key(self) -> tuple[Any, list[str]] | None:
+        """The key and its allowed algorithms when the configuration leaves a token no other: a secret
+        alone, or a public key alone, without JWKS. Then the header need not be read first to pick the
+        key (PyJWT parses the whole token for it: 72 µs per token against 50, bench/token_verify.py)."""
+        if self._jwks is not None or (self._secret is None) == (self._public_key is None):
+            return None
+        hmac = self._secret is not None
+        algorithms = sorted(a for a in self._algorithms if (a in _HMAC) == hmac)
+        # No algorithm left for the key: the header path refuses every token with the right reason.
+        return ((self._secret if hmac else self._public_key), algorithms) if algorithms else None
 
     @property
     def lacks_audience(self) -> bool:
@@ -97,19 +109,22 @@ class TokenVerifier:
 
     async def verify(self, token: str) -> Claims:
         """The token's claims; :class:`AuthError` with a short reason when it is refused."""
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise AuthError("malformed token") from None
-        alg = header.get("alg")
-        if not isinstance(alg, str) or alg not in self._algorithms:
-            raise AuthError("token algorithm not allowed")
-        key = await self._key_for(alg, header)
+        if self._fixed_key is not None:
+            key, algorithms = self._fixed_key
+        else:
+            try:
+                header = jwt.get_unverified_header(token)
+            except jwt.PyJWTError:
+                raise AuthError("malformed token") from None
+            alg = header.get("alg")
+            if not isinstance(alg, str) or alg not in self._algorithms:
+                raise AuthError("token algorithm not allowed")
+            key, algorithms = await self._key_for(alg, header), [alg]
         try:
             payload = jwt.decode(
                 token,
                 key,
-                algorithms=[alg],
+                algorithms=algorithms,
                 audience=self._audience,
                 issuer=self._issuer,
                 options={"require": ["exp", "sub"], "verify_aud": self._audience is not None},
@@ -122,6 +137,12 @@ class TokenVerifier:
             raise AuthError(f"token lacks the {exc.claim} claim") from None
         except (jwt.InvalidAudienceError, jwt.InvalidIssuerError):
             raise AuthError("token audience or issuer not accepted") from None
+        except jwt.InvalidAlgorithmError:
+            raise AuthError("token algorithm not allowed") from None
+        except jwt.InvalidSignatureError:
+            raise AuthError("invalid token") from None
+        except jwt.DecodeError:  # not three base64url segments of JSON (InvalidSignatureError is one too)
+            raise AuthError("malformed token") from None
         except jwt.PyJWTError:
             raise AuthError("invalid token") from None
         except Exception as exc:  # a key that does not fit the algorithm (e.g. ES256 vs RSA): refused too
