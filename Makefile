@@ -54,6 +54,7 @@ bench: install
 	$(BIN)/python bench/gateway_fanout.py
 	$(BIN)/python bench/requests.py
 	$(BIN)/python bench/connect_storm.py
+	$(BIN)/python bench/token_verify.py
 	$(BIN)/python bench/e2e.py
 	$(BIN)/python bench/broadcast.py
 
