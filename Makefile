@@ -34,11 +34,17 @@ clients:              ## the browser packages and the demo: npm ci, builds, JS t
 test-deps: install    ## chromium, playwright, haproxy: what the suite needs beyond Python packages
 	VENV=$(VENV) bash .ci/install-test-deps
 
+# Tests run in TEST_WORKERS processes (pytest-xdist), a file per process at a time: every stack a
+# test makes has its own vhost, database and ports. The fault tests, which stop RabbitMQ or Postgres,
+# then run alone.
+TEST_WORKERS ?= 3
+
 test: test-deps clients ## the whole suite against the local RabbitMQ and Postgres, nothing skipped
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not fault" -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -m fault
 
 test-fast: install    ## everything but the fault tests
-	$(BIN)/pytest -m "not fault"
+	$(BIN)/pytest -m "not fault" -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(BIN)/ruff format --check .
