@@ -20,7 +20,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
 
@@ -71,12 +71,49 @@ def close_connections(vhost: str, client: str = "") -> int:
     return len(pids)
 
 
+def _ephemeral_floor() -> int:
+    """The lowest port the kernel hands to outgoing connections (Linux; 32768 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+#: The ports :func:`free_port` hands out: below the kernel's ephemeral range, each pytest-xdist worker
+#: (``PYTEST_XDIST_WORKER`` ``gw<N>`` of ``PYTEST_XDIST_WORKER_COUNT``) in a slice of its own.
+_PORTS_FROM: Final = 10_000
+
+
+def _port_slice() -> Iterator[int]:
+    low, high = _PORTS_FROM, max(_ephemeral_floor(), _PORTS_FROM + 1_000)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    size = (high - low) // max(workers, 1)
+    start = low + worker * size
+    # From a point of the slice that differs between runs, so a port a run left in use is rarely met.
+    offset = (os.getpid() * 7919) % size
+    for step in range(size):
+        yield start + (offset + step) % size
+
+
+_ports = _port_slice()
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that nothing listens on now, for a server about to be started.
+
+    Not the kernel's ``bind(0)``: its ports come from the ephemeral range, which outgoing connections
+    take from too, so a client socket of a busy test could take the port before the server binds it.
+    These ports lie below that range, and each parallel test process has its own slice of them.
+    """
+    for port in _ports:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use, or a socket of an earlier run still closing
+            return port
+    raise RuntimeError("no free port left in this process's slice")
 
 
 @dataclass
