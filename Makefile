@@ -38,13 +38,14 @@ test-deps: install    ## chromium, playwright, haproxy: what the suite needs bey
 # test makes has its own vhost, database and ports. The fault tests, which stop RabbitMQ or Postgres,
 # then run alone.
 TEST_WORKERS ?= 3
+PARALLEL_TESTS = $(BIN)/pytest -m "not fault" -n $(TEST_WORKERS) --dist loadfile
 
 test: test-deps clients ## the whole suite against the local RabbitMQ and Postgres, nothing skipped
-	$(BIN)/pytest -m "not fault" -n $(TEST_WORKERS) --dist loadfile
+	$(PARALLEL_TESTS)
 	$(BIN)/pytest -m fault
 
 test-fast: install    ## everything but the fault tests
-	$(BIN)/pytest -m "not fault" -n $(TEST_WORKERS) --dist loadfile
+	$(PARALLEL_TESTS)
 
 lint: install
 	$(BIN)/ruff format --check .

@@ -85,6 +85,7 @@ _PORTS_FROM: Final = 10_000
 
 
 def _port_slice() -> Iterator[int]:
+    # With an ephemeral range that starts below 11,000 (rare), the slices overlap it, as bind(0) always did.
     low, high = _PORTS_FROM, max(_ephemeral_floor(), _PORTS_FROM + 1_000)
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
