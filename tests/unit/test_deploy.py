@@ -10,13 +10,16 @@ from __future__ import annotations
 import re
 import shlex
 import tomllib
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import setuptools
 import yaml
 
 from gateway.api.__main__ import GRACEFUL_SHUTDOWN_SECONDS
 from gateway.app import CLOSE_TIMEOUT
+from herald_ops.testing.image import copy_sources, dockerfile_stages, dockerignore_admits
 from herald_ops.testing.stack import ROOT
 from shared.settings import ENV_PREFIX
 from shared.topology import Topology
@@ -250,24 +253,39 @@ def test_alerts_and_dashboard_name_real_queues(path: str) -> None:
     assert queues == {Topology().events_queue, Topology().dead_letter_queue}
 
 
+def installed_package_dirs() -> set[str]:
+    """The directory of every top-level package that pyproject's ``packages.find`` installs."""
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    return {
+        str(PurePosixPath(where) / package)
+        for where in find["where"]
+        for package in setuptools.find_packages(str(ROOT / where), include=find["include"])
+        if "." not in package
+    }
+
+
 def test_dockerfile_copies_what_exists_and_is_not_ignored() -> None:
-    """Every ``COPY`` source of the build stages exists and the .dockerignore lets it in."""
-    dockerfile = (DEPLOY / "Dockerfile").read_text()
-    sources = [
-        source
-        for line in dockerfile.splitlines()
-        if line.startswith("COPY ") and "--from=" not in line
-        for source in line.split()[1:-1]
-    ]
-    assert {"pyproject.toml", "README.md", "shared", "worker", "gateway", "sql", "clients/js"} <= set(sources)
-    allowed = [
-        line[1:].removesuffix("/**")
-        for line in (ROOT / ".dockerignore").read_text().splitlines()
-        if line.startswith("!")
-    ]
+    """Every ``COPY`` source of the build stages exists and the .dockerignore lets it in, and the builder
+    stage copies every package the distribution installs (a missing one fails every process at import)."""
+    stages = dockerfile_stages()
+    builder = copy_sources(stages["builder"])
+    packages = installed_package_dirs()
+    assert {"shared", "worker", "gateway", "deploy/herald_ops", "clients/python/herald_client"} <= packages
+    missing = {
+        package
+        for package in packages
+        if not any(package == source or package.startswith(f"{source}/") for source in builder)
+    }
+    assert not missing, f"the builder copies no source of these installed packages: {sorted(missing)}"
+    for package in packages:
+        assert dockerignore_admits(f"{package}/__init__.py"), f"{package}: excluded by .dockerignore"
+    # The test harness stays out of the image; nothing the processes run imports it.
+    assert not dockerignore_admits("deploy/herald_ops/testing/stack.py")
+    sources = [source for instructions in stages.values() for source in copy_sources(instructions)]
+    assert {"pyproject.toml", "README.md", "sql", "clients/js"} <= set(sources)
     for source in sources:
         assert (ROOT / source).exists(), f"COPY {source}: missing"
-        assert source in allowed, f"COPY {source}: excluded by .dockerignore"
+        assert dockerignore_admits(source), f"COPY {source}: excluded by .dockerignore"
 
 
 def test_k8s_ships_no_jwt_secret_value() -> None:
@@ -428,3 +446,13 @@ def test_compose_broker_users_have_the_permissions_herald_broker_setup_grants() 
         if name != "migrate"
     }
     assert waits == {"service_completed_successfully"}
+
+
+def test_image_listens_beyond_loopback_for_every_process() -> None:
+    """Every ``*_host`` setting (the gateway, the API, the health ports) defaults to 127.0.0.1; in the image
+    each is 0.0.0.0, or that process's port is unreachable from outside its container."""
+    (env,) = [line for line in dockerfile_stages()["runtime"] if line.startswith("ENV ")]
+    image_env = dict(pair.partition("=")[::2] for pair in env.removeprefix("ENV ").split())
+    hosts = {name for name in SETTINGS_ENV if name.endswith("_HOST")}
+    assert hosts, "no *_HOST setting found"
+    assert {name: image_env.get(name) for name in hosts} == dict.fromkeys(hosts, "0.0.0.0")
