@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 migrate: install
 	$(BIN)/herald migrate
 
-run: install clients  ## migrate, then one worker and one gateway in the foreground (Ctrl-C stops both)
+run: install clients  ## migrate, then a worker, a gateway, the HTTP API and herald-delivery in the foreground (Ctrl-C stops all)
 	$(BIN)/herald dev
 
 worker: install

@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--ttl", type=float, default=3600.0, help="token lifetime in seconds [3600]")
     tail.set_defaults(handler=_cmd_tail)
 
-    dev_parser = sub.add_parser("dev", help="migrate + worker + gateway in the foreground; Ctrl-C stops all")
+    dev_parser = sub.add_parser("dev", help="migrate, then every process in the foreground; Ctrl-C stops all")
     dev_parser.add_argument("--user", default="demo", help="user id of the printed dev token [demo]")
     dev_parser.set_defaults(handler=dev.run)
 
