@@ -65,9 +65,11 @@ def permissions(prefix: str) -> dict[str, Permission]:
             read=rf"^({p}\.users|{p}\.broadcast|{p}\.user\..+|amq\.gen-.+|amq\.rabbitmq\.reply-to)$",
         ),
         "worker": Permission(configure=rf"^{p}\..+$", write=rf"^({p}\..+|amq\.default)$", read=rf"^{p}\..+$"),
+        # herald.deliveries itself too: a consumer's start declares its exchange (refused without configure
+        # even when it exists); amq.default: dead letters go to herald.deliveries.dead by queue name.
         "delivery": Permission(
-            configure=rf"^{p}\.deliveries\..+$",
-            write=rf"^{p}\.deliveries\..+$",
+            configure=rf"^{p}\.deliveries(\..+)?$",
+            write=rf"^({p}\.deliveries\..+|amq\.default)$",
             read=rf"^{p}\.deliveries(\..+)?$",
         ),
         "producer": Permission(configure="^$", write=rf"^{p}\.events$", read="^$"),

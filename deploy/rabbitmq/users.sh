@@ -24,7 +24,7 @@ rabbitmqctl -q set_permissions -p / -- herald-gateway '^(herald\.users|herald\.b
 user herald-worker "$BROKER_WORKER_PASSWORD"
 rabbitmqctl -q set_permissions -p / -- herald-worker '^herald\..+$' '^(herald\..+|amq\.default)$' '^herald\..+$'
 user herald-delivery "$BROKER_DELIVERY_PASSWORD"
-rabbitmqctl -q set_permissions -p / -- herald-delivery '^herald\.deliveries\..+$' '^herald\.deliveries\..+$' '^herald\.deliveries(\..+)?$'
+rabbitmqctl -q set_permissions -p / -- herald-delivery '^herald\.deliveries(\..+)?$' '^(herald\.deliveries\..+|amq\.default)$' '^herald\.deliveries(\..+)?$'
 user herald-producer "$BROKER_PRODUCER_PASSWORD"
 rabbitmqctl -q set_permissions -p / -- herald-producer '^$' '^herald\.events$' '^$'
 echo "broker users ready: herald-gateway herald-worker herald-delivery herald-producer"

@@ -19,10 +19,14 @@ import orjson
 import pytest
 
 from gateway.rpc import RpcClient
+from herald_client.producer import Producer, PublishError
 from herald_ops.broker import ROLES, commands, password_changes
+from herald_ops.testing.delivery import running_mailbox
 from herald_ops.testing.gateway import call, open_client
 from herald_ops.testing.stack import AMQP_BASE, ROOT, fresh_id, mint, rabbitmqctl, stack_context, wait_until
 from shared.jsonrpc import rpc_request
+from shared.topology import Topology
+from worker.vapid import new_key_pair
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -104,10 +108,10 @@ async def test_herald_runs_on_least_privilege_users(stack: Stack, roles: dict[st
     producer = await aio_pika.connect(roles["producer"])
     pg = await asyncpg.connect(stack.database_url)
     try:
-        channel = await producer.channel()
-        events = await channel.get_exchange("herald.events", ensure=False)
-        event = {"user_id": user, "type": "SYSTEM_ANNOUNCEMENT", "title": "least privilege"}
-        await events.publish(aio_pika.Message(orjson.dumps(event)), routing_key="notification.send")
+        # The SDK's producer (and `herald send`) on the producer's user: it checks the exchange, which
+        # needs no permission, instead of declaring it, which would be refused.
+        async with Producer(roles["producer"]) as sdk:
+            await sdk.send(user, "SYSTEM_ANNOUNCEMENT", "least privilege")
 
         async def stored() -> bool:
             return bool(await pg.fetchval("SELECT count(*) FROM notifications WHERE user_id = $1", user))
@@ -128,6 +132,51 @@ async def test_herald_runs_on_least_privilege_users(stack: Stack, roles: dict[st
         await pg.close()
         await producer.close()
         await ws.close()
+
+
+async def test_a_producer_that_may_not_declare_a_missing_exchange_is_told_why(roles: dict[str, str]) -> None:
+    with pytest.raises(PublishError, match="does not exist and this broker user may not declare it"):
+        async with Producer(roles["producer"], prefix="herald_missing"):
+            pass
+
+
+async def test_delivery_consumes_both_channels_and_dead_letters_on_its_own_user(
+    stack: Stack, roles: dict[str, str]
+) -> None:
+    """With email and push configured, herald-delivery declares the exchange its consumers bind to, and
+    it publishes a job that failed for good to herald.deliveries.dead, all as the delivery user."""
+    stack.start_worker(amqp_url=roles["worker"])
+    private_pem, _ = new_key_pair()
+    topology = Topology()
+    with running_mailbox() as mailbox:
+        stack.start_delivery(amqp_url=roles["delivery"], smtp_url=mailbox.url, vapid_private_key=private_pem)
+        user = fresh_id()
+        address = f"{user}@mail.test"
+        mailbox.refuse[address] = "550 5.1.1 no such user"
+        producer = await aio_pika.connect(roles["producer"])
+        admin = await aio_pika.connect(stack.amqp_url)
+        try:
+            events = await (await producer.channel()).get_exchange(topology.events_exchange, ensure=False)
+            profile = {"user_id": user, "email": address}
+            await events.publish(aio_pika.Message(orjson.dumps(profile)), routing_key="user.profile")
+            async with Producer(roles["producer"]) as sdk:
+                await sdk.send(user, "CERTIFICATE_ISSUED", "Your certificate", channels=["email"])
+            dead = await (await admin.channel()).get_queue(topology.deliveries_dead_queue, ensure=False)
+            reasons: list[str] = []
+
+            async def dead_lettered() -> bool:
+                message = await dead.get(fail=False)
+                if message is not None:
+                    await message.ack()
+                    if orjson.loads(message.body)["user_id"] == user:
+                        reasons.append(str((message.headers or {}).get("x-herald-error")))
+                return bool(reasons)
+
+            await wait_until(dead_lettered, 60, "the refused job dead-lettered by herald-delivery")
+            assert reasons == ["smtp 550: 5.1.1 no such user"]
+        finally:
+            await admin.close()
+            await producer.close()
 
 
 async def test_the_monitor_reads_queue_lengths_and_nothing_else(stack: Stack, roles: dict[str, str]) -> None:

@@ -17,6 +17,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, Self
 
 import aio_pika
+import aiormq
 import orjson
 from aio_pika.exceptions import DeliveryError
 
@@ -60,7 +61,8 @@ class InvalidEvent(ValueError):
 
 
 class PublishError(RuntimeError):
-    """The broker did not take the event (unroutable: no worker has declared the input queue yet)."""
+    """The broker did not take the event (unroutable: no worker has declared the input queue yet), or
+    the events exchange does not exist and this broker user may not declare it."""
 
 
 class Producer:
@@ -87,11 +89,36 @@ class Producer:
 
     async def __aenter__(self) -> Self:
         self._connection = await aio_pika.connect_robust(self._url)
+        await self._ensure_exchange(self._connection)
         channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-        self._exchange = await channel.declare_exchange(
-            self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
-        )
+        self._exchange = await channel.get_exchange(self._exchange_name, ensure=False)
         return self
+
+    async def _ensure_exchange(self, connection: AbstractRobustConnection) -> None:
+        """Check that the events exchange exists, and declare it only when it does not.
+
+        A check (a passive declare) needs no broker permission, so a least-privilege producer user, which
+        may only write to the exchange, works once a worker has declared it. Declaring it takes configure
+        permission, which only an administrator's or a development user has. Each attempt gets its own
+        channel, because a failed declare closes the channel it was sent on.
+        """
+        probe = await connection.channel()
+        try:
+            await probe.get_exchange(self._exchange_name, ensure=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            declaring = await connection.channel()
+            try:
+                await declaring.declare_exchange(
+                    self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+                )
+            except aiormq.exceptions.ChannelAccessRefused as exc:
+                raise PublishError(
+                    f"{self._exchange_name} does not exist and this broker user may not declare it:"
+                    " start a worker first (it declares the topology)"
+                ) from exc
+            await declaring.close()
+            return
+        await probe.close()
 
     async def __aexit__(
         self,
