@@ -124,6 +124,7 @@ class _Worker:
         pool = await self._connect_database()
         catalog = await load_catalog(pool)
         metrics.CATALOG_TYPES.set(len(catalog))
+        metrics.DB_UP.set(1)  # reached the database; an idle worker would otherwise read as one without it
         await self.broker.connect()
         publisher = await declare_topology(self.broker, self.topology, confirm_frames=settings.confirm_frames)
         runtime = Runtime(settings, self.topology, self.broker, pool, publisher, catalog)

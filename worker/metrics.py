@@ -6,12 +6,17 @@ from typing import Final
 
 from prometheus_client import Counter, Gauge, Histogram
 
+EVENT_OUTCOMES: Final = ("stored", "duplicate", "muted", "broadcast", "dead_lettered", "requeued")
 EVENTS: Final = Counter(
     "herald_worker_events",
     "Input events settled, by outcome: stored (at least one notification or delivery), duplicate "
     "(re-published from the store), muted (preferences allowed nothing), broadcast, dead_lettered, requeued.",
     ["outcome"],
 )
+# Every outcome is exported from the start, at 0: an idle worker has series too, so an alert on the
+# series being absent means that no worker runs, not that none has had an event yet.
+for _outcome in EVENT_OUTCOMES:
+    EVENTS.labels(_outcome)
 NOTIFICATIONS: Final = Counter("herald_worker_notifications_stored", "Notification rows inserted.")
 DELIVERIES: Final = Counter(
     "herald_worker_deliveries", "Email/push jobs recorded for herald-delivery.", ["channel"]
@@ -35,6 +40,9 @@ DB_RETRIES: Final = Counter(
     "Batches retried, by cause: conflict (deadlock/serialization) or outage.",
     ["cause"],
 )
-DB_UP: Final = Gauge("herald_worker_database_up", "1 when the last database operation succeeded.")
+DB_UP: Final = Gauge(
+    "herald_worker_database_up",
+    "1 when the last database operation succeeded (the start-up's catalog load, then every batch).",
+)
 RETENTION_DELETED: Final = Counter("herald_worker_retention_deleted", "Notifications removed by retention.")
 CATALOG_TYPES: Final = Gauge("herald_worker_catalog_types", "Notification types in the loaded catalog.")

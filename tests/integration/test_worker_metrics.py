@@ -11,6 +11,7 @@ import orjson
 
 from herald_ops.testing.stack import http_get, wait_until
 from shared.topology import SEND_ROUTING_KEY, Topology
+from worker.metrics import EVENT_OUTCOMES
 
 if TYPE_CHECKING:
     from herald_ops.testing.stack import Stack
@@ -20,6 +21,14 @@ OUTCOME = re.compile(rb'^herald_worker_events_total\{outcome="(\w+)"\} ([0-9.]+)
 
 def outcomes(url: str) -> dict[str, float]:
     return {k.decode(): float(v) for k, v in OUTCOME.findall(http_get(f"{url}/metrics")[1])}
+
+
+def test_an_idle_worker_exports_every_outcome_and_the_database_up(fresh_stack: Stack) -> None:
+    """Before its first event: what the alerts read (HeraldNoWorkerConsuming's ``absent()``,
+    HeraldDatabaseDown's ``== 0``) says that a worker runs and reaches Postgres."""
+    worker = fresh_stack.start_worker()
+    assert outcomes(worker.url) == dict.fromkeys(EVENT_OUTCOMES, 0.0)
+    assert re.search(rb"^herald_worker_database_up 1\.0$", http_get(f"{worker.url}/metrics")[1], re.M)
 
 
 async def test_each_event_is_counted_once_by_outcome(fresh_stack: Stack) -> None:

@@ -288,13 +288,42 @@ def test_dockerfile_copies_what_exists_and_is_not_ignored() -> None:
         assert dockerignore_admits(source), f"COPY {source}: excluded by .dockerignore"
 
 
-def test_k8s_ships_no_jwt_secret_value() -> None:
-    """The operator creates ``herald-jwt`` (docs/operations.md); a value in the repository is a key every
-    copy of it knows."""
-    for doc in k8s_documents(with_patches=True):
-        if doc["kind"] == "Secret":
-            shipped = {**doc.get("stringData", {}), **doc.get("data", {})}
-            assert "HERALD_JWT_SECRET" not in shipped, f"Secret/{doc['metadata']['name']} ships a JWT secret"
+def test_k8s_ships_no_secret() -> None:
+    """The operator creates ``herald-jwt`` and ``herald-delivery`` (docs/operations.md): a value in the
+    repository is a key every copy of it knows, and ``kubectl apply -k`` would put a placeholder back over
+    the real one every time. The Deployments still require them."""
+    assert [
+        doc["metadata"]["name"] for doc in k8s_documents(with_patches=True) if doc["kind"] == "Secret"
+    ] == []
+    required = {
+        ref["secretRef"]["name"]
+        for doc in k8s_documents(with_patches=True)
+        for container in containers(doc)
+        for ref in container.get("envFrom", [])
+        if "secretRef" in ref and not ref["secretRef"].get("optional")
+    }
+    assert {"herald-delivery"} <= required
+    assert "herald-delivery" in (ROOT / "docs" / "operations.md").read_text()
+
+
+def test_k8s_database_connections_fit_at_the_largest_scale() -> None:
+    """Every replica at its maximum, each with its pool full (herald-delivery also keeps one ``LISTEN``
+    connection), leaves Postgres room for migrations, KEDA's queries and a human."""
+    config = next(doc for doc in k8s_documents() if doc["kind"] == "ConfigMap")["data"]
+    (cluster,) = [doc for doc in k8s_documents() if doc["kind"] == "Cluster"]
+    max_connections = int(cluster["spec"]["postgresql"]["parameters"]["max_connections"])
+
+    def pool_max(deployment: str) -> int:
+        (doc,) = [
+            d for d in k8s_documents() if d["kind"] == "Deployment" and d["metadata"]["name"] == deployment
+        ]
+        (container,) = doc["spec"]["template"]["spec"]["containers"]
+        override = env_entries(container).get("HERALD_DB_POOL_MAX", {}).get("value")
+        return int(override or config["HERALD_DB_POOL_MAX"])
+
+    worker = scaled_object("herald-worker")["spec"]["maxReplicaCount"] * pool_max("herald-worker")
+    delivery = scaled_object("herald-delivery")["spec"]["maxReplicaCount"] * (pool_max("herald-delivery") + 1)
+    assert worker + delivery + 30 <= max_connections, (worker, delivery, max_connections)
 
 
 def test_k8s_broker_permissions_are_the_ones_herald_broker_setup_grants() -> None:
@@ -456,3 +485,17 @@ def test_image_listens_beyond_loopback_for_every_process() -> None:
     hosts = {name for name in SETTINGS_ENV if name.endswith("_HOST")}
     assert hosts, "no *_HOST setting found"
     assert {name: image_env.get(name) for name in hosts} == dict.fromkeys(hosts, "0.0.0.0")
+
+
+def test_prometheus_scrapes_every_herald_service_of_compose_on_its_health_port() -> None:
+    """Each compose service running the Herald image is a target of deploy/prometheus/prometheus.yml, at
+    the port its healthcheck reads (the one that serves /metrics too)."""
+    scraped = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
+    targets = {target for job in scraped for config in job["static_configs"] for target in config["targets"]}
+    long_running = {
+        name: svc for name, svc in herald_services().items() if "healthcheck" in svc
+    }  # not migrate
+    assert {"worker-1", "gateway-1", "api-1", "delivery-1"} <= set(long_running)
+    for name, service in long_running.items():
+        (port,) = re.findall(r"127\.0\.0\.1:(\d+)/readyz", " ".join(service["healthcheck"]["test"]))
+        assert f"{name}:{port}" in targets, f"{name} is not scraped on :{port}"
