@@ -44,7 +44,7 @@ test: test-deps clients ## the whole suite against the local RabbitMQ and Postgr
 	$(PARALLEL_TESTS)
 	$(BIN)/pytest -m fault
 
-test-fast: install    ## everything but the fault tests
+test-fast: test-deps clients ## everything but the fault tests
 	$(PARALLEL_TESTS)
 
 lint: install

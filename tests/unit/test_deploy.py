@@ -7,6 +7,7 @@ deployment files do not follow fails here instead of in production.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import shlex
 import tomllib
@@ -14,7 +15,6 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import setuptools
 import yaml
 
 from gateway.api.__main__ import GRACEFUL_SHUTDOWN_SECONDS
@@ -254,13 +254,14 @@ def test_alerts_and_dashboard_name_real_queues(path: str) -> None:
 
 
 def installed_package_dirs() -> set[str]:
-    """The directory of every top-level package that pyproject's ``packages.find`` installs."""
+    """The directory of every top-level package that pyproject's ``packages.find`` installs (a directory
+    with an ``__init__.py`` under one of its ``where`` roots whose name an ``include`` pattern matches)."""
     find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
     return {
-        str(PurePosixPath(where) / package)
+        str(PurePosixPath(where) / init.parent.name)
         for where in find["where"]
-        for package in setuptools.find_packages(str(ROOT / where), include=find["include"])
-        if "." not in package
+        for init in (ROOT / where).glob("*/__init__.py")
+        if any(fnmatch.fnmatchcase(init.parent.name, pattern) for pattern in find["include"])
     }
 
 
