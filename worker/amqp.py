@@ -14,6 +14,7 @@ import aio_pika
 from faststream.rabbit import Channel, ExchangeType, QueueType, RabbitBroker, RabbitExchange, RabbitQueue
 
 from shared.topology import EVENTS_BINDING_KEY
+from worker import frames
 from worker.publish import Publisher
 
 if TYPE_CHECKING:
@@ -31,7 +32,10 @@ RECONNECT_INTERVAL: Final = 0.5
 
 
 def broker(amqp_url: str) -> RabbitBroker:
-    """The FastStream broker of a worker or delivery process: Herald's own logging, a prompt reconnect."""
+    """The FastStream broker of a worker or delivery process: Herald's own logging, a prompt reconnect,
+    and content headers read so that a producer's undecodable properties cannot close the connection
+    (:mod:`worker.frames`)."""
+    frames.install()
     return RabbitBroker(amqp_url, logger=None, reconnect_interval=RECONNECT_INTERVAL)
 
 

@@ -42,6 +42,7 @@ import structlog
 from shared.events import BroadcastEvent, InvalidEvent, ProfileEvent, SendEvent, parse_event
 from worker import metrics
 from worker.broadcasts import Broadcasts
+from worker.frames import UNDECODABLE_REASON, undecodable
 from worker.pending import Pending, tags_by_channel, take_batch
 from worker.profiles import store_profile
 from worker.routing import NEW_METHOD, Outgoing, SendRouting
@@ -130,6 +131,8 @@ class Pipeline:
             channel = message.channel
         except RuntimeError:
             return None  # its channel closed meanwhile: RabbitMQ redelivers it
+        if undecodable(message.header.properties.headers):
+            return self.dead_letter(message, channel, UNDECODABLE_REASON)
         try:
             event = parse_event(message.body, message.routing_key, message.header.properties.message_id)
         except InvalidEvent as exc:

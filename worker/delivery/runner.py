@@ -30,6 +30,7 @@ import structlog
 from shared.topology import ERROR_HEADER
 from worker.delivery import metrics
 from worker.delivery.jobs import InvalidJob, Outcome, parse_job, retry_delay, settle, to_record
+from worker.frames import UNDECODABLE_REASON, undecodable
 from worker.store import deliveries
 from worker.store.deliveries import Finished
 from worker.store.pool import is_outage
@@ -127,18 +128,30 @@ class ChannelRunner:
         self._woken.set()
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
-        """Record one job message from another service (the pump sends it when due), then ack it."""
+        """Record one job message from another service (the pump sends it when due), then ack it.
+
+        A job that cannot be recorded is dead-lettered with its reason, then acked: one that breaks a
+        rule, whose properties could not be decoded, or with a value Postgres refuses (a NUL in a
+        string, a number or date out of its column's range, data nested too deep to serialize). Left
+        unacked, it would hold one of the channel's prefetch slots and come back after every restart.
+        """
         try:
+            if undecodable(message.headers):
+                raise InvalidJob(UNDECODABLE_REASON)
             job_id, job = parse_job(message.body, message.message_id)
             if job.channel != self.channel:
                 raise InvalidJob(f"channel: a {job.channel} job in the {self.channel} queue")
+            with contextlib.suppress(asyncpg.UniqueViolationError):  # recorded meanwhile by a redelivery
+                await self._with_database(lambda: deliveries.record(self._pool, [to_record(job_id, job)]))
         except InvalidJob as exc:
-            await self._dead_letter(message.message_id or "", message.body, str(exc))
+            reason = str(exc)
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, orjson.JSONEncodeError) as exc:
+            reason = f"store: {type(exc).__name__}: {exc}"
+        else:
+            self.wake()
             await message.ack()
             return
-        with contextlib.suppress(asyncpg.UniqueViolationError):  # recorded meanwhile by a redelivery
-            await self._with_database(lambda: deliveries.record(self._pool, [to_record(job_id, job)]))
-        self.wake()
+        await self._dead_letter(message.message_id or "", message.body, reason)
         await message.ack()
 
     async def pump(self) -> None:
