@@ -194,6 +194,25 @@ async def test_permanent_refusal_fails_and_dead_letters_while_others_arrive(
         await connection.close()
 
 
+async def test_a_reply_text_postgres_would_refuse_fails_only_its_own_job(
+    delivery: HeraldProcess, mailbox: Mailbox, watcher: Watcher, pg: asyncpg.Connection
+) -> None:
+    """A NUL in a server's reply once failed the write of every outcome in its statement: the others'
+    jobs, already sent, were claimed and sent again, and the refused one never settled."""
+    refused, refused_address = await user_with_email(watcher, pg)
+    others = [await user_with_email(watcher, pg) for _ in range(3)]
+    mailbox.refuse[refused_address] = "550 5.1.1 no\x00such user"
+    await watcher.publish(event([refused, *(user for user, _ in others)], "CERTIFICATE_ISSUED"))
+
+    async def settled() -> bool:
+        rows = [r["status"] for user in (refused, *(u for u, _ in others)) for r in await job_rows(pg, user)]
+        return rows == ["failed", "sent", "sent", "sent"]
+
+    await wait_until(settled, 60, "the refused job failed and the others sent")
+    assert (await job_rows(pg, refused))[0]["last_error"] == "smtp 550: 5.1.1 nosuch user"
+    assert [mailbox.count(address) for _, address in others] == [1, 1, 1]
+
+
 async def test_a_non_ascii_address_is_sent_with_smtputf8(
     delivery: HeraldProcess, mailbox: Mailbox, watcher: Watcher, pg: asyncpg.Connection
 ) -> None:

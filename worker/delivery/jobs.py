@@ -102,15 +102,23 @@ class Outcome:
 
     @classmethod
     def skipped(cls, reason: str) -> Outcome:
-        return cls("skipped", reason)
+        return cls("skipped", storable(reason))
 
     @classmethod
     def transient(cls, error: str, *, partly_sent: bool = False) -> Outcome:
-        return cls("retry", error[:MAX_ERROR_CHARS], partly_sent)
+        return cls("retry", storable(error), partly_sent)
 
     @classmethod
     def permanent(cls, error: str) -> Outcome:
-        return cls("failed", error[:MAX_ERROR_CHARS])
+        return cls("failed", storable(error))
+
+
+def storable(text: str) -> str:
+    """``text`` as a job's ``last_error`` and a dead letter's header can hold it: at most
+    :data:`MAX_ERROR_CHARS`, without NUL, and lone surrogates (aiosmtplib decodes an SMTP reply that is
+    not UTF-8 with ``surrogateescape``) as ``?``. A reply text comes from a remote server, and Postgres
+    refuses both characters, which failed the write of every outcome that shared the statement."""
+    return text[:MAX_ERROR_CHARS].replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
 
 
 def settle(outcome: Outcome, attempts: int, max_attempts: int) -> Outcome:
@@ -119,7 +127,7 @@ def settle(outcome: Outcome, attempts: int, max_attempts: int) -> Outcome:
     if outcome.status == "retry" and attempts >= max_attempts:
         given_up = f"gave up after {attempts} attempts: {outcome.error}"
         if outcome.partly_sent:
-            return Outcome("sent", given_up[:MAX_ERROR_CHARS])
+            return Outcome("sent", storable(given_up))
         return Outcome.permanent(given_up)
     return outcome
 

@@ -74,9 +74,19 @@ class _Outcomes:
             batch, self._pending = self._pending, []
             try:
                 await self._write([finished for finished, _ in batch])
-            except Exception as exc:  # not an outage (those are retried inside): a bug, for every waiter
-                for _, done in batch:
-                    done.set_exception(exc)
+            except Exception as exc:  # not an outage (those are retried inside)
+                if len(batch) == 1:
+                    batch[0][1].set_exception(exc)
+                    continue
+                # One by one, so that one outcome the database refuses fails only its own job: the others
+                # were sent, and a job whose outcome is not written is claimed and sent again.
+                for finished, done in batch:
+                    try:
+                        await self._write([finished])
+                    except Exception as single:
+                        done.set_exception(single)
+                    else:
+                        done.set_result(None)
             else:
                 for _, done in batch:
                     done.set_result(None)

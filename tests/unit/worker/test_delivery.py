@@ -11,7 +11,15 @@ import pytest
 
 from herald_ops import cli
 from herald_ops.testing.delivery import BrowserKeys
-from worker.delivery.jobs import InvalidJob, Outcome, parse_job, retry_delay, settle, to_record
+from worker.delivery.jobs import (
+    MAX_ERROR_CHARS,
+    InvalidJob,
+    Outcome,
+    parse_job,
+    retry_delay,
+    settle,
+    to_record,
+)
 from worker.delivery.render import EmailRenderer, template_names
 from worker.delivery.senders.email import SmtpTarget, classify_reply
 from worker.delivery.senders.webpush import MAX_PAYLOAD_BYTES, encrypt, push_payload
@@ -207,3 +215,12 @@ def test_non_ascii_subjects_and_sender_names_are_encoded() -> None:
     parsed = email.message_from_bytes(raw, policy=email.policy.default)
     assert parsed["Subject"] == "Größe 💡"
     assert parsed["From"] == "Hérald <h@x.example>"
+
+
+def test_error_texts_are_stored_without_nul_or_lone_surrogates() -> None:
+    """aiosmtplib decodes a reply that is not UTF-8 with surrogateescape; Postgres takes neither that nor
+    NUL, and one refused outcome failed the statement of every outcome written with it."""
+    reply = b"550 5.1.1 M\xfcller\x00 unknown".decode("utf-8", "surrogateescape")
+    for outcome in (Outcome.permanent(reply), Outcome.transient(reply), Outcome.skipped(reply)):
+        assert outcome.error == "550 5.1.1 M?ller unknown"
+    assert Outcome.permanent("x" * 2 * MAX_ERROR_CHARS).error == "x" * MAX_ERROR_CHARS
