@@ -93,7 +93,12 @@ def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...
     normalized = origin.strip().rstrip("/").lower()
     if allowed is not None and ("*" in allowed or normalized in {a.rstrip("/").lower() for a in allowed}):
         return True
-    return host is not None and urlsplit(normalized).netloc == host.strip().lower()
+    if host is None:
+        return False
+    try:
+        return urlsplit(normalized).netloc == host.strip().lower()
+    except ValueError:  # e.g. "http://[": not an origin, so not the same one (403, not a 500)
+        return False
 
 
 def loopback_host(host: str | None) -> bool:

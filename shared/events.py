@@ -161,7 +161,7 @@ class Action(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: Annotated[str, StringConstraints(pattern=ACTION_ID_PATTERN)]
-    label: str = Field(min_length=1, max_length=MAX_ACTION_LABEL_CHARS)
+    label: NulFree = Field(min_length=1, max_length=MAX_ACTION_LABEL_CHARS)
     url: Url | None = None
 
 
@@ -232,7 +232,7 @@ class SendEvent(_EventFields):
 
     user_ids: tuple[UserId, ...] = Field(min_length=1, max_length=MAX_RECIPIENTS)
     # Per recipient: a new event with the key of one of their unread notifications updates it in place.
-    collapse_key: str | None = Field(
+    collapse_key: NulFree | None = Field(
         default=None,
         min_length=1,
         max_length=MAX_COLLAPSE_KEY_CHARS,

@@ -329,6 +329,7 @@ async def test_handshake_refusals(gateways: tuple[HeraldProcess, HeraldProcess])
         (gw.ws_url, {"additional_headers": {"Authorization": "Bearer garbage"}}, 401),
         (f"ws://127.0.0.1:{gw.port}/elsewhere?token={good}", {}, 404),
         (f"{gw.ws_url}?token={good}", {"origin": "https://evil.example"}, 403),
+        (f"{gw.ws_url}?token={good}", {"additional_headers": {"Origin": "http://["}}, 403),  # not a 500
     ]
     for url, kwargs, status in refusals:
         with pytest.raises(InvalidStatus) as refused:

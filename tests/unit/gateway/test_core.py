@@ -258,6 +258,10 @@ class TestOrigin:
         assert origin_allowed("http://gw:8765", "gw:8765", None)
         assert not origin_allowed("http://evil:8765", "gw:8765", None)
 
+    def test_an_origin_that_is_no_url_is_refused_not_raised(self) -> None:
+        assert not origin_allowed("http://[", "gw:8765", None)
+        assert not origin_allowed("http://[::1", "gw:8765", ("https://app.example",))
+
     def test_listed_origins_and_star(self) -> None:
         allowed = ("https://app.example",)
         assert origin_allowed("https://app.example", "gw:8765", allowed)

@@ -261,6 +261,8 @@ def test_profile_events_carry_only_the_fields_present() -> None:
         ("data", {"k\x00": 1}),
         ("data", {"deep": [{"k": ["\x00"]}]}),
         ("event_id", "e\x00"),
+        ("collapse_key", "k\x00"),
+        ("actions", [{"id": "ok", "label": "O\x00K"}]),
     ],
 )
 def test_nul_characters_are_refused_at_parse_time(field: str, value: object) -> None:
