@@ -158,3 +158,104 @@ async def test_a_device_that_failed_transiently_is_retried_alone(
         assert orjson.loads(browser.decrypt(push.body))["title"] == "Essay graded"
     attempts = await pg.fetchval("SELECT attempts FROM delivery_jobs WHERE user_id = $1", user)
     assert attempts == 2
+
+
+# Each refused before it reached Postgres (NUL: 22021) or a push (httpx.InvalidURL at send time).
+BAD_ENDPOINTS = [
+    "https://[x]/push",  # urlsplit's ValueError was an internal error
+    "https://a\uff0fb/push",  # a host that NFKC-normalises to a/b
+    "https://xn--zz/push",  # not an IDNA A-label
+    "https://p.example:abc/push",  # httpx: invalid port
+    "https://p.example:99999/push",  # httpx parses it, the connect fails outside httpx.HTTPError
+    "https:///push",  # no host
+    "https://p.example/a\x00b",
+    "https://p.example/a\x01b",
+    "https://p.example/a\x7fb",
+    "https://p.example/a\u0085b",
+    "https://p.example\t/push",
+]
+
+
+@pytest.mark.parametrize("endpoint", BAD_ENDPOINTS)
+async def test_an_endpoint_httpx_cannot_post_to_is_invalid_params(
+    rpc: AmqpRpc, receiver: PushReceiver, endpoint: str
+) -> None:
+    user = fresh_id()
+    reply = await rpc.call("push.subscribe", BrowserKeys().subscription(endpoint), user=user)
+    assert reply["error"]["code"] == -32602, reply
+    assert reply["error"]["data"] == "endpoint"
+    assert (await rpc.call("push.list", user=user))["result"]["items"] == []
+
+
+@pytest.mark.parametrize("endpoint", ["https://p.example/a\x00b", "https://p.example/a\x01b"])
+async def test_unsubscribing_an_endpoint_with_control_characters_is_invalid_params(
+    rpc: AmqpRpc, endpoint: str
+) -> None:
+    reply = await rpc.call("push.unsubscribe", {"endpoint": endpoint}, user=fresh_id())
+    assert reply["error"]["code"] == -32602, reply
+    assert reply["error"]["data"] == "endpoint"
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"device": "lap\x00top"}, "device"),
+        ({"device": "lap\ntop"}, "device"),
+        ({"device": "lap\x9btop"}, "device"),
+        ({"keys": {"p256dh": "AAAA\x00", "auth": "AAAA"}}, "keys.p256dh"),
+        ({"keys": {"p256dh": "AAAA", "auth": "AA\x01AA"}}, "keys.auth"),
+    ],
+)
+async def test_control_characters_in_the_device_or_keys_are_invalid_params(
+    rpc: AmqpRpc, receiver: PushReceiver, change: dict[str, object], param: str
+) -> None:
+    user = fresh_id()
+    subscription = {**BrowserKeys().subscription(receiver.endpoint(fresh_id("s"))), **change}
+    reply = await rpc.call("push.subscribe", subscription, user=user)
+    assert reply["error"]["code"] == -32602, reply
+    assert reply["error"]["data"] == param
+    assert (await rpc.call("push.list", user=user))["result"]["items"] == []
+
+
+async def test_a_stored_endpoint_httpx_cannot_post_to_does_not_repeat_the_push_to_working_devices(
+    delivery: HeraldProcess, rpc: AmqpRpc, watcher: Watcher, receiver: PushReceiver, pg: asyncpg.Connection
+) -> None:
+    # Rows stored before push.subscribe parsed endpoints: httpx refuses them at send time with errors that
+    # are not httpx.HTTPError. The working device gets the push once, the job is sent on its first attempt
+    # and the unusable rows are removed like gone ones.
+    user, working = fresh_id(), fresh_id("s")
+    browser = BrowserKeys()
+    assert "result" in await rpc.call(
+        "push.subscribe", browser.subscription(receiver.endpoint(working)), user=user
+    )
+    stored = [
+        f"https://p.example:abc/push/{fresh_id('s')}",
+        f"{receiver.endpoint(fresh_id('s'))}\x01",
+        f"https://[x]/push/{fresh_id('s')}",
+        f"http://127.0.0.1:99999/push/{fresh_id('s')}",
+    ]
+    for endpoint in stored:
+        keys = BrowserKeys().subscription(endpoint)["keys"]
+        await pg.execute(
+            "INSERT INTO push_subscriptions (id, user_id, endpoint, p256dh, auth)"
+            " VALUES ($1, $2, $3, $4, $5)",
+            fresh_id("p"),
+            user,
+            endpoint,
+            keys["p256dh"],
+            keys["auth"],
+        )
+    await watcher.publish(event(user, "GRADE_RELEASED", title="Essay graded"))
+
+    async def settled() -> bool:
+        status: str | None = await pg.fetchval("SELECT status FROM delivery_jobs WHERE user_id = $1", user)
+        return status not in (None, "scheduled")
+
+    await wait_until(settled, 60, "the push job settled")
+    job = await pg.fetchrow("SELECT status, attempts FROM delivery_jobs WHERE user_id = $1", user)
+    assert (job["status"], job["attempts"]) == ("sent", 1)
+    # The row is final: no process sends this job again, so what the receiver has is all there will be.
+    (push,) = receiver.to(working)
+    assert orjson.loads(browser.decrypt(push.body))["title"] == "Essay graded"
+    listed = (await rpc.call("push.list", user=user))["result"]["items"]
+    assert [item["endpoint"] for item in listed] == [receiver.endpoint(working)]

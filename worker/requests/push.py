@@ -6,11 +6,11 @@ import base64
 import binascii
 import uuid
 from typing import TYPE_CHECKING, Annotated, Any, Final
-from urllib.parse import urlsplit
 
-from pydantic import ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, ConfigDict, Field, StringConstraints
 
 from shared.jsonrpc import ErrorCode, JsonRpcError
+from worker.push_endpoint import parse_endpoint, refuse_control_characters
 from worker.requests.common import Method, NoParams, Params, bad_param
 from worker.store import push as store
 from worker.vapid import load_vapid, public_key
@@ -21,7 +21,14 @@ if TYPE_CHECKING:
 
 MAX_ENDPOINT_CHARS: Final = 2048
 Key = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_\-=]+$")]
-Endpoint = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ENDPOINT_CHARS)]
+# NUL would fail the query (Postgres text cannot hold it), other control characters the push (httpx
+# refuses them): both are invalid params.
+Endpoint = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_ENDPOINT_CHARS),
+    AfterValidator(refuse_control_characters),
+]
+Device = Annotated[str, StringConstraints(max_length=100), AfterValidator(refuse_control_characters)]
 # (key name, decoded length): an uncompressed P-256 point, a 16-byte auth secret.
 _KEY_LENGTHS: Final = {"p256dh": 65, "auth": 16}
 
@@ -42,20 +49,22 @@ class SubscribeParams(Params):
     endpoint: Endpoint
     keys: SubscriptionKeys
     expiration_time: int | float | None = Field(default=None, alias="expirationTime")
-    device: Annotated[str, StringConstraints(max_length=100)] | None = None
+    device: Device | None = None
 
 
 class UnsubscribeParams(Params):
-    """``push.unsubscribe``: the endpoint to forget."""
+    """``push.unsubscribe``: the endpoint to forget. Not parsed as a URL: a subscription stored before
+    ``push.subscribe`` parsed endpoints (or while ``HERALD_PUSH_ALLOW_HTTP`` was on) can still go."""
 
     endpoint: Endpoint
 
 
 def _check_endpoint(endpoint: str, allow_http: bool) -> None:
-    parts = urlsplit(endpoint)
-    schemes = ("https", "http") if allow_http else ("https",)
-    if parts.scheme not in schemes or not parts.hostname:
-        raise bad_param("endpoint", "must be an https:// URL" + (" (or http://)" if allow_http else ""))
+    """Parsed as the sender's httpx will parse it, so what is stored can be posted to."""
+    try:
+        parse_endpoint(endpoint, ("https", "http") if allow_http else ("https",))
+    except ValueError as exc:
+        raise bad_param("endpoint", str(exc)) from None
 
 
 def _check_key(name: str, value: str) -> None:

@@ -4,7 +4,9 @@ py-vapid signs the VAPID JWT and http-ece encrypts (the two libraries pywebpush 
 the POSTs go through one pooled ``httpx.AsyncClient`` (keep-alive per push service), not a session per
 push. A job goes to every subscription of its user at once. Per subscription: 2xx delivered; 404/410
 the subscription is gone and removed; 429, 5xx and network errors transient; any other 4xx (400, 403,
-413, ...) permanent.
+413, ...) permanent. An endpoint httpx cannot post to (stored before ``push.subscribe`` parsed endpoints)
+is removed like a gone one; keys that do not decode are permanent. A subscription's failure, whatever it
+is, is that subscription's outcome: it never fails the sends to the others.
 
 While one device failed transiently, the job is retried for that device alone: the devices that accepted
 it or refused it for good are kept as receipts (``push_receipts``) and skipped by the retry, so no device
@@ -20,7 +22,6 @@ import hashlib
 import os
 import time
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit
 
 import http_ece
 import httpx
@@ -29,6 +30,7 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from worker.delivery.jobs import Outcome
+from worker.push_endpoint import audience, parse_endpoint
 from worker.store import push as store
 
 if TYPE_CHECKING:
@@ -110,16 +112,15 @@ class WebPushSender:
         )
         self._authorization: dict[str, tuple[float, str]] = {}  # audience → (expires, header)
 
-    def _vapid_header(self, endpoint: str) -> str:
+    def _vapid_header(self, url: httpx.URL) -> str:
         """The VAPID ``Authorization`` for the endpoint's origin, signed once per origin and half-life."""
-        parts = urlsplit(endpoint)
-        audience = f"{parts.scheme}://{parts.netloc}"
+        origin = audience(url)
         now = time.time()
-        cached = self._authorization.get(audience)
+        cached = self._authorization.get(origin)
         if cached is None or cached[0] - now < _VAPID_TTL_SECONDS / 2:
             expires = int(now) + _VAPID_TTL_SECONDS
-            header = self._vapid.sign({"aud": audience, "sub": self._subject, "exp": expires})
-            cached = self._authorization[audience] = (expires, header["Authorization"])
+            header = self._vapid.sign({"aud": origin, "sub": self._subject, "exp": expires})
+            cached = self._authorization[origin] = (expires, header["Authorization"])
         return cached[1]
 
     async def send(self, job: Claimed) -> Outcome:
@@ -137,7 +138,10 @@ class WebPushSender:
             "Content-Encoding": "aes128gcm",
             "Content-Type": "application/octet-stream",
         }
-        results = await asyncio.gather(*(self._post(s, payload, headers) for s in targets.pending))
+        sends = await asyncio.gather(
+            *(self._post(s, payload, headers) for s in targets.pending), return_exceptions=True
+        )
+        results = [_outcome(s, r) for s, r in zip(targets.pending, sends, strict=True)]
         settled_now = [
             store.Receipt(subscription.id, result.status, result.error)
             for subscription, result in zip(targets.pending, results, strict=True)
@@ -161,16 +165,24 @@ class WebPushSender:
         self, subscription: store.Subscription, payload: bytes, headers: dict[str, str]
     ) -> Outcome:
         try:
+            url = parse_endpoint(subscription.endpoint)
+        except ValueError as exc:  # it can never be posted to: forgotten like a gone one
+            await store.remove(self._pool, subscription.id)
+            log.warning("push endpoint unusable; removed", subscription_id=subscription.id, error=str(exc))
+            return Outcome.skipped(f"push subscription {subscription.id}: unusable endpoint ({exc})")
+        try:
             body = encrypt(payload, subscription.p256dh, subscription.auth)
-            authorization = self._vapid_header(subscription.endpoint)
         except Exception as exc:  # keys the browser gave us that do not decode or are not on the curve
             return Outcome.permanent(f"push subscription {subscription.id}: unusable keys ({exc!r})")
+        authorization = self._vapid_header(url)
         try:
             response = await self._client.post(
-                subscription.endpoint, content=body, headers={**headers, "Authorization": authorization}
+                url, content=body, headers={**headers, "Authorization": authorization}
             )
         except httpx.HTTPError as exc:
             return Outcome.transient(f"push {subscription.id}: {exc!r}")
+        except (httpx.InvalidURL, ValueError) as exc:  # not an httpx.HTTPError; the same again next time
+            return Outcome.permanent(f"push {subscription.id}: request refused ({exc!r})")
         status = response.status_code
         if 200 <= status < 300:
             return Outcome.sent()
@@ -186,3 +198,14 @@ class WebPushSender:
     async def close(self) -> None:
         """Close the pooled connections."""
         await self._client.aclose()
+
+
+def _outcome(subscription: store.Subscription, result: Outcome | BaseException) -> Outcome:
+    """What one subscription's send came to; an error it raised is retried for that subscription alone
+    (the others' outcomes are kept as receipts, so they are not sent to again)."""
+    if isinstance(result, Outcome):
+        return result
+    if not isinstance(result, Exception):  # cancelled: the job is abandoned, not this device failed
+        raise result
+    log.error("push send failed", subscription_id=subscription.id, exc_info=result)
+    return Outcome.transient(f"push {subscription.id}: {result!r}")
