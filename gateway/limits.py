@@ -82,6 +82,40 @@ class KeyedBuckets:
         return bucket.take(now)
 
 
+class KeyedSlots:
+    """At most ``cap`` requests in flight per key (the HTTP API's per-user cap on requests awaiting the
+    worker, ``HERALD_MAX_USER_REQUESTS_IN_FLIGHT`` as on a gateway).
+
+    A WebSocket gateway stops reading a user's connections at the cap; an HTTP request cannot be left
+    unread, so the API refuses it instead (:meth:`take` is ``False``). Only keys with a request in flight
+    are remembered: a key's count is dropped when it returns to 0, so the map never holds more keys than
+    there are requests in flight.
+    """
+
+    __slots__ = ("_cap", "_counts")
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._counts: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    def take(self, key: str) -> bool:
+        """Take one of ``key``'s slots; ``False`` (nothing taken) when it holds ``cap`` already."""
+        count = self._counts.get(key, 0)
+        if count >= self._cap:
+            return False
+        self._counts[key] = count + 1
+        return True
+
+    def release(self, key: str) -> None:
+        """Give back a slot :meth:`take` gave ``key``."""
+        count = self._counts.pop(key) - 1
+        if count:
+            self._counts[key] = count
+
+
 @dataclass(frozen=True, slots=True)
 class UserLimits:
     """What one user may spend on one gateway, across all of its connections there.

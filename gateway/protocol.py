@@ -123,7 +123,7 @@ def parse_request(frame: str | bytes) -> Request:
         raise FrameError(
             ErrorCode.INVALID_PARAMS, "invalid params: params must be an object", "params", request_id
         )
-    if _too_deep(frame, params):
+    if too_deep(frame, params):
         raise FrameError(
             ErrorCode.INVALID_PARAMS,
             f"invalid params: nested deeper than {MAX_NESTING} levels",
@@ -135,9 +135,11 @@ def parse_request(frame: str | bytes) -> Request:
     return Request(method, params, request_id, raw_id is _NO_ID)
 
 
-def _too_deep(frame: str | bytes, params: dict[str, Any]) -> bool:
-    # Counting brackets is a cheap necessary condition; only a frame with that many is re-encoded.
-    raw = frame.encode() if isinstance(frame, str) else frame
+def too_deep(document: str | bytes, params: dict[str, Any]) -> bool:
+    """Whether ``params``, read from ``document``, nest deeper than :data:`MAX_NESTING` levels: more than
+    can be forwarded to the worker. The rule of frames here and of the HTTP API's bodies."""
+    # Counting brackets is a cheap necessary condition; only a document with that many is re-encoded.
+    raw = document.encode() if isinstance(document, str) else document
     if raw.count(b"{") + raw.count(b"[") <= MAX_NESTING:
         return False
     try:

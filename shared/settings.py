@@ -80,12 +80,13 @@ class Settings(BaseSettings):
             by all of the user's connections there, taken on top of the connection's [40, 80].
         max_requests_in_flight: forwarded requests of one connection awaiting the worker; at the cap the
             gateway stops reading that connection until one is answered [8].
-        max_user_requests_in_flight: the same across all of a user's connections on one gateway [32].
+        max_user_requests_in_flight: the same across all of a user's connections on one gateway; also a
+            user's requests awaiting the worker on one ``herald-api``, refused with 429 past it [32].
         rpc_timeout: seconds the gateway waits for the worker before error 5003 [5].
         ping_interval, ping_timeout: keepalive, seconds [20, 20].
         dev_tokens: serve ``GET /dev/token`` (``herald dev`` only; never in production) [false].
 
-    HTTP API (``herald-api``; shares the gateway's JWT, Origin, rate-limit and RPC settings)
+    HTTP API (``herald-api``; shares the gateway's JWT, Origin, rate-limit, in-flight and RPC settings)
         api_host, api_port: listen address [``127.0.0.1``, 8767].
         api_max_body_bytes: largest request body; larger ones get 413 [65536].
 

@@ -1,11 +1,12 @@
 """``herald-api``'s ASGI application (Starlette): every route of :data:`gateway.api.routes.ROUTES`.
 
 One request: verify ``Authorization: Bearer`` with the gateway's :class:`~gateway.auth.TokenVerifier`
-(401), take a token of the user's bucket (429), build the params (400 naming the member), send the same
-``herald.rpc`` request a WebSocket client's frame becomes, with the verified user id
-(:func:`shared.jsonrpc.rpc_request`) — so the worker runs the same method and publishes the same events
-to the user's sockets — and translate the reply (:mod:`gateway.api.translate`). List and count answers
-carry an ``ETag``; a matching ``If-None-Match`` gets 304.
+(401), take a token of the user's bucket and one of the user's ``HERALD_MAX_USER_REQUESTS_IN_FLIGHT``
+slots (429 when either is spent; the slot is held until the answer), build the params (400 naming the
+member), send the same ``herald.rpc`` request a WebSocket client's frame becomes, with the verified user
+id (:func:`shared.jsonrpc.rpc_request`) — so the worker runs the same method and publishes the same
+events to the user's sockets — and translate the reply (:mod:`gateway.api.translate`). List and count
+answers carry an ``ETag``; a matching ``If-None-Match`` gets 304.
 
 Also served: ``/healthz``, ``/readyz`` (503 while the broker link is down), ``/metrics``, and the OpenAPI
 document at ``/api/openapi.json`` (generated offline from the worker's params models and shipped with the
@@ -43,7 +44,7 @@ from gateway.api.translate import (
 )
 from gateway.auth import TokenVerifier, bearer_token
 from gateway.errors import AuthError, RpcTimeout, RpcUnavailable
-from gateway.limits import KeyedBuckets
+from gateway.limits import KeyedBuckets, KeyedSlots
 from gateway.rpc import RpcClient, RpcLink
 from shared.jsonrpc import ErrorCode, rpc_request
 from shared.topology import Topology
@@ -90,6 +91,13 @@ def _json(status: int, body: bytes, headers: dict[str, str] | None = None) -> Re
     return Response(body, status, headers or {"Cache-Control": "no-store"}, media_type=JSON)
 
 
+def _limited(message: str) -> Response:
+    limited = ApiError(ErrorCode.RATE_LIMITED, message)
+    # A token comes back within 1/rate seconds, a slot within HERALD_RPC_TIMEOUT; a whole second is the
+    # HTTP granularity.
+    return _json(limited.status, limited.body(), {"Retry-After": "1"})
+
+
 class HttpApi:
     """The process's state (verifier, rate limits, RPC link) and its Starlette application (``.app``)."""
 
@@ -99,6 +107,7 @@ class HttpApi:
         self.buckets = KeyedBuckets(
             settings.rate_limit_per_second, settings.rate_limit_burst, MAX_RATE_LIMITED_USERS
         )
+        self.in_flight = KeyedSlots(settings.max_user_requests_in_flight)
         self.rpc = RpcClient(
             Topology(settings.amqp_prefix).rpc_queue, settings.rpc_timeout, settings.amqp_user
         )
@@ -164,9 +173,15 @@ class HttpApi:
     async def _serve(self, route: Route, request: Request) -> Response:
         claims = await self._authenticate(request)
         if not self.buckets.take(claims.user_id, time.monotonic()):
-            limited = ApiError(ErrorCode.RATE_LIMITED, "rate limited")
-            # The bucket refills one token per 1/rate seconds; a whole second is the HTTP granularity.
-            return _json(limited.status, limited.body(), {"Retry-After": "1"})
+            return _limited("rate limited")
+        if not self.in_flight.take(claims.user_id):
+            return _limited("rate limited: too many requests in flight")
+        try:
+            return await self._forward(route, request, claims)
+        finally:
+            self.in_flight.release(claims.user_id)
+
+    async def _forward(self, route: Route, request: Request, claims: Claims) -> Response:
         body = await self._body(request)
         params = params_for(route, request.path_params, request.query_params.multi_items(), body)
         try:

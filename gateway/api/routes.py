@@ -197,7 +197,9 @@ ROUTES: Final = (
             QueryParam("user_id", Kind.STR, ("userId",)),
             QueryParam("status", Kind.STR),
             _LIMIT,
-            QueryParam("before", Kind.INT, description="keyset cursor: the previous page's `next_cursor`"),
+            QueryParam(
+                "before", Kind.STR, description="keyset cursor: the previous page's `next_cursor` (opaque)"
+            ),
         ),
         admin=True,
         tags=("deliveries",),

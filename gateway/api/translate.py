@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from gateway.api.routes import Kind, Source
+from gateway.protocol import MAX_NESTING, too_deep
 from shared.jsonrpc import ErrorCode, JsonRpcError, dumps, read_rpc_reply
 
 if TYPE_CHECKING:
@@ -117,14 +118,21 @@ def query_params(route: Route, items: Iterable[tuple[str, str]]) -> dict[str, An
     }
 
 
-def body_params(body: bytes) -> Any:
-    """The JSON body as params (``{}`` when empty); 400 / -32700 when it is not JSON."""
+def body_params(body: bytes) -> dict[str, Any]:
+    """The JSON body as params (``{}`` when empty); 400 / -32700 when it is not JSON, 400 / -32602 naming
+    ``body`` when it is not an object or nests deeper than can be forwarded (the rule of WebSocket frames,
+    :func:`gateway.protocol.too_deep`)."""
     if not body.strip():
         return {}
     try:
-        return orjson.loads(body)
+        params = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise ApiError(ErrorCode.PARSE_ERROR, "parse error: the body is not JSON", "body") from None
+    if not isinstance(params, dict):
+        raise bad_field("body", "must be a JSON object")
+    if too_deep(body, params):
+        raise bad_field("body", f"nested deeper than {MAX_NESTING} levels")
+    return params
 
 
 def params_for(route: Route, path: Mapping[str, str], query: Iterable[tuple[str, str]], body: bytes) -> Any:

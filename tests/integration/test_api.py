@@ -8,19 +8,23 @@ over the socket produces.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import math
 import os
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 
 from gateway.api.routes import ROUTES
+from herald_ops.testing.gateway import Responder
 from herald_ops.testing.requests import WsClient, seed, unread_truth
-from herald_ops.testing.stack import ROOT, fresh_id, mint, stack_context, wait_until_sync
+from herald_ops.testing.stack import ROOT, fresh_id, mint, stack_context, wait_until, wait_until_sync
 from worker.requests.registry import METHODS
 from worker.vapid import new_key_pair
 
@@ -31,6 +35,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.timeout(120)
 INBOX = "/api/notifications/realtime"
+DELIVERIES = "/api/notifications/deliveries"
 ORIGIN = "https://app.example"
 
 
@@ -300,6 +305,71 @@ async def test_bad_bodies_are_400_naming_the_field(http: httpx.AsyncClient) -> N
         assert (error["code"], error["data"]) == (code, field), error
 
 
+async def test_a_body_nested_too_deep_or_not_an_object_is_400_naming_the_body(
+    http: httpx.AsyncClient,
+) -> None:
+    """The WebSocket rule (params nested at most 253 levels, what can be forwarded) and §11's "bodies are
+    JSON objects", both refused where the body enters, never a 500."""
+    headers = {**auth(fresh_id()), "Content-Type": "application/json"}
+    preferences = "/api/notifications/preferences"
+
+    def nested(levels: int) -> bytes:
+        return b'{"a":' * levels + b"1" + b"}" * levels
+
+    for body in (b"[" * 300 + b"]" * 300, nested(254), b"[]", b'["ids"]', b"1", b'"text"', b"null", b"true"):
+        for response in (
+            await http.put(preferences, content=body, headers=headers),
+            await http.post(f"{INBOX}/read", content=body, headers=headers),
+        ):
+            error = error_of(response, 400)
+            assert (error["code"], error["data"]) == (-32602, "body"), (body[:20], error)
+    # 253 levels can be forwarded: the worker answers, refusing the member it does not know.
+    error = error_of(await http.put(preferences, content=nested(253), headers=headers), 400)
+    assert (error["code"], error["data"]) == (-32602, "a")
+
+
+def delivery_cursor(created_at: str, job_id: object) -> str:
+    """A ``deliveries.list`` cursor as a client could forge one (the worker's encoding)."""
+    return base64.urlsafe_b64encode(orjson.dumps([created_at, job_id])).decode().rstrip("=")
+
+
+async def test_deliveries_page_by_cursor_and_a_forged_cursor_is_400(
+    http: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    user = fresh_id()
+    ids = [f"{uuid.uuid4().hex}:{user}:email" for _ in range(3)]
+    await db.execute(
+        """INSERT INTO delivery_jobs (id, notification_id, user_id, channel, notification, due_at, created_at)
+           SELECT id, split_part(id, ':', 1), $2, 'email', '{}'::jsonb, now(),
+                  now() - make_interval(secs => n)
+             FROM unnest($1::text[]) WITH ORDINALITY AS j(id, n)""",
+        ids,
+        user,
+    )
+    admin = auth("ops", admin=True)
+    first = await http.get(DELIVERIES, params={"user_id": user, "limit": 2}, headers=admin)
+    assert [item["id"] for item in first.json()["items"]] == ids[:2], first.text
+    cursor = first.json()["next_cursor"]
+    assert isinstance(cursor, str)
+    second = await http.get(DELIVERIES, params={"user_id": user, "limit": 2, "before": cursor}, headers=admin)
+    assert second.status_code == 200, second.text
+    assert ([item["id"] for item in second.json()["items"]], second.json()["next_cursor"]) == (ids[2:], None)
+    at = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))[0]
+    forged = [
+        delivery_cursor("0001-01-01T00:00:00+01:00", ids[0]),  # before year 1 in UTC
+        delivery_cursor("9999-12-31T23:59:59-01:00", ids[0]),  # after year 9999 in UTC
+        delivery_cursor("2026-01-01T00:00:00", ids[0]),  # no offset: never a cursor
+        delivery_cursor(at, "a\u0000b"),  # NUL: text Postgres cannot hold
+        delivery_cursor(at, ""),
+        delivery_cursor(at, 7),
+        "not-a-cursor",
+    ]
+    for before in forged:
+        response = await http.get(DELIVERIES, params={"user_id": user, "before": before}, headers=admin)
+        error = error_of(response, 400)
+        assert (error["code"], error["data"]) == (-32602, "before"), (before, error)
+
+
 async def test_preferences_accept_the_seeds_flags_and_herald_document(http: httpx.AsyncClient) -> None:
     headers = auth(fresh_id())
     path = "/api/notifications/preferences"
@@ -375,6 +445,52 @@ def test_rate_limit_is_429_per_user() -> None:
             assert response.headers["Retry-After"] == "1"
             # Buckets are per user: another user is not limited by the first one's requests.
             assert client.get(f"{INBOX}/unread-count", headers=auth(other)).status_code == 200
+
+
+@pytest.fixture
+def own_stack() -> Iterator[Stack]:
+    """A stack of the test's own, without a worker."""
+    with stack_context() as stack:
+        yield stack
+
+
+async def test_requests_in_flight_are_capped_per_user(own_stack: Stack) -> None:
+    """docs/gateway.md: one user cannot hold more than ``HERALD_MAX_USER_REQUESTS_IN_FLIGHT`` requests
+    awaiting the worker. Past the cap the user's next request is 429 / 4029 at once; other users are
+    served, and the user's slots come back as the worker answers. A stand-in worker holds requests until
+    told to answer."""
+    responder = Responder(own_stack.amqp_url)
+    await responder.start()
+    held: list[asyncio.Task[httpx.Response]] = []
+    try:
+        api = own_stack.start_api(
+            max_user_requests_in_flight=2, rpc_timeout=60, rate_limit_burst=100, rate_limit_per_second=100
+        )
+        user, other = fresh_id(), fresh_id()
+        path = f"{INBOX}/read"
+        async with httpx.AsyncClient(base_url=api.url, timeout=60) as client:
+            held += [
+                asyncio.create_task(
+                    client.post(path, json={"ids": ["n-1"], "hold": True}, headers=auth(user))
+                )
+                for _ in range(2)
+            ]
+            await wait_until(
+                lambda: responder.peak_in_flight.get(user) == 2, 30, "both requests at the worker"
+            )
+            refused = await client.post(path, json={"ids": ["n-1"]}, headers=auth(user))
+            assert error_of(refused, 429)["code"] == 4029
+            assert refused.headers["Retry-After"] == "1"
+            assert (await client.post(path, json={"ids": ["n-1"]}, headers=auth(other))).status_code == 200
+            responder.release_held()
+            assert [response.status_code for response in await asyncio.gather(*held)] == [200, 200]
+            # Answered: the user's slots are back.
+            again = await client.post(path, json={"ids": ["n-1"]}, headers=auth(user))
+            assert again.status_code == 200, again.text
+    finally:
+        responder.release_held()
+        await asyncio.gather(*held, return_exceptions=True)
+        await responder.stop()
 
 
 def test_503_when_the_worker_is_stopped() -> None:

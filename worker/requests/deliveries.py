@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import orjson
@@ -47,10 +47,17 @@ def _cursor(row: dict[str, Any]) -> str:
 
 
 def _parse_cursor(cursor: str) -> tuple[datetime, str]:
+    """The ``(created_at, id)`` a :func:`_cursor` holds; -32602 naming ``before`` for anything the query
+    could not take: :func:`_cursor` writes an aware ``created_at`` (Postgres's ``timestamptz``) and a row
+    id (text, which holds no NUL), so a naive or out-of-range instant (before year 1 or after 9999 once in
+    UTC, where asyncpg converts it) and an id that is not a non-empty string without NUL were forged."""
     try:
         created_at, job_id = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return datetime.fromisoformat(created_at), str(job_id)
-    except (binascii.Error, ValueError, TypeError):
+        at = datetime.fromisoformat(created_at)
+        if at.tzinfo is None or not isinstance(job_id, str) or not job_id or "\x00" in job_id:
+            raise ValueError("forged")
+        return at.astimezone(UTC), job_id
+    except (binascii.Error, ValueError, TypeError, OverflowError):
         raise bad_param("before", "not a cursor from deliveries.list") from None
 
 

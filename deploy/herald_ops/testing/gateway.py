@@ -5,7 +5,8 @@ The responder stands in for the worker's request handlers: ``session.open`` answ
 preferences set for the user in :attr:`Responder.preferences`, and ``session.open_many`` the same for
 each of its users (unless :attr:`Responder.knows_open_many` is false: then -32601, as from an older
 worker). Every other method echoes what the gateway sent (``{"echo": {method, params, user_id,
-admin}}``) after ``params["delay"]`` seconds when given. It records every request
+admin}}``) after ``params["delay"]`` seconds when given, or, with ``params["hold"]`` true, once
+:meth:`Responder.release_held` is called. It records every request
 (:attr:`Responder.seen`) and, per user, the most requests it held at once (:attr:`Responder.peak_in_flight`),
 which is what a gateway's in-flight caps bound.
 """
@@ -152,6 +153,7 @@ class Responder:
         self.seen: list[dict[str, Any]] = []
         self.peak_in_flight: dict[str, int] = {}
         self._in_flight: dict[str, int] = {}
+        self._released = asyncio.Event()
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
 
@@ -164,6 +166,10 @@ class Responder:
     async def stop(self) -> None:
         if self._connection is not None:
             await self._connection.close()
+
+    def release_held(self) -> None:
+        """Answer the requests held by ``params["hold"]``, and every later one at once."""
+        self._released.set()
 
     async def _on_request(self, message: AbstractIncomingMessage) -> None:
         async with message.process():
@@ -192,9 +198,12 @@ class Responder:
         held = self._in_flight[user] = self._in_flight.get(user, 0) + 1
         self.peak_in_flight[user] = max(held, self.peak_in_flight.get(user, 0))
         try:
-            delay = request["params"].get("delay") if isinstance(request["params"], dict) else None
+            params = request["params"] if isinstance(request["params"], dict) else {}
+            delay = params.get("delay")
             if isinstance(delay, int | float):
                 await asyncio.sleep(delay)
+            if params.get("hold") is True:
+                await self._released.wait()
             return rpc_result({"echo": request})
         finally:
             self._in_flight[user] -= 1

@@ -15,10 +15,10 @@ from gateway.api.app import OPENAPI_PATH, HttpApi
 from gateway.api.routes import ROUTES, Source
 from gateway.api.translate import ApiError, answer, etag_of, matches, params_for, status_of
 from gateway.auth import bearer_token
-from gateway.limits import KeyedBuckets
+from gateway.limits import KeyedBuckets, KeyedSlots
 from herald_ops import openapi
 from herald_ops.testing.stack import TEST_JWT_SECRET, mint
-from shared.jsonrpc import ErrorCode, rpc_error, rpc_result
+from shared.jsonrpc import ErrorCode, rpc_error, rpc_request, rpc_result
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -30,6 +30,8 @@ MARK_ONE = ROUTE_BY_KEY["PATCH", "/api/notifications/realtime/{id}/read"]
 MARK_ALL_SEEN = ROUTE_BY_KEY["POST", "/api/notifications/realtime/mark-all-seen"]
 ACT = ROUTE_BY_KEY["POST", "/api/notifications/realtime/{id}/actions/{action_id}"]
 BROADCAST = ROUTE_BY_KEY["POST", "/api/notifications/realtime/broadcast"]
+PREFERENCES = ROUTE_BY_KEY["PUT", "/api/notifications/preferences"]
+DELIVERIES = ROUTE_BY_KEY["GET", "/api/notifications/deliveries"]
 
 
 def refused(route: Any, query: list[tuple[str, str]] = (), body: bytes = b"") -> ApiError:  # type: ignore[assignment]
@@ -83,6 +85,26 @@ class TestParams:
         assert params_for(BROADCAST, {}, [], b"  ") == {}
         error = refused(BROADCAST, body=b"{nope")
         assert (error.status, error.code, error.data) == (400, ErrorCode.PARSE_ERROR, "body")
+
+    @pytest.mark.parametrize(
+        "body",
+        [b"[" * 300 + b"]" * 300, b'{"a":' * 254 + b"1" + b"}" * 254, b"[]", b"[1]", b"1", b'"x"', b"null"],
+        ids=["deep-array", "254-levels", "empty-array", "array", "number", "string", "null"],
+    )
+    def test_a_body_that_is_not_a_forwardable_object_is_400_naming_it(self, body: bytes) -> None:
+        error = refused(PREFERENCES, body=body)
+        assert (error.status, error.code, error.data) == (400, ErrorCode.INVALID_PARAMS, "body")
+
+    def test_a_body_253_levels_deep_can_be_forwarded(self) -> None:
+        params = params_for(PREFERENCES, {}, [], b'{"a":' * 253 + b"1" + b"}" * 253)
+        assert rpc_request(PREFERENCES.method, params, "u1", False)
+
+    def test_the_deliveries_cursor_is_passed_as_the_opaque_string_it_is(self) -> None:
+        assert params_for(DELIVERIES, {}, [("before", "WyIyMDI2Il0"), ("limit", "5")], b"") == {
+            "before": "WyIyMDI2Il0",
+            "limit": 5,
+        }
+        assert params_for(DELIVERIES, {}, [("before", "12")], b"") == {"before": "12"}
 
 
 class TestAnswer:
@@ -156,6 +178,27 @@ class TestKeyedBuckets:
         assert buckets.take("c", 0.0)  # evicts "b"
         assert len(buckets) == 2
         assert buckets.take("b", 0.0)  # "b" was forgotten: a full burst again
+
+
+class TestKeyedSlots:
+    def test_each_key_has_its_own_cap_and_gets_its_slots_back(self) -> None:
+        slots = KeyedSlots(cap=2)
+        assert [slots.take("a") for _ in range(3)] == [True, True, False]
+        assert slots.take("b")
+        slots.release("a")
+        assert slots.take("a")
+        assert not slots.take("a")
+
+    def test_only_keys_with_requests_in_flight_are_remembered(self) -> None:
+        slots = KeyedSlots(cap=3)
+        for key in ("a", "a", "b"):
+            assert slots.take(key)
+        assert len(slots) == 2
+        slots.release("b")
+        slots.release("a")
+        assert len(slots) == 1
+        slots.release("a")
+        assert len(slots) == 0
 
 
 def test_bearer_token() -> None:
