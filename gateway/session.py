@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("gateway.session")
 
-UNAUTHORIZED: Final = int(CloseCode.UNAUTHORIZED)
+UNAUTHORIZED: Final = int(ErrorCode.UNAUTHORIZED)
 _ERROR_PREFIX: Final = b'{"error"'
 
 

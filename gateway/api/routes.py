@@ -196,7 +196,7 @@ ROUTES: Final = (
         (
             QueryParam("user_id", Kind.STR, ("userId",)),
             QueryParam("status", Kind.STR),
-            _LIMIT,
+            QueryParam("limit", Kind.INT, description="page size (1–200, default 50)"),
             QueryParam(
                 "before", Kind.STR, description="keyset cursor: the previous page's `next_cursor` (opaque)"
             ),

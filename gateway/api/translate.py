@@ -29,7 +29,7 @@ DEFAULT_PAGE: Final = 1
 DEFAULT_LIMIT: Final = 20
 MAX_INT: Final = 2**63 - 1
 #: A refused token: the HTTP API's own code (§5 closes a socket with 4401 for the same cause).
-UNAUTHORIZED_CODE: Final = 4401
+UNAUTHORIZED_CODE: Final = int(ErrorCode.UNAUTHORIZED)
 
 _STATUS_BY_CODE: Final = {
     ErrorCode.PARSE_ERROR: HTTPStatus.BAD_REQUEST,

@@ -1,8 +1,9 @@
 /* Herald's service worker for the demo inbox, served at /sw.js (scope: the whole origin).
  *
- * push: the payload is herald-delivery's JSON {id, type, category, title, message, data, created_at};
+ * push: the payload is herald-delivery's JSON {id, type, category, title, message, data, url, created_at};
  * it is shown as a notification tagged with the notification id (a repeat replaces, never stacks).
- * notificationclick: shows the notification's URL (data.url, http(s) only, else the inbox):
+ * notificationclick: shows the notification's URL (its url, else the older data.url; http(s) only, else
+ * the inbox):
  *   1. a window already at that URL is focused;
  *   2. else, for a URL of this origin, a window this worker controls (the inbox) is focused and navigated
  *      there: navigating a controlled window needs no user activation, so it works even when the browser
@@ -37,7 +38,11 @@ self.addEventListener("push", (event) => {
     self.registration.showNotification(title, {
       body: typeof payload.message === "string" ? payload.message : "",
       tag: typeof payload.id === "string" ? payload.id : undefined,
-      data: { id: payload.id, type: payload.type, url: targetUrl(payload.data) },
+      data: {
+        id: payload.id,
+        type: payload.type,
+        url: targetUrl(typeof payload.url === "string" ? payload : payload.data),
+      },
     }),
   );
 });

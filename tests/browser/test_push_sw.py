@@ -23,6 +23,7 @@ import pytest
 from herald_ops.testing.client import running_stack
 from herald_ops.testing.stack import wait_until
 from tests.browser.test_inbox import CHROMIUM, CHROMIUM_ARGS
+from worker.delivery.senders.webpush import push_payload
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -78,17 +79,21 @@ def herald() -> Iterator[tuple[Stack, HeraldProcess]]:
         yield running
 
 
-def notification(number: int, url: str) -> dict[str, Any]:
-    """A push payload as herald-delivery sends it."""
-    return {
+def notification(number: int, url: str, *, in_data: bool = False) -> dict[str, Any]:
+    """A push payload as herald-delivery builds it for a notification with the click target ``url``, or
+    (``in_data``) one without, whose producer put the URL in ``data.url`` as before §10 had ``url``."""
+    stored = {
         "id": f"n-{number}",
         "type": "GRADE_RELEASED",
         "category": "assessment",
         "title": f"Your grade is out ({number})",
         "message": "Essay: A",
-        "data": {"url": url},
+        "data": {"url": url} if in_data else {},
+        "url": None if in_data else url,
         "created_at": "2026-01-01T00:00:00Z",
     }
+    payload: dict[str, Any] = orjson.loads(push_payload(stored))
+    return payload
 
 
 class PushEvents:
@@ -129,7 +134,7 @@ async def push(
         "title": payload["title"],
         "body": "Essay: A",
         "tag": payload["id"],
-        "url": payload["data"]["url"],
+        "url": payload["url"] or payload["data"]["url"],
     }
     assert await page.evaluate(SHOWN) == [expected]
 
@@ -177,7 +182,7 @@ async def test_a_push_message_shows_a_notification_and_a_click_opens_its_url(
 
             # Another origin: the inbox stays, a new window is asked for.
             elsewhere = "https://courses.example/essay/1"
-            await push(cdp, events, page, target, notification(2, elsewhere))
+            await push(cdp, events, page, target, notification(2, elsewhere, in_data=True))
             clicked = await worker.evaluate(CLICK)
             assert clicked == {"calls": [elsewhere], "left": 0}
             assert page.url == inbox_url

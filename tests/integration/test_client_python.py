@@ -120,6 +120,9 @@ async def test_live_notification_updates_unread_count(herald: tuple[Stack, Heral
         await wait_until(lambda: len(recorder.named("notification:new")) == 2, 10, "the second notification")
         assert len(set(recorder.new_ids())) == 2
         assert client.unread_count == 1
+        # Pages by number (amendment 26): the second page of one is the older notification.
+        second = await client.list_notifications(limit=1, page=2)
+        assert [i["id"] for i in second["items"]] == [item["id"]]
 
 
 async def test_unseen_archive_act_and_a_collapsed_item_replaced(herald: tuple[Stack, HeraldProcess]) -> None:

@@ -95,7 +95,12 @@ async def test_a_push_is_signed_encrypted_and_carries_the_notification(
         "push.subscribe", browser.subscription(receiver.endpoint(name)), user=user
     )
     body = event(
-        user, "SECURITY_ALERT", title="New sign-in", message="From Berlin", data={"url": "https://a.example"}
+        user,
+        "SECURITY_ALERT",
+        title="New sign-in",
+        message="From Berlin",
+        data={"url": "https://a.example"},
+        url="https://app.example/security",
     )
     await watcher.publish(body)
     await wait_until(lambda: len(receiver.to(name)) == 1, 60, "the push")
@@ -111,7 +116,8 @@ async def test_a_push_is_signed_encrypted_and_carries_the_notification(
     assert payload["message"] == "From Berlin"
     assert payload["data"] == {"url": "https://a.example"}
     assert push.headers["topic"] == hashlib.blake2b(payload["id"].encode(), digest_size=16).hexdigest()
-    assert set(payload) == {"id", "type", "category", "title", "message", "data", "created_at"}
+    assert payload["url"] == "https://app.example/security"  # the click target (§10)
+    assert set(payload) == {"id", "type", "category", "title", "message", "data", "url", "created_at"}
 
 
 async def test_a_gone_subscription_is_removed(

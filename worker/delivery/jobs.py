@@ -38,6 +38,8 @@ class JobNotification(BaseModel):
     title: str
     message: str = ""
     data: dict[str, Any] = {}
+    #: The click target (§10), if any; a service worker opens it when the push notification is clicked.
+    url: str | None = None
     created_at: datetime
 
 

@@ -35,6 +35,7 @@ class InboxMethods(ABC):
         *,
         limit: int | None = None,
         before: int | None = None,
+        page: int | None = None,
         unread_only: bool | None = None,
         types: list[str] | None = None,
         categories: list[str] | None = None,
@@ -42,8 +43,9 @@ class InboxMethods(ABC):
     ) -> dict[str, Any]:
         """``notifications.list``: ``{"items" (newest first), "next_cursor", "total", "unread_count",
         "unseen_count"}``; ``archived``: ``False`` the inbox (default), ``True`` the archive, ``None``
-        both."""
-        params = {"limit": limit, "before": before, "unread_only": unread_only, "types": types}
+        both. Page with ``before`` (the last page's ``next_cursor``), or by number with ``page`` (from 1,
+        at most 1,000; not both)."""
+        params = {"limit": limit, "before": before, "page": page, "unread_only": unread_only, "types": types}
         params["categories"] = categories
         sent = {k: v for k, v in params.items() if v is not None} | {"archived": archived}
         return await self._counting("notifications.list", sent)

@@ -21,6 +21,7 @@ class ErrorCode(IntEnum):
     INVALID_PARAMS = -32602
     INTERNAL_ERROR = -32603
     FORBIDDEN = 4003
+    UNAUTHORIZED = 4401  # a first-frame ``auth`` that failed (the close 4401 follows); HTTP API: 401
     RATE_LIMITED = 4029
     UNAVAILABLE = 5003
 

@@ -4,6 +4,7 @@ buckets, the route table and the generated OpenAPI document."""
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -221,6 +222,23 @@ def test_the_shipped_openapi_document_is_valid_31_and_current() -> None:
     assert OPENAPI_PATH.read_text(encoding="utf-8") == openapi.render()
     listed = document["paths"]["/api/notifications/realtime"]["get"]
     assert {p["name"] for p in listed["parameters"]} >= {"page", "limit", "unread_only", "before"}
+
+
+def test_page_size_descriptions_say_the_bounds_and_default_of_their_schema() -> None:
+    """A description's "page size (1–N, default D)" is prose written by hand beside the generated schema;
+    each says what that schema enforces (deliveries.list once said 100 and 20 for 200 and 50)."""
+    document = json.loads(OPENAPI_PATH.read_text(encoding="utf-8"))
+    described = [
+        (parameter["schema"], re.fullmatch(r"page size \(1–(\d+), default (\d+)\)", parameter["description"]))
+        for path in document["paths"].values()
+        for operation in path.values()
+        for parameter in operation.get("parameters", [])
+        if parameter.get("description", "").startswith("page size")
+    ]
+    assert len(described) >= 2
+    for schema, stated in described:
+        assert stated is not None
+        assert (schema["maximum"], schema["default"]) == (int(stated[1]), int(stated[2]))
 
 
 class TestApplication:

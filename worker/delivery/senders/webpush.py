@@ -45,7 +45,7 @@ log = structlog.get_logger("herald.delivery")
 
 #: Largest payload before encryption (docs/protocol.md §9); the message is shortened to fit.
 MAX_PAYLOAD_BYTES: Final = 3800
-_PAYLOAD_FIELDS: Final = ("id", "type", "category", "title", "message", "data", "created_at")
+_PAYLOAD_FIELDS: Final = ("id", "type", "category", "title", "message", "data", "url", "created_at")
 _VAPID_TTL_SECONDS: Final = 12 * 3600
 _GONE: Final = frozenset({404, 410})
 
