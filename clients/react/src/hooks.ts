@@ -104,7 +104,9 @@ export function useNotifications({ filter = "all", pageSize = 20, types, categor
 
   const update = useCallback((change: (items: Notification[]) => Notification[]) => {
     setPage((current) => {
-      const next = { ...current, items: change(current.items) };
+      const items = change(current.items);
+      if (items === current.items) return current; // nothing changed: no render
+      const next = { ...current, items };
       pageRef.current = next;
       return next;
     });
@@ -202,8 +204,13 @@ export function useNotifications({ filter = "all", pageSize = 20, types, categor
     };
     const offs = [
       client.on("notification:new", (n) => {
-        if (!matches(n)) return;
-        live((items) => order([n, ...items.filter((other) => other.id !== n.id)]));
+        // A collapsed notification's new version replaces the old one by id. It may no longer match
+        // this list: a collapse un-archives (amendment 12) and may change the type. Then the old
+        // version leaves the list rather than stay there stale. (The counts are the client's: it
+        // fetches them again for a newer version.)
+        const others = (items: Notification[]) => items.filter((other) => other.id !== n.id);
+        if (matches(n)) live((items) => order([n, ...others(items)]));
+        else live((items) => (items.some((other) => other.id === n.id) ? others(items) : items));
       }),
       client.on("notification:read", ({ ids, all }: IdsChange) => {
         const at = now();

@@ -40,6 +40,8 @@ export interface HeraldStrings {
   quietFrom: string;
   quietTo: string;
   timeZone: string;
+  /** Under the picker while the saved quiet hours have no time zone (the profile's applies, else UTC). */
+  quietZoneUnsaved: string;
   save: string;
   saved: string;
   saving: string;
@@ -108,6 +110,7 @@ export const defaultStrings: HeraldStrings = {
   quietFrom: "From",
   quietTo: "To",
   timeZone: "Time zone",
+  quietZoneUnsaved: "No time zone is saved yet, so your profile's applies (else UTC). Saving stores the one shown.",
   save: "Save quiet hours",
   saved: "Saved",
   saving: "Saving…",

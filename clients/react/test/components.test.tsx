@@ -1,8 +1,8 @@
-import type { HeraldClient } from "@herald/client";
+import type { HeraldClient, Preferences } from "@herald/client";
 import { act, render, screen, waitFor, within } from "@testing-library/react";
 import userEvent from "@testing-library/user-event";
 import type { ReactNode } from "react";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 
 import { HeraldProvider, NotificationBell, NotificationDropdown, NotificationToast, PreferencesPanel } from "../src";
 import type { HeraldStrings } from "../src";
@@ -252,6 +252,37 @@ describe("PreferencesPanel", () => {
     await user.selectOptions(screen.getByRole("combobox", { name: "Time zone" }), "Europe/Berlin");
     await user.click(screen.getByRole("button", { name: "Save quiet hours" }));
     await waitFor(() => expect(gateway.preferences.quiet_hours).toEqual({ start: "22:00", end: "07:00", timezone: "Europe/Berlin" }));
+  });
+
+  it("quiet hours stored without a time zone (amendment 20) show the browser's zone, and saving stores the zone shown", async () => {
+    // The browser's zone, pinned so that it is none of the picker's choices.
+    const resolved = Intl.DateTimeFormat.prototype.resolvedOptions;
+    vi.spyOn(Intl.DateTimeFormat.prototype, "resolvedOptions").mockImplementation(function (this: Intl.DateTimeFormat) {
+      return { ...resolved.call(this), timeZone: "Asia/Tokyo" };
+    });
+    type Quiet = NonNullable<Preferences["quiet_hours"]>;
+    const { gateway, user } = await mount(<PreferencesPanel push={false} timeZones={["UTC", "Europe/Berlin"]} />, {
+      prepare: (g) => (g.preferences.quiet_hours = { start: "21:00", end: "06:00" } as Quiet),
+    });
+    await waitFor(() => expect((screen.getByRole("checkbox", { name: "Enabled" }) as HTMLInputElement).checked).toBe(true));
+    const zone = screen.getByRole("combobox", { name: "Time zone" }) as HTMLSelectElement;
+    expect(zone.value).toBe("Asia/Tokyo");
+    expect(Array.from(zone.options, (o) => o.value)).toEqual(["Asia/Tokyo", "UTC", "Europe/Berlin"]);
+    expect(zone.getAttribute("aria-describedby")).toBeTruthy();
+    expect(document.getElementById(zone.getAttribute("aria-describedby") ?? "")?.textContent).toBe(
+      "No time zone is saved yet, so your profile's applies (else UTC). Saving stores the one shown.",
+    );
+
+    // Saving stores what the form shows, the zone included; the note goes.
+    await user.click(screen.getByRole("button", { name: "Save quiet hours" }));
+    await waitFor(() => expect(gateway.preferences.quiet_hours).toEqual({ start: "21:00", end: "06:00", timezone: "Asia/Tokyo" }));
+    await waitFor(() => expect(screen.queryByText(/No time zone is saved yet/)).toBeNull());
+
+    // Another client saves quiet hours without a zone again: the panel follows, still renders.
+    act(() => gateway.broadcast("preferences:updated", { ...gateway.preferences, quiet_hours: { start: "23:00", end: "05:00" } }));
+    await waitFor(() => expect((screen.getByLabelText("From") as HTMLInputElement).value).toBe("23:00"));
+    expect((screen.getByRole("combobox", { name: "Time zone" }) as HTMLSelectElement).value).toBe("Asia/Tokyo");
+    await screen.findByText(/No time zone is saved yet/);
   });
 
   it("a refused change is rolled back and explained", async () => {

@@ -152,6 +152,34 @@ describe("useNotifications", () => {
     expect(inbox.result.current.items[1].archived_at).toBeNull();
   });
 
+  it("a collapse un-archives an item: it leaves the Archived list and comes back to the inbox", async () => {
+    const { gateway, client, wrapper } = setup();
+    gateway.notify({}, { live: false });
+    const first = gateway.notify({ collapse_key: "thread-1", archived_at: "2026-01-02T00:00:00Z" }, { live: false });
+    const inbox = renderHook(() => useNotifications(), { wrapper });
+    const archived = renderHook(() => useNotifications({ filter: "archived" }), { wrapper });
+    await act(() => client.connect());
+    await waitFor(() => expect(archived.result.current.items.map((n) => n.id)).toEqual(["n2"]));
+    await waitFor(() => expect(inbox.result.current.items.map((n) => n.id)).toEqual(["n1"]));
+    // Amendment 12: the next event with the key collapses into it: a higher seq, count + 1, un-archived.
+    const collapsed = { ...first, seq: 3, count: 2, title: "2 new replies", archived_at: null, created_at: "2026-01-03T00:00:00.000Z" };
+    gateway.stored[1] = collapsed;
+    act(() => gateway.broadcast("notification:new", collapsed));
+    await waitFor(() => expect(inbox.result.current.items.map((n) => n.id)).toEqual(["n2", "n1"]));
+    expect(inbox.result.current.items[0].title).toBe("2 new replies");
+    expect(archived.result.current.items).toEqual([]);
+  });
+
+  it("a collapse that changes an item's type drops it from a list filtered to the old type", async () => {
+    const { gateway, client, wrapper } = setup();
+    const first = gateway.notify({ type: "NEW_COMMENT", category: "social", collapse_key: "k" }, { live: false });
+    const comments = renderHook(() => useNotifications({ types: ["NEW_COMMENT"] }), { wrapper });
+    await act(() => client.connect());
+    await waitFor(() => expect(comments.result.current.items.map((n) => n.id)).toEqual(["n1"]));
+    act(() => gateway.broadcast("notification:new", { ...first, seq: 2, count: 2, type: "GRADE_RELEASED", category: "assessment" }));
+    await waitFor(() => expect(comments.result.current.items).toEqual([]));
+  });
+
   it("reloads after a reconnect", async () => {
     const { gateway, client, wrapper } = setup();
     gateway.notify({}, { live: false });

@@ -59,9 +59,17 @@ interface QuietDraft {
   timezone: string;
 }
 
+// Quiet hours may be stored without a time zone (docs/protocol.md amendment 20): the profile's zone
+// applies then, else UTC, and this panel cannot know the profile's. The draft shows the browser's zone
+// instead, and saving stores the zone shown: what the form shows is what gets saved, so the saved quiet
+// hours do not depend on a zone the user never saw. Until then a note under the picker says that no zone
+// is saved and that saving will store the one shown, so the change is not silent. (Sending no zone when
+// the picker was left alone would keep the profile's zone, but behind a picker showing another one.)
 function draftOf(prefs: Preferences | null): QuietDraft {
   const quiet = prefs?.quiet_hours;
-  return quiet ? { enabled: true, ...quiet } : { enabled: false, start: "22:00", end: "07:00", timezone: browserZone() };
+  return quiet
+    ? { enabled: true, start: quiet.start, end: quiet.end, timezone: quiet.timezone || browserZone() }
+    : { enabled: false, start: "22:00", end: "07:00", timezone: browserZone() };
 }
 
 /** Channels × types switches, quiet hours with a time-zone picker, and push for this browser. */
@@ -107,6 +115,7 @@ export function PreferencesPanel({
   }, [preferences, categories]);
 
   const zoneChoices = zones.includes(quiet.timezone) ? zones : [quiet.timezone, ...zones];
+  const zoneUnsaved = Boolean(quiet.enabled && preferences?.quiet_hours && !preferences.quiet_hours.timezone);
   let status = strings.defaults;
   if (saving) status = strings.saving;
   else if (preferences?.updated_at) status = `${strings.saved} ${relativeTime(preferences.updated_at, now, locale, strings.justNow)}`;
@@ -233,6 +242,7 @@ export function PreferencesPanel({
                   name="quiet.timezone"
                   value={quiet.timezone}
                   disabled={!quiet.enabled}
+                  aria-describedby={zoneUnsaved ? `${base}-zone-hint` : undefined}
                   onChange={(event) => setQuiet({ ...quiet, timezone: event.target.value })}
                 >
                   {zoneChoices.map((zone) => (
@@ -243,6 +253,11 @@ export function PreferencesPanel({
                 </select>
               </label>
             </div>
+            {zoneUnsaved && (
+              <p className="herald-muted" id={`${base}-zone-hint`}>
+                {strings.quietZoneUnsaved}
+              </p>
+            )}
             <button
               type="button"
               className="herald-button herald-quiet-save"
