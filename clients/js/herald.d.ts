@@ -25,6 +25,8 @@ export interface Notification {
   action_id?: string | null;
   /** How many events a collapsed notification stands for. */
   count?: number;
+  /** RFC 3339: when it disappears from the inbox, the counts and sync (§10); null: never. */
+  expires_at?: string | null;
   [extra: string]: unknown;
 }
 
@@ -34,22 +36,34 @@ export interface NotificationAction {
   url?: string;
 }
 
+/** "HH:MM" (24-hour) to "HH:MM". Without `timezone` the profile's time zone applies, else UTC (amendment 20). */
+export interface QuietHours {
+  start: string;
+  end: string;
+  /** An IANA time zone; absent when none was given. */
+  timezone?: string;
+}
+
 export interface Preferences {
   channels: Record<Channel, boolean>;
   types: Record<string, Record<Channel, boolean>>;
-  quiet_hours: { start: string; end: string; timezone: string } | null;
+  quiet_hours: QuietHours | null;
   updated_at: string | null;
 }
 
 export type PreferencesPatch = {
   channels?: Partial<Record<Channel, boolean>>;
   types?: Record<string, Partial<Record<Channel, boolean>>>;
-  quiet_hours?: { start: string; end: string; timezone: string } | null;
+  /** `timezone` absent or null: the profile's time zone applies (amendment 20). */
+  quiet_hours?: { start: string; end: string; timezone?: string | null } | null;
 };
 
 export interface ListParams {
   limit?: number;
+  /** A seq (the previous page's next_cursor): the page before it. */
   before?: number;
+  /** 1–1000: skip (page − 1) × limit items instead of following `before`; not with `before` (amendment 26). */
+  page?: number;
   unread_only?: boolean;
   types?: string[];
   categories?: string[];
@@ -97,6 +111,34 @@ export interface CountResult {
   unseen_count?: number;
 }
 
+/** notifications.mark_read / mark_unread / mark_all_read. */
+export interface UpdatedResult {
+  updated: number;
+  unread_count: number;
+  /** Absent on servers without seen state. */
+  unseen_count?: number;
+}
+
+/** notifications.delete. */
+export interface DeletedResult {
+  deleted: number;
+  unread_count: number;
+  /** Absent on servers without seen state. */
+  unseen_count?: number;
+}
+
+/** notifications.act (§10). */
+export interface ActResult {
+  /** True when this call recorded the choice (false: acted with this action before, or not the user's id). */
+  acted: boolean;
+  /** The recorded action; null for an id that is not the user's (or expired). */
+  action_id: string | null;
+  /** RFC 3339; null when nothing was recorded. */
+  acted_at: string | null;
+  unread_count: number;
+  unseen_count: number;
+}
+
 export interface PushSubscriptionJSONLike {
   endpoint?: string;
   expirationTime?: number | null;
@@ -123,7 +165,7 @@ export interface EventMap {
   "notification:seen": IdsChange;
   "notification:archived": IdsChange;
   "notification:unarchived": IdsChange;
-  "notification:acted": { id: string; action_id: string; acted_at?: string; unread_count?: number };
+  "notification:acted": { id: string; action_id: string; acted_at?: string; unread_count?: number; unseen_count?: number };
   "preferences:updated": Preferences;
   "sync:required": Record<string, never>;
   unread: { count: number };
@@ -207,14 +249,15 @@ export abstract class HeraldApi {
   list(params?: ListParams): Promise<ListResult>;
   sync(since: number, limit?: number): Promise<SyncResult>;
   fetchUnreadCount(): Promise<number>;
-  markRead(ids: string[]): Promise<{ updated: number; unread_count: number }>;
-  markUnread(ids: string[]): Promise<{ updated: number; unread_count: number }>;
-  markAllRead(): Promise<{ updated: number; unread_count: 0 }>;
+  markRead(ids: string[]): Promise<UpdatedResult>;
+  markUnread(ids: string[]): Promise<UpdatedResult>;
+  /** unread_count is 0 unless a notification was stored while the server marked them. */
+  markAllRead(): Promise<UpdatedResult>;
   markSeen(ids: string[] | "all"): Promise<CountResult>;
-  delete(ids: string[]): Promise<{ deleted: number; unread_count: number }>;
+  delete(ids: string[]): Promise<DeletedResult>;
   archive(ids: string[]): Promise<CountResult>;
   unarchive(ids: string[]): Promise<CountResult>;
-  act(id: string, actionId: string): Promise<CountResult>;
+  act(id: string, actionId: string): Promise<ActResult>;
   broadcast(params: {
     title: string;
     message: string;

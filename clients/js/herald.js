@@ -24,7 +24,9 @@
 // - Nothing missed, nothing twice: after a reconnect, and on `sync:required`, the client pages
 //   `notifications.sync` from its watermark — the highest seq below which nothing can be missing (it
 //   advances over contiguous seqs of live frames and to the end of each sync page) — and drops
-//   notifications whose id it already delivered.
+//   notifications whose id it already delivered (a higher seq of a known id is a collapsed notification's
+//   new version; a live broadcast frame, seq null, and its stored copy with a seq are one). A failed catch-up
+//   is retried with backoff until it succeeds, the client closes or a newer catch-up takes over.
 // - `unreadCount` / `unseenCount` follow `connected`, the `notification:*` frames and request results.
 //
 // Events: the server's notification methods (`connected`, `notification:new|read|unread|deleted|seen|
@@ -39,17 +41,28 @@ const CLOSE_GOING_AWAY = 1001;
 const MAX_AUTH_FAILURES = 2;
 const SEEN_IDS = 10000;
 
-/** Record the delivery of `item` in `seen` (id → highest seq): "new" for an id not seen before, "newer"
- * for a higher seq of a known id (a collapsed notification's new version), false for a repeat. */
+/** Record the delivery of `item` in `seen` (id → highest seq, null for a live broadcast frame): "new" for
+ * an id not seen before, "newer" for a higher seq of a known id (a collapsed notification's new version),
+ * false for a repeat. A null seq is new only for an unknown id, and a live broadcast frame (no seq, amendment
+ * 9) followed by its stored copy (same id, the user's seq) is one version: the copy is a repeat whose seq is
+ * kept for later versions (the same rule as clients/python/herald_client/tracking.py). */
 function takeVersion(seen, item) {
   const id = String(item.id);
-  const seq = typeof item.seq === "number" ? item.seq : -1;
-  const known = seen.get(id);
-  if (known !== undefined && seq <= known) return false;
-  seen.delete(id); // re-inserted last, so the oldest id is the one forgotten
+  const seq = typeof item.seq === "number" ? item.seq : null;
+  if (seen.has(id)) {
+    const known = seen.get(id);
+    if (known === null && seq !== null) {
+      seen.set(id, seq);
+      return false;
+    }
+    if (seq === null || (known !== null && seq <= known)) return false;
+    seen.delete(id); // re-inserted last, so the oldest id is the one forgotten
+    seen.set(id, seq);
+    return "newer";
+  }
   seen.set(id, seq);
   if (seen.size > SEEN_IDS) seen.delete(seen.keys().next().value);
-  return known === undefined ? "new" : "newer";
+  return "new";
 }
 const SYNC_PAGE = 500;
 const COUNTS = ["unread_count", "unseen_count"];
@@ -351,6 +364,8 @@ export class HeraldClient extends HeraldApi {
     this._refreshTimer = null;
     this._everOpened = false;
     this._syncing = null;
+    this._syncRun = 0; // which catch-up may retry: a newer one, or close(), ends the others
+    this._syncRetry = null; // {timer, resolve} of the backoff a failed catch-up waits out
   }
 
   /** The gateway URL in use (or tried next). */
@@ -482,7 +497,9 @@ export class HeraldClient extends HeraldApi {
     for (const waiter of this._waiters) waiter.resolve();
     this._waiters.clear();
     if (reconnected && resumeFrom !== null && !(typeof serverSeq === "number" && serverSeq <= resumeFrom)) {
-      this._catchUp();
+      this._catchUp(); // supersedes a catch-up still retrying from the previous session
+    } else if (this._syncRetry) {
+      this._supersedeSync(); // the server has nothing past the watermark: nothing left to retry
     }
   }
 
@@ -565,32 +582,63 @@ export class HeraldClient extends HeraldApi {
     }
   }
 
-  /** Page notifications.sync from the watermark until has_more is false, then refresh the count. */
+  /** Page notifications.sync from the watermark until has_more is false, then refresh the count.
+   * A failed catch-up (e.g. 5003 while the worker reconnects) is retried with backoff until it succeeds
+   * (amendment 33, as clients/python/herald_client/client.py does): what it would recover is otherwise
+   * missing until the next reconnect. The retries stop when the client closes or a newer catch-up (another
+   * `sync:required`, a new session) takes over; one catch-up runs at a time, from the current watermark. */
   _catchUp() {
-    const run = async () => {
-      try {
-        while (this.watermark !== null) {
-          const page = await this.sync(this.watermark, SYNC_PAGE);
-          const items = page.items ?? [];
-          for (const item of items) this._deliver(item, true);
-          const last = items.length ? items[items.length - 1].seq : null;
-          if (typeof last === "number" && last > this.watermark) {
-            // Sync returns every seq > since, so everything up to `last` is known now.
-            this.watermark = last;
-            for (const seq of this._aboveWatermark) if (seq <= last) this._aboveWatermark.delete(seq);
-          }
-          if (!page.has_more || !items.length) break;
+    const run = this._supersedeSync();
+    const current = () => this._syncRun === run && this.state !== "closed";
+    const loop = async () => {
+      for (let failures = 0; current(); failures += 1) {
+        try {
+          await this._catchUpOnce();
+          return;
+        } catch (err) {
+          if (!current()) return; // closed, or a newer catch-up takes over from the same watermark
+          const delay = backoffDelay(failures, this.options.backoffBaseMs, this.options.backoffMaxMs);
+          console.warn(`herald: sync failed; retrying in ${Math.round(delay)} ms`, err);
+          await new Promise((resolve) => {
+            this._syncRetry = { timer: setTimeout(resolve, delay), resolve };
+          });
+          this._syncRetry = null;
         }
-        // Re-anchor the count: it covers what the sync recovered and any frame counted twice between
-        // `connected` and the sync.
-        await this.fetchUnreadCount();
-      } catch (err) {
-        // The next reconnect syncs again from the same watermark.
-        console.warn("herald: sync failed", err);
       }
     };
-    this._syncing = (this._syncing ?? Promise.resolve()).then(run);
+    this._syncing = (this._syncing ?? Promise.resolve()).then(loop);
     return this._syncing;
+  }
+
+  /** One catch-up; throws when a request failed (the watermark has not moved past what it missed). */
+  async _catchUpOnce() {
+    while (this.watermark !== null) {
+      const page = await this.sync(this.watermark, SYNC_PAGE);
+      const items = page.items ?? [];
+      for (const item of items) this._deliver(item, true);
+      const last = items.length ? items[items.length - 1].seq : null;
+      if (typeof last === "number" && last > this.watermark) {
+        // Sync returns every seq > since, so everything up to `last` is known now.
+        this.watermark = last;
+        for (const seq of this._aboveWatermark) if (seq <= last) this._aboveWatermark.delete(seq);
+      }
+      if (!page.has_more || !items.length) break;
+    }
+    // Re-anchor the count: it covers what the sync recovered and any frame counted twice between
+    // `connected` and the sync.
+    await this.fetchUnreadCount();
+  }
+
+  /** End the retries of the catch-up in progress (its waiting backoff at once); returns the new run's id. */
+  _supersedeSync() {
+    this._syncRun += 1;
+    const retry = this._syncRetry;
+    this._syncRetry = null;
+    if (retry) {
+      clearTimeout(retry.timer);
+      retry.resolve();
+    }
+    return this._syncRun;
   }
 
   _scheduleRefresh(token) {
@@ -649,6 +697,7 @@ export class HeraldClient extends HeraldApi {
     for (const timer of this._timers) clearTimeout(timer);
     this._timers.clear();
     this._clearRefresh();
+    this._supersedeSync(); // a catch-up waiting to retry ends now
     const ws = this._ws;
     this._ws = null;
     if (ws && ws.readyState <= 1) ws.close(1000, "client closed");

@@ -27,6 +27,7 @@ class FakeGateway {
     this.holding = false; // while true, new sockets wait before opening
     this.held = [];
     this.connections = 0;
+    this.failingSyncs = 0; // the next this many notifications.sync answer 5003, as while the worker reconnects
     const gateway = this;
     this.WebSocket = class {
       constructor(url) {
@@ -77,6 +78,24 @@ class FakeGateway {
     return item;
   }
 
+  /** Store a broadcast's copy (the user's own seq) and push the live frame, which has `seq: null`. */
+  broadcast(title) {
+    const item = { id: `b${this.stored.length + 1}`, seq: this.stored.length + 1, title, read_at: null, seen_at: null };
+    this.stored.push(item);
+    for (const ws of this.sockets) ws._frame({ method: "notification:new", params: { ...item, seq: null } });
+    return item;
+  }
+
+  /** Send a notification frame (e.g. sync:required) to every open socket. */
+  sendAll(method, params = {}) {
+    for (const ws of this.sockets) ws._frame({ method, params });
+  }
+
+  /** The `since` of every notifications.sync request so far. */
+  get syncCalls() {
+    return this.requests.filter((r) => r.method === "notifications.sync").map((r) => r.params.since);
+  }
+
   _answer(ws, { id, method, params }) {
     this.requests.push({ method, params });
     const reply = (result) => ws._frame({ id, result });
@@ -91,6 +110,10 @@ class FakeGateway {
       });
     } else if (method === "ping") reply("pong");
     else if (method === "notifications.sync") {
+      if (this.failingSyncs > 0) {
+        this.failingSyncs -= 1;
+        return fail(5003, "service unavailable");
+      }
       reply({ items: this.stored.filter((n) => n.seq > params.since), has_more: false });
     } else if (method === "notifications.unread_count") reply({ count: this.unread, unseen_count: this.unread });
     else if (method === "notifications.mark_read") {
@@ -171,8 +194,13 @@ for (const mode of ["web locks", "heartbeats"]) {
     const opened = tabs(gateway, 3, { locks });
     try {
       await Promise.all(opened.map((tab) => tab.client.connect()));
-      await waitUntil(() => leaderOf(opened).length === 1 && opened.every((t) => t.client.role !== "electing"), 10000, "one leader");
-      assert.equal(gateway.sockets.size, 1);
+      // A candidate that lost the election may still be closing the socket it opened: wait for the
+      // election to settle on one leader and one socket.
+      await waitUntil(
+        () => leaderOf(opened).length === 1 && opened.every((t) => t.client.role !== "electing") && gateway.sockets.size === 1,
+        10000,
+        "one leader and one socket",
+      );
       assert.equal(opened.filter((tab) => tab.client.role === "follower").length, 2);
 
       gateway.notify("first");
@@ -415,6 +443,152 @@ test("push.subscribe subscribes the browser with the server's VAPID key and regi
     assert.equal(current, null);
     assert.deepEqual(gateway.requests.at(-1), { method: "push.unsubscribe", params: { endpoint: "https://push.example/s/1" } });
   } finally {
+    client.close();
+  }
+});
+
+// ------------------------------------------------------------------ broadcasts, catch-up retries
+
+/** A HeraldClient on `gateway` with a record of the notifications it emitted. */
+function single(gateway, options = {}) {
+  const client = new HeraldClient("ws://gw/notifications", {
+    getToken: () => token("u1"),
+    WebSocket: gateway.WebSocket,
+    backoffBaseMs: 10,
+    backoffMaxMs: 50,
+    ...options,
+  });
+  const titles = [];
+  client.on("notification:new", (n) => titles.push(n.title));
+  return { client, titles };
+}
+
+const countFetches = (gateway) => gateway.requests.filter((r) => r.method === "notifications.unread_count").length;
+
+test("a broadcast's live frame (seq null) and its stored copy in a later sync are one notification", async () => {
+  const gateway = new FakeGateway();
+  const { client, titles } = single(gateway);
+  try {
+    await client.connect();
+    gateway.broadcast("all hands");
+    await waitUntil(() => titles.length === 1, 10000, "the live broadcast frame");
+    assert.equal(client.unreadCount, 1);
+    gateway.sendAll("sync:required");
+    await waitUntil(() => gateway.syncCalls.length === 1, 10000, "the sync");
+    await client._syncing;
+    assert.deepEqual(titles, ["all hands"], "the stored copy (same id, a real seq) is a repeat, not a new version");
+    assert.equal(countFetches(gateway), 1, "only the count fetch that ends the catch-up");
+    assert.equal(client.unreadCount, 1);
+    assert.equal(client.watermark, 1);
+  } finally {
+    client.close();
+  }
+});
+
+test("tabs show a broadcast once when the leader's sync returns its stored copy", async () => {
+  const gateway = new FakeGateway();
+  const opened = tabs(gateway, 2, { locks: new FakeLocks() });
+  try {
+    await Promise.all(opened.map((tab) => tab.client.connect()));
+    await waitUntil(() => leaderOf(opened).length === 1 && opened.every((t) => t.client.role !== "electing"), 10000, "one leader");
+    gateway.broadcast("all hands");
+    await waitUntil(() => opened.every((tab) => tab.titles.length === 1), 10000, "every tab to get it");
+    gateway.sendAll("sync:required");
+    await waitUntil(() => gateway.syncCalls.length === 1 && countFetches(gateway) >= 1, 10000, "the leader's catch-up");
+    await new Promise((later) => setTimeout(later, 100)); // relayed events reach the follower
+    for (const tab of opened) assert.deepEqual(tab.titles, ["all hands"]);
+  } finally {
+    opened.forEach((tab) => tab.client.close());
+  }
+});
+
+test("a catch-up that fails on sync:required (5003) is retried with backoff until it succeeds", async () => {
+  const gateway = new FakeGateway();
+  const { client, titles } = single(gateway);
+  try {
+    await client.connect();
+    gateway.notify("lost 1", { live: false });
+    gateway.notify("lost 2", { live: false });
+    gateway.failingSyncs = 2;
+    gateway.sendAll("sync:required");
+    await waitUntil(() => titles.length === 2, 10000, "the sync that finally succeeded");
+    assert.deepEqual(gateway.syncCalls, [0, 0, 0]);
+    assert.deepEqual(titles, ["lost 1", "lost 2"]);
+    assert.equal(client.watermark, 2);
+    await waitUntil(() => client.unreadCount === 2, 10000, "the count after the catch-up");
+  } finally {
+    client.close();
+  }
+});
+
+test("a catch-up that fails after a reconnect is retried until it succeeds", async () => {
+  const gateway = new FakeGateway();
+  const { client, titles } = single(gateway);
+  try {
+    await client.connect();
+    const first = client.connectionId;
+    for (const ws of gateway.sockets) ws.close(1006, "network lost");
+    gateway.notify("missed 1", { live: false });
+    gateway.notify("missed 2", { live: false });
+    gateway.failingSyncs = 3;
+    await waitUntil(() => titles.length === 2, 10000, "the missed notifications");
+    assert.notEqual(client.connectionId, first);
+    assert.deepEqual(gateway.syncCalls, [0, 0, 0, 0]);
+    assert.equal(client.watermark, 2);
+  } finally {
+    client.close();
+  }
+});
+
+test("catch-up retries stop when the client closes", async () => {
+  const gateway = new FakeGateway();
+  const { client } = single(gateway);
+  try {
+    await client.connect();
+    gateway.notify("lost", { live: false });
+    gateway.failingSyncs = Infinity;
+    gateway.sendAll("sync:required");
+    await waitUntil(() => gateway.syncCalls.length >= 3, 10000, "a few retries");
+  } finally {
+    client.close();
+  }
+  await client._syncing; // the retry loop ends (it does not wait out its backoff)
+  assert.equal(client._syncRetry, null, "no retry timer is left");
+  await new Promise((later) => setTimeout(later, 20)); // the fake records a request 1 ms after it was sent
+  const calls = gateway.syncCalls.length;
+  await new Promise((later) => setTimeout(later, 200));
+  assert.equal(gateway.syncCalls.length, calls, "no sync after close()");
+});
+
+test("a waiting catch-up retry gives way to a newer catch-up (sync:required, a new session)", async () => {
+  const gateway = new FakeGateway();
+  const random = Math.random;
+  Math.random = () => 1; // every backoff is its cap: a retry would wait 30 s
+  const { client, titles } = single(gateway, { backoffBaseMs: 30000, backoffMaxMs: 30000 });
+  try {
+    await client.connect();
+    gateway.notify("one", { live: false });
+    gateway.failingSyncs = 1;
+    gateway.sendAll("sync:required");
+    await waitUntil(() => gateway.syncCalls.length === 1, 10000, "the failed sync");
+    await new Promise((later) => setTimeout(later, 20)); // its retry is waiting now
+    gateway.sendAll("sync:required"); // runs at once rather than after the waiting retry
+    await waitUntil(() => titles.length === 1, 5000, "the newer catch-up");
+    await client._syncing;
+    assert.deepEqual(gateway.syncCalls, [0, 0]);
+
+    gateway.notify("two", { live: false });
+    gateway.failingSyncs = 1;
+    gateway.sendAll("sync:required");
+    await waitUntil(() => gateway.syncCalls.length === 3, 10000, "the second failed sync");
+    await new Promise((later) => setTimeout(later, 20));
+    for (const ws of gateway.sockets) ws.close(1001, "going away"); // reconnects at once
+    await waitUntil(() => titles.length === 2, 5000, "the new session's catch-up");
+    await client._syncing;
+    assert.deepEqual(gateway.syncCalls, [0, 0, 1, 1]);
+    assert.deepEqual(titles, ["one", "two"]);
+  } finally {
+    Math.random = random;
     client.close();
   }
 });

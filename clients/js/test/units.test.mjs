@@ -57,3 +57,25 @@ test("a client that is closed rejects requests at once", async () => {
   client.close();
   await assert.rejects(client.ping(), (err) => err.kind === "closed");
 });
+
+test("a broadcast's live frame (seq null), then its stored copy (same id, a seq), is one delivery", () => {
+  // Amendment 9: the live broadcast frame has `seq: null`; the user's stored copy has a seq.
+  const client = new HeraldClient("ws://unused", { getToken: () => "t" });
+  const delivered = [];
+  const refetched = [];
+  client.fetchUnreadCount = async () => refetched.push("count");
+  client.on("notification:new", (n, meta) => delivered.push([n.id, n.seq, meta.replayed]));
+  client.watermark = 4;
+  client.unreadCount = 0;
+  client._deliver({ id: "b1", seq: null, read_at: null }, false);
+  client._deliver({ id: "b1", seq: 5, read_at: null }, true); // the stored copy, from a sync
+  client._deliver({ id: "b1", seq: null, read_at: null }, false); // the frame again
+  client._deliver({ id: "b1", seq: 5, read_at: null }, true); // the copy again
+  assert.deepEqual(delivered, [["b1", null, false]]);
+  assert.deepEqual(refetched, [], "a repeat fetches no count");
+  assert.equal(client.unreadCount, 1);
+  // A later version of that id (a higher seq) is still a new version.
+  client._deliver({ id: "b1", seq: 7, read_at: null }, false);
+  assert.deepEqual(delivered.at(-1), ["b1", 7, false]);
+  assert.deepEqual(refetched, ["count"]);
+});
