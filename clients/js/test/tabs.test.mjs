@@ -34,6 +34,7 @@ class FakeGateway {
         this.url = url;
         this.readyState = 0;
         this.open = () => {
+          if (this.readyState === 3) return; // closed while connecting: a browser's socket never opens then
           if (gateway.refused.has(url)) return this._closed(1006, "refused");
           this.readyState = 1;
           gateway.sockets.add(this);
@@ -186,6 +187,8 @@ function tabs(gateway, count, options = {}) {
 }
 
 const leaderOf = (opened) => opened.filter((tab) => tab.client.isLeader);
+/** Whether the tabs' election is over: one leader, and no tab still electing. */
+const elected = (opened) => leaderOf(opened).length === 1 && opened.every((tab) => tab.client.role !== "electing");
 
 for (const mode of ["web locks", "heartbeats"]) {
   test(`three tabs share one socket, and the leader's close hands it over with nothing missed (${mode})`, async () => {
@@ -194,13 +197,8 @@ for (const mode of ["web locks", "heartbeats"]) {
     const opened = tabs(gateway, 3, { locks });
     try {
       await Promise.all(opened.map((tab) => tab.client.connect()));
-      // A candidate that lost the election may still be closing the socket it opened: wait for the
-      // election to settle on one leader and one socket.
-      await waitUntil(
-        () => leaderOf(opened).length === 1 && opened.every((t) => t.client.role !== "electing") && gateway.sockets.size === 1,
-        10000,
-        "one leader and one socket",
-      );
+      await waitUntil(() => elected(opened), 10000, "one leader");
+      assert.equal(gateway.sockets.size, 1);
       assert.equal(opened.filter((tab) => tab.client.role === "follower").length, 2);
 
       gateway.notify("first");
@@ -243,7 +241,7 @@ test("a follower's request during the handover waits for the new leader", async 
   const opened = tabs(gateway, 2, { locks: new FakeLocks() });
   try {
     await Promise.all(opened.map((tab) => tab.client.connect()));
-    await waitUntil(() => leaderOf(opened).length === 1 && opened.every((t) => t.client.role !== "electing"), 10000, "a leader");
+    await waitUntil(() => elected(opened), 10000, "a leader");
     const [leader] = leaderOf(opened);
     const follower = opened.find((tab) => tab !== leader);
     leader.client.close();
@@ -297,7 +295,7 @@ test("a late message of the leader that left does not take a follower away from 
   const opened = tabs(gateway, 3, { locks: new FakeLocks(), BroadcastChannel: bus.Channel });
   try {
     await Promise.all(opened.map((tab) => tab.client.connect()));
-    await waitUntil(() => leaderOf(opened).length === 1 && opened.every((t) => t.client.role !== "electing"), 10000, "one leader");
+    await waitUntil(() => elected(opened), 10000, "one leader");
     const [old] = leaderOf(opened);
     bus.hold(old.client.tabId);
     gateway.notify("last one of the old leader"); // relayed by the old leader: held back
@@ -490,13 +488,16 @@ test("tabs show a broadcast once when the leader's sync returns its stored copy"
   const opened = tabs(gateway, 2, { locks: new FakeLocks() });
   try {
     await Promise.all(opened.map((tab) => tab.client.connect()));
-    await waitUntil(() => leaderOf(opened).length === 1 && opened.every((t) => t.client.role !== "electing"), 10000, "one leader");
+    await waitUntil(() => elected(opened), 10000, "one leader");
     gateway.broadcast("all hands");
     await waitUntil(() => opened.every((tab) => tab.titles.length === 1), 10000, "every tab to get it");
     gateway.sendAll("sync:required");
     await waitUntil(() => gateway.syncCalls.length === 1 && countFetches(gateway) >= 1, 10000, "the leader's catch-up");
-    await new Promise((later) => setTimeout(later, 100)); // relayed events reach the follower
-    for (const tab of opened) assert.deepEqual(tab.titles, ["all hands"]);
+    // A live notification after the catch-up: the leader relays in order, so once every tab has it,
+    // whatever the catch-up relayed before it has arrived too.
+    gateway.notify("after the catch-up");
+    await waitUntil(() => opened.every((tab) => tab.titles.length >= 2), 10000, "the marker in every tab");
+    for (const tab of opened) assert.deepEqual(tab.titles, ["all hands", "after the catch-up"]);
   } finally {
     opened.forEach((tab) => tab.client.close());
   }
@@ -554,9 +555,14 @@ test("catch-up retries stop when the client closes", async () => {
   }
   await client._syncing; // the retry loop ends (it does not wait out its backoff)
   assert.equal(client._syncRetry, null, "no retry timer is left");
-  await new Promise((later) => setTimeout(later, 20)); // the fake records a request 1 ms after it was sent
+  // Once the gateway has seen the socket close, every request sent on it has been recorded; a closed
+  // client with no retry timer opens no other socket, so nothing can add a sync.
+  await waitUntil(() => gateway.sockets.size === 0, 10000, "the socket closed");
   const calls = gateway.syncCalls.length;
-  await new Promise((later) => setTimeout(later, 200));
+  const connections = gateway.connections;
+  await client._syncing;
+  assert.equal(client.state, "closed");
+  assert.equal(gateway.connections, connections, "no reconnect after close()");
   assert.equal(gateway.syncCalls.length, calls, "no sync after close()");
 });
 
@@ -571,7 +577,7 @@ test("a waiting catch-up retry gives way to a newer catch-up (sync:required, a n
     gateway.failingSyncs = 1;
     gateway.sendAll("sync:required");
     await waitUntil(() => gateway.syncCalls.length === 1, 10000, "the failed sync");
-    await new Promise((later) => setTimeout(later, 20)); // its retry is waiting now
+    await waitUntil(() => client._syncRetry !== null, 10000, "its retry waiting");
     gateway.sendAll("sync:required"); // runs at once rather than after the waiting retry
     await waitUntil(() => titles.length === 1, 5000, "the newer catch-up");
     await client._syncing;
@@ -581,7 +587,7 @@ test("a waiting catch-up retry gives way to a newer catch-up (sync:required, a n
     gateway.failingSyncs = 1;
     gateway.sendAll("sync:required");
     await waitUntil(() => gateway.syncCalls.length === 3, 10000, "the second failed sync");
-    await new Promise((later) => setTimeout(later, 20));
+    await waitUntil(() => client._syncRetry !== null, 10000, "its retry waiting");
     for (const ws of gateway.sockets) ws.close(1001, "going away"); // reconnects at once
     await waitUntil(() => titles.length === 2, 5000, "the new session's catch-up");
     await client._syncing;

@@ -102,23 +102,26 @@ class Producer:
         permission, which only an administrator's or a development user has. Each attempt gets its own
         channel, because a failed declare closes the channel it was sent on.
         """
+        if await self._exchange_exists(connection):
+            return
+        declaring = await connection.channel()
+        try:
+            await declaring.declare_exchange(self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True)
+        except aiormq.exceptions.ChannelAccessRefused as exc:
+            raise PublishError(
+                f"{self._exchange_name} does not exist and this broker user may not declare it:"
+                " start a worker first (it declares the topology)"
+            ) from exc
+        await declaring.close()
+
+    async def _exchange_exists(self, connection: AbstractRobustConnection) -> bool:
         probe = await connection.channel()
         try:
-            await probe.get_exchange(self._exchange_name, ensure=True)
+            await probe.get_exchange(self._exchange_name, ensure=True)  # a passive declare
         except aiormq.exceptions.ChannelNotFoundEntity:
-            declaring = await connection.channel()
-            try:
-                await declaring.declare_exchange(
-                    self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
-                )
-            except aiormq.exceptions.ChannelAccessRefused as exc:
-                raise PublishError(
-                    f"{self._exchange_name} does not exist and this broker user may not declare it:"
-                    " start a worker first (it declares the topology)"
-                ) from exc
-            await declaring.close()
-            return
+            return False  # the broker closed the probe's channel
         await probe.close()
+        return True
 
     async def __aexit__(
         self,

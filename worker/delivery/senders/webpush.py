@@ -181,8 +181,6 @@ class WebPushSender:
             )
         except httpx.HTTPError as exc:
             return Outcome.transient(f"push {subscription.id}: {exc!r}")
-        except (httpx.InvalidURL, ValueError) as exc:  # not an httpx.HTTPError; the same again next time
-            return Outcome.permanent(f"push {subscription.id}: request refused ({exc!r})")
         status = response.status_code
         if 200 <= status < 300:
             return Outcome.sent()
