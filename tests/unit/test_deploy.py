@@ -291,8 +291,8 @@ def test_dockerfile_copies_what_exists_and_is_not_ignored() -> None:
 
 def test_k8s_ships_no_secret() -> None:
     """The operator creates ``herald-jwt`` and ``herald-delivery`` (docs/operations.md): a value in the
-    repository is a key every copy of it knows, and ``kubectl apply -k`` would put a placeholder back over
-    the real one every time. The Deployments still require them."""
+    repository is a key every copy of it knows, and ``kubectl apply -k`` would write a shipped example
+    value back over the real one every time. The Deployments still require them."""
     assert [
         doc["metadata"]["name"] for doc in k8s_documents(with_patches=True) if doc["kind"] == "Secret"
     ] == []
