@@ -231,7 +231,8 @@ export abstract class HeraldApi {
   readonly unreadCount: number | null;
   /** The bell's count (§10); null until known, and on servers without seen state. */
   readonly unseenCount: number | null;
-  /** Highest seq below which nothing can be missing; sync resumes from here. */
+  /** Highest seq below which nothing can be missing; sync resumes from here. Null until a `connected`
+   * or a `notifications.unread_count` reply carried `last_seq` (the client then anchors it itself). */
   readonly watermark: number | null;
   readonly closeCode: number | null;
   readonly closeReason: string;

@@ -243,13 +243,18 @@ export class HeraldApi {
     return this.request("notifications.sync", limit === undefined ? { since } : { since, limit });
   }
 
-  /** notifications.unread_count → the unread count (also updates unreadCount and unseenCount). */
+  /** notifications.unread_count → the unread count (also updates unreadCount and unseenCount, and anchors
+   * a missing watermark at the reply's last_seq: amendment 42). */
   async fetchUnreadCount() {
     const result = await this.request("notifications.unread_count");
     this._setUnread(result.count);
     this._setUnseen(result.unseen_count);
+    if (typeof result.last_seq === "number") this._anchor(result.last_seq);
     return result.count;
   }
+
+  /** Only the client that holds the socket keeps a watermark of its own. */
+  _anchor(_lastSeq) {}
 
   markRead(ids) {
     return this._counting("notifications.mark_read", { ids });
@@ -483,8 +488,11 @@ export class HeraldClient extends HeraldApi {
     this.connectionId = params.connection_id ?? null;
     const serverSeq = params.last_seq;
     const resumeFrom = this.watermark;
-    // First session: history is what list() is for; live starts now.
-    if (this.watermark === null && typeof serverSeq === "number") this.watermark = serverSeq;
+    // First session: history is what list() is for; live starts now (_anchor). Without last_seq (the
+    // worker did not answer in time) the catch-up below anchors it once the worker answers.
+    if (typeof serverSeq === "number") this._anchor(serverSeq);
+    // Sync when no anchor is known yet, or when live frames came before it (a gap may lie below last_seq).
+    const unanchored = this.watermark === null || (resumeFrom === null && this.watermark < serverSeq);
     this._takeCounts(params);
     const reconnected = this._everOpened || this._resume;
     this._everOpened = true;
@@ -496,7 +504,9 @@ export class HeraldClient extends HeraldApi {
     this._emit("connected", params);
     for (const waiter of this._waiters) waiter.resolve();
     this._waiters.clear();
-    if (reconnected && resumeFrom !== null && !(typeof serverSeq === "number" && serverSeq <= resumeFrom)) {
+    const upToDate = typeof serverSeq === "number" && serverSeq <= resumeFrom;
+    const behind = reconnected && resumeFrom !== null && !upToDate;
+    if (behind || unanchored) {
       this._catchUp(); // supersedes a catch-up still retrying from the previous session
     } else if (this._syncRetry) {
       this._supersedeSync(); // the server has nothing past the watermark: nothing left to retry
@@ -574,12 +584,31 @@ export class HeraldClient extends HeraldApi {
   }
 
   _advance(seq) {
-    if (this.watermark === null || seq <= this.watermark) return;
+    if (this.watermark !== null && seq <= this.watermark) return;
+    // Without a watermark the seqs seen are kept (bounded) for the anchor.
+    if (this.watermark === null && this._aboveWatermark.size >= SEEN_IDS) return;
     this._aboveWatermark.add(seq);
+    this._moveOverSeen();
+  }
+
+  _moveOverSeen() {
+    if (this.watermark === null) return;
     while (this._aboveWatermark.has(this.watermark + 1)) {
       this.watermark += 1;
       this._aboveWatermark.delete(this.watermark);
     }
+  }
+
+  /** Give a client without a watermark one: the server's last_seq, read after this connection was
+   * attached (so everything after it arrives live), or, if live frames came before it, just below the
+   * lowest one seen, so the sync that follows recovers any lost between them (amendment 42). */
+  _anchor(lastSeq) {
+    if (this.watermark !== null) return;
+    let mark = lastSeq;
+    for (const seq of this._aboveWatermark) mark = Math.min(mark, seq - 1);
+    this.watermark = mark;
+    for (const seq of this._aboveWatermark) if (seq <= mark) this._aboveWatermark.delete(seq);
+    this._moveOverSeen();
   }
 
   /** Page notifications.sync from the watermark until has_more is false, then refresh the count.
@@ -612,9 +641,14 @@ export class HeraldClient extends HeraldApi {
 
   /** One catch-up; throws when a request failed (the watermark has not moved past what it missed). */
   async _catchUpOnce() {
+    // No watermark yet (connected came without last_seq): the count's reply anchors it.
+    const counted = this.watermark === null;
+    if (counted) await this.fetchUnreadCount();
+    let recovered = false;
     while (this.watermark !== null) {
       const page = await this.sync(this.watermark, SYNC_PAGE);
       const items = page.items ?? [];
+      recovered ||= items.length > 0;
       for (const item of items) this._deliver(item, true);
       const last = items.length ? items[items.length - 1].seq : null;
       if (typeof last === "number" && last > this.watermark) {
@@ -626,7 +660,7 @@ export class HeraldClient extends HeraldApi {
     }
     // Re-anchor the count: it covers what the sync recovered and any frame counted twice between
     // `connected` and the sync.
-    await this.fetchUnreadCount();
+    if (recovered || !counted) await this.fetchUnreadCount();
   }
 
   /** End the retries of the catch-up in progress (its waiting backoff at once); returns the new run's id. */

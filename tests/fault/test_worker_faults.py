@@ -229,7 +229,7 @@ async def test_a_dropped_amqp_connection_is_survived(fresh_stack: Stack, watcher
                 reply = await rpc.call("notifications.unread_count", user="drop-0")
             finally:
                 await rpc.close()
-            assert reply == {"result": {"count": 40, "unseen_count": 40}}
+            assert reply == {"result": {"count": 40, "unseen_count": 40, "last_seq": 40}}
         finally:
             await connection.close()
         await assert_each_stored_once(pg, 400)

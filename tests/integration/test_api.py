@@ -251,7 +251,8 @@ async def test_another_users_ids_are_a_no_op_never_a_leak(
     assert (page["data"], page["total"]) == ([], 0)
     assert (await unread_truth(db, owner)) == (2, 2)
     assert (await http.get(f"{INBOX}/unread-count", headers=auth(owner))).json().items() >= {
-        "count": 2
+        "count": 2,
+        "last_seq": max(seqs),
     }.items()
 
 

@@ -3,7 +3,8 @@
 Same scenarios as the JS client's tests (clients/js/test/): first-frame auth, live notifications with the
 unread count in step, requests and their errors, tabs in step, reconnect + sync without duplicates after
 the gateway is killed or shut down (1001), the gateway's ``sync:required`` after it lost RabbitMQ, token
-refresh before expiry, the close codes that stop the client (4401 refusals, 4008), the documented snippet;
+refresh before expiry, the close codes that stop the client (4401 refusals, 4008), the documented snippet,
+a first session whose ``connected`` had no ``last_seq`` anchoring its watermark once the worker answers;
 and, against a scripted gateway, paging and de-duplication on ``sync:required``, 1013, 4401 at expiry.
 """
 
@@ -16,6 +17,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 import pytest
 
 from herald_client.client import (
@@ -35,7 +37,15 @@ from herald_ops.testing.client import (
     publish,
     running_stack,
 )
-from herald_ops.testing.stack import ROOT, free_port, fresh_id, mint, rabbitmqctl, wait_until
+from herald_ops.testing.stack import (
+    ROOT,
+    free_port,
+    fresh_id,
+    mint,
+    rabbitmqctl,
+    stack_context,
+    wait_until,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -326,6 +336,81 @@ async def test_too_many_connections_stops_with_4008(herald: tuple[Stack, HeraldP
             assert first.state == "open"
     finally:
         gateway.stop()
+
+
+@pytest.fixture
+def workerless_stack() -> Iterator[Stack]:
+    """A stack of its own with no process running yet (the test starts them)."""
+    with stack_context("herald_pyanchor") as stack:
+        yield stack
+
+
+async def _stored_last_seq(stack: Stack, user: str) -> int:
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        value = await conn.fetchval("SELECT last_seq FROM users WHERE user_id = $1", user)
+    finally:
+        await conn.close()
+    return int(value or 0)
+
+
+async def test_a_first_session_without_last_seq_anchors_its_watermark_when_the_worker_answers(
+    workerless_stack: Stack,
+) -> None:
+    """Amendment 42: ``connected`` without ``last_seq`` (no worker answered the session lookup) leaves no
+    watermark; the client's catch-up retries ``notifications.unread_count`` until the worker is up and
+    anchors it there, so a later session resumes from it and recovers what it missed."""
+    stack = workerless_stack
+    user = fresh_id()
+    processes: list[HeraldProcess] = []
+    clients: list[HeraldClient] = []
+    recorders: list[Recorder] = []
+    try:
+        gateway = await asyncio.to_thread(stack.start_gateway, rpc_timeout=0.5)
+        processes.append(gateway)
+        first = HeraldClient(gateway.ws_url, lambda: mint(user), backoff_base=0.05, backoff_max=0.5)
+        clients.append(first)
+        recorders.append(seen := Recorder(first))
+        await asyncio.sleep(0)
+        await first.start()
+        [connected] = seen.named("connected")
+        assert "last_seq" not in connected.params
+        assert first.watermark is None
+
+        processes.append(await asyncio.to_thread(stack.start_worker))
+        await wait_until(lambda: first.watermark is not None, 20, "the watermark anchored by the catch-up")
+        anchored = first.watermark
+        assert anchored is not None
+        assert anchored == await _stored_last_seq(stack, user)
+        await first.close()
+
+        await publish(stack.amqp_url, *(event_body(user, title=f"missed {i}") for i in range(3)))
+
+        async def stored() -> bool:
+            return await _stored_last_seq(stack, user) == anchored + 3
+
+        await wait_until(stored, 20, "the three notifications stored")
+
+        second = HeraldClient(gateway.ws_url, lambda: mint(user), backoff_base=0.05, backoff_max=0.5)
+        second.watermark = anchored  # resumed from the first session's watermark
+        clients.append(second)
+        recorders.append(resumed := Recorder(second))
+        await asyncio.sleep(0)
+        await second.start()
+        await wait_until(
+            lambda: second.watermark == anchored + 3 and second.unread_count == 3, 20, "the catch-up"
+        )
+        replayed = resumed.named("notification:new")
+        assert sorted(e.params["title"] for e in replayed) == ["missed 0", "missed 1", "missed 2"]
+        assert all(e.replayed for e in replayed)
+        assert len(set(resumed.new_ids())) == 3
+    finally:
+        for recorder in recorders:
+            await recorder.stop()
+        for client in clients:
+            await client.close()
+        for process in processes:
+            await asyncio.to_thread(process.stop)
 
 
 def test_watermark_survives_out_of_order_frames() -> None:

@@ -441,6 +441,7 @@ async def test_mark_read_unread_delete_keep_the_counter_and_publish_events(
     assert await result(worker_state, "notifications.unread_count", user=user) == {
         "count": 7,
         "unseen_count": 6,
+        "last_seq": 10,  # deletes do not take seqs back
     }
     assert await result(worker_state, "notifications.mark_all_read", user=user) == {
         "updated": 7,
@@ -528,7 +529,9 @@ async def test_concurrent_mutations_of_one_user_keep_the_counter_exact(
     counter, actual = await unread_truth(pg, user)
     assert counter == actual
     final = await result(worker_state, "notifications.unread_count", user=user)
-    assert final == {"count": actual, "unseen_count": (await visible_counts(pg, user))["unseen_count"]}
+    last_seq = await pg.fetchval("SELECT last_seq FROM users WHERE user_id = $1", user)
+    unseen = (await visible_counts(pg, user))["unseen_count"]
+    assert final == {"count": actual, "unseen_count": unseen, "last_seq": last_seq}
 
 
 # -------------------------------------------------------------------------------------- preferences

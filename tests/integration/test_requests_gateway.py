@@ -103,7 +103,11 @@ async def test_every_method_answers_through_the_gateway(env: Env, db: asyncpg.Co
         synced = await client.result("notifications.sync", {"since": 5})
         assert [item["id"] for item in synced["items"]] == ids[5:]
         assert synced["has_more"] is False
-        assert await client.result("notifications.unread_count") == {"count": 8, "unseen_count": 8}
+        assert await client.result("notifications.unread_count") == {
+            "count": 8,
+            "unseen_count": 8,
+            "last_seq": 8,
+        }
         assert await client.result("notifications.mark_read", {"ids": ids[:3]}) == {
             "updated": 3,
             "unread_count": 5,

@@ -461,7 +461,7 @@ async def test_a_deleted_queue_is_declared_bound_and_consumed_again(
         reply = await rpc.call("notifications.unread_count", user=user)
     finally:
         await rpc.close()
-    assert reply == {"result": {"count": 1, "unseen_count": 1}}
+    assert reply == {"result": {"count": 1, "unseen_count": 1, "last_seq": 1}}
 
 
 async def _stored(pg: asyncpg.Connection, user: str) -> bool:

@@ -79,13 +79,13 @@ async def act(runtime: Runtime, caller: Caller, params: ActParams) -> dict[str, 
     change = await mutations.act(runtime.pool, user, params.id, params.action_id)
     recorded = await mutations.acted(runtime.pool, user, params.id)
     if recorded is None:
-        unread, unseen = await inbox.counts(runtime.pool, user)
+        counted = await inbox.counts(runtime.pool, user)
         return {
             "acted": False,
             "action_id": None,
             "acted_at": None,
-            "unread_count": unread,
-            "unseen_count": unseen,
+            "unread_count": counted.unread,
+            "unseen_count": counted.unseen,
         }
     if params.action_id not in recorded.action_ids:
         raise bad_param("action_id", "not an action of this notification")
@@ -104,7 +104,8 @@ async def act(runtime: Runtime, caller: Caller, params: ActParams) -> dict[str, 
             },
         )
     else:
-        change = mutations.Change(0, [], *(await inbox.counts(runtime.pool, user)))
+        counted = await inbox.counts(runtime.pool, user)
+        change = mutations.Change(0, [], counted.unread, counted.unseen)
     outcome = {
         "notification_id": recorded.id,
         "user_id": user,

@@ -95,9 +95,10 @@ async def sync_notifications(runtime: Runtime, caller: Caller, params: SyncParam
 
 
 async def unread_count(runtime: Runtime, caller: Caller, params: NoParams) -> dict[str, Any]:
-    """``notifications.unread_count``: ``{count, unseen_count}`` from the maintained counters."""
-    unread, unseen = await inbox.counts(runtime.pool, caller.user_id)
-    return {"count": unread, "unseen_count": unseen}
+    """``notifications.unread_count``: ``{count, unseen_count, last_seq}`` from the maintained counters
+    (``last_seq`` anchors the watermark of a client whose ``connected`` had none: amendment 42)."""
+    counted = await inbox.counts(runtime.pool, caller.user_id)
+    return {"count": counted.unread, "unseen_count": counted.unseen, "last_seq": counted.last_seq}
 
 
 async def change_ids(

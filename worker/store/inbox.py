@@ -53,7 +53,8 @@ SELECT u.user_id, u.last_seq, u.unread_count - {_for_each_user(EXPIRED_UNREAD)} 
 """
 
 UNREAD_COUNT: Final = f"""
-SELECT unread_count - {EXPIRED_UNREAD} AS unread_count, unseen_count - {EXPIRED_UNSEEN} AS unseen_count
+SELECT unread_count - {EXPIRED_UNREAD} AS unread_count, unseen_count - {EXPIRED_UNSEEN} AS unseen_count,
+       last_seq
   FROM users WHERE user_id = $1"""
 
 _SYNC: Final = f"""
@@ -184,7 +185,19 @@ async def sync(pool: asyncpg.Pool, user_id: str, since: int, limit: int) -> list
     return [notification_json(row) for row in await pool.fetch(_SYNC, user_id, since, limit)]
 
 
-async def counts(pool: asyncpg.Pool, user_id: str) -> tuple[int, int]:
-    """The visible ``(unread, unseen)`` counts (0 for an unknown user)."""
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """A user's visible counts and the highest ``seq`` stored for them, read in one statement."""
+
+    unread: int
+    unseen: int
+    #: Lets a client that has no watermark yet anchor one (docs/protocol.md amendment 42).
+    last_seq: int
+
+
+async def counts(pool: asyncpg.Pool, user_id: str) -> Counts:
+    """The visible counts and ``last_seq`` (all 0 for an unknown user)."""
     row = await pool.fetchrow(UNREAD_COUNT, user_id)
-    return (row["unread_count"], row["unseen_count"]) if row is not None else (0, 0)
+    if row is None:
+        return Counts(0, 0, 0)
+    return Counts(row["unread_count"], row["unseen_count"], row["last_seq"])

@@ -96,6 +96,40 @@ test("close 1013 (slow reader) reconnects with a fresh token and syncs", async (
   }
 });
 
+test("a first session whose connected had no last_seq anchors its watermark once the worker answers", async () => {
+  const fake = await scripted(2);
+  const { client, named, newIds } = open(fake.url, { backoffMaxMs: 100 });
+  try {
+    await fake.command("worker", { up: false });
+    await client.connect();
+    assert.equal(client.watermark, null, "connected carried no last_seq");
+    // History (seq 1, 2) is what list() is for; seq 3 and 5 arrive live, seq 4's live frame is lost.
+    for (const title of ["history 1", "history 2"]) await fake.command("store", { title });
+    for (const title of ["live 3", "lost 4", "live 5"]) {
+      const item = await fake.command("store", { title });
+      if (title !== "lost 4") await fake.command("send_all", { method: "notification:new", params: item });
+    }
+    await waitUntil(() => newIds().length === 2, 5000, "the live frames");
+    assert.equal(client.watermark, null, "no anchor while the worker does not answer");
+
+    await fake.command("worker", { up: true });
+    await waitUntil(() => client.watermark === 5, 5000, "the anchor and the sync from below the first live frame");
+    assert.deepEqual(newIds(), ["n3", "n5", "n4"]);
+    assert.deepEqual(named("notification:new").filter((e) => e.replayed).map((e) => e.params.id), ["n4"]);
+    assert.deepEqual((await fake.command("state")).sync_calls.slice(-1), [3]);
+
+    // The gap this closes: a reconnect now catches up from the anchored watermark.
+    await fake.command("store", { title: "while away 6" });
+    await fake.command("close_all", { code: 1013, reason: "reader too slow" });
+    await waitUntil(() => newIds().length === 4, 5000, "the catch-up after reconnecting");
+    assert.equal(newIds()[3], "n6");
+    assert.equal(client.watermark, 6);
+  } finally {
+    client.close();
+    fake.stop();
+  }
+});
+
 for (const [code, why] of [
   [4401, "token expired"],
   [1001, "server shutting down"],

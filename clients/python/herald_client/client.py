@@ -16,6 +16,9 @@ Semantics (the same as ``clients/js/herald.js``):
   delivered are dropped by ``id``. The watermark is the highest ``seq`` below which no notification can be
   missing: it advances over contiguous ``seq`` values of live frames and to the last item of each sync
   page, so a frame published out of order by a second worker just before a disconnect is not skipped.
+  A first ``connected`` without ``last_seq`` (the worker did not answer the gateway in time) leaves no
+  watermark: the client then anchors it from the ``last_seq`` of a ``notifications.unread_count`` reply,
+  which it fetches at once, retried until the worker answers, so its next reconnect can still catch up.
 - **unread_count** and **unseen_count** (the bell's badge, PROTOCOL §10) follow ``connected``,
   ``notification:*`` frames and request results.
 - **Collapsed notifications** come back with the same ``id`` and a higher ``seq``: they are delivered
@@ -174,7 +177,8 @@ class HeraldClient(InboxMethods):
 
     @property
     def watermark(self) -> int | None:
-        """Highest ``seq`` below which nothing can be missing (``None`` until the first ``connected``)."""
+        """Highest ``seq`` below which nothing can be missing (``None`` until anchored by a ``last_seq``
+        from ``connected`` or, when that had none, from ``notifications.unread_count``)."""
         return self.tracker.watermark
 
     @watermark.setter
@@ -249,6 +253,10 @@ class HeraldClient(InboxMethods):
         if isinstance(count, int) and count != self.unseen_count:
             self.unseen_count = count
             self._emit("unseen", {"count": count})
+
+    def _anchor(self, last_seq: Any) -> None:
+        if isinstance(last_seq, int) and self.tracker.watermark is None:
+            self.tracker.anchor(last_seq)
 
     # ------------------------------------------------------------------------------------------ requests
 
@@ -418,9 +426,10 @@ class HeraldClient(InboxMethods):
         self.connection_id = params.get("connection_id")
         server_seq = params.get("last_seq")
         resume_from = self.watermark
-        if self.watermark is None and isinstance(server_seq, int):
-            # First session: history is what notifications.list is for; live starts now.
-            self.tracker.watermark = server_seq
+        if resume_from is None and isinstance(server_seq, int):
+            # First session: history is what notifications.list is for; live starts now. Live frames seen
+            # by an earlier session that never got a last_seq keep the watermark below them (anchor).
+            self.tracker.anchor(server_seq)
         self._set_unread(params.get("unread_count"))
         self._set_unseen(params.get("unseen_count"))
         self._open.set()
@@ -428,7 +437,14 @@ class HeraldClient(InboxMethods):
         self._emit("connected", params)
         if self._first_open is not None and not self._first_open.done():
             self._first_open.set_result(None)
-        elif resume_from is not None and (not isinstance(server_seq, int) or server_seq > resume_from):
+        if resume_from is not None:
+            catch_up = not isinstance(server_seq, int) or server_seq > resume_from
+        else:
+            # No last_seq: the catch-up anchors the watermark with notifications.unread_count. Anchored
+            # below last_seq: live frames were seen while unanchored, so some may be missing.
+            mark = self.watermark
+            catch_up = mark is None or (isinstance(server_seq, int) and mark < server_seq)
+        if catch_up:
             self._spawn(self._catch_up())
 
     def _on_notification(self, method: str, params: Any) -> None:
@@ -477,7 +493,8 @@ class HeraldClient(InboxMethods):
             self._recount = None
 
     async def _catch_up(self) -> None:
-        """Page ``notifications.sync`` from the watermark while ``has_more``, then refresh the count.
+        """Page ``notifications.sync`` from the watermark while ``has_more``, then refresh the count
+        (without a watermark, fetch the count first: its ``last_seq`` anchors the watermark).
 
         A failed sync (e.g. 5003 while the worker reconnects) is retried with backoff until it succeeds
         or the client closes: the notifications it would recover are otherwise only seen at the next
@@ -492,11 +509,20 @@ class HeraldClient(InboxMethods):
                 await asyncio.sleep(delay)
 
     async def _catch_up_once(self) -> bool:
-        """One catch-up; ``False`` when a request failed (the watermark then has not moved past it)."""
+        """One catch-up; ``False`` when a request failed (the watermark then has not moved past it).
+
+        Without a watermark (``connected`` had no ``last_seq``) it first fetches the counts, whose
+        ``last_seq`` anchors it; that fetch failing (5003 while the worker is down) is retried as a sync is.
+        """
         try:
+            counted = recovered = False
+            if self.watermark is None:
+                await self.fetch_unread_count()
+                counted = True
             while self.watermark is not None:
                 page = await self.sync(self.watermark, SYNC_PAGE)
                 items = page.get("items") or []
+                recovered = recovered or bool(items)
                 for item in items:
                     self._deliver(item, replayed=True)
                 if items:
@@ -506,8 +532,9 @@ class HeraldClient(InboxMethods):
                 if not page.get("has_more") or not items:
                     break
             # Re-anchor the count: it covers what the sync recovered and any frame counted twice
-            # between ``connected`` and the sync.
-            await self.fetch_unread_count()
+            # between ``connected`` and the sync (the leading fetch did, if the sync found nothing).
+            if not counted or recovered:
+                await self.fetch_unread_count()
         except HeraldError as exc:
             log.warning("herald client: sync failed: %s", exc)
             return False

@@ -1,7 +1,8 @@
 """Typed helpers for the request methods of PROTOCOL §5, mixed into :class:`~herald_client.HeraldClient`.
 
 Each helper is one :meth:`request` with its params spelled out; the ones whose result carries the user's
-counts also update the client's :attr:`unread_count` and :attr:`unseen_count`.
+counts also update the client's :attr:`unread_count` and :attr:`unseen_count`, and
+:meth:`fetch_unread_count` anchors a missing watermark at the result's ``last_seq``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ class InboxMethods(ABC):
     def _set_unseen(self, count: Any) -> None:
         """Record the user's unseen count from a result."""
 
+    @abstractmethod
+    def _anchor(self, last_seq: Any) -> None:
+        """Anchor a missing watermark at a result's ``last_seq`` (an ``int``; anything else is ignored)."""
+
     async def list_notifications(
         self,
         *,
@@ -57,11 +62,15 @@ class InboxMethods(ABC):
         return result
 
     async def fetch_unread_count(self) -> int:
-        """``notifications.unread_count``; also updates :attr:`unread_count` and :attr:`unseen_count`."""
+        """``notifications.unread_count``; also updates :attr:`unread_count` and :attr:`unseen_count`.
+
+        Its ``last_seq`` anchors a missing watermark (amendment 42): the worker read it after this
+        connection was attached to the user's exchange, so every later notification arrives live."""
         result = await self.request("notifications.unread_count")
         count: int = result["count"]
         self._set_unread(count)
         self._set_unseen(result.get("unseen_count"))
+        self._anchor(result.get("last_seq"))
         return count
 
     async def mark_read(self, ids: list[str]) -> dict[str, Any]:

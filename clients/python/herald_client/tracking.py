@@ -9,6 +9,11 @@ The watermark is the highest ``seq`` below which no notification can be missing.
 contiguous ``seq`` values of live frames (a frame published out of order by a second worker leaves a gap
 that holds it back) and jumps to the last item of each ``notifications.sync`` page, since a sync returns
 every ``seq`` above ``since``.
+
+A client whose first ``connected`` carried no ``last_seq`` (the worker did not answer the gateway in time)
+has no watermark yet. It remembers the live ``seq`` values it sees (a bounded number) and takes the
+watermark from the ``last_seq`` of its first ``notifications.unread_count`` reply (:meth:`anchor`, PROTOCOL
+amendment 42): without one its next reconnect could not catch up what it missed.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ REMEMBERED_IDS: Final = 10_000
 
 
 class DeliveryTracker:
-    """What a client has delivered: the watermark (``None`` until the first ``connected``) and recent ids."""
+    """What a client has delivered: the watermark (``None`` until anchored: by the first ``connected``
+    with a ``last_seq``, else by :meth:`anchor`) and recent ids."""
 
     def __init__(self, remembered: int = REMEMBERED_IDS) -> None:
         self.watermark: int | None = None
@@ -53,11 +59,34 @@ class DeliveryTracker:
         return "new"
 
     def advance(self, seq: int) -> None:
-        """A live frame with ``seq`` arrived: move the watermark over any now-contiguous run."""
+        """A live frame with ``seq`` arrived: move the watermark over any now-contiguous run.
+
+        Without a watermark the ``seq`` is only remembered (at most :data:`REMEMBERED_IDS` of them, so an
+        unanchored client does not grow without limit) for :meth:`anchor`."""
         mark = self.watermark
-        if mark is None or seq <= mark:
+        if mark is None:
+            if len(self._above_watermark) < self._remembered:
+                self._above_watermark.add(seq)
+            return
+        if seq <= mark:
             return
         self._above_watermark.add(seq)
+        self._advance_from(mark)
+
+    def anchor(self, last_seq: int) -> None:
+        """Set the missing watermark from a reply's ``last_seq``; a no-op once there is one.
+
+        Live frames seen before it keep it just below the lowest of them: what came between the session's
+        start and that frame is unknown, and a sync from there recovers whatever was lost between it and
+        ``last_seq`` without replaying older history (that is what ``notifications.list`` is for)."""
+        if self.watermark is not None:
+            return
+        mark = min(last_seq, min(self._above_watermark) - 1) if self._above_watermark else last_seq
+        self._above_watermark = {s for s in self._above_watermark if s > mark}
+        self._advance_from(mark)
+
+    def _advance_from(self, mark: int) -> None:
+        """Make ``mark`` the watermark, moved over the contiguous run of seen ``seq`` values above it."""
         while mark + 1 in self._above_watermark:
             mark += 1
             self._above_watermark.discard(mark)

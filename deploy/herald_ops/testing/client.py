@@ -89,7 +89,10 @@ class ScriptedGateway:
 
     It speaks the client side of the protocol: first-frame ``auth`` (any token whose payload has a
     ``sub``; the token is recorded), ``connected`` with ``last_seq`` = the number of stored notifications,
-    ``notifications.sync`` over :attr:`stored` in pages of at most :attr:`page_size`, ``ping``. Tests
+    ``notifications.sync`` over :attr:`stored` in pages of at most :attr:`page_size`,
+    ``notifications.unread_count`` (with ``last_seq``), ``ping``. While :attr:`worker_up` is false it
+    behaves as a gateway whose worker does not answer: ``connected`` without the counts and ``last_seq``,
+    and 5003 for every request but ``ping``. Tests
     store notifications with :meth:`store` (optionally pushing them live) and drive the connections with
     :meth:`send_all` and :meth:`close_all`.
     """
@@ -101,6 +104,7 @@ class ScriptedGateway:
         self.sync_calls: list[int] = []
         #: The next this many ``notifications.sync`` requests answer 5003, as while a worker reconnects.
         self.failing_syncs = 0
+        self.worker_up = True
         self.connections: set[ServerConnection] = set()
         self.url = ""
         self._server: Server | None = None
@@ -149,16 +153,10 @@ class ScriptedGateway:
         user = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["sub"]
         await connection.send(json.dumps({"jsonrpc": "2.0", "id": first["id"], "result": {"user_id": user}}))
         unread = sum(1 for item in self.stored if item["read_at"] is None)
-        connected = {"user_id": user, "connection_id": uuid.uuid4().hex, "unread_count": unread}
-        await connection.send(
-            json.dumps(
-                {
-                    "jsonrpc": "2.0",
-                    "method": "connected",
-                    "params": connected | {"last_seq": len(self.stored)},
-                }
-            )
-        )
+        connected: dict[str, Any] = {"user_id": user, "connection_id": uuid.uuid4().hex}
+        if self.worker_up:
+            connected |= {"unread_count": unread, "last_seq": len(self.stored)}
+        await connection.send(json.dumps({"jsonrpc": "2.0", "method": "connected", "params": connected}))
         self.connections.add(connection)
         try:
             async for raw in connection:
@@ -173,6 +171,10 @@ class ScriptedGateway:
 
     def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
         params = request.get("params") or {}
+        if request["method"] == "ping":
+            return {"result": "pong"}
+        if not self.worker_up:
+            return {"error": {"code": 5003, "message": "service unavailable"}}
         if request["method"] == "notifications.sync":
             self.sync_calls.append(params["since"])
             if self.failing_syncs:
@@ -182,9 +184,8 @@ class ScriptedGateway:
             page = newer[: min(params.get("limit", 100), self.page_size)]
             return {"result": {"items": page, "has_more": len(newer) > len(page)}}
         if request["method"] == "notifications.unread_count":
-            return {"result": {"count": sum(1 for item in self.stored if item["read_at"] is None)}}
-        if request["method"] == "ping":
-            return {"result": "pong"}
+            unread = sum(1 for item in self.stored if item["read_at"] is None)
+            return {"result": {"count": unread, "last_seq": len(self.stored)}}
         return {"error": {"code": -32601, "message": "not scripted"}}
 
 
@@ -201,6 +202,8 @@ async def _serve_scripted(page_size: int) -> None:
                 result = fake.store(command["title"])
             elif command["op"] == "send_all":
                 await fake.send_all(command["method"], command["params"])
+            elif command["op"] == "worker":
+                fake.worker_up = command["up"]
             elif command["op"] == "close_all":
                 await fake.close_all(command["code"], command.get("reason", ""))
             elif command["op"] == "state":
@@ -216,7 +219,8 @@ def serve_scripted(page_size: int = 2) -> None:
     """Run a :class:`ScriptedGateway` driven by JSON lines on stdin (for the JS client's tests).
 
     Prints ``{"url"}`` first; then each command ``{"op": "store", "title"}``, ``{"op": "send_all",
-    "method", "params"}``, ``{"op": "close_all", "code", "reason"}`` or ``{"op": "state"}`` is answered
+    "method", "params"}``, ``{"op": "close_all", "code", "reason"}``, ``{"op": "worker", "up"}`` or
+    ``{"op": "state"}`` is answered
     with one ``{"result"}`` line. Ends when stdin closes.
     """
     asyncio.run(_serve_scripted(page_size))

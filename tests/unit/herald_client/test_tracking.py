@@ -10,11 +10,17 @@ from herald_client.protocol import MAX_TITLE_CHARS
 from herald_client.tracking import DeliveryTracker
 
 
-def test_the_watermark_waits_for_a_gap_to_fill() -> None:
+def tracker_at(watermark: int, *seen: int) -> DeliveryTracker:
+    """A tracker whose watermark is already anchored, after `seen` arrived live."""
     tracker = DeliveryTracker()
-    tracker.watermark = 10
-    tracker.advance(12)
-    tracker.advance(13)
+    tracker.watermark = watermark
+    for seq in seen:
+        tracker.advance(seq)
+    return tracker
+
+
+def test_the_watermark_waits_for_a_gap_to_fill() -> None:
+    tracker = tracker_at(10, 12, 13)
     assert tracker.watermark == 10  # 11 may still be in flight from another worker
     tracker.advance(11)
     assert tracker.watermark == 13
@@ -23,9 +29,7 @@ def test_the_watermark_waits_for_a_gap_to_fill() -> None:
 
 
 def test_a_sync_page_moves_the_watermark_past_what_it_covered() -> None:
-    tracker = DeliveryTracker()
-    tracker.watermark = 5
-    tracker.advance(9)
+    tracker = tracker_at(5, 9)
     tracker.synced_up_to(8)
     assert tracker.watermark == 8
     tracker.advance(10)  # 9 was seen live before the sync: still counted
@@ -65,6 +69,68 @@ def test_the_watermark_does_not_move_before_the_first_session() -> None:
     tracker.advance(3)
     tracker.synced_up_to(7)
     assert tracker.watermark is None
+
+
+def test_an_unanchored_tracker_anchors_at_last_seq_when_nothing_was_seen() -> None:
+    tracker = DeliveryTracker()
+    tracker.anchor(7)
+    assert tracker.watermark == 7
+    tracker.advance(8)
+    assert tracker.watermark == 8
+
+
+def test_live_frames_seen_while_unanchored_hold_the_anchor_below_them() -> None:
+    tracker = DeliveryTracker()
+    tracker.advance(5)
+    tracker.advance(6)
+    assert tracker.watermark is None
+    tracker.anchor(7)  # from just below 5: a sync recovers 7 (lost), not the history before 5
+    assert tracker.watermark == 6
+    tracker.advance(8)
+    assert tracker.watermark == 6  # 7 is still missing
+    tracker.advance(7)
+    assert tracker.watermark == 8
+
+
+def test_a_gap_among_the_frames_seen_while_unanchored_holds_the_anchor_back() -> None:
+    tracker = DeliveryTracker()
+    tracker.advance(7)
+    tracker.advance(5)
+    tracker.anchor(9)
+    assert tracker.watermark == 5  # 6 may be missing
+    tracker.advance(6)
+    assert tracker.watermark == 7  # 7 was remembered
+
+
+def test_seen_seqs_above_the_anchor_are_kept_for_the_run_after_it() -> None:
+    tracker = DeliveryTracker()
+    tracker.advance(3)
+    tracker.advance(10)
+    tracker.anchor(1)
+    assert tracker.watermark == 1  # min(last_seq, lowest seen - 1)
+    tracker.advance(2)
+    assert tracker.watermark == 3
+    tracker.synced_up_to(12)
+    tracker.advance(13)
+    assert tracker.watermark == 13
+
+
+def test_anchor_is_a_no_op_once_there_is_a_watermark() -> None:
+    tracker = tracker_at(4, 6)
+    tracker.anchor(9)
+    after_anchor = tracker.watermark
+    tracker.advance(5)
+    assert (after_anchor, tracker.watermark) == (4, 6)  # the anchor changed nothing; 5 closed the gap
+
+
+def test_an_unanchored_tracker_remembers_a_bounded_number_of_seqs() -> None:
+    tracker = DeliveryTracker(remembered=3)
+    for seq in range(10, 20):
+        tracker.advance(seq)
+    tracker.anchor(30)
+    assert tracker.watermark == 12  # 10–12 were remembered; 13 onward was not
+    tracker.advance(13)
+    assert tracker.watermark == 13
 
 
 def _event(**fields: object) -> dict[str, object]:
