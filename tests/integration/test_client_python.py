@@ -26,9 +26,9 @@ from herald_client.client import (
     HeraldClient,
     HeraldClosedError,
     HeraldRequestError,
-    backoff_delay,
-    token_expiry,
 )
+from herald_client.reconnect import backoff_delay
+from herald_client.tokens import token_expiry
 from herald_ops.testing.client import (
     DOC_GATEWAY,
     ScriptedGateway,

@@ -9,22 +9,9 @@ Semantics (the same as ``clients/js/herald.js``):
   a row, wait with exponential backoff with full jitter, which starts over as soon as a gateway answers.
   Close code 4401 fetches a fresh token and reconnects (the client stops after two authentication
   failures in a row, or when the token provider raises); 4008 (too many connections) stops the client;
-  every other close — 1001 shutdown, 1013 slow reader, network loss — reconnects. A failed catch-up
-  ``notifications.sync`` is retried with backoff until it succeeds.
-- **Nothing missed, nothing twice**: after a reconnect, or on ``sync:required``, the client calls
-  ``notifications.sync`` from its *watermark* and pages while ``has_more``; notifications it already
-  delivered are dropped by ``id``. The watermark is the highest ``seq`` below which no notification can be
-  missing: it advances over contiguous ``seq`` values of live frames and to the last item of each sync
-  page, so a frame published out of order by a second worker just before a disconnect is not skipped.
-  A first ``connected`` without ``last_seq`` (the worker did not answer the gateway in time) leaves no
-  watermark: the client then anchors it from the ``last_seq`` of a ``notifications.unread_count`` reply,
-  which it fetches at once, retried until the worker answers, so its next reconnect can still catch up.
-- **unread_count** and **unseen_count** (the bell's badge, PROTOCOL §10) follow ``connected``,
-  ``notification:*`` frames and request results.
-- **Collapsed notifications** come back with the same ``id`` and a higher ``seq``: they are delivered
-  again as ``notification:new`` with ``Event.replaces`` true (replace the item, do not add it), and the
-  counts are fetched again (the client cannot tell whether the replaced item had been seen). A repeat
-  with a ``seq`` already delivered is dropped.
+  every other close — 1001 shutdown, 1013 slow reader, network loss — reconnects.
+- **Nothing missed, nothing twice**, the counts and collapsed notifications: see
+  :mod:`herald_client.inbox`.
 
 Usage::
 
@@ -45,9 +32,7 @@ recovered by a sync arrive as ``notification:new`` with ``Event.replayed`` true.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import itertools
 import json
 import logging
 import time
@@ -56,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+from herald_client.calls import PendingCalls
 from herald_client.errors import (
     HeraldAuthError,
     HeraldClosedError,
@@ -65,17 +51,18 @@ from herald_client.errors import (
     HeraldTimeoutError,
 )
 from herald_client.events import Event, EventStream
-from herald_client.methods import InboxMethods
+from herald_client.inbox import InboxView
 from herald_client.protocol import CloseCode
-from herald_client.reconnect import Reconnect, backoff_delay
-from herald_client.tracking import DeliveryTracker
+from herald_client.reconnect import Reconnect
+from herald_client.tokens import fetch_token, token_expiry
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
     from websockets.asyncio.client import ClientConnection
 
-    TokenProvider = Callable[[], Awaitable[str] | str]
+    from herald_client.tokens import TokenProvider
+
     Listener = Callable[["Event"], Any]
 
 __all__ = [
@@ -95,25 +82,13 @@ CLOSE_UNAUTHORIZED: Final = CloseCode.UNAUTHORIZED
 CLOSE_TOO_MANY_CONNECTIONS: Final = CloseCode.TOO_MANY_CONNECTIONS
 #: Consecutive authentication failures (4401 or a failed ``auth``) after which the client gives up.
 MAX_AUTH_FAILURES: Final = 2
-SYNC_PAGE: Final = 500
 #: Largest server frame accepted: a full sync page of maximal notifications (~10.5 KiB each) fits.
 MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
 
 State = Literal["idle", "connecting", "open", "reconnecting", "closed"]
 
 
-def token_expiry(token: str) -> float | None:
-    """The ``exp`` claim (Unix seconds) of a JWT, read without verifying it; ``None`` if absent."""
-    try:
-        payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError):
-        return None
-    exp = claims.get("exp") if isinstance(claims, dict) else None
-    return float(exp) if isinstance(exp, int | float) else None
-
-
-class HeraldClient(InboxMethods):
+class HeraldClient(InboxView):
     """A self-healing connection to a Herald gateway; see the module docstring for the semantics.
 
     Parameters:
@@ -138,6 +113,7 @@ class HeraldClient(InboxMethods):
         refresh_margin: float = 60.0,
         open_timeout: float = 15.0,
     ) -> None:
+        super().__init__()
         self._reconnect = Reconnect((url,) if isinstance(url, str) else tuple(url), backoff_base, backoff_max)
         self._token_provider = token_provider
         self.request_timeout = request_timeout
@@ -149,16 +125,10 @@ class HeraldClient(InboxMethods):
         self.state: State = "idle"
         self.user_id: str | None = None
         self.connection_id: str | None = None
-        #: The user's unread count as last reported or derived; ``None`` until known.
-        self.unread_count: int | None = None
-        #: The user's unseen count (the badge) as last reported or derived; ``None`` until known.
-        self.unseen_count: int | None = None
-        self.tracker = DeliveryTracker()
         self.close_code: int | None = None
         self.close_reason = ""
 
-        self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._calls = PendingCalls()
         self._stream = EventStream(self._spawn)
         self._ws: ClientConnection | None = None
         self._open = asyncio.Event()
@@ -166,24 +136,11 @@ class HeraldClient(InboxMethods):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._first_open: asyncio.Future[None] | None = None
         self._closing = False
-        self._sync_lock = asyncio.Lock()
-        self._recount: asyncio.Task[None] | None = None
-        self._recount_again = False
 
     @property
     def url(self) -> str:
         """The gateway URL of the current (or next) connection."""
         return self._reconnect.url
-
-    @property
-    def watermark(self) -> int | None:
-        """Highest ``seq`` below which nothing can be missing (``None`` until anchored by a ``last_seq``
-        from ``connected`` or, when that had none, from ``notifications.unread_count``)."""
-        return self.tracker.watermark
-
-    @watermark.setter
-    def watermark(self, value: int | None) -> None:
-        self.tracker.watermark = value
 
     # ----------------------------------------------------------------------------------------- lifecycle
 
@@ -244,20 +201,6 @@ class HeraldClient(InboxMethods):
             self.state = state
             self._emit("state", {"state": state})
 
-    def _set_unread(self, count: Any) -> None:
-        if isinstance(count, int) and count != self.unread_count:
-            self.unread_count = count
-            self._emit("unread", {"count": count})
-
-    def _set_unseen(self, count: Any) -> None:
-        if isinstance(count, int) and count != self.unseen_count:
-            self.unseen_count = count
-            self._emit("unseen", {"count": count})
-
-    def _anchor(self, last_seq: Any) -> None:
-        if isinstance(last_seq, int) and self.tracker.watermark is None:
-            self.tracker.anchor(last_seq)
-
     # ------------------------------------------------------------------------------------------ requests
 
     async def request(
@@ -284,45 +227,20 @@ class HeraldClient(InboxMethods):
                     ws = self._ws
                     if self.state == "open" and ws is not None:
                         break
-                return await self._call(ws, method, params, deadline - time.monotonic())
+                return await self._calls.call(ws, method, params, deadline - time.monotonic())
         except TimeoutError as exc:
             if isinstance(exc, HeraldTimeoutError):
                 raise
             raise HeraldTimeoutError(f"{method}: no reply within {budget}s") from None
 
-    async def _call(self, ws: ClientConnection, method: str, params: Any, budget: float) -> Any:
-        request_id = next(self._ids)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
-        frame = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params or {}}
-        try:
-            await ws.send(json.dumps(frame, separators=(",", ":")))
-            async with asyncio.timeout(max(budget, 0.0)):
-                return await future
-        except TimeoutError:
-            raise HeraldTimeoutError(f"{method}: no reply within the timeout") from None
-        except ConnectionClosed:
-            raise HeraldConnectionError(f"{method}: connection closed") from None
-        finally:
-            self._pending.pop(request_id, None)
-
     # ------------------------------------------------------------------------------------ connection loop
-
-    async def _token(self) -> str:
-        outcome = self._token_provider()
-        token = (
-            await outcome if asyncio.iscoroutine(outcome) or isinstance(outcome, asyncio.Future) else outcome
-        )
-        if not isinstance(token, str) or not token:
-            raise TypeError(f"token provider returned {type(token).__name__}, not a JWT string")
-        return token
 
     async def _run(self) -> None:
         auth_failures = 0
         while not self._closing:
             self._set_state("connecting" if self.state in ("idle", "connecting") else "reconnecting")
             try:
-                token = await self._token()
+                token = await fetch_token(self._token_provider)
             except Exception as exc:
                 self._stop(
                     None, f"token provider failed: {exc}", HeraldAuthError(f"token provider failed: {exc}")
@@ -340,7 +258,7 @@ class HeraldClient(InboxMethods):
             opened = self._open.is_set()
             self._open.clear()
             self._ws = None
-            self._fail_pending()
+            self._calls.fail_all()
             if self._closing:
                 return
             self.close_code, self.close_reason = code, reason
@@ -369,7 +287,7 @@ class HeraldClient(InboxMethods):
             ws = await connect(self.url, open_timeout=None, max_size=MAX_FRAME_BYTES, compression=None)
         self._ws = ws
         reader = asyncio.create_task(self._read(ws, connected))
-        auth = asyncio.create_task(self._call(ws, "auth", {"token": token}, self.open_timeout))
+        auth = asyncio.create_task(self._calls.call(ws, "auth", {"token": token}, self.open_timeout))
         refresher: asyncio.Task[None] | None = None
         try:
             try:
@@ -403,142 +321,24 @@ class HeraldClient(InboxMethods):
                 if not isinstance(frame, dict):
                     continue
                 if "id" in frame and "method" not in frame:
-                    self._resolve(frame)
+                    self._calls.settle(frame)
                 elif frame.get("method") == "connected":
                     if not connected.done():
                         connected.set_result(frame.get("params") or {})
                 else:
                     self._on_notification(str(frame.get("method")), frame.get("params"))
 
-    def _resolve(self, frame: dict[str, Any]) -> None:
-        future = self._pending.get(frame["id"]) if isinstance(frame["id"], int) else None
-        if future is None or future.done():
-            return
-        error = frame.get("error")
-        if isinstance(error, dict):
-            code, message = error.get("code", -32603), str(error.get("message", ""))
-            future.set_exception(HeraldRequestError(int(code), message, error.get("data")))
-        else:
-            future.set_result(frame.get("result"))
-
     def _on_open(self, params: dict[str, Any]) -> None:
         self.user_id = params.get("user_id")
         self.connection_id = params.get("connection_id")
-        server_seq = params.get("last_seq")
-        resume_from = self.watermark
-        if resume_from is None and isinstance(server_seq, int):
-            # First session: history is what notifications.list is for; live starts now. Live frames seen
-            # by an earlier session that never got a last_seq keep the watermark below them (anchor).
-            self.tracker.anchor(server_seq)
-        self._set_unread(params.get("unread_count"))
-        self._set_unseen(params.get("unseen_count"))
+        catch_up = self._take_connected(params)
         self._open.set()
         self._set_state("open")
         self._emit("connected", params)
         if self._first_open is not None and not self._first_open.done():
             self._first_open.set_result(None)
-        if resume_from is not None:
-            catch_up = not isinstance(server_seq, int) or server_seq > resume_from
-        else:
-            # No last_seq: the catch-up anchors the watermark with notifications.unread_count. Anchored
-            # below last_seq: live frames were seen while unanchored, so some may be missing.
-            mark = self.watermark
-            catch_up = mark is None or (isinstance(server_seq, int) and mark < server_seq)
         if catch_up:
             self._spawn(self._catch_up())
-
-    def _on_notification(self, method: str, params: Any) -> None:
-        if method == "notification:new" and isinstance(params, dict):
-            self._deliver(params, replayed=False)
-            return
-        if isinstance(params, dict) and method.startswith("notification:"):
-            self._set_unread(params.get("unread_count"))
-            self._set_unseen(params.get("unseen_count"))
-        self._emit(method, params)
-        if method == "sync:required":
-            self._spawn(self._catch_up())
-
-    def _deliver(self, item: dict[str, Any], replayed: bool) -> None:
-        """Emit a notification unless this version was delivered already; advance the watermark."""
-        seq = item.get("seq")
-        if isinstance(seq, int):
-            self.tracker.advance(seq)
-        delivery = self.tracker.deliver(str(item.get("id")), seq if isinstance(seq, int) else None)
-        if delivery == "repeat":
-            return
-        # Replayed items are counted by the unread_count fetch that ends every catch-up.
-        if delivery == "replacement" and not replayed:
-            self._spawn(self._recount_soon())
-        elif not replayed:
-            if item.get("read_at") is None and self.unread_count is not None:
-                self._set_unread(self.unread_count + 1)
-            if item.get("seen_at") is None and self.unseen_count is not None:
-                self._set_unseen(self.unseen_count + 1)
-        self._emit("notification:new", item, replayed, delivery == "replacement")
-
-    async def _recount_soon(self) -> None:
-        """Fetch the counts again; replacements arriving meanwhile are covered by one more fetch."""
-        if self._recount is not None and not self._recount.done():
-            self._recount_again = True
-            return
-        self._recount = asyncio.current_task()
-        try:
-            self._recount_again = True
-            while self._recount_again:
-                self._recount_again = False
-                await self.fetch_unread_count()
-        except HeraldError as exc:
-            log.warning("herald client: count refresh failed: %s", exc)
-        finally:
-            self._recount = None
-
-    async def _catch_up(self) -> None:
-        """Page ``notifications.sync`` from the watermark while ``has_more``, then refresh the count
-        (without a watermark, fetch the count first: its ``last_seq`` anchors the watermark).
-
-        A failed sync (e.g. 5003 while the worker reconnects) is retried with backoff until it succeeds
-        or the client closes: the notifications it would recover are otherwise only seen at the next
-        reconnect.
-        """
-        async with self._sync_lock:
-            failures = 0
-            while not self._closing and not await self._catch_up_once():
-                delay = backoff_delay(failures, self.backoff_base, self.backoff_max)
-                failures += 1
-                log.warning("herald client: sync failed; retrying in %.2fs", delay)
-                await asyncio.sleep(delay)
-
-    async def _catch_up_once(self) -> bool:
-        """One catch-up; ``False`` when a request failed (the watermark then has not moved past it).
-
-        Without a watermark (``connected`` had no ``last_seq``) it first fetches the counts, whose
-        ``last_seq`` anchors it; that fetch failing (5003 while the worker is down) is retried as a sync is.
-        """
-        try:
-            counted = recovered = False
-            if self.watermark is None:
-                await self.fetch_unread_count()
-                counted = True
-            while self.watermark is not None:
-                page = await self.sync(self.watermark, SYNC_PAGE)
-                items = page.get("items") or []
-                recovered = recovered or bool(items)
-                for item in items:
-                    self._deliver(item, replayed=True)
-                if items:
-                    last = items[-1].get("seq")
-                    if isinstance(last, int):
-                        self.tracker.synced_up_to(last)
-                if not page.get("has_more") or not items:
-                    break
-            # Re-anchor the count: it covers what the sync recovered and any frame counted twice
-            # between ``connected`` and the sync (the leading fetch did, if the sync found nothing).
-            if not counted or recovered:
-                await self.fetch_unread_count()
-        except HeraldError as exc:
-            log.warning("herald client: sync failed: %s", exc)
-            return False
-        return True
 
     async def _refresh_loop(self, ws: ClientConnection, token: str) -> None:
         """Send ``auth.refresh`` with a fresh token shortly before the current one expires."""
@@ -549,8 +349,8 @@ class HeraldClient(InboxMethods):
             lifetime = exp - time.time()
             await asyncio.sleep(max(lifetime - min(self.refresh_margin, lifetime / 2), 0.0))
             try:
-                token = await self._token()
-                await self._call(ws, "auth.refresh", {"token": token}, self.request_timeout)
+                token = await fetch_token(self._token_provider)
+                await self._calls.call(ws, "auth.refresh", {"token": token}, self.request_timeout)
             except (HeraldError, ConnectionClosed):
                 # The server closes with 4401 at expiry; the reconnect asks for a token again.
                 return
@@ -568,19 +368,13 @@ class HeraldClient(InboxMethods):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _fail_pending(self) -> None:
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(HeraldConnectionError("connection closed before the reply"))
-        self._pending.clear()
-
     def _stop(self, code: int | None, reason: str, error: HeraldClosedError) -> None:
         """Enter the terminal state once: wake waiters, end iterators, emit ``closed``."""
         if self.state == "closed":
             return
         self._closing = True
         self.close_code, self.close_reason = code, reason
-        self._fail_pending()
+        self._calls.fail_all()
         for task in self._tasks:
             task.cancel()
         self._set_state("closed")
