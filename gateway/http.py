@@ -6,7 +6,7 @@ and a loopback ``Host``), ``/`` and ``/assets/<file>`` (the React demo inbox, bu
 ``clients/demo/dist/`` by ``.ci/build-clients``; ``/`` falls back to the plain page while it is not
 built), ``/plain.html`` and ``/static/<file>`` (from ``gateway/static/``), ``/sw.js`` (the Web Push
 service worker, from ``gateway/static/``, at the root so its scope is the whole origin),
-``/client/herald.js`` and
+``/client/herald.js``, the modules it imports (``/client/lib/*.js``) and
 ``/client/herald.d.ts`` (the browser client, from ``clients/js/``).
 
 A WebSocket handshake must target ``/notifications`` (else 404) from an allowed Origin (else 403); a
@@ -50,7 +50,10 @@ log = structlog.get_logger("gateway.http")
 
 WS_PATH: Final = "/notifications"
 DEV_TOKEN_TTL: Final = 3600.0
-CLIENT_FILES: Final = frozenset({"herald.js", "herald.d.ts"})
+#: The browser client's files (``@herald/client``): the entry module, its types and the modules it imports.
+CLIENT_FILES: Final = frozenset(
+    {"herald.js", "herald.d.ts", "lib/api.js", "lib/client.js", "lib/shared.js", "lib/tracking.js"}
+)
 _PACKAGE_DIR: Final = Path(__file__).resolve().parent
 
 

@@ -380,9 +380,17 @@ async def test_static_files_and_the_browser_client_are_served(
     assert http_get(f"{gw.url}/plain.html")[1] == plain
     assert http_get(f"{gw.url}/static/plain.html")[1] == plain
     assert http_get(f"{gw.url}/assets/../../../pyproject.toml")[0] == 404
-    assert http_get(f"{gw.url}/client/herald.js")[1] == (ROOT / "clients" / "js" / "herald.js").read_bytes()
+    client = ROOT / "clients" / "js"
+    # Every module of the package (so every import of herald.js resolves from a gateway), byte for byte.
+    modules = sorted(
+        path.relative_to(client).as_posix() for path in client.glob("**/*.js") if "test" not in path.parts
+    )
+    assert "lib/client.js" in modules
+    for module in modules:
+        assert http_get(f"{gw.url}/client/{module}")[1] == (client / module).read_bytes(), module
     assert http_get(f"{gw.url}/client/herald.d.ts")[0] == 200
-    assert http_get(f"{gw.url}/client/package.json")[0] == 404  # only the two client files
+    assert http_get(f"{gw.url}/client/package.json")[0] == 404  # only the package's own files
+    assert http_get(f"{gw.url}/client/test/units.test.mjs")[0] == 404
 
 
 async def test_dev_tokens_are_minted_only_when_enabled(gw_stack: Stack, responder: Responder) -> None:
