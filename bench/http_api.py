@@ -38,8 +38,10 @@ class HttpOutcome:
     p50_ms: float
     p99_ms: float
 
-    def row(self) -> tuple[str, int, float, float, float]:
-        return (self.name, self.clients, self.rate, self.p50_ms, self.p99_ms)
+    @property
+    def answered_rate(self) -> float:
+        """Requests a second that got a 2xx or 3xx answer: a refusal (a 429) is not a page served."""
+        return self.rate * (self.requests - self.errors) / self.requests if self.requests else 0.0
 
 
 def ensure_wrk() -> str:
@@ -105,8 +107,16 @@ def start_floor(stack: Stack) -> HeraldProcess:
 
 
 def run_http(stack: Stack, user: str, connections: int, seconds: float) -> list[HttpOutcome]:
-    """herald-api's list and count, then the floor's list, each for ``seconds`` at ``connections``."""
-    api = stack.start_api(rate_limit_per_second=1_000_000, rate_limit_burst=1_000_000)
+    """herald-api's list and count, then the floor's list, each for ``seconds`` at ``connections``.
+
+    Every connection is the same user, so herald-api's per-user limits are lifted: its rate limit, and its
+    cap on one user's requests awaiting the worker (32 by default), which 50 connections would exceed.
+    """
+    api = stack.start_api(
+        rate_limit_per_second=1_000_000,
+        rate_limit_burst=1_000_000,
+        max_user_requests_in_flight=max(connections, 1),
+    )
     floor = start_floor(stack)
     token = mint(user, ttl=3600)
     outcomes = [
@@ -124,10 +134,10 @@ def report_http(outcomes: list[HttpOutcome]) -> None:
     for outcome in outcomes:
         print(
             f"  {outcome.name:36s} connections={outcome.clients} requests={outcome.requests:6d} "
-            f"errors={outcome.errors} req/s={outcome.rate:7.0f} p50={outcome.p50_ms:6.1f}ms "
+            f"errors={outcome.errors} answered/s={outcome.answered_rate:7.0f} p50={outcome.p50_ms:6.1f}ms "
             f"p99={outcome.p99_ms:6.1f}ms",
             flush=True,
         )
-    rates = {outcome.name: outcome.rate for outcome in outcomes}
+    rates = {outcome.name: outcome.answered_rate for outcome in outcomes}
     share = rates["HTTP list (herald-api)"] / rates["HTTP list floor (Starlette+asyncpg)"]
     print(f"  herald-api list = {share:.0%} of the floor (target: at least 50 %)", flush=True)
