@@ -1,4 +1,4 @@
-"""The demo inbox (the React app in clients/demo, built from @herald/react) in headless Chromium.
+"""Live delivery to the demo inbox (the React app in clients/demo, built from @herald/react) in Chromium.
 
 Against a real worker + gateway; driven by Playwright for Python with Debian's ``chromium`` (Playwright's
 own browser download is not used). Without chromium, playwright or the demo's build these tests fail with
@@ -7,9 +7,13 @@ the reason: ``.ci/install-test-deps`` installs the first two, ``.ci/build-client
 Tabs of one Playwright browser context are tabs of one browser profile (they share BroadcastChannel and
 Web Locks, hence one socket); separate contexts are separate browsers.
 
-Also takes the README's screenshots, docs/img/inbox.png, inbox-dark.png and preferences.png: they are
-written there when missing or when ``HERALD_UPDATE_SCREENSHOTS=1`` (so a test run does not dirty the
-checkout with pixel noise), else to the test log directory.
+Here: ``herald send`` and a published event reaching the dropdown and a toast within a second, a mark read
+in one tab clearing the badge in the others, three tabs sharing one socket through a leader handover, and
+a gateway restart replaying the missed notifications once. The fixtures and helpers here (a real stack,
+one Chromium, signed-in tabs) serve ``test_inbox_screens``, ``test_inbox_plain_pages`` and
+``test_inbox_states`` too; ``screenshot_path`` decides where the README's screenshots go: docs/img when
+missing or when ``HERALD_UPDATE_SCREENSHOTS=1`` (so a test run does not dirty the checkout with pixel
+noise), else the test log directory.
 """
 
 from __future__ import annotations
@@ -26,11 +30,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
-import httpx
 import pytest
 
-from herald_ops.testing.client import doc_snippet, event_body, publish, running_stack
-from herald_ops.testing.stack import ROOT, fresh_id, http_get, mint, wait_until
+from herald_ops.testing.client import event_body, publish, running_stack
+from herald_ops.testing.stack import ROOT, fresh_id, http_get, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
     from playwright.async_api import Browser, BrowserContext, Page
 
     from herald_ops.testing.stack import HeraldProcess, Stack
+
 
 CHROMIUM = os.environ.get("HERALD_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -317,120 +321,6 @@ async def _titles(page: Page, titles: list[str]) -> bool:
     return got == sorted(titles)
 
 
-async def _titles_include(page: Page, title: str) -> bool:
-    return title in [s["title"] for s in await seen(page)]
-
-
-async def open_preferences(page: Page) -> None:
-    await page.click("#prefs-button")
-    await page.locator('input[name="types.NEW_COMMENT.in_app"]').wait_for()
-
-
-async def test_preferences_save_and_follow_another_tab(
-    herald: tuple[Stack, HeraldProcess], tabs: Tabs
-) -> None:
-    stack = herald[0]
-    user = "sam"  # fixed, so the screenshot only changes when the page does
-    page = await tabs.inbox(user)
-    other = await tabs.inbox(user)  # another browser of the same user
-    await open_preferences(page)
-    await open_preferences(other)
-    toggle = page.locator('input[name="types.NEW_COMMENT.in_app"]')
-    mirrored = other.locator('input[name="types.NEW_COMMENT.in_app"]')
-    if not await toggle.is_checked():  # a rerun against a reused database: start from the defaults
-        await page.click("text=Reset to defaults")
-        await wait_until(toggle.is_checked, 10, "the reset")
-    assert await toggle.is_checked()
-    await toggle.click()
-    await page.wait_for_selector(".herald-prefs-status >> text=Saved")
-    assert not await toggle.is_checked()
-    await wait_until(lambda: _unchecked(mirrored), 10, "the other tab to show the change")
-    locked = page.locator('input[name="types.SECURITY_ALERT.email"]')
-    assert await locked.is_checked()
-    assert await locked.is_disabled()
-    await page.set_viewport_size({"width": 1180, "height": 1280})  # the whole grid and quiet hours
-    await page.screenshot(path=screenshot_path("preferences.png"), animations="disabled")
-
-    # The muted type and then an unmuted marker: once the marker is shown, the muted one had its chance.
-    await publish(
-        stack.amqp_url,
-        event_body(user, type="NEW_COMMENT", title="Muted comment"),
-        event_body(user, type="COURSE_UPDATE", title="Marker"),
-    )
-    await wait_until(lambda: _titles_include(page, "Marker"), 10, "the marker notification")
-    assert [s["title"] for s in await seen(page)] == ["Marker"]
-
-    # Quiet hours from the other tab, with the time-zone picker; this tab follows.
-    await other.check('input[name="quiet.enabled"]')
-    await other.fill('input[name="quiet.start"]', "21:30")
-    await other.select_option('select[name="quiet.timezone"]', "Europe/Berlin")
-    await other.click("text=Save quiet hours")
-    await wait_until(
-        lambda: _value_is(page, 'input[name="quiet.start"]', "21:30"), 10, "quiet hours in the first tab"
-    )
-    assert await page.locator('select[name="quiet.timezone"]').input_value() == "Europe/Berlin"
-    assert await page.is_checked('input[name="quiet.enabled"]')
-
-    # Reset brings the type back, in both tabs.
-    await page.click("text=Reset to defaults")
-    await wait_until(toggle.is_checked, 10, "the reset to turn NEW_COMMENT back on")
-    await wait_until(mirrored.is_checked, 10, "the reset in the other tab")
-    assert not await page.is_checked('input[name="quiet.enabled"]')
-
-
-async def _unchecked(locator: Any) -> bool:
-    return not await locator.is_checked()
-
-
-async def _value_is(page: Page, selector: str, value: str) -> bool:
-    return bool(await page.locator(selector).input_value() == value)
-
-
-SAMPLES = [
-    (
-        "COURSE_NEW_CONTENT",
-        "New lesson available",
-        "Lesson 7 “Indexes and query plans” was added to Databases 101",
-    ),
-    ("GRADE_RELEASED", "Your grade is out", "Assignment 2 of Distributed Systems: 92/100"),
-    ("ASSIGNMENT_DEADLINE", "Deadline tomorrow", "Project proposal for Machine Learning is due Friday 23:59"),
-    (
-        "NEW_REPLY",
-        "Maya replied to your comment",
-        "“Good point — the quorum queue also needs a delivery limit.”",
-    ),
-    ("MILESTONE_ACHIEVED", "7-day streak!", "You studied every day this week. Keep going"),
-    ("SYSTEM_ANNOUNCEMENT", "Scheduled maintenance", "The platform is read-only on Sunday 02:00–03:00 UTC"),
-]
-
-
-async def test_screenshots_of_the_inbox(herald: tuple[Stack, HeraldProcess], tabs: Tabs) -> None:
-    stack = herald[0]
-    for user, theme, name in (("jordan", "light", "inbox.png"), ("jordan-dark", "dark", "inbox-dark.png")):
-        await publish(
-            stack.amqp_url, *(event_body(user, type=t, title=title, message=m) for t, title, m in SAMPLES)
-        )
-        await wait_until(lambda user=user: _stored(stack, user, len(SAMPLES)), 15, "the samples stored")
-        context = await tabs.profile()
-        await context.add_init_script(f"localStorage.setItem('herald-demo-theme', '{theme}')")
-        page = await tabs.inbox(user, context)
-        await open_inbox(page)
-        await page.wait_for_function("document.querySelectorAll('.herald-dropdown article').length === 6")
-        ids = await listed_ids(page)
-        await page.evaluate("id => heraldDemo.client.markRead([id])", ids[-1])
-        await page.wait_for_selector(f'.herald-dropdown article[data-id="{ids[-1]}"]:not(.herald-unread)')
-        live = event_body(
-            user,
-            type="INSTRUCTOR_MESSAGE",
-            title="Message from Dr. Okafor",
-            message="Office hours move to 3 pm",
-        )
-        await publish(stack.amqp_url, live)
-        await page.wait_for_selector(".herald-toast >> text=Message from Dr. Okafor")
-        await page.mouse.move(0, 0)
-        await page.screenshot(path=screenshot_path(name), animations="disabled")
-
-
 async def test_gateway_restart_delivers_missed_notifications_once(
     herald: tuple[Stack, HeraldProcess], tabs: Tabs
 ) -> None:
@@ -468,155 +358,3 @@ async def _stored(stack: Stack, user: str, count: int) -> bool:
     finally:
         await conn.close()
     return stored == count
-
-
-async def test_the_documented_snippet_works_as_printed(
-    herald: tuple[Stack, HeraldProcess], tabs: Tabs
-) -> None:
-    """docs/clients.md's browser snippet (copied into the README) on a page of the gateway's origin."""
-    stack, gateway = herald
-    page = await tabs.blank()
-    logs: list[str] = []
-    page.on("console", lambda message: logs.append(message.text))
-    await page.goto(f"{gateway.url}/healthz")  # any page of the gateway's origin
-    await page.set_content(doc_snippet("browser"))
-    await wait_until(lambda: any(line.startswith("latest:") for line in logs), 15, "the snippet's list()")
-    await publish(stack.amqp_url, event_body("alice", title="From the README"))
-    await wait_until(lambda: "new: From the README - Lesson 7 was added to Databases 101" in logs, 10, "new")
-    assert (await page.title()).startswith("(")  # the unread count is in the title
-
-
-async def test_the_plain_javascript_page(herald: tuple[Stack, HeraldProcess], tabs: Tabs) -> None:
-    stack, gateway = herald
-    user = fresh_id("p")
-    page = await tabs.blank()
-    await page.goto(f"{gateway.url}/plain.html?user={user}")
-    await page.wait_for_selector('#status[data-state="open"]', timeout=15000)
-    await publish(stack.amqp_url, event_body(user, title="Plain and simple"))
-    await page.wait_for_selector("#list li.unread >> text=Plain and simple")
-    await page.click("#list li.unread")
-    await page.wait_for_selector("#unread >> text=0")
-
-
-async def test_infinite_scroll_delete_and_mark_all_read(
-    herald: tuple[Stack, HeraldProcess], tabs: Tabs
-) -> None:
-    stack = herald[0]
-    user = fresh_id("b")
-    await publish(stack.amqp_url, *(event_body(user, title=f"item {i:02d}") for i in range(45)))
-    await wait_until(lambda: _stored(stack, user, 45), 15, "45 stored notifications")
-    page = await tabs.inbox(user)
-    assert await badge(page) == 45
-    await open_inbox(page)
-    # Pages of 20: scrolling to the end of the list loads the next page until everything is there.
-    await page.wait_for_function("document.querySelectorAll('.herald-dropdown article').length >= 20")
-    while (count := len(await listed_ids(page))) < 45:
-        await page.eval_on_selector(".herald-scroller", "s => { s.scrollTop = s.scrollHeight; }")
-        await page.wait_for_function(
-            f"document.querySelectorAll('.herald-dropdown article').length > {count}"
-        )
-    assert len(set(await listed_ids(page))) == 45
-    await page.wait_for_selector(".herald-foot >> text=That's everything")
-
-    first = page.locator(".herald-dropdown article").first
-    doomed = await first.get_attribute("data-id")
-    await first.hover()
-    await first.locator(".herald-delete").click()
-    await page.wait_for_selector(f'.herald-dropdown article[data-id="{doomed}"]', state="detached")
-    await wait_until(lambda: _is(unread, page, 44), 10, "the unread count after a delete")
-
-    await page.click(".herald-mark-all")
-    await wait_until(lambda: _is(unread, page, 0), 10, "the unread count after mark all read")
-    assert await page.locator(".herald-dropdown article.herald-unread").count() == 0
-    await page.click('.herald-tab[data-filter="unread"]')
-    await page.wait_for_selector(".herald-foot >> text=You're all caught up")
-
-
-async def test_keyboard_escape_returns_focus_to_the_bell(
-    herald: tuple[Stack, HeraldProcess], tabs: Tabs
-) -> None:
-    stack = herald[0]
-    user = fresh_id("k")
-    await publish(stack.amqp_url, event_body(user, title="one"), event_body(user, title="two"))
-    await wait_until(lambda: _stored(stack, user, 2), 15, "two stored")
-    page = await tabs.inbox(user)
-    await page.focus(".herald-bell")
-    await page.keyboard.press("Enter")
-    await page.wait_for_function("document.activeElement?.getAttribute('role') === 'tab'")
-    await page.wait_for_function("document.querySelectorAll('.herald-dropdown article').length === 2")
-    await page.keyboard.press("ArrowDown")
-    assert await page.evaluate("document.activeElement.textContent.includes('two')")
-    await page.keyboard.press("ArrowDown")
-    assert await page.evaluate("document.activeElement.textContent.includes('one')")
-    await page.keyboard.press("Escape")
-    await page.wait_for_selector(".herald-dropdown", state="detached")
-    assert await page.evaluate("document.activeElement.classList.contains('herald-bell')")
-
-
-async def axe_violations(page: Page) -> list[dict[str, Any]]:
-    """axe-core's serious and critical violations on the page as it is now."""
-    if not await page.evaluate("typeof window.axe !== 'undefined'"):
-        await page.add_script_tag(path=str(AXE))
-    found: list[dict[str, Any]] = await page.evaluate(
-        """async () => (await axe.run(document, {resultTypes: ["violations"]})).violations
-            .filter(v => v.impact === "serious" || v.impact === "critical")
-            .map(v => ({id: v.id, impact: v.impact, help: v.help,
-                        nodes: v.nodes.slice(0, 3).map(n => n.target.join(" "))}))"""
-    )
-    return found
-
-
-async def test_no_serious_accessibility_violations(herald: tuple[Stack, HeraldProcess], tabs: Tabs) -> None:
-    stack, gateway = herald
-    user = fresh_id("a")
-    login = await tabs.blank()
-    await login.goto(f"{gateway.url}/")
-    await login.wait_for_selector("#user-input")
-    problems = {"login": await axe_violations(login)}
-
-    for theme in ("light", "dark"):
-        context = await tabs.profile()
-        await context.add_init_script(f"localStorage.setItem('herald-demo-theme', '{theme}')")
-        page = await tabs.inbox(user, context)
-        await publish(stack.amqp_url, event_body(user, title=f"Accessible {theme}"))
-        await page.wait_for_selector(f".herald-toast >> text=Accessible {theme}")
-        await open_inbox(page)
-        await page.wait_for_selector(f".herald-dropdown article >> text=Accessible {theme}")
-        problems[f"inbox ({theme})"] = await axe_violations(page)
-        await page.keyboard.press("Escape")
-        await open_preferences(page)
-        problems[f"preferences ({theme})"] = await axe_violations(page)
-    assert not any(problems.values()), problems
-
-
-async def test_a_mark_read_over_http_reaches_the_open_tab(
-    herald: tuple[Stack, HeraldProcess], tabs: Tabs
-) -> None:
-    """A minimal page of the gateway's origin with clients/js/herald.js connected; herald-api marks read."""
-    stack, gateway = herald
-    api = stack.start_api()
-    user = fresh_id("http")
-    page = await tabs.blank()
-    await page.goto(f"{gateway.url}/healthz")  # any page of the gateway's origin: the socket is same-origin
-    await page.evaluate(
-        """async ({url, token}) => {
-            const { HeraldClient } = await import("/client/herald.js");
-            window.reads = [];
-            window.client = new HeraldClient(url, { getToken: async () => token });
-            client.on("notification:read", (params) => reads.push(params));
-            await client.connect();
-        }""",
-        {"url": gateway.ws_url, "token": mint(user)},
-    )
-    await publish(stack.amqp_url, event_body(user, title="Read me over HTTP"))
-    await wait_until(lambda: page.evaluate("() => client.unreadCount === 1"), 10, "the tab to count 1 unread")
-    async with httpx.AsyncClient(base_url=api.url, timeout=15) as http:
-        headers = {"Authorization": f"Bearer {mint(user)}"}
-        [item] = (await http.get("/api/notifications/realtime", headers=headers)).json()["data"]
-        marked = await http.patch(f"/api/notifications/realtime/{item['id']}/read", headers=headers)
-    assert marked.json().items() >= {"updated": 1, "unread_count": 0}.items()
-    await wait_until(
-        lambda: page.evaluate("() => reads.length === 1"), 10, "the tab to see notification:read"
-    )
-    assert (await page.evaluate("() => reads[0]")).items() >= {"ids": [item["id"]], "unread_count": 0}.items()
-    assert await page.evaluate("() => client.unreadCount") == 0

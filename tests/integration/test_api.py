@@ -2,7 +2,9 @@
 
 Notifications are seeded in Postgres (``herald_ops.testing.requests.seed``); changes made over HTTP are
 watched on a real WebSocket connection of the same user, which must see the same events a change made
-over the socket produces.
+over the socket produces. This module covers the inbox routes (list, counts, sync, bulk changes, ETags),
+broadcast, preferences, the deliveries listing and the README's curl examples; the module's ``env``,
+``http``, ``auth`` and ``error_of`` are shared with ``test_api_routes_and_errors`` and ``test_api_limits``.
 """
 
 from __future__ import annotations
@@ -21,11 +23,8 @@ import httpx
 import orjson
 import pytest
 
-from gateway.api.routes import ROUTES
-from herald_ops.testing.gateway import Responder
 from herald_ops.testing.requests import WsClient, seed, unread_truth
-from herald_ops.testing.stack import ROOT, fresh_id, mint, stack_context, wait_until, wait_until_sync
-from worker.requests.registry import METHODS
+from herald_ops.testing.stack import ROOT, fresh_id, mint, stack_context
 from worker.vapid import new_key_pair
 
 if TYPE_CHECKING:
@@ -196,27 +195,6 @@ async def test_changes_over_http_reach_the_users_open_socket(
         await socket.close()
 
 
-@pytest.mark.parametrize(
-    "headers",
-    [
-        {},
-        {"Authorization": "Bearer"},
-        {"Authorization": "Basic dXNlcjpwYXNz"},
-        {"Authorization": f"Bearer {mint('u-expired', ttl=-30)}"},
-        {"Authorization": f"Bearer {mint('u-forged', secret='another-secret-that-is-long-enough-0123')}"},
-        {"Authorization": "Bearer not.a.jwt"},
-    ],
-    ids=["missing", "empty", "other-scheme", "expired", "badly-signed", "malformed"],
-)
-async def test_a_missing_expired_or_badly_signed_token_is_401(
-    http: httpx.AsyncClient, headers: dict[str, str]
-) -> None:
-    for path in (INBOX, f"{INBOX}/unread-count", "/api/notifications/preferences"):
-        error = error_of(await http.get(path, headers=headers), 401)
-        assert error["code"] == 4401
-        assert error["message"].startswith("unauthorized: ")
-
-
 async def test_broadcast_is_admin_only_and_reaches_sockets(env: Env, http: httpx.AsyncClient) -> None:
     body = {"title": "Maintenance tonight", "message": "From 22:00", "data": {}}
     user = fresh_id()
@@ -254,79 +232,6 @@ async def test_another_users_ids_are_a_no_op_never_a_leak(
         "count": 2,
         "last_seq": max(seqs),
     }.items()
-
-
-@pytest.mark.parametrize(
-    ("query", "field"),
-    [
-        ({"limit": "0"}, "limit"),
-        ({"limit": "101"}, "limit"),
-        ({"limit": "twenty"}, "limit"),
-        ({"page": "0"}, "page"),
-        ({"unreadOnly": "maybe"}, "unreadOnly"),
-        ({"types": "NOT_A_TYPE"}, "types.0"),
-        ({"sort": "asc"}, "sort"),
-        ({"page": "2", "before": "10"}, "page"),
-    ],
-)
-async def test_bad_query_is_400_naming_the_field(
-    http: httpx.AsyncClient, query: dict[str, str], field: str
-) -> None:
-    error = error_of(await http.get(INBOX, params=query, headers=auth(fresh_id())), 400)
-    assert (error["code"], error["data"]) == (-32602, field)
-
-
-async def test_bad_bodies_are_400_naming_the_field(http: httpx.AsyncClient) -> None:
-    headers = {**auth(fresh_id()), "Content-Type": "application/json"}
-    preferences = "/api/notifications/preferences"
-    cases = [
-        (await http.put(preferences, content=b"{not json", headers=headers), -32700, "body"),
-        (
-            await http.put(preferences, json={"securityAlert": False}, headers=headers),
-            -32602,
-            "securityAlert",
-        ),
-        (
-            await http.put(preferences, json={"newCourseContent": "no"}, headers=headers),
-            -32602,
-            "newCourseContent",
-        ),
-        (
-            await http.put(
-                preferences, json={"types": {"SECURITY_ALERT": {"email": False}}}, headers=headers
-            ),
-            -32602,
-            "types.SECURITY_ALERT.email",
-        ),
-        (await http.post(f"{INBOX}/read", json={"ids": "x"}, headers=headers), -32602, "ids"),
-        (await http.post(f"{INBOX}/read", json={"ids": ["x"] * 501}, headers=headers), -32602, "ids"),
-    ]
-    for response, code, field in cases:
-        error = error_of(response, 400)
-        assert (error["code"], error["data"]) == (code, field), error
-
-
-async def test_a_body_nested_too_deep_or_not_an_object_is_400_naming_the_body(
-    http: httpx.AsyncClient,
-) -> None:
-    """The WebSocket rule (params nested at most 253 levels, what can be forwarded) and §11's "bodies are
-    JSON objects", both refused where the body enters, never a 500."""
-    headers = {**auth(fresh_id()), "Content-Type": "application/json"}
-    preferences = "/api/notifications/preferences"
-
-    def nested(levels: int) -> bytes:
-        return b'{"a":' * levels + b"1" + b"}" * levels
-
-    for body in (b"[" * 300 + b"]" * 300, nested(254), b"[]", b'["ids"]', b"1", b'"text"', b"null", b"true"):
-        for response in (
-            await http.put(preferences, content=body, headers=headers),
-            await http.post(f"{INBOX}/read", content=body, headers=headers),
-        ):
-            error = error_of(response, 400)
-            assert (error["code"], error["data"]) == (-32602, "body"), (body[:20], error)
-    # 253 levels can be forwarded: the worker answers, refusing the member it does not know.
-    error = error_of(await http.put(preferences, content=nested(253), headers=headers), 400)
-    assert (error["code"], error["data"]) == (-32602, "a")
 
 
 def delivery_cursor(created_at: str, job_id: object) -> str:
@@ -385,131 +290,6 @@ async def test_preferences_accept_the_seeds_flags_and_herald_document(http: http
     assert (await http.get(path, headers=headers)).json() == herald.json()
     reset = await http.post(f"{path}/reset", headers=headers)
     assert reset.json()["types"]["COURSE_NEW_CONTENT"]["in_app"] is True
-
-
-async def test_every_route_is_served_or_clearly_not_implemented(http: httpx.AsyncClient) -> None:
-    """Every route answers (200, or 400 for the placeholder ids); one whose method a worker lacks would
-    answer 501, never 404 or 500."""
-    admin = auth("ops", admin=True)
-    for route in ROUTES:
-        path = route.path.replace("{id}", "n-1").replace("{action_id}", "a-1")
-        response = await http.request(route.verb, path, headers=admin)
-        if route.method in METHODS:
-            assert response.status_code in (200, 400), (route, response.text)
-        else:
-            error = error_of(response, 501)
-            assert error["code"] == -32601
-            assert route.method in error["message"]
-
-
-async def test_unknown_paths_and_verbs_get_json_errors(http: httpx.AsyncClient) -> None:
-    error_of(await http.get("/api/notifications/nothing-here", headers=auth(fresh_id())), 404)
-    error_of(await http.put(f"{INBOX}/unread-count", headers=auth(fresh_id())), 405)
-
-
-async def test_a_body_over_the_limit_is_413_before_it_is_read(http: httpx.AsyncClient) -> None:
-    big = b'{"ids": ["' + b"x" * (70 * 1024) + b'"]}'
-    response = await http.post(f"{INBOX}/read", content=big, headers=auth(fresh_id()))
-    assert error_of(response, 413)["data"] == "body"
-
-
-async def test_cors_follows_allowed_origins(http: httpx.AsyncClient) -> None:
-    preflight = {"Origin": ORIGIN, "Access-Control-Request-Method": "PATCH"}
-    allowed = await http.options(f"{INBOX}/n-1/read", headers=preflight)
-    assert allowed.status_code == 200
-    assert allowed.headers["Access-Control-Allow-Origin"] == ORIGIN
-    other = await http.options(f"{INBOX}/n-1/read", headers={**preflight, "Origin": "https://evil.example"})
-    assert "Access-Control-Allow-Origin" not in other.headers
-    simple = await http.get(f"{INBOX}/unread-count", headers={**auth(fresh_id()), "Origin": ORIGIN})
-    assert simple.headers["Access-Control-Allow-Origin"] == ORIGIN
-    assert "ETag" in simple.headers["Access-Control-Expose-Headers"]
-
-
-async def test_openapi_document_is_served(http: httpx.AsyncClient) -> None:
-    document = (await http.get("/api/openapi.json")).json()
-    assert document["openapi"].startswith("3.1")
-    assert {route.path for route in ROUTES} <= set(document["paths"])
-
-
-def test_rate_limit_is_429_per_user() -> None:
-    with stack_context() as stack:
-        stack.start_worker()
-        api = stack.start_api(rate_limit_burst=3, rate_limit_per_second=0.01)
-        limited, other = fresh_id(), fresh_id()
-        with httpx.Client(base_url=api.url, timeout=15) as client:
-            statuses = [
-                client.get(f"{INBOX}/unread-count", headers=auth(limited)).status_code for _ in range(5)
-            ]
-            assert statuses == [200, 200, 200, 429, 429]
-            response = client.get(f"{INBOX}/unread-count", headers=auth(limited))
-            assert error_of(response, 429)["code"] == 4029
-            assert response.headers["Retry-After"] == "1"
-            # Buckets are per user: another user is not limited by the first one's requests.
-            assert client.get(f"{INBOX}/unread-count", headers=auth(other)).status_code == 200
-
-
-@pytest.fixture
-def own_stack() -> Iterator[Stack]:
-    """A stack of the test's own, without a worker."""
-    with stack_context() as stack:
-        yield stack
-
-
-async def test_requests_in_flight_are_capped_per_user(own_stack: Stack) -> None:
-    """docs/gateway.md: one user cannot hold more than ``HERALD_MAX_USER_REQUESTS_IN_FLIGHT`` requests
-    awaiting the worker. Past the cap the user's next request is 429 / 4029 at once; other users are
-    served, and the user's slots come back as the worker answers. A stand-in worker holds requests until
-    told to answer."""
-    responder = Responder(own_stack.amqp_url)
-    await responder.start()
-    held: list[asyncio.Task[httpx.Response]] = []
-    try:
-        api = own_stack.start_api(
-            max_user_requests_in_flight=2, rpc_timeout=60, rate_limit_burst=100, rate_limit_per_second=100
-        )
-        user, other = fresh_id(), fresh_id()
-        path = f"{INBOX}/read"
-        async with httpx.AsyncClient(base_url=api.url, timeout=60) as client:
-            held += [
-                asyncio.create_task(
-                    client.post(path, json={"ids": ["n-1"], "hold": True}, headers=auth(user))
-                )
-                for _ in range(2)
-            ]
-            await wait_until(
-                lambda: responder.peak_in_flight.get(user) == 2, 30, "both requests at the worker"
-            )
-            refused = await client.post(path, json={"ids": ["n-1"]}, headers=auth(user))
-            assert error_of(refused, 429)["code"] == 4029
-            assert refused.headers["Retry-After"] == "1"
-            assert (await client.post(path, json={"ids": ["n-1"]}, headers=auth(other))).status_code == 200
-            responder.release_held()
-            assert [response.status_code for response in await asyncio.gather(*held)] == [200, 200]
-            # Answered: the user's slots are back.
-            again = await client.post(path, json={"ids": ["n-1"]}, headers=auth(user))
-            assert again.status_code == 200, again.text
-    finally:
-        responder.release_held()
-        await asyncio.gather(*held, return_exceptions=True)
-        await responder.stop()
-
-
-def test_503_when_the_worker_is_stopped() -> None:
-    with stack_context() as stack:
-        worker = stack.start_worker()
-        api = stack.start_api(rpc_timeout=1)
-        user = fresh_id()
-        with httpx.Client(base_url=api.url, timeout=15) as client:
-            assert client.get(f"{INBOX}/unread-count", headers=auth(user)).status_code == 200
-            worker.stop()
-            error = error_of(client.get(f"{INBOX}/unread-count", headers=auth(user)), 503)
-            assert error["code"] == 5003
-            worker.launch()
-            wait_until_sync(
-                lambda: client.get(f"{INBOX}/unread-count", headers=auth(user)).status_code == 200,
-                30,
-                "the api serving again once the worker is back",
-            )
 
 
 README_API = "http://127.0.0.1:8767/api/notifications"

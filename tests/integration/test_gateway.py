@@ -1,42 +1,37 @@
 """The gateway end to end: real gateway processes, real WebSocket clients, real RabbitMQ.
 
 Relay to every connection of a user across two gateways and to nobody else, bindings gone after the last
-connection, churn without stray bindings or lost frames, broadcast filtering by in-app preferences,
-request forwarding, bad frames, the HTTP surface, and the ``session.open_many`` requests that concurrent
-connects share (with the fallback to ``session.open`` for a worker that does not know it). Limits, JWT
-and broker faults have their own files.
+connection, churn without stray bindings or lost frames, and broadcast filtering by in-app preferences.
+The fixtures here (a stack, a responder standing in for the workers, two gateways) serve
+``test_gateway_forwarding`` (requests, bad frames, health and metrics, ``session.open_many``) and
+``test_gateway_http`` (handshakes, static files, dev tokens) too. Limits, JWT and broker faults have their
+own files.
 """
 
 from __future__ import annotations
 
 import asyncio
-import http.client
 import random
-import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import aio_pika
 import orjson
 import pytest
-from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
 
 from herald_ops.testing.gateway import (
     BROKER_SETTLES,
     SESSION_COUNTS,
     Responder,
-    call,
     open_client,
     publish_broadcast,
     publish_user,
-    recv_json,
     stray_user_bindings,
     user_bindings,
     user_exchanges,
     user_frame,
 )
-from herald_ops.testing.stack import ROOT, fresh_id, http_get, mint, stack_context, wait_until
-from shared.jsonrpc import SESSIONS_PER_REQUEST, notification_frame
+from herald_ops.testing.stack import fresh_id, stack_context, wait_until
+from shared.jsonrpc import notification_frame
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -45,10 +40,6 @@ if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection
 
     from herald_ops.testing.stack import HeraldProcess, Stack
-
-
-#: Connects at once in the session.open_many test.
-CONNECTS = 150
 
 
 @pytest.fixture(scope="module")
@@ -225,269 +216,3 @@ async def test_broadcast_follows_each_users_in_app_switches(
         assert (await quiet_ws.recv()).encode() == muted
     finally:
         await close_all([loud_ws, quiet_ws])
-
-
-async def test_requests_are_forwarded_with_the_token_user_and_answered_with_the_client_id(
-    gateways: tuple[HeraldProcess, HeraldProcess],
-) -> None:
-    user = fresh_id()
-    ws, _ = await open_client(gateways[0], user, jwt=mint(user, admin=True))
-    try:
-        reply = await call(ws, "notifications.list", {"limit": 5, "user_id": "someone-else"})
-        echo = reply["result"]["echo"]
-        assert echo == {
-            "method": "notifications.list",
-            "params": {"limit": 5, "user_id": "someone-else"},
-            "user_id": user,  # always the token's sub, whatever the params say
-            "admin": True,
-        }
-        assert (await call(ws, "session.open"))["error"]["code"] == -32601  # internal only
-    finally:
-        await ws.close()
-
-
-async def test_many_requests_in_flight_on_one_connection_are_answered_independently(
-    gateways: tuple[HeraldProcess, HeraldProcess],
-) -> None:
-    ws, _ = await open_client(gateways[0])
-    try:
-        # The slow request is sent first and answered last: requests do not queue behind each other.
-        requests = [{"jsonrpc": "2.0", "id": "slow", "method": "preferences.get", "params": {"delay": 1.0}}]
-        requests += [
-            {"jsonrpc": "2.0", "id": i, "method": "notifications.unread_count", "params": {}}
-            for i in range(50)
-        ]
-        for request in requests:
-            await ws.send(orjson.dumps(request).decode())
-        ids = [(await recv_json(ws))["id"] for _ in requests]
-        assert sorted(ids[:-1]) == list(range(50))
-        assert ids[-1] == "slow"
-    finally:
-        await ws.close()
-
-
-async def test_bad_frames_get_json_rpc_errors_and_the_connection_stays_usable(
-    gateways: tuple[HeraldProcess, HeraldProcess],
-) -> None:
-    ws, _ = await open_client(gateways[0])
-    cases: list[tuple[str, Any, int, Any]] = [
-        ("not json", None, -32700, None),
-        ("[1, 2]", None, -32600, None),
-        ('"just a string"', None, -32600, None),
-        ('{"jsonrpc": "2.0", "id": 1}', 1, -32600, "method"),
-        ('{"jsonrpc": "1.0", "id": 2, "method": "ping"}', 2, -32600, "jsonrpc"),
-        ('{"jsonrpc": "2.0", "id": 3, "method": "no.such"}', 3, -32601, None),
-        ('{"jsonrpc": "2.0", "id": 4, "method": "ping", "params": [1]}', 4, -32602, "params"),
-        ('{"jsonrpc": "2.0", "id": 5, "method": "auth.refresh", "params": {}}', 5, -32602, "token"),
-        ('{"jsonrpc": "2.0", "id": 6, "method": "auth", "params": {"token": "x"}}', 6, -32600, None),
-        (orjson.dumps({"jsonrpc": "2.0", "id": "x" * 129, "method": "ping"}).decode(), None, -32600, "id"),
-        ('{"jsonrpc": "2.0", "id": 9007199254740993, "method": "ping"}', None, -32600, "id"),
-        ('{"jsonrpc": "2.0", "id": 1.5, "method": "ping"}', None, -32600, "id"),
-        ('{"jsonrpc": "2.0", "id": true, "method": "ping"}', None, -32600, "id"),
-    ]
-    try:
-        for frame, expected_id, code, data in cases:
-            await ws.send(frame)
-            reply = await recv_json(ws)
-            assert reply["id"] == expected_id, frame
-            assert reply["error"]["code"] == code, (frame, reply)
-            assert reply["error"].get("data") == data, (frame, reply)
-        assert (await call(ws, "ping"))["result"] == "pong"
-        # A notification (no id) is served but never answered: the next reply is the ping's.
-        await ws.send('{"jsonrpc": "2.0", "method": "ping"}')
-        assert (await call(ws, "ping"))["result"] == "pong"
-    finally:
-        await ws.close()
-
-
-async def test_http_surface(gateways: tuple[HeraldProcess, HeraldProcess]) -> None:
-    gw = gateways[0]
-    assert http_get(f"{gw.url}/healthz")[0] == 200
-    assert http_get(f"{gw.url}/readyz")[0] == 200
-    status, body = http_get(f"{gw.url}/metrics")
-    assert status == 200
-    for series in (
-        "herald_gateway_connections",
-        "herald_gateway_users",
-        "herald_gateway_frames_relayed_total",
-        "herald_gateway_requests_total",
-        "herald_gateway_request_seconds_bucket",
-    ):
-        assert series.encode() in body
-    assert http_get(f"{gw.url}/dev/token?user=u1")[0] == 404  # HERALD_DEV_TOKENS is off
-    assert http_get(f"{gw.url}/nope")[0] == 404
-    assert http_get(f"{gw.url}/static/../../shared/settings.py")[0] == 404
-    assert http_get(f"{gw.url}/static/%2e%2e/http.py")[0] == 404
-    assert http_get(f"{gw.url}/client/../pyproject.toml")[0] == 404
-
-
-async def test_handshake_refusals(gateways: tuple[HeraldProcess, HeraldProcess]) -> None:
-    gw = gateways[0]
-    good = mint(fresh_id())
-    refusals = [
-        (f"{gw.ws_url}?token=garbage", {}, 401),
-        (gw.ws_url, {"additional_headers": {"Authorization": "Bearer garbage"}}, 401),
-        (f"ws://127.0.0.1:{gw.port}/elsewhere?token={good}", {}, 404),
-        (f"{gw.ws_url}?token={good}", {"origin": "https://evil.example"}, 403),
-        (f"{gw.ws_url}?token={good}", {"additional_headers": {"Origin": "http://["}}, 403),  # not a 500
-    ]
-    for url, kwargs, status in refusals:
-        with pytest.raises(InvalidStatus) as refused:
-            await connect(url, **kwargs)
-        assert refused.value.response.status_code == status, url
-    # Same-origin pages and the Authorization header are fine.
-    async with connect(
-        gw.ws_url,
-        origin=f"http://127.0.0.1:{gw.port}",
-        additional_headers={"Authorization": f"Bearer {good}"},
-    ) as ws:
-        assert (await recv_json(ws))["method"] == "connected"
-
-
-async def test_metrics_count_requests_by_method_and_outcome(
-    gateways: tuple[HeraldProcess, HeraldProcess],
-) -> None:
-    ws, _ = await open_client(gateways[1])
-    try:
-        await call(ws, "preferences.get")
-        await call(ws, "ping")
-    finally:
-        await ws.close()
-    body = http_get(f"{gateways[1].url}/metrics")[1].decode()
-    assert 'herald_gateway_requests_total{method="preferences.get",outcome="ok"}' in body
-    assert 'herald_gateway_requests_total{method="ping",outcome="ok"}' in body
-    assert 'herald_gateway_request_seconds_count{method="preferences.get"}' in body
-
-
-async def test_static_files_and_the_browser_client_are_served(
-    gateways: tuple[HeraldProcess, HeraldProcess],
-) -> None:
-    gw = gateways[0]
-    plain = (ROOT / "gateway" / "static" / "plain.html").read_bytes()
-    demo = ROOT / "clients" / "demo" / "dist"
-    status, body = http_get(f"{gw.url}/")
-    assert status == 200
-    if (demo / "index.html").is_file():  # the React demo, built by .ci/build-clients
-        assert body == (demo / "index.html").read_bytes()
-        bundle = re.search(rb'src="(/assets/[^"]+[.]js)"', body)
-        assert bundle is not None, body
-        assert (
-            http_get(f"{gw.url}{bundle.group(1).decode()}")[1]
-            == (demo / bundle.group(1).decode()[1:]).read_bytes()
-        )
-    else:  # not built: the plain page stands in
-        assert body == plain
-    assert http_get(f"{gw.url}/plain.html")[1] == plain
-    assert http_get(f"{gw.url}/static/plain.html")[1] == plain
-    assert http_get(f"{gw.url}/assets/../../../pyproject.toml")[0] == 404
-    client = ROOT / "clients" / "js"
-    # Every module of the package (so every import of herald.js resolves from a gateway), byte for byte.
-    modules = sorted(
-        path.relative_to(client).as_posix() for path in client.glob("**/*.js") if "test" not in path.parts
-    )
-    assert "lib/client.js" in modules
-    for module in modules:
-        assert http_get(f"{gw.url}/client/{module}")[1] == (client / module).read_bytes(), module
-    assert http_get(f"{gw.url}/client/herald.d.ts")[0] == 200
-    assert http_get(f"{gw.url}/client/package.json")[0] == 404  # only the package's own files
-    assert http_get(f"{gw.url}/client/test/units.test.mjs")[0] == 404
-
-
-async def test_dev_tokens_are_minted_only_when_enabled(gw_stack: Stack, responder: Responder) -> None:
-    gw = gw_stack.start_gateway(dev_tokens=1)
-    try:
-        assert "HERALD_DEV_TOKENS=1" in gw.logs()  # the loud warning
-        status, body = http_get(f"{gw.url}/dev/token?user=dev-user&admin=1")
-        assert status == 200
-        minted = orjson.loads(body)
-        assert (minted["user_id"], minted["admin"]) == ("dev-user", True)
-        ws, params = await open_client(gw, jwt=minted["token"])
-        assert params["user_id"] == "dev-user"
-        reply = await call(ws, "notifications.unread_count")
-        assert reply["result"]["echo"]["admin"] is True
-        await ws.close()
-        assert http_get(f"{gw.url}/dev/token?user=not%20valid")[0] == 400
-        # Only a loopback Host: a page on another name that resolves to 127.0.0.1 (DNS rebinding) or a
-        # proxy in front of the gateway gets nothing.
-        for host, expected in [
-            ("evil.example", 404),
-            ("evil.example:80", 404),
-            ("127.0.0.1.evil.example", 404),
-            (f"localhost:{gw.port}", 200),
-            (f"[::1]:{gw.port}", 200),
-        ]:
-            assert get_with_host(gw.port, "/dev/token?user=u1", host) == expected, host
-    finally:
-        await asyncio.to_thread(gw.stop)
-
-
-def get_with_host(port: int, path: str, host: str) -> int:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        connection.request("GET", path, headers={"Host": host})
-        return connection.getresponse().status
-    finally:
-        connection.close()
-
-
-async def test_a_worker_that_does_not_answer_in_time_gives_5003(
-    gw_stack: Stack, responder: Responder
-) -> None:
-    gw = gw_stack.start_gateway(rpc_timeout=0.5)
-    try:
-        ws, _ = await open_client(gw)
-        slow = await call(ws, "preferences.get", {"delay": 1.5})
-        assert slow["error"]["code"] == 5003
-        assert (await call(ws, "preferences.get"))["result"]["echo"]["method"] == "preferences.get"
-        await ws.close()
-    finally:
-        await asyncio.to_thread(gw.stop)
-
-
-async def connect_all(gateway: HeraldProcess, users: list[str]) -> list[dict[str, Any]]:
-    opened = await asyncio.gather(*(open_client(gateway, user) for user in users))
-    await asyncio.gather(*(ws.close() for ws, _ in opened))
-    return [params for _, params in opened]
-
-
-def batches_for(responder: Responder, users: list[str]) -> list[list[str]]:
-    """The user lists of the ``session.open_many`` requests that named any of ``users``."""
-    named = (
-        request["params"]["user_ids"]
-        for request in responder.seen
-        if request["method"] == "session.open_many"
-    )
-    return [user_ids for user_ids in named if set(user_ids) & set(users)]
-
-
-def single_opens_for(responder: Responder, users: list[str]) -> list[str]:
-    """The users of ``users`` that got a ``session.open`` of their own."""
-    return [r["user_id"] for r in responder.seen if r["method"] == "session.open" and r["user_id"] in users]
-
-
-async def test_concurrent_connects_share_session_open_many_requests(
-    gateways: tuple[HeraldProcess, HeraldProcess], responder: Responder
-) -> None:
-    users = [fresh_id("many") for _ in range(CONNECTS)]
-    opened = await connect_all(gateways[0], users)
-    assert [(p["user_id"], p["unread_count"], p["last_seq"]) for p in opened] == [
-        (user, SESSION_COUNTS["unread_count"], SESSION_COUNTS["last_seq"]) for user in users
-    ]
-    batches = batches_for(responder, users)
-    assert sorted(user for batch in batches for user in batch) == sorted(users)
-    assert len(batches) < CONNECTS
-    assert max(len(batch) for batch in batches) <= SESSIONS_PER_REQUEST
-    assert not single_opens_for(responder, users)
-
-
-async def test_a_worker_without_session_open_many_answers_each_connect_on_its_own(
-    gateways: tuple[HeraldProcess, HeraldProcess], responder: Responder
-) -> None:
-    users = [fresh_id("one") for _ in range(40)]
-    responder.knows_open_many = False
-    try:
-        opened = await connect_all(gateways[0], users)
-    finally:
-        responder.knows_open_many = True
-    assert all(p["unread_count"] == SESSION_COUNTS["unread_count"] for p in opened)
-    assert sorted(single_opens_for(responder, users)) == sorted(users)

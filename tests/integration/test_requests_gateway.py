@@ -1,12 +1,15 @@
 """Client requests through the real gateway: real WebSocket clients, real worker processes.
 
-Notifications are either seeded in Postgres (``herald_ops.testing.requests.seed``, for volume) or sent through
-the real pipeline with :class:`herald_client.producer.Producer` (recovery and "while new ones arrive").
+Every method answers through the gateway, bad params name the field, and a second connection of the user (on
+the same or another gateway) receives every event while another user's ids change and reveal nothing.
+Notifications are seeded in Postgres (``herald_ops.testing.requests.seed``). Requests while notifications
+arrive through the real pipeline (:class:`herald_client.producer.Producer`: recovery after a disconnect,
+pagination while new ones arrive) are in ``test_requests_gateway_consistency.py``, which takes this module's
+``env``, ``db`` and ``producer`` fixtures.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -16,15 +19,13 @@ import pytest
 
 from herald_client.producer import Producer
 from herald_ops.testing.requests import WsClient, seed, unread_truth
-from herald_ops.testing.stack import fresh_id, rabbitmqctl, stack_context, wait_until
-from shared.topology import Topology
+from herald_ops.testing.stack import fresh_id, stack_context
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
     from herald_ops.testing.stack import HeraldProcess, Stack
 
-TOPOLOGY = Topology()
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -278,150 +279,3 @@ async def test_another_users_ids_change_nothing_and_reveal_nothing(env: Env, db:
             "method": "notification:read",
             "params": {"ids": theirs[:1], "unread_count": 3, "unseen_count": 3},
         }
-
-
-# ---------------------------------------------------------------------------------------- recovery
-
-
-async def publish_titles(producer: Producer, user: str, titles: list[str]) -> None:
-    await asyncio.gather(*(producer.send(user, "COURSE_UPDATE", title) for title in titles))
-
-
-@pytest.mark.parametrize("workers", [1, 2])
-async def test_sync_after_a_disconnect_returns_exactly_what_was_missed(
-    env: Env, db: asyncpg.Connection, producer: Producer, workers: int
-) -> None:
-    extra = [env.stack.start_worker() for _ in range(workers - 1)]
-    try:
-        # The quorum queue hands the 20 events round-robin to every consumer.
-        assert event_consumers(env.stack) == workers
-        await _disconnect_and_sync(env, db, producer)
-    finally:
-        for worker in extra:
-            worker.stop()
-
-
-async def _disconnect_and_sync(env: Env, db: asyncpg.Connection, producer: Producer) -> None:
-    user = fresh_id()
-    client, _ = await env.connect(user)
-    await publish_titles(producer, user, ["seen-0", "seen-1", "seen-2"])
-    live = [await client.next_event("notification:new") for _ in range(3)]
-    watermark = max(item["seq"] for item in live)
-    await client.close()
-
-    missed = [f"missed-{i}" for i in range(20)]
-    await publish_titles(producer, user, missed)
-    await wait_until(lambda: _count_after(db, user, watermark, 20), 30, "the 20 missed notifications stored")
-
-    client, connected = await env.connect(user)
-    try:
-        assert connected["last_seq"] == watermark + 20
-        synced = await client.result("notifications.sync", {"since": watermark})
-    finally:
-        await client.close()
-    seqs = [item["seq"] for item in synced["items"]]
-    assert seqs == sorted(seqs)
-    assert len(seqs) == len(set(seqs)) == 20
-    assert all(seq > watermark for seq in seqs)
-    assert sorted(item["title"] for item in synced["items"]) == sorted(missed)
-    assert synced["has_more"] is False
-
-
-async def _count_after(db: asyncpg.Connection, user: str, seq: int, expected: int) -> bool:
-    stored = await db.fetchval(
-        "SELECT count(*) FROM notifications WHERE user_id = $1 AND seq > $2", user, seq
-    )
-    return bool(stored == expected)
-
-
-async def test_sync_from_a_watermark_misses_nothing_with_two_workers_storing(
-    env: Env, db: asyncpg.Connection, producer: Producer
-) -> None:
-    second = env.stack.start_worker()
-    try:
-        user = fresh_id()
-        client, connected = await env.connect(user)
-        watermark = connected["last_seq"]
-        seen: list[dict[str, Any]] = []
-        titles = [f"burst-{i}" for i in range(200)]
-        publishing = asyncio.create_task(publish_titles(producer, user, titles))
-        # Both workers consume the input queue while the burst is stored.
-        assert event_consumers(env.stack) == 2
-
-        async def caught_up() -> bool:
-            # What a reconnecting client does: sync from the highest seq it saw, repeatedly.
-            nonlocal watermark
-            while True:
-                page = await client.result("notifications.sync", {"since": watermark, "limit": 50})
-                seen.extend(page["items"])
-                if page["items"]:
-                    watermark = page["items"][-1]["seq"]
-                if not page["has_more"]:
-                    return len(seen) >= len(titles)
-
-        await wait_until(caught_up, 60, "every burst notification synced")
-        await publishing
-
-        # A client that disconnected mid-burst and syncs from what it saw gets exactly the rest.
-        await client.close()
-        cut = seen[49]["seq"]
-        again, _ = await env.connect(user)
-        try:
-            rest = await again.result("notifications.sync", {"since": cut})
-        finally:
-            await again.close()
-    finally:
-        second.stop()
-
-    seqs = [item["seq"] for item in seen]
-    assert seqs == sorted(set(seqs)), "sync returned a seq twice or out of order"
-    assert sorted(item["title"] for item in seen) == sorted(titles), "a notification was skipped"
-    assert [item["seq"] for item in rest["items"]] == seqs[50:]
-
-
-def event_consumers(stack: Stack) -> int:
-    """Consumers of the input queue (``list_queues`` reports 0 for quorum queues on RabbitMQ 3.10)."""
-    listing = rabbitmqctl("list_consumers", "-p", stack.name, "queue_name").stdout
-    return listing.split().count(TOPOLOGY.events_queue)
-
-
-# -------------------------------------------------------------------------------------- pagination
-
-
-async def test_pages_of_20_walk_250_notifications_without_repeat_or_gap_while_new_ones_arrive(
-    env: Env, db: asyncpg.Connection, producer: Producer
-) -> None:
-    user = fresh_id()
-    await seed(db, user, 250)
-    async with clients(env, user) as (client,):
-        walked: list[int] = []
-        pages = 0
-        cursor = None
-        arriving: asyncio.Task[None] | None = None
-        while True:
-            page = await client.result(
-                "notifications.list", {"limit": 20, **({"before": cursor} if cursor else {})}
-            )
-            pages += 1
-            assert len(page["items"]) <= 20
-            walked += [item["seq"] for item in page["items"]]
-            cursor = page["next_cursor"]
-            if pages == 1:
-                # New notifications certainly arrive mid-walk: 20 stored before the second page, and
-                # 20 more trickling in while the rest is walked.
-                await publish_titles(producer, user, [f"late-{i}" for i in range(20)])
-                await wait_until(lambda: _count_after(db, user, 250, 20), 30, "20 new notifications stored")
-                arriving = asyncio.create_task(
-                    publish_titles(producer, user, [f"later-{i}" for i in range(20)])
-                )
-            if cursor is None:
-                break
-        assert arriving is not None
-        await arriving
-    top = walked[0]
-    stored_up_to_top = await db.fetch(
-        "SELECT seq FROM notifications WHERE user_id = $1 AND seq <= $2 ORDER BY seq DESC", user, top
-    )
-    assert walked == [row["seq"] for row in stored_up_to_top], "a page repeated or skipped a notification"
-    assert set(range(1, 251)) <= set(walked)
-    assert pages == -(-len(walked) // 20)

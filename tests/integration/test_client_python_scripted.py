@@ -1,0 +1,116 @@
+"""The Python client (herald_client/client.py) without a real stack: its pure parts and a scripted gateway.
+
+The watermark with out-of-order frames, token expiry and the reconnect backoff; then, against
+``ScriptedGateway``, the close codes and frames a real gateway sends only under failure: paging and
+de-duplication on ``sync:required``, 1013, 4401 and 1001 reconnecting at once, a failed catch-up sync
+retried, and failing over to the next gateway URL. ``session`` comes from test_client_python.py.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from herald_client.client import HeraldClient
+from herald_client.reconnect import backoff_delay
+from herald_client.tokens import token_expiry
+from herald_ops.testing.client import ScriptedGateway
+from herald_ops.testing.stack import free_port, mint, wait_until
+from tests.integration.test_client_python import session
+
+
+def test_watermark_survives_out_of_order_frames() -> None:
+    """Seq 12 arriving before 11 must not move the sync point past 11 (it may still be in flight)."""
+    client = HeraldClient("ws://unused", lambda: "t")
+    client.watermark = 10
+    client.unread_count = 0
+    for seq in (12, 13):
+        client._deliver({"id": f"n{seq}", "seq": seq, "read_at": None}, replayed=False)
+    assert client.watermark == 10
+    client._deliver({"id": "n11", "seq": 11, "read_at": None}, replayed=False)
+    assert client.watermark == 13
+    client._deliver({"id": "n11", "seq": 11, "read_at": None}, replayed=True)
+    client._deliver({"id": "b1", "seq": None, "read_at": None}, replayed=False)  # a live broadcast
+    assert client.unread_count == 4  # the duplicate was dropped
+    assert client.watermark == 13
+
+
+def test_token_expiry_and_backoff() -> None:
+    token = mint("u", ttl=100)
+    exp = token_expiry(token)
+    assert exp is not None
+    assert 90 < exp - time.time() <= 100
+    assert token_expiry("not-a-jwt") is None
+    delays = [backoff_delay(attempt, 0.5, 4.0) for attempt in range(20) for _ in range(20)]
+    assert all(0 <= d <= 4.0 for d in delays)
+    assert max(delays) > 2.0  # the cap is reached, jitter spreads below it
+
+
+# Close codes and frames a real gateway sends only under failure, against a scripted gateway.
+
+
+async def test_sync_required_pages_from_the_watermark_and_dedupes() -> None:
+    async with ScriptedGateway(page_size=2) as fake, session(fake.url, "u1") as (client, recorder):
+        lost = [fake.store(f"lost {i}") for i in (1, 2, 3)]  # their live frames never arrived
+        live = fake.store("live 4")
+        await fake.send_all("notification:new", live)
+        await wait_until(lambda: recorder.new_ids() == ["n4"], 5, "the live frame")
+        assert client.watermark == 0  # seq 1–3 are missing: the sync point must not move past them
+
+        await fake.send_all("sync:required", {})
+        await wait_until(lambda: len(recorder.new_ids()) == 4 and client.unread_count == 4, 5, "the sync")
+        assert fake.sync_calls == [0, 2]  # paged while has_more
+        assert recorder.new_ids() == ["n4", "n1", "n2", "n3"]
+        assert [e.params["id"] for e in recorder.named("notification:new") if e.replayed] == [
+            item["id"] for item in lost
+        ]
+        assert client.watermark == 4
+
+
+async def test_slow_reader_close_1013_reconnects_and_syncs() -> None:
+    async with ScriptedGateway() as fake, session(fake.url, "u1", backoff_base=0.01) as (client, recorder):
+        fake.store("missed 1")
+        fake.store("missed 2")
+        await fake.close_all(1013, "reader too slow")
+        await wait_until(lambda: len(recorder.new_ids()) == 2, 5, "the sync after reconnecting")
+        assert recorder.named("disconnected")[0].params["code"] == 1013
+        assert fake.sync_calls == [0]
+        assert client.state == "open"
+        assert client.unread_count == 2
+        assert len(fake.tokens) == 2  # a fresh token for the new connection
+
+
+@pytest.mark.parametrize(("code", "why"), [(4401, "token expired"), (1001, "server shutting down")])
+async def test_expiry_and_shutdown_reconnect_at_once(code: int, why: str) -> None:
+    async with ScriptedGateway() as fake, session(fake.url, "u1", backoff_base=60) as (client, recorder):
+        first = client.connection_id
+        await fake.close_all(code, why)
+        await wait_until(lambda: client.state == "open" and client.connection_id != first, 5, "the reconnect")
+        [gone] = recorder.named("disconnected")
+        assert gone.params == {"code": code, "reason": why, "retry_in": 0.0}
+        assert len(fake.tokens) == 2
+
+
+async def test_a_failed_catch_up_sync_is_retried_until_it_succeeds() -> None:
+    async with ScriptedGateway() as fake, session(fake.url, "u1", backoff_base=0.01) as (client, recorder):
+        fake.store("lost 1")
+        fake.store("lost 2")
+        fake.failing_syncs = 2  # 5003 twice, as while the worker's consumer reconnects
+        await fake.send_all("sync:required", {})
+        await wait_until(lambda: len(recorder.new_ids()) == 2, 10, "the sync that finally succeeded")
+        assert fake.sync_calls == [0, 0, 0]
+        assert client.watermark == 2
+
+
+async def test_the_client_fails_over_to_the_next_gateway_url_without_waiting() -> None:
+    dead = f"ws://127.0.0.1:{free_port()}/notifications"  # refused: nothing listens there
+    async with ScriptedGateway() as first, ScriptedGateway() as second:
+        # A backoff of a minute: failing over must not wait for it.
+        client = HeraldClient([dead, first.url, second.url], lambda: mint("u1"), backoff_base=60)
+        async with client:
+            assert client.url == first.url
+            await first.close_all(1011, "gateway crashed")
+            await wait_until(lambda: client.state == "open" and len(second.tokens) == 1, 10, "second gateway")
+            assert client.url == second.url
+            assert await client.ping() == "pong"
