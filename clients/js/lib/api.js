@@ -1,5 +1,5 @@
 // What both browser clients share: the errors, small helpers and HeraldApi (events, counts, the typed
-// request helpers). See herald.js for the whole module's semantics.
+// request helpers). See herald.js for the semantics.
 
 /** A JSON-RPC error reply: `code` (docs/protocol.md), `message`, optional `data` (e.g. the bad field). */
 export class HeraldRequestError extends Error {
@@ -21,6 +21,7 @@ export class HeraldConnectionError extends Error {
   }
 }
 
+/** A JWT's claims, read without verification (for `exp` and `sub`); null when unreadable. */
 export function decodeClaims(token) {
   try {
     const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
@@ -47,12 +48,14 @@ export function base64UrlToBytes(text) {
   return Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
 }
 
+/** The gateway URLs given (one or several) as a non-empty list; throws a TypeError when there is none. */
 export function urlList(urls) {
   const list = (Array.isArray(urls) ? urls : [urls]).filter((url) => typeof url === "string" && url);
   if (!list.length) throw new TypeError("at least one gateway URL is required");
   return list;
 }
 
+/** The options both clients default (docs/clients.md). */
 export const DEFAULTS = {
   requestTimeoutMs: 10000,
   backoffBaseMs: 500,
