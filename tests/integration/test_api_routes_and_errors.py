@@ -120,8 +120,8 @@ async def test_a_body_nested_too_deep_or_not_an_object_is_400_naming_the_body(
 
 
 async def test_every_route_is_served_or_clearly_not_implemented(http: httpx.AsyncClient) -> None:
-    """Every route answers (200, or 400 for the placeholder ids); one whose method a worker lacks would
-    answer 501, never 404 or 500."""
+    """Every route answers (200, or 400 for the made-up ids in the paths); one whose method a worker
+    lacks would answer 501, never 404 or 500."""
     admin = auth("ops", admin=True)
     for route in ROUTES:
         path = route.path.replace("{id}", "n-1").replace("{action_id}", "a-1")

@@ -240,7 +240,8 @@ export class HeraldClient extends HeraldApi {
    * A collapsed notification comes again with its id and a higher seq: it is emitted (the application
    * replaces the item by id) and the counts are fetched again rather than guessed. */
   _deliver(item, replayed) {
-    if (typeof item.seq === "number") this._advance(item.seq);
+    const seq = item.seq;
+    if (typeof seq === "number") this.watermark = advance(this.watermark, this._aboveWatermark, seq);
     const version = takeVersion(this._seen, item);
     if (!version) return;
     if (version === "newer") {
@@ -251,10 +252,6 @@ export class HeraldClient extends HeraldApi {
       if (item.seen_at == null && this.unseenCount !== null) this._setUnseen(this.unseenCount + 1);
     }
     this._emit("notification:new", item, replayed);
-  }
-
-  _advance(seq) {
-    this.watermark = advance(this.watermark, this._aboveWatermark, seq);
   }
 
   /** Give a client without a watermark one (tracking.js `anchor`). */

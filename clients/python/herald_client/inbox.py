@@ -88,8 +88,8 @@ class InboxView(InboxMethods):
             self._emit("unseen", {"count": count})
 
     def _anchor(self, last_seq: Any) -> None:
-        if isinstance(last_seq, int) and self.tracker.watermark is None:
-            self.tracker.anchor(last_seq)
+        if isinstance(last_seq, int):
+            self.tracker.anchor(last_seq)  # a no-op once there is a watermark
 
     def _take_connected(self, params: dict[str, Any]) -> bool:
         """Take the counts and ``last_seq`` of ``connected``; ``True`` when a catch-up must follow."""
