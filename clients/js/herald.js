@@ -27,7 +27,8 @@
 //   notifications whose id it already delivered (a higher seq of a known id is a collapsed notification's
 //   new version; a live broadcast frame, seq null, and its stored copy with a seq are one). A failed catch-up
 //   is retried with backoff until it succeeds, the client closes or a newer catch-up takes over.
-// - `unreadCount` / `unseenCount` follow `connected`, the `notification:*` frames and request results.
+// - `unreadCount` / `unseenCount` follow `connected`, the `notification:*` frames and request results; a
+//   live frame at or below the `last_seq` the counts were read at is in them already (amendment 43).
 //
 // Events: the server's notification methods (`connected`, `notification:new|read|unread|deleted|seen|
 // archived|unarchived|acted`, `preferences:updated`, `sync:required`) and the client's own `unread`

@@ -8,6 +8,7 @@ retried, and failing over to the next gateway URL. ``session`` comes from test_c
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -114,3 +115,35 @@ async def test_the_client_fails_over_to_the_next_gateway_url_without_waiting() -
             await wait_until(lambda: client.state == "open" and len(second.tokens) == 1, 10, "second gateway")
             assert client.url == second.url
             assert await client.ping() == "pong"
+
+
+async def test_frames_held_back_during_the_lookup_follow_connected_and_count_once() -> None:
+    """The gateway writes what arrived during ``session.open`` right after ``connected`` (amendment 43):
+    a notification stored before the lookup is in ``connected``'s count already, one stored after is not."""
+    async with ScriptedGateway() as fake:
+        fake.held_back = [
+            fake.store("stored before the lookup, published after it"),
+            "stored during the lookup",
+        ]
+        async with session(fake.url, "u1") as (client, recorder):
+            await wait_until(lambda: len(recorder.new_ids()) == 2, 5, "the held-back frames")
+            assert client.unread_count == 2
+            assert [e.method for e in recorder.events if e.method in ("connected", "notification:new")] == [
+                "connected",
+                "notification:new",
+                "notification:new",
+            ]
+            assert client.watermark == 2
+
+
+async def test_events_keeps_what_comes_before_its_first_read_and_ends_with_the_client() -> None:
+    client = HeraldClient("ws://unused", lambda: "t")
+    before_first_read = client.events()
+    client._emit("notification:read", {"ids": ["n1"]})
+    async with asyncio.timeout(5):
+        first = await anext(before_first_read)
+        assert first.method == "notification:read"
+        taken_before_close = client.events()
+        await client.close()
+        assert [e.method for e in [e async for e in taken_before_close]] == ["state", "closed"]
+        assert [e async for e in client.events()] == []  # asked for once closed: ends at once

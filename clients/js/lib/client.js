@@ -10,6 +10,7 @@ const CLOSE_GOING_AWAY = 1001;
 const MAX_AUTH_FAILURES = 2;
 const SEEN_IDS = 10000;
 const SYNC_PAGE = 500;
+const MAX_TIMER_MS = 2 ** 31 - 1; // the longest delay setTimeout keeps
 
 export class HeraldClient extends HeraldApi {
   /**
@@ -41,6 +42,7 @@ export class HeraldClient extends HeraldApi {
     this._syncing = null;
     this._syncRun = 0; // which catch-up may retry: a newer one, or close(), ends the others
     this._syncRetry = null; // {timer, resolve} of the backoff a failed catch-up waits out
+    this._countedThrough = null; // the last_seq the counts were read at (`connected`, unread_count)
   }
 
   /** The gateway URL in use (or tried next). */
@@ -161,6 +163,7 @@ export class HeraldClient extends HeraldApi {
     // First session: history is what list() is for; live starts now (_anchor). Without last_seq (the
     // worker did not answer in time) the catch-up below anchors it once the worker answers.
     if (typeof serverSeq === "number") this._anchor(serverSeq);
+    else this._countedThrough = null; // counts from a session without a lookup (or none at all)
     // Sync when no anchor is known yet, or when live frames came before it (a gap may lie below last_seq).
     const unanchored = this.watermark === null || (resumeFrom === null && this.watermark < serverSeq);
     this._takeCounts(params);
@@ -246,7 +249,7 @@ export class HeraldClient extends HeraldApi {
     if (!version) return;
     if (version === "newer") {
       this.fetchUnreadCount().catch(() => {}); // re-anchors unread and unseen; a failure waits for the next
-    } else if (!replayed) {
+    } else if (!replayed && !this._counted(seq)) {
       // Replayed items are counted by the unread-count fetch that ends every catch-up.
       if (item.read_at == null && this.unreadCount !== null) this._setUnread(this.unreadCount + 1);
       if (item.seen_at == null && this.unseenCount !== null) this._setUnseen(this.unseenCount + 1);
@@ -254,9 +257,17 @@ export class HeraldClient extends HeraldApi {
     this._emit("notification:new", item, replayed);
   }
 
-  /** Give a client without a watermark one (tracking.js `anchor`). */
+  /** Whether a live frame's notification is in the counts already: stored at or below their last_seq (the
+   * gateway writes the frames it held back during the session's lookup right after `connected`). */
+  _counted(seq) {
+    return typeof seq === "number" && this._countedThrough !== null && seq <= this._countedThrough;
+  }
+
+  /** Take a count's last_seq: it gives a client without a watermark one (tracking.js `anchor`), and bounds
+   * what the counts cover (`_countedThrough`). */
   _anchor(lastSeq) {
     if (this.watermark === null) this.watermark = anchor(this._aboveWatermark, lastSeq);
+    this._countedThrough = lastSeq;
   }
 
   /** Page notifications.sync from the watermark until has_more is false, then refresh the count.
@@ -325,6 +336,11 @@ export class HeraldClient extends HeraldApi {
     if (exp === null) return;
     const lifetime = exp * 1000 - Date.now();
     const delay = Math.max(lifetime - Math.min(this.options.refreshMarginMs, lifetime / 2), 0);
+    if (delay > MAX_TIMER_MS) {
+      // setTimeout fires at once past 2^31-1 ms (24.8 days): wait that long, then look again.
+      this._refreshTimer = setTimeout(() => this._scheduleRefresh(token), MAX_TIMER_MS);
+      return;
+    }
     this._refreshTimer = setTimeout(async () => {
       let fresh;
       try {

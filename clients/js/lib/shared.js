@@ -33,6 +33,8 @@ export class SharedHeraldClient extends HeraldApi {
       ...options,
     };
     if (typeof this.options.BroadcastChannel !== "function") throw new TypeError("BroadcastChannel is not available");
+    // Resume from the caller's watermark until a leader's snapshot brings a newer one.
+    if (typeof options.watermark === "number") this.watermark = options.watermark;
     this.tabId = randomId();
     this.role = "idle";
     this.leaderId = null;

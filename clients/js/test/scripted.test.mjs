@@ -150,3 +150,21 @@ for (const [code, why] of [
     }
   });
 }
+
+test("frames held back during the session's lookup follow connected and are counted once", async () => {
+  const fake = await scripted();
+  const { client, named, newIds } = open(fake.url);
+  try {
+    await fake.command("store", { title: "stored before the lookup, published after it" });
+    await fake.command("hold_back", { seq: 1 });
+    await fake.command("hold_back", { title: "stored during the lookup" });
+    await client.connect();
+    await waitUntil(() => newIds().length === 2, 5000, "the held-back frames");
+    assert.equal(client.unreadCount, 2, "connected counted n1; n2 came after the lookup");
+    assert.equal(named("connected").length, 1);
+    assert.equal(client.watermark, 2);
+  } finally {
+    client.close();
+    fake.stop();
+  }
+});

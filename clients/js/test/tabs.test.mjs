@@ -598,3 +598,17 @@ test("a waiting catch-up retry gives way to a newer catch-up (sync:required, a n
     client.close();
   }
 });
+
+test("a shared client resumes from the watermark it was given: the leader syncs what came after it", async () => {
+  const gateway = new FakeGateway();
+  for (const title of ["seen before", "missed 2", "missed 3"]) gateway.notify(title, { live: false });
+  const [tab] = tabs(gateway, 1, { locks: new FakeLocks(), watermark: 1 });
+  try {
+    await tab.client.connect();
+    await waitUntil(() => tab.titles.length === 2, 10000, "the sync from the given watermark");
+    assert.deepEqual(tab.titles, ["missed 2", "missed 3"]);
+    assert.deepEqual(gateway.syncCalls, [1]);
+  } finally {
+    tab.client.close();
+  }
+});

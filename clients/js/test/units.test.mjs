@@ -79,3 +79,16 @@ test("a broadcast's live frame (seq null), then its stored copy (same id, a seq)
   assert.deepEqual(delivered.at(-1), ["b1", 7, false]);
   assert.deepEqual(refetched, ["count"]);
 });
+
+test("a token that lives longer than setTimeout's range is not refreshed at once", async () => {
+  let asked = 0;
+  const client = new HeraldClient("ws://unused", { getToken: () => (asked += 1) });
+  try {
+    client._scheduleRefresh(token({ sub: "u", exp: Date.now() / 1000 + 40 * 86400 })); // 40 days
+    await new Promise((later) => setTimeout(later, 50));
+    assert.equal(asked, 0);
+    assert.notEqual(client._refreshTimer, null, "a timer waits to look again");
+  } finally {
+    client.close();
+  }
+});

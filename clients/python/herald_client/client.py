@@ -191,7 +191,7 @@ class HeraldClient(InboxView):
 
     def events(self) -> AsyncIterator[Event]:
         """Every event from now on, in order; ends when the client stops for good."""
-        return self._stream.events(ended=self.state == "closed")
+        return self._stream.events()
 
     def _emit(self, method: str, params: Any, replayed: bool = False, replaces: bool = False) -> None:
         self._stream.emit(Event(method, params, replayed, replaces))
@@ -298,7 +298,6 @@ class HeraldClient(InboxView):
             if not connected.done():
                 await asyncio.wait({reader})  # the close code says why
             else:
-                self._on_open(connected.result())
                 refresher = asyncio.create_task(self._refresh_loop(ws, token))
             await reader
         finally:
@@ -324,7 +323,12 @@ class HeraldClient(InboxView):
                     self._calls.settle(frame)
                 elif frame.get("method") == "connected":
                     if not connected.done():
-                        connected.set_result(frame.get("params") or {})
+                        # Taken before the next frame is read: the frames the gateway held back during the
+                        # session's lookup follow ``connected`` at once, and count against its counts.
+                        params = frame.get("params")
+                        params = params if isinstance(params, dict) else {}
+                        self._on_open(params)
+                        connected.set_result(params)
                 else:
                     self._on_notification(str(frame.get("method")), frame.get("params"))
 

@@ -37,19 +37,27 @@ class EventStream:
         self._spawn = spawn
         self._listeners: dict[str, list[Listener]] = {}
         self._queues: set[asyncio.Queue[Event | None]] = set()
+        self._ended = False
 
     def on(self, method: str, listener: Listener) -> Callable[[], None]:
         """Register ``listener`` for ``method`` (``"*"`` = every event); returns an unsubscriber."""
         self._listeners.setdefault(method, []).append(listener)
         return lambda: self._listeners.get(method, []).remove(listener)
 
-    async def events(self, *, ended: bool = False) -> AsyncIterator[Event]:
-        """Every event from now on, in order, until :meth:`end` (at once when ``ended``)."""
+    def events(self) -> AsyncIterator[Event]:
+        """Every event from this call on, in order, until :meth:`end` (none once it has ended).
+
+        The queue is registered here, not at the first ``__anext__``: an event emitted between this call
+        and the first read is not lost."""
         queue: asyncio.Queue[Event | None] = asyncio.Queue()
-        self._queues.add(queue)
+        if self._ended:
+            queue.put_nowait(None)
+        else:
+            self._queues.add(queue)
+        return self._drain(queue)
+
+    async def _drain(self, queue: asyncio.Queue[Event | None]) -> AsyncIterator[Event]:
         try:
-            if ended:
-                return
             while (event := await queue.get()) is not None:
                 yield event
         finally:
@@ -68,6 +76,7 @@ class EventStream:
                 log.exception("herald client listener for %s failed", event.method)
 
     def end(self) -> None:
-        """End every iterator (the client stopped for good)."""
+        """End every iterator, and those asked for later (the client stopped for good)."""
+        self._ended = True
         for queue in self._queues:
             queue.put_nowait(None)

@@ -55,6 +55,10 @@ class InboxView(InboxMethods):
         #: The user's unseen count (the badge) as last reported or derived; ``None`` until known.
         self.unseen_count: int | None = None
         self.tracker = DeliveryTracker()
+        #: The ``last_seq`` the counts were read at (``connected``, ``notifications.unread_count``): a live
+        #: frame at or below it is in them already. The gateway writes the frames it held back during the
+        #: session's lookup right after ``connected``, and some were stored before the lookup read the counts.
+        self._counted_through: int | None = None
         self._sync_lock = asyncio.Lock()
         self._recount: asyncio.Task[None] | None = None
         self._recount_again = False
@@ -88,17 +92,20 @@ class InboxView(InboxMethods):
             self._emit("unseen", {"count": count})
 
     def _anchor(self, last_seq: Any) -> None:
+        """Take a count's ``last_seq``: it anchors a missing watermark and bounds what the count covers."""
         if isinstance(last_seq, int):
             self.tracker.anchor(last_seq)  # a no-op once there is a watermark
+            self._counted_through = last_seq
 
     def _take_connected(self, params: dict[str, Any]) -> bool:
         """Take the counts and ``last_seq`` of ``connected``; ``True`` when a catch-up must follow."""
         server_seq = params.get("last_seq")
         resume_from = self.watermark
-        if resume_from is None:
-            # First session: history is what notifications.list is for; live starts now. Live frames seen
-            # by an earlier session that never got a last_seq keep the watermark below them (anchor).
-            self._anchor(server_seq)
+        # First session: history is what notifications.list is for; live starts now. Live frames seen by an
+        # earlier session that never got a last_seq keep the watermark below them (anchor).
+        self._anchor(server_seq)
+        if not isinstance(server_seq, int):
+            self._counted_through = None  # counts from a session without a lookup (or none at all)
         self._set_unread(params.get("unread_count"))
         self._set_unseen(params.get("unseen_count"))
         if resume_from is not None:
@@ -130,12 +137,17 @@ class InboxView(InboxMethods):
         # Replayed items are counted by the unread_count fetch that ends every catch-up.
         if delivery == "replacement" and not replayed:
             self._spawn(self._recount_soon())
-        elif not replayed:
+        elif not replayed and not self._counted(seq):
             if item.get("read_at") is None and self.unread_count is not None:
                 self._set_unread(self.unread_count + 1)
             if item.get("seen_at") is None and self.unseen_count is not None:
                 self._set_unseen(self.unseen_count + 1)
         self._emit("notification:new", item, replayed, delivery == "replacement")
+
+    def _counted(self, seq: Any) -> bool:
+        """Whether a live frame's notification is in the counts already (stored at or below their
+        ``last_seq``)."""
+        return isinstance(seq, int) and self._counted_through is not None and seq <= self._counted_through
 
     async def _recount_soon(self) -> None:
         """Fetch the counts again; replacements arriving meanwhile are covered by one more fetch."""

@@ -33,7 +33,8 @@ class InboxMethods(ABC):
 
     @abstractmethod
     def _anchor(self, last_seq: Any) -> None:
-        """Anchor a missing watermark at a result's ``last_seq`` (an ``int``; anything else is ignored)."""
+        """Take a count result's ``last_seq`` (an ``int``; anything else is ignored): it anchors a missing
+        watermark, and live frames at or below it are not counted again."""
 
     async def list_notifications(
         self,

@@ -180,6 +180,24 @@ describe("useNotifications", () => {
     await waitFor(() => expect(comments.result.current.items).toEqual([]));
   });
 
+  it("unread filter: an item marked unread elsewhere joins the list, an item acted on leaves it", async () => {
+    const { gateway, client, wrapper } = setup();
+    gateway.notify({ read_at: "2026-01-01T00:00:00Z" }, { live: false });
+    gateway.notify({}, { live: false });
+    const { result } = renderHook(() => useNotifications({ filter: "unread" }), { wrapper });
+    await act(() => client.connect());
+    await waitFor(() => expect(result.current.items.map((n) => n.id)).toEqual(["n2"]));
+    // Another device marks n1 unread: the frame carries only its id.
+    act(() => {
+      gateway.stored[0].read_at = null;
+      gateway.broadcast("notification:unread", { ids: ["n1"], unread_count: 2 });
+    });
+    await waitFor(() => expect(result.current.items.map((n) => n.id)).toEqual(["n2", "n1"]));
+    // Another device acts on n2, which reads it (amendment 11).
+    act(() => gateway.broadcast("notification:acted", { id: "n2", action_id: "open", acted_at: "2026-01-02T00:00:00Z", unread_count: 1 }));
+    await waitFor(() => expect(result.current.items.map((n) => n.id)).toEqual(["n1"]));
+  });
+
   it("reloads after a reconnect", async () => {
     const { gateway, client, wrapper } = setup();
     gateway.notify({}, { live: false });
@@ -210,5 +228,36 @@ describe("usePreferences", () => {
 
     act(() => gateway.broadcast("preferences:updated", { ...gateway.preferences, quiet_hours: { start: "21:00", end: "06:00", timezone: "UTC" } }));
     await waitFor(() => expect(result.current.preferences?.quiet_hours?.start).toBe("21:00"));
+  });
+
+  it("a failed save that overlapped a later one that succeeded leaves the server's preferences", async () => {
+    const { gateway, client, wrapper } = setup();
+    // The first preferences.update waits, then fails (5003: the worker did not answer); the second succeeds.
+    let failFirst!: () => void;
+    const firstFails = new Promise<void>((resolve) => (failFirst = resolve));
+    const answer = gateway.answer.bind(gateway);
+    let updates = 0;
+    gateway.answer = async (socket, frame) => {
+      if (frame.method !== "preferences.update" || updates++ > 0) return answer(socket, frame);
+      await firstFails;
+      return socket.push({ id: frame.id, error: { code: 5003, message: "worker did not answer" } });
+    };
+    const { result } = renderHook(() => usePreferences(), { wrapper });
+    await act(() => client.connect());
+    await waitFor(() => expect(result.current.preferences).not.toBeNull());
+    let first!: Promise<void>;
+    act(() => {
+      first = result.current.update({ types: { NEW_COMMENT: { email: true } } });
+    });
+    await act(() => result.current.update({ types: { COURSE_UPDATE: { push: false } } }));
+    expect(result.current.saving).toBe(true); // the first is still in flight
+    await act(async () => {
+      failFirst();
+      await expect(first).rejects.toMatchObject({ code: 5003 });
+    });
+    await waitFor(() => expect(result.current.saving).toBe(false));
+    await waitFor(() => expect(result.current.preferences?.types.COURSE_UPDATE.push).toBe(false));
+    await waitFor(() => expect(result.current.preferences?.types.NEW_COMMENT.email).toBe(false)); // never saved
+    expect(gateway.preferences.types.COURSE_UPDATE.push).toBe(false);
   });
 });

@@ -105,6 +105,10 @@ class ScriptedGateway:
         #: The next this many ``notifications.sync`` requests answer 5003, as while a worker reconnects.
         self.failing_syncs = 0
         self.worker_up = True
+        #: What the next connection gets right after ``connected``, as a real gateway writes the frames it
+        #: held back while the session's lookup ran: stored items (published late: in the counts already)
+        #: and titles, stored once the lookup has read the counts (not in them).
+        self.held_back: list[dict[str, Any] | str] = []
         self.connections: set[ServerConnection] = set()
         self.url = ""
         self._server: Server | None = None
@@ -137,9 +141,8 @@ class ScriptedGateway:
         return item
 
     async def send_all(self, method: str, params: Any) -> None:
-        frame = json.dumps({"jsonrpc": "2.0", "method": method, "params": params})
         for connection in list(self.connections):
-            await connection.send(frame)
+            await connection.send(_notification(method, params))
 
     async def close_all(self, code: int, reason: str = "") -> None:
         for connection in list(self.connections):
@@ -156,7 +159,11 @@ class ScriptedGateway:
         connected: dict[str, Any] = {"user_id": user, "connection_id": uuid.uuid4().hex}
         if self.worker_up:
             connected |= {"unread_count": unread, "last_seq": len(self.stored)}
-        await connection.send(json.dumps({"jsonrpc": "2.0", "method": "connected", "params": connected}))
+        held = [entry if isinstance(entry, dict) else self.store(entry) for entry in self.held_back]
+        self.held_back.clear()
+        await connection.send(_notification("connected", connected))
+        for item in held:
+            await connection.send(_notification("notification:new", item))
         self.connections.add(connection)
         try:
             async for raw in connection:
@@ -189,6 +196,10 @@ class ScriptedGateway:
         return {"error": {"code": -32601, "message": "not scripted"}}
 
 
+def _notification(method: str, params: Any) -> str:
+    return json.dumps({"jsonrpc": "2.0", "method": method, "params": params})
+
+
 async def _serve_scripted(page_size: int) -> None:
     async with ScriptedGateway(page_size) as fake:
         print(json.dumps({"url": fake.url}), flush=True)
@@ -202,6 +213,10 @@ async def _serve_scripted(page_size: int) -> None:
                 result = fake.store(command["title"])
             elif command["op"] == "send_all":
                 await fake.send_all(command["method"], command["params"])
+            elif command["op"] == "hold_back":
+                fake.held_back.append(
+                    fake.stored[command["seq"] - 1] if "seq" in command else command["title"]
+                )
             elif command["op"] == "worker":
                 fake.worker_up = command["up"]
             elif command["op"] == "close_all":
@@ -219,8 +234,9 @@ def serve_scripted(page_size: int = 2) -> None:
     """Run a :class:`ScriptedGateway` driven by JSON lines on stdin (for the JS client's tests).
 
     Prints ``{"url"}`` first; then each command ``{"op": "store", "title"}``, ``{"op": "send_all",
-    "method", "params"}``, ``{"op": "close_all", "code", "reason"}``, ``{"op": "worker", "up"}`` or
-    ``{"op": "state"}`` is answered
+    "method", "params"}``, ``{"op": "close_all", "code", "reason"}``, ``{"op": "worker", "up"}``,
+    ``{"op": "hold_back", "seq"}`` or ``{"op": "hold_back", "title"}`` (:attr:`ScriptedGateway.held_back`)
+    or ``{"op": "state"}`` is answered
     with one ``{"result"}`` line. Ends when stdin closes.
     """
     asyncio.run(_serve_scripted(page_size))

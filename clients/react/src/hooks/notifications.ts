@@ -218,7 +218,10 @@ export function useNotifications({ filter = "all", pageSize = 20, types, categor
         touch(ids, all, (n) => (n.read_at ? n : { ...n, read_at: at }));
         if (filter === "unread") live((items) => items.filter((n) => !n.read_at));
       }),
-      client.on("notification:unread", ({ ids, all }: IdsChange) => touch(ids, all, (n) => ({ ...n, read_at: null }))),
+      client.on("notification:unread", ({ ids, all }: IdsChange) => {
+        touch(ids, all, (n) => ({ ...n, read_at: null }));
+        if (filter === "unread") reloadFor(ids); // an item marked unread elsewhere joins this list
+      }),
       client.on("notification:seen", ({ ids, all }: IdsChange) => {
         const at = now();
         touch(ids, all, (n) => (n.seen_at ? n : { ...n, seen_at: at }));
@@ -240,6 +243,7 @@ export function useNotifications({ filter = "all", pageSize = 20, types, categor
       client.on("notification:acted", (params) => {
         const at = params.acted_at ?? now();
         touch([params.id], false, (n) => ({ ...n, acted_at: at, action_id: params.action_id, read_at: n.read_at ?? at }));
+        if (filter === "unread") drop([params.id]); // acting reads it (amendment 11)
       }),
     ];
     return () => offs.forEach((off) => off());
@@ -289,7 +293,10 @@ export function useNotifications({ filter = "all", pageSize = 20, types, categor
       unarchive: (ids: string[]) => optimistic(filter === "archived" ? without(ids) : (i) => i, (c) => c.unarchive(ids)),
       act: (id: string, actionId: string) =>
         optimistic(
-          (items) => items.map((n) => (n.id === id ? { ...n, action_id: actionId, acted_at: at(), read_at: n.read_at ?? at() } : n)),
+          (items) =>
+            filter === "unread"
+              ? without([id])(items) // acting reads it (amendment 11)
+              : items.map((n) => (n.id === id ? { ...n, action_id: actionId, acted_at: at(), read_at: n.read_at ?? at() } : n)),
           (c) => c.act(id, actionId),
         ),
     };

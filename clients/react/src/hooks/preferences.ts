@@ -68,23 +68,40 @@ export function usePreferences(): UsePreferences {
     return () => offs.forEach((off) => off());
   }, [client, refresh]);
 
+  // Saves may overlap (two switches flipped quickly). Only the newest save's reply is shown: an older one
+  // predates the newer optimistic change. A failure rolls back to the snapshot only when no other save
+  // overlapped it; otherwise the snapshot may hold another save's change (or miss one), so the
+  // preferences are read again once every save has settled.
+  const saves = useRef({ latest: 0, inFlight: 0, reread: false });
   const save = useCallback(
     async (optimisticValue: Preferences | null, send: () => Promise<Preferences>) => {
+      const state = saves.current;
+      const mine = ++state.latest;
       const before = current.current;
       if (optimisticValue) setPreferences(optimisticValue);
+      state.inFlight += 1;
       setSaving(true);
       try {
-        setPreferences(await send());
+        const saved = await send();
+        if (mine === state.latest) setPreferences(saved);
         setError(null);
       } catch (err) {
-        setPreferences(before);
+        if (mine === state.latest && state.inFlight === 1) setPreferences(before);
+        else state.reread = true;
         setError(err as Error);
         throw err;
       } finally {
-        setSaving(false);
+        state.inFlight -= 1;
+        if (state.inFlight === 0) {
+          setSaving(false);
+          if (state.reread) {
+            state.reread = false;
+            void refresh();
+          }
+        }
       }
     },
-    [],
+    [refresh],
   );
 
   const update = useCallback(
