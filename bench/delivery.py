@@ -130,7 +130,7 @@ async def bare_smtp(mailbox: Mailbox, address: str, count: int) -> float:
     messages = []
     for index in range(count):
         params = notification(index)
-        messages.append(renderer.message(f"{params['id']}:bare:email", params, {"email": address}, "bare"))
+        messages.append(renderer.message(f"{params['id']}:bare:email", 1, params, {"email": address}, "bare"))
     smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=mailbox.port, start_tls=False)
     await smtp.connect()
     started = time.perf_counter()

@@ -219,3 +219,35 @@ async def test_a_job_held_by_quiet_hours_is_sent_when_the_hold_ends(
     assert row["sent_at"] >= hold_ends
     assert mailbox.to(address)[0]["Subject"] == "After quiet hours"
     delivery.stop()
+
+
+async def test_jobs_waiting_on_a_slow_relay_keep_their_leases_and_go_once(
+    stack: Stack, mailbox: Mailbox, watcher: Watcher, pg: asyncpg.Connection
+) -> None:
+    """Eight claimed jobs queue on one SMTP connection for longer than the lease: the process renews the
+    leases of the jobs it holds, so none is claimed again or sent twice."""
+    mailbox.slow = 0.4  # 8 messages take about 3 s through the one connection; the lease is 1 s
+    delivery = stack.start_delivery(
+        smtp_url=mailbox.url,
+        delivery_lease_seconds=1,
+        delivery_poll_seconds=0.2,
+        email_concurrency=8,
+        smtp_connections=1,
+    )
+    try:
+        user, address = await user_with_email(watcher, pg)
+        for _ in range(8):
+            await watcher.publish(event(user, TYPE))
+
+        async def all_sent() -> bool:
+            return await statuses(pg, user) == Counter({"sent": 8})
+
+        await wait_until(all_sent, 60, "every job sent")
+        assert mailbox.count(address) == 8
+        attempts = await pg.fetch(
+            "SELECT attempts FROM delivery_jobs WHERE user_id = $1 AND channel = 'email'", user
+        )
+        assert {row["attempts"] for row in attempts} == {1}
+    finally:
+        mailbox.slow = 0.0
+        delivery.stop()

@@ -36,7 +36,7 @@ GROWING = frozenset(
 CUSTOM_PLANNED = {
     "deliveries._FINISH": (
         "herald-delivery's pool plans every execution (create_pool(custom_plans=True))",
-        "('{u1-1:u1:email}', '{sent}', '{NULL}', '{NULL}', '{NULL}')",
+        "('{u1-1:u1:email}', '{sent}', '{NULL}', '{NULL}', '{NULL}', '{1}')",
     ),
     "deliveries._LIST": (
         "list_jobs runs PLAN_WITH_VALUES first: its filters are optional ($1 IS NULL OR ...)",

@@ -168,7 +168,7 @@ class _Delivery:
                 pool=pool,
                 broker=self.broker,
                 dead_queue=dead_queue,
-                limiter=AsyncLimiter(rate, 1.0),
+                limiter=rate_limiter(rate),
                 concurrency=self._concurrency(channel),
             )
 
@@ -217,3 +217,9 @@ class _Delivery:
         if self._pool is not None:
             await self._pool.close()
         log.info("delivery stopped")
+
+
+def rate_limiter(rate: float) -> AsyncLimiter:
+    """At most ``rate`` sends a second: ``rate`` per second, or, below one a second, one per ``1 / rate``
+    seconds (aiolimiter refuses every acquire when its capacity is below one)."""
+    return AsyncLimiter(rate, 1.0) if rate >= 1 else AsyncLimiter(1, 1.0 / rate)

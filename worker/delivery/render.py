@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from email.header import Header
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
-from email.utils import formataddr, parseaddr
+from email.utils import formataddr, formatdate, parseaddr
 from typing import TYPE_CHECKING, Any
 
 from jinja2 import (
@@ -122,9 +122,14 @@ class EmailRenderer:
         return selected
 
     def message(
-        self, job_id: str, notification: dict[str, Any], profile: dict[str, Any], user_id: str
+        self,
+        job_id: str,
+        version: int | None,
+        notification: dict[str, Any],
+        profile: dict[str, Any],
+        user_id: str,
     ) -> MIMEMultipart:
-        """The multipart/alternative message of one job, addressed to the profile's email.
+        """The multipart/alternative message of one job's ``version``, addressed to the profile's email.
 
         Built with the ``email.mime`` classes (the compat32 policy): ``EmailMessage`` with the default
         policy re-parses every header it is given, about 15 times slower, and a message is built per job.
@@ -135,8 +140,12 @@ class EmailRenderer:
         message["From"] = formataddr(parseaddr(self._sender), "utf-8")
         message["To"] = profile["email"]
         message["Subject"] = _header(rendered.subject)
-        # The same job always gets the same Message-ID, so a resend after a crash is recognisable.
-        digest = hashlib.blake2b(job_id.encode(), digest_size=16).hexdigest()
+        message["Date"] = formatdate(localtime=False, usegmt=True)  # RFC 5322 requires an origination date
+        # A version of a job always gets the same Message-ID, so a resend after a crash is recognisable,
+        # and a later version of a collapsed notification (the same row, amendment 25) another one, so a
+        # receiver that drops repeated Message-IDs does not drop it. Version 1 keeps the job's own.
+        identity = job_id if version is None or version <= 1 else f"{job_id}:{version}"
+        digest = hashlib.blake2b(identity.encode(), digest_size=16).hexdigest()
         message["Message-ID"] = f"<{digest}@{self._domain}>"
         message["X-Herald-Notification-Id"] = notification["id"]
         message["X-Herald-Type"] = notification["type"]

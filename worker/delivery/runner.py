@@ -10,7 +10,9 @@ delay or a retry's backoff come due without a notification; a lost listener cost
 keeps its slot until its outcome is written: outcomes finished while a write runs go into the next write.
 
 Exactly-once in normal operation: a job is sent only by the holder of its lease, whose outcome write
-releases it; a process killed after the server accepted a message but before that write leaves its lease
+releases it. The holder renews the leases of its jobs in flight every third of the lease (a claimed job
+may wait long for one of the channel's connections or for the rate cap), so a lease runs out only when its
+holder died: a process killed after the server accepted a message but before that write leaves its lease
 to expire, and only such in-flight jobs (at most ``concurrency`` per channel and process) are sent again
 (docs/delivery.md).
 """
@@ -118,6 +120,7 @@ class ChannelRunner:
         self._woken = asyncio.Event()  # jobs may have come due (a NOTIFY, a recorded message, stop)
         self._freed = asyncio.Event()  # a slot came free (or stop)
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._held: dict[str, Claimed] = {}  # claimed, outcome not written yet: their leases are renewed
         self._outcomes = _Outcomes(self._finish)
 
     async def _with_database(self, operation: Callable[[], Awaitable[T]]) -> T:
@@ -166,6 +169,15 @@ class ChannelRunner:
 
     async def pump(self) -> None:
         """Claim and send due jobs until :meth:`stop`, then wait for the jobs in flight."""
+        renewing = asyncio.create_task(self._renew_leases(), name=f"herald-leases-{self.channel}")
+        try:
+            await self._claim_and_send()
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+
+    async def _claim_and_send(self) -> None:
         lease = self._settings.delivery_lease_seconds
         while not self._stopping:
             self._freed.clear()
@@ -178,6 +190,8 @@ class ChannelRunner:
                 partial(deliveries.claim_due, self._pool, self.channel, free, lease)
             )
             for job in batch:
+                if not job.cancelled:
+                    self._held[job.id] = job
                 task = asyncio.create_task(self.run(job))
                 self._in_flight.add(task)
                 task.add_done_callback(self._done)
@@ -187,6 +201,20 @@ class ChannelRunner:
                         await self._woken.wait()
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+    async def _renew_leases(self) -> None:
+        """Every third of the lease, renew the leases of the jobs this process holds."""
+        lease = self._settings.delivery_lease_seconds
+        while True:
+            await asyncio.sleep(lease / 3)
+            if not self._held:
+                continue
+            try:
+                await self._with_database(
+                    partial(deliveries.extend_leases, self._pool, list(self._held.values()), lease)
+                )
+            except Exception:  # not an outage; the next round tries again before a lease runs out
+                log.exception("renewing delivery leases failed", channel=self.channel)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
@@ -199,22 +227,17 @@ class ChannelRunner:
         if job.cancelled:
             metrics.DELIVERIES.labels(self.channel, "cancelled").inc()
             return
-        async with self._limiter:
-            started = time.perf_counter()
-            try:
-                outcome = await self._sender.send(job)
-            except Exception as exc:  # a sender bug must not lose the job: retried like a transient failure
-                log.exception("sender failed", channel=self.channel, job_id=job.id)
-                outcome = Outcome.transient(f"sender error: {exc!r}")
-            metrics.SEND_SECONDS.labels(self.channel).observe(time.perf_counter() - started)
-        final = settle(outcome, job.attempts, self._settings.delivery_max_attempts)
-        retry_in = None
-        if final.status == "retry":
-            settings = self._settings
-            retry_in = retry_delay(
-                job.attempts, settings.delivery_retry_base_seconds, settings.delivery_retry_max_seconds
-            )
-        await self._outcomes.write(Finished(job, final.status, final.error, retry_in))
+        try:
+            final = await self._attempt(job)
+            retry_in = None
+            if final.status == "retry":
+                settings = self._settings
+                retry_in = retry_delay(
+                    job.attempts, settings.delivery_retry_base_seconds, settings.delivery_retry_max_seconds
+                )
+            await self._outcomes.write(Finished(job, final.status, final.error, retry_in))
+        finally:
+            self._held.pop(job.id, None)
         metrics.DELIVERIES.labels(self.channel, final.status).inc()
         if final.status == "failed":
             log.warning("delivery failed", channel=self.channel, job_id=job.id, error=final.error)
@@ -228,6 +251,18 @@ class ChannelRunner:
                 }
             )
             await self._dead_letter(job.id, body, final.error or "failed")
+
+    async def _attempt(self, job: Claimed) -> Outcome:
+        """Send ``job`` within the rate cap; settled against the attempts allowed."""
+        try:
+            async with self._limiter:
+                started = time.perf_counter()
+                outcome = await self._sender.send(job)
+                metrics.SEND_SECONDS.labels(self.channel).observe(time.perf_counter() - started)
+        except Exception as exc:  # a sender bug must not lose the job: retried like a transient failure
+            log.exception("sender failed", channel=self.channel, job_id=job.id)
+            outcome = Outcome.transient(f"sender error: {exc!r}")
+        return settle(outcome, job.attempts, self._settings.delivery_max_attempts)
 
     async def _finish(self, outcomes: list[Finished]) -> None:
         await self._with_database(lambda: deliveries.finish(self._pool, outcomes))

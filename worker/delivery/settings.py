@@ -25,8 +25,9 @@ class DeliverySettings(Settings):
         delivery_max_attempts: attempts before a transiently failing job fails for good [8].
         delivery_retry_base_seconds, delivery_retry_max_seconds: exponential backoff with full jitter
             between attempts [2, 600].
-        delivery_lease_seconds: how long a claimed job stays claimed; a process killed while sending
-            leaves its jobs to be claimed again after this [60].
+        delivery_lease_seconds: how long a claim lasts; the holder renews it every third of this while
+            it lives, so a process killed while sending leaves its jobs to be claimed again after this
+            [60].
         delivery_poll_seconds: pause between two looks for due jobs when no ``NOTIFY`` came (delayed jobs,
             retries, a lost listener), and between two attempts to listen again [1].
 

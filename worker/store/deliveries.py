@@ -57,12 +57,18 @@ _RECORD: Final = f"""
           -- One index probe per job, in any plan (worker.store.events, _EXISTING): recorded before?
           LEFT JOIN LATERAL (SELECT true AS found FROM delivery_jobs d WHERE d.id = job.id LIMIT 1) AS seen
                ON true
+          -- A keyed job whose version (or a later one) a row of its key already holds: merged into a
+          -- waiting row that has been sent since, under that row's id (sql/010).
+          LEFT JOIN LATERAL (
+               SELECT true AS found FROM delivery_jobs d
+                WHERE d.job_key = job.job_key AND d.version >= job.version LIMIT 1
+               ) AS merged ON true
           -- Is the in-app copy there (only asked with a delay: reading it will cancel the job)?
           LEFT JOIN LATERAL (
                SELECT true AS found FROM notifications n
                 WHERE job.delay > 0 AND n.user_id = job.user_id AND n.id = job.notification_id LIMIT 1
                ) AS stored ON true
-         WHERE seen.found IS NULL
+         WHERE seen.found IS NULL AND merged.found IS NULL
         ON CONFLICT (job_key) WHERE status = 'scheduled' DO UPDATE
            SET notification = excluded.notification, version = excluded.version
          WHERE excluded.version > delivery_jobs.version
@@ -129,6 +135,8 @@ _CLAIM: Final = f"""
 # The outcomes of a batch of sends. A retry ($5 not null: seconds until due) releases the lease and keeps
 # the row scheduled. A final state is written for the version sent ($4); a higher version that replaced
 # the row while it was being sent is a job of its own: the row stays scheduled, due at once, with it.
+# Only the claim that sent it writes (`attempts` = $6, the claim's count): a holder whose lease ran out
+# and was claimed again must not release the new holder's lease.
 _FINISH: Final = """
     UPDATE delivery_jobs j
        SET status = CASE WHEN o.retry_in IS NOT NULL OR j.version IS DISTINCT FROM o.version
@@ -141,9 +149,17 @@ _FINISH: Final = """
                          ELSE j.due_at END,
            locked_until = NULL,
            sent_at = CASE WHEN o.retry_in IS NULL AND o.status = 'sent' THEN now() ELSE j.sent_at END
-      FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::float8[])
-           AS o(id, status, error, version, retry_in)
-     WHERE j.id = o.id"""
+      FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::float8[], $6::integer[])
+           AS o(id, status, error, version, retry_in, attempts)
+     WHERE j.id = o.id AND j.attempts = o.attempts"""
+
+# The leases of jobs still in flight (waiting for a connection or the rate cap, or being sent), renewed
+# while their process lives: a lease runs out only when its holder died. Fenced like _FINISH.
+_EXTEND: Final = """
+    UPDATE delivery_jobs j
+       SET locked_until = now() + make_interval(secs => $3)
+      FROM unnest($1::text[], $2::integer[]) AS h(id, attempts)
+     WHERE j.id = h.id AND j.attempts = h.attempts AND j.status = 'scheduled'"""
 
 _LIST: Final = """
     SELECT id, notification_id, user_id, channel, status, attempts, last_error, due_at, sent_at, created_at
@@ -252,7 +268,13 @@ async def finish(pool: asyncpg.Pool, outcomes: Sequence[Finished]) -> None:
         [o.error for o in outcomes],
         [o.job.version for o in outcomes],
         [o.retry_in for o in outcomes],
+        [o.job.attempts for o in outcomes],
     )
+
+
+async def extend_leases(pool: asyncpg.Pool, held: Sequence[Claimed], lease: float) -> None:
+    """Renew the leases of ``held`` (jobs this process claimed and has not finished) for ``lease`` seconds."""
+    await pool.execute(_EXTEND, [job.id for job in held], [job.attempts for job in held], lease)
 
 
 async def listen(dsn: str, woken: Callable[[str], None]) -> asyncpg.Connection:

@@ -10,6 +10,7 @@ an ``aes128gcm`` body.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import email
@@ -55,6 +56,7 @@ class Mailbox:
         self._counts: dict[str, int] = {}  # address → messages accepted: polled often, so kept, not counted
         self.refuse: dict[str, str] = {}  # address → permanent reply, e.g. "550 no such user"
         self.defer: dict[str, int] = {}  # address → how many more times to answer 451
+        self.slow = 0.0  # seconds each DATA waits before its answer: a slow relay
         self.port = free_port()
         self._controller: Controller | None = None
         self._lock = threading.Lock()
@@ -89,6 +91,8 @@ class Mailbox:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.slow:
+            await asyncio.sleep(self.slow)
         # Kept raw: parsing here would slow the server down for every sender, the bare loop included.
         with self._lock:
             self._received.append((tuple(envelope.rcpt_tos), bytes(envelope.content)))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -11,6 +13,7 @@ import pytest
 
 from herald_ops import cli
 from herald_ops.testing.delivery import BrowserKeys
+from worker.delivery.app import rate_limiter
 from worker.delivery.jobs import (
     MAX_ERROR_CHARS,
     InvalidJob,
@@ -150,13 +153,20 @@ def test_an_operator_template_overrides_by_locale(tmp_path: Path) -> None:
     assert "Your grade is out" in rendered.html  # the shipped HTML is still used
 
 
-def test_message_headers_and_a_message_id_stable_per_job() -> None:
+def test_message_headers_and_a_message_id_stable_per_job_version() -> None:
     profile = {"email": "ada@example.com", "locale": "en"}
-    first = renderer().message("job-1", NOTIFICATION, profile, "u1")
-    again = renderer().message("job-1", NOTIFICATION, profile, "u1")
-    other = renderer().message("job-2", NOTIFICATION, profile, "u1")
+    first = renderer().message("job-1", 1, NOTIFICATION, profile, "u1")
+    again = renderer().message("job-1", 1, NOTIFICATION, profile, "u1")
+    other = renderer().message("job-2", 1, NOTIFICATION, profile, "u1")
     assert first["Message-ID"] == again["Message-ID"] != other["Message-ID"]
     assert first["Message-ID"].endswith("@acme.example>")
+    # A job without a key (no version) keeps the id of version 1; a collapsed notification's later
+    # version, sent from the same row (amendment 25), is another message.
+    assert renderer().message("job-1", None, NOTIFICATION, profile, "u1")["Message-ID"] == first["Message-ID"]
+    second = renderer().message("job-1", 2, NOTIFICATION, profile, "u1")
+    assert second["Message-ID"] == renderer().message("job-1", 2, NOTIFICATION, profile, "u1")["Message-ID"]
+    assert second["Message-ID"] != first["Message-ID"]
+    assert parsedate_to_datetime(first["Date"]).tzinfo is not None  # RFC 5322's origination date
     assert first["To"] == "ada@example.com"
     assert first["X-Herald-Notification-Id"] == "n1"
     assert first["X-Herald-Type"] == "GRADE_RELEASED"
@@ -210,7 +220,9 @@ def test_non_ascii_subjects_and_sender_names_are_encoded() -> None:
     sender = EmailRenderer(
         templates_dir=None, app_name="A", sender="Hérald <h@x.example>", unsubscribe_url=None
     )
-    raw = sender.message("j", {**NOTIFICATION, "title": "Größe 💡"}, {"email": "a@b.example"}, "u").as_bytes()
+    raw = sender.message(
+        "j", 1, {**NOTIFICATION, "title": "Größe 💡"}, {"email": "a@b.example"}, "u"
+    ).as_bytes()
     assert raw.isascii()
     parsed = email.message_from_bytes(raw, policy=email.policy.default)
     assert parsed["Subject"] == "Größe 💡"
@@ -224,3 +236,12 @@ def test_error_texts_are_stored_without_nul_or_lone_surrogates() -> None:
     for outcome in (Outcome.permanent(reply), Outcome.transient(reply), Outcome.skipped(reply)):
         assert outcome.error == "550 5.1.1 M?ller unknown"
     assert Outcome.permanent("x" * 2 * MAX_ERROR_CHARS).error == "x" * MAX_ERROR_CHARS
+
+
+@pytest.mark.parametrize("rate", [0.5, 1.0, 50.0])
+async def test_a_rate_cap_below_one_a_second_still_lets_sends_through(rate: float) -> None:
+    limiter = rate_limiter(rate)
+    async with asyncio.timeout(5):
+        async with limiter:  # aiolimiter refuses every acquire when its capacity is below one
+            pass
+    assert limiter.max_rate / limiter.time_period == pytest.approx(rate)

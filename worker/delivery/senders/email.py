@@ -115,7 +115,7 @@ class EmailSender:
         # the next message is built while the current one is in flight. The parts are base64 and the
         # headers encoded words, so the bytes are 7-bit clean, except for a non-ASCII address: it goes
         # with SMTPUTF8 (RFC 6531), and its To header as UTF-8, since an address cannot be encoded.
-        message = self._renderer.message(job.id, job.notification, profile, job.user_id)
+        message = self._renderer.message(job.id, job.version, job.notification, profile, job.user_id)
         utf8 = not address.isascii()
         data = message.as_bytes(policy=email.policy.SMTPUTF8) if utf8 else message.as_bytes()
         options = ["SMTPUTF8"] if utf8 else []
