@@ -298,7 +298,12 @@ class BrokerLink(SupervisedLink):
             queue = await channel.get_queue(queue_name, ensure=False)
             await queue.unbind(exchange_name)
 
-        await self._on_lane(user_id, operation, gone_ok=True)
+        try:
+            await self._on_lane(user_id, operation, gone_ok=True)
+        except TopologyError:
+            raise
+        except Exception as exc:  # the connection failed under the unbind: translated, as attach does
+            raise TopologyError(f"detach failed: {exc!r}") from exc
 
     async def _on_frame(self, message: DeliveredMessage) -> None:
         hub = self._hub

@@ -130,8 +130,11 @@ def resolve_static(root: Path, relative: str) -> Path | None:
     if not relative or "\x00" in relative:
         return None
     base = root.resolve()
-    candidate = (base / relative).resolve()
-    if not candidate.is_relative_to(base) or not candidate.is_file():
+    try:
+        candidate = (base / relative).resolve()
+        if not candidate.is_relative_to(base) or not candidate.is_file():
+            return None
+    except (OSError, ValueError):  # a name too long for the file system, say: no such file
         return None
     return candidate
 

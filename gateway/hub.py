@@ -207,13 +207,14 @@ class Hub:
         slot.live.discard(connection)
         _pop_pending(slot, connection)
         async with slot.lock:
-            if not slot.connection_count and slot.attached_generation:
-                generation, slot.attached_generation = slot.attached_generation, 0
-                try:
+            try:
+                if not slot.connection_count and slot.attached_generation:
+                    generation, slot.attached_generation = slot.attached_generation, 0
                     await self._topology.detach(slot.user_id, generation)
-                except GatewayError as exc:
-                    log.warning("detach failed", user_id=slot.user_id, error=str(exc))
-            self._forget_if_empty(slot)
+            except GatewayError as exc:
+                log.warning("detach failed", user_id=slot.user_id, error=str(exc))
+            finally:
+                self._forget_if_empty(slot)  # whatever the broker did, the slot of nobody is not kept
 
     def _forget_if_empty(self, slot: UserSlot) -> None:
         # Only the slot registered under the name is removed; a newer one may have replaced it.

@@ -26,6 +26,8 @@ from shared.jsonrpc import VERSION, ErrorCode, rpc_request
 MAX_ID_CHARS: Final = 128
 MAX_INT_ID: Final = 2**53
 MAX_TOKEN_CHARS: Final = 16 * 1024
+#: RFC 6455 §5.5: a control frame's payload is at most 125 bytes, two of them the close code.
+MAX_CLOSE_REASON_BYTES: Final = 123
 #: orjson reads 1,024 levels of nesting but writes at most 254, and the body forwarded to the worker holds
 #: ``params`` one level down: deeper params could not be forwarded.
 MAX_NESTING: Final = 253
@@ -176,3 +178,9 @@ def session_open_many_body(user_ids: list[str]) -> bytes:
     """The ``session.open_many`` request body of concurrent connects; the envelope names the first user
     (it must name one), whom the method does not treat otherwise."""
     return rpc_request(SESSION_OPEN_MANY, {"user_ids": user_ids}, user_ids[0], False)
+
+
+def close_reason(text: str) -> str:
+    """``text`` cut to what a close frame can carry (:data:`MAX_CLOSE_REASON_BYTES` of UTF-8), never inside
+    a character: a reason may quote the client's input, and a longer one fails the close itself."""
+    return text.encode()[:MAX_CLOSE_REASON_BYTES].decode("utf-8", "ignore")

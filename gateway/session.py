@@ -37,6 +37,7 @@ from gateway.protocol import (
     AUTH_REFRESH,
     PING,
     Request,
+    close_reason,
     forward_body,
     parse_request,
     token_param,
@@ -118,7 +119,7 @@ class Sessions:
                 await connection.send(
                     error_frame(request_id, UNAUTHORIZED, f"authentication failed: {reason}"), text=True
                 )
-            await self._close(connection, CloseCode.UNAUTHORIZED, f"authentication failed: {reason}"[:120])
+            await self._close(connection, CloseCode.UNAUTHORIZED, f"authentication failed: {reason}")
             return False
         auth.authenticate(claims)
         with contextlib.suppress(ConnectionClosed):
@@ -132,7 +133,7 @@ class Sessions:
 
     async def _close(self, connection: HeraldConnection, code: CloseCode, reason: str) -> None:
         self.metrics.closes.labels(str(int(code))).inc()
-        await connection.close(code, reason)
+        await connection.close(code, close_reason(reason))
 
 
 class _Session:

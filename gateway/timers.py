@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import time
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from websockets.exceptions import ConnectionClosed
@@ -31,9 +31,6 @@ if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
 
 log = structlog.get_logger("gateway.timers")
-
-#: Above this many unsent bytes, ``ping()`` may wait for the buffer to drain: ping from a task instead.
-_DRAIN_RISK_BYTES: Final = 16 * 1024
 
 
 class Deadline:
@@ -120,16 +117,16 @@ class Keepalive:
             for connection in list(self._connections()):
                 if connection.protocol.state is not State.OPEN:
                     continue
-                if connection.transport.get_write_buffer_size() > _DRAIN_RISK_BYTES:
+                if connection.transport.get_write_buffer_size():
+                    # ping() waits until the output ahead of it drains (a paused transport), which a peer
+                    # that stopped reading never lets happen: from a task, so no other connection waits.
                     waiters[connection] = spawn(self._ping(connection))
                 else:
                     waiters[connection] = await self._ping(connection)
             await asyncio.sleep(self._timeout)
             silent = 0
             for connection, waiter in waiters.items():
-                if isinstance(waiter, asyncio.Task):
-                    waiter = waiter.result() if waiter.done() else None
-                if waiter is not None and not waiter.done() and connection.protocol.state is State.OPEN:
+                if _unanswered(waiter) and connection.protocol.state is State.OPEN:
                     silent += 1
                     drop(connection)
             if silent:
@@ -143,6 +140,17 @@ class Keepalive:
             return None
         assert isinstance(waiter, asyncio.Future)
         return waiter
+
+
+def _unanswered(waiter: asyncio.Task[asyncio.Future[float] | None] | asyncio.Future[float] | None) -> bool:
+    """Whether a ping got no pong in time: its pong is still awaited, or (a ping sent from a task) it is
+    still waiting to go out behind output the peer has not read (that task is cancelled)."""
+    if isinstance(waiter, asyncio.Task):
+        if not waiter.done():
+            waiter.cancel()
+            return True
+        waiter = waiter.result()
+    return waiter is not None and not waiter.done()
 
 
 def drop(connection: ServerConnection) -> None:

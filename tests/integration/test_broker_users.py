@@ -135,9 +135,12 @@ async def test_herald_runs_on_least_privilege_users(stack: Stack, roles: dict[st
 
 
 async def test_a_producer_that_may_not_declare_a_missing_exchange_is_told_why(roles: dict[str, str]) -> None:
+    producer = Producer(roles["producer"], prefix="herald_missing")
     with pytest.raises(PublishError, match="does not exist and this broker user may not declare it"):
-        async with Producer(roles["producer"], prefix="herald_missing"):
+        async with producer:
             pass
+    # The failed start closed its connection: a robust one left open reconnects for the life of the process.
+    assert producer._connection is None
 
 
 async def test_delivery_consumes_both_channels_and_dead_letters_on_its_own_user(

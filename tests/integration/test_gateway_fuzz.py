@@ -3,14 +3,16 @@ for a valid notification, none), the connection stays open, and the process neve
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from gateway.protocol import METHODS
@@ -90,6 +92,23 @@ def test_generated_frames_never_break_the_connection_or_the_gateway(
 ) -> None:
     client.send(frame)
     probe(client)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(frame=frames)
+# A method the error echoes, 128 bytes of UTF-8 in 64 characters: the close reason quoting it must be cut
+# by bytes (RFC 6455 allows 123), or closing fails and the client sees 1011.
+@example(frame=json.dumps({"jsonrpc": "2.0", "id": 1, "method": "é" * 64, "params": {}}, ensure_ascii=False))
+def test_any_first_frame_without_a_valid_token_is_closed_4401(
+    fuzzed: HeraldProcess, frame: str | bytes
+) -> None:
+    with connect(fuzzed.ws_url) as ws:
+        ws.send(frame)
+        with contextlib.suppress(ConnectionClosed):
+            while True:  # the error reply, then the close (a silent gateway fails recv's timeout)
+                ws.recv(timeout=10)
+        assert ws.protocol.close_rcvd is not None
+        assert ws.protocol.close_rcvd.code == 4401
 
 
 def test_the_gateway_is_still_healthy_after_fuzzing(fuzzed: HeraldProcess, client: ClientConnection) -> None:

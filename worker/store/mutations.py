@@ -10,6 +10,14 @@ mutation first locks the user's ``users`` row (the ``locked`` CTE, which every c
 user's mutations are serialized and always take locks in the same order as the worker's inserts (users
 row, then notifications): concurrent requests of one user cannot deadlock each other.
 
+One statement has one snapshot, taken before it locks. Under READ COMMITTED a statement that had to wait
+for the lock would change and count rows as they were before the writer it waited for committed (a
+collapse gives a row a new ``seq``; retention deletes expired rows). Every writer of a user's
+notifications also updates the user's ``users`` row (a counter or ``last_seq``), so the ``locked`` CTE
+only takes the row if it is still the version of the statement's snapshot (same ``xmin``). When it is
+not, the statement changes nothing, and :func:`_mutate` runs it again in a transaction that takes the lock
+first: its snapshot then follows the lock. The uncontended case stays one round trip.
+
 Reading an item also marks it seen, and closes its collapse group (``collapse_key`` = NULL: the next
 event with that key starts a new notification, and marking this one unread again cannot clash with it).
 """
@@ -22,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 import asyncpg
 
 from worker.store.notifications import EXPIRED_UNREAD, EXPIRED_UNSEEN, live, notification_jsonb
+from worker.store.pool import LOCK_USER
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -39,14 +48,18 @@ def _mutation(changed: str, *, with_ids: bool = True, then: str = "") -> str:
     returning ``n.id``, ``n.seq``, ``unread_delta``, ``unseen_delta`` and ``inbox_delta`` (how the row
     changed each counter); ``$1`` is the user id. Joining ``locked`` means no notification row is
     locked before the users row. The result is one row: how many rows changed, their ids in seq order
-    (empty unless ``with_ids``) and the visible counts after the change (the counters minus expired
-    rows, which no mutation touches, so the statement's snapshot of them is exact). ``then`` adds
-    data-modifying CTEs over ``changed`` (``, name AS (...)``).
+    (empty unless ``with_ids``), the visible counts after the change (the counters minus expired
+    rows, which no mutation touches, so the statement's snapshot of them is exact) and whether the users
+    row was taken (``locked``: false when a writer committed since the snapshot, see the module
+    docstring, or the user is unknown). ``then`` adds data-modifying CTEs over ``changed``
+    (``, name AS (...)``).
     """
     ids = "ARRAY(SELECT id FROM changed ORDER BY seq)" if with_ids else "'{}'::text[]"
     return f"""
 WITH locked AS (
-    SELECT user_id, unread_count, unseen_count FROM users WHERE user_id = $1 FOR UPDATE
+    SELECT user_id, unread_count, unseen_count FROM users
+     WHERE user_id = $1 AND xmin = (SELECT xmin FROM users WHERE user_id = $1)
+       FOR UPDATE
 ), changed AS (
     {changed}
 ){then}, counter AS (
@@ -56,7 +69,7 @@ WITH locked AS (
      WHERE user_id = $1 AND EXISTS (SELECT FROM changed)
  RETURNING unread_count, unseen_count
 )
-SELECT (SELECT count(*) FROM changed) AS changed, {ids} AS ids,
+SELECT EXISTS (SELECT FROM locked) AS locked, (SELECT count(*) FROM changed) AS changed, {ids} AS ids,
        COALESCE((SELECT unread_count FROM counter), (SELECT unread_count FROM locked), 0)
            - {EXPIRED_UNREAD} AS unread_count,
        COALESCE((SELECT unseen_count FROM counter), (SELECT unseen_count FROM locked), 0)
@@ -237,11 +250,16 @@ async def acted(pool: asyncpg.Pool, user_id: str, notification_id: str) -> Acted
     )
 
 
-async def _mutate(pool: asyncpg.Pool, sql: str, *args: Any) -> Change:
-    """Run one ``_mutation`` statement (autocommit), retrying a deadlock a few times."""
+async def _mutate(pool: asyncpg.Pool, sql: str, user_id: str, *args: Any) -> Change:
+    """Run one ``_mutation`` statement, retrying a deadlock a few times: on its own (autocommit), and
+    when a writer committed since its snapshot, again after taking the users lock (module docstring)."""
     for attempt in range(DEADLOCK_RETRIES):
         try:
-            row = await pool.fetchrow(sql, *args)
+            row = await pool.fetchrow(sql, user_id, *args)
+            if row is not None and not row["locked"]:
+                async with pool.acquire() as conn, conn.transaction():
+                    await conn.execute(LOCK_USER, user_id)
+                    row = await conn.fetchrow(sql, user_id, *args)
             break
         except asyncpg.DeadlockDetectedError:
             if attempt == DEADLOCK_RETRIES - 1:

@@ -73,6 +73,12 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 #: Run first in a transaction whose statements must be planned with their values (see create_pool).
 PLAN_WITH_VALUES: Final = "SET LOCAL plan_cache_mode = force_custom_plan"
 
+#: Run first in a transaction that reads and then writes a user's data (``$1`` = the user id): every writer
+#: of a user's notifications and preferences takes this lock first. A statement of its own, so that the
+#: transaction's next statements take their snapshot after the wait (under READ COMMITTED a statement that
+#: waited for a lock still reads the other rows as they were when it started).
+LOCK_USER: Final = "SELECT 1 FROM users WHERE user_id = $1 FOR UPDATE"
+
 
 async def create_pool(settings: Settings, *, custom_plans: bool = False) -> asyncpg.Pool:
     """A pool whose connections encode and decode ``json``/``jsonb`` with orjson.

@@ -6,6 +6,8 @@ import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from worker.store.pool import LOCK_USER
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from datetime import datetime
@@ -20,13 +22,6 @@ _PREFERENCES: Final = (
 
 _ENSURE_USER: Final = "INSERT INTO users (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING"
 
-# Locks the users row: preference writers of one user are serialized even before their first row exists.
-_PREFERENCES_FOR_UPDATE: Final = """
-SELECT p.channels, p.types, p.quiet_hours, p.updated_at
-  FROM users AS u LEFT JOIN user_preferences AS p ON p.user_id = u.user_id
- WHERE u.user_id = $1
-   FOR UPDATE OF u
-"""
 
 _STORE_PREFERENCES: Final = """
 INSERT INTO user_preferences (user_id, channels, types, quiet_hours, updated_at)
@@ -85,7 +80,11 @@ async def edit_preferences(pool: asyncpg.Pool, user_id: str) -> AsyncIterator[Pr
     """A transaction holding the user's ``users`` row (created if missing), with their overrides."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(_ENSURE_USER, user_id)
-        row = await conn.fetchrow(_PREFERENCES_FOR_UPDATE, user_id)
+        # Locked by a statement of its own, then read: preference writers of one user are serialized even
+        # before their first row exists, and a writer that waited for another reads what that one stored
+        # (joined into the lock's statement, it would read the overrides from before that commit).
+        await conn.execute(LOCK_USER, user_id)
+        row = await conn.fetchrow(_PREFERENCES, user_id)
         yield PreferencesEdit(overrides_of(row), row["updated_at"] if row else None, conn, user_id)
 
 

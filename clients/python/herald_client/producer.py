@@ -88,10 +88,17 @@ class Producer:
         self._exchange: AbstractExchange | None = None
 
     async def __aenter__(self) -> Self:
-        self._connection = await aio_pika.connect_robust(self._url)
-        await self._ensure_exchange(self._connection)
-        channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-        self._exchange = await channel.get_exchange(self._exchange_name, ensure=False)
+        connection = self._connection = await aio_pika.connect_robust(self._url)
+        try:
+            await self._ensure_exchange(connection)
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            self._exchange = await channel.get_exchange(self._exchange_name, ensure=False)
+        except BaseException:
+            # __aexit__ is not called when __aenter__ fails: a robust connection left open would keep
+            # reconnecting for the life of the process.
+            self._connection = None
+            await connection.close()
+            raise
         return self
 
     async def _ensure_exchange(self, connection: AbstractRobustConnection) -> None:

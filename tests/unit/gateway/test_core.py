@@ -276,7 +276,7 @@ def test_resolve_static_refuses_escapes(tmp_path: Path) -> None:
     (tmp_path / "secret.txt").write_text("s")
     root = tmp_path / "static"
     assert resolve_static(root, "app.js") == (root / "app.js").resolve()
-    for escape in ("../secret.txt", "/etc/passwd", "", "a\x00b", ".", "missing.js"):
+    for escape in ("../secret.txt", "/etc/passwd", "", "a\x00b", ".", "missing.js", "a" * 300):
         assert resolve_static(root, escape) is None
 
 

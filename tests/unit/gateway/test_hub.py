@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ class FakeTopology:
         self.ready = True
         self.calls: list[tuple[str, str]] = []
         self.fail_attach = False
+        self.fail_detach: Exception | None = None
 
     async def attach(self, user_id: str) -> None:
         if self.fail_attach:
@@ -30,6 +32,8 @@ class FakeTopology:
         self.calls.append(("attach", user_id))
 
     async def detach(self, user_id: str, generation: int) -> None:
+        if self.fail_detach is not None:
+            raise self.fail_detach
         if generation == self.generation:
             self.calls.append(("detach", user_id))
 
@@ -102,6 +106,17 @@ async def test_one_attach_per_user_and_detach_with_the_last_connection(
     assert topology.calls == [("attach", "u1")]
     await hub.release(second, slot)
     assert topology.calls == [("attach", "u1"), ("detach", "u1")]
+    assert "u1" not in hub.users
+
+
+@pytest.mark.parametrize("failure", [TopologyError("down"), ConnectionError("closed under the unbind")])
+async def test_a_failed_detach_still_forgets_the_user(
+    hub: Hub, topology: FakeTopology, failure: Exception
+) -> None:
+    connection, slot = await live(hub, "u1")
+    topology.fail_detach = failure
+    with contextlib.suppress(ConnectionError):  # only the gateway's own errors are logged and swallowed
+        await hub.release(connection, slot)
     assert "u1" not in hub.users
 
 
