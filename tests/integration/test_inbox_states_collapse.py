@@ -175,6 +175,25 @@ async def test_an_archived_open_notification_collapsed_into_is_back_in_the_inbox
     assert await visible_counts(db, user) == {"unread_count": 1, "unseen_count": 1}
 
 
+async def test_an_expired_open_notification_is_no_collapse_target(
+    env: Env, db: asyncpg.Connection, producer: Producer
+) -> None:
+    """Expired is gone for the user (amendment 15): the next event with its key starts a new item."""
+    user = fresh_id()
+    await producer.send(user, "NEW_COMMENT", "1 comment", event_id=f"{user}-e1", collapse_key="thread")
+    (first,) = await stored(db, user, 1)
+    # Its time is up (retention has not deleted it yet).
+    await db.execute(
+        "UPDATE notifications SET expires_at = now() - interval '1 minute' WHERE id = $1", first["id"]
+    )
+    await producer.send(user, "NEW_COMMENT", "a new thread", event_id=f"{user}-e2", collapse_key="thread")
+    (expired, fresh) = await stored(db, user, 2)
+    assert expired["id"] == first["id"]
+    assert (expired["count"], expired["collapse_key"]) == (1, None)  # left as it was, its key released
+    assert (fresh["id"] != first["id"], fresh["count"], fresh["collapse_key"]) == (True, 1, "thread")
+    assert await visible_counts(db, user) == {"unread_count": 1, "unseen_count": 1}
+
+
 def _stored_events(worker: HeraldProcess) -> float:
     """``herald_worker_events_total{outcome="stored"}`` of one worker process."""
     _, metrics = http_get(f"{worker.url}/metrics")

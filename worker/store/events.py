@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from shared.events import IdempotencyKey
 from shared.preferences import with_profile_zone
-from worker.store.notifications import NOTIFICATION_FIELDS, notification_json
+from worker.store.notifications import NOTIFICATION_FIELDS, live, notification_json
 from worker.writes import Written
 
 if TYPE_CHECKING:
@@ -72,12 +72,22 @@ _EXISTING: Final = f"""
            SELECT * FROM notifications s WHERE s.user_id = k.user_id AND s.id = c.notification_id LIMIT 1
            ) AS n"""
 
-# The open (unread) notification of each (user, collapse key), through the partial unique index.
-_TARGETS: Final = """
+# The open (unread) live notification of each (user, collapse key), through the partial unique index.
+# An expired one is gone for the user (amendment 15) and is no target: its key is released (the partial
+# unique index allows one open row per key), so the event starts a new notification.
+_TARGETS: Final = f"""
+    WITH k AS (
+        SELECT * FROM unnest($1::text[], $2::text[]) AS k(user_id, collapse_key)
+    ), released AS (
+        UPDATE notifications n SET collapse_key = NULL
+          FROM k
+         WHERE n.user_id = k.user_id AND n.collapse_key = k.collapse_key AND n.read_at IS NULL
+           AND NOT {live("n")}
+    )
     SELECT k.user_id, k.collapse_key, n.id
-      FROM unnest($1::text[], $2::text[]) AS k(user_id, collapse_key)
+      FROM k
       JOIN notifications n
-        ON n.user_id = k.user_id AND n.collapse_key = k.collapse_key AND n.read_at IS NULL"""
+        ON n.user_id = k.user_id AND n.collapse_key = k.collapse_key AND n.read_at IS NULL AND {live("n")}"""
 
 _CONTENT_ARRAYS: Final = (
     "{}::text[], {}::text[], {}::text[], {}::text[], {}::text[], {}::text[], {}::text[], {}::timestamptz[]"
@@ -115,8 +125,8 @@ _INSERT: Final = f"""
       FROM numbered n JOIN bumped b USING (user_id)
     RETURNING user_id, id, seq, created_at"""
 
-# Collapse in place: each target (an unread row, locked with its user) gets the user's next seq, the
-# latest content (an expired target is live again unless the latest event expired it too), count + n,
+# Collapse in place: each target (a live unread row, locked with its user) gets the user's next seq, the
+# latest content (its expiry included: the latest event may give it one, or take it away), count + n,
 # and is unseen and back in the inbox again. unread_count does not move (the row was and stays unread);
 # unseen_count grows by the targets that had been seen, inbox_count by those that had been archived.
 _COLLAPSE: Final = f"""
