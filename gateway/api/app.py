@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import os
 import time
+from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -30,6 +31,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
+from starlette.routing import Match
 from starlette.routing import Route as StarletteRoute
 
 from gateway.api.routes import ROUTES
@@ -229,9 +231,24 @@ class HttpApi:
         return b"".join(chunks)
 
     async def _http_error(self, request: Request, exc: Exception) -> Response:
-        """Starlette's own 404 / 405 in Herald's error shape."""
+        """Starlette's own 404 / 405 in Herald's error shape, with the exception's headers (a 405's
+        ``Allow``, RFC 9110 §15.5.6)."""
         assert isinstance(exc, HTTPException)
-        return _json(exc.status_code, error_body(ErrorCode.METHOD_NOT_FOUND, exc.detail, request.url.path))
+        headers = {"Cache-Control": "no-store", **(exc.headers or {})}
+        if exc.status_code == HTTPStatus.METHOD_NOT_ALLOWED and (allowed := self._allowed(request)):
+            headers["Allow"] = allowed
+        body = error_body(ErrorCode.METHOD_NOT_FOUND, exc.detail, request.url.path)
+        return _json(exc.status_code, body, headers)
+
+    def _allowed(self, request: Request) -> str:
+        """Every verb served at the request's path. Starlette's ``Allow`` names only the first route whose
+        path matches, but one path can have several (``GET`` and ``PUT …/preferences``; ``POST …/read`` and
+        ``DELETE …/{id}``, whose ``{id}`` matches ``read``)."""
+        verbs: set[str] = set()
+        for route in self.app.routes:
+            if isinstance(route, StarletteRoute) and route.matches(request.scope)[0] is not Match.NONE:
+                verbs |= route.methods or set()
+        return ", ".join(sorted(verbs))
 
     async def _internal_error(self, request: Request, exc: Exception) -> Response:
         """A bug: logged with its traceback, answered in Herald's error shape (never a traceback)."""

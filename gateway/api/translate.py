@@ -136,9 +136,13 @@ def body_params(body: bytes) -> dict[str, Any]:
 
 
 def params_for(route: Route, path: Mapping[str, str], query: Iterable[tuple[str, str]], body: bytes) -> Any:
-    """The params object of ``route`` for one request (see :mod:`gateway.api.routes` for the sources)."""
+    """The params object of ``route`` for one request (see :mod:`gateway.api.routes` for the sources).
+
+    The query string is read on every route, so a member the route does not take is refused (400 naming
+    it) wherever its params come from: a route without query params takes none."""
+    from_query = query_params(route, query)
     if route.source is Source.QUERY:
-        params: Any = query_params(route, query)
+        params: Any = from_query
         if route.shape == "page":
             params.setdefault("limit", DEFAULT_LIMIT)
             if "before" not in params:

@@ -3,8 +3,9 @@
 Notifications are seeded in Postgres (``herald_ops.testing.requests.seed``); changes made over HTTP are
 watched on a real WebSocket connection of the same user, which must see the same events a change made
 over the socket produces. This module covers the inbox routes (list, counts, sync, bulk changes, ETags),
-broadcast, preferences, the deliveries listing and the README's curl examples; the module's ``env``,
-``http``, ``auth`` and ``error_of`` are shared with ``test_api_routes_and_errors`` and ``test_api_limits``.
+broadcast, preferences, the deliveries listing, query members a route does not take, a 405's ``Allow``
+and the README's curl examples; the module's ``env``, ``http``, ``auth`` and ``error_of`` are shared with
+``test_api_routes_and_errors`` and ``test_api_limits``.
 """
 
 from __future__ import annotations
@@ -290,6 +291,52 @@ async def test_preferences_accept_the_seeds_flags_and_herald_document(http: http
     assert (await http.get(path, headers=headers)).json() == herald.json()
     reset = await http.post(f"{path}/reset", headers=headers)
     assert reset.json()["types"]["COURSE_NEW_CONTENT"]["in_app"] is True
+
+
+async def test_a_query_member_a_route_does_not_take_is_400_naming_it(
+    http: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """On every route, not only those whose params come from the query (§11); nothing is changed."""
+    user = fresh_id()
+    ids = [f"{user}-{seq}" for seq in await seed(db, user, 2)]
+    refused = [
+        await http.get(f"{INBOX}/unread-count", params={"bogus": "1"}, headers=auth(user)),
+        await http.post(f"{INBOX}/read", params={"ids": ids[0]}, json={"ids": ids[1:]}, headers=auth(user)),
+        await http.patch(f"{INBOX}/{ids[0]}/read", params={"bogus": "1"}, headers=auth(user)),
+        await http.post(f"{INBOX}/mark-all-read", params={"all": "true"}, headers=auth(user)),
+        await http.post(
+            "/api/notifications/push/unsubscribe",
+            params={"endpoint": "x"},
+            json={"endpoint": "https://push.example/gone"},
+            headers=auth(user),
+        ),
+    ]
+    for response, member in zip(refused, ["bogus", "ids", "bogus", "all", "endpoint"], strict=True):
+        error = error_of(response, 400)
+        assert (error["code"], error["data"]) == (-32602, member), error
+        assert error["message"] == f"invalid params: {member}: unknown query parameter"
+    assert (await unread_truth(db, user)) == (2, 2)
+    # The members the query routes document are still taken.
+    listed = {"page": 1, "limit": 5, "unreadOnly": "false", "types": "NEW_REPLY", "categories": "social"}
+    for path, params, headers in [
+        (INBOX, {**listed, "archived": "all"}, auth(user)),
+        (f"{INBOX}/sync", {"since": 0, "limit": 5}, auth(user)),
+        (DELIVERIES, {"userId": user, "status": "sent", "limit": 5}, auth("ops", admin=True)),
+    ]:
+        response = await http.get(path, params=params, headers=headers)
+        assert response.status_code == 200, response.text
+
+
+async def test_a_405_names_every_method_its_path_allows(http: httpx.AsyncClient) -> None:
+    """RFC 9110 §15.5.6: ``Allow`` lists the verbs of every route at the path, in Herald's error shape."""
+    for verb, path, allowed in [
+        ("DELETE", "/api/notifications/preferences", {"GET", "HEAD", "PUT"}),
+        ("GET", "/api/notifications/push/unsubscribe", {"POST"}),
+        ("PUT", f"{INBOX}/n-1/read", {"PATCH"}),
+    ]:
+        response = await http.request(verb, path, headers=auth(fresh_id()))
+        assert error_of(response, 405)["code"] == -32601
+        assert set(response.headers.get("Allow", "").split(", ")) == allowed, (verb, path, response.headers)
 
 
 README_API = "http://127.0.0.1:8767/api/notifications"
