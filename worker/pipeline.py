@@ -6,7 +6,7 @@ Life of an event (docs/design.md has the reasons):
    :func:`shared.events.parse_event` and checks the type against the in-memory catalog (an unknown type
    first reloads the catalog, at most every 5 s, so a type an operator just added is accepted). An invalid
    event is copied to ``herald.dlx`` with its ``x-herald-error`` reason and acked, at once; it never enters
-   a batch. A ``user.profile`` event is stored at once by :mod:`worker.profiles` and acked.
+   a batch. A ``user.profile`` event is stored by :mod:`worker.profiles`, a user's in turn, and acked.
 2. Valid events wait in the batcher until ``batch_size`` are pending or ``batch_timeout_ms`` passed. One
    batch of sends is one transaction: users rows ensured and locked in id order, preferences read with the
    lock, duplicates (same user and idempotency key) read back, the rest inserted by one multi-row statement
@@ -44,7 +44,7 @@ from worker import metrics
 from worker.broadcasts import Broadcasts
 from worker.frames import UNDECODABLE_REASON, undecodable
 from worker.pending import Pending, tags_by_channel, take_batch
-from worker.profiles import store_profile
+from worker.profiles import ProfileTurns, store_profile
 from worker.routing import NEW_METHOD, Outgoing, SendRouting
 from worker.store import events as store
 from worker.store.deliveries import record
@@ -108,6 +108,7 @@ class Pipeline:
         self._batch_timeout = settings.batch_timeout_ms / 1000
         self._pending: list[Pending] = []
         self._broadcasts = Broadcasts(acks, catalog, settings.broadcast_chunk_size)
+        self._profiles = ProfileTurns()
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
         self._closing = False
@@ -124,7 +125,7 @@ class Pipeline:
 
         A valid send or broadcast of a known type is queued at once, in the consumer's callback, and
         ``None`` is returned. Whatever needs I/O first is returned as a coroutine for the caller to run: a
-        dead-lettering, a ``user.profile`` event (stored at once, then acked), an unknown type (the catalog
+        dead-lettering, a ``user.profile`` event (stored in turn, then acked), an unknown type (the catalog
         is reloaded in case an operator just added it).
         """
         try:
@@ -140,7 +141,9 @@ class Pipeline:
         except Exception:  # a bug; left unsettled, the delivery would stop every later ack
             log.exception("event could not be parsed; requeued")
             return self._requeue_one(message, channel)
-        if isinstance(event, ProfileEvent) or event.type not in self._catalog():
+        if isinstance(event, ProfileEvent):  # held from the upsert until settled, in delivery order
+            return self._profiles.run(event.user_id, lambda: self._accept_after_io(message, channel, event))
+        if event.type not in self._catalog():
             return self._accept_after_io(message, channel, event)
         self._enqueue(message, channel, event)
         return None

@@ -10,19 +10,20 @@ if TYPE_CHECKING:
     import asyncpg
 
 # The same endpoint twice is one subscription: re-subscribing refreshes its keys and moves it to the caller
-# (a browser profile signed in as another user).
+# (a browser profile signed in as another user), as the caller's newest: kept by the trim that follows.
 _SUBSCRIBE: Final = """
     INSERT INTO push_subscriptions (id, user_id, endpoint, p256dh, auth, device)
     VALUES ($1, $2, $3, $4, $5, $6)
     ON CONFLICT (endpoint) DO UPDATE
        SET user_id = EXCLUDED.user_id, p256dh = EXCLUDED.p256dh, auth = EXCLUDED.auth,
-           device = coalesce(EXCLUDED.device, push_subscriptions.device)
+           device = coalesce(EXCLUDED.device, push_subscriptions.device), created_at = now()
     RETURNING id"""
 
+# The user's oldest beyond $3 others: never $2, the subscription just saved (whatever its created_at).
 _TRIM: Final = """
     DELETE FROM push_subscriptions
-     WHERE id IN (SELECT id FROM push_subscriptions WHERE user_id = $1
-                   ORDER BY created_at DESC, id DESC OFFSET $2)"""
+     WHERE id IN (SELECT id FROM push_subscriptions WHERE user_id = $1 AND id <> $2
+                   ORDER BY created_at DESC, id DESC OFFSET $3)"""
 
 _LOCK_USER: Final = "SELECT pg_advisory_xact_lock(hashtextextended('push:' || $1, 0))"
 
@@ -95,7 +96,7 @@ async def subscribe(
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(_LOCK_USER, user_id)  # two subscribes of one user trim in turn
         subscription_id: str = await conn.fetchval(_SUBSCRIBE, new_id, user_id, endpoint, *keys, device)
-        await conn.execute(_TRIM, user_id, limit)
+        await conn.execute(_TRIM, user_id, subscription_id, limit - 1)
     return subscription_id
 
 

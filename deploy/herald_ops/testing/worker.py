@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import aio_pika
 import orjson
+from aiormq import spec
+from aiormq.abc import DeliveredMessage
+from pamqp.header import ContentHeader
 
 from herald_ops.testing.stack import fresh_id, wait_until
 from shared.topology import Topology
@@ -173,3 +176,30 @@ async def redeliver_while_down(
     assert grabbed.body == orjson.dumps(body)
     await grabber.close()  # unacked: requeued as redelivered
     worker.launch()
+
+
+class FakeChannel:
+    """Records what an :class:`worker.acks.AckTracker` sends: enough of an aiormq channel for it."""
+
+    is_closed = False
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, bool]] = []
+
+    async def basic_ack(self, tag: int, multiple: bool = False) -> None:
+        self.calls.append(("ack", tag, multiple))
+
+    async def basic_nack(self, tag: int, multiple: bool = False, requeue: bool = True) -> None:
+        self.calls.append(("nack", tag, requeue))
+
+
+def delivered(
+    channel: FakeChannel, tag: int, body: dict[str, Any], routing_key: str = "notification.send"
+) -> DeliveredMessage:
+    """What aiormq hands the worker's event consumer for one delivery of ``body``."""
+    return DeliveredMessage(
+        delivery=spec.Basic.Deliver(delivery_tag=tag, exchange="herald.events", routing_key=routing_key),
+        header=ContentHeader(properties=spec.Basic.Properties()),
+        body=orjson.dumps(body),
+        channel=cast("Any", channel),
+    )

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
-import orjson
-from aiormq import spec
-from aiormq.abc import DeliveredMessage
-from pamqp.header import ContentHeader
-
+from herald_ops.testing.worker import FakeChannel, delivered
 from shared.preferences import Catalog
 from shared.settings import Settings
 from worker.acks import AckTracker
@@ -18,33 +14,6 @@ if TYPE_CHECKING:
     import asyncpg
 
     from worker.publish import Publisher
-
-
-class FakeChannel:
-    """Records what the tracker sends; enough of a channel for :class:`AckTracker`."""
-
-    is_closed = False
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, int, bool]] = []
-
-    async def basic_ack(self, tag: int, multiple: bool = False) -> None:
-        self.calls.append(("ack", tag, multiple))
-
-    async def basic_nack(self, tag: int, multiple: bool = False, requeue: bool = True) -> None:
-        self.calls.append(("nack", tag, requeue))
-
-
-def delivered(channel: FakeChannel, tag: int, body: dict[str, Any]) -> DeliveredMessage:
-    """What aiormq hands the event consumer for one delivery of ``body``."""
-    return DeliveredMessage(
-        delivery=spec.Basic.Deliver(
-            delivery_tag=tag, exchange="herald.events", routing_key="notification.send"
-        ),
-        header=ContentHeader(properties=spec.Basic.Properties()),
-        body=orjson.dumps(body),
-        channel=cast("Any", channel),
-    )
 
 
 async def failing_reload() -> None:

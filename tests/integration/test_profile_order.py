@@ -1,0 +1,133 @@
+"""One user's ``user.profile`` events are stored in delivery order, even when the first one backs off.
+
+No worker process runs: the pipeline is driven in-process as the event consumer drives it (each
+delivery's returned work started as a task, in delivery order), against the real schema, with a fake
+AMQP channel that records the acks. A transaction of the test's own holds the user's ``user_profiles``
+row, so the first event's upsert waits in Postgres; the test then terminates that upsert's backend (an
+outage: the store backs off and retries) while the second event has already been handed over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, cast
+
+import asyncpg
+import pytest
+
+from herald_ops.testing.stack import fresh_id, wait_until
+from herald_ops.testing.worker import FakeChannel, delivered
+from shared.preferences import Catalog
+from shared.settings import Settings
+from worker.acks import AckTracker
+from worker.pipeline import Pipeline
+from worker.store.pool import create_pool
+from worker.store.profiles import get_profile
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from aiormq.abc import DeliveredMessage
+
+    from herald_ops.testing.stack import Stack
+    from worker.publish import Publisher
+
+
+async def no_reload() -> None:
+    raise AssertionError("a profile event never reloads the catalog")
+
+
+@pytest.fixture
+async def pipeline(fresh_stack: Stack) -> AsyncIterator[Pipeline]:
+    settings = Settings(database_url=fresh_stack.database_url, db_pool_min=3, db_pool_max=4)
+    pool = await create_pool(settings)
+    try:
+        yield Pipeline(
+            settings=settings,
+            pool=pool,
+            publisher=cast("Publisher", None),  # nothing is dead-lettered here
+            acks=AckTracker(),
+            catalog=lambda: Catalog([]),
+            reload_catalog=no_reload,
+        )
+    finally:
+        await pool.close()
+
+
+def deliver(pipeline: Pipeline, tasks: list[asyncio.Task[None]], message: DeliveredMessage) -> None:
+    """What ``QueueConsumer._deliver`` does: accept in the callback, run the returned work as a task."""
+    work = pipeline.accept(message)
+    assert work is not None  # a profile event is stored after the callback
+    tasks.append(asyncio.get_running_loop().create_task(work))
+
+
+async def lock_waiters(db: asyncpg.Connection) -> list[int]:
+    """The backends of this database waiting for a lock (the upserts queued behind the held row)."""
+    rows = await db.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    return [row["pid"] for row in rows]
+
+
+async def any_lock_waiter(db: asyncpg.Connection) -> bool:
+    return bool(await lock_waiters(db))
+
+
+def acked(channel: FakeChannel, tag: int) -> bool:
+    return any(kind == "ack" and acked_tag >= tag for kind, acked_tag, _ in channel.calls)
+
+
+async def test_a_users_profiles_are_stored_in_delivery_order_when_the_first_backs_off(
+    pipeline: Pipeline, fresh_stack: Stack, fresh_db: asyncpg.Connection
+) -> None:
+    user, other = fresh_id("profiled"), fresh_id("other")
+    await fresh_db.execute(
+        "INSERT INTO user_profiles (user_id, email) VALUES ($1, 'first@example.com')", user
+    )
+    channel, other_channel = FakeChannel(), FakeChannel()
+    tasks: list[asyncio.Task[None]] = []
+    holder = await asyncpg.connect(fresh_stack.database_url)
+    try:
+        transaction = holder.transaction()
+        await transaction.start()
+        try:
+            await holder.execute("SELECT 1 FROM user_profiles WHERE user_id = $1 FOR UPDATE", user)
+            deliver(
+                pipeline,
+                tasks,
+                delivered(channel, 1, {"user_id": user, "email": "old@example.com"}, "user.profile"),
+            )
+            await wait_until(lambda: any_lock_waiter(fresh_db), 10, "the first upsert to wait for the row")
+            (first_backend,) = await lock_waiters(fresh_db)
+            deliver(
+                pipeline,
+                tasks,
+                delivered(channel, 2, {"user_id": user, "email": "new@example.com"}, "user.profile"),
+            )
+
+            # Another user's profile is not held up behind this user's.
+            deliver(
+                pipeline,
+                tasks,
+                delivered(other_channel, 1, {"user_id": other, "name": "Grace"}, "user.profile"),
+            )
+            await wait_until(lambda: acked(other_channel, 1), 10, "the other user's profile to be acked")
+            assert (await get_profile(fresh_db, other))["name"] == "Grace"
+
+            # A transient outage for the first upsert: it backs off, then retries on another connection.
+            assert await fresh_db.fetchval("SELECT pg_terminate_backend($1)", first_backend)
+
+            async def retried_or_second_waiting() -> bool:
+                return any(pid != first_backend for pid in await lock_waiters(fresh_db))
+
+            await wait_until(retried_or_second_waiting, 10, "an upsert of the user to wait for the row again")
+        finally:
+            await transaction.commit()
+        await wait_until(lambda: acked(channel, 2), 15, "both profile events to be acked")
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    finally:
+        await holder.close()
+
+    assert (await get_profile(fresh_db, user))["email"] == "new@example.com"
+    assert channel.calls == [("ack", 1, True), ("ack", 2, True)]  # settled in delivery order
+    assert len(pipeline._profiles) == 0  # no user's lock is kept once nobody waits for it
