@@ -68,7 +68,10 @@ def run(args: argparse.Namespace) -> int:
         env["HERALD_VAPID_PRIVATE_KEY"] = new_key_pair()[0]
     if migrate_module.run(settings.database_url) != 0:
         return 1
-    dev_settings = load_settings(jwt_secret=env["HERALD_JWT_SECRET"])
+    # The secret may come from a .env file, which the processes read too: only a throwaway one is passed.
+    dev_settings = (
+        settings if settings.jwt_secret is not None else load_settings(jwt_secret=env["HERALD_JWT_SECRET"])
+    )
     base = f"http://{settings.gateway_host}:{settings.gateway_port}"
     api = f"http://{settings.api_host}:{settings.api_port}"
     # Own sessions: Ctrl-C reaches only this process, which then stops the children in order.

@@ -170,7 +170,9 @@ async def _dead_letter_queue(
     """
     connection = await aio_pika.connect(amqp_url)
     try:
-        channel = await connection.channel(publisher_confirms=True)
+        # A returned (unroutable) publish must raise: otherwise aiormq answers it like a confirm, and the
+        # dead letter would be acked with its event dropped by the broker.
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         try:
             queue = await channel.declare_queue(topology.dead_letter_queue, passive=True)
         except aio_pika.exceptions.ChannelNotFoundEntity as exc:

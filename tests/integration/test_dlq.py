@@ -335,3 +335,25 @@ async def test_a_forged_dead_letter_is_never_replayed_onto_the_rpc_queue(fresh_s
         assert queue_depth(stack, TOPOLOGY.dead_letter_queue) == 2
     finally:
         await connection.close()
+
+
+async def test_a_replay_the_broker_cannot_route_keeps_its_dead_letter(fresh_stack: Stack) -> None:
+    """With the input queue gone (a broker rebuilt before any worker started), the republished event is
+    returned unroutable: the replay fails, naming it, and the dead letter stays."""
+    stack = fresh_stack
+    worker = stack.start_worker()
+    connection = await aio_pika.connect(stack.amqp_url)
+    try:
+        channel = await connection.channel()
+        await publish_event(
+            channel, orjson.dumps({"user_id": "lost-user", "type": NEW_TYPE, "title": "t"}), "unroutable-1"
+        )
+        await wait_until(lambda: queue_depth(stack, TOPOLOGY.dead_letter_queue) == 1, 20, "dead letter")
+        worker.stop()
+        await channel.queue_delete(TOPOLOGY.events_queue)
+        replayed = herald_dlq(stack, "replay")
+        assert replayed.returncode != 0
+        assert "unroutable" in replayed.stderr
+        assert queue_depth(stack, TOPOLOGY.dead_letter_queue) == 1
+    finally:
+        await connection.close()
