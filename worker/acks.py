@@ -10,7 +10,8 @@ not yet settled (still in a batch, or not yet handed to the batcher) stops the r
 which handlers happened to run. Tags restart at 1 on a new channel (a reconnect), so the tracker keeps
 one state per channel object; a closed channel's deliveries are requeued by RabbitMQ and redelivered.
 
-A broadcast is stored chunk by chunk and settled only after its last chunk, seconds later. Its tag is
+A broadcast is stored chunk by chunk and settled only after its last chunk, seconds later; a request on
+``herald.rpc`` may run long too (``worker.rpc.SLOW_REQUEST_SECONDS``). Such a tag is
 *held* (:meth:`AckTracker.hold`): while a held tag stops the run, the deliveries settled above it are acked
 one by one (``multiple=False``), so they neither wait for it nor fill the prefetch window.
 """

@@ -151,13 +151,21 @@ class RpcConsumer(QueueConsumer):
 
     async def _answer(self, message: DeliveredMessage) -> None:
         properties = message.header.properties
+        channel = cast("aiormq.Channel", message.channel)  # the abstract type lacks ``wait``
         # Only a trusted broker user's requests run: the broker validated ``user_id`` against the
         # publishing connection, so anyone else who can reach the default exchange gets 4003.
         if self._settings.rpc_caller_trusted(properties.user_id):
-            reply = await handle_request(self._runtime(), message.body)
+            tag = message.delivery_tag
+            slow = None
+            if tag is not None:
+                slow = asyncio.get_running_loop().call_later(SLOW_REQUEST_SECONDS, self._hold, channel, tag)
+            try:
+                reply = await handle_request(self._runtime(), message.body)
+            finally:
+                if slow is not None:
+                    slow.cancel()
         else:
             reply = refuse_untrusted(properties.user_id)
-        channel = cast("aiormq.Channel", message.channel)  # the abstract type lacks ``wait``
         with contextlib.suppress(*CLOSED_CHANNEL_ERRORS):
             if properties.reply_to:
                 # mandatory=False: a gateway that went away leaves nobody to route the reply to.
@@ -180,6 +188,19 @@ class RpcConsumer(QueueConsumer):
 
     def _settle(self, channel: AbstractChannel) -> None:
         self._spawn(self._acks.settle(channel, self._answered.pop(channel, [])))
+
+    def _hold(self, channel: AbstractChannel, tag: int) -> None:
+        """A request still running: the requests answered after it are acked on their own from now on
+        (and those answered already, at once), so it does not hold up the prefetch window."""
+        self._acks.hold(channel, tag)
+        self._spawn(self._acks.settle(channel, ()))
+
+
+#: A request running longer than this is *held* (worker.acks): the acks of the requests answered after it
+#: leave one by one instead of waiting for its tag, which a multiple-ack cannot pass. Otherwise one slow
+#: request (a lock wait, a long mark_all_read) would leave the requests answered behind it unacked, and
+#: RabbitMQ would deliver this worker nothing more once they filled ``HERALD_RPC_PREFETCH``.
+SLOW_REQUEST_SECONDS: Final = 0.05
 
 
 def refuse_untrusted(publisher: str | None) -> bytes:
