@@ -123,10 +123,11 @@ class RpcConsumer(QueueConsumer):
     publisher confirms (a reply nobody can receive any more is not worth a confirm). The reply goes
     straight to aiormq with ``wait=False`` (aio-pika's ``Exchange.publish`` holds the channel lock until
     the frame is flushed), and the acks of requests answered in the same turn of the event loop leave as
-    one ``basic.ack(multiple=True)`` (:class:`worker.acks.AckTracker`). The queue is durable and classic
-    with no arguments, as every declarer agrees (channel and callback: :mod:`worker.consumers`). Only
-    requests whose broker-validated AMQP ``user_id`` is a trusted broker user
-    (``HERALD_RPC_TRUSTED_USERS``, default: the worker's own) are served; others get 4003.
+    one ``basic.ack(multiple=True)`` (:class:`worker.acks.AckTracker`); a request still running after
+    :data:`SLOW_REQUEST_SECONDS` is held, so the requests answered after it are acked on their own. The
+    queue is durable and classic with no arguments, as every declarer agrees (channel and callback:
+    :mod:`worker.consumers`). Only requests whose broker-validated AMQP ``user_id`` is a trusted broker
+    user (``HERALD_RPC_TRUSTED_USERS``, default: the worker's own) are served; others get 4003.
     """
 
     def __init__(self, settings: Settings, topology: Topology, runtime: Callable[[], Runtime]) -> None:
