@@ -19,6 +19,7 @@ from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
 
 from herald_ops.testing.stack import ROOT, create_stack, destroy_stack
+from shared.jsonrpc import notification_frame
 from shared.topology import SEND_ROUTING_KEY, Topology
 
 if TYPE_CHECKING:
@@ -142,7 +143,7 @@ class ScriptedGateway:
 
     async def send_all(self, method: str, params: Any) -> None:
         for connection in list(self.connections):
-            await connection.send(_notification(method, params))
+            await connection.send(notification_frame(method, params), text=True)
 
     async def close_all(self, code: int, reason: str = "") -> None:
         for connection in list(self.connections):
@@ -161,9 +162,9 @@ class ScriptedGateway:
             connected |= {"unread_count": unread, "last_seq": len(self.stored)}
         held = [entry if isinstance(entry, dict) else self.store(entry) for entry in self.held_back]
         self.held_back.clear()
-        await connection.send(_notification("connected", connected))
+        await connection.send(notification_frame("connected", connected), text=True)
         for item in held:
-            await connection.send(_notification("notification:new", item))
+            await connection.send(notification_frame("notification:new", item), text=True)
         self.connections.add(connection)
         try:
             async for raw in connection:
@@ -194,10 +195,6 @@ class ScriptedGateway:
             unread = sum(1 for item in self.stored if item["read_at"] is None)
             return {"result": {"count": unread, "last_seq": len(self.stored)}}
         return {"error": {"code": -32601, "message": "not scripted"}}
-
-
-def _notification(method: str, params: Any) -> str:
-    return json.dumps({"jsonrpc": "2.0", "method": method, "params": params})
 
 
 async def _serve_scripted(page_size: int) -> None:
