@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import aio_pika
 import aiormq
@@ -74,8 +74,11 @@ ATTACH_BATCH: Final = 64
 _CHANNEL_FAILURES: Final = (aiormq.exceptions.ChannelClosed, aiormq.exceptions.ChannelInvalidStateError)
 
 
-#: What one user's attach in a batch came to: done (``None``), or the error that user alone failed with.
-_Attached = TopologyError | None
+#: What one user's attach in a batch came to: the generation whose queue it bound (see
+#: :meth:`BrokerLink.attach`), or the error that user alone failed with.
+_Attached = TopologyError | int
+
+_T = TypeVar("_T")
 
 
 @dataclass(eq=False)
@@ -167,30 +170,29 @@ class BrokerLink(SupervisedLink):
         async with lane.lock:
             await self._retried(lane, user_id, operation, gone_ok)
 
-    async def _attempt(self, lane: _Lane, operation: Callable[[AbstractChannel], Awaitable[None]]) -> None:
+    async def _attempt(self, lane: _Lane, operation: Callable[[AbstractChannel], Awaitable[_T]]) -> _T:
         """Run ``operation`` once on ``lane`` (whose lock the caller holds), on a fresh channel if needed."""
         if self._connection is None or self._connection.is_closed:
             raise TopologyError("broker connection down")
         if lane.channel is None or lane.channel.is_closed:
             lane.channel = await self._connection.channel(publisher_confirms=False)
-        await operation(lane.channel)
+        return await operation(lane.channel)
 
     async def _retried(
         self,
         lane: _Lane,
         subject: str,
-        operation: Callable[[AbstractChannel], Awaitable[None]],
+        operation: Callable[[AbstractChannel], Awaitable[_T]],
         gone_ok: bool,
-    ) -> None:
+    ) -> _T | None:
         """Run ``operation`` on ``lane``, retrying on a fresh channel when the broker closed it (404
-        included). With ``gone_ok`` a 404 means the target is gone: done."""
+        included). With ``gone_ok`` a 404 means the target is gone: done (``None``)."""
         for attempt in range(ATTACH_ATTEMPTS):
             try:
-                await self._attempt(lane, operation)
-                return
+                return await self._attempt(lane, operation)
             except aiormq.exceptions.ChannelNotFoundEntity:
                 if gone_ok:
-                    return
+                    return None
                 self._metrics.topology_retries.inc()
             except _CHANNEL_FAILURES as exc:
                 self._metrics.topology_retries.inc()
@@ -198,18 +200,24 @@ class BrokerLink(SupervisedLink):
             await asyncio.sleep(0.01 * attempt)
         raise TopologyError(f"topology for {subject} failed {ATTACH_ATTEMPTS} times")
 
-    async def attach(self, user_id: str) -> None:
+    async def attach(self, user_id: str) -> int:
         """Declare ``herald.user.<id>``, bind the queue to it, bind it to ``herald.users``; retry on 404.
 
         The attach joins its lane's next batch (see the module docstring) and returns when that batch,
         or the part of it that holds this user, is done.
 
+        Returns:
+            The :attr:`generation` whose queue the user was bound to. It is newer than the generation
+            read before the call when the link reconnected while the attach waited for its lane: the
+            binding then lives on the new connection, and only a detach naming that generation removes it.
+
         Raises:
             TopologyError: the link is down, or every attempt failed.
         """
         outcome = await self._lane(user_id).attaches.get(user_id)
-        if outcome is not None:
+        if isinstance(outcome, TopologyError):
             raise outcome
+        return outcome
 
     async def _attach_users(self, lane: _Lane, users: list[str]) -> dict[str, _Attached]:
         """The batch of ``lane``'s :class:`Coalescer`: the users' outcomes, with the lane to itself."""
@@ -228,9 +236,9 @@ class BrokerLink(SupervisedLink):
         operation = self._attach_operation(users)
         try:
             if len(users) == 1:
-                await self._retried(lane, users[0], operation, gone_ok=False)
+                bound = await self._retried(lane, users[0], operation, gone_ok=False)
             else:
-                await self._attempt(lane, operation)
+                bound = await self._attempt(lane, operation)
         except _CHANNEL_FAILURES as exc:
             self._metrics.topology_retries.inc()
             log.debug("batched attach split", users=len(users), error=str(exc))
@@ -238,9 +246,11 @@ class BrokerLink(SupervisedLink):
             return await self._attach_batch(lane, users[:half]) | await self._attach_batch(lane, users[half:])
         except TopologyError as exc:
             return dict.fromkeys(users, exc)
-        return dict.fromkeys(users)
+        # Not ``gone_ok``: a 404 is retried or raised, never returned as ``None``.
+        assert bound is not None
+        return dict.fromkeys(users, bound)
 
-    def _attach_operation(self, users: list[str]) -> Callable[[AbstractChannel], Awaitable[None]]:
+    def _attach_operation(self, users: list[str]) -> Callable[[AbstractChannel], Awaitable[int]]:
         names = self._names
 
         def attach_frames(user_id: str) -> list[aiormq.abc.FrameType]:
@@ -261,7 +271,9 @@ class BrokerLink(SupervisedLink):
                 ),
             ]
 
-        async def operation(channel: AbstractChannel) -> None:
+        async def operation(channel: AbstractChannel) -> int:
+            # The queues named below are those of this generation, read in the same turn as the names.
+            generation = self._generation
             # All but the last user's exchange bind, which is sent below and awaited.
             *frames, _ = (frame for user_id in users for frame in attach_frames(user_id))
             # Every method but the last bind goes out as one write: aiormq sends each method through a
@@ -279,6 +291,7 @@ class BrokerLink(SupervisedLink):
             )
             last = users[-1]
             await underlay.exchange_bind(names.user_exchange(last), names.users_exchange, routing_key=last)
+            return generation
 
         return operation
 

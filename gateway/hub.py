@@ -56,8 +56,10 @@ class UserTopology(Protocol):
     @property
     def ready(self) -> bool: ...
 
-    async def attach(self, user_id: str) -> None:
-        """Declare the user's exchange and bind it both ways; raises :class:`GatewayError` on failure."""
+    async def attach(self, user_id: str) -> int:
+        """Declare the user's exchange and bind it both ways; the generation whose queue it bound.
+
+        Raises :class:`GatewayError` on failure."""
         ...
 
     async def detach(self, user_id: str, generation: int) -> None:
@@ -180,17 +182,20 @@ class Hub:
         async with slot.lock:
             await self._attach_locked(slot)
 
-    async def _attach_locked(self, slot: UserSlot) -> bool:
-        generation = self._topology.generation
-        if not slot.connection_count or slot.attached_generation == generation or not self._topology.ready:
-            return False
+    async def _attach_locked(self, slot: UserSlot) -> None:
+        if (
+            not slot.connection_count
+            or slot.attached_generation == self._topology.generation
+            or not self._topology.ready
+        ):
+            return
         try:
-            await self._topology.attach(slot.user_id)
+            # The generation the binding was made in, not the one before the call: a reconnect while the
+            # attach waited for its lane binds the new connection's queue, and the user's last release
+            # must unbind that one (a detach naming an older generation is a no-op).
+            slot.attached_generation = await self._topology.attach(slot.user_id)
         except GatewayError as exc:
             log.warning("attach failed", user_id=slot.user_id, error=str(exc))
-            return False
-        slot.attached_generation = generation
-        return True
 
     def go_live(self, connection: ServerConnection, slot: UserSlot) -> None:
         """``connected`` was written: write the frames buffered meanwhile, then relay directly."""

@@ -8,6 +8,7 @@ exchange the broker refuses must fail alone, not take the rest of its batch with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from typing import TYPE_CHECKING, Any, cast
 
@@ -19,7 +20,7 @@ from gateway.errors import TopologyError
 from gateway.metrics import Metrics
 from gateway.rpc import RpcClient
 from herald_ops.testing.gateway import NAMES, publish_user, user_frame
-from herald_ops.testing.stack import fresh_id, rabbitmqctl, wait_until
+from herald_ops.testing.stack import close_connections, fresh_id, rabbitmqctl, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -46,11 +47,13 @@ class RecordingHub:
         raise AssertionError("no broadcast is published here")
 
 
-@pytest.fixture
-async def link(stack: Stack) -> AsyncIterator[tuple[BrokerLink, RecordingHub, Metrics]]:
+@contextlib.asynccontextmanager
+async def running_link(
+    stack: Stack, connection_name: str
+) -> AsyncIterator[tuple[BrokerLink, RecordingHub, Metrics]]:
     hub, metrics = RecordingHub(), Metrics()
     rpc = RpcClient(NAMES.rpc_queue, timeout=5.0, broker_user="guest")
-    started = BrokerLink(stack.amqp_url, NAMES, rpc, metrics, connection_name="test-attach")
+    started = BrokerLink(stack.amqp_url, NAMES, rpc, metrics, connection_name=connection_name)
     started.bind_hub(cast("Hub", hub))
     supervisor = asyncio.create_task(started.run())
     try:
@@ -60,6 +63,12 @@ async def link(stack: Stack) -> AsyncIterator[tuple[BrokerLink, RecordingHub, Me
         await started.close()
         supervisor.cancel()
         await asyncio.gather(supervisor, return_exceptions=True)
+
+
+@pytest.fixture
+async def link(stack: Stack) -> AsyncIterator[tuple[BrokerLink, RecordingHub, Metrics]]:
+    async with running_link(stack, "test-attach") as started:
+        yield started
 
 
 @pytest.fixture
@@ -90,7 +99,7 @@ async def test_users_attached_together_are_all_bound(
     users = [fresh_id("batch") for _ in range(300)]
     # Started in one turn of the event loop: each lane's first batch holds every user of the lane.
     outcomes = await asyncio.gather(*(broker.attach(user) for user in users))
-    assert outcomes == [None] * len(users)
+    assert outcomes == [broker.generation] * len(users)
     await frames_reach(channel, hub, users)
     assert retries(metrics) == 0
     assert set(hub.frames) == set(users)
@@ -101,7 +110,7 @@ async def test_users_are_spread_over_the_gateway_queues_and_broadcasts_reach_one
 ) -> None:
     broker, hub, _ = link
     users = [fresh_id("spread") for _ in range(400)]
-    assert await asyncio.gather(*(broker.attach(user) for user in users)) == [None] * len(users)
+    assert await asyncio.gather(*(broker.attach(user) for user in users)) == [broker.generation] * len(users)
     await frames_reach(channel, hub, users)
     listing = rabbitmqctl(
         "list_bindings", "-q", "-p", stack.name, "source_name", "destination_name", "destination_kind"
@@ -135,7 +144,11 @@ async def test_a_user_whose_exchange_the_broker_refuses_fails_alone(
         outcomes: list[Any] = await asyncio.gather(
             *(broker.attach(user) for user in everyone), return_exceptions=True
         )
-        failed = {user: outcome for user, outcome in zip(everyone, outcomes, strict=True) if outcome}
+        failed = {
+            user: outcome
+            for user, outcome in zip(everyone, outcomes, strict=True)
+            if isinstance(outcome, BaseException)
+        }
         assert list(failed) == [refused]
         assert isinstance(failed[refused], TopologyError)
         await frames_reach(channel, hub, users)
@@ -143,3 +156,32 @@ async def test_a_user_whose_exchange_the_broker_refuses_fails_alone(
         assert retries(metrics) > ATTACH_ATTEMPTS
     finally:
         await channel.exchange_delete(NAMES.user_exchange(refused))
+
+
+def user_bindings(stack: Stack, user: str) -> list[str]:
+    """The queues ``user``'s exchange is bound to."""
+    listing = rabbitmqctl("list_bindings", "-q", "-p", stack.name, "source_name", "destination_name").stdout
+    rows = [line.split("\t") for line in listing.splitlines()]
+    return [queue for source, queue in rows if source == NAMES.user_exchange(user)]
+
+
+async def test_an_attach_that_waited_through_a_reconnect_reports_the_generation_it_bound_in(
+    stack: Stack, channel: AbstractChannel
+) -> None:
+    name = fresh_id("test-attach-reconnect")
+    async with running_link(stack, name) as (broker, hub, _):
+        user = fresh_id("waited")
+        before = broker.generation
+        lane = broker._lane(user)
+        # The lane busy (as with another batch in flight): the attach waits for it while the link reconnects.
+        async with lane.lock:
+            attaching = asyncio.create_task(broker.attach(user))
+            assert close_connections(stack.name, client=name) == 1
+            await wait_until(lambda: broker.ready and broker.generation > before, 20, "the link reconnected")
+        bound_in = await attaching
+        assert bound_in == broker.generation
+        await frames_reach(channel, hub, [user])
+        # Detaching in the generation the attach reported removes the binding; with the older one it
+        # would be skipped as belonging to a dead connection, and the binding would stay.
+        await broker.detach(user, bound_in)
+        await wait_until(lambda: not user_bindings(stack, user), 15, "the user's binding removed")

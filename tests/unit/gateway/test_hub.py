@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any
 
@@ -25,11 +26,16 @@ class FakeTopology:
         self.calls: list[tuple[str, str]] = []
         self.fail_attach = False
         self.fail_detach: Exception | None = None
+        #: Set to make the next attach wait for it, as an attach queued behind its lane's batch does.
+        self.hold_attach: asyncio.Event | None = None
 
-    async def attach(self, user_id: str) -> None:
+    async def attach(self, user_id: str) -> int:
         if self.fail_attach:
             raise TopologyError("down")
+        if self.hold_attach is not None:
+            await self.hold_attach.wait()
         self.calls.append(("attach", user_id))
+        return self.generation  # the generation whose queue it bound: the one current when it ran
 
     async def detach(self, user_id: str, generation: int) -> None:
         if self.fail_detach is not None:
@@ -107,6 +113,26 @@ async def test_one_attach_per_user_and_detach_with_the_last_connection(
     await hub.release(second, slot)
     assert topology.calls == [("attach", "u1"), ("detach", "u1")]
     assert "u1" not in hub.users
+
+
+async def test_a_user_bound_after_a_reconnect_it_waited_through_is_unbound_by_its_last_release(
+    hub: Hub, topology: FakeTopology
+) -> None:
+    connection = FakeConnection()
+    slot = hub.admit(connection, "u1")  # type: ignore[arg-type]
+    assert not isinstance(slot, CloseCode)
+    topology.hold_attach = asyncio.Event()
+    attaching = asyncio.create_task(hub.attach(slot))
+    await wait_until(lambda: slot.lock.locked(), 5, "the attach is waiting")
+    topology.generation += 1  # the link reconnected meanwhile: the attach binds the new connection's queue
+    topology.hold_attach.set()
+    await attaching
+    assert slot.attached_generation == topology.generation
+    hub.go_live(connection, slot)  # type: ignore[arg-type]
+    await hub.release(connection, slot)
+    # Recorded under the generation read before the call, the detach would be skipped as stale and the
+    # binding left behind on the live connection.
+    assert topology.calls == [("attach", "u1"), ("detach", "u1")]
 
 
 @pytest.mark.parametrize("failure", [TopologyError("down"), ConnectionError("closed under the unbind")])
