@@ -49,6 +49,11 @@ class RpcClient:
     def in_flight(self) -> int:
         return len(self._pending)
 
+    @property
+    def timeout(self) -> float:
+        """Seconds a request waits for its reply (``HERALD_RPC_TIMEOUT``)."""
+        return self._timeout
+
     async def attach(self, channel: AbstractChannel) -> None:
         """Start consuming replies on ``channel``; requests are published on it from now on.
 

@@ -81,7 +81,7 @@ async def test_lookups_left_by_a_cancelled_call_are_cancelled_not_left_waiting()
     queued = asyncio.ensure_future(coalescer.get("b"))
     await asyncio.sleep(0)
     draining = next(
-        task for task in asyncio.all_tasks() if task.get_coro().__qualname__ == "Coalescer._drain"
+        task for task in asyncio.all_tasks() if task.get_coro().__qualname__ == "Coalescer._dispatch"
     )
     draining.cancel()
     for lookup in (interrupted, queued):
@@ -91,3 +91,34 @@ async def test_lookups_left_by_a_cancelled_call_are_cancelled_not_left_waiting()
                 await lookup
     source.release.set()
     assert await coalescer.get("c") == "C"  # a new lookup starts a new call
+
+
+async def test_a_lookup_abandoned_before_its_call_started_is_left_out_of_it() -> None:
+    source, coalescer, first = await held_call("a")
+    abandoned = asyncio.ensure_future(coalescer.get("b"))
+    kept = asyncio.ensure_future(coalescer.get("c"))
+    await asyncio.sleep(0)
+    abandoned.cancel()  # the client went away (or its deadline passed) while the first call ran
+    source.release.set()
+    assert await first == "A"
+    assert await kept == "C"
+    assert source.calls == [["a"], ["c"]]
+
+
+async def test_up_to_max_calls_run_at_once_and_later_lookups_wait_for_a_free_one() -> None:
+    source = Source()
+    source.release.clear()
+    coalescer = Coalescer(source.fetch, max_keys=100, max_calls=2)
+    first = asyncio.ensure_future(coalescer.get("a"))
+    while not source.calls:
+        await asyncio.sleep(0)
+    second = asyncio.ensure_future(coalescer.get("b"))  # a call is free: it does not wait for the first
+    while len(source.calls) < 2:
+        await asyncio.sleep(0)
+    later = [asyncio.ensure_future(coalescer.get(key)) for key in ("c", "d")]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert source.calls == [["a"], ["b"]]  # both calls busy: c and d wait, together
+    source.release.set()
+    assert await asyncio.gather(first, second, *later) == ["A", "B", "C", "D"]
+    assert source.calls == [["a"], ["b"], ["c", "d"]]
