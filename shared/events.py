@@ -8,7 +8,7 @@ the catalog is the worker's question (the catalog is data in Postgres), not this
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, NamedTuple, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -171,6 +171,16 @@ def _distinct_action_ids(actions: tuple[Action, ...]) -> tuple[Action, ...]:
     return actions
 
 
+def _with_offset(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("must include a time zone offset")
+    return value
+
+
+#: A timestamp in an event: RFC 3339 with its offset, so it names one instant whatever the producer's zone.
+Aware = Annotated[datetime, AfterValidator(_with_offset)]
+
+
 class _EventFields(BaseModel):
     """What send and broadcast events have in common."""
 
@@ -188,21 +198,12 @@ class _EventFields(BaseModel):
     message: NulFree = Field(default="", max_length=MAX_MESSAGE_CHARS)
     data: Annotated[dict[str, Any], AfterValidator(_data_within_limit)] = Field(default_factory=dict)
     channels: frozenset[Channel] | None = None
-    expires_at: datetime | None = Field(
-        default=None, validation_alias=AliasChoices("expires_at", "expiresAt")
-    )
+    expires_at: Aware | None = Field(default=None, validation_alias=AliasChoices("expires_at", "expiresAt"))
 
     url: Url | None = None
     actions: Annotated[tuple[Action, ...], AfterValidator(_distinct_action_ids)] = Field(
         default=(), max_length=MAX_ACTIONS
     )
-
-    @field_validator("expires_at")
-    @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            raise ValueError("must include a time zone offset")
-        return value
 
     @property
     def idempotency_key(self) -> IdempotencyKey | None:
@@ -278,6 +279,17 @@ def _known_zone(value: str | None) -> str | None:
     return value
 
 
+#: How far ahead of the worker's clock a profile's ``changed_at`` may be: clocks drift a little, but a
+#: time far ahead would make every later change of the user's profile look older, and be refused.
+MAX_CLOCK_SKEW: Final = timedelta(minutes=5)
+
+
+def _not_ahead(value: datetime) -> datetime:
+    if value > datetime.now(UTC) + MAX_CLOCK_SKEW:
+        raise ValueError(f"is more than {int(MAX_CLOCK_SKEW.total_seconds())} s ahead of the worker's clock")
+    return value
+
+
 class ProfileEvent(BaseModel):
     """``user.profile``: a user's contact data; a present ``null`` clears a field, an absent key keeps it."""
 
@@ -288,6 +300,10 @@ class ProfileEvent(BaseModel):
     name: str | None = Field(default=None, max_length=MAX_TITLE_CHARS)
     locale: Annotated[str, StringConstraints(pattern=_LOCALE_PATTERN)] | None = None
     timezone: Annotated[str | None, AfterValidator(_known_zone)] = None
+    #: When the producer's data changed; a field is stored only if no later change of it is (amendment 47).
+    changed_at: Annotated[Aware, AfterValidator(_not_ahead)] | None = Field(
+        default=None, validation_alias=AliasChoices("changed_at", "changedAt")
+    )
 
     def changes(self) -> dict[str, str | None]:
         """The fields the event carried (``None`` for a present null), by name."""

@@ -74,7 +74,7 @@ async def store_profile(pool: asyncpg.Pool, event: ProfileEvent) -> None:
     delay = _BACKOFF_START
     for attempt in range(_MAX_OUTAGE_RETRIES + 1):
         try:
-            await upsert_profile(pool, event.user_id, event.changes())
+            await upsert_profile(pool, event.user_id, event.changes(), event.changed_at)
             return
         except Exception as exc:
             if not is_outage(exc):

@@ -131,3 +131,37 @@ async def test_a_users_profiles_are_stored_in_delivery_order_when_the_first_back
     assert (await get_profile(fresh_db, user))["email"] == "new@example.com"
     assert channel.calls == [("ack", 1, True), ("ack", 2, True)]  # settled in delivery order
     assert len(pipeline._profiles) == 0  # no user's lock is kept once nobody waits for it
+
+
+async def test_a_profile_event_older_than_a_stored_change_leaves_that_field_alone(
+    pipeline: Pipeline, fresh_db: asyncpg.Connection
+) -> None:
+    user = fresh_id("redelivered")
+    # Stored before `changed_at` existed: no field has a time yet, so any event applies to it.
+    await fresh_db.execute("INSERT INTO user_profiles (user_id, name) VALUES ($1, 'Ada')", user)
+    channel = FakeChannel()
+    tasks: list[asyncio.Task[None]] = []
+
+    async def store(tag: int, body: dict[str, object]) -> None:
+        deliver(pipeline, tasks, delivered(channel, tag, {"user_id": user, **body}, "user.profile"))
+        await wait_until(lambda: acked(channel, tag), 10, f"profile event {tag} acked")
+
+    newer = {"email": "new@example.com", "name": "Ada L.", "changed_at": "2026-03-01T12:00:00+00:00"}
+    await store(1, newer)
+    # The older event comes back after the newer one (it waited out an outage in the broker): its email
+    # and name are older than the stored ones, its locale is the only news.
+    older = {"email": "old@example.com", "name": None, "locale": "fr", "changedAt": "2026-03-01T11:59:00Z"}
+    await store(2, older)
+    profile = await get_profile(fresh_db, user)
+    assert (profile["email"], profile["name"], profile["locale"]) == ("new@example.com", "Ada L.", "fr")
+
+    # Nothing in it is newer: the row is not written at all.
+    before = profile["updated_at"]
+    await store(3, {"email": "older@example.com", "changed_at": "2026-02-01T00:00:00Z"})
+    assert (await get_profile(fresh_db, user))["updated_at"] == before
+
+    # Without `changed_at` an event counts as changed when stored: it applies, as in delivery order.
+    await store(4, {"email": "now@example.com"})
+    assert (await get_profile(fresh_db, user))["email"] == "now@example.com"
+    await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    assert [kind for kind, _, _ in channel.calls] == ["ack"] * 4  # stale or not, each event is settled

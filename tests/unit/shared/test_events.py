@@ -276,3 +276,22 @@ def test_nul_characters_are_refused_at_parse_time(field: str, value: object) -> 
 def test_an_escaped_backslash_before_u0000_is_not_a_nul() -> None:
     body = {"user_id": "u1", "type": "T", "title": "t", "data": {"path": "C:\\u0000"}}
     assert parse(body) is not None
+
+
+def test_a_profiles_changed_at_needs_an_offset_and_may_not_lie_far_ahead() -> None:
+    from shared.events import MAX_CLOCK_SKEW, ProfileEvent
+
+    event = parse(
+        {"user_id": "u1", "email": "a@b.example", "changedAt": "2026-01-02T03:04:05+01:00"}, "user.profile"
+    )
+    assert isinstance(event, ProfileEvent)
+    assert event.changed_at == datetime(2026, 1, 2, 2, 4, 5, tzinfo=UTC)
+    assert "changed_at" not in event.changes()  # when, not what: never a field of the profile itself
+    assert "time zone offset" in reason(
+        {"user_id": "u1", "changed_at": "2026-01-02T03:04:05"}, "user.profile"
+    )
+    # Far ahead, it would make every later change of the user's profile look older than it, and be refused.
+    ahead = (datetime.now(UTC) + MAX_CLOCK_SKEW * 2).isoformat()
+    assert reason({"user_id": "u1", "changed_at": ahead}, "user.profile").startswith("changed_at")
+    slightly_ahead = (datetime.now(UTC) + MAX_CLOCK_SKEW / 2).isoformat()
+    assert isinstance(parse({"user_id": "u1", "changed_at": slightly_ahead}, "user.profile"), ProfileEvent)
