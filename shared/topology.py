@@ -9,7 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from herald_client.protocol import BROADCAST_ROUTING_KEY, SEND_ROUTING_KEY, events_exchange
+from herald_client.protocol import (
+    BROADCAST_ROUTING_KEY,
+    PROFILE_ROUTING_KEY,
+    SEND_ROUTING_KEY,
+    events_exchange,
+)
 
 __all__ = [
     "BROADCAST_CRITICAL_HEADER",
@@ -25,8 +30,6 @@ __all__ = [
 ]
 
 EVENTS_BINDING_KEY: Final = "notification.#"
-#: Contact-data events (docs/protocol.md §9); the events queue is bound to this key too.
-PROFILE_ROUTING_KEY: Final = "user.profile"
 ERROR_HEADER: Final = "x-herald-error"
 ORIGINAL_ROUTING_KEY_HEADER: Final = "x-herald-routing-key"
 ORIGINAL_EXCHANGE_HEADER: Final = "x-herald-exchange"

@@ -10,11 +10,13 @@ outage: the store backs off and retries) while the second event has already been
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, cast
 
 import asyncpg
 import pytest
 
+from herald_client import InvalidEvent, Producer
 from herald_ops.testing.stack import fresh_id, wait_until
 from herald_ops.testing.worker import FakeChannel, delivered
 from shared.preferences import Catalog
@@ -165,3 +167,32 @@ async def test_a_profile_event_older_than_a_stored_change_leaves_that_field_alon
     assert (await get_profile(fresh_db, user))["email"] == "now@example.com"
     await asyncio.wait_for(asyncio.gather(*tasks), 10)
     assert [kind for kind, _, _ in channel.calls] == ["ack"] * 4  # stale or not, each event is settled
+
+
+async def test_the_producers_profile_events_carry_when_they_changed(
+    fresh_stack: Stack, fresh_db: asyncpg.Connection
+) -> None:
+    fresh_stack.start_worker()
+    user = fresh_id("sdk")
+    now = datetime.now(UTC)
+
+    async def stored(field: str, value: object) -> bool:
+        return (await get_profile(fresh_db, user))[field] == value
+
+    async with Producer(fresh_stack.amqp_url) as producer:
+        await producer.profile(user, email="new@example.com", name="Ada")  # changed now, by default
+        await wait_until(lambda: stored("name", "Ada"), 30, "the first profile stored")
+        # A copy of an earlier change arriving late: only the field nothing later changed is stored.
+        await producer.profile(
+            user, email="old@example.com", locale="fr", changed_at=now - timedelta(hours=1)
+        )
+        await wait_until(lambda: stored("locale", "fr"), 30, "the late profile's locale stored")
+        assert (await get_profile(fresh_db, user))["email"] == "new@example.com"
+        await producer.profile(user, name=None)  # None clears; a field not given is kept
+        await wait_until(lambda: stored("name", None), 30, "the name cleared")
+        assert (await get_profile(fresh_db, user))["email"] == "new@example.com"
+
+        with pytest.raises(InvalidEvent, match="time zone offset"):
+            await producer.profile(user, email="x@example.com", changed_at=datetime(2026, 1, 1))
+        with pytest.raises(InvalidEvent, match="user_id"):
+            await producer.profile("not a user id", email="x@example.com")

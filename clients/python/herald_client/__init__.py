@@ -14,10 +14,11 @@ from herald_client.client import (
     HeraldRequestError,
     HeraldTimeoutError,
 )
-from herald_client.producer import InvalidEvent, Producer, PublishError
+from herald_client.producer import UNSET, InvalidEvent, Producer, PublishError
 from herald_client.protocol import CloseCode, ErrorCode, JsonRpcError
 
 __all__ = [
+    "UNSET",
     "CloseCode",
     "ErrorCode",
     "Event",

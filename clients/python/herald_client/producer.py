@@ -12,9 +12,11 @@ those ids to this producer: another producer's equal ``event_id`` is then a diff
 
 from __future__ import annotations
 
+import enum
 import re
 import uuid
-from typing import TYPE_CHECKING, Any, Self
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final, Self
 
 import aio_pika
 import aiormq
@@ -32,6 +34,7 @@ from herald_client.protocol import (
     MAX_RECIPIENTS,
     MAX_TITLE_CHARS,
     MAX_URL_CHARS,
+    PROFILE_ROUTING_KEY,
     SEND_ROUTING_KEY,
     SOURCE_PATTERN,
     TYPE_PATTERN,
@@ -41,7 +44,6 @@ from herald_client.protocol import (
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
-    from datetime import datetime
     from types import TracebackType
 
     from aio_pika.abc import AbstractExchange, AbstractRobustConnection
@@ -50,6 +52,16 @@ if TYPE_CHECKING:
 _USER_ID = re.compile(USER_ID_PATTERN)
 _TYPE = re.compile(TYPE_PATTERN)
 _SOURCE = re.compile(SOURCE_PATTERN)
+
+
+class Unset(enum.Enum):
+    """The type of :data:`UNSET`."""
+
+    UNSET = enum.auto()
+
+
+#: A profile field not given to :meth:`Producer.profile`: the stored value is kept (``None`` clears it).
+UNSET: Final = Unset.UNSET
 
 
 class InvalidEvent(ValueError):
@@ -172,7 +184,7 @@ class Producer:
         _check_recipients(recipients)
         _check_common(body)
         _check_inbox_fields(body)
-        await self._publish(body, SEND_ROUTING_KEY)
+        await self._publish(body, SEND_ROUTING_KEY, str(body["event_id"]))
         return str(body["event_id"])
 
     async def broadcast(
@@ -187,8 +199,46 @@ class Producer:
         """Publish a ``notification.broadcast`` event for every known user; return its ``event_id``."""
         body = self._common(type, title, message, data, event_id, None, None)
         _check_common(body)
-        await self._publish(body, BROADCAST_ROUTING_KEY)
+        await self._publish(body, BROADCAST_ROUTING_KEY, str(body["event_id"]))
         return str(body["event_id"])
+
+    async def profile(
+        self,
+        user_id: str,
+        *,
+        email: str | Unset | None = UNSET,
+        name: str | Unset | None = UNSET,
+        locale: str | Unset | None = UNSET,
+        timezone: str | Unset | None = UNSET,
+        changed_at: datetime | None = None,
+    ) -> None:
+        """Publish a ``user.profile`` event: the user's contact data for email and push (PROTOCOL §9).
+
+        Args:
+            user_id: whose profile.
+            email: the address emails go to; ``None`` clears it, not given keeps the stored one.
+            name: the name emails greet; ``None`` clears it, not given keeps it.
+            locale: a BCP 47 tag such as ``pt-BR``, for the templates; ``None`` clears it, not given keeps it.
+            timezone: an IANA zone for quiet hours; ``None`` clears it, not given keeps it.
+            changed_at: when this data changed (with a time zone offset); now by default. A field is
+                stored only if no later change of it is, so this event, if the broker delivers it again
+                after a newer one, does not overwrite the newer data.
+
+        Raises:
+            InvalidEvent: a bad ``user_id`` or a ``changed_at`` without an offset (the worker checks the
+                fields themselves, and dead-letters an event with a bad one, with its reason).
+            PublishError: the broker returned the message as unroutable.
+        """
+        if not isinstance(user_id, str) or not _USER_ID.fullmatch(user_id):
+            raise InvalidEvent(f"user_id: {user_id!r} is not a valid user id")
+        changed = datetime.now(UTC) if changed_at is None else changed_at
+        if changed.tzinfo is None:
+            raise InvalidEvent("changed_at: must include a time zone offset")
+        fields = {"email": email, "name": name, "locale": locale, "timezone": timezone}
+        body: dict[str, Any] = {"user_id": user_id}
+        body.update({field: value for field, value in fields.items() if value is not UNSET})
+        body["changed_at"] = changed.isoformat()
+        await self._publish(body, PROFILE_ROUTING_KEY, uuid.uuid4().hex)
 
     def _common(
         self,
@@ -215,14 +265,14 @@ class Producer:
             body["expires_at"] = expires_at.isoformat()
         return body
 
-    async def _publish(self, body: dict[str, Any], routing_key: str) -> None:
+    async def _publish(self, body: dict[str, Any], routing_key: str, message_id: str) -> None:
         if self._exchange is None:
             raise RuntimeError("use `async with Producer(...)` before publishing")
         message = aio_pika.Message(
             orjson.dumps(body),
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=str(body["event_id"]),
+            message_id=message_id,
         )
         try:
             await self._exchange.publish(message, routing_key=routing_key, mandatory=True)

@@ -80,6 +80,8 @@ MAX_COLLAPSE_KEY_CHARS: Final = 128
 # Where producers publish (PROTOCOL §3): the events exchange of a topology prefix, and its routing keys.
 SEND_ROUTING_KEY: Final = "notification.send"
 BROADCAST_ROUTING_KEY: Final = "notification.broadcast"
+#: Contact-data events (PROTOCOL §9); the worker's events queue is bound to this key too.
+PROFILE_ROUTING_KEY: Final = "user.profile"
 
 
 def events_exchange(prefix: str = "herald") -> str:
