@@ -6,7 +6,9 @@ on: a per-user event waits for a chunk only when its batch locks a user the chun
 stays unacked (held, ``worker.acks``) until the last chunk is committed and the one live frame is
 confirmed; only then is it acked. Progress lives in memory only: a broadcast redelivered after a crash
 starts again from the first user, and the idempotency key makes every chunk an earlier run committed
-store nothing again.
+store nothing again. Its time is the earlier run's too: the first chunk that meets a copy that run stored
+gives its ``created_at`` to the rest of the copies, their email/push jobs and the frame, so one broadcast
+carries one ``created_at`` however often it was resumed.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class BroadcastRun:
     """One accepted broadcast and how far its chunks got."""
 
     item: Pending
+    catalog: Catalog  # the one it was accepted with, which routed it
     routing: BroadcastRouting
     chunk_size: int
     progress: _Progress = field(default_factory=lambda: _Progress(FIRST_USER_AFTER, 0, 0))
@@ -68,7 +71,7 @@ class BroadcastRun:
         """A run for ``item`` (a broadcast event), routed with the catalog it was accepted with."""
         if not isinstance(item.event, BroadcastEvent):
             raise TypeError("a broadcast run needs a broadcast event")
-        return cls(item, route_broadcast(item.event, catalog, datetime.now(UTC)), chunk_size)
+        return cls(item, catalog, route_broadcast(item.event, catalog, datetime.now(UTC)), chunk_size)
 
     @property
     def done(self) -> bool:
@@ -81,9 +84,12 @@ class BroadcastRun:
         Returns what to publish: nothing until the last chunk (fewer users than a full chunk), then the
         broadcast's one frame and outcome. Call :meth:`committed` once the transaction has committed.
         """
-        now = self.routing.params["created_at"]
         chunk = await store_chunk(conn, self.routing, self.progress.after, self.chunk_size)
-        await insert_waiting(conn, broadcast_jobs(self.routing, chunk.audience, catalog, now))
+        if chunk.created_at != self.routing.params["created_at"]:
+            # The chunk met a copy an earlier run stored (this is a redelivery): the rest takes its time.
+            # Kept even if this attempt rolls back, as that copy is committed.
+            self.routing = route_broadcast(self.routing.event, self.catalog, chunk.created_at)
+        await insert_waiting(conn, broadcast_jobs(self.routing, chunk.audience, catalog, chunk.created_at))
         last = len(chunk.audience) < self.chunk_size
         before = self.progress
         self._attempt = _Progress(

@@ -240,7 +240,7 @@ async def _answer(runtime: Runtime, body: bytes) -> tuple[str, int | None, bytes
         params = method.params.model_validate({} if envelope.params is None else envelope.params)
         result = await method.run(runtime, caller, params)
     except ValidationError as exc:
-        error = invalid_params(exc)
+        error = invalid_params(exc, method.params)
         return _error(name, error.code, error.message, error.data)
     except JsonRpcError as exc:
         return _error(name, exc.code, exc.message, exc.data)

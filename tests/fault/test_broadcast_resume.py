@@ -3,11 +3,12 @@
 The chunks committed before the kill stay; the broadcast's delivery was never acked, so RabbitMQ
 redelivers it to the next worker, which runs it again from the first user. The idempotency key skips
 every user an earlier chunk stored, so each known user ends up with exactly one copy (their next seq)
-and one email and one push job, and nothing is lost.
+and one email and one push job, and nothing is lost; every copy keeps the killed run's ``created_at``.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from herald_ops.testing.stack import fresh_id, wait_until
@@ -49,6 +50,9 @@ async def test_a_broadcast_killed_mid_way_resumes_without_duplicates_or_loss(
     resumed = fresh_stack.start_worker(broadcast_chunk_size=CHUNK)
     [frame] = await fresh_watcher.take(live, 1)
     assert frame_params(frame)["seq"] is None
+    # One time for every copy, the killed run's, and the frame carries it: not the redelivery's.
+    times = await fresh_db.fetch("SELECT DISTINCT created_at FROM notifications")
+    assert [r["created_at"] for r in times] == [datetime.fromisoformat(frame_params(frame)["created_at"])]
 
     per_user = await fresh_db.fetch(
         "SELECT user_id, count(*) AS copies, min(seq) AS seq FROM notifications GROUP BY user_id"

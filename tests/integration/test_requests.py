@@ -318,6 +318,22 @@ async def test_list_bad_params_name_the_field(worker_state: Runtime, params: Any
     assert await invalid_field(worker_state, "notifications.list", params, user=fresh_id()) == field
 
 
+@pytest.mark.parametrize("expiration", ["soon", True, {"at": 1}])
+async def test_a_bad_union_field_is_named_as_the_client_sent_it(
+    worker_state: Runtime, expiration: Any
+) -> None:
+    # expirationTime is int | float | None: pydantic's loc adds the member it tried ("expirationTime.int").
+    params = {"endpoint": "https://push.example/1", "keys": {"p256dh": "a", "auth": "b"}}
+    reply = await call(
+        worker_state, "push.subscribe", params | {"expirationTime": expiration}, user=fresh_id()
+    )
+    assert reply["error"] == {
+        "code": -32602,
+        "message": "invalid params: expirationTime: Input should be a valid integer or number",
+        "data": "expirationTime",
+    }
+
+
 async def test_sync_returns_everything_after_since_in_order(
     worker_state: Runtime, pg: asyncpg.Connection
 ) -> None:

@@ -10,7 +10,9 @@ email or push (``worker.broadcast_routing``).
 
 A broadcast redelivered after a crash runs again from the first user: the check on the
 idempotency key skips each user an earlier run stored, and their email/push jobs are already there
-(``ON CONFLICT DO NOTHING``), so nothing is stored twice and nothing is lost.
+(``ON CONFLICT DO NOTHING``), so nothing is stored twice and nothing is lost. The same check finds the
+``created_at`` of the copies that run stored: a chunk that meets one stores its new copies at that time,
+not the new run's, and returns it for the rest of the broadcast (``worker.broadcasts``).
 
 Every function takes a connection that is already inside a transaction.
 """
@@ -23,6 +25,8 @@ from typing import TYPE_CHECKING, Any, Final
 from worker.store.events import stored_overrides
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from worker.routing import BroadcastRouting
     from worker.store.pool import Connection
 
@@ -41,10 +45,12 @@ IN_APP_ALLOWED: Final = """(t.critical
 # The chunk's users' preferences, one index probe per user in any plan (worker.store.events, _EXISTING).
 _PREFERENCES: Final = "SELECT * FROM user_preferences s WHERE s.user_id = c.user_id LIMIT 1"
 
-# $11: created_at, the same for every copy (the one of the live frame); $12/$13: the chunk; $14: muted
-# (the event's channels exclude in-app: only the email/push audience is wanted); $15: the producer's
-# source ('' for none), part of the key. "Already stored" is one index probe per user (LATERAL ... LIMIT 1
-# on (user_id, source, idempotency_key)); a key of NULL matches nothing.
+# $11: created_at, the same for every copy (the one of the live frame) unless a copy of the chunk is
+# already stored: an earlier run's (a redelivery after a crash), whose time every copy keeps (the earliest
+# if copies disagree); $12/$13: the chunk; $14: muted (the event's channels exclude in-app: only the
+# email/push audience is wanted); $15: the producer's source ('' for none), part of the key. "Already
+# stored" is one index probe per user (LATERAL ... LIMIT 1 on (user_id, source, idempotency_key)); a key
+# of NULL matches nothing.
 # Written as "$7 IS NULL OR NOT EXISTS (...)" the planner hashed the subquery instead: a scan of every
 # row with the key, so each chunk got slower as the broadcast grew (64 → 115 ms per 1,000 users, and
 # 108 → 187 ms for a second broadcast; flat at 45-50 ms this way, docs/performance.md).
@@ -56,18 +62,23 @@ _CHUNK: Final = f"""
          ORDER BY user_id
          LIMIT $13
            FOR UPDATE
+    ), stored_before AS (
+        SELECT c.user_id, found.created_at
+          FROM chunk c
+          LEFT JOIN LATERAL (
+                SELECT n.created_at FROM notifications n
+                 WHERE n.user_id = c.user_id AND n.source = $15 AND n.idempotency_key = $7
+                 LIMIT 1) found ON true
+    ), stamp AS (
+        SELECT coalesce(min(created_at), $11) AS created_at FROM stored_before
     ), recipients AS (
         SELECT c.user_id
-          FROM chunk c
+          FROM stored_before c
           JOIN notification_types t ON t.name = $2
           LEFT JOIN LATERAL ({_PREFERENCES}) AS p ON true
-          LEFT JOIN LATERAL (
-                SELECT true AS found FROM notifications n
-                 WHERE n.user_id = c.user_id AND n.source = $15 AND n.idempotency_key = $7
-                 LIMIT 1) stored_before ON true
          WHERE NOT $14::boolean
            AND {IN_APP_ALLOWED}
-           AND stored_before.found IS NULL
+           AND c.created_at IS NULL
     ), bumped AS (
         UPDATE users u
            SET last_seq = u.last_seq + 1, unread_count = u.unread_count + 1,
@@ -79,13 +90,13 @@ _CHUNK: Final = f"""
         INSERT INTO notifications
                (user_id, seq, id, type, category, title, message, data, idempotency_key, expires_at, url,
                 actions, created_at, source)
-        SELECT b.user_id, b.last_seq, $1, $2, $3, $4, $5, $6::text::jsonb, $7, $8, $9, $10::text::jsonb, $11,
-               $15
-          FROM bumped b
+        SELECT b.user_id, b.last_seq, $1, $2, $3, $4, $5, $6::text::jsonb, $7, $8, $9, $10::text::jsonb,
+               s.created_at, $15
+          FROM bumped b, stamp s
      RETURNING 1
     )
     SELECT c.user_id, p.channels, p.types, p.quiet_hours, pr.timezone,
-           (SELECT count(*) FROM stored) AS stored
+           (SELECT count(*) FROM stored) AS stored, (SELECT created_at FROM stamp) AS created_at
       FROM chunk c
       LEFT JOIN LATERAL ({_PREFERENCES}) AS p ON true
       LEFT JOIN LATERAL (
@@ -96,10 +107,12 @@ _CHUNK: Final = f"""
 @dataclass(frozen=True, slots=True)
 class Chunk:
     """One stored chunk: its users' overrides (as :func:`worker.store.events.lock_users` returns them),
-    in id order, and how many of them got the in-app copy now."""
+    in id order, how many of them got the in-app copy now, and the broadcast's ``created_at`` (an earlier
+    run's when the chunk holds a copy it stored)."""
 
     audience: dict[str, dict[str, Any] | None]
     stored: int
+    created_at: datetime
 
     @property
     def last_user(self) -> str | None:
@@ -128,4 +141,7 @@ async def store_chunk(conn: Connection, routing: BroadcastRouting, after: str, s
         routing.muted,
         event.source or "",
     )
-    return Chunk({row["user_id"]: stored_overrides(row) for row in rows}, rows[0]["stored"] if rows else 0)
+    if not rows:  # no known user left: nothing stored, nothing found
+        return Chunk({}, 0, routing.params["created_at"])
+    audience = {row["user_id"]: stored_overrides(row) for row in rows}
+    return Chunk(audience, rows[0]["stored"], rows[0]["created_at"])
