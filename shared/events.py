@@ -300,7 +300,7 @@ class ProfileEvent(BaseModel):
     name: str | None = Field(default=None, max_length=MAX_TITLE_CHARS)
     locale: Annotated[str, StringConstraints(pattern=_LOCALE_PATTERN)] | None = None
     timezone: Annotated[str | None, AfterValidator(_known_zone)] = None
-    #: When the producer's data changed; a field is stored only if no later change of it is (amendment 47).
+    #: When the producer's data changed; a field is stored only if no later change of it is (amendment 46).
     changed_at: Annotated[Aware, AfterValidator(_not_ahead)] | None = Field(
         default=None, validation_alias=AliasChoices("changed_at", "changedAt")
     )
