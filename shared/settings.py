@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     HTTP API (``herald-api``; shares the gateway's JWT, Origin, rate-limit, in-flight and RPC settings)
         api_host, api_port: listen address [``127.0.0.1``, 8767].
         api_max_body_bytes: largest request body; larger ones get 413 [65536].
+        api_max_head_bytes: largest request line and headers; larger ones get 431 and the connection is
+            closed [16384].
+        api_head_timeout: seconds a request's line and headers may take to arrive, from the connection's
+            start or the previous response; slower ones get 408 and the connection is closed [10].
 
     Worker
         worker_http_host, worker_http_port: ``/healthz``, ``/readyz``, ``/metrics`` [127.0.0.1, 8766].
@@ -166,6 +170,8 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8767, ge=0, le=65535)
     api_max_body_bytes: int = Field(default=65536, ge=1024)
+    api_max_head_bytes: int = Field(default=16384, ge=1024)
+    api_head_timeout: float = Field(default=10.0, gt=0)
 
     worker_http_host: str = "127.0.0.1"
     worker_http_port: int = Field(default=8766, ge=0, le=65535)

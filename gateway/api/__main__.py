@@ -1,4 +1,5 @@
-"""``herald-api`` / ``python -m gateway.api``: serve the HTTP API on uvicorn (uvloop, httptools)."""
+"""``herald-api`` / ``python -m gateway.api``: serve the HTTP API on uvicorn (uvloop, httptools with a
+bounded request head, :mod:`gateway.api.server`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Final
 import uvicorn
 
 from gateway.api.app import HttpApi
+from gateway.api.server import bounded_http
 from gateway.auth import load_edge_settings
 from shared.process import tune_garbage_collector
 
@@ -22,7 +24,7 @@ def main() -> None:
         host=settings.api_host,
         port=settings.api_port,
         loop="uvloop",
-        http="httptools",
+        http=bounded_http(settings.api_max_head_bytes, settings.api_head_timeout),
         lifespan="on",
         log_config=None,  # structlog (configure_logging) owns the output
         access_log=False,
