@@ -37,7 +37,7 @@ from worker.retention import retention_loop
 from worker.rpc import RpcConsumer, document_requests
 from worker.runtime import Runtime
 from worker.store.catalog import load_catalog
-from worker.store.pool import create_pool, is_outage
+from worker.store.pool import DatabaseUnreachable, create_pool, is_outage
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -112,7 +112,10 @@ class _Worker:
             try:
                 return await create_pool(self.settings)
             except Exception as exc:
-                if not is_outage(exc):
+                # At start a refusal is read for what it is: refused credentials or a missing database
+                # are a misconfiguration, and exit with the server's reason rather than retry forever.
+                refused = exc.__cause__ if isinstance(exc, DatabaseUnreachable) else exc
+                if refused is None or not is_outage(refused):
                     raise
                 log.warning("database unavailable at start; retrying", error=repr(exc), retry_in=delay)
                 await asyncio.sleep(delay)

@@ -293,3 +293,40 @@ async def test_a_read_only_database_holds_events_instead_of_dead_lettering_them(
         await assert_all_stored_once(pg, watcher, 10, "every event stored once writable again")
     finally:
         await pg.close()
+
+
+async def _allow_connections(admin: asyncpg.Connection, database: str, allowed: bool) -> None:
+    """Let the stack's database take new connections or not (a restore, a maintenance window), dropping
+    its sessions when closing it so the worker's pool must connect again."""
+    await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS {str(allowed).lower()}')
+    if not allowed:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", database
+        )
+
+
+async def test_a_database_refusing_connections_holds_events_instead_of_dead_lettering_them(
+    fresh_stack: Stack, watcher: Watcher
+) -> None:
+    worker = fresh_stack.start_worker()
+    database = fresh_stack.database_url.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(fresh_stack.database_url.rsplit("/", 1)[0] + "/postgres")
+    bodies = [event(f"refused-{i % 3}") for i in range(10)]
+    try:
+        await _allow_connections(admin, database, False)
+        try:
+            for body in bodies:
+                await watcher.publish(body)
+            # The pool's new connections get 55000 "database does not allow connections": an outage
+            # (retried), not an error of the events' data (dead-lettered).
+            await wait_until(lambda: db_outage_retries(worker) > 0, 20, "the worker to wait for the database")
+            assert await watcher.dead_letter_count() == 0
+        finally:
+            await _allow_connections(admin, database, True)
+        pg = await asyncpg.connect(fresh_stack.database_url)
+        try:
+            await assert_all_stored_once(pg, watcher, 10, "every event stored once connections are allowed")
+        finally:
+            await pg.close()
+    finally:
+        await admin.close()

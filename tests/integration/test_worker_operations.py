@@ -9,6 +9,8 @@ endpoints, and the retention pass (one worker at a time, counters adjusted).
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -165,3 +167,20 @@ async def test_retention_deletes_old_rows_and_adjusts_unread(
     assert [r["seq"] for r in await rows(db, user)] == list(range(2501, 2601))
     assert await counters(db, user) == (2600, 10)
     assert await db.fetchval("SELECT inbox_count FROM users WHERE user_id = $1", user) == 100
+
+
+def test_a_database_that_does_not_exist_stops_the_worker_at_start_with_the_reason(
+    module_stack: Stack,
+) -> None:
+    """Refused connections are an outage while the worker runs (events wait), but at start a missing
+    database or refused credentials are a misconfiguration: exit non-zero naming it, not retry forever."""
+    missing = module_stack.database_url.rsplit("/", 1)[0] + "/" + fresh_id("missing")
+    finished = subprocess.run(
+        [sys.executable, "-m", "worker"],
+        env=module_stack.env(database_url=missing),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert finished.returncode != 0
+    assert "does not exist" in finished.stdout + finished.stderr

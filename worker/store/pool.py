@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
 import orjson
@@ -19,12 +19,12 @@ if TYPE_CHECKING:
 # unacked and retried after a pause. A whole class by its first two characters, or one exact code.
 _OUTAGE_CLASSES: Final = frozenset(
     {
+        "08",  # connection exception: the connection failed, or a pooler in between broke it
         "53",  # insufficient resources: disk full, out of memory, too many connections
     }
 )
 _OUTAGE_CODES: Final = frozenset(
     {
-        "08003",  # connection does not exist (also raised by asyncpg when the socket closed)
         "25006",  # read-only transaction: a primary demoted in a failover
         "40001",  # serialization failure
         "40P01",  # deadlock detected
@@ -36,13 +36,32 @@ _OUTAGE_CODES: Final = frozenset(
 )
 
 
+class DatabaseUnreachable(Exception):
+    """A new connection of the pool was refused: ``__cause__`` is what the server said.
+
+    Whatever it was (credentials refused during a rotation, a database that does not accept connections
+    or does not exist during a restore), it came before any statement, so it says nothing about the data
+    of the event or request that needed the connection: an outage (:func:`is_outage`), not a reason to
+    dead-letter.
+    """
+
+
+async def _connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+    """asyncpg's ``connect``, the server's refusals raised as :class:`DatabaseUnreachable`."""
+    try:
+        return await asyncpg.connect(*args, **kwargs)
+    except asyncpg.PostgresError as exc:
+        raise DatabaseUnreachable(f"cannot connect: {exc.__class__.__name__}: {exc}") from exc
+
+
 def is_outage(error: BaseException) -> bool:
     """Whether ``error`` says nothing about the data: the database or the way to it is unavailable.
 
-    Socket errors (``OSError``, ``TimeoutError`` included), asyncpg's own interface errors, and server
-    errors by SQLSTATE (``asyncpg.PostgresError.sqlstate``).
+    Socket errors (``OSError``, ``TimeoutError`` included), asyncpg's own interface errors, a new
+    connection refused (:class:`DatabaseUnreachable`), and server errors by SQLSTATE
+    (``asyncpg.PostgresError.sqlstate``).
     """
-    if isinstance(error, OSError | asyncpg.InterfaceError):
+    if isinstance(error, OSError | asyncpg.InterfaceError | DatabaseUnreachable):
         return True
     if isinstance(error, asyncpg.PostgresError):
         sqlstate: str = error.sqlstate or ""
@@ -94,6 +113,7 @@ async def create_pool(settings: Settings, *, custom_plans: bool = False) -> asyn
     """
     pool: asyncpg.Pool = await asyncpg.create_pool(
         settings.database_url,
+        connect=_connect,
         min_size=settings.db_pool_min,
         max_size=settings.db_pool_max,
         init=_init_connection,

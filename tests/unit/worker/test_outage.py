@@ -1,4 +1,5 @@
-"""worker.store.pool.is_outage matches by SQLSTATE exactly the errors the worker always treated as outages."""
+"""worker.store.pool.is_outage matches by SQLSTATE exactly the errors the worker always treated as outages,
+and every connection exception (class 08) besides; a connection the server refused is an outage too."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncpg
 import asyncpg.exceptions
 import pytest
 
-from worker.store.pool import is_outage
+from worker.store.pool import DatabaseUnreachable, is_outage
 
 # The classes the worker listed before matching by SQLSTATE: the reference the classification must keep.
 LISTED_BEFORE: tuple[type[BaseException], ...] = (
@@ -36,7 +37,25 @@ POSTGRES_ERRORS = sorted(
 @pytest.mark.parametrize("error_class", POSTGRES_ERRORS, ids=lambda cls: f"{cls.sqlstate}-{cls.__name__}")
 def test_every_postgres_error_is_classified_as_before(error_class: type[asyncpg.PostgresError]) -> None:
     error = error_class("test")
-    assert is_outage(error) == isinstance(error, LISTED_BEFORE)
+    # Class 08 whole: a protocol violation or connection failure (a pooler in between) is no bad data.
+    connection_exception = (error_class.sqlstate or "").startswith("08")
+    assert is_outage(error) == (isinstance(error, LISTED_BEFORE) or connection_exception)
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        asyncpg.InvalidPasswordError("rotated"),
+        asyncpg.InvalidCatalogNameError("restoring"),
+        asyncpg.ObjectNotInPrerequisiteStateError("database does not allow connections"),
+    ],
+)
+def test_a_refused_connection_is_an_outage_whatever_the_server_said(refusal: asyncpg.PostgresError) -> None:
+    assert not is_outage(refusal)  # raised by a statement, these would be about the statement
+    try:
+        raise DatabaseUnreachable(str(refusal)) from refusal
+    except DatabaseUnreachable as unreachable:
+        assert is_outage(unreachable)
 
 
 @pytest.mark.parametrize(
