@@ -137,7 +137,7 @@ class _Worker:
             publisher=publisher,
             acks=AckTracker(),
             catalog=lambda: runtime.catalog,
-            reload_catalog=runtime.reload_catalog,
+            reload_catalog=runtime.refresh_catalog,
         )
         pipeline.start()
         self._runtime, self._pipeline = runtime, pipeline

@@ -42,13 +42,14 @@ import structlog
 from shared.events import BroadcastEvent, InvalidEvent, ProfileEvent, SendEvent, parse_event
 from worker import metrics
 from worker.broadcasts import Broadcasts
+from worker.catalog_check import CatalogCheck
 from worker.frames import UNDECODABLE_REASON, undecodable
 from worker.pending import Pending, tags_by_channel, take_batch
 from worker.profiles import ProfileTurns, store_profile
 from worker.routing import NEW_METHOD, Outgoing, SendRouting
 from worker.store import events as store
 from worker.store.deliveries import record
-from worker.store.pool import is_outage
+from worker.store.pool import OUTAGE_BACKOFF_MAX, OUTAGE_BACKOFF_START, is_outage
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
@@ -75,10 +76,7 @@ _CONFLICT_ERRORS: Final = (
 #: be load (retry) or the batch itself, such as a broadcast to a huge user base that always exceeds the
 #: timeout: after this many it is treated like a data error (bisected, then dead-lettered), not forever.
 QUERY_CANCELED_RETRIES: Final = 3
-_BACKOFF_START: Final = 0.1
-_BACKOFF_MAX: Final = 5.0
 _MAX_PUBLISHING_BATCHES: Final = 4
-_UNKNOWN_TYPE_RELOAD_SECONDS: Final = 5.0
 
 
 class _Shutdown(Exception):
@@ -102,8 +100,7 @@ class Pipeline:
         self._publisher = publisher
         self._acks = acks
         self._catalog = catalog
-        self._reload_catalog = reload_catalog
-        self._catalog_checked = float("-inf")
+        self._types = CatalogCheck(catalog, reload_catalog)
         self._batch_size = settings.batch_size
         self._batch_timeout = settings.batch_timeout_ms / 1000
         self._pending: list[Pending] = []
@@ -157,7 +154,7 @@ class Pipeline:
         try:
             if isinstance(event, ProfileEvent):
                 await store_profile(self._pool, event)  # contact data skips the batcher
-            elif not await self._type_added(event.type):
+            elif not await self._types.has(event.type):
                 raise InvalidEvent(f"type: unknown notification type {event.type!r}")
         except InvalidEvent as exc:
             await self.dead_letter(message, channel, exc.reason)
@@ -188,15 +185,6 @@ class Pipeline:
             self._wake.set()
         if len(self._pending) >= self._batch_size:
             self._full.set()
-
-    async def _type_added(self, name: str) -> bool:
-        """Reload the catalog (at most every few seconds) in case an operator just added ``name``."""
-        now = time.monotonic()
-        if now - self._catalog_checked < _UNKNOWN_TYPE_RELOAD_SECONDS:
-            return False
-        self._catalog_checked = now
-        await self._reload_catalog()
-        return name in self._catalog()
 
     async def dead_letter(self, message: DeliveredMessage, channel: AbstractChannel, reason: str) -> None:
         """Publish ``message`` to ``herald.dlx`` with ``reason`` (confirmed), then ack it.
@@ -302,7 +290,7 @@ class Pipeline:
         self, items: list[Pending], store: Store
     ) -> list[tuple[list[Pending], Outgoing]]:
         """Commit ``items`` with ``store``; returns the committed groups (a poison event is settled alone)."""
-        delay = _BACKOFF_START
+        delay = OUTAGE_BACKOFF_START
         conflicts = canceled = 0
         while True:
             try:
@@ -321,7 +309,7 @@ class Pipeline:
                     if self._closing:
                         raise _Shutdown from exc
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, _BACKOFF_MAX)
+                    delay = min(delay * 2, OUTAGE_BACKOFF_MAX)
                     continue
                 if len(items) == 1:
                     await self._poison(items[0], exc)

@@ -11,22 +11,18 @@ that backs off during an outage must not land after a newer one. Different users
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 import asyncpg
 
 from shared.events import InvalidEvent
-from worker.store.pool import is_outage
+from worker.store.pool import is_outage, through_outage
 from worker.store.profiles import upsert_profile
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from shared.events import ProfileEvent
-
-_BACKOFF_START: Final = 0.1
-_BACKOFF_MAX: Final = 5.0
-_MAX_OUTAGE_RETRIES: Final = 12  # about 30 s of backoff
 
 
 class _Turn:
@@ -71,17 +67,9 @@ class ProfileTurns:
 
 async def store_profile(pool: asyncpg.Pool, event: ProfileEvent) -> None:
     """Upsert ``event``; ``InvalidEvent`` for data the database refuses, the outage error once it lasts."""
-    delay = _BACKOFF_START
-    for attempt in range(_MAX_OUTAGE_RETRIES + 1):
-        try:
-            await upsert_profile(pool, event.user_id, event.changes(), event.changed_at)
-            return
-        except Exception as exc:
-            if not is_outage(exc):
-                if isinstance(exc, asyncpg.PostgresError):
-                    raise InvalidEvent(f"store: {exc.__class__.__name__}: {exc}") from exc
-                raise
-            if attempt == _MAX_OUTAGE_RETRIES:
-                raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _BACKOFF_MAX)
+    try:
+        await through_outage(lambda: upsert_profile(pool, event.user_id, event.changes(), event.changed_at))
+    except asyncpg.PostgresError as exc:
+        if is_outage(exc):
+            raise
+        raise InvalidEvent(f"store: {exc.__class__.__name__}: {exc}") from exc

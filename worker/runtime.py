@@ -54,14 +54,18 @@ class Runtime:
             lambda user_ids: inbox.open_sessions(pool, user_ids), SESSIONS_PER_STATEMENT
         )
 
+    async def refresh_catalog(self) -> None:
+        """Read the catalog again; raises when it cannot be read (what the pipeline needs: an event of a
+        type not known yet is requeued then, rather than dead-lettered as unknown)."""
+        self.catalog = await load_catalog(self.pool)
+        metrics.CATALOG_TYPES.set(len(self.catalog))
+
     async def reload_catalog(self) -> None:
-        """Read the catalog again; during an outage the current one is kept (and the failure logged)."""
+        """:meth:`refresh_catalog`, for SIGHUP and the periodic refresh: during an outage the current
+        catalog is kept (and the failure logged)."""
         try:
-            catalog = await load_catalog(self.pool)
+            await self.refresh_catalog()
         except Exception as exc:
             if not is_outage(exc):
                 raise
             log.warning("catalog reload failed", error=repr(exc))
-            return
-        self.catalog = catalog
-        metrics.CATALOG_TYPES.set(len(catalog))

@@ -311,8 +311,18 @@ async def test_a_database_refusing_connections_holds_events_instead_of_dead_lett
     worker = fresh_stack.start_worker()
     database = fresh_stack.database_url.rsplit("/", 1)[1]
     admin = await asyncpg.connect(fresh_stack.database_url.rsplit("/", 1)[0] + "/postgres")
-    bodies = [event(f"refused-{i % 3}") for i in range(10)]
+    # One of a type added just before the outage: not in the worker's cached catalog, so reading the
+    # catalog again meets the outage too, and is waited out rather than the event refused as unknown.
+    bodies = [event(f"refused-{i % 3}") for i in range(9)] + [event("refused-new", "STUDY_GROUP_INVITE")]
     try:
+        pg_before = await asyncpg.connect(fresh_stack.database_url)
+        try:
+            await pg_before.execute(
+                """INSERT INTO notification_types (name, category, default_email, default_push)
+                   VALUES ('STUDY_GROUP_INVITE', 'social', false, false)"""
+            )
+        finally:
+            await pg_before.close()
         await _allow_connections(admin, database, False)
         try:
             for body in bodies:

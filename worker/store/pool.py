@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final
+import asyncio
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import asyncpg
 import orjson
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from asyncpg.pool import PoolConnectionProxy
 
     from shared.settings import Settings
 
     # What the store functions take: a plain connection or one acquired from the pool.
     Connection = asyncpg.Connection | PoolConnectionProxy
+
+T = TypeVar("T")
 
 # SQLSTATEs of an outage: whatever the event, the database cannot take it now, so the batch is kept
 # unacked and retried after a pause. A whole class by its first two characters, or one exact code.
@@ -67,6 +72,29 @@ def is_outage(error: BaseException) -> bool:
         sqlstate: str = error.sqlstate or ""
         return sqlstate in _OUTAGE_CODES or sqlstate[:2] in _OUTAGE_CLASSES
     return False
+
+
+#: Pauses between tries while the database is out: doubling from 0.1 s, at most 5 s.
+OUTAGE_BACKOFF_START: Final = 0.1
+OUTAGE_BACKOFF_MAX: Final = 5.0
+
+
+async def through_outage(operation: Callable[[], Awaitable[T]], retries: int = 12) -> T:
+    """``await operation()``, tried again after a pause while it fails with an outage (:func:`is_outage`).
+
+    At most ``retries`` more times (12: about 30 s of pauses); then the outage's error is raised. Any other
+    error is raised at once.
+    """
+    delay = OUTAGE_BACKOFF_START
+    for _ in range(retries):
+        try:
+            return await operation()
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, OUTAGE_BACKOFF_MAX)
+    return await operation()
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

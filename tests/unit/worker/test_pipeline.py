@@ -2,33 +2,41 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any, cast
 
+from herald_ops.testing.stack import wait_until
 from herald_ops.testing.worker import FakeChannel, delivered
-from shared.preferences import Catalog
+from shared.preferences import Catalog, NotificationType
 from shared.settings import Settings
 from worker.acks import AckTracker
 from worker.pipeline import Pipeline
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     import asyncpg
 
     from worker.publish import Publisher
 
 
 async def failing_reload() -> None:
-    raise ConnectionRefusedError("postgres is down")
+    # Not an outage (that is waited out first, see below): a failure the worker cannot wait out.
+    raise RuntimeError("the catalog cannot be read")
 
 
-def offline_pipeline() -> Pipeline:
-    """A pipeline with no database, publisher or catalog: enough for what happens before storing."""
+def offline_pipeline(
+    catalog: Callable[[], Catalog] = lambda: Catalog([]),
+    reload_catalog: Callable[[], Awaitable[None]] = failing_reload,
+) -> Pipeline:
+    """A pipeline with no database or publisher: enough for what happens before storing."""
     return Pipeline(
         settings=Settings(_env_file=None),  # type: ignore[call-arg]
         pool=cast("asyncpg.Pool", None),
         publisher=cast("Publisher", None),
         acks=AckTracker(),
-        catalog=lambda: Catalog([]),
-        reload_catalog=failing_reload,
+        catalog=catalog,
+        reload_catalog=reload_catalog,
     )
 
 
@@ -44,6 +52,62 @@ async def test_a_failed_catalog_reload_requeues_the_delivery_instead_of_stalling
     assert channel.calls == [("nack", 1, True)]
     await pipeline._acks.settle(cast("Any", channel), [2])
     assert channel.calls[-1] == ("ack", 2, True)
+
+
+async def test_events_of_a_type_just_added_all_wait_for_one_reload_and_are_all_accepted() -> None:
+    """An operator adds a type and a burst of its events arrives: every event accepted before the reload
+    finished is checked against the reloaded catalog, not refused as unknown for the next few seconds."""
+    channel = FakeChannel()
+    catalog = Catalog([])
+    reloads: list[int] = []
+    added = asyncio.Event()
+
+    async def reload_adding_the_type() -> None:
+        nonlocal catalog
+        reloads.append(1)
+        await added.wait()  # the reload takes a while: the rest of the burst arrives meanwhile
+        catalog = Catalog([NotificationType("BRAND_NEW_TYPE", "updates", {"in_app": True})])
+
+    pipeline = offline_pipeline(catalog=lambda: catalog, reload_catalog=reload_adding_the_type)
+    enqueued: list[str] = []
+    pipeline._enqueue = lambda message, channel, event: enqueued.append(event.type)  # type: ignore[method-assign]
+    event = {"user_id": "u1", "type": "BRAND_NEW_TYPE", "title": "t"}
+    works = [pipeline.accept(delivered(channel, tag, event)) for tag in (1, 2, 3)]
+    tasks = [asyncio.ensure_future(work) for work in works if work is not None]
+    assert len(tasks) == 3
+    await wait_until(lambda: reloads, 5, "the reload to start")
+    added.set()
+    await asyncio.gather(*tasks)
+    assert reloads == [1]  # one reload for the burst
+    assert enqueued == ["BRAND_NEW_TYPE"] * 3
+    assert channel.calls == []  # nothing dead-lettered or requeued
+    # Accepted after the reload, the next one finds the type at once.
+    later = pipeline.accept(delivered(channel, 4, event))
+    assert later is None
+
+
+async def test_an_outage_while_reloading_the_catalog_is_waited_out_not_requeued() -> None:
+    """A requeued event comes straight back: during an outage it would use up its delivery limit (and be
+    dead-lettered) within seconds, so the reload is tried again after a pause, the event held."""
+    channel = FakeChannel()
+    catalog = Catalog([])
+    failures = [ConnectionRefusedError("postgres is down")] * 2
+
+    async def reload_after_an_outage() -> None:
+        nonlocal catalog
+        if failures:
+            raise failures.pop()
+        catalog = Catalog([NotificationType("BRAND_NEW_TYPE", "updates", {"in_app": True})])
+
+    pipeline = offline_pipeline(catalog=lambda: catalog, reload_catalog=reload_after_an_outage)
+    enqueued: list[str] = []
+    pipeline._enqueue = lambda message, channel, event: enqueued.append(event.type)  # type: ignore[method-assign]
+    work = pipeline.accept(delivered(channel, 1, {"user_id": "u1", "type": "BRAND_NEW_TYPE", "title": "t"}))
+    assert work is not None
+    await work
+    assert failures == []
+    assert enqueued == ["BRAND_NEW_TYPE"]
+    assert channel.calls == []  # neither requeued nor dead-lettered
 
 
 async def test_acks_never_name_a_nacked_tag() -> None:
