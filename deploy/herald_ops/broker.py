@@ -28,7 +28,6 @@ or a runbook. The worker then accepts requests only from the gateway user: set
 
 from __future__ import annotations
 
-import argparse
 import re
 import secrets
 import shlex
@@ -41,6 +40,7 @@ from typing import TYPE_CHECKING, Final
 from shared.settings import load_settings
 
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Sequence
 
 ROLES: Final = ("gateway", "worker", "delivery", "producer", "monitor")
@@ -112,39 +112,77 @@ def password_changes(users: dict[str, str], passwords: dict[str, str]) -> list[l
     return [["change_password", "--", users[role], password] for role, password in passwords.items()]
 
 
+class BrokerError(RuntimeError):
+    """``rabbitmqctl`` is missing, hung, or refused a command (the message never holds a password)."""
+
+
+_RABBITMQCTL_TIMEOUT: Final = 60.0
+
+
 def _rabbitmqctl(node: str | None, *args: str) -> subprocess.CompletedProcess[str]:
     node_args = ["--node", node] if node else []
-    return subprocess.run(
-        ["rabbitmqctl", "-q", *node_args, *args], capture_output=True, text=True, timeout=60
-    )
+    try:
+        return subprocess.run(
+            ["rabbitmqctl", "-q", *node_args, *args],
+            capture_output=True,
+            text=True,
+            timeout=_RABBITMQCTL_TIMEOUT,
+        )
+    except FileNotFoundError as exc:
+        raise BrokerError(
+            "rabbitmqctl is not on PATH: run this on a broker node, or pass --print and run its lines there"
+        ) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise BrokerError(
+            f"rabbitmqctl {args[0]} did not finish in {_RABBITMQCTL_TIMEOUT:.0f} s: is the node up?"
+        ) from exc
+
+
+def _checked(done: subprocess.CompletedProcess[str], command: str) -> subprocess.CompletedProcess[str]:
+    if done.returncode != 0:
+        # The arguments are not echoed: some are passwords.
+        raise BrokerError(f"rabbitmqctl {command} failed: {done.stderr.strip()}")
+    return done
 
 
 def _existing_users(node: str | None) -> set[str]:
-    listed = _rabbitmqctl(node, "list_users", "--no-table-headers")
+    # A failed listing must not read as "no users": every user would then be added again, and refused.
+    listed = _checked(_rabbitmqctl(node, "list_users", "--no-table-headers"), "list_users")
     return {line.split("\t")[0] for line in listed.stdout.splitlines() if line.strip()}
 
 
-def _run_per_user(node: str | None, lines: list[list[str]]) -> tuple[str, str] | None:
+def _run_per_user(node: str | None, lines: list[list[str]]) -> None:
     """Run ``lines``: each user's in order, different users' at the same time (every ``rabbitmqctl``
-    call starts an Erlang VM, about 1.5 s). Returns the first failure's command and stderr, if any."""
+    call starts an Erlang VM, about 1.5 s).
+
+    Raises:
+        BrokerError: the first failure (each user's chain stops at its own).
+    """
     by_user: dict[str, list[list[str]]] = {}
     for line in lines:
         by_user.setdefault(line[line.index("--") + 1], []).append(line)
 
-    def run(chain: list[list[str]]) -> tuple[str, str] | None:
-        for line in chain:
-            done = _rabbitmqctl(node, *line)
-            if done.returncode != 0:
-                return line[0], done.stderr
+    def run(chain: list[list[str]]) -> BrokerError | None:
+        try:
+            for line in chain:
+                _checked(_rabbitmqctl(node, *line), line[0])
+        except BrokerError as exc:
+            return exc  # returned, not raised: the other users' chains still run to their end
         return None
 
     with ThreadPoolExecutor(max_workers=max(len(by_user), 1)) as pool:
         outcomes = list(pool.map(run, by_user.values()))
-    return next((outcome for outcome in outcomes if outcome is not None), None)
+    failure = next((outcome for outcome in outcomes if outcome is not None), None)
+    if failure is not None:
+        raise failure
 
 
 def setup(args: argparse.Namespace) -> int:
-    """Handler of ``herald broker setup``: exit 0 when every user and permission is in place."""
+    """Handler of ``herald broker setup``: exit 0 when every user and permission is in place.
+
+    Raises:
+        BrokerError: reported by :func:`herald_ops.cli.main`.
+    """
     prefix = load_settings().amqp_prefix
     users = {role: f"{args.name_prefix}-{role}" for role in ROLES}
     existing = set() if args.print_only else _existing_users(args.node)
@@ -156,12 +194,7 @@ def setup(args: argparse.Namespace) -> int:
         return 0
     rotated = {role: new_password() for role in ROLES if args.rotate and users[role] in existing}
     lines += password_changes(users, rotated)
-    failed = _run_per_user(args.node, lines)
-    if failed is not None:
-        command, stderr = failed
-        # The arguments are not echoed: some are passwords.
-        print(f"herald broker: rabbitmqctl {command} failed: {stderr.strip()}", file=sys.stderr)
-        return 1
+    _run_per_user(args.node, lines)
     for role in ROLES:
         password = fresh.get(role) or rotated.get(role)
         shown = password if password is not None else "(unchanged)"
@@ -187,10 +220,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m herald_ops.broker setup ...`` (the same as ``herald broker setup ...``)."""
-    parser = argparse.ArgumentParser(prog="herald")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["broker", *(argv if argv is not None else sys.argv[1:])])
-    return int(args.handler(args))
+    from herald_ops.cli import main as herald  # not at the top: the cli module imports this one
+
+    return herald(["broker", *(argv if argv is not None else sys.argv[1:])])
 
 
 if __name__ == "__main__":

@@ -9,29 +9,80 @@ Subcommands:
     dlq         inspect, replay or purge dead-lettered events
     broker      create the RabbitMQ users of each role with least-privilege permissions
 
-Every subcommand reads the same ``HERALD_*`` settings as the services and returns a process exit code.
+Every subcommand reads the same ``HERALD_*`` settings as the services and returns a process exit code:
+0 done, 1 failed (one line, ``herald <command>: <reason>``), 2 a usage or configuration error (argparse's
+message, or ``herald: configuration error: HERALD_<NAME>: <reason>``). No known failure prints a
+traceback: :func:`main` turns each into its line.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import math
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
+import aiormq
 import orjson
 
 from herald_ops import broker, dev, dlq, vapid
 from herald_ops import migrate as migrate_module
-from shared.settings import load_settings
+from shared.settings import ConfigError, exit_with_config_error, load_settings
 from shared.tokens import TokenError, mint_dev_token
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
 
+# The subcommands' known failures, each reported as `herald <command>: <reason>` with exit status 1.
+_FAILURES = (dlq.DeadLetterError, broker.BrokerError, aiormq.exceptions.AMQPError, OSError)
+# The subcommands that connect to RabbitMQ with HERALD_AMQP_URL, which main() checks first.
+_BROKER_CLIENTS = frozenset({"send", "dlq", "dev"})
+
+
+def _url_problem(url: str, schemes: tuple[str, ...]) -> str | None:
+    """Why ``url`` is no URL to connect to (a scheme among ``schemes``, a host, a valid port), or None.
+
+    The reason never quotes the URL: it may hold a password.
+    """
+    try:
+        parts = urlsplit(url)
+        _port = parts.port  # the property raises ValueError for a port that is no number or past 65535
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme not in schemes:
+        return f"the scheme must be {' or '.join(schemes)}"
+    if not parts.hostname:
+        return "the URL names no host"
+    return None
+
+
+def _seconds(text: str) -> float:
+    """``--ttl``: ``float()`` takes ``nan``, ``inf`` and negatives, none of which is a token lifetime."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    # Below one second the expiry, counted in whole seconds, is the issue time: a token born expired.
+    if not (math.isfinite(value) and value >= 1):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, at least 1 (got {text!r})")
+    return value
+
+
+def _websocket_url(text: str) -> str:
+    """``tail --url``: checked here, as the client would retry a URL it cannot parse forever."""
+    problem = _url_problem(text, ("ws", "wss"))
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    return migrate_module.run()
+    return migrate_module.run(sql_dir=args.sql_dir)
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
@@ -85,7 +136,7 @@ def _cmd_send(args: argparse.Namespace) -> int:
         return 2
     try:
         event_id = asyncio.run(publish())
-    except (InvalidEvent, PublishError, OSError) as exc:
+    except (InvalidEvent, PublishError) as exc:
         print(f"herald send: {exc}", file=sys.stderr)
         return 1
     print(f"sent {event_id}")
@@ -137,12 +188,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="herald", description="Herald real-time notification service")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub.add_parser("migrate", help="apply the SQL schema").set_defaults(handler=_cmd_migrate)
+    migrate = sub.add_parser("migrate", help="apply the SQL schema")
+    migrate.add_argument(
+        "--sql-dir",
+        type=Path,
+        help="the directory of the NNN_name.sql scripts [the sql/ shipped with Herald]",
+    )
+    migrate.set_defaults(handler=_cmd_migrate)
 
     token = sub.add_parser("token", help="mint a development JWT (HS256, HERALD_JWT_SECRET)")
     token.add_argument("--user", required=True, help="the user id (sub claim)")
     token.add_argument("--admin", action="store_true", help="add roles: [admin]")
-    token.add_argument("--ttl", type=float, default=3600.0, help="seconds until expiry [3600]")
+    token.add_argument("--ttl", type=_seconds, default=3600.0, help="seconds until expiry [3600]")
     token.set_defaults(handler=_cmd_token)
 
     send = sub.add_parser("send", help="publish one notification event")
@@ -164,8 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     tail = sub.add_parser("tail", help="print a user's live stream (mints a dev token)")
     tail.add_argument("--user", required=True)
-    tail.add_argument("--url", help="gateway WebSocket URL [from HERALD_GATEWAY_HOST/PORT]")
-    tail.add_argument("--ttl", type=float, default=3600.0, help="token lifetime in seconds [3600]")
+    tail.add_argument(
+        "--url", type=_websocket_url, help="gateway WebSocket URL [from HERALD_GATEWAY_HOST/PORT]"
+    )
+    tail.add_argument("--ttl", type=_seconds, default=3600.0, help="token lifetime in seconds [3600]")
     tail.set_defaults(handler=_cmd_tail)
 
     dev_parser = sub.add_parser("dev", help="migrate, then every process in the foreground; Ctrl-C stops all")
@@ -178,11 +237,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, aiormq.exceptions.InvalidFrameError) and "Connection.OpenOk" in str(exc):
+        # RabbitMQ answers the connection's opening with a close when the vhost is missing or the user
+        # may not use it; aiormq reports only the unexpected frame, not the broker's reason.
+        return (
+            "the broker refused to open the connection: does the vhost of HERALD_AMQP_URL exist, "
+            "and may its user use it?"
+        )
+    return str(exc) or exc.__class__.__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``herald`` console script."""
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
-    return handler(args)
+    # aiormq logs a failed connection attempt before raising what is reported below; with no logging
+    # configured, Python prints that record bare on stderr, a second line for the same failure.
+    logging.getLogger("aiormq.connection").setLevel(logging.CRITICAL)
+    try:
+        if args.command in _BROKER_CLIENTS:
+            # Checked first: aio-pika's robust connection (`send`) retries a URL it cannot parse forever.
+            problem = _url_problem(load_settings().amqp_url, ("amqp", "amqps"))
+            if problem is not None:
+                raise ConfigError(f"HERALD_AMQP_URL: {problem}")
+        return handler(args)
+    except ConfigError as exc:
+        exit_with_config_error(str(exc))
+    except _FAILURES as exc:
+        print(f"herald {args.command}: {_reason(exc)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

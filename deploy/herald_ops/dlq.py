@@ -341,12 +341,19 @@ async def _command(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Handler of ``herald dlq ...``: the exit status (0 ok, 1 refused or failed)."""
+    """Handler of ``herald dlq ...``: 0 ok, 1 refused; failures raise, for :func:`herald_ops.cli.main`."""
+    return asyncio.run(_command(args))
+
+
+def _count(text: str) -> int:
+    """``--limit``: a limit below 1 would select nothing and report success."""
     try:
-        return asyncio.run(_command(args))
-    except (DeadLetterError, OSError, aio_pika.exceptions.AMQPError) as exc:
-        print(f"herald dlq: {exc}", file=sys.stderr)
-        return 1
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {text!r})")
+    return value
 
 
 def _add_filters(parser: argparse.ArgumentParser, limit_default: int | None) -> None:
@@ -356,7 +363,7 @@ def _add_filters(parser: argparse.ArgumentParser, limit_default: int | None) -> 
         "--message-id", action="append", help="only this message_id (event_id); repeat for several"
     )
     parser.add_argument(
-        "--limit", type=int, default=limit_default, help=f"at most this many [{limit_default or 'all'}]"
+        "--limit", type=_count, default=limit_default, help=f"at most this many [{limit_default or 'all'}]"
     )
 
 
@@ -378,11 +385,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m herald_ops.dlq list|replay|purge ...`` (the same as ``herald dlq ...``)."""
-    parser = argparse.ArgumentParser(prog="herald")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["dlq", *(argv if argv is not None else sys.argv[1:])])
-    handler: Callable[[argparse.Namespace], int] = args.handler
-    return handler(args)
+    from herald_ops.cli import main as herald  # not at the top: the cli module imports this one
+
+    return herald(["dlq", *(argv if argv is not None else sys.argv[1:])])
 
 
 if __name__ == "__main__":

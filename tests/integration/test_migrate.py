@@ -14,6 +14,7 @@ import pytest
 
 from herald_ops.migrate import MigrationError, default_sql_dir, migrate
 from herald_ops.testing.stack import PG_BASE, ROOT
+from tests.integration.test_cli_errors import only_line
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -94,21 +95,85 @@ async def test_scoped_keys_arrive_on_a_database_that_has_the_later_script(dsn: s
         await conn.close()
 
 
-async def test_command_line_says_what_it_did(dsn: str) -> None:
-    def run() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "herald_ops.migrate"],
-            cwd=ROOT,
-            env={"HERALD_DATABASE_URL": dsn, "PATH": "/usr/bin:/bin"},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+def run_module(dsn: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    """``python -m ARGV`` with ``HERALD_DATABASE_URL=dsn`` and no other ``HERALD_*`` setting."""
+    return subprocess.run(
+        [sys.executable, "-m", *argv],
+        cwd=ROOT,
+        env={"HERALD_DATABASE_URL": dsn, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
-    first = await asyncio.to_thread(run)
+
+async def herald_migrate(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``herald migrate ARGS`` against ``dsn``, in a thread: the session's event loop keeps running."""
+    return await asyncio.to_thread(run_module, dsn, "herald_ops.cli", "migrate", *args)
+
+
+async def database_exists(dsn: str) -> bool:
+    admin = await asyncpg.connect(f"{PG_BASE}/postgres")
+    try:
+        name = dsn.rsplit("/", 1)[1]
+        return bool(await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name))
+    finally:
+        await admin.close()
+
+
+async def test_command_line_says_what_it_did(dsn: str) -> None:
+    first = await asyncio.to_thread(run_module, dsn, "herald_ops.migrate")
     assert first.returncode == 0, first.stderr
     assert f"{len(SCRIPTS)} script(s) applied" in first.stdout
-    second = await asyncio.to_thread(run)
+    second = await asyncio.to_thread(run_module, dsn, "herald_ops.migrate")
     assert second.returncode == 0
     assert "is up to date" in second.stdout
+
+
+async def test_a_misnamed_script_is_refused_before_anything_is_applied(dsn: str, tmp_path: Path) -> None:
+    sql_dir = tmp_path / "sql"
+    shutil.copytree(default_sql_dir(), sql_dir)
+    (sql_dir / "12_hotfix.sql").write_text("CREATE TABLE hotfix (id integer);\n")  # two digits, not three
+    result = await herald_migrate(dsn, "--sql-dir", str(sql_dir))
+    line = only_line(result, 1)
+    assert line.startswith("herald migrate: failed:")
+    assert "12_hotfix.sql" in line
+    assert "NNN_name.sql" in line
+    assert not await database_exists(dsn)
+
+
+@pytest.mark.parametrize("made", [False, True], ids=["missing", "empty"])
+async def test_a_missing_or_empty_sql_directory_is_refused(dsn: str, tmp_path: Path, made: bool) -> None:
+    sql_dir = tmp_path / "sql"
+    if made:
+        sql_dir.mkdir()
+    result = await herald_migrate(dsn, "--sql-dir", str(sql_dir))
+    assert only_line(result, 1).startswith(f"herald migrate: failed: {sql_dir}:")
+    assert not await database_exists(dsn)
+
+
+async def test_an_applied_script_missing_from_the_directory_is_a_warning(dsn: str, tmp_path: Path) -> None:
+    """What a release sees after a rollback to it: the newer script's changes stay, the run succeeds."""
+    sql_dir = tmp_path / "sql"
+    shutil.copytree(default_sql_dir(), sql_dir)
+    assert (await herald_migrate(dsn, "--sql-dir", str(sql_dir))).returncode == 0
+    (sql_dir / SCRIPTS[-1]).unlink()
+    result = await herald_migrate(dsn, "--sql-dir", str(sql_dir))
+    line = only_line(result, 0)
+    assert line.startswith(f"herald migrate: warning: {SCRIPTS[-1]} is recorded as applied")
+    assert "is up to date" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgres://x:notaport/db",  # asyncpg's int() of the port: ValueError
+        "postgresql://postgres@127.0.0.1:99999/db",  # the socket's OverflowError
+        "postgresql://postgres@127.0.0.1:5432/db?sslmode=sometimes",  # ClientConfigurationError
+        "not a url",
+    ],
+)
+async def test_a_malformed_database_url_is_a_configuration_error(url: str) -> None:
+    result = await asyncio.to_thread(run_module, url, "herald_ops.cli", "migrate")
+    assert only_line(result, 2).startswith("herald: configuration error: HERALD_DATABASE_URL:")
