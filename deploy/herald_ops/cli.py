@@ -24,11 +24,11 @@ import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 import aiormq
 import orjson
 
+from herald_client.urls import url_problem
 from herald_ops import broker, dev, dlq, vapid
 from herald_ops import migrate as migrate_module
 from shared.settings import ConfigError, exit_with_config_error, load_settings
@@ -42,23 +42,6 @@ if TYPE_CHECKING:
 _FAILURES = (dlq.DeadLetterError, broker.BrokerError, aiormq.exceptions.AMQPError, OSError)
 # The subcommands that connect to RabbitMQ with HERALD_AMQP_URL, which main() checks first.
 _BROKER_CLIENTS = frozenset({"send", "dlq", "dev"})
-
-
-def _url_problem(url: str, schemes: tuple[str, ...]) -> str | None:
-    """Why ``url`` is no URL to connect to (a scheme among ``schemes``, a host, a valid port), or None.
-
-    The reason never quotes the URL: it may hold a password.
-    """
-    try:
-        parts = urlsplit(url)
-        _port = parts.port  # the property raises ValueError for a port that is no number or past 65535
-    except ValueError as exc:
-        return str(exc)
-    if parts.scheme not in schemes:
-        return f"the scheme must be {' or '.join(schemes)}"
-    if not parts.hostname:
-        return "the URL names no host"
-    return None
 
 
 def _seconds(text: str) -> float:
@@ -75,7 +58,7 @@ def _seconds(text: str) -> float:
 
 def _websocket_url(text: str) -> str:
     """``tail --url``: checked here, as the client would retry a URL it cannot parse forever."""
-    problem = _url_problem(text, ("ws", "wss"))
+    problem = url_problem(text, ("ws", "wss"))
     if problem is not None:
         raise argparse.ArgumentTypeError(problem)
     return text
@@ -258,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in _BROKER_CLIENTS:
             # Checked first: aio-pika's robust connection (`send`) retries a URL it cannot parse forever.
-            problem = _url_problem(load_settings().amqp_url, ("amqp", "amqps"))
+            problem = url_problem(load_settings().amqp_url, ("amqp", "amqps"))
             if problem is not None:
                 raise ConfigError(f"HERALD_AMQP_URL: {problem}")
         return handler(args)

@@ -55,6 +55,7 @@ from herald_client.inbox import InboxView
 from herald_client.protocol import CloseCode
 from herald_client.reconnect import Reconnect
 from herald_client.tokens import fetch_token, token_expiry
+from herald_client.urls import url_problem
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -100,6 +101,9 @@ class HeraldClient(InboxView):
         backoff_base, backoff_max: reconnect delays, seconds (full jitter).
         refresh_margin: refresh the token this many seconds before ``exp`` (at most half its lifetime).
         open_timeout: seconds for the handshake plus authentication.
+
+    Raises:
+        ValueError: a ``url`` is no WebSocket URL (its scheme, host or port).
     """
 
     def __init__(
@@ -114,7 +118,13 @@ class HeraldClient(InboxView):
         open_timeout: float = 15.0,
     ) -> None:
         super().__init__()
-        self._reconnect = Reconnect((url,) if isinstance(url, str) else tuple(url), backoff_base, backoff_max)
+        urls = (url,) if isinstance(url, str) else tuple(url)
+        for each in urls:
+            problem = url_problem(each, ("ws", "wss"))
+            if problem is not None:
+                # Refused here: the reconnect loop would retry a URL it cannot parse forever.
+                raise ValueError(f"url: {problem}")
+        self._reconnect = Reconnect(urls, backoff_base, backoff_max)
         self._token_provider = token_provider
         self.request_timeout = request_timeout
         self.backoff_base = backoff_base

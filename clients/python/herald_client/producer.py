@@ -41,6 +41,7 @@ from herald_client.protocol import (
     USER_ID_PATTERN,
     events_exchange,
 )
+from herald_client.urls import url_problem
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -88,11 +89,16 @@ class Producer:
 
     Raises:
         InvalidEvent: ``source`` breaks its rule.
+        ValueError: ``amqp_url`` is no AMQP URL (its scheme, host or port).
     """
 
     def __init__(self, amqp_url: str, prefix: str = "herald", source: str | None = None) -> None:
         if source is not None and not _SOURCE.fullmatch(source):
             raise InvalidEvent(f"source: {source!r} must match {SOURCE_PATTERN}")
+        problem = url_problem(amqp_url, ("amqp", "amqps"))
+        if problem is not None:
+            # Checked here: aio-pika's robust connection retries a URL it cannot parse forever.
+            raise ValueError(f"amqp_url: {problem}")
         self._source = source
         self._url = amqp_url
         self._exchange_name = events_exchange(prefix)
