@@ -52,10 +52,9 @@ def test_every_postgres_error_is_classified_as_before(error_class: type[asyncpg.
 )
 def test_a_refused_connection_is_an_outage_whatever_the_server_said(refusal: asyncpg.PostgresError) -> None:
     assert not is_outage(refusal)  # raised by a statement, these would be about the statement
-    try:
-        raise DatabaseUnreachable(str(refusal)) from refusal
-    except DatabaseUnreachable as unreachable:
-        assert is_outage(unreachable)
+    unreachable = DatabaseUnreachable(str(refusal))
+    unreachable.__cause__ = refusal  # as the pool's connect raises it: `raise ... from refusal`
+    assert is_outage(unreachable)
 
 
 @pytest.mark.parametrize(
