@@ -7,6 +7,9 @@
   ``HERALD_JWT_PUBLIC_KEY`` or the JWKS key named by ``kid`` — so an HS256 token signed with the RSA
   public key is checked against the secret and fails (no algorithm confusion);
 - ``exp`` and ``sub`` are required, ``nbf`` is honoured, ``aud``/``iss`` are checked when configured;
+- ``exp`` must be a date RFC 3339 can write (:data:`MAX_EXPIRY`, the end of year 9999), since ``auth``
+  and ``auth.refresh`` answer it as ``expires_at``; PyJWT bounds ``nbf`` and ``iat`` (not in the future)
+  but not ``exp``, and an ``exp`` in milliseconds is a common mistake;
 - ``sub`` must be a valid user id (PROTOCOL §4), since it names an exchange and a routing key;
 - ``roles`` (a list) containing ``admin`` grants admin methods.
 
@@ -32,6 +35,8 @@ from urllib.parse import parse_qs
 import jwt
 import structlog
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from starlette.datastructures import Headers as StarletteHeaders
+from websockets.datastructures import Headers as WebSocketHeaders
 
 from gateway.errors import AuthError, SubjectMismatch
 from gateway.jwks import JwksKeys
@@ -47,6 +52,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("gateway.auth")
 
 _HMAC: Final = frozenset({"HS256", "HS384", "HS512"})
+#: The last second an RFC 3339 timestamp can name, 9999-12-31T23:59:59Z: ``datetime`` has no year 10000.
+MAX_EXPIRY: Final = 253_402_300_799
 
 
 def load_edge_settings() -> Settings:
@@ -166,22 +173,62 @@ class TokenVerifier:
 
 
 def claims_from_payload(payload: Mapping[str, Any]) -> Claims:
-    """:class:`Claims` from a verified payload; :class:`AuthError` when ``sub`` is not a valid user id."""
+    """:class:`Claims` from a verified payload; :class:`AuthError` when ``sub`` is not a valid user id or
+    ``exp`` is not a date up to :data:`MAX_EXPIRY`."""
     sub = payload.get("sub")
     if not isinstance(sub, str) or not is_valid_user_id(sub):
         raise AuthError("token sub is not a valid user id")
+    exp: Any = payload.get("exp")
+    try:
+        # PyJWT let through whatever int() takes; float() of an integer past 1e308 overflows.
+        expires_at = float(exp)
+    except (TypeError, ValueError, OverflowError):
+        raise AuthError("token exp is not a number") from None
+    if not expires_at <= MAX_EXPIRY:  # also NaN
+        raise AuthError("token exp is after the year 9999")
     roles = payload.get("roles")
     admin = isinstance(roles, list | tuple) and "admin" in roles
-    return Claims(sub, float(payload["exp"]), admin)
+    return Claims(sub, expires_at, admin)
+
+
+class RepeatedHeader(ValueError):
+    """A header that may appear once came several times: the request is ambiguous (400, or 401 for
+    ``Authorization``), whichever value a proxy or the server would have picked."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name} header given more than once")
+
+
+def single_header(headers: Mapping[str, str], name: str) -> str | None:
+    """The value of header ``name``, ``None`` without it; :class:`RepeatedHeader` when it is repeated.
+
+    Neither library's ``get`` tells a repeat: websockets' raises ``MultipleValuesError`` (a 500 if left
+    alone) and Starlette's returns the first value. So their lists are read; a plain mapping (tests) holds
+    one value per name.
+    """
+    if isinstance(headers, WebSocketHeaders):
+        values = headers.get_all(name)
+    elif isinstance(headers, StarletteHeaders):
+        values = headers.getlist(name)
+    else:
+        value = headers.get(name)
+        values = [] if value is None else [value]
+    if len(values) > 1:
+        raise RepeatedHeader(name)
+    return values[0] if values else None
 
 
 def bearer_token(headers: Mapping[str, str]) -> str | None:
     """The token of an ``Authorization: Bearer …`` header, ``None`` without the header.
 
     A present header with another scheme or no value is returned as ``""`` so that it is refused (401)
-    rather than ignored. ``headers`` must look names up case-insensitively (websockets' and Starlette's do).
+    rather than ignored; a repeated one raises :class:`AuthError` (which credential is meant?). ``headers``
+    must look names up case-insensitively (websockets' and Starlette's do).
     """
-    authorization = headers.get("Authorization")
+    try:
+        authorization = single_header(headers, "Authorization")
+    except RepeatedHeader as exc:
+        raise AuthError(str(exc)) from None
     if authorization is None:
         return None
     scheme, _, value = authorization.partition(" ")
@@ -191,7 +238,8 @@ def bearer_token(headers: Mapping[str, str]) -> str | None:
 def handshake_token(headers: Mapping[str, str], query: str) -> str | None:
     """The token a client put in the handshake: ``Authorization: Bearer …``, else ``?token=…``, else ``None``.
 
-    A present but empty value is returned as ``""`` so that it is refused (401) rather than ignored.
+    A present but empty value is returned as ``""`` so that it is refused (401) rather than ignored; a
+    repeated ``Authorization`` raises :class:`AuthError`.
     """
     token = bearer_token(headers)
     if token is not None:

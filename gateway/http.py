@@ -12,6 +12,9 @@ service worker, from ``gateway/static/``, at the root so its scope is the whole 
 A WebSocket handshake must target ``/notifications`` (else 404) from an allowed Origin (else 403); a
 token in ``Authorization: Bearer`` or ``?token=`` must verify (else 401), and its claims travel on the
 connection to the handler. Without a token the handler expects a first-frame ``auth``.
+
+A request with ``Host``, ``Upgrade`` or (on a handshake) ``Origin`` given more than once is 400, one with
+``Authorization`` given more than once 401: which value counts would be a guess.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Response
 
-from gateway.auth import Claims, handshake_token, rfc3339
+from gateway.auth import Claims, RepeatedHeader, handshake_token, rfc3339, single_header
 from gateway.errors import AuthError
 from shared.events import is_valid_user_id
 from shared.resources import resource_dir
@@ -85,16 +88,26 @@ def release_handshake(connection: ServerConnection) -> None:
         response.body = b""
 
 
+def normalize_origin(origin: str) -> str:
+    """``origin`` as a browser sends it: ``scheme://host[:port]`` in lower case, without a trailing slash.
+
+    The one spelling of ``HERALD_ALLOWED_ORIGINS`` entries for both edges: the gateway compares a
+    handshake's Origin with it, and herald-api hands it to Starlette's CORS middleware, which compares
+    the browser's Origin verbatim.
+    """
+    return origin.strip().rstrip("/").lower()
+
+
 def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...] | None) -> bool:
     """The Origin policy: Origin-less clients and same-origin pages always; others only when listed.
 
     ``allowed`` is ``HERALD_ALLOWED_ORIGINS`` (``None`` = unset; ``"*"`` allows every origin). Origins are
-    compared as ``scheme://host[:port]``, case-insensitively.
+    compared as ``scheme://host[:port]``, case-insensitively (:func:`normalize_origin`).
     """
     if origin is None:
         return True
-    normalized = origin.strip().rstrip("/").lower()
-    if allowed is not None and ("*" in allowed or normalized in {a.rstrip("/").lower() for a in allowed}):
+    normalized = normalize_origin(origin)
+    if allowed is not None and ("*" in allowed or normalized in {normalize_origin(a) for a in allowed}):
         return True
     if host is None:
         return False
@@ -140,7 +153,7 @@ def resolve_static(root: Path, relative: str) -> Path | None:
 
 
 def _is_upgrade(headers: Headers) -> bool:
-    return "websocket" in headers.get("Upgrade", "").lower()
+    return "websocket" in (single_header(headers, "Upgrade") or "").lower()
 
 
 def _response(
@@ -188,21 +201,25 @@ class HttpRoutes:
 
     async def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
         path, _, query = request.path.partition("?")
-        if _is_upgrade(request.headers):
-            return await self._handshake(connection, request.headers, path, query)
-        return self._route(path, query, request.headers.get("Host"))
+        try:
+            host = single_header(request.headers, "Host")
+            if _is_upgrade(request.headers):
+                return await self._handshake(connection, request.headers, host, path, query)
+            return self._route(path, query, host)
+        except RepeatedHeader as exc:  # RFC 9112 §3.2 asks 400 of two Hosts, and the rest is as ambiguous
+            return _text(400, f"Bad Request: {exc}\n")
 
     async def _handshake(
-        self, connection: ServerConnection, headers: Headers, path: str, query: str
+        self, connection: ServerConnection, headers: Headers, host: str | None, path: str, query: str
     ) -> Response | None:
         if path != WS_PATH:
             return _text(404, "Not Found\n")
-        if not origin_allowed(headers.get("Origin"), headers.get("Host"), self._settings.allowed_origins):
+        if not origin_allowed(single_header(headers, "Origin"), host, self._settings.allowed_origins):
             return _text(403, "Forbidden: origin not allowed\n")
-        token = handshake_token(headers, query)
-        if token is None:
-            return None
         try:
+            token = handshake_token(headers, query)
+            if token is None:
+                return None
             claims = await self._verifier.verify(token)
         except AuthError as exc:
             self._metrics.auth_failures.labels("handshake").inc()

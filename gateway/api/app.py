@@ -11,7 +11,13 @@ answers carry an ``ETag``; a matching ``If-None-Match`` gets 304.
 Also served: ``/healthz``, ``/readyz`` (503 while the broker link is down), ``/metrics``, and the OpenAPI
 document at ``/api/openapi.json`` (generated offline from the worker's params models and shipped with the
 package). CORS follows ``HERALD_ALLOWED_ORIGINS`` (Starlette's ``CORSMiddleware``; unset = no cross-origin
-access, since same-origin pages need none).
+access, since same-origin pages need none), spelled as the gateway compares them
+(:func:`gateway.http.normalize_origin`).
+
+Every request of a route is counted in ``herald_api_requests_total{method, status}`` and timed, whatever
+ends it: a bug is counted ``500``; a client that hangs up before its body has arrived ``499`` (nginx's
+"client closed request"), logged at debug level only, since it is the client's doing and nothing is left
+to answer.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import Match
 from starlette.routing import Route as StarletteRoute
@@ -46,6 +53,7 @@ from gateway.api.translate import (
 )
 from gateway.auth import TokenVerifier, bearer_token
 from gateway.errors import AuthError, RpcTimeout, RpcUnavailable
+from gateway.http import normalize_origin
 from gateway.limits import KeyedBuckets, KeyedSlots
 from gateway.rpc import RpcClient, RpcLink
 from shared.jsonrpc import ErrorCode, rpc_request
@@ -66,6 +74,8 @@ OPENAPI_PATH: Final = Path(__file__).resolve().parent / "openapi.json"
 #: Users whose rate-limit buckets are remembered at once (least recently seen forgotten first).
 MAX_RATE_LIMITED_USERS: Final = 100_000
 JSON: Final = "application/json"
+#: The status label of a request whose client disconnected before it could be answered (nginx's).
+CLIENT_CLOSED: Final = 499
 
 
 class ApiMetrics:
@@ -133,7 +143,7 @@ class HttpApi:
         middleware = [
             Middleware(
                 CORSMiddleware,
-                allow_origins=list(settings.allowed_origins or ()),
+                allow_origins=[normalize_origin(origin) for origin in settings.allowed_origins or ()],
                 allow_methods=sorted({route.verb for route in ROUTES}),
                 allow_headers=["Authorization", "Content-Type", "If-None-Match"],
                 expose_headers=["ETag"],
@@ -162,15 +172,29 @@ class HttpApi:
     def _endpoint(self, route: Route) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             started = time.perf_counter()
+            # Anything that escapes (a bug, a cancellation) is answered 500 by _internal_error, if at all.
+            status = HTTPStatus.INTERNAL_SERVER_ERROR.value
             try:
-                response = await self._serve(route, request)
-            except ApiError as exc:
-                response = _json(exc.status, exc.body())
-            self.metrics.requests.labels(route.method, str(response.status_code)).inc()
-            self.metrics.request_seconds.labels(route.method).observe(time.perf_counter() - started)
-            return response
+                response = await self._answer(route, request)
+                status = response.status_code
+                return response
+            finally:
+                self.metrics.requests.labels(route.method, str(status)).inc()
+                self.metrics.request_seconds.labels(route.method).observe(time.perf_counter() - started)
 
         return endpoint
+
+    async def _answer(self, route: Route, request: Request) -> Response:
+        """The route's response, an :class:`ApiError`'s, or 499 for a client gone before its body came."""
+        try:
+            return await self._serve(route, request)
+        except ApiError as exc:
+            return _json(exc.status, exc.body())
+        except ClientDisconnect:
+            log.debug("api_client_disconnected", method=route.method, path=request.url.path)
+            # Never sent (uvicorn drops a response to a gone client); returned rather than raised, which
+            # Starlette would turn into a logged 500.
+            return Response(status_code=CLIENT_CLOSED)
 
     async def _serve(self, route: Route, request: Request) -> Response:
         claims = await self._authenticate(request)
@@ -204,8 +228,8 @@ class HttpApi:
         return _json(status, payload, headers)
 
     async def _authenticate(self, request: Request) -> Claims:
-        token = bearer_token(request.headers)
         try:
+            token = bearer_token(request.headers)  # AuthError when repeated, as at the gateway
             if not token:
                 raise AuthError("missing bearer token" if token is None else "malformed Authorization header")
             return await self.verifier.verify(token)

@@ -43,6 +43,8 @@ _STATUS_BY_CODE: Final = {
     ErrorCode.UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
     UNAUTHORIZED_CODE: HTTPStatus.UNAUTHORIZED,
 }
+#: The message of ``orjson.JSONDecodeError`` for a document nested past orjson's limit (its ``msg``).
+ORJSON_DEPTH_ERROR: Final = "depth limit exceeded"
 _TRUE: Final = frozenset({"true", "1", "yes"})
 _FALSE: Final = frozenset({"false", "0", "no"})
 
@@ -118,6 +120,10 @@ def query_params(route: Route, items: Iterable[tuple[str, str]]) -> dict[str, An
     }
 
 
+def _nested_too_deep() -> ApiError:
+    return bad_field("body", f"nested deeper than {MAX_NESTING} levels")
+
+
 def body_params(body: bytes) -> dict[str, Any]:
     """The JSON body as params (``{}`` when empty); 400 / -32700 when it is not JSON, 400 / -32602 naming
     ``body`` when it is not an object or nests deeper than can be forwarded (the rule of WebSocket frames,
@@ -126,12 +132,16 @@ def body_params(body: bytes) -> dict[str, Any]:
         return {}
     try:
         params = orjson.loads(body)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        # orjson stops at its own limit (1024 levels) with this one message, before reading the rest: the
+        # body is refused for its depth, as one over 253 levels that orjson can read is, not as "not JSON".
+        if exc.msg == ORJSON_DEPTH_ERROR:
+            raise _nested_too_deep() from None
         raise ApiError(ErrorCode.PARSE_ERROR, "parse error: the body is not JSON", "body") from None
     if not isinstance(params, dict):
         raise bad_field("body", "must be a JSON object")
     if too_deep(body, params):
-        raise bad_field("body", f"nested deeper than {MAX_NESTING} levels")
+        raise _nested_too_deep()
     return params
 
 

@@ -1,25 +1,31 @@
 """``herald-api``'s HTTP surface end to end: what it refuses and how, every route, CORS and OpenAPI.
 
 Against the same kind of stack as ``test_api`` (its ``env`` and ``http`` fixtures, a stack of this
-module's own): a missing, expired or badly signed token is 401; bad queries and bodies (not JSON, nested
-too deep, not an object, unknown or ill-typed members) are 400 naming the field; unknown paths and verbs
-get JSON 404 / 405; a body over the limit is 413; every route in ``gateway.api.routes.ROUTES`` answers
-(501 where no worker serves its method); CORS follows the allowed origins; the OpenAPI document is served.
+module's own): a missing, repeated, expired or badly signed token is 401; bad queries and bodies (not
+JSON, nested too deep, not an object, unknown or ill-typed members) are 400 naming the field; unknown
+paths and verbs get JSON 404 / 405; a body over the limit is 413; a client gone before its body arrived
+is counted as 499 and logs no error; every route in ``gateway.api.routes.ROUTES`` answers (501 where no
+worker serves its method); CORS follows the allowed origins; the OpenAPI document is served.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import TYPE_CHECKING
 
 import pytest
 
 from gateway.api.routes import ROUTES
-from herald_ops.testing.stack import fresh_id, mint
+from herald_ops.testing.gateway import metric
+from herald_ops.testing.stack import fresh_id, mint, wait_until
 from tests.integration.test_api import INBOX, ORIGIN, auth, env, error_of, http
 from worker.requests.registry import METHODS
 
 if TYPE_CHECKING:
     import httpx
+
+    from tests.integration.test_api import Env
 
 pytestmark = pytest.mark.timeout(120)
 __all__ = ["env", "http"]  # fixtures shared with test_api (this module gets a stack of its own)
@@ -34,11 +40,13 @@ __all__ = ["env", "http"]  # fixtures shared with test_api (this module gets a s
         {"Authorization": f"Bearer {mint('u-expired', ttl=-30)}"},
         {"Authorization": f"Bearer {mint('u-forged', secret='another-secret-that-is-long-enough-0123')}"},
         {"Authorization": "Bearer not.a.jwt"},
+        {"Authorization": f"Bearer {mint('u-ms', exp=int(time.time() * 1000))}"},
+        [("Authorization", f"Bearer {mint('u-twice')}"), ("Authorization", "Bearer other")],
     ],
-    ids=["missing", "empty", "other-scheme", "expired", "badly-signed", "malformed"],
+    ids=["missing", "empty", "other-scheme", "expired", "badly-signed", "malformed", "exp-in-ms", "repeated"],
 )
 async def test_a_missing_expired_or_badly_signed_token_is_401(
-    http: httpx.AsyncClient, headers: dict[str, str]
+    http: httpx.AsyncClient, headers: dict[str, str] | list[tuple[str, str]]
 ) -> None:
     for path in (INBOX, f"{INBOX}/unread-count", "/api/notifications/preferences"):
         error = error_of(await http.get(path, headers=headers), 401)
@@ -107,7 +115,9 @@ async def test_a_body_nested_too_deep_or_not_an_object_is_400_naming_the_body(
     def nested(levels: int) -> bytes:
         return b'{"a":' * levels + b"1" + b"}" * levels
 
-    for body in (b"[" * 300 + b"]" * 300, nested(254), b"[]", b'["ids"]', b"1", b'"text"', b"null", b"true"):
+    # Past 1024 levels orjson itself refuses to read the body; that is the same answer, not -32700.
+    deep = (b"[" * 300 + b"]" * 300, nested(254), b"[" * 1100 + b"]" * 1100, nested(1100))
+    for body in (*deep, b"[]", b'["ids"]', b"1", b'"text"', b"null", b"true"):
         for response in (
             await http.put(preferences, content=body, headers=headers),
             await http.post(f"{INBOX}/read", content=body, headers=headers),
@@ -117,6 +127,27 @@ async def test_a_body_nested_too_deep_or_not_an_object_is_400_naming_the_body(
     # 253 levels can be forwarded: the worker answers, refusing the member it does not know.
     error = error_of(await http.put(preferences, content=nested(253), headers=headers), 400)
     assert (error["code"], error["data"]) == (-32602, "a")
+
+
+async def test_a_client_gone_before_its_body_arrived_is_counted_499_and_logs_no_error(env: Env) -> None:
+    """Starlette raises ClientDisconnect from the body's stream: once logged twice as an error (the API's
+    and uvicorn's "Exception in ASGI application") and never counted."""
+    series = 'herald_api_requests_total{method="preferences.update",status="499"}'
+    before = metric(env.api, series)
+    _, writer = await asyncio.open_connection("127.0.0.1", env.api.port)
+    head = (
+        f"PUT /api/notifications/preferences HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {mint(fresh_id())}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: 100\r\n\r\n"
+    )
+    writer.write(head.encode() + b'{"a":')  # 5 of the 100 bytes declared
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    await wait_until(lambda: metric(env.api, series) == before + 1, 15, "the disconnect to be counted")
+    logs = env.api.logs()
+    assert "Exception in ASGI application" not in logs
+    assert "api_failed" not in logs
 
 
 async def test_every_route_is_served_or_clearly_not_implemented(http: httpx.AsyncClient) -> None:

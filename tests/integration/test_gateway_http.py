@@ -1,7 +1,7 @@
 """What real gateway processes serve over HTTP besides health and metrics: the WebSocket handshakes
-they refuse (bad token, wrong path, foreign origin) and the ones they accept, the static files, the demo
-and the browser client (and nothing outside them), and dev tokens minted only when enabled and only for a
-loopback Host. With the fixtures of ``test_gateway``.
+they refuse (bad token, wrong path, foreign origin, repeated headers) and the ones they accept, the
+static files, the demo and the browser client (and nothing outside them), and dev tokens minted only when
+enabled and only for a loopback Host. With the fixtures of ``test_gateway``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from gateway.http import WS_PATH
 from herald_ops.testing.gateway import Responder, call, open_client, recv_json
 from herald_ops.testing.stack import ROOT, fresh_id, http_get, mint
 from tests.integration import test_gateway
@@ -48,6 +49,58 @@ async def test_handshake_refusals(gateways: tuple[HeraldProcess, HeraldProcess])
         additional_headers={"Authorization": f"Bearer {good}"},
     ) as ws:
         assert (await recv_json(ws))["method"] == "connected"
+
+
+HANDSHAKE = [
+    ("Upgrade", "websocket"),
+    ("Connection", "Upgrade"),
+    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ("Sec-WebSocket-Version", "13"),
+]
+
+
+async def test_a_repeated_host_origin_upgrade_or_authorization_is_refused_not_a_500(
+    gateways: tuple[HeraldProcess, HeraldProcess],
+) -> None:
+    """websockets' ``Headers.get`` raises on a repeated name: these were 500s with a logged traceback."""
+    gw = gateways[0]
+    host = ("Host", f"127.0.0.1:{gw.port}")
+    same_origin = ("Origin", f"http://127.0.0.1:{gw.port}")
+    cases = [
+        ("/healthz", [host, host], 400, "Host"),
+        (WS_PATH, [host, *HANDSHAKE, same_origin, ("Origin", "https://evil.example")], 400, "Origin"),
+        (WS_PATH, [host, *HANDSHAKE, ("Upgrade", "websocket")], 400, "Upgrade"),
+        (
+            WS_PATH,
+            [
+                host,
+                *HANDSHAKE,
+                ("Authorization", f"Bearer {mint(fresh_id())}"),
+                ("Authorization", "Bearer x"),
+            ],
+            401,
+            "Authorization",
+        ),
+    ]
+    for path, headers, status, repeated in cases:
+        head, body = await raw_get(gw.port, path, headers)
+        assert head.startswith(f"HTTP/1.1 {status} ".encode()), (repeated, head)
+        assert f"{repeated} header given more than once".encode() in body, (repeated, body)
+    assert "process_request failed" not in gw.logs()
+
+
+async def raw_get(port: int, path: str, headers: list[tuple[str, str]]) -> tuple[bytes, bytes]:
+    """The head and body of the answer to a ``GET`` with exactly ``headers`` (repeats included)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        request = [f"GET {path} HTTP/1.1", *(f"{name}: {value}" for name, value in headers), "", ""]
+        writer.write("\r\n".join(request).encode())
+        async with asyncio.timeout(10):
+            answer = await reader.read()  # a refused request is answered with Connection: close
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head, body
 
 
 async def test_static_files_and_the_browser_client_are_served(

@@ -139,10 +139,20 @@ async def accepted(gateway: HeraldProcess, credential: str) -> bool:
         return True
 
 
+def exp_in_milliseconds() -> str:
+    """A common mistake: ``exp`` in milliseconds, a date after year 9999 that RFC 3339 cannot write."""
+    return hs256(claims(exp=int(time.time() * 1000) + 600_000))
+
+
+def auth_frame(token: str) -> str:
+    return orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "auth", "params": {"token": token}}).decode()
+
+
 REFUSED_BY_KEYED: dict[str, Callable[[], str]] = {
     "alg none": lambda: jwt.encode(claims(), None, algorithm="none"),
     "HS256 signed with the RSA public key": lambda: hs256_signed_with_public_key(claims()),
     "no exp": lambda: hs256(claims(exp=None)),
+    "exp in milliseconds": exp_in_milliseconds,
     "expired": lambda: hs256(claims(ttl=-60)),
     "future nbf": lambda: hs256(claims(nbf=int(time.time()) + 300)),
     "wrong aud": lambda: hs256(claims(aud="someone-else")),
@@ -199,11 +209,7 @@ async def first_frame(gateway: HeraldProcess, frame: str | None) -> tuple[dict[s
 
 async def test_first_frame_auth_accepts_a_good_token(keyed: HeraldProcess) -> None:
     async with connect(keyed.ws_url) as ws:
-        await ws.send(
-            orjson.dumps(
-                {"jsonrpc": "2.0", "id": 1, "method": "auth", "params": {"token": hs256(claims())}}
-            ).decode()
-        )
+        await ws.send(auth_frame(hs256(claims())))
         reply = await recv_json(ws)
         assert reply["id"] == 1
         assert reply["result"]["user_id"] == "jwt-user"
@@ -213,7 +219,8 @@ async def test_first_frame_auth_accepts_a_good_token(keyed: HeraldProcess) -> No
 @pytest.mark.parametrize(
     "frame",
     [
-        pytest.param('{"jsonrpc":"2.0","id":1,"method":"auth","params":{"token":"garbage"}}', id="bad token"),
+        pytest.param(auth_frame("garbage"), id="bad token"),
+        pytest.param(auth_frame(exp_in_milliseconds()), id="exp in milliseconds"),  # once a 1011
         pytest.param('{"jsonrpc":"2.0","id":1,"method":"ping"}', id="not auth"),
         pytest.param("{not json", id="not json"),
         pytest.param(None, id="silence past auth_timeout"),
@@ -249,9 +256,10 @@ async def test_refresh_for_another_user_is_an_error_and_keeps_the_connection(key
         assert (await recv_json(ws))["method"] == "connected"
         reply = await call(ws, "auth.refresh", {"token": hs256(claims(sub=fresh_id()))})
         assert reply["error"]["code"] == 4003
-        bad = await call(ws, "auth.refresh", {"token": hs256(claims(ttl=-5))})
-        assert bad["error"]["code"] == -32602
-        assert bad["error"]["data"] == "token"
+        for refused in (hs256(claims(ttl=-5)), exp_in_milliseconds()):  # the latter was once a 1011
+            bad = await call(ws, "auth.refresh", {"token": refused})
+            assert bad["error"]["code"] == -32602
+            assert bad["error"]["data"] == "token"
         assert (await call(ws, "ping"))["result"] == "pong"
 
 

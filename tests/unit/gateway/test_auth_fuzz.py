@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from typing import Any
 
 import jwt
@@ -14,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.auth import TokenVerifier
+from gateway.auth import Claims, TokenVerifier, rfc3339
 from gateway.errors import AuthError
 from shared.settings import Settings
 
@@ -92,6 +93,22 @@ def test_signed_tokens_with_any_claims_are_accepted_only_when_valid(claims: dict
         return  # PyJWT cannot even encode these claims
     outcome = verdict(token)
     assert isinstance(outcome, AuthError) or (alg != "ES256" and claims.get("aud") == "herald")
+
+
+@settings(max_examples=200)
+@given(
+    st.integers(min_value=int(time.time()) + 600)
+    | st.floats(min_value=time.time() + 600, allow_infinity=False)
+)
+def test_a_signed_tokens_exp_is_refused_or_written_as_rfc3339(exp: float) -> None:
+    """An accepted token's ``exp`` becomes ``expires_at`` in ``auth`` and ``auth.refresh`` replies; one that
+    RFC 3339 cannot write (after year 9999, e.g. milliseconds) is refused, never a ``ValueError``."""
+    outcome = verdict(jwt.encode({"sub": "u1", "exp": exp, "aud": "herald"}, SECRET, algorithm="HS256"))
+    if isinstance(outcome, AuthError):
+        assert exp > 253_402_300_799, (exp, outcome)  # 9999-12-31T23:59:59Z
+    else:
+        assert isinstance(outcome, Claims)
+        assert rfc3339(outcome.expires_at) <= "9999-12-31T23:59:59Z"
 
 
 @given(st.text(max_size=300))
