@@ -31,6 +31,8 @@ MAX_CLOSE_REASON_BYTES: Final = 123
 #: orjson reads 1,024 levels of nesting but writes at most 254, and the body forwarded to the worker holds
 #: ``params`` one level down: deeper params could not be forwarded.
 MAX_NESTING: Final = 253
+#: The message (``msg``) of ``orjson.JSONDecodeError`` for a document nested past orjson's own limit.
+ORJSON_DEPTH_ERROR: Final = "depth limit exceeded"
 
 AUTH: Final = "auth"
 AUTH_REFRESH: Final = "auth.refresh"
@@ -96,7 +98,11 @@ def parse_request(frame: str | bytes) -> Request:
     """
     try:
         document = orjson.loads(frame)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        if exc.msg == ORJSON_DEPTH_ERROR:
+            # Nested past orjson's own limit (1024 levels) the frame cannot be read, its id neither; it
+            # is refused for its depth (amendment 30), as one over MAX_NESTING levels that orjson reads.
+            raise _nested_too_deep(None) from None
         raise FrameError(ErrorCode.PARSE_ERROR, "parse error: the frame is not JSON") from None
     if not isinstance(document, dict):
         raise FrameError(ErrorCode.INVALID_REQUEST, "invalid request: the frame must be a JSON object")
@@ -126,15 +132,19 @@ def parse_request(frame: str | bytes) -> Request:
             ErrorCode.INVALID_PARAMS, "invalid params: params must be an object", "params", request_id
         )
     if too_deep(frame, params):
-        raise FrameError(
-            ErrorCode.INVALID_PARAMS,
-            f"invalid params: nested deeper than {MAX_NESTING} levels",
-            "params",
-            request_id,
-        )
+        raise _nested_too_deep(request_id)
     if method in (AUTH, AUTH_REFRESH):
         token_param(params, request_id)
     return Request(method, params, request_id, raw_id is _NO_ID)
+
+
+def _nested_too_deep(request_id: Any) -> FrameError:
+    return FrameError(
+        ErrorCode.INVALID_PARAMS,
+        f"invalid params: nested deeper than {MAX_NESTING} levels",
+        "params",
+        request_id,
+    )
 
 
 def too_deep(document: str | bytes, params: dict[str, Any]) -> bool:

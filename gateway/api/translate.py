@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from gateway.api.routes import Kind, Source
-from gateway.protocol import MAX_NESTING, too_deep
+from gateway.protocol import MAX_NESTING, ORJSON_DEPTH_ERROR, too_deep
 from shared.jsonrpc import ErrorCode, JsonRpcError, dumps, read_rpc_reply
 
 if TYPE_CHECKING:
@@ -43,8 +43,6 @@ _STATUS_BY_CODE: Final = {
     ErrorCode.UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
     UNAUTHORIZED_CODE: HTTPStatus.UNAUTHORIZED,
 }
-#: The message of ``orjson.JSONDecodeError`` for a document nested past orjson's limit (its ``msg``).
-ORJSON_DEPTH_ERROR: Final = "depth limit exceeded"
 _TRUE: Final = frozenset({"true", "1", "yes"})
 _FALSE: Final = frozenset({"false", "0", "no"})
 

@@ -157,6 +157,18 @@ class TestParseRequest:
             )
         assert (refused.value.code, refused.value.data, refused.value.request_id) == (-32602, "params", 7)
 
+    def test_params_nested_past_orjsons_own_limit_are_invalid_params_not_a_parse_error(self) -> None:
+        # orjson stops reading at 1024 levels: the id cannot be read, but the depth is still the reason.
+        frame = (
+            '{"jsonrpc": "2.0", "id": 7, "method": "notifications.list", "params": '
+            + "[" * 1100
+            + "]" * 1100
+            + "}"
+        )
+        with pytest.raises(FrameError) as refused:
+            parse_request(frame)
+        assert (refused.value.code, refused.value.data, refused.value.request_id) == (-32602, "params", None)
+
     def test_every_forwarded_method_parses(self) -> None:
         for method in FORWARDED:
             assert parse_request(frame(id=1, method=method)).method == method
