@@ -245,9 +245,12 @@ class TestApplication:
     """The Starlette application in-process (httpx's ASGI transport, no lifespan: no broker link)."""
 
     @pytest.fixture
-    async def client(self) -> AsyncIterator[httpx.AsyncClient]:
-        settings = Settings(_env_file=None, jwt_secret=TEST_JWT_SECRET)  # type: ignore[call-arg]
-        transport = httpx.ASGITransport(HttpApi(settings).app, raise_app_exceptions=False)
+    def api(self) -> HttpApi:
+        return HttpApi(Settings(_env_file=None, jwt_secret=TEST_JWT_SECRET))  # type: ignore[call-arg]
+
+    @pytest.fixture
+    async def client(self, api: HttpApi) -> AsyncIterator[httpx.AsyncClient]:
+        transport = httpx.ASGITransport(api.app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
             yield client
 
@@ -265,8 +268,8 @@ class TestApplication:
         assert (await client.get(LIST.path)).status_code == 401
         assert (await client.get(LIST.path, params={"limit": "x"})).status_code == 401
 
-    async def test_a_bug_is_a_json_500(
-        self, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    async def test_a_bug_is_a_json_500_and_counted(
+        self, api: HttpApi, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         def broken(*args: Any) -> Any:
             raise ZeroDivisionError
@@ -277,6 +280,8 @@ class TestApplication:
         assert response.json() == {
             "error": {"code": ErrorCode.INTERNAL_ERROR, "message": "internal error", "data": None}
         }
+        counted = {"method": LIST.method, "status": "500"}
+        assert api.metrics.registry.get_sample_value("herald_api_requests_total", counted) == 1
 
     async def test_the_openapi_document_is_the_shipped_file(self, client: httpx.AsyncClient) -> None:
         assert (await client.get("/api/openapi.json")).content == OPENAPI_PATH.read_bytes()
