@@ -18,7 +18,7 @@ from shared.events import CHANNELS
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
-_HHMM: Final = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+_HHMM: Final = re.compile(r"([01]\d|2[0-3]):[0-5]\d")
 #: Channels sent by delivery jobs rather than in-app; quiet hours hold back exactly these, never in-app.
 DELIVERY_CHANNELS: Final = ("email", "push")
 #: Channels a user may not turn off for a critical type.
@@ -166,7 +166,8 @@ def _quiet_hours(value: Any) -> dict[str, str] | None:
     if not isinstance(value, dict) or set(value) - {"start", "end", "timezone"}:
         raise InvalidPreferences("quiet_hours", "must be {start, end, timezone} or null")
     for key in ("start", "end"):
-        if not isinstance(value.get(key), str) or not _HHMM.match(value[key]):
+        # fullmatch: `$` in a pattern also matches before a final newline, and "00:00\n" cannot be read.
+        if not isinstance(value.get(key), str) or not _HHMM.fullmatch(value[key]):
             raise InvalidPreferences(f"quiet_hours.{key}", "must be HH:MM (24-hour)")
     window = {"start": value["start"], "end": value["end"]}
     zone = value.get("timezone")

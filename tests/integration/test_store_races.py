@@ -19,7 +19,7 @@ from herald_ops.testing.stack import fresh_id, wait_until
 from shared.settings import Settings
 from worker.store import mutations
 from worker.store.pool import LOCK_USER, create_pool
-from worker.store.preferences import edit_preferences
+from worker.store.preferences import edit_preferences, reset_preferences
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -159,3 +159,20 @@ async def test_a_preferences_edit_that_waited_reads_what_the_other_edit_stored(
     seen = await behind_a_writer(fresh_db, pool, user, first_edit, second_edit)
     assert seen is not None, "the second edit read the overrides from before the first"
     assert seen["types"] == {"GRADE_RELEASED": {"email": False}}
+
+
+async def test_a_reset_waits_for_an_edit_in_progress_and_is_not_undone_by_it(
+    pool: asyncpg.Pool, fresh_db: asyncpg.Connection
+) -> None:
+    user = fresh_id("reset")
+    await fresh_db.execute("INSERT INTO users (user_id) VALUES ($1)", user)
+    edit_in_progress = """
+        INSERT INTO user_preferences (user_id, channels, types, quiet_hours, updated_at)
+        VALUES ($1, '{"push": false}', '{}', NULL, now())"""
+    # Not waiting, the reset would delete nothing (the edit has not committed), be answered "defaults",
+    # and the edit's commit would bring the overrides back.
+    dropped = await behind_a_writer(
+        fresh_db, pool, user, edit_in_progress, lambda: reset_preferences(pool, user)
+    )
+    assert dropped
+    assert await fresh_db.fetchval("SELECT count(*) FROM user_preferences WHERE user_id = $1", user) == 0

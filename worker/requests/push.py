@@ -19,14 +19,24 @@ if TYPE_CHECKING:
     from worker.requests.common import Caller
     from worker.runtime import Runtime
 
-MAX_ENDPOINT_CHARS: Final = 2048
+MAX_ENDPOINT_BYTES: Final = 2048
+
+
+def _within_bytes(value: str) -> str:
+    # Counted in UTF-8, not characters: an endpoint is a key of a unique index, whose rows hold at most
+    # 2,704 bytes, and 2,048 characters of CJK are over 6,000.
+    if len(value.encode()) > MAX_ENDPOINT_BYTES:
+        raise ValueError(f"must be at most {MAX_ENDPOINT_BYTES} bytes in UTF-8")
+    return value
+
 Key = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_\-=]+$")]
 # NUL would fail the query (Postgres text cannot hold it), other control characters the push (httpx
 # refuses them): both are invalid params.
 Endpoint = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=MAX_ENDPOINT_CHARS),
+    StringConstraints(min_length=1, max_length=MAX_ENDPOINT_BYTES),
     AfterValidator(refuse_control_characters),
+    AfterValidator(_within_bytes),
 ]
 Device = Annotated[str, StringConstraints(max_length=100), AfterValidator(refuse_control_characters)]
 # (key name, decoded length): an uncompressed P-256 point, a 16-byte auth secret.

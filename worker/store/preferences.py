@@ -89,5 +89,12 @@ async def edit_preferences(pool: asyncpg.Pool, user_id: str) -> AsyncIterator[Pr
 
 
 async def reset_preferences(pool: asyncpg.Pool, user_id: str) -> bool:
-    """Drop the user's overrides; whether there were any."""
-    return await pool.fetchval(_RESET_PREFERENCES, user_id) is not None
+    """Drop the user's overrides; whether there were any.
+
+    Under the user's lock, as every preference writer: an update holding it has read the overrides and
+    will store them with its change, so a reset that did not wait for it would be answered (and told to
+    every tab) and then undone by that update's commit.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(LOCK_USER, user_id)
+        return await conn.fetchval(_RESET_PREFERENCES, user_id) is not None

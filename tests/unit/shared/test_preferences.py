@@ -81,6 +81,9 @@ def test_merge_update_deep_merges_into_stored_overrides() -> None:
         ({"types": []}, "types"),
         ({"quiet_hours": {"start": "25:00", "end": "07:00"}}, "quiet_hours.start"),
         ({"quiet_hours": {"start": "22:00"}}, "quiet_hours.end"),
+        # `$` also matches before a final newline: stored, such a window was ignored at every send.
+        ({"quiet_hours": {"start": "00:00\n", "end": "07:00"}}, "quiet_hours.start"),
+        ({"quiet_hours": {"start": "22:00", "end": "07:00\n"}}, "quiet_hours.end"),
         (
             {"quiet_hours": {"start": "22:00", "end": "07:00", "timezone": "Mars/Base"}},
             "quiet_hours.timezone",

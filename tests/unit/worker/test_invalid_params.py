@@ -79,3 +79,10 @@ def test_an_error_about_another_model_keeps_its_loc() -> None:
         _Entry.model_validate({"amount": None})  # raised inside a method, not by its params
     error = invalid_params(caught.value, SubscribeParams)
     assert error.data == "amount.int"
+
+
+def test_an_endpoint_is_capped_in_bytes_not_characters() -> None:
+    # 2,000 characters of CJK are 6,000 bytes: past what the endpoints' unique index can hold in a row.
+    error = refused(SubscribeParams, SUBSCRIPTION | {"endpoint": "https://push.example/" + "推" * 2000})
+    assert error.data == "endpoint"
+    assert "2048 bytes" in error.message
