@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-_SCRIPT_NAME: Final = re.compile(r"^(\d{3,})_[A-Za-z0-9_.-]+\.sql$")
+_SCRIPT_NAME: Final = re.compile(r"(\d{3,})_[A-Za-z0-9_.-]+\.sql")
 # Any constant works; it only has to be the same for every `herald migrate`.
 _ADVISORY_LOCK_ID: Final = 0x4E7A1D_0001
 
@@ -72,7 +72,7 @@ def discover(sql_dir: Path) -> list[Script]:
     numbered: list[tuple[int, Path]] = []
     misnamed: list[str] = []
     for path in sorted(sql_dir.glob("*.sql")):
-        match = _SCRIPT_NAME.match(path.name)
+        match = _SCRIPT_NAME.fullmatch(path.name)
         if match:
             numbered.append((int(match.group(1)), path))
         else:
