@@ -29,6 +29,7 @@ def _within_bytes(value: str) -> str:
         raise ValueError(f"must be at most {MAX_ENDPOINT_BYTES} bytes in UTF-8")
     return value
 
+
 Key = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_\-=]+$")]
 # NUL would fail the query (Postgres text cannot hold it), other control characters the push (httpx
 # refuses them): both are invalid params.
