@@ -6,17 +6,15 @@ delivery process would, against the real schema.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-import orjson
 import pytest
 
+from herald_ops.testing.delivery import job_message
 from herald_ops.testing.stack import fresh_id
 from shared.settings import Settings
 from worker.store.deliveries import Finished, claim_due, extend_leases, finish, record
 from worker.store.pool import create_pool
-from worker.writes import Job
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -24,6 +22,7 @@ if TYPE_CHECKING:
     import asyncpg
 
     from herald_ops.testing.stack import Stack
+    from worker.writes import Job
 
 
 @pytest.fixture
@@ -35,28 +34,7 @@ async def pool(fresh_stack: Stack) -> AsyncIterator[asyncpg.Pool]:
 
 def version_of(notification_id: str, user: str, version: int) -> Job:
     """The email job of ``version`` of a collapsed notification, as a job message carries it."""
-    key = f"{notification_id}:{user}:email"
-    notification = {
-        "id": notification_id,
-        "type": "INSTRUCTOR_MESSAGE",
-        "category": "social",
-        "title": f"version {version}",
-        "message": "",
-        "data": {},
-        "created_at": datetime.now(UTC).isoformat(),
-    }
-    return Job(
-        id=key if version == 1 else f"{key}:{version}",
-        notification_id=notification_id,
-        user_id=user,
-        channel="email",
-        notification=orjson.dumps(notification).decode(),
-        type="INSTRUCTOR_MESSAGE",
-        created_at=datetime.now(UTC),
-        deliver_after=None,
-        job_key=key,
-        version=version,
-    )
+    return job_message(notification_id, user, title=f"version {version}", version=version)
 
 
 async def test_a_version_merged_into_a_row_that_was_sent_is_not_recorded_again(pool: asyncpg.Pool) -> None:
@@ -99,3 +77,27 @@ async def test_only_the_claim_that_holds_a_job_renews_its_lease_or_writes_its_ou
     await finish(pool, [Finished(second, "sent", None)])
     row = await fresh_db.fetchrow("SELECT status, locked_until FROM delivery_jobs WHERE id = $1", second.id)
     assert (row["status"], row["locked_until"]) == ("sent", None)
+
+
+async def test_a_stale_holder_cannot_release_a_later_claim_with_the_same_attempt_count(
+    pool: asyncpg.Pool, fresh_db: asyncpg.Connection
+) -> None:
+    """A version merged while a job is sent resets its attempts, so a later claim can count as many
+    attempts as a stale one: the claim count fences the leases instead (it only grows; sql/012)."""
+    user = fresh_id("aba")
+    await record(pool, [version_of("n1", user, 1)])
+    (stale,) = await claim_due(pool, "email", 10, 30)
+    await fresh_db.execute("UPDATE delivery_jobs SET locked_until = now() WHERE id = $1", stale.id)  # ran out
+    (second,) = await claim_due(pool, "email", 10, 30)
+    await record(pool, [version_of("n1", user, 2)])  # merged while the second holder sends version 1
+    await finish(pool, [Finished(second, "sent", None)])  # scheduled again for version 2, attempts reset
+    (third,) = await claim_due(pool, "email", 10, 30)
+    assert (third.attempts, third.version) == (stale.attempts, 2)
+
+    # The stale holder, alive after all, renews and finishes: the third holder keeps its lease.
+    lease = await fresh_db.fetchval("SELECT locked_until FROM delivery_jobs WHERE id = $1", third.id)
+    await extend_leases(pool, [stale], 300)
+    await finish(pool, [Finished(stale, "sent", None)])
+    row = await fresh_db.fetchrow("SELECT status, locked_until FROM delivery_jobs WHERE id = $1", third.id)
+    assert (row["status"], row["locked_until"]) == ("scheduled", lease)
+    assert await claim_due(pool, "email", 10, 30) == []  # nobody else sends version 2 meanwhile

@@ -143,14 +143,25 @@ async def test_counts_after_a_change_that_waited_for_retention_are_exact(
     assert (result.changed, result.unread_count, result.unseen_count) == (1, 2, 2)
 
 
+async def known_user(db: asyncpg.Connection, prefix: str) -> str:
+    """A fresh user with a ``users`` row (nothing else), the row the preference writers lock."""
+    user = fresh_id(prefix)
+    await db.execute("INSERT INTO users (user_id) VALUES ($1)", user)
+    return user
+
+
+def storing_overrides(channels: str, types: str) -> str:
+    """What a preferences edit writes for user ``$1``: these overrides (JSON text), no quiet hours."""
+    return f"""
+        INSERT INTO user_preferences (user_id, channels, types, quiet_hours, updated_at)
+        VALUES ($1, '{channels}', '{types}', NULL, now())"""
+
+
 async def test_a_preferences_edit_that_waited_reads_what_the_other_edit_stored(
     pool: asyncpg.Pool, fresh_db: asyncpg.Connection
 ) -> None:
-    user = fresh_id("prefs")
-    await fresh_db.execute("INSERT INTO users (user_id) VALUES ($1)", user)
-    first_edit = """
-        INSERT INTO user_preferences (user_id, channels, types, quiet_hours, updated_at)
-        VALUES ($1, '{}', '{"GRADE_RELEASED": {"email": false}}', NULL, now())"""
+    user = await known_user(fresh_db, "prefs")
+    first_edit = storing_overrides("{}", '{"GRADE_RELEASED": {"email": false}}')
 
     async def second_edit() -> dict[str, Any] | None:
         async with edit_preferences(pool, user) as edit:
@@ -164,11 +175,8 @@ async def test_a_preferences_edit_that_waited_reads_what_the_other_edit_stored(
 async def test_a_reset_waits_for_an_edit_in_progress_and_is_not_undone_by_it(
     pool: asyncpg.Pool, fresh_db: asyncpg.Connection
 ) -> None:
-    user = fresh_id("reset")
-    await fresh_db.execute("INSERT INTO users (user_id) VALUES ($1)", user)
-    edit_in_progress = """
-        INSERT INTO user_preferences (user_id, channels, types, quiet_hours, updated_at)
-        VALUES ($1, '{"push": false}', '{}', NULL, now())"""
+    user = await known_user(fresh_db, "reset")
+    edit_in_progress = storing_overrides('{"push": false}', "{}")
     # Not waiting, the reset would delete nothing (the edit has not committed), be answered "defaults",
     # and the edit's commit would bring the overrides back.
     dropped = await behind_a_writer(

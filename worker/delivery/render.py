@@ -27,6 +27,7 @@ from jinja2 import (
 )
 
 from shared.events import PROFILE_FIELDS
+from worker.delivery.jobs import no_control_characters
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -147,14 +148,25 @@ class EmailRenderer:
         identity = job_id if version is None or version <= 1 else f"{job_id}:{version}"
         digest = hashlib.blake2b(identity.encode(), digest_size=16).hexdigest()
         message["Message-ID"] = f"<{digest}@{self._domain}>"
-        message["X-Herald-Notification-Id"] = notification["id"]
-        message["X-Herald-Type"] = notification["type"]
+        message["X-Herald-Notification-Id"] = _single_line(notification["id"])
+        message["X-Herald-Type"] = _single_line(notification["type"])
         if unsubscribe is not None:
-            message["List-Unsubscribe"] = f"<{unsubscribe}>"
+            message["List-Unsubscribe"] = f"<{_single_line(unsubscribe)}>"
             message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         message.attach(MIMEText(rendered.text, "plain", "utf-8"))
         message.attach(MIMEText(rendered.html, "html", "utf-8"))
         return message
+
+
+def _single_line(value: str) -> str:
+    """``value`` as a header's text; ``ValueError`` (the job fails for good) when it holds a control
+    character or line break, which would start a header of its own. Jobs are checked when they arrive
+    (:class:`~worker.delivery.jobs.JobNotification`), but not the user id in the unsubscribe link, nor
+    rows recorded before that check."""
+    try:
+        return no_control_characters(value)
+    except ValueError as exc:
+        raise ValueError(f"header value {value!r} {exc}") from None
 
 
 def _header(value: str) -> str:

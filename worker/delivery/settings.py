@@ -23,8 +23,8 @@ class DeliverySettings(Settings):
         email_concurrency, push_concurrency: jobs of the channel in flight per process (a claim takes the
             free slots once half are free; also the prefetch of its queue of other services' jobs) [20, 50].
         delivery_max_attempts: attempts before a transiently failing job fails for good [8].
-        delivery_retry_base_seconds, delivery_retry_max_seconds: exponential backoff with full jitter
-            between attempts [2, 600].
+        delivery_retry_base_seconds, delivery_retry_max_seconds: exponential backoff between attempts,
+            jittered over its upper half (a delay of d waits between d/2 and d) [2, 600].
         delivery_lease_seconds: how long a claim lasts; the holder renews it every third of this while
             it lives, so a process killed while sending leaves its jobs to be claimed again after this
             [60].

@@ -126,17 +126,19 @@ _CLAIM: Final = f"""
     UPDATE delivery_jobs j
        SET status = CASE WHEN d.cancel THEN 'cancelled' ELSE j.status END,
            attempts = j.attempts + CASE WHEN d.cancel THEN 0 ELSE 1 END,
+           claims = j.claims + 1,
            locked_until = CASE WHEN d.cancel THEN NULL ELSE now() + make_interval(secs => $3) END
       FROM decided d LEFT JOIN user_profiles p ON p.user_id = d.user_id
      WHERE j.id = d.id
     RETURNING j.id, j.user_id, j.channel, d.notification, j.attempts, d.cancel AS cancelled, j.version,
-              p.email, p.name, p.locale, p.timezone"""
+              p.email, p.name, p.locale, p.timezone, j.claims"""
 
 # The outcomes of a batch of sends. A retry ($5 not null: seconds until due) releases the lease and keeps
 # the row scheduled. A final state is written for the version sent ($4); a higher version that replaced
 # the row while it was being sent is a job of its own: the row stays scheduled, due at once, with it.
-# Only the claim that sent it writes (`attempts` = $6, the claim's count): a holder whose lease ran out
-# and was claimed again must not release the new holder's lease.
+# Only the claim that sent it writes (`claims` = $6, the row's claim count that claim set): a holder whose
+# lease ran out and was claimed again must not release the new holder's lease. Not `attempts`, which the
+# version case below resets: a later claim could count as many attempts as the stale one (sql/012).
 _FINISH: Final = """
     UPDATE delivery_jobs j
        SET status = CASE WHEN o.retry_in IS NOT NULL OR j.version IS DISTINCT FROM o.version
@@ -149,17 +151,17 @@ _FINISH: Final = """
                          ELSE j.due_at END,
            locked_until = NULL,
            sent_at = CASE WHEN o.retry_in IS NULL AND o.status = 'sent' THEN now() ELSE j.sent_at END
-      FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::float8[], $6::integer[])
-           AS o(id, status, error, version, retry_in, attempts)
-     WHERE j.id = o.id AND j.attempts = o.attempts"""
+      FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::float8[], $6::bigint[])
+           AS o(id, status, error, version, retry_in, claims)
+     WHERE j.id = o.id AND j.claims = o.claims"""
 
 # The leases of jobs still in flight (waiting for a connection or the rate cap, or being sent), renewed
 # while their process lives: a lease runs out only when its holder died. Fenced like _FINISH.
 _EXTEND: Final = """
     UPDATE delivery_jobs j
        SET locked_until = now() + make_interval(secs => $3)
-      FROM unnest($1::text[], $2::integer[]) AS h(id, attempts)
-     WHERE j.id = h.id AND j.attempts = h.attempts AND j.status = 'scheduled'"""
+      FROM unnest($1::text[], $2::bigint[]) AS h(id, claims)
+     WHERE j.id = h.id AND j.claims = h.claims AND j.status = 'scheduled'"""
 
 _LIST: Final = """
     SELECT id, notification_id, user_id, channel, status, attempts, last_error, due_at, sent_at, created_at
@@ -184,6 +186,8 @@ class Claimed:
     version: int | None
     #: The user's contact data (``email``, ``name``, ``locale``, ``timezone``; ``None`` when unknown).
     profile: dict[str, Any]
+    #: The row's claim count as this claim set it: the fence of this holder's lease (sql/012).
+    claims: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +258,7 @@ async def claim_due(pool: asyncpg.Pool, channel: str, limit: int, lease: float) 
             row["cancelled"],
             row["version"],
             {name: row[name] for name in PROFILE_FIELDS},
+            row["claims"],
         )
         for row in rows
     ]
@@ -268,13 +273,13 @@ async def finish(pool: asyncpg.Pool, outcomes: Sequence[Finished]) -> None:
         [o.error for o in outcomes],
         [o.job.version for o in outcomes],
         [o.retry_in for o in outcomes],
-        [o.job.attempts for o in outcomes],
+        [o.job.claims for o in outcomes],
     )
 
 
 async def extend_leases(pool: asyncpg.Pool, held: Sequence[Claimed], lease: float) -> None:
     """Renew the leases of ``held`` (jobs this process claimed and has not finished) for ``lease`` seconds."""
-    await pool.execute(_EXTEND, [job.id for job in held], [job.attempts for job in held], lease)
+    await pool.execute(_EXTEND, [job.id for job in held], [job.claims for job in held], lease)
 
 
 async def listen(dsn: str, woken: Callable[[str], None]) -> asyncpg.Connection:

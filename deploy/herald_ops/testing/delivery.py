@@ -18,16 +18,21 @@ import email.policy
 import os
 import threading
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 import http_ece
 import jwt
+import orjson
 from aiosmtpd.controller import Controller
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from herald_ops.testing.stack import free_port, fresh_id, wait_until
+from worker.delivery.senders.webpush import WebPushSender
+from worker.vapid import load_vapid, new_key_pair
+from worker.writes import Job
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -257,3 +262,45 @@ async def user_with_email(
 
     await wait_until(stored, 30, "profile stored")
     return user, address
+
+
+def job_message(
+    notification_id: str, user: str, channel: str = "email", *, title: str = "t", version: int | None = None
+) -> Job:
+    """The job a worker publishes for ``user``'s notification on ``channel``; with ``version``, the job of
+    that version of a collapsed notification (keyed, as such jobs are)."""
+    key = f"{notification_id}:{user}:{channel}"
+    notification = {
+        "id": notification_id,
+        "type": "INSTRUCTOR_MESSAGE",
+        "category": "social",
+        "title": title,
+        "message": "",
+        "data": {},
+        "created_at": datetime.now(UTC).isoformat(),
+    }
+    return Job(
+        id=key if version in (None, 1) else f"{key}:{version}",
+        notification_id=notification_id,
+        user_id=user,
+        channel=channel,
+        notification=orjson.dumps(notification).decode(),
+        type="INSTRUCTOR_MESSAGE",
+        created_at=datetime.now(UTC),
+        deliver_after=None,
+        job_key=None if version is None else key,
+        version=version,
+    )
+
+
+def web_push_sender(pool: asyncpg.Pool, *, timeout: float = 10.0, max_connections: int = 4) -> WebPushSender:
+    """A Web Push sender with a fresh VAPID key, for tests that send through it directly."""
+    return WebPushSender(
+        load_vapid(new_key_pair()[0]),
+        subject="mailto:ops@herald.test",
+        ttl=60,
+        timeout=timeout,
+        max_connections=max_connections,
+        pool=pool,
+        is_critical=lambda _: False,
+    )

@@ -7,13 +7,12 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from herald_ops.testing.delivery import BrowserKeys
+from herald_ops.testing.delivery import BrowserKeys, web_push_sender
 from worker.delivery.jobs import Outcome
 from worker.delivery.senders.webpush import WebPushSender
 from worker.push_endpoint import audience, parse_endpoint
 from worker.store import push as store
 from worker.store.deliveries import Claimed
-from worker.vapid import load_vapid, new_key_pair
 
 if TYPE_CHECKING:
     import asyncpg
@@ -59,6 +58,10 @@ async def test_a_send_that_raises_is_retried_for_that_subscription_alone(
         for name in ("working", "raising")
     )
     recorded: list[store.Receipt] = []
+    paced: list[int] = []
+
+    async def pace(requests: int) -> None:
+        paced.append(requests)
 
     async def targets(*args: Any) -> store.Targets:
         return store.Targets([working, raising], [])
@@ -75,22 +78,15 @@ async def test_a_send_that_raises_is_retried_for_that_subscription_alone(
     monkeypatch.setattr(store, "record_receipts", record)
     monkeypatch.setattr(WebPushSender, "_post", post)
     pool: asyncpg.Pool = None  # type: ignore[assignment]  # every query is replaced above
-    sender = WebPushSender(
-        load_vapid(new_key_pair()[0]),
-        subject="mailto:ops@herald.test",
-        ttl=60,
-        timeout=1.0,
-        max_connections=1,
-        pool=pool,
-        is_critical=lambda _: False,
-    )
+    sender = web_push_sender(pool, timeout=1.0, max_connections=1)
     notification = {"id": "n1", "type": "GRADE_RELEASED", "title": "t", "message": "m"}
-    job = Claimed("j1", "u1", "push", notification, 1, False, None, {})
+    job = Claimed("j1", "u1", "push", notification, 1, False, None, {}, 1)
     try:
-        outcome = await sender.send(job)
+        outcome = await sender.send(job, pace)
     finally:
         await sender.close()
     assert outcome == Outcome.transient(
         "push raising: RuntimeError('not an httpx.HTTPError')", partly_sent=True
     )
     assert recorded == [store.Receipt("working", "sent", None)]  # the retry skips the working device
+    assert paced == [2]  # a slot of the rate cap per device posted to

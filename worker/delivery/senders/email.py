@@ -8,23 +8,29 @@ refused connection is reopened by the next send that takes it.
 
 Classification (docs/protocol.md §9): a 4xx reply, a refused or timed-out connection and a failed login
 are transient (the job is retried; an SMTP server that is down holds every job); a 5xx reply to the
-message (sender, recipient or data refused) is permanent.
+message (sender, recipient or data refused) is permanent. So is what would fail the same way at every
+attempt, found before anything is sent: an address aiosmtplib would not send to as it is
+(:func:`address_problem`), a template the notification does not fit, a header the email package refuses.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.errors
 import email.policy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiosmtplib
+import jinja2
+from aiosmtplib.email import parse_address
 
 from worker.delivery.jobs import Outcome
 
 if TYPE_CHECKING:
     from worker.delivery.render import EmailRenderer
+    from worker.delivery.senders.base import Pace
     from worker.store.deliveries import Claimed
 
 # Connection-level failures: the server, the network or our credentials, never this message.
@@ -71,6 +77,20 @@ def classify_reply(code: int, text: str) -> Outcome:
     return Outcome.transient(error) if 400 <= code < 500 else Outcome.permanent(error)
 
 
+def address_problem(address: str) -> str | None:
+    """Why ``address`` cannot be sent to as it is, or ``None``. aiosmtplib puts on the ``RCPT TO`` line what
+    :func:`~aiosmtplib.email.parse_address` makes of an address, and for some that the profile pattern
+    accepts that is another mailbox: ``bob"x@example.com`` becomes ``bob``, ``a(b)c@x.example`` (a
+    comment) ``ac@x.example``. Such an email would go to someone else; it is not sent at all."""
+    try:
+        parsed = parse_address(address)
+    except ValueError as exc:  # what aiosmtplib would refuse on the command line
+        return f"email address {address!r}: {exc}"
+    if parsed != address:
+        return f"email address {address!r} would be sent to {parsed!r}, another mailbox"
+    return None
+
+
 class EmailSender:
     """Renders each job with :class:`EmailRenderer` and sends it to the address of the profile the claim
     read with the job."""
@@ -105,20 +125,30 @@ class EmailSender:
             await smtp.ehlo()
         return smtp
 
-    async def send(self, job: Claimed) -> Outcome:
-        """Send one email; a user without an address is skipped."""
+    async def send(self, job: Claimed, pace: Pace) -> Outcome:
+        """Send one email (one slot of the rate cap); a user without an address is skipped."""
         profile = job.profile
         if not profile["email"]:
             return Outcome.skipped("no email address")
         address: str = profile["email"]
+        if (problem := address_problem(address)) is not None:
+            return Outcome.permanent(problem)
         # Rendered and flattened before taking a connection: a connection waits only on its server, and
         # the next message is built while the current one is in flight. The parts are base64 and the
         # headers encoded words, so the bytes are 7-bit clean, except for a non-ASCII address: it goes
         # with SMTPUTF8 (RFC 6531), and its To header as UTF-8, since an address cannot be encoded.
-        message = self._renderer.message(job.id, job.version, job.notification, profile, job.user_id)
+        # What a message cannot be built from fails the same way at every attempt: the job fails now with
+        # the reason, instead of being retried as a sender error (a traceback each time) until it gives up.
         utf8 = not address.isascii()
-        data = message.as_bytes(policy=email.policy.SMTPUTF8) if utf8 else message.as_bytes()
+        try:
+            message = self._renderer.message(job.id, job.version, job.notification, profile, job.user_id)
+            data = message.as_bytes(policy=email.policy.SMTPUTF8) if utf8 else message.as_bytes()
+        except jinja2.TemplateError as exc:  # an undefined variable (StrictUndefined), a syntax error
+            return Outcome.permanent(f"template: {type(exc).__name__}: {exc}")
+        except (email.errors.MessageError, ValueError) as exc:  # a header value the email package refuses
+            return Outcome.permanent(f"email: {type(exc).__name__}: {exc}")
         options = ["SMTPUTF8"] if utf8 else []
+        await pace(1)
         smtp = await self._idle.get()
         try:
             if smtp is None or not smtp.is_connected:

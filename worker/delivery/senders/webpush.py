@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import asyncpg
     from py_vapid import Vapid02
 
+    from worker.delivery.senders.base import Pace
     from worker.store.deliveries import Claimed
 
 log = structlog.get_logger("herald.delivery")
@@ -123,8 +124,9 @@ class WebPushSender:
             cached = self._authorization[origin] = (expires, header["Authorization"])
         return cached[1]
 
-    async def send(self, job: Claimed) -> Outcome:
-        """Push to each of the user's subscriptions this job has yet to reach; see the module docstring."""
+    async def send(self, job: Claimed, pace: Pace) -> Outcome:
+        """Push to each of the user's subscriptions this job has yet to reach (a slot of the rate cap
+        each); see the module docstring."""
         targets = await store.targets(self._pool, job.user_id, job.id, job.version)
         if not targets.pending and not targets.settled:
             return Outcome.skipped("no push subscription")
@@ -138,6 +140,7 @@ class WebPushSender:
             "Content-Encoding": "aes128gcm",
             "Content-Type": "application/octet-stream",
         }
+        await pace(len(targets.pending))
         sends = await asyncio.gather(
             *(self._post(s, payload, headers) for s in targets.pending), return_exceptions=True
         )
