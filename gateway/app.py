@@ -18,7 +18,7 @@ from websockets.asyncio.server import serve
 
 from gateway.auth import TokenVerifier
 from gateway.broker import BrokerLink
-from gateway.http import HeraldConnection, HttpRoutes
+from gateway.http import HttpRoutes, connection_type
 from gateway.hub import Hub
 from gateway.limits import UserLimits
 from gateway.metrics import Metrics
@@ -101,7 +101,7 @@ class Gateway:
             settings.gateway_host,
             settings.gateway_port,
             process_request=self.routes,
-            create_connection=HeraldConnection,
+            create_connection=connection_type(settings.send_buffer_bytes, self.hub.drop_flooder),
             compression=None,  # permessage-deflate costs ~36 KiB per idle connection
             max_size=settings.max_frame_bytes,
             max_queue=MAX_QUEUE,

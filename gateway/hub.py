@@ -27,6 +27,7 @@ from websockets.protocol import State
 from gateway.background import spawn
 from gateway.errors import GatewayError
 from gateway.limits import TokenBucket, UserLimits, admission_close_code, lagging
+from gateway.timers import drop
 from shared.jsonrpc import CloseCode, notification_frame
 from shared.preferences import channel_enabled
 
@@ -318,8 +319,23 @@ class Hub:
         return True
 
     def drop_laggard(self, connection: ServerConnection) -> None:
-        """Close a connection whose unsent bytes exceed the send buffer (1013); counted once."""
+        """Close a connection whose unsent bytes exceed the send buffer (1013); counted once.
+
+        A closing handshake, so a reader that catches up learns why; one that never reads is aborted when
+        the handshake's time is up (:meth:`gateway.http.HeraldConnection.close`).
+        """
+        if self._count_drop(connection):
+            spawn(connection.close(CloseCode.TRY_AGAIN_LATER, "reader too slow"))
+
+    def drop_flooder(self, connection: ServerConnection) -> None:
+        """Drop at once a connection whose peer keeps sending while its send buffer is past the cap (pings
+        whose pongs it never reads): waiting out a closing handshake, it would go on filling it."""
+        if self._count_drop(connection):
+            drop(connection, CloseCode.TRY_AGAIN_LATER, "reader too slow")
+
+    def _count_drop(self, connection: ServerConnection) -> bool:
+        """Whether ``connection`` is still open, and so is to be dropped; counted (1013) if so."""
         if connection.protocol.state is not State.OPEN:
-            return
+            return False
         self._metrics.closes.labels(str(int(CloseCode.TRY_AGAIN_LATER))).inc()
-        spawn(connection.close(CloseCode.TRY_AGAIN_LATER, "reader too slow"))
+        return True

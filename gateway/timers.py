@@ -128,7 +128,7 @@ class Keepalive:
             for connection, waiter in waiters.items():
                 if _unanswered(waiter) and connection.protocol.state is State.OPEN:
                     silent += 1
-                    drop(connection)
+                    drop(connection, WsCloseCode.INTERNAL_ERROR, "keepalive ping timeout")
             if silent:
                 log.info("closed connections that stopped answering pings", count=silent)
 
@@ -153,15 +153,15 @@ def _unanswered(waiter: asyncio.Task[asyncio.Future[float] | None] | asyncio.Fut
     return waiter is not None and not waiter.done()
 
 
-def drop(connection: ServerConnection) -> None:
-    """Fail a connection whose peer stopped answering pings: a 1011 close frame, then the TCP connection
-    is aborted at once.
+def drop(connection: ServerConnection, code: int, reason: str) -> None:
+    """Fail a connection whose peer does not read or answer: a close frame (``code``, ``reason``), then
+    the TCP connection is aborted at once.
 
     A closing handshake would wait ``close_timeout`` for a peer that has shown it does not answer, and
     a plain transport close waits for the send buffer to drain, which a peer that stopped reading never
     lets happen; either would keep the connection's slot (and its per-user count) for seconds.
     """
-    connection.protocol.fail(WsCloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+    connection.protocol.fail(code, reason)
     for data in connection.protocol.data_to_send():
         if data:
             connection.transport.write(data)

@@ -47,18 +47,33 @@ class FakeTopology:
 class FakeTransport:
     def __init__(self) -> None:
         self.buffered = 0
+        self.aborted = False
 
     def get_write_buffer_size(self) -> int:
         return self.buffered
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def abort(self) -> None:
+        self.aborted = True
 
 
 class FakeProtocol:
     def __init__(self, sink: list[bytes]) -> None:
         self.state = State.OPEN
         self.sink = sink
+        self.failed: tuple[int, str] | None = None
 
     def send_text(self, data: bytes) -> None:
         self.sink.append(data)
+
+    def fail(self, code: int, reason: str) -> None:
+        self.failed = (code, reason)
+        self.state = State.CLOSING
+
+    def data_to_send(self) -> list[bytes]:
+        return [b"close frame"]
 
 
 class FakeConnection:
@@ -192,6 +207,16 @@ async def test_relay_reaches_only_the_user_and_skips_laggards(hub: Hub) -> None:
 
 async def wait_closed(connection: FakeConnection) -> None:
     await wait_until(lambda: connection.closed_with is not None, 5, "the laggard closed")
+
+
+async def test_a_peer_flooding_past_its_send_buffer_is_dropped_at_once_and_counted_once(hub: Hub) -> None:
+    flooder, _ = await live(hub, "u1")
+    hub.drop_flooder(flooder)  # type: ignore[arg-type]
+    hub.drop_flooder(flooder)  # type: ignore[arg-type]  # more data arrived meanwhile: no second count
+    # No closing handshake: waiting for it, the peer would go on filling the buffer.
+    assert flooder.protocol.failed == (CloseCode.TRY_AGAIN_LATER, "reader too slow")
+    assert flooder.transport.aborted
+    assert hub._metrics.registry.get_sample_value("herald_gateway_closes_total", {"code": "1013"}) == 1
 
 
 async def test_preferences_updated_frames_change_the_broadcast_filter(hub: Hub) -> None:
