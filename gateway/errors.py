@@ -31,12 +31,14 @@ class FrameError(GatewayError, JsonRpcError):
 
     The error shape is Herald's one :class:`~herald_client.protocol.JsonRpcError`, which the worker and
     the client use too. ``request_id`` is the frame's id when it could be read (and was valid), else
-    ``None``.
+    ``None``. ``answered`` is false for a notification (a JSON object without an ``id`` member): JSON-RPC
+    answers those with nothing, not even an error.
     """
 
     def __init__(self, code: int, message: str, data: Any = None, request_id: Any = None) -> None:
         JsonRpcError.__init__(self, code, message, data)
         self.request_id = request_id
+        self.answered = True
 
 
 class AuthError(GatewayError):

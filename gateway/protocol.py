@@ -106,6 +106,16 @@ def parse_request(frame: str | bytes) -> Request:
         raise FrameError(ErrorCode.PARSE_ERROR, "parse error: the frame is not JSON") from None
     if not isinstance(document, dict):
         raise FrameError(ErrorCode.INVALID_REQUEST, "invalid request: the frame must be a JSON object")
+    try:
+        return _request(document, frame)
+    except FrameError as exc:
+        # An object without "id" is a notification: refused as a request would be, but never answered.
+        exc.answered = "id" in document
+        raise
+
+
+def _request(document: dict[str, Any], frame: str | bytes) -> Request:
+    """The rules of :func:`parse_request` past "a JSON object"."""
     raw_id = document.get("id", _NO_ID)
     request_id = raw_id if raw_id is not _NO_ID and _valid_id(raw_id) else None
     if raw_id is not _NO_ID and not _valid_id(raw_id):

@@ -215,6 +215,8 @@ class _Session:
             request = parse_request(frame)
         except FrameError as exc:
             self._owner.metrics.requests.labels("-", "invalid").inc()
+            if not exc.answered:
+                return
             if allowed:
                 await self._send(error_frame(exc.request_id, exc.code, exc.message, exc.data))
             else:

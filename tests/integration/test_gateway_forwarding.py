@@ -99,6 +99,15 @@ async def test_bad_frames_get_json_rpc_errors_and_the_connection_stays_usable(
         # A notification (no id) is served but never answered: the next reply is the ping's.
         await ws.send('{"jsonrpc": "2.0", "method": "ping"}')
         assert (await call(ws, "ping"))["result"] == "pong"
+        # Nor is a notification the gateway refuses: not even with an error.
+        for refused in (
+            '{"jsonrpc": "2.0", "method": "no.such"}',
+            '{"jsonrpc": "2.0", "method": "ping", "params": [1]}',
+        ):
+            await ws.send(refused)
+        await ws.send('{"jsonrpc": "2.0", "id": "after", "method": "ping"}')
+        reply = await recv_json(ws)  # the first frame back: an error for a notification would come first
+        assert (reply.get("id"), reply.get("result")) == ("after", "pong"), reply
     finally:
         await ws.close()
 

@@ -47,6 +47,14 @@ class TestParseRequest:
         assert request.params == {}
         assert request.is_notification
 
+    def test_a_refused_notification_is_not_answered_and_a_refused_request_is(self) -> None:
+        with pytest.raises(FrameError) as notification:
+            parse_request(frame(method="no.such"))
+        assert not notification.value.answered
+        with pytest.raises(FrameError) as request:
+            parse_request(frame(id=None, method="no.such"))
+        assert request.value.answered
+
     def test_null_id_is_a_request_not_a_notification(self) -> None:
         request = parse_request(frame(id=None, method="ping"))
         assert request.id is None
