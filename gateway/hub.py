@@ -118,6 +118,8 @@ class UserSlot:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     attached_generation: int = 0
     prefs: InAppFilter = ALL_ON
+    #: ``preferences:updated`` frames relayed so far: tells a ``session.open`` read from before one apart.
+    prefs_version: int = 0
 
     @property
     def connection_count(self) -> int:
@@ -227,9 +229,12 @@ class Hub:
         if not slot.connection_count and self.users.get(slot.user_id) is slot:
             del self.users[slot.user_id]
 
-    def set_preferences(self, slot: UserSlot, document: Any) -> None:
-        """Cache the in-app switches from an effective Preferences document (``session.open``)."""
-        slot.prefs = InAppFilter.from_document(document)
+    def set_preferences(self, slot: UserSlot, document: Any, since: int) -> None:
+        """Cache the in-app switches from an effective Preferences document (``session.open``), asked when
+        ``slot.prefs_version`` was ``since``: if a ``preferences:updated`` frame was relayed meanwhile,
+        the document may predate it, and the frame's (already cached) is kept."""
+        if slot.prefs_version == since:
+            slot.prefs = InAppFilter.from_document(document)
 
     async def rebuild(self) -> None:
         """After a broker (re)connect: attach every user still connected here, then tell them to sync.
@@ -259,6 +264,7 @@ class Hub:
         if slot is None:
             return
         if method == PREFERENCES_UPDATED:
+            slot.prefs_version += 1
             try:
                 slot.prefs = InAppFilter.from_document(orjson.loads(body).get("params"))
             except (orjson.JSONDecodeError, AttributeError):

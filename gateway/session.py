@@ -170,9 +170,10 @@ class _Session:
         self._schedule_expiry()
         await owner.hub.attach(self._slot)
         params: dict[str, Any] = {"user_id": self._claims.user_id, "connection_id": str(connection.id)}
+        since = self._slot.prefs_version
         opened = await self._session_open()
         if opened is not None:
-            owner.hub.set_preferences(self._slot, opened.get("preferences"))
+            owner.hub.set_preferences(self._slot, opened.get("preferences"), since)
             for key in ("unread_count", "unseen_count", "last_seq"):
                 if key in opened:
                     params[key] = opened[key]

@@ -221,7 +221,11 @@ async def test_a_peer_flooding_past_its_send_buffer_is_dropped_at_once_and_count
 
 async def test_preferences_updated_frames_change_the_broadcast_filter(hub: Hub) -> None:
     quiet, slot = await live(hub, "quiet")
-    hub.set_preferences(slot, {"channels": {"in_app": True}, "types": {"COURSE_UPDATE": {"in_app": False}}})
+    hub.set_preferences(
+        slot,
+        {"channels": {"in_app": True}, "types": {"COURSE_UPDATE": {"in_app": False}}},
+        slot.prefs_version,
+    )
     hub.relay_broadcast(frame(1), "COURSE_UPDATE", critical=False)
     hub.relay_broadcast(frame(2), "COURSE_UPDATE", critical=True)
     assert quiet.received == [frame(2)]
@@ -229,6 +233,19 @@ async def test_preferences_updated_frames_change_the_broadcast_filter(hub: Hub) 
     hub.relay_user("quiet", update, "preferences:updated")
     hub.relay_broadcast(frame(3), "COURSE_UPDATE", critical=False)
     assert quiet.received == [frame(2), update, frame(3)]
+
+
+async def test_a_session_open_read_before_a_preferences_update_does_not_undo_it(hub: Hub) -> None:
+    """A second tab connects: its ``session.open`` is asked, the user turns COURSE_UPDATE off in the first
+    tab (``preferences:updated`` relayed), then the older reply arrives with the type still on."""
+    _, slot = await live(hub, "u1")
+    since = slot.prefs_version  # when the new connection's session.open is asked
+    off = {"channels": {"in_app": True}, "types": {"COURSE_UPDATE": {"in_app": False}}}
+    hub.relay_user("u1", notification_frame("preferences:updated", off), "preferences:updated")
+    hub.set_preferences(slot, {"channels": {"in_app": True}, "types": {}}, since)  # read before the update
+    assert not slot.prefs.allows("COURSE_UPDATE")
+    hub.set_preferences(slot, {"channels": {"in_app": True}, "types": {}}, slot.prefs_version)  # read after
+    assert slot.prefs.allows("COURSE_UPDATE")
 
 
 async def test_rebuild_reattaches_only_connected_users_and_tells_them_to_sync(
