@@ -28,7 +28,10 @@
 //   new version; a live broadcast frame, seq null, and its stored copy with a seq are one). A failed catch-up
 //   is retried with backoff until it succeeds, the client closes or a newer catch-up takes over.
 // - `unreadCount` / `unseenCount` follow `connected`, the `notification:*` frames and request results; a
-//   live frame at or below the `last_seq` the counts were read at is in them already (amendment 43).
+//   live frame at or below the `last_seq` the counts were read at is in them already (amendment 43). A
+//   broadcast's frame (seq null) and a collapse (count > 1) into an item the client never delivered make
+//   it fetch the counts rather than add one (amendments 36, 12). With shared tabs the leader's client takes
+//   the counts of every tab's request results.
 //
 // Events: the server's notification methods (`connected`, `notification:new|read|unread|deleted|seen|
 // archived|unarchived|acted`, `preferences:updated`, `sync:required`) and the client's own `unread`

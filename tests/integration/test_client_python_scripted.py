@@ -21,9 +21,31 @@ from herald_ops.testing.stack import free_port, mint, wait_until
 from tests.integration.test_client_python import session
 
 
-def test_watermark_survives_out_of_order_frames() -> None:
+def recorded_fetches(client: HeraldClient, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The counts of the ``notifications.unread_count`` requests ``client`` makes from now on, each once
+    answered (and taken)."""
+    answered: list[int] = []
+    fetch = client.fetch_unread_count
+
+    async def recorded() -> int:
+        count = await fetch()
+        answered.append(count)
+        return count
+
+    monkeypatch.setattr(client, "fetch_unread_count", recorded)
+    return answered
+
+
+async def test_watermark_survives_out_of_order_frames(monkeypatch: pytest.MonkeyPatch) -> None:
     """Seq 12 arriving before 11 must not move the sync point past 11 (it may still be in flight)."""
     client = HeraldClient("ws://unused", lambda: "t")
+    fetched = asyncio.Event()
+
+    async def fetch() -> int:
+        fetched.set()
+        return 3
+
+    monkeypatch.setattr(client, "fetch_unread_count", fetch)
     client.watermark = 10
     client.unread_count = 0
     for seq in (12, 13):
@@ -33,8 +55,10 @@ def test_watermark_survives_out_of_order_frames() -> None:
     assert client.watermark == 13
     client._deliver({"id": "n11", "seq": 11, "read_at": None}, replayed=True)
     client._deliver({"id": "b1", "seq": None, "read_at": None}, replayed=False)  # a live broadcast
-    assert client.unread_count == 4  # the duplicate was dropped
+    assert client.unread_count == 3  # the duplicate was dropped; the broadcast's counts are fetched
     assert client.watermark == 13
+    async with asyncio.timeout(5):
+        await fetched.wait()
 
 
 def test_token_expiry_and_backoff() -> None:
@@ -134,6 +158,44 @@ async def test_frames_held_back_during_the_lookup_follow_connected_and_count_onc
                 "notification:new",
             ]
             assert client.watermark == 2
+
+
+async def test_a_collapse_into_an_item_stored_before_the_client_connected_is_not_counted_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Amendment 12: a collapse targets an unread item, so the unread count does not move. The client never
+    delivered the item (it is history), so its new version looks new: the counts are fetched, not guessed."""
+    async with ScriptedGateway() as fake:
+        item = fake.store("2 comments")
+        item["count"] = 2
+        async with session(fake.url, "u1") as (client, recorder):
+            assert client.unread_count == 1
+            fetched = recorded_fetches(client, monkeypatch)
+            item.update(seq=2, count=3, title="3 comments")  # a third comment collapses into it
+            await fake.send_all("notification:new", item)
+            await wait_until(lambda: recorder.new_ids() == ["n1"], 5, "the collapse frame")
+            assert client.unread_count == 1
+            await wait_until(lambda: bool(fetched), 5, "the counts fetched again")
+            assert fetched == [1]
+            assert client.unread_count == 1
+
+
+async def test_a_broadcast_frame_whose_copy_is_in_connected_s_count_is_not_counted_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Amendment 36: a recipient's stored copy may be in the counts before the live frame (``seq`` null)
+    arrives; the frame makes the client fetch the counts rather than add one."""
+    async with ScriptedGateway() as fake:
+        copy = fake.store("maintenance tonight")  # its chunk is committed; the frame follows the last one
+        async with session(fake.url, "u1") as (client, recorder):
+            assert client.unread_count == 1
+            fetched = recorded_fetches(client, monkeypatch)
+            await fake.send_all("notification:new", copy | {"seq": None})
+            await wait_until(lambda: recorder.new_ids() == ["n1"], 5, "the broadcast frame")
+            assert client.unread_count == 1
+            await wait_until(lambda: bool(fetched), 5, "the counts fetched again")
+            assert fetched == [1]
+            assert client.unread_count == 1
 
 
 async def test_events_keeps_what_comes_before_its_first_read_and_ends_with_the_client() -> None:

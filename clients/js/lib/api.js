@@ -64,6 +64,19 @@ export const DEFAULTS = {
   openTimeoutMs: 15000,
 };
 
+/** The methods whose results carry `unread_count` and `unseen_count` (protocol amendment 10). */
+const COUNTED = new Set([
+  "notifications.list",
+  "notifications.mark_read",
+  "notifications.mark_unread",
+  "notifications.mark_all_read",
+  "notifications.mark_seen",
+  "notifications.delete",
+  "notifications.archive",
+  "notifications.unarchive",
+  "notifications.act",
+]);
+
 /**
  * What both clients offer: events, counts and the typed helpers over `request` (docs/protocol.md §5,
  * §9, §10). Subclasses implement `request`, `connect`, `ready` and `close`.
@@ -169,11 +182,25 @@ export class HeraldApi {
 
   // -------------------------------------------------------------------------------------------- helpers
 
+  /** Take the counts a result of `method` carries, as the helpers below do (the leader of shared tabs does
+   * it for the requests it answers); returns the result. notifications.unread_count: `count`, `unseen_count`
+   * and `last_seq` (it anchors a missing watermark: amendment 42); list and the changes: `unread_count` and
+   * `unseen_count` (amendment 10). */
+  _took(method, result) {
+    if (!result || typeof result !== "object") return result;
+    if (method === "notifications.unread_count") {
+      this._setUnread(result.count);
+      this._setUnseen(result.unseen_count);
+      if (typeof result.last_seq === "number") this._anchor(result.last_seq);
+    } else if (COUNTED.has(method)) {
+      this._takeCounts(result);
+    }
+    return result;
+  }
+
   /** notifications.list: {items (newest first), next_cursor, total, unread_count}. */
   async list(params = {}) {
-    const result = await this.request("notifications.list", params);
-    this._takeCounts(result);
-    return result;
+    return this._took("notifications.list", await this.request("notifications.list", params));
   }
 
   /** notifications.sync, one page, no side effects: {items (seq ascending), has_more}. */
@@ -185,10 +212,7 @@ export class HeraldApi {
    * a missing watermark at the reply's last_seq: amendment 42). */
   async fetchUnreadCount() {
     const result = await this.request("notifications.unread_count");
-    this._setUnread(result.count);
-    this._setUnseen(result.unseen_count);
-    if (typeof result.last_seq === "number") this._anchor(result.last_seq);
-    return result.count;
+    return this._took("notifications.unread_count", result).count;
   }
 
   /** Only the client that holds the socket keeps a watermark of its own. */
@@ -241,9 +265,7 @@ export class HeraldApi {
   }
 
   async _counting(method, params) {
-    const result = await this.request(method, params);
-    this._takeCounts(result);
-    return result;
+    return this._took(method, await this.request(method, params));
   }
 
   /** Resolves when the client is open (now or after the ongoing reconnect); both clients keep `_waiters`. */

@@ -2,7 +2,7 @@
 // watermark, token refresh). See herald.js for the semantics.
 
 import { DEFAULTS, HeraldApi, HeraldConnectionError, HeraldRequestError, backoffDelay, tokenExpiry, urlList } from "./api.js";
-import { advance, anchor, syncedUpTo, takeVersion } from "./tracking.js";
+import { advance, anchor, coalesced, syncedUpTo, takeVersion } from "./tracking.js";
 
 const CLOSE_UNAUTHORIZED = 4401;
 const CLOSE_TOO_MANY_CONNECTIONS = 4008;
@@ -43,6 +43,9 @@ export class HeraldClient extends HeraldApi {
     this._syncRun = 0; // which catch-up may retry: a newer one, or close(), ends the others
     this._syncRetry = null; // {timer, resolve} of the backoff a failed catch-up waits out
     this._countedThrough = null; // the last_seq the counts were read at (`connected`, unread_count)
+    // Fetches the counts again (they re-anchor unread and unseen): once more after the fetch in flight for
+    // the frames that ask meanwhile; a failure waits for the next frame, request result or catch-up.
+    this._recount = coalesced(() => this.fetchUnreadCount());
   }
 
   /** The gateway URL in use (or tried next). */
@@ -241,18 +244,24 @@ export class HeraldClient extends HeraldApi {
 
   /** Emit a notification unless this version of it was delivered already; advance the watermark.
    * A collapsed notification comes again with its id and a higher seq: it is emitted (the application
-   * replaces the item by id) and the counts are fetched again rather than guessed. */
+   * replaces the item by id) and the counts are fetched again rather than guessed, as for the frames
+   * that may be counted already: a collapse (`count` > 1) into an item never delivered here (amendment 12:
+   * unread does not move) and a broadcast frame (seq null; amendment 36: its copy may be in the counts). */
   _deliver(item, replayed) {
     const seq = item.seq;
     if (typeof seq === "number") this.watermark = advance(this.watermark, this._aboveWatermark, seq);
     const version = takeVersion(this._seen, item);
     if (!version) return;
     if (version === "newer") {
-      this.fetchUnreadCount().catch(() => {}); // re-anchors unread and unseen; a failure waits for the next
+      this._recount();
     } else if (!replayed && !this._counted(seq)) {
       // Replayed items are counted by the unread-count fetch that ends every catch-up.
-      if (item.read_at == null && this.unreadCount !== null) this._setUnread(this.unreadCount + 1);
-      if (item.seen_at == null && this.unseenCount !== null) this._setUnseen(this.unseenCount + 1);
+      if (typeof seq !== "number" || item.count > 1) {
+        this._recount();
+      } else {
+        if (item.read_at == null && this.unreadCount !== null) this._setUnread(this.unreadCount + 1);
+        if (item.seen_at == null && this.unseenCount !== null) this._setUnseen(this.unseenCount + 1);
+      }
     }
     this._emit("notification:new", item, replayed);
   }

@@ -78,7 +78,7 @@ export class SharedHeraldClient extends HeraldApi {
     const deadline = Date.now() + timeoutMs;
     const sent = this.ready().then(() => {
       const left = HeraldApi._left(method, deadline);
-      if (this.role === "leader" && this._inner) return this._inner.request(method, params, { timeoutMs: left });
+      if (this.role === "leader" && this._inner) return this._ask(this._inner, method, params, left);
       return this._remote(method, params, left);
     });
     return HeraldApi._bounded(sent, method, timeoutMs);
@@ -254,10 +254,17 @@ export class SharedHeraldClient extends HeraldApi {
     }
   }
 
+  /** The leader's client answers a request of a tab (this one or another) and takes the counts of its result,
+   * as the helpers do for the tab that asked: the snapshots it relays carry them from then on (else the next
+   * event would bring back the counts from before, e.g. an expired item's: amendment 15). */
+  async _ask(inner, method, params, timeoutMs) {
+    return inner._took(method, await inner.request(method, params, { timeoutMs }));
+  }
+
   async _serve({ id, from, method, params, timeoutMs }) {
     const inner = this._inner;
     try {
-      const result = await inner.request(method, params, { timeoutMs });
+      const result = await this._ask(inner, method, params, timeoutMs);
       this._post({ t: "res", to: from, id, result });
     } catch (err) {
       this._post({

@@ -68,3 +68,29 @@ export function syncedUpTo(watermark, above, last) {
   forgetUpTo(above, last);
   return last;
 }
+
+/** A function that calls `run()`, or, while that call is in flight, has it called once more after it (the
+ * calls meanwhile share that one), as clients/python/herald_client/inbox.py recounts. A failure is dropped:
+ * the next count the server sends corrects what the call would have. */
+export function coalesced(run) {
+  let running = null;
+  let again = false;
+  return () => {
+    if (running) {
+      again = true;
+      return;
+    }
+    running = (async () => {
+      try {
+        do {
+          again = false;
+          await run();
+        } while (again);
+      } catch {
+        // corrected by the next count the server sends
+      } finally {
+        running = null;
+      }
+    })();
+  };
+}

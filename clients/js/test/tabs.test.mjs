@@ -27,6 +27,7 @@ class FakeGateway {
     this.holding = false; // while true, new sockets wait before opening
     this.held = [];
     this.connections = 0;
+    this.seq = 0; // the user's last seq
     this.failingSyncs = 0; // the next this many notifications.sync answer 5003, as while the worker reconnects
     const gateway = this;
     this.WebSocket = class {
@@ -67,23 +68,40 @@ class FakeGateway {
     for (const open of this.held.splice(0)) open();
   }
 
+  /** The stored notifications the user still has (amendment 15: an expired one is gone from every read). */
+  get live() {
+    return this.stored.filter((n) => !n.expired);
+  }
+
   get unread() {
-    return this.stored.filter((n) => !n.read_at).length;
+    return this.live.filter((n) => !n.read_at).length;
+  }
+
+  get unseen() {
+    return this.live.filter((n) => !n.seen_at).length;
   }
 
   /** Store a notification and push it live to every open socket. */
   notify(title, { live = true } = {}) {
-    const item = { id: `n${this.stored.length + 1}`, seq: this.stored.length + 1, title, read_at: null, seen_at: null };
+    const item = { id: `n${this.stored.length + 1}`, seq: ++this.seq, title, read_at: null, seen_at: null, count: 1 };
     this.stored.push(item);
     if (live) for (const ws of this.sockets) ws._frame({ method: "notification:new", params: item });
     return item;
   }
 
+  /** A new event collapses into the unread `item` (amendment 12): the next seq, count + 1; pushed live. */
+  collapse(item, title) {
+    Object.assign(item, { seq: ++this.seq, count: item.count + 1, title, seen_at: null });
+    this.stored.push(...this.stored.splice(this.stored.indexOf(item), 1)); // sync pages in seq order
+    for (const ws of this.sockets) ws._frame({ method: "notification:new", params: { ...item } });
+    return item;
+  }
+
   /** Store a broadcast's copy (the user's own seq) and push the live frame, which has `seq: null`. */
-  broadcast(title) {
-    const item = { id: `b${this.stored.length + 1}`, seq: this.stored.length + 1, title, read_at: null, seen_at: null };
+  broadcast(title, { live = true } = {}) {
+    const item = { id: `b${this.stored.length + 1}`, seq: ++this.seq, title, read_at: null, seen_at: null, count: 1 };
     this.stored.push(item);
-    for (const ws of this.sockets) ws._frame({ method: "notification:new", params: { ...item, seq: null } });
+    if (live) this.sendAll("notification:new", { ...item, seq: null });
     return item;
   }
 
@@ -107,7 +125,7 @@ class FakeGateway {
       const sub = JSON.parse(Buffer.from(params.token.split(".")[1], "base64url")).sub;
       ws._frame({
         method: "connected",
-        params: { user_id: sub, connection_id: `c${this.connections}`, unread_count: this.unread, unseen_count: this.unread, last_seq: this.stored.length },
+        params: { user_id: sub, connection_id: `c${this.connections}`, unread_count: this.unread, unseen_count: this.unseen, last_seq: this.seq },
       });
     } else if (method === "ping") reply("pong");
     else if (method === "notifications.sync") {
@@ -115,14 +133,19 @@ class FakeGateway {
         this.failingSyncs -= 1;
         return fail(5003, "service unavailable");
       }
-      reply({ items: this.stored.filter((n) => n.seq > params.since), has_more: false });
-    } else if (method === "notifications.unread_count") reply({ count: this.unread, unseen_count: this.unread });
+      reply({ items: this.live.filter((n) => n.seq > params.since), has_more: false });
+    } else if (method === "notifications.list") {
+      const items = [...this.live].reverse();
+      reply({ items, next_cursor: null, total: items.length, unread_count: this.unread, unseen_count: this.unseen });
+    } else if (method === "notifications.unread_count") reply({ count: this.unread, unseen_count: this.unseen });
     else if (method === "notifications.mark_read") {
       for (const n of this.stored) if (params.ids.includes(n.id)) n.read_at = "2026-01-01T00:00:00Z";
       reply({ updated: params.ids.length, unread_count: this.unread });
       for (const other of this.sockets) other._frame({ method: "notification:read", params: { ids: params.ids, unread_count: this.unread } });
-    } else if (method === "notifications.mark_seen") reply({ updated: 1, unseen_count: 0 });
-    else if (["notifications.archive", "notifications.unarchive", "notifications.act"].includes(method)) {
+    } else if (method === "notifications.mark_seen") {
+      for (const n of this.stored) if (params.all || params.ids.includes(n.id)) n.seen_at ??= "2026-01-01T00:00:00Z";
+      reply({ updated: 1, unseen_count: this.unseen });
+    } else if (["notifications.archive", "notifications.unarchive", "notifications.act"].includes(method)) {
       reply({ updated: 1, unread_count: this.unread });
     } else if (method === "push.vapid_key") reply({ public_key: "BPk0" });
     else if (method === "push.subscribe") reply({ id: "s1" });
@@ -470,18 +493,115 @@ test("a broadcast's live frame (seq null) and its stored copy in a later sync ar
     await client.connect();
     gateway.broadcast("all hands");
     await waitUntil(() => titles.length === 1, 10000, "the live broadcast frame");
-    assert.equal(client.unreadCount, 1);
+    await waitUntil(() => client.unreadCount === 1, 10000, "the count the frame fetched");
     gateway.sendAll("sync:required");
     await waitUntil(() => gateway.syncCalls.length === 1, 10000, "the sync");
     await client._syncing;
     assert.deepEqual(titles, ["all hands"], "the stored copy (same id, a real seq) is a repeat, not a new version");
-    assert.equal(countFetches(gateway), 1, "only the count fetch that ends the catch-up");
+    assert.equal(countFetches(gateway), 2, "the frame's count fetch and the one that ends the catch-up, none for the copy");
     assert.equal(client.unreadCount, 1);
     assert.equal(client.watermark, 1);
   } finally {
     client.close();
   }
 });
+
+// ------------------------------------------------------------- counts the client cannot derive
+
+/** Wait until the gateway has answered a count fetch after the first `fetches`: a ping sent after it is
+ * answered after it (the fake answers in order), so once the ping's reply is in, so is the count. */
+async function counted(gateway, client, fetches) {
+  await waitUntil(() => countFetches(gateway) > fetches, 10000, "a count fetch");
+  await client.ping();
+}
+
+test("a collapse into an unread item stored before the client connected leaves the counts as they are", async () => {
+  const gateway = new FakeGateway();
+  const item = gateway.notify("2 comments", { live: false }); // history: the client never delivers it
+  const { client, titles } = single(gateway);
+  try {
+    await client.connect();
+    assert.equal(client.unreadCount, 1);
+    const fetches = countFetches(gateway);
+    gateway.collapse(item, "3 comments"); // same id, the next seq, count 3: still one unread item
+    await waitUntil(() => titles.length === 1, 10000, "the collapse frame");
+    assert.equal(client.unreadCount, 1, "not counted as a new notification");
+    assert.equal(client.unseenCount, 1);
+    await counted(gateway, client, fetches);
+    assert.equal(client.unreadCount, gateway.unread);
+    assert.equal(client.unreadCount, 1);
+  } finally {
+    client.close();
+  }
+});
+
+test("a collapse after a tab hand-over (the new leader never delivered the item) leaves the counts as they are", async () => {
+  const gateway = new FakeGateway();
+  const opened = tabs(gateway, 2, { locks: new FakeLocks() });
+  try {
+    await Promise.all(opened.map((tab) => tab.client.connect()));
+    await waitUntil(() => elected(opened), 10000, "one leader");
+    const item = gateway.notify("2 comments");
+    await waitUntil(() => opened.every((tab) => tab.client.unreadCount === 1 && tab.titles.length === 1), 10000, "the first version");
+    const [leader] = leaderOf(opened);
+    const tab = opened.find((other) => other !== leader);
+    leader.client.close(); // the other tab takes over with a new socket, from the watermark
+    await waitUntil(() => tab.client.isLeader && tab.client.state === "open" && gateway.connections === 2, 10000, "the hand-over");
+    const fetches = countFetches(gateway);
+    gateway.collapse(item, "3 comments");
+    await waitUntil(() => tab.titles.length === 2, 10000, "the collapse frame");
+    assert.equal(tab.client.unreadCount, 1, "not counted as a new notification");
+    await counted(gateway, tab.client, fetches);
+    assert.equal(tab.client.unreadCount, gateway.unread);
+  } finally {
+    opened.forEach((tab) => tab.client.close());
+  }
+});
+
+test("a broadcast's live frame whose stored copy is in connected's count already is not counted again", async () => {
+  const gateway = new FakeGateway();
+  // Amendment 36: the chunk with this user's copy is committed, the frame goes out after the last chunk.
+  const copy = gateway.broadcast("maintenance", { live: false });
+  const { client, titles } = single(gateway);
+  try {
+    await client.connect();
+    assert.equal(client.unreadCount, 1);
+    const fetches = countFetches(gateway);
+    gateway.sendAll("notification:new", { ...copy, seq: null });
+    await waitUntil(() => titles.length === 1, 10000, "the broadcast frame");
+    assert.equal(client.unreadCount, 1, "the frame fetches the counts rather than adding one");
+    await counted(gateway, client, fetches);
+    assert.equal(client.unreadCount, gateway.unread);
+  } finally {
+    client.close();
+  }
+});
+
+for (const asking of ["one client", "a follower tab", "the leader tab"]) {
+  test(`the counts of a list() result stay once the next notification comes (${asking})`, async () => {
+    const gateway = new FakeGateway();
+    const opened = asking === "one client" ? [single(gateway)] : tabs(gateway, 2, { locks: new FakeLocks() });
+    try {
+      await Promise.all(opened.map((tab) => tab.client.connect()));
+      if (opened.length > 1) await waitUntil(() => elected(opened), 10000, "one leader");
+      gateway.notify("a");
+      await waitUntil(() => opened.every((tab) => tab.client.unreadCount === 1), 10000, "the count of a");
+      gateway.stored[0].expired = true; // amendment 15: it leaves the counts without a frame
+      const followers = opened.filter((other) => !other.client.isLeader);
+      const tab = asking === "a follower tab" ? followers[0] : (leaderOf(opened)[0] ?? opened[0]);
+      const page = await tab.client.list();
+      assert.equal(page.unread_count, 0);
+      assert.equal(tab.client.unreadCount, 0);
+      await waitUntil(() => opened.every((other) => other.client.unreadCount === 0), 10000, "every tab to take the result's count");
+      gateway.notify("b");
+      await waitUntil(() => opened.every((other) => other.titles.length === 2), 10000, "b in every tab");
+      for (const other of opened) assert.equal(other.client.unreadCount, gateway.unread, "the client's count is the server's");
+      assert.equal(gateway.unread, 1);
+    } finally {
+      opened.forEach((other) => other.client.close());
+    }
+  });
+}
 
 test("tabs show a broadcast once when the leader's sync returns its stored copy", async () => {
   const gateway = new FakeGateway();

@@ -18,6 +18,11 @@ stream, tasks). Semantics (the same as ``clients/js/herald.js``):
   again as ``notification:new`` with ``Event.replaces`` true (replace the item, do not add it), and the
   counts are fetched again (the client cannot tell whether the replaced item had been seen). A repeat
   with a ``seq`` already delivered is dropped.
+- The counts are fetched again, not guessed, for the other frames the client cannot tell are in them
+  already: a collapse (``count`` > 1) into an item this client never delivered (stored before it connected:
+  PROTOCOL amendment 12, a collapse targets an unread item, so the unread count does not move), and a live
+  broadcast frame (``seq`` null), whose stored copy may be in ``connected``'s counts (amendment 36: the
+  copies are stored before the frame goes out).
 """
 
 from __future__ import annotations
@@ -39,6 +44,12 @@ log = logging.getLogger("herald.client")
 
 #: Items asked for per ``notifications.sync`` page of a catch-up (the server's maximum).
 SYNC_PAGE: Final = 500
+
+
+def _collapsed(item: dict[str, Any]) -> bool:
+    """Whether ``item`` is a collapsed notification's later version (events collapsed into it)."""
+    count = item.get("count")
+    return isinstance(count, int) and count > 1
 
 
 class InboxView(InboxMethods):
@@ -138,10 +149,14 @@ class InboxView(InboxMethods):
         if delivery == "replacement" and not replayed:
             self._spawn(self._recount_soon())
         elif not replayed and not self._counted(seq):
-            if item.get("read_at") is None and self.unread_count is not None:
-                self._set_unread(self.unread_count + 1)
-            if item.get("seen_at") is None and self.unseen_count is not None:
-                self._set_unseen(self.unseen_count + 1)
+            if not isinstance(seq, int) or _collapsed(item):
+                # The counts may hold it already: fetch them rather than add one (see the module's docstring).
+                self._spawn(self._recount_soon())
+            else:
+                if item.get("read_at") is None and self.unread_count is not None:
+                    self._set_unread(self.unread_count + 1)
+                if item.get("seen_at") is None and self.unseen_count is not None:
+                    self._set_unseen(self.unseen_count + 1)
         self._emit("notification:new", item, replayed, delivery == "replacement")
 
     def _counted(self, seq: Any) -> bool:

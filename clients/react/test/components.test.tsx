@@ -97,6 +97,42 @@ describe("NotificationBell and NotificationDropdown", () => {
     expect(document.activeElement).toBe(tabs[0]);
   });
 
+  it("the focus stays in the inbox when the focused item leaves the list (read in Unread, archived, deleted)", async () => {
+    const { user } = await mount(<NotificationBell />, {
+      prepare: (g) => ["alpha", "bravo", "charlie", "delta"].forEach((title) => g.notify({ title }, { live: false })),
+    });
+    const bell = screen.getByRole("button", { name: /Notifications/ });
+    await user.click(bell);
+    const dialog = screen.getByRole("dialog");
+    const unreadTab = within(dialog).getByRole("tab", { name: "Unread" });
+    const titled = (title: string) => items().find((a) => a.textContent?.includes(title));
+    await user.keyboard("{ArrowRight}");
+    expect(document.activeElement).toBe(unreadTab);
+    await waitFor(() => expect(items()).toHaveLength(4));
+
+    await user.keyboard("{ArrowDown}");
+    expect(document.activeElement).toBe(titled("delta"));
+    await user.keyboard("{Enter}"); // marks it read: it leaves the Unread tab
+    await waitFor(() => expect(items()).toHaveLength(3));
+    expect(document.activeElement).toBe(titled("charlie")); // the item now at its place
+    await user.keyboard("{ArrowDown}");
+    expect(document.activeElement).toBe(titled("bravo"));
+
+    await user.click(within(titled("bravo")!).getByRole("button", { name: "Archive" }));
+    await waitFor(() => expect(items()).toHaveLength(2));
+    expect(document.activeElement).toBe(titled("alpha"));
+    await user.click(within(titled("alpha")!).getByRole("button", { name: "Delete" }));
+    await waitFor(() => expect(items()).toHaveLength(1));
+    expect(document.activeElement).toBe(titled("charlie")); // the last one
+    await user.keyboard("{Enter}");
+    await within(dialog).findByText("You're all caught up");
+    expect(document.activeElement).toBe(unreadTab); // nothing left: the selected tab
+
+    await user.keyboard("{Escape}");
+    expect(screen.queryByRole("dialog")).toBeNull();
+    expect(document.activeElement).toBe(bell);
+  });
+
   it("mark all read, delete, archive and action buttons", async () => {
     const { gateway, user } = await mount(<NotificationDropdown />, {
       prepare: (g) => {

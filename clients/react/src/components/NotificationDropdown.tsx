@@ -1,11 +1,12 @@
 import type { Notification } from "@herald/client";
-import { useCallback, useEffect, useId, useRef, useState } from "react";
+import { useCallback, useEffect, useId, useMemo, useRef, useState } from "react";
 import type { KeyboardEvent, ReactNode } from "react";
 
 import { useHeraldContext, useStrings } from "../context";
 import { useNotifications } from "../hooks";
 import type { InboxFilter, UseNotifications } from "../hooks";
 import { CategoryIcon, Icon } from "../icons";
+import { useFocusKept } from "./focus";
 import type { HeraldStrings } from "../strings";
 import { relativeTime, useNow } from "../time";
 
@@ -136,6 +137,11 @@ export function NotificationDropdown({
     setFocusIndex(target);
     itemRefs.current[target]?.focus();
   };
+
+  const kept = useFocusKept(
+    useMemo(() => items.map((n) => n.id), [items]),
+    () => (items.length ? focusItem(focusIndex) : tabRefs.current[tabs.indexOf(filter)]?.focus()),
+  );
 
   const onTabKey = (event: KeyboardEvent<HTMLButtonElement>, index: number) => {
     const moves: Record<string, number> = { ArrowRight: index + 1, ArrowLeft: index - 1, Home: 0, End: tabs.length - 1 };
@@ -284,7 +290,11 @@ export function NotificationDropdown({
                 aria-setsize={hasMore ? -1 : items.length}
                 aria-labelledby={itemTitle}
                 aria-describedby={itemBody}
-                onFocus={() => setFocusIndex(index)}
+                onFocus={() => {
+                  kept.focused(item.id);
+                  setFocusIndex(index);
+                }}
+                onBlur={kept.blurred}
                 onClick={() => open(item, helpers)}
                 onKeyDown={(event) => onFeedKey(event, index, item)}
               >
