@@ -3,21 +3,13 @@ again by the sender before it posts (a row stored before the check came in)."""
 
 from __future__ import annotations
 
-import re
 from typing import Final
 
 import httpx
 
-#: C0 controls (NUL included: Postgres text cannot hold it), DEL and C1 controls.
-CONTROL_CHARACTERS: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+from worker.text import refuse_control_characters
+
 _SCHEMES: Final = ("https", "http")
-
-
-def refuse_control_characters(value: str) -> str:
-    """``value`` unchanged; ``ValueError`` if it holds a control character (a pydantic after-validator)."""
-    if CONTROL_CHARACTERS.search(value):
-        raise ValueError("must not contain NUL or other control characters")
-    return value
 
 
 def parse_endpoint(endpoint: str, schemes: tuple[str, ...] = _SCHEMES) -> httpx.URL:

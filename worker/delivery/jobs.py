@@ -8,7 +8,6 @@ backoff and jitter, or failed for good) and :func:`retry_delay` how long a retry
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Final, Literal
@@ -17,6 +16,7 @@ import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from shared.events import TYPE_PATTERN, validation_reason
+from worker.text import refuse_control_characters
 from worker.writes import Job
 
 Status = Literal["sent", "skipped", "retry", "failed"]
@@ -24,22 +24,8 @@ Status = Literal["sent", "skipped", "retry", "failed"]
 MAX_ERROR_CHARS: Final = 500
 
 
-#: What no email header value may hold: C0 and C1 controls, DEL, and the Unicode line and paragraph
-#: separators. The email package ends a header line not only at CR and LF but at ``\x0b``, ``\x1c``,
-#: ``\x85``, ``\u2028`` and others (with the SMTPUTF8 policy), so a value holding one followed by
-#: ``Name : value`` became a header of its own.
-CONTROL_CHARACTERS: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
 class InvalidJob(ValueError):
     """A ``herald.deliveries`` message that is not a job; it is dead-lettered with this reason."""
-
-
-def no_control_characters(value: str) -> str:
-    """``value``, unless it holds one of :data:`CONTROL_CHARACTERS`."""
-    if CONTROL_CHARACTERS.search(value):
-        raise ValueError("must not contain control characters or line breaks")
-    return value
 
 
 class JobNotification(BaseModel):
@@ -50,7 +36,7 @@ class JobNotification(BaseModel):
     #: Both go into email headers (``X-Herald-Notification-Id``, ``X-Herald-Type``, the unsubscribe link)
     #: and the type also names templates, so they are checked when the job arrives: a job of another
     #: service is dead-lettered with the reason instead of carrying a header of its own into the email.
-    id: Annotated[str, AfterValidator(no_control_characters)]
+    id: Annotated[str, AfterValidator(refuse_control_characters)]
     type: Annotated[str, StringConstraints(pattern=TYPE_PATTERN)]
     category: str
     title: str

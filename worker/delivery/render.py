@@ -27,7 +27,7 @@ from jinja2 import (
 )
 
 from shared.events import PROFILE_FIELDS
-from worker.delivery.jobs import no_control_characters
+from worker.text import refuse_control_characters
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -164,7 +164,7 @@ def _single_line(value: str) -> str:
     (:class:`~worker.delivery.jobs.JobNotification`), but not the user id in the unsubscribe link, nor
     rows recorded before that check."""
     try:
-        return no_control_characters(value)
+        return refuse_control_characters(value)
     except ValueError as exc:
         raise ValueError(f"header value {value!r} {exc}") from None
 

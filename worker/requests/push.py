@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Final
 from pydantic import AfterValidator, ConfigDict, Field, StringConstraints
 
 from shared.jsonrpc import ErrorCode, JsonRpcError
-from worker.push_endpoint import parse_endpoint, refuse_control_characters
+from worker.push_endpoint import parse_endpoint
 from worker.requests.common import Method, NoParams, Params, bad_param
 from worker.store import push as store
+from worker.text import refuse_control_characters
 from worker.vapid import load_vapid, public_key
 
 if TYPE_CHECKING:
