@@ -41,12 +41,10 @@ def invalid_params(error: ValidationError, model: type[BaseModel] | None = None)
     ValidationError from inside a method) keeps its ``loc`` as pydantic gave it.
     """
     errors = error.errors()
-    about_model = model is not None and error.title == model.__name__
+    read_by = model if model is not None and error.title == model.__name__ else None
 
     def path(details: ErrorDetails) -> tuple[int | str, ...]:
-        if model is None or not about_model:
-            return tuple(details["loc"])
-        return _client_path(model, details["loc"])
+        return tuple(details["loc"]) if read_by is None else _client_path(read_by, details["loc"])
 
     field = path(errors[0])
     reasons = dict.fromkeys(details["msg"] for details in errors if path(details) == field)
