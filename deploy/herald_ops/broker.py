@@ -11,7 +11,10 @@ Roles and their permissions (configure / write / read regexes on a vhost, for pr
 - ``delivery``: the email/push senders: their own ``herald.deliveries.*`` queues, bound to and consumed
   from ``herald.deliveries``.
 - ``producer``: writes to ``herald.events`` only — no configure, no read, no default exchange (through
-  which ``herald.rpc`` would be reachable). Producers must publish to the events exchange.
+  which ``herald.rpc`` and the gateways' queues would be reachable). Producers must publish to the events
+  exchange. With ``--producer-declares`` it may also declare ``herald.events``: NestJS's ``ClientRMQ``
+  declares the exchange it publishes to on every connect, and RabbitMQ refuses a declare, even of an
+  existing equivalent exchange, without configure permission (which also permits deleting it).
 - ``monitor``: nothing at all, which still lets it into the vhost: a passive queue declare, which is how
   an autoscaler (KEDA) or a probe reads a queue's length, needs no permission.
 
@@ -55,8 +58,14 @@ class Permission:
     read: str
 
 
-def permissions(prefix: str) -> dict[str, Permission]:
-    """Each role's permissions for the topology named by ``prefix`` (``HERALD_AMQP_PREFIX``)."""
+def permissions(prefix: str, producer_declares: bool = False) -> dict[str, Permission]:
+    """Each role's permissions for the topology named by ``prefix`` (``HERALD_AMQP_PREFIX``).
+
+    Args:
+        prefix: the topology's names' prefix.
+        producer_declares: let the producer declare (and so delete) ``herald.events``, which NestJS's
+            ``ClientRMQ`` needs; without it the producer's configure permission is empty.
+    """
     p = re.escape(prefix)
     return {
         "gateway": Permission(
@@ -72,7 +81,9 @@ def permissions(prefix: str) -> dict[str, Permission]:
             write=rf"^({p}\.deliveries\..+|amq\.default)$",
             read=rf"^{p}\.deliveries(\..+)?$",
         ),
-        "producer": Permission(configure="^$", write=rf"^{p}\.events$", read="^$"),
+        "producer": Permission(
+            configure=rf"^{p}\.events$" if producer_declares else "^$", write=rf"^{p}\.events$", read="^$"
+        ),
         "monitor": Permission(configure="^$", write="^$", read="^$"),
     }
 
@@ -82,14 +93,21 @@ def new_password() -> str:
     return secrets.token_hex(24)
 
 
-def commands(vhost: str, prefix: str, users: dict[str, str], passwords: dict[str, str]) -> list[list[str]]:
-    """The ``rabbitmqctl`` argument lists creating each role's user (``users[role]``) and permissions.
+def commands(
+    vhost: str,
+    prefix: str,
+    users: dict[str, str],
+    passwords: dict[str, str],
+    producer_declares: bool = False,
+) -> list[list[str]]:
+    """The ``rabbitmqctl`` argument lists creating each role's user (``users[role]``) and permissions
+    (``producer_declares``: see :func:`permissions`).
 
     The positional arguments follow ``--``: a password such as ``-KF0…`` would otherwise be parsed as an
     option and the command refused ("Invalid options for this command").
     """
     lines: list[list[str]] = []
-    for role, permission in permissions(prefix).items():
+    for role, permission in permissions(prefix, producer_declares).items():
         if role in passwords:
             lines.append(["add_user", "--", users[role], passwords[role]])
         lines.append(
@@ -187,7 +205,7 @@ def setup(args: argparse.Namespace) -> int:
     users = {role: f"{args.name_prefix}-{role}" for role in ROLES}
     existing = set() if args.print_only else _existing_users(args.node)
     fresh = {role: new_password() for role in ROLES if users[role] not in existing}
-    lines = commands(args.vhost, prefix, users, fresh)
+    lines = commands(args.vhost, prefix, users, fresh, args.producer_declares)
     if args.print_only:
         for line in lines:
             print(shlex.join(["rabbitmqctl", *line]))
@@ -212,6 +230,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     setup_parser.add_argument("--name-prefix", default="herald", help="users are <prefix>-<role> [herald]")
     setup_parser.add_argument("--node", help="rabbitmqctl --node (default: the local node)")
     setup_parser.add_argument("--rotate", action="store_true", help="new passwords for existing users")
+    setup_parser.add_argument(
+        "--producer-declares",
+        action="store_true",
+        help="let the producer user declare herald.events, as NestJS's ClientRMQ does on every connect",
+    )
     setup_parser.add_argument(
         "--print", dest="print_only", action="store_true", help="only print the rabbitmqctl lines"
     )

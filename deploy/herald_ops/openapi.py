@@ -73,7 +73,16 @@ _SCHEMAS: Final = {
     },
     "Page": {
         "type": "object",
-        "required": ["data", "total", "page", "limit", "totalPages", "next_cursor", "unread_count"],
+        "required": [
+            "data",
+            "total",
+            "page",
+            "limit",
+            "totalPages",
+            "next_cursor",
+            "unread_count",
+            "unseen_count",
+        ],
         "properties": {
             "data": {"type": "array", "items": {"$ref": "#/components/schemas/Notification"}},
             "total": {"type": "integer"},
@@ -82,6 +91,7 @@ _SCHEMAS: Final = {
             "totalPages": {"type": "integer"},
             "next_cursor": {"type": ["integer", "null"], "description": "pass as `before` for the next page"},
             "unread_count": {"type": "integer"},
+            "unseen_count": {"type": "integer", "description": "the badge's count (amendment 10)"},
         },
     },
 }

@@ -169,7 +169,8 @@ def params_for(route: Route, path: Mapping[str, str], query: Iterable[tuple[str,
 
 
 def page_shape(params: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, Any]:
-    """The seed's page ``{data, total, page, limit, totalPages}`` beside Herald's cursor and counter."""
+    """The seed's page ``{data, total, page, limit, totalPages}`` beside Herald's cursor and counters
+    (the badge's ``unseen_count`` too, as over WebSocket: amendment 10)."""
     limit = params["limit"]
     total = result["total"]
     return {
@@ -180,6 +181,7 @@ def page_shape(params: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str
         "totalPages": math.ceil(total / limit),
         "next_cursor": result["next_cursor"],
         "unread_count": result["unread_count"],
+        "unseen_count": result["unseen_count"],
     }
 
 

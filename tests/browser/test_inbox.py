@@ -214,7 +214,7 @@ async def _is(probe: Any, page: Page, value: int) -> bool:
     return bool(await probe(page) == value)
 
 
-async def test_herald_send_shows_in_the_dropdown_and_as_a_toast_within_a_second(
+async def test_herald_send_shows_in_the_dropdown_and_as_a_toast(
     herald: tuple[Stack, HeraldProcess], tabs: Tabs
 ) -> None:
     stack = herald[0]
@@ -231,13 +231,13 @@ async def test_herald_send_shows_in_the_dropdown_and_as_a_toast_within_a_second(
     await open_inbox(page)
     await page.wait_for_selector(".herald-dropdown article.herald-unread >> text=Quiz 3 is open")
 
-    # A published event (no CLI start-up in the way) reaches the page within a second.
+    # A published event (no CLI start-up in the way) reaches the open dropdown; its latency is
+    # printed, not asserted: the suite holds no timed assertions (bench/e2e.py measures it).
     started = time.time() * 1000
     await publish(stack.amqp_url, event_body(user, title="Second one"))
     await wait_until(lambda: _is(unread, page, 2), 10, "the second notification")
     latency_ms = (await seen(page))[-1]["at"] - started
     print(f"publish → page latency: {latency_ms:.0f} ms")
-    assert latency_ms < 1000, f"the notification took {latency_ms:.0f} ms to reach the page"
     await page.wait_for_selector(".herald-dropdown article >> text=Second one")
 
 

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from herald_ops.testing.requests import AmqpRpc
-from herald_ops.testing.stack import close_connections, http_get, http_status, wait_until
+from herald_ops.testing.stack import close_connections, http_get, http_status, queue_depth, wait_until
 from herald_ops.testing.worker import TOPOLOGY, Watcher, event
 
 if TYPE_CHECKING:
@@ -51,19 +51,20 @@ async def assert_each_stored_once(pg: asyncpg.Connection, expected: int) -> None
         assert user["last_seq"] == user["unread_count"] == len(seqs)
 
 
-async def assert_all_stored_once(pg: asyncpg.Connection, watcher: Watcher, expected: int, what: str) -> None:
+async def assert_all_stored_once(
+    pg: asyncpg.Connection, stack: Stack, watcher: Watcher, expected: int, what: str
+) -> None:
     """Wait until ``expected`` events are stored and the input queue is drained, then check each was
     stored exactly once and none was dead-lettered."""
     await wait_until(lambda: _at_least(pg, expected), 60, what)
-    await wait_until(lambda: queue_settled(watcher), 30, "the input queue to drain")
+    await wait_until(lambda: queue_settled(stack), 30, "the input queue to drain")
     await assert_each_stored_once(pg, expected)
     assert await watcher.dead_letter_count() == 0
 
 
-async def queue_settled(watcher: Watcher) -> bool:
-    """Nothing left in the input queue, ready or unacked."""
-    queue = await watcher.channel.declare_queue(TOPOLOGY.events_queue, passive=True)
-    return queue.declaration_result.message_count == 0
+async def queue_settled(stack: Stack) -> bool:
+    """Nothing left in the input queue, ready or unacked (a redelivery the worker holds counts)."""
+    return await asyncio.to_thread(queue_depth, stack.name, TOPOLOGY.events_queue) == 0
 
 
 async def stream(watcher: Watcher, bodies: list[dict[str, object]], window: int, pause: float) -> None:
@@ -93,7 +94,7 @@ async def test_sigkill_while_events_stream_in_loses_and_duplicates_nothing(
         await streaming
         worker.launch()
 
-        await assert_all_stored_once(pg, watcher, 2000, "all 2,000 events stored")
+        await assert_all_stored_once(pg, fresh_stack, watcher, 2000, "all 2,000 events stored")
     finally:
         await pg.close()
 
@@ -171,7 +172,9 @@ async def test_postgres_down_for_30_seconds_loses_nothing(fresh_stack: Stack, wa
         pg_ctl("start")
     pg = await asyncpg.connect(fresh_stack.database_url)
     try:
-        await assert_all_stored_once(pg, watcher, 170, "every event stored after Postgres returned")
+        await assert_all_stored_once(
+            pg, fresh_stack, watcher, 170, "every event stored after Postgres returned"
+        )
         await wait_until(lambda: http_status(f"{worker.url}/readyz") == 200, 20, "/readyz back to 200")
     finally:
         await pg.close()
@@ -192,12 +195,16 @@ async def test_sigterm_flushes_the_pending_batch(fresh_stack: Stack, watcher: Wa
         # not dispatched yet when it was cancelled went back to the queue: none lost, none acked unstored.
         flushed = await stored(pg)
         assert flushed > 0
-        queue = await watcher.channel.declare_queue(TOPOLOGY.events_queue, passive=True)
-        assert queue.declaration_result.message_count == 300 - flushed
+        # The broker requeues what the closed channel held as it handles the close: wait for it.
+        await wait_until(
+            lambda: queue_depth(fresh_stack.name, TOPOLOGY.events_queue) == 300 - flushed,
+            10,
+            "the undispatched deliveries back in the queue",
+        )
 
         fresh_stack.start_worker()
         await wait_until(lambda: _at_least(pg, 300), 30, "the requeued rest stored by a new worker")
-        await wait_until(lambda: queue_settled(watcher), 30, "the input queue to drain")
+        await wait_until(lambda: queue_settled(fresh_stack), 30, "the input queue to drain")
         await assert_each_stored_once(pg, 300)
     finally:
         await pg.close()
@@ -222,7 +229,7 @@ async def test_a_dropped_amqp_connection_is_survived(fresh_stack: Stack, watcher
             await asyncio.gather(*(again.publish(event(f"drop-{i % 10}")) for i in range(200)))
             await wait_until(lambda: _at_least(pg, 400), 60, "events stored after the reconnect")
             await wait_until(lambda: http_status(f"{worker.url}/readyz") == 200, 20, "ready again")
-            await wait_until(lambda: queue_settled(again), 30, "the input queue to drain")
+            await wait_until(lambda: queue_settled(fresh_stack), 30, "the input queue to drain")
             # Requests are answered again: the herald.rpc consumer came back with the channel.
             rpc = await AmqpRpc.connect(fresh_stack.amqp_url, TOPOLOGY.rpc_queue)
             try:
@@ -251,7 +258,7 @@ async def test_confirmed_frames_mode_stores_and_publishes_everything(
 
         assert sorted(m.routing_key or "" for m in got) == sorted(users * 20)
         await assert_each_stored_once(pg, 100)
-        await wait_until(lambda: queue_settled(watcher), 20, "the input queue to drain")
+        await wait_until(lambda: queue_settled(fresh_stack), 20, "the input queue to drain")
     finally:
         await pg.close()
 
@@ -290,7 +297,7 @@ async def test_a_read_only_database_holds_events_instead_of_dead_lettering_them(
             assert await watcher.dead_letter_count() == 0
         finally:
             await _read_only(pg, False)
-        await assert_all_stored_once(pg, watcher, 10, "every event stored once writable again")
+        await assert_all_stored_once(pg, fresh_stack, watcher, 10, "every event stored once writable again")
     finally:
         await pg.close()
 
@@ -335,7 +342,9 @@ async def test_a_database_refusing_connections_holds_events_instead_of_dead_lett
             await _allow_connections(admin, database, True)
         pg = await asyncpg.connect(fresh_stack.database_url)
         try:
-            await assert_all_stored_once(pg, watcher, 10, "every event stored once connections are allowed")
+            await assert_all_stored_once(
+                pg, fresh_stack, watcher, 10, "every event stored once connections are allowed"
+            )
         finally:
             await pg.close()
     finally:

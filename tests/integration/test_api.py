@@ -88,12 +88,15 @@ async def test_list_pages_in_the_seed_shape_beside_the_cursor(
     user = fresh_id()
     seqs = await seed(db, user, 45)
     first = (await http.get(INBOX, params={"page": 1, "limit": 20}, headers=auth(user))).json()
-    assert {k: first[k] for k in ("total", "page", "limit", "totalPages", "unread_count")} == {
+    assert {
+        k: first[k] for k in ("total", "page", "limit", "totalPages", "unread_count", "unseen_count")
+    } == {
         "total": 45,
         "page": 1,
         "limit": 20,
         "totalPages": math.ceil(45 / 20),
         "unread_count": 45,
+        "unseen_count": 45,
     }
     assert [item["seq"] for item in first["data"]] == seqs[::-1][:20]
     third = (await http.get(INBOX, params={"page": 3, "limit": 20}, headers=auth(user))).json()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -56,9 +57,9 @@ def stack(users_stack: Stack) -> Iterator[Stack]:
         users_stack.stop_all()
 
 
-@pytest.fixture(scope="module")
-def roles(users_stack: Stack) -> Iterator[dict[str, str]]:
-    """``herald broker setup`` in the stack's vhost: role → AMQP URL of its new user."""
+@contextmanager
+def broker_setup(stack: Stack, *options: str) -> Iterator[dict[str, str]]:
+    """``herald broker setup`` in the stack's vhost: role → AMQP URL of its new user (deleted after)."""
     name_prefix = fresh_id("t")
     done = subprocess.run(
         [
@@ -68,11 +69,12 @@ def roles(users_stack: Stack) -> Iterator[dict[str, str]]:
             "broker",
             "setup",
             "--vhost",
-            users_stack.name,
+            stack.name,
             "--name-prefix",
             name_prefix,
+            *options,
         ],
-        env=users_stack.env(),
+        env=stack.env(),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -82,12 +84,30 @@ def roles(users_stack: Stack) -> Iterator[dict[str, str]]:
     try:
         assert done.returncode == 0, done.stderr
         assert [role for role, _, _ in created] == list(ROLES)
-        yield {role: role_url(users_stack, user, password) for role, user, password in created}
+        yield {role: role_url(stack, user, password) for role, user, password in created}
     finally:
         with ThreadPoolExecutor(max_workers=len(ROLES)) as pool:  # an Erlang VM per call: in parallel
             list(
                 pool.map(lambda role: rabbitmqctl("delete_user", f"{name_prefix}-{role}", check=False), ROLES)
             )
+
+
+@pytest.fixture(scope="module")
+def roles(users_stack: Stack) -> Iterator[dict[str, str]]:
+    """``herald broker setup`` in the module's vhost: role → AMQP URL of its new user."""
+    with broker_setup(users_stack) as created:
+        yield created
+
+
+def nest_emit(producer_url: str, user: str, title: str) -> subprocess.CompletedProcess[str]:
+    """One event from a real NestJS ``ClientRMQ`` set up as the README shows (clients/scripts)."""
+    return subprocess.run(
+        ["node", "scripts/nest-emit.cjs", producer_url, user, title],
+        cwd=ROOT / "clients",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 async def test_herald_runs_on_least_privilege_users(stack: Stack, roles: dict[str, str]) -> None:
@@ -180,6 +200,32 @@ async def test_delivery_consumes_both_channels_and_dead_letters_on_its_own_user(
         finally:
             await admin.close()
             await producer.close()
+
+
+async def test_a_nestjs_producer_needs_the_producer_user_that_may_declare(
+    stack: Stack, roles: dict[str, str]
+) -> None:
+    # NestJS's ClientRMQ declares the exchange it publishes to on every connect, which RabbitMQ refuses
+    # without configure permission: on the strict producer user it never publishes.
+    stack.start_worker()
+    user = fresh_id()
+    refused = nest_emit(roles["producer"], user, "strict")
+    assert refused.returncode == 1
+    assert "ACCESS_REFUSED" in refused.stderr, refused.stdout + refused.stderr
+    with broker_setup(stack, "--producer-declares") as declaring:
+        emitted = nest_emit(declaring["producer"], user, "from nest")
+    assert emitted.returncode == 0, emitted.stdout + emitted.stderr
+    pg = await asyncpg.connect(stack.database_url)
+    try:
+
+        async def titles() -> list[str]:
+            rows = await pg.fetch("SELECT title FROM notifications WHERE user_id = $1", user)
+            return [row["title"] for row in rows]
+
+        await wait_until(titles, 20, "the NestJS producer's event stored")
+        assert await titles() == ["from nest"]
+    finally:
+        await pg.close()
 
 
 async def test_the_monitor_reads_queue_lengths_and_nothing_else(stack: Stack, roles: dict[str, str]) -> None:

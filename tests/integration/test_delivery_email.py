@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import aio_pika
 import pytest
 
-from herald_ops.testing.delivery import Mailbox, user_with_email
+from herald_ops.testing.delivery import Mailbox, end_the_wait, user_with_email
 from herald_ops.testing.stack import fresh_id, stack_context, wait_until
 from herald_ops.testing.worker import TOPOLOGY, Watcher, event
 from worker.delivery.jobs import Outcome
@@ -274,13 +274,13 @@ async def test_delayed_job_is_cancelled_by_a_read_and_sent_when_unread(
     delivery: HeraldProcess, mailbox: Mailbox, watcher: Watcher, pg: asyncpg.Connection, rpc: AmqpRpc
 ) -> None:
     await pg.execute(
-        "UPDATE notification_types SET email_delay_seconds = 3 WHERE name = 'COURSE_SCHEDULE_CHANGE'"
+        "UPDATE notification_types SET email_delay_seconds = 600 WHERE name = 'COURSE_SCHEDULE_CHANGE'"
     )
+    # A job waiting for a read is cancelled when it falls due and its notification was read.
     try:
         reader, reader_address = await user_with_email(watcher, pg)
         ignorer, ignorer_address = await user_with_email(watcher, pg)
-        read_event = event(reader, "COURSE_SCHEDULE_CHANGE")
-        await watcher.publish(read_event)
+        await watcher.publish(event(reader, "COURSE_SCHEDULE_CHANGE"))
         await watcher.publish(event(ignorer, "COURSE_SCHEDULE_CHANGE"))
 
         async def scheduled(user: str) -> bool:
@@ -290,6 +290,8 @@ async def test_delayed_job_is_cancelled_by_a_read_and_sent_when_unread(
         notification_id = (await job_rows(pg, reader))[0]["notification_id"]
         marked = await rpc.call("notifications.mark_read", {"ids": [notification_id]}, user=reader)
         assert marked["result"]["updated"] == 1
+        await wait_until(lambda: scheduled(ignorer), 30, "the ignorer's delayed job")
+        await end_the_wait(pg, reader, ignorer)
 
         await wait_until(lambda: mailbox.count(ignorer_address) == 1, 60, "the unread one's email")
 

@@ -15,7 +15,7 @@ import aio_pika
 import orjson
 import pytest
 
-from herald_ops.testing.delivery import Mailbox, user_with_email
+from herald_ops.testing.delivery import Mailbox, end_the_wait, user_with_email
 from herald_ops.testing.requests import AmqpRpc
 from herald_ops.testing.stack import fresh_id, stack_context, wait_until
 from herald_ops.testing.worker import TOPOLOGY, Watcher, event
@@ -89,7 +89,7 @@ async def test_smtp_down_for_30_seconds_holds_every_job_and_loses_none(
 async def test_a_restart_while_jobs_wait_sends_each_once(
     stack: Stack, mailbox: Mailbox, watcher: Watcher, pg: asyncpg.Connection
 ) -> None:
-    await pg.execute(f"UPDATE notification_types SET email_delay_seconds = 4 WHERE name = '{TYPE}'")
+    await pg.execute(f"UPDATE notification_types SET email_delay_seconds = 600 WHERE name = '{TYPE}'")
     try:
         delivery = stack.start_delivery(smtp_url=mailbox.url, **FAST_RETRIES)
         user, address = await user_with_email(watcher, pg)
@@ -103,6 +103,7 @@ async def test_a_restart_while_jobs_wait_sends_each_once(
         assert delivery.stop() == 0
         assert mailbox.to(address) == []
         delivery.launch()
+        await end_the_wait(pg, user)
         await wait_until(lambda: mailbox.count(address) >= 10, 60, "the waiting jobs sent")
 
         async def all_sent() -> bool:

@@ -19,7 +19,7 @@ import asyncpg
 import orjson
 
 from herald_ops.dlq import DeadLetter, Selection, describe, list_dead_letters
-from herald_ops.testing.stack import ROOT, rabbitmqctl, wait_until
+from herald_ops.testing.stack import ROOT, queue_depth, wait_until
 from shared.deadletter import replay_message
 from shared.topology import ERROR_HEADER, ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER, Topology
 
@@ -42,16 +42,6 @@ def herald_dlq(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
     )
-
-
-def queue_depth(stack: Stack, queue: str) -> int:
-    """Ready plus unacknowledged messages of ``queue`` (0 when it does not exist)."""
-    out = rabbitmqctl("list_queues", "-p", stack.name, "--no-table-headers", "name", "messages").stdout
-    for line in out.splitlines():
-        name, _, count = line.partition("\t")
-        if name == queue:
-            return int(count)
-    return 0
 
 
 async def publish_event(channel: aio_pika.abc.AbstractChannel, body: bytes, message_id: str) -> None:
@@ -88,7 +78,9 @@ async def test_replay_after_fix_stores_the_event_exactly_once(fresh_stack: Stack
         await publish_event(channel, orjson.dumps(event), EVENT_ID)
         await publish_event(channel, orjson.dumps(event), EVENT_ID)
         await publish_event(channel, b"{not json", "junk-1")
-        await wait_until(lambda: queue_depth(stack, TOPOLOGY.dead_letter_queue) == 3, 20, "3 dead letters")
+        await wait_until(
+            lambda: queue_depth(stack.name, TOPOLOGY.dead_letter_queue) == 3, 20, "3 dead letters"
+        )
 
         letters = await list_dead_letters(stack.amqp_url, TOPOLOGY, Selection())
         # The worker settles deliveries concurrently: dead letters need not keep the publish order.
@@ -127,7 +119,9 @@ async def test_replay_after_fix_stores_the_event_exactly_once(fresh_stack: Stack
             count: int = await pg.fetchval("SELECT count(*) FROM notifications WHERE user_id = $1", USER)
             return count
 
-        await wait_until(lambda: queue_depth(stack, TOPOLOGY.events_queue) == 0, 20, "events queue drained")
+        await wait_until(
+            lambda: queue_depth(stack.name, TOPOLOGY.events_queue) == 0, 20, "events queue drained"
+        )
         await wait_until(lambda: stored(), 20, "the replayed notification stored")
         assert await stored() == 1
         row = await pg.fetchrow("SELECT type, title, data FROM notifications WHERE user_id = $1", USER)
@@ -164,12 +158,14 @@ async def test_purge_needs_yes_and_honours_filters(fresh_stack: Stack) -> None:
         channel = await connection.channel()
         for n in range(3):
             await publish_event(channel, b"[]", f"bad-{n}")
-        await wait_until(lambda: queue_depth(stack, TOPOLOGY.dead_letter_queue) == 3, 20, "3 dead letters")
+        await wait_until(
+            lambda: queue_depth(stack.name, TOPOLOGY.dead_letter_queue) == 3, 20, "3 dead letters"
+        )
 
         refused = herald_dlq(stack, "purge")
         assert refused.returncode == 1
         assert "would purge 3" in refused.stderr
-        assert queue_depth(stack, TOPOLOGY.dead_letter_queue) == 3
+        assert queue_depth(stack.name, TOPOLOGY.dead_letter_queue) == 3
 
         one = herald_dlq(stack, "purge", "--yes", "--message-id", "bad-1")
         assert one.returncode == 0, one.stderr
@@ -183,7 +179,7 @@ async def test_purge_needs_yes_and_honours_filters(fresh_stack: Stack) -> None:
         everything = herald_dlq(stack, "purge", "--yes")
         assert everything.returncode == 0, everything.stderr
         assert "purged 2" in everything.stdout
-        assert queue_depth(stack, TOPOLOGY.dead_letter_queue) == 0
+        assert queue_depth(stack.name, TOPOLOGY.dead_letter_queue) == 0
     finally:
         await connection.close()
 
@@ -267,7 +263,7 @@ async def test_replay_of_an_event_published_to_the_queue_directly(fresh_stack: S
             aio_pika.Message(orjson.dumps({"pattern": "notification.send", "data": event})),
             routing_key=TOPOLOGY.events_queue,
         )
-        await wait_until(lambda: queue_depth(stack, TOPOLOGY.dead_letter_queue) == 1, 20, "dead letter")
+        await wait_until(lambda: queue_depth(stack.name, TOPOLOGY.dead_letter_queue) == 1, 20, "dead letter")
         (letter,) = await list_dead_letters(stack.amqp_url, TOPOLOGY, Selection())
         assert (letter.exchange, letter.routing_key) == ("", TOPOLOGY.events_queue)
 
@@ -282,9 +278,11 @@ async def test_replay_of_an_event_published_to_the_queue_directly(fresh_stack: S
             return count
 
         await wait_until(stored, 20, "the replayed Nest event stored")
-        await wait_until(lambda: queue_depth(stack, TOPOLOGY.events_queue) == 0, 20, "events queue drained")
+        await wait_until(
+            lambda: queue_depth(stack.name, TOPOLOGY.events_queue) == 0, 20, "events queue drained"
+        )
         assert await stored() == 1
-        assert queue_depth(stack, TOPOLOGY.dead_letter_queue) == 0
+        assert queue_depth(stack.name, TOPOLOGY.dead_letter_queue) == 0
     finally:
         await pg.close()
         await connection.close()
@@ -328,11 +326,13 @@ async def test_a_forged_dead_letter_is_never_replayed_onto_the_rpc_queue(fresh_s
                 aio_pika.Message(orjson.dumps(forged_request), headers=headers, message_id=f"forged-{n}"),
                 routing_key="notification.send",
             )
-        await wait_until(lambda: queue_depth(stack, TOPOLOGY.dead_letter_queue) == 2, 20, "2 dead letters")
+        await wait_until(
+            lambda: queue_depth(stack.name, TOPOLOGY.dead_letter_queue) == 2, 20, "2 dead letters"
+        )
         replayed = herald_dlq(stack, "replay")
         assert "not replayed" in replayed.stdout + replayed.stderr
-        assert queue_depth(stack, TOPOLOGY.rpc_queue) == 0
-        assert queue_depth(stack, TOPOLOGY.dead_letter_queue) == 2
+        assert queue_depth(stack.name, TOPOLOGY.rpc_queue) == 0
+        assert queue_depth(stack.name, TOPOLOGY.dead_letter_queue) == 2
     finally:
         await connection.close()
 
@@ -348,12 +348,12 @@ async def test_a_replay_the_broker_cannot_route_keeps_its_dead_letter(fresh_stac
         await publish_event(
             channel, orjson.dumps({"user_id": "lost-user", "type": NEW_TYPE, "title": "t"}), "unroutable-1"
         )
-        await wait_until(lambda: queue_depth(stack, TOPOLOGY.dead_letter_queue) == 1, 20, "dead letter")
+        await wait_until(lambda: queue_depth(stack.name, TOPOLOGY.dead_letter_queue) == 1, 20, "dead letter")
         worker.stop()
         await channel.queue_delete(TOPOLOGY.events_queue)
         replayed = herald_dlq(stack, "replay")
         assert replayed.returncode != 0
         assert "unroutable" in replayed.stderr
-        assert queue_depth(stack, TOPOLOGY.dead_letter_queue) == 1
+        assert queue_depth(stack.name, TOPOLOGY.dead_letter_queue) == 1
     finally:
         await connection.close()

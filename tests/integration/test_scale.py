@@ -23,7 +23,7 @@ import asyncpg
 from herald_client.client import HeraldClient
 from herald_client.producer import Producer
 from herald_ops.testing.gateway import call, open_client, recv_json
-from herald_ops.testing.stack import TEST_JWT_SECRET, http_get, rabbitmqctl, wait_until
+from herald_ops.testing.stack import TEST_JWT_SECRET, http_get, queue_depth, wait_until
 from shared.tokens import mint_token
 
 if TYPE_CHECKING:
@@ -60,11 +60,6 @@ class Connection:
                 self.received.append(frame["params"])
                 if frame["params"]["title"] == marker_id:
                     return
-
-
-def queue_depth(stack: Stack, queue: str) -> int:
-    out = rabbitmqctl("list_queues", "-p", stack.name, "--no-table-headers", "name", "messages").stdout
-    return next((int(line.split("\t")[1]) for line in out.splitlines() if line.split("\t")[0] == queue), 0)
 
 
 def stored_events(worker: HeraldProcess) -> float:
@@ -104,7 +99,7 @@ async def test_two_workers_two_gateways_deliver_once_without_gaps(fresh_stack: S
             await asyncio.gather(*sends)
             # Once the queue is empty every frame has been published (workers ack after publishing);
             # a last notification per user then travels behind them through each gateway's queue.
-            await wait_until(lambda: queue_depth(stack, "herald.events") == 0, 60, "events consumed")
+            await wait_until(lambda: queue_depth(stack.name, "herald.events") == 0, 60, "events consumed")
             await asyncio.gather(*(producer.send(u, "NEW_COMMENT", f"marker-{u}") for u in users))
         await asyncio.gather(*(c.read_until(f"marker-{c.user}", 60) for c in connections))
 

@@ -98,6 +98,10 @@ async def test_event_becomes_one_row_and_one_frame(watcher: Watcher, db: asyncpg
     }
     assert (row["seq"], row["idempotency_key"]) == (1, body["event_id"])
     assert await counters(db, user) == (1, 1)
+    # One frame only: a later marker event's frame is the next one on the user's queue.
+    await watcher.publish(event(user, "COURSE_NEW_CONTENT", title="marker"))
+    (marker,) = await watcher.take(frames, 1)
+    assert (frame_params(marker)["title"], frame_params(marker)["seq"]) == ("marker", 2)
     assert await watcher.nothing_more(frames) == []
 
 

@@ -50,3 +50,21 @@ def test_generated_passwords_never_start_with_a_dash() -> None:
     assert not [password for password in passwords if password.startswith("-")]
     assert len(set(passwords)) == len(passwords)
     assert min(len(password) for password in passwords) >= 32
+
+
+def test_only_producer_declares_lets_the_producer_configure_the_events_exchange() -> None:
+    strict = {
+        line[4]: line[5:] for line in commands("/", "herald", USERS, {}) if line[0] == "set_permissions"
+    }
+    declaring = {
+        line[4]: line[5:]
+        for line in commands("/", "herald", USERS, {}, producer_declares=True)
+        if line[0] == "set_permissions"
+    }
+    producer = USERS["producer"]
+    assert strict[producer] == ["^$", r"^herald\.events$", "^$"]
+    assert declaring[producer] == [r"^herald\.events$", r"^herald\.events$", "^$"]
+    # Nothing else changes.
+    assert {user: rules for user, rules in declaring.items() if user != producer} == {
+        user: rules for user, rules in strict.items() if user != producer
+    }

@@ -47,9 +47,11 @@ def template_names(notification_type: str, locale: str | None, part: str) -> lis
     return names + [f"default.{loc}.{part}" for loc in locales] + [f"default.{part}"]
 
 
-def link_of(data: dict[str, Any]) -> str | None:
-    """The notification's URL (``data.url``) when it is an http(s) link, the only kind a button gets."""
-    url = data.get("url")
+def link_of(notification: dict[str, Any]) -> str | None:
+    """The notification's click target: its ``url`` (PROTOCOL §10, validated http(s) when the event was
+    taken), else ``data.url`` when that is an http(s) link, the only kind a button gets. The same order
+    as the service worker's for a push."""
+    url = notification.get("url") or (notification.get("data") or {}).get("url")
     if isinstance(url, str) and url.startswith(("https://", "http://")):
         return url
     return None
@@ -100,7 +102,7 @@ class EmailRenderer:
         """Subject, text and HTML of ``notification`` for the user with ``profile``."""
         context = {
             **notification,
-            "url": link_of(notification.get("data") or {}),
+            "url": link_of(notification),
             "notification": notification,
             "user": {**dict.fromkeys(PROFILE_FIELDS), **profile},
             "app_name": self._app_name,

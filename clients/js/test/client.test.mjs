@@ -277,15 +277,16 @@ test("the token is refreshed before it expires", async () => {
   const { client, named } = open(
     WS_URL,
     () => {
-      issued.push(mint(user, { ttl: 3 }));
+      issued.push(mint(user, { ttl: 6 }));
       return issued.at(-1);
     },
-    { refreshMarginMs: 1500 },
+    // The margin is capped at half a token's life: each refresh has about 3 s before its token expires.
+    { refreshMarginMs: 5000 },
   );
   await client.connect();
   const connectionId = client.connectionId;
   const firstExpiry = tokenExpiry(issued[0]) * 1000;
-  await waitUntil(() => issued.length >= 3 && Date.now() > firstExpiry + 500, 15000, "two refreshes");
+  await waitUntil(() => issued.length >= 3 && Date.now() > firstExpiry + 500, 30000, "two refreshes");
   assert.equal(await client.ping(), "pong");
   assert.equal(client.connectionId, connectionId);
   assert.equal(named("disconnected").length, 0);

@@ -264,6 +264,14 @@ async def user_with_email(
     return user, address
 
 
+async def end_the_wait(db: asyncpg.Connection, *users: str) -> None:
+    """Make the waiting (delayed) jobs of ``users`` due now. Tests delay jobs by minutes, so that they
+    surely still wait however slow the machine, and end the wait with this when the test is ready."""
+    await db.execute(
+        "UPDATE delivery_jobs SET due_at = now() WHERE user_id = ANY($1) AND status = 'scheduled'", users
+    )
+
+
 def job_message(
     notification_id: str, user: str, channel: str = "email", *, title: str = "t", version: int | None = None
 ) -> Job:

@@ -56,6 +56,17 @@ def rabbitmqctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[s
     )
 
 
+def queue_depth(vhost: str, queue: str) -> int:
+    """Ready plus unacknowledged messages of ``queue`` in ``vhost`` (0 when it does not exist). A passive
+    declare's ``message_count`` counts only the ready ones, not those a consumer holds unacked."""
+    out = rabbitmqctl("list_queues", "-p", vhost, "--no-table-headers", "name", "messages").stdout
+    for line in out.splitlines():
+        name, _, count = line.partition("\t")
+        if name == queue:
+            return int(count)
+    return 0
+
+
 def close_connections(vhost: str, client: str = "") -> int:
     """Close, from the broker side, every connection to ``vhost`` whose client properties contain
     ``client`` (every one by default); return how many. ``close_connection`` takes the connection's

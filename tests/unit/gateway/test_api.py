@@ -110,7 +110,9 @@ class TestParams:
 
 class TestAnswer:
     def test_list_result_gets_the_seed_page_beside_the_cursor(self) -> None:
-        reply = rpc_result({"items": [{"seq": 3}], "next_cursor": 3, "total": 45, "unread_count": 7})
+        reply = rpc_result(
+            {"items": [{"seq": 3}], "next_cursor": 3, "total": 45, "unread_count": 7, "unseen_count": 5}
+        )
         status, body = answer(LIST, {"page": 2, "limit": 20}, reply)
         assert status == 200
         assert orjson.loads(body) == {
@@ -121,6 +123,7 @@ class TestAnswer:
             "totalPages": 3,
             "next_cursor": 3,
             "unread_count": 7,
+            "unseen_count": 5,
         }
 
     @pytest.mark.parametrize(

@@ -59,7 +59,12 @@ async def test_a_connect_that_gave_up_is_not_sent_when_its_batch_starts() -> Non
     with pytest.raises(asyncio.CancelledError):
         await left
     await asyncio.gather(*busy, return_exceptions=True)
-    await asyncio.sleep(0)  # the turn in which the freed requests' dispatcher would start the next batch
+    # A later connect is the marker: the next request sent carries it, and it alone.
+    marker = asyncio.ensure_future(opener.open("marker"))
+    await wait_until(lambda: len(worker.requests) > CONCURRENT_REQUESTS, 5, "the marker's request is sent")
+    marker.cancel()
+    await asyncio.gather(marker, return_exceptions=True)
     assert [request["params"]["user_ids"] for request in worker.requests] == [
-        [f"busy{n}"] for n in range(CONCURRENT_REQUESTS)
+        *([f"busy{n}"] for n in range(CONCURRENT_REQUESTS)),
+        ["marker"],
     ]

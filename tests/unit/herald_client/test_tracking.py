@@ -144,7 +144,7 @@ def _event(**fields: object) -> dict[str, object]:
         ({"title": ""}, "title"),
         ({"title": "x" * (MAX_TITLE_CHARS + 1)}, "title"),
         ({"message": "m" * 2001}, "message"),
-        ({"event_id": "e" * 201}, "event_id"),
+        ({"event_id": "e" * 256}, "event_id"),
         ({"data": {"blob": "x" * 9000}}, "data"),
     ],
 )

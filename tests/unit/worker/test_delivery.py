@@ -144,6 +144,16 @@ def test_a_notification_without_a_link_gets_no_button() -> None:
     assert "javascript:" not in rendered.html
 
 
+def test_the_button_links_the_notifications_url_before_data_url() -> None:
+    # PROTOCOL §10: ``url`` is the click target; ``data.url`` is the fallback, as for a push.
+    own = renderer().render({**NOTIFICATION, "url": "https://lms.example/c/42"}, {}, None)
+    assert 'href="https://lms.example/c/42"' in own.html
+    assert "https://lms.example/c/42" in own.text
+    assert "https://app.example/g" not in own.html
+    only_url = renderer().render({**NOTIFICATION, "url": "https://lms.example/c/7", "data": {}}, {}, None)
+    assert 'href="https://lms.example/c/7"' in only_url.html
+
+
 def test_an_operator_template_overrides_by_locale(tmp_path: Path) -> None:
     (tmp_path / "GRADE_RELEASED.de.subject.txt").write_text("Note: {{ title }}")
     (tmp_path / "GRADE_RELEASED.de.txt").write_text("Hallo {{ user.name }}: {{ message }}")
