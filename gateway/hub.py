@@ -176,22 +176,25 @@ class Hub:
         slot.pending[connection] = []
         return slot
 
-    async def attach(self, slot: UserSlot) -> None:
-        """Make sure the user's frames reach this process (no-op when already attached or the broker is down).
+    async def attach(self, slot: UserSlot) -> bool:
+        """Make sure the user's frames reach this process (no-op when already attached or the broker is
+        down: the rebuild after the next reconnect attaches every user still connected).
 
-        A failure is logged, not raised: the connection stays usable for requests, and the rebuild after
-        the next broker reconnect attaches the user again.
+        Returns whether they do or will. When the broker refused the attach on a live link (after the
+        link's own retries), the user's connections would stay open and hear nothing, with no reconnect to
+        repair it: they are closed 1013 instead, so that their clients come back with their backoff and
+        sync, and this returns ``False``.
         """
         async with slot.lock:
-            await self._attach_locked(slot)
+            return await self._attach_locked(slot)
 
-    async def _attach_locked(self, slot: UserSlot) -> None:
+    async def _attach_locked(self, slot: UserSlot) -> bool:
         if (
             not slot.connection_count
             or slot.attached_generation == self._topology.generation
             or not self._topology.ready
         ):
-            return
+            return True
         try:
             # The generation the binding was made in, not the one before the call: a reconnect while the
             # attach waited for its lane binds the new connection's queue, and the user's last release
@@ -199,6 +202,12 @@ class Hub:
             slot.attached_generation = await self._topology.attach(slot.user_id)
         except GatewayError as exc:
             log.warning("attach failed", user_id=slot.user_id, error=str(exc))
+            if self._topology.ready:  # else the link went down meanwhile, and its rebuild attaches the user
+                for connection in (*slot.live, *slot.pending):
+                    if self._count_drop(connection):
+                        spawn(connection.close(CloseCode.TRY_AGAIN_LATER, "subscription failed"))
+                return False
+        return True
 
     def go_live(self, connection: ServerConnection, slot: UserSlot) -> None:
         """``connected`` was written: write the frames buffered meanwhile, then relay directly."""
@@ -340,7 +349,7 @@ class Hub:
             drop(connection, CloseCode.TRY_AGAIN_LATER, "reader too slow")
 
     def _count_drop(self, connection: ServerConnection) -> bool:
-        """Whether ``connection`` is still open, and so is to be dropped; counted (1013) if so."""
+        """Whether ``connection`` is still open, and so is to be closed 1013; counted if so."""
         if connection.protocol.state is not State.OPEN:
             return False
         self._metrics.closes.labels(str(int(CloseCode.TRY_AGAIN_LATER))).inc()

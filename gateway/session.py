@@ -168,7 +168,11 @@ class _Session:
     async def run(self) -> None:
         owner, connection = self._owner, self._connection
         self._schedule_expiry()
-        await owner.hub.attach(self._slot)
+        if not await owner.hub.attach(self._slot):
+            # The hub is closing it 1013, so that its client reconnects and syncs rather than hearing
+            # nothing; returning at once would close it 1000 first, as the handler's end does.
+            await connection.wait_closed()
+            return
         params: dict[str, Any] = {"user_id": self._claims.user_id, "connection_id": str(connection.id)}
         since = self._slot.prefs_version
         opened = await self._session_open()

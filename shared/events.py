@@ -50,7 +50,7 @@ from herald_client.protocol import (
     MAX_DATA_BYTES as MAX_DATA_BYTES,
 )
 from herald_client.protocol import (
-    MAX_EVENT_ID_CHARS as MAX_EVENT_ID_CHARS,
+    MAX_EVENT_ID_BYTES as MAX_EVENT_ID_BYTES,
 )
 from herald_client.protocol import (
     MAX_MESSAGE_CHARS as MAX_MESSAGE_CHARS,
@@ -120,6 +120,16 @@ def _data_within_limit(value: dict[str, Any]) -> dict[str, Any]:
 NulFree = Annotated[str, AfterValidator(_no_nul)]
 
 
+def _event_id_fits(value: str) -> str:
+    # Counted in bytes: a broadcast's key becomes the AMQP message_id of its copy, which holds 255.
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_EVENT_ID_BYTES:
+        raise ValueError(f"must be at most {MAX_EVENT_ID_BYTES} bytes in UTF-8")
+    return value
+
+
+EventId = Annotated[str, AfterValidator(_no_nul), AfterValidator(_event_id_fits)]
+
+
 def _source_name(value: str) -> str:
     if not _SOURCE_RE.fullmatch(value):
         raise ValueError("must be 1 to 64 characters of A-Z a-z 0-9 . _ : -")
@@ -186,10 +196,10 @@ class _EventFields(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
-    event_id: NulFree | None = Field(
+    event_id: EventId | None = Field(
         default=None,
         min_length=1,
-        max_length=MAX_EVENT_ID_CHARS,
+        max_length=MAX_EVENT_ID_BYTES,  # characters, for the schema; the bytes are checked too
         validation_alias=AliasChoices("event_id", "eventId"),
     )
     source: Source | None = None

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import aio_pika
 import orjson
 import pytest
+from websockets.asyncio.client import connect
 
 from herald_ops.testing.gateway import (
     BROKER_SETTLES,
@@ -29,9 +30,11 @@ from herald_ops.testing.gateway import (
     user_bindings,
     user_exchanges,
     user_frame,
+    wait_closed,
 )
-from herald_ops.testing.stack import fresh_id, stack_context, wait_until
-from shared.jsonrpc import notification_frame
+from herald_ops.testing.stack import fresh_id, mint, stack_context, wait_until
+from shared.jsonrpc import CloseCode, notification_frame
+from shared.topology import Topology
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -216,3 +219,23 @@ async def test_broadcast_follows_each_users_in_app_switches(
         assert (await quiet_ws.recv()).encode() == muted
     finally:
         await close_all([loud_ws, quiet_ws])
+
+
+async def test_a_user_whose_attach_the_broker_refuses_is_closed_1013_not_left_deaf(
+    gateways: tuple[HeraldProcess, HeraldProcess], channel: AbstractChannel
+) -> None:
+    # An exchange of another type under the user's name: every declare of it is refused (406) on a live
+    # link. Connected anyway, the client would get no frame ever, and no reconnect would come to repair it.
+    user = fresh_id()
+    conflicting = await channel.declare_exchange(
+        Topology().user_exchange(user), aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    try:
+        ws = await connect(f"{gateways[0].ws_url}?token={mint(user)}", compression=None)
+        code, reason = await wait_closed(ws, timeout=60)
+        assert (code, reason) == (CloseCode.TRY_AGAIN_LATER, "subscription failed")
+    finally:
+        await conflicting.delete()
+    ws, params = await open_client(gateways[0], user)  # the broker takes it again: the reconnect works
+    await ws.close()
+    assert params["user_id"] == user

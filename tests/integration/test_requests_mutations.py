@@ -347,6 +347,7 @@ async def test_broadcast_is_admin_only_and_becomes_a_broadcast_event(
         ({"title": "t", "type": "NOPE"}, "type"),
         ({"title": "t", "user_id": "someone"}, "user_id"),
         ({"title": "t", "data": {"blob": "x" * 9000}}, "data"),
+        ({"title": "t", "event_id": "é" * 200}, "event_id"),  # 400 bytes: no AMQP message_id holds it
     ):
         reply = await call(worker_state, "notifications.broadcast", bad, user=fresh_id(), admin=True)
         assert reply["error"]["code"] == -32602

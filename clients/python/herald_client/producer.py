@@ -29,7 +29,7 @@ from herald_client.protocol import (
     MAX_ACTIONS,
     MAX_COLLAPSE_KEY_CHARS,
     MAX_DATA_BYTES,
-    MAX_EVENT_ID_CHARS,
+    MAX_EVENT_ID_BYTES,
     MAX_MESSAGE_CHARS,
     MAX_RECIPIENTS,
     MAX_TITLE_CHARS,
@@ -306,8 +306,8 @@ def _check_common(body: dict[str, Any]) -> None:
         raise InvalidEvent(f"title: must be 1 to {MAX_TITLE_CHARS} characters")
     if len(body["message"]) > MAX_MESSAGE_CHARS:
         raise InvalidEvent(f"message: must be at most {MAX_MESSAGE_CHARS} characters")
-    if len(body["event_id"]) > MAX_EVENT_ID_CHARS:
-        raise InvalidEvent(f"event_id: must be at most {MAX_EVENT_ID_CHARS} characters")
+    if len(body["event_id"].encode("utf-8", "surrogatepass")) > MAX_EVENT_ID_BYTES:
+        raise InvalidEvent(f"event_id: must be at most {MAX_EVENT_ID_BYTES} bytes in UTF-8")
     if len(orjson.dumps(body["data"])) > MAX_DATA_BYTES:
         raise InvalidEvent(f"data: must serialize to at most {MAX_DATA_BYTES} bytes")
 

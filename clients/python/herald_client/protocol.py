@@ -63,9 +63,9 @@ MAX_DATA_BYTES: Final = 8 * 1024
 MAX_TITLE_CHARS: Final = 200
 MAX_MESSAGE_CHARS: Final = 2000
 MAX_RECIPIENTS: Final = 1000
-# The AMQP ``message_id`` (a short string: at most 255 bytes) is the key when the body names none, so any
-# message id fits (amendment 48).
-MAX_EVENT_ID_CHARS: Final = 255
+# In UTF-8 bytes: the AMQP ``message_id`` (a short string, at most 255 bytes) is the key when the body
+# names none, and a broadcast's key becomes its ``message_id``, so either way it fits (amendment 48).
+MAX_EVENT_ID_BYTES: Final = 255
 # A producer's name (`source`): its event ids are unique within it, not across producers. At most 64 ASCII
 # characters, so it is also a valid BLAKE2b key (the worker derives notification ids with it).
 SOURCE_PATTERN: Final = r"^[A-Za-z0-9._:-]{1,64}$"

@@ -25,13 +25,17 @@ class FakeTopology:
         self.ready = True
         self.calls: list[tuple[str, str]] = []
         self.fail_attach = False
+        #: With ``fail_attach``: the link drops while the attach waits, as a broker restart does.
+        self.drop_link_in_attach = False
         self.fail_detach: Exception | None = None
         #: Set to make the next attach wait for it, as an attach queued behind its lane's batch does.
         self.hold_attach: asyncio.Event | None = None
 
     async def attach(self, user_id: str) -> int:
         if self.fail_attach:
-            raise TopologyError("down")
+            if self.drop_link_in_attach:
+                self.ready = False
+            raise TopologyError("refused")
         if self.hold_attach is not None:
             await self.hold_attach.wait()
         self.calls.append(("attach", user_id))
@@ -262,12 +266,48 @@ async def test_rebuild_reattaches_only_connected_users_and_tells_them_to_sync(
     assert stays.received == [SYNC_REQUIRED]
 
 
-async def test_a_failed_attach_is_retried_by_the_next_rebuild(hub: Hub, topology: FakeTopology) -> None:
+async def test_an_attach_refused_on_a_live_link_closes_the_connection_1013(
+    hub: Hub, topology: FakeTopology
+) -> None:
+    # Left open, the connection would get `connected` and then no frame ever, with no reconnect coming
+    # to repair it; closed, its client comes back with its backoff and syncs.
     topology.fail_attach = True
-    connection, slot = await live(hub, "u1")
-    assert slot.attached_generation == 0
+    connection = FakeConnection()
+    slot = hub.admit(connection, "u1")  # type: ignore[arg-type]
+    assert not isinstance(slot, CloseCode)
+    assert await hub.attach(slot) is False
+    await wait_until(lambda: connection.closed_with is not None, 5, "the connection closed")
+    assert connection.closed_with == (CloseCode.TRY_AGAIN_LATER, "subscription failed")
     topology.fail_attach = False
-    topology.generation += 1
+    again = FakeConnection()
+    await hub.release(connection, slot)
+    slot = hub.admit(again, "u1")  # type: ignore[arg-type]
+    assert not isinstance(slot, CloseCode)
+    assert await hub.attach(slot) is True  # the reconnect attaches
+    assert topology.calls == [("attach", "u1")]
+
+
+async def test_an_attach_refused_by_a_rebuild_closes_the_users_connections_1013(
+    hub: Hub, topology: FakeTopology
+) -> None:
+    first, _ = await live(hub, "u1")
+    second, _ = await live(hub, "u1")
+    topology.generation += 1  # reconnected; the user's exchange is refused in the new generation
+    topology.fail_attach = True
+    await hub.rebuild()
+    await wait_until(lambda: first.closed_with and second.closed_with, 5, "both connections closed")
+    assert first.closed_with == second.closed_with == (CloseCode.TRY_AGAIN_LATER, "subscription failed")
+    assert SYNC_REQUIRED not in first.received + second.received
+
+
+async def test_an_attach_failed_as_the_link_dropped_waits_for_the_rebuild(
+    hub: Hub, topology: FakeTopology
+) -> None:
+    topology.fail_attach = topology.drop_link_in_attach = True
+    connection, slot = await live(hub, "u1")
+    assert (slot.attached_generation, connection.closed_with) == (0, None)  # kept: the rebuild repairs it
+    topology.fail_attach = False
+    topology.generation, topology.ready = topology.generation + 1, True
     await hub.rebuild()
     assert slot.attached_generation == topology.generation
     assert connection.received == [SYNC_REQUIRED]

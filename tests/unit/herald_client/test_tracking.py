@@ -145,6 +145,7 @@ def _event(**fields: object) -> dict[str, object]:
         ({"title": "x" * (MAX_TITLE_CHARS + 1)}, "title"),
         ({"message": "m" * 2001}, "message"),
         ({"event_id": "e" * 256}, "event_id"),
+        ({"event_id": "é" * 128}, "event_id"),
         ({"data": {"blob": "x" * 9000}}, "data"),
     ],
 )

@@ -70,8 +70,8 @@ def test_broadcast_needs_no_user() -> None:
 def test_message_id_is_the_key_unless_the_body_has_one() -> None:
     assert parse({**BASE, "user_id": "u"}, message_id="m1").event_id == "m1"  # type: ignore[attr-defined]
     assert parse({**BASE, "user_id": "u", "eventId": "e"}, message_id="m1").event_id == "e"  # type: ignore[attr-defined]
-    longest = "m" * 255  # an AMQP message_id is at most 255 bytes: every one is a valid key
-    assert parse({**BASE, "user_id": "u"}, message_id=longest).event_id == longest  # type: ignore[attr-defined]
+    for longest in ("m" * 255, "é" * 127 + "m"):  # an AMQP message_id holds 255 bytes: each one is a key
+        assert parse({**BASE, "user_id": "u"}, message_id=longest).event_id == longest  # type: ignore[attr-defined]
 
 
 def test_a_source_scopes_the_idempotency_key() -> None:
@@ -131,6 +131,7 @@ def test_channels_narrow_to_known_ones() -> None:
         ({**BASE, "user_id": "u", "type": "lower"}, "type"),
         ({"user_id": "u", "title": "t"}, "type"),
         ({**BASE, "user_id": "u", "event_id": "e" * 256}, "event_id"),
+        ({**BASE, "user_id": "u", "event_id": "é" * 128}, "event_id"),  # 256 bytes in UTF-8
         ({**BASE, "user_id": "u", "expires_at": "2030-01-01T00:00:00"}, "expires_at"),
         ({"pattern": SEND, "data": "nope"}, "data"),
     ],
