@@ -2,7 +2,7 @@
 
 The worker publishes an invalid event to ``herald.dlx`` as a copy of the producer's message plus
 ``x-herald-error`` (the reason), ``x-herald-routing-key`` and ``x-herald-exchange``
-(:func:`dead_letter_headers`). The broker adds ``x-death`` (and ``x-first-death-*`` / ``x-last-death-*``)
+(:func:`dead_letter_copy`). The broker adds ``x-death`` (and ``x-first-death-*`` / ``x-last-death-*``)
 when it dead-letters after the delivery limit or an expiry. A replayed event starts again without any of
 these headers.
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Final
 
 import aio_pika
+from pamqp.header import ContentHeader
 
 from shared.topology import ERROR_HEADER, ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER
 
@@ -38,6 +39,13 @@ DEAD_LETTER_HEADERS: Final = frozenset(
 DEAD_LETTER_HEADER_PREFIXES: Final = ("x-first-death-", "x-last-death-")
 #: Routing keys a replay may use on the events exchange (what producers publish Herald events under).
 REPLAYABLE_ROUTING_PREFIXES: Final = ("notification.", "user.")
+#: The longest ``x-herald-error``, in characters. A reason can quote its input (a Postgres error, an
+#: envelope's ``pattern``), which only the message's size bounds, and the header must stay readable.
+MAX_REASON_CHARS: Final = 1000
+#: An AMQP frame's bytes around its payload: type, channel and size before it, the frame-end octet after.
+FRAME_OVERHEAD: Final = 8
+#: Leads the reason of a copy without the producer's headers, where the cap (it cuts the end) keeps it.
+HEADERS_DROPPED: Final = "headers: the producer's were dropped (no room for them in one AMQP frame)"
 
 
 class ReplayRefused(ValueError):
@@ -82,16 +90,53 @@ def replay_message(message: AbstractIncomingMessage) -> aio_pika.Message:
     return copy_message(message, headers)
 
 
+def bounded_reason(reason: str) -> str:
+    """``reason`` as a dead letter carries it: at most :data:`MAX_REASON_CHARS`, ending in "…" if cut."""
+    if len(reason) <= MAX_REASON_CHARS:
+        return reason
+    return reason[: MAX_REASON_CHARS - 1] + "…"
+
+
 def dead_letter_headers(
     incoming: Mapping[str, Any], reason: str, exchange: str, routing_key: str
 ) -> dict[str, Any]:
     """The headers of the worker's copy of a rejected event: the producer's own headers, minus any
-    dead-letter header it sent (so none can be forged), plus the reason and where the event came from."""
+    dead-letter header it sent (so none can be forged), plus the reason (:func:`bounded_reason`) and
+    where the event came from."""
     headers = {key: value for key, value in incoming.items() if not is_dead_letter_header(key)}
-    headers[ERROR_HEADER] = reason
+    headers[ERROR_HEADER] = bounded_reason(reason)
     headers[ORIGINAL_ROUTING_KEY_HEADER] = routing_key
     headers[ORIGINAL_EXCHANGE_HEADER] = exchange
     return headers
+
+
+def header_frame_bytes(message: aio_pika.Message) -> int:
+    """The size of ``message``'s content header frame (its properties, headers included) on the wire."""
+    return len(ContentHeader(0, len(message.body), message.properties).marshal()) + FRAME_OVERHEAD
+
+
+def dead_letter_copy(message: AbstractIncomingMessage, reason: str, frame_max: int) -> aio_pika.Message:
+    """The worker's copy of a rejected event for ``herald.dlx``: persistent, with :func:`dead_letter_headers`.
+
+    A body is split over as many frames as it takes, but the content header must fit in one of the
+    connection's ``frame_max`` bytes: the broker closes the whole connection on a larger one. When the
+    producer's own headers leave no room for Herald's, the copy goes without them (the reason says so),
+    instead of the event coming back at every redelivery.
+
+    Raises:
+        ValueError: not even that copy fits (its other properties are each at most 255 bytes: only a
+            ``frame_max`` near RabbitMQ's minimum, 4096, can be that small).
+    """
+    exchange, routing_key = message.exchange or "", message.routing_key or ""
+    headers = dead_letter_headers(message.headers or {}, reason, exchange, routing_key)
+    copy = copy_message(message, headers, aio_pika.DeliveryMode.PERSISTENT)
+    if header_frame_bytes(copy) <= frame_max:
+        return copy
+    headers = dead_letter_headers({}, f"{HEADERS_DROPPED}; {reason}", exchange, routing_key)
+    copy = copy_message(message, headers, aio_pika.DeliveryMode.PERSISTENT)
+    if header_frame_bytes(copy) > frame_max:
+        raise ValueError(f"the dead letter's properties do not fit in one frame of {frame_max} bytes")
+    return copy
 
 
 def replay_destination(exchange: str, routing_key: str, topology: Topology) -> tuple[str, str]:

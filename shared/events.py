@@ -104,12 +104,19 @@ def _no_nul(value: str) -> str:
     return value
 
 
+#: orjson reads 1,024 levels of nesting but writes 254, and the deepest document holding ``data`` (the
+#: ``notifications.list`` reply, ``{"result": {"items": [{"data": …}]}}``) wraps it in four: deeper data
+#: could be stored, but neither its frame nor the user's inbox could be written.
+MAX_DATA_DEPTH: Final = 254 - 4
+
+
 def _data_within_limit(value: dict[str, Any]) -> dict[str, Any]:
     try:
-        serialized = orjson.dumps(value)
-    except orjson.JSONEncodeError as exc:
-        # orjson reads deeper nesting than it writes: a TypeError would escape validation entirely.
-        raise ValueError(f"cannot be serialized ({exc})") from None
+        # Within four levels, as that reply holds it. Too deep is the one error orjson can meet with a
+        # document it parsed, and its TypeError would escape validation entirely.
+        serialized = orjson.dumps([[[[value]]]])[4:-4]
+    except orjson.JSONEncodeError:
+        raise ValueError(f"must be nested at most {MAX_DATA_DEPTH} levels deep") from None
     if len(serialized) > MAX_DATA_BYTES:
         raise ValueError(f"must serialize to at most {MAX_DATA_BYTES} bytes")
     if _ESCAPED_NUL.search(serialized):
@@ -381,7 +388,8 @@ def parse_event(body: bytes, routing_key: str | None, message_id: str | None = N
         # Through the default exchange the routing key is the queue's name: treat it as a send.
         model = SendEvent
     else:
-        raise InvalidEvent(f"routing key: unknown event kind {kind!r}")
+        # A NestJS envelope's pattern is as long as the body allows: the reason quotes 64 characters.
+        raise InvalidEvent(f"routing key: unknown event kind {kind[:64]!r}{'…' if len(kind) > 64 else ''}")
 
     if message_id and not raw.get("event_id") and not raw.get("eventId"):
         raw = {**raw, "event_id": message_id}

@@ -125,9 +125,14 @@ class Broadcasts:
         self._added = asyncio.Event()
 
     def add(self, item: Pending) -> None:
-        """Queue an accepted broadcast; its delivery is held (``worker.acks``) until it is settled."""
+        """Queue an accepted broadcast; its delivery is held (``worker.acks``) until it is settled.
+
+        Routed first: if that raises, the delivery is not held and the caller settles it (a held delivery
+        that no run settles would stay unacked until the channel closes, and come back every time).
+        """
+        run = BroadcastRun.start(item, self._catalog(), self._chunk_size)
         self._acks.hold(item.channel, item.tag)
-        self._runs.append(BroadcastRun.start(item, self._catalog(), self._chunk_size))
+        self._runs.append(run)
         self._added.set()
 
     def wake(self) -> None:

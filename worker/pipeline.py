@@ -142,8 +142,7 @@ class Pipeline:
             return self._profiles.run(event.user_id, lambda: self._accept_after_io(message, channel, event))
         if event.type not in self._catalog():
             return self._accept_after_io(message, channel, event)
-        self._enqueue(message, channel, event)
-        return None
+        return self._enqueue(message, channel, event)
 
     async def _accept_after_io(
         self,
@@ -168,23 +167,32 @@ class Pipeline:
             return
         if isinstance(event, ProfileEvent):
             await self._acks.settle(channel, (message.delivery_tag or 0,))
-        else:
-            self._enqueue(message, channel, event)
+        elif (refused := self._enqueue(message, channel, event)) is not None:
+            await refused
 
     def _enqueue(
         self, message: DeliveredMessage, channel: AbstractChannel, event: SendEvent | BroadcastEvent
-    ) -> None:
+    ) -> Coroutine[Any, Any, None] | None:
+        """Queue a valid event; returns the dead-lettering of a broadcast that cannot be routed, to run."""
         if self._closing:
-            return  # stopping: left unacked, requeued when the channel closes
+            return None  # stopping: left unacked, requeued when the channel closes
         item = Pending(event, message, channel, message.delivery_tag or 0)
         if isinstance(event, BroadcastEvent):
-            self._broadcasts.add(item)
-            return
+            try:
+                self._broadcasts.add(item)
+            except Exception as exc:
+                # Routing depends on the event and the catalog alone: it would fail at every redelivery.
+                log.exception(
+                    "broadcast could not be routed", message_id=message.header.properties.message_id
+                )
+                return self.dead_letter(message, channel, f"route: {type(exc).__name__}: {exc}")
+            return None
         self._pending.append(item)
         if len(self._pending) == 1:
             self._wake.set()
         if len(self._pending) >= self._batch_size:
             self._full.set()
+        return None
 
     async def dead_letter(self, message: DeliveredMessage, channel: AbstractChannel, reason: str) -> None:
         """Publish ``message`` to ``herald.dlx`` with ``reason`` (confirmed), then ack it.

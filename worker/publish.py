@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Final
 from aio_pika import DeliveryMode, IncomingMessage, Message
 from aiormq import spec
 
-from shared.deadletter import copy_message, dead_letter_headers
+from shared.deadletter import dead_letter_copy
 from shared.topology import (
     BROADCAST_CRITICAL_HEADER,
     BROADCAST_TYPE_HEADER,
@@ -38,7 +38,7 @@ from shared.topology import (
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Sequence
 
-    from aio_pika.abc import AbstractExchange, HeadersType
+    from aio_pika.abc import AbstractExchange
     from aiormq.abc import DeliveredMessage
 
 JSON: Final = "application/json"
@@ -142,15 +142,14 @@ class Publisher:
 
         The body and properties are kept; headers gain ``x-herald-error`` and the original routing key
         and exchange, which a broker-side reject could not carry, and lose any dead-letter header the
-        producer sent (:func:`shared.deadletter.dead_letter_headers`).
+        producer sent, or all of the producer's when they would not fit in one frame with Herald's
+        (:func:`shared.deadletter.dead_letter_copy`).
         """
         # Only a rejected event pays for aio-pika's decoded view of its properties.
         message = IncomingMessage(delivered, no_ack=True)
-        headers: HeadersType = dead_letter_headers(
-            message.headers or {}, reason, message.exchange or "", message.routing_key or ""
-        )
+        channel = await self.dlx.channel.get_underlay_channel()  # type: ignore[attr-defined]
         await self.dlx.publish(
-            copy_message(message, headers, DeliveryMode.PERSISTENT),
+            dead_letter_copy(message, reason, channel.connection.connection_tune.frame_max),
             routing_key=message.routing_key or "",
             mandatory=False,
         )

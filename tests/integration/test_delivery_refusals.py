@@ -1,10 +1,11 @@
 """Jobs ``herald-delivery`` refuses for good, at once and with the reason, end to end (a real worker and
 delivery process, an aiosmtpd server): a job of another service whose notification would carry a header
-of its own, an address aiosmtplib would send to another mailbox, a template the notification does not fit.
-Retrying any of them would fail the same way every time."""
+of its own or whose values are too long for Postgres' indexes, an address aiosmtplib would send to another
+mailbox, a template the notification does not fit. Retrying any of them would fail the same way every time."""
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ from herald_ops.testing.delivery import user_with_email
 from herald_ops.testing.stack import fresh_id, stack_context, wait_until
 from herald_ops.testing.worker import TOPOLOGY, Watcher, event
 from tests.integration.test_undecodable_input import dead_letter_reasons
+from worker.delivery.jobs import MAX_JOB_KEY_BYTES
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -93,8 +95,11 @@ async def test_an_address_aiosmtplib_would_rewrite_fails_instead_of_reaching_ano
     assert [mailbox.count(to) for to in rewritten.values()] == [0, 0]
 
 
-def job_message(user: str, marker: str, **notification: Any) -> aio_pika.Message:
-    """A job of another service on ``herald.deliveries`` (an email due now); ``marker`` is its title."""
+def job_message(
+    user: str, marker: str, job: dict[str, Any] | None = None, **notification: Any
+) -> aio_pika.Message:
+    """A job of another service on ``herald.deliveries`` (an email due now); ``marker`` is its title, ``job``
+    more fields of the job."""
     body = {
         "notification": {
             "id": fresh_id("n"),
@@ -107,6 +112,7 @@ def job_message(user: str, marker: str, **notification: Any) -> aio_pika.Message
         },
         "user_id": user,
         "channel": "email",
+        **(job or {}),
     }
     return aio_pika.Message(orjson.dumps(body), content_type="application/json")
 
@@ -135,6 +141,30 @@ async def test_a_job_whose_notification_would_carry_a_header_of_its_own_is_dead_
         "SELECT notification->>'title' AS title FROM delivery_jobs WHERE user_id = $1", user
     )
     assert [row["title"] for row in titles] == ["after them"]
+
+
+async def test_a_job_with_a_value_too_long_to_index_is_dead_lettered_and_frees_its_slot(
+    watcher: Watcher, pg: asyncpg.Connection, mailbox: Mailbox
+) -> None:
+    """Postgres refuses an index entry over 2,704 bytes (54000, program limit exceeded), which used to
+    escape into FastStream: the message was neither acked nor logged and held a prefetch slot for good.
+    Both values are refused up front now (tests/unit/worker/test_delivery_intake.py: the error itself)."""
+    user, address = await user_with_email(watcher, pg)
+    exchange = await watcher.channel.get_exchange(TOPOLOGY.deliveries_exchange)
+    too_long = secrets.token_hex(1500)  # 3,000 characters that TOAST cannot compress below the limit
+    refused = {
+        "long user id": "user_id: String should match pattern",
+        "long job key": f"job_key: Value error, must be at most {MAX_JOB_KEY_BYTES} bytes in UTF-8",
+    }
+    await exchange.publish(job_message(too_long, "long user id"), "email")
+    await exchange.publish(job_message(user, "long job key", {"job_key": too_long, "version": 1}), "email")
+    await exchange.publish(job_message(user, "after them"), "email")
+
+    reasons = await dead_letter_reasons(watcher.channel, TOPOLOGY.deliveries_dead_queue, *refused)
+    for marker, reason in refused.items():
+        assert reasons[marker].startswith(reason), (marker, reasons[marker])
+    await wait_until(lambda: mailbox.count(address) == 1, 30, "the job after the refused ones sent")
+    assert [message["Subject"] for message in mailbox.to(address)] == ["after them"]
 
 
 async def test_a_template_the_notification_does_not_fit_fails_its_job_at_the_first_attempt(

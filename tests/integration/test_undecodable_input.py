@@ -127,7 +127,11 @@ async def test_delivery_dead_letters_jobs_it_cannot_record_and_records_the_next(
         "nul": "store: CharacterNotInRepertoireError",
         "version": "store: DataError",
     }
-    for body in (job(user + "\u0000nul", "nul"), job(user, "version", job_key=fresh_id("k"), version=2**40)):
+    # A NUL in the job key (a user id with one is refused before the store: not the event pattern).
+    for body in (
+        job(user, "nul", job_key="k\u0000nul", version=1),
+        job(user, "version", job_key=fresh_id("k"), version=2**40),
+    ):
         await exchange.publish(aio_pika.Message(orjson.dumps(body)), routing_key="email")
     await exchange.publish(aio_pika.Message(orjson.dumps(job(user, "after them"))), routing_key="email")
 

@@ -15,17 +15,26 @@ from typing import Annotated, Any, Final, Literal
 import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, ValidationError
 
-from shared.events import TYPE_PATTERN, validation_reason
+from shared.events import TYPE_PATTERN, USER_ID_PATTERN, validation_reason
 from worker.text import refuse_control_characters
 from worker.writes import Job
 
 Status = Literal["sent", "skipped", "retry", "failed"]
 #: The longest error text kept in a job's row and dead-letter header.
 MAX_ERROR_CHARS: Final = 500
+#: The longest ``job_key``, in UTF-8 bytes. The worker's own keys (``<32 hex>:<user id>:<channel>``) take
+#: at most 167; the key is indexed, and Postgres refuses an index entry over about 2,700 bytes (54000).
+MAX_JOB_KEY_BYTES: Final = 512
 
 
 class InvalidJob(ValueError):
     """A ``herald.deliveries`` message that is not a job; it is dead-lettered with this reason."""
+
+
+def _job_key_fits(value: str) -> str:
+    if len(value.encode()) > MAX_JOB_KEY_BYTES:
+        raise ValueError(f"must be at most {MAX_JOB_KEY_BYTES} bytes in UTF-8")
+    return value
 
 
 class JobNotification(BaseModel):
@@ -53,12 +62,13 @@ class JobMessage(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     notification: JobNotification
-    user_id: str
+    #: An event's recipient (the same pattern): it is indexed, and names the user's profile row.
+    user_id: Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
     channel: Literal["email", "push"]
     deliver_after: datetime | None = None
     #: ``<notification id>:<user>:<channel>`` and the notification's seq (amendment 14); absent in the
     #: old format, whose jobs are keyed by their message id only.
-    job_key: str | None = None
+    job_key: Annotated[str, AfterValidator(_job_key_fits)] | None = None
     version: int | None = None
 
 

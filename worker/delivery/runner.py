@@ -29,6 +29,7 @@ import asyncpg
 import orjson
 import structlog
 
+from shared.deadletter import bounded_reason
 from shared.topology import ERROR_HEADER
 from worker.delivery import metrics
 from worker.delivery.jobs import InvalidJob, Outcome, parse_job, retry_delay, settle, to_record
@@ -53,6 +54,15 @@ log = structlog.get_logger("herald.delivery")
 T = TypeVar("T")
 _OUTAGE_BACKOFF_START: Final = 0.2
 _OUTAGE_BACKOFF_MAX: Final = 5.0
+#: What Postgres refuses in a job's values, so that recording it can never succeed: a data exception
+#: (NUL, out of range), a constraint, a program limit (54000: a value too long for its index entry), or
+#: a value orjson cannot write (nested too deep).
+_REFUSED: Final = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.ProgramLimitExceededError,
+    orjson.JSONEncodeError,
+)
 
 
 class _Outcomes:
@@ -145,9 +155,10 @@ class ChannelRunner:
         """Record one job message from another service (the pump sends it when due), then ack it.
 
         A job that cannot be recorded is dead-lettered with its reason, then acked: one that breaks a
-        rule, whose properties could not be decoded, or with a value Postgres refuses (a NUL in a
-        string, a number or date out of its column's range, data nested too deep to serialize). Left
-        unacked, it would hold one of the channel's prefetch slots and come back after every restart.
+        rule, whose properties could not be decoded, with a value Postgres refuses (a NUL in a string, a
+        number or date out of its column's range, a value too long to index, data nested too deep to
+        serialize), or that failed in any other way but an outage, which is waited out. Left unacked, it
+        would hold one of the channel's prefetch slots and come back after every restart.
         """
         try:
             if undecodable(message.headers):
@@ -159,8 +170,11 @@ class ChannelRunner:
                 await self._with_database(lambda: deliveries.record(self._pool, [to_record(job_id, job)]))
         except InvalidJob as exc:
             reason = str(exc)
-        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, orjson.JSONEncodeError) as exc:
+        except _REFUSED as exc:
             reason = f"store: {type(exc).__name__}: {exc}"
+        except Exception as exc:  # a bug (outages never get here): FastStream would leave it unacked
+            log.exception("recording a job failed", channel=self.channel, message_id=message.message_id)
+            reason = f"recording failed: {type(exc).__name__}: {exc}"
         else:
             self.wake()
             await message.ack()
@@ -281,7 +295,7 @@ class ChannelRunner:
             await self._broker.publish(
                 body,
                 queue=self._dead_queue,
-                headers={ERROR_HEADER: reason},
+                headers={ERROR_HEADER: bounded_reason(reason)},
                 message_id=job_id,
                 persist=True,
                 content_type="application/json",

@@ -10,6 +10,7 @@ import pytest
 from shared.events import (
     MAX_BODY_BYTES,
     MAX_DATA_BYTES,
+    MAX_DATA_DEPTH,
     BroadcastEvent,
     IdempotencyKey,
     InvalidEvent,
@@ -17,6 +18,7 @@ from shared.events import (
     is_valid_user_id,
     parse_event,
 )
+from shared.jsonrpc import notification_frame, rpc_result
 
 SEND = "notification.send"
 BASE = {"type": "NEW_COMMENT", "title": "Hello", "message": "World"}
@@ -170,6 +172,40 @@ def test_data_nested_deeper_than_it_can_be_stored_is_invalid() -> None:
     body = b'{"type": "NEW_COMMENT", "user_id": "u", "title": "t", "data": ' + deep + b"}"
     with pytest.raises(InvalidEvent, match="data"):
         parse_event(body, SEND)
+
+
+def nested(levels: int) -> bytes:
+    """A send event's body whose ``data`` is nested ``levels`` deep (``data`` itself the first level)."""
+    data = b'{"x":' + b"[" * (levels - 1) + b"]" * (levels - 1) + b"}"
+    return b'{"type": "NEW_COMMENT", "user_id": "u", "title": "t", "data": ' + data + b"}"
+
+
+@pytest.mark.parametrize("levels", [MAX_DATA_DEPTH + 1, 253, 254])
+@pytest.mark.parametrize("kind", [SEND, "notification.broadcast"])
+def test_data_too_deep_for_the_documents_that_carry_it_is_invalid(levels: int, kind: str) -> None:
+    """orjson writes 254 levels: data 253 deep passed when checked alone, then its frame (two levels
+    more) could not be written, nor the ``notifications.list`` reply (four)."""
+    with pytest.raises(InvalidEvent) as caught:
+        parse_event(nested(levels), kind)
+    assert caught.value.reason == f"data: Value error, must be nested at most {MAX_DATA_DEPTH} levels deep"
+
+
+def test_data_as_deep_as_allowed_fits_its_frame_and_the_inbox_reply() -> None:
+    event = parse_event(nested(MAX_DATA_DEPTH), SEND)
+    assert isinstance(event, SendEvent)
+    notification_frame("notification:new", {"id": "n", "data": event.data})
+    rpc_result({"items": [{"id": "n", "data": event.data}]})
+
+
+def test_an_unknown_kind_is_quoted_by_its_start_only() -> None:
+    # A NestJS envelope's pattern is bounded only by the body: the reason would have been ~160 KB.
+    pattern = "notification." + "\U000f0000" * 16000
+    quoted = reason({"pattern": pattern, "data": {}}, None)
+    assert quoted == f"routing key: unknown event kind {pattern[:64]!r}…"
+    assert (
+        reason({**BASE, "user_id": "u"}, "notification.x")
+        == "routing key: unknown event kind 'notification.x'"
+    )
 
 
 def test_user_id_check() -> None:

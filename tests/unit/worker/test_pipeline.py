@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, cast
+
+import orjson
 
 from herald_ops.testing.stack import wait_until
 from herald_ops.testing.worker import FakeChannel, delivered
@@ -16,6 +19,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     import asyncpg
+    import pytest
 
     from worker.publish import Publisher
 
@@ -177,3 +181,35 @@ async def test_a_statement_canceled_every_time_is_retried_a_bounded_number_of_ti
     assert len(attempts) == pipeline_module.QUERY_CANCELED_RETRIES + 1
     assert len(poisoned) == 1
     assert isinstance(poisoned[0], asyncpg.QueryCanceledError)
+
+
+async def test_a_broadcast_that_cannot_be_routed_is_dead_lettered_not_held(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Routing a broadcast (its frame built with orjson) depends on nothing but the event and the catalog.
+    It used to fail after the delivery was held: the error escaped into aiormq, and the delivery, never
+    settled, came back at every restart of the worker."""
+    from worker import broadcasts
+
+    def unroutable(*_: object) -> None:
+        raise orjson.JSONEncodeError("Recursion limit reached")
+
+    monkeypatch.setattr(broadcasts, "route_broadcast", unroutable)
+    channel = FakeChannel()
+    catalog = Catalog([NotificationType("SYSTEM_ANNOUNCEMENT", "system", {"in_app": True})])
+    pipeline = offline_pipeline(catalog=lambda: catalog)
+    reasons: list[str] = []
+
+    async def dead_letter(_message: object, reason: str) -> None:
+        reasons.append(reason)
+
+    pipeline._publisher = cast("Publisher", SimpleNamespace(dead_letter=dead_letter))
+    event = {"type": "SYSTEM_ANNOUNCEMENT", "title": "t", "event_id": "b1"}
+    work = pipeline.accept(delivered(channel, 1, event, routing_key="notification.broadcast"))
+    assert work is not None
+    await work
+
+    assert reasons == ["route: TypeError: Recursion limit reached"]
+    assert channel.calls == [("ack", 1, True)]
+    await pipeline._acks.settle(cast("Any", channel), [2])  # not held: later acks are contiguous again
+    assert channel.calls[-1] == ("ack", 2, True)
