@@ -57,7 +57,15 @@ WS_PATH: Final = "/notifications"
 DEV_TOKEN_TTL: Final = 3600.0
 #: The browser client's files (``@herald/client``): the entry module, its types and the modules it imports.
 CLIENT_FILES: Final = frozenset(
-    {"herald.js", "herald.d.ts", "lib/api.js", "lib/client.js", "lib/shared.js", "lib/tracking.js"}
+    {
+        "herald.js",
+        "herald.d.ts",
+        "lib/api.js",
+        "lib/client.js",
+        "lib/counts.js",
+        "lib/shared.js",
+        "lib/tracking.js",
+    }
 )
 _PACKAGE_DIR: Final = Path(__file__).resolve().parent
 

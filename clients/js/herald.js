@@ -18,7 +18,8 @@
 //   called on every (re)connect and again shortly before the token's `exp` to send `auth.refresh`.
 // - Several gateway URLs may be given: a connection that fails before `connected`, or that the gateway
 //   closes with 1001 (shutting down), moves on to the next URL.
-// - Reconnects use exponential backoff with full jitter, reset once a gateway answers `connected`. 4401
+// - Reconnects use exponential backoff with full jitter, reset once a session has stayed open
+//   STABLE_SESSION_MS (an HTTP status, or a session closed sooner, is a failed attempt). 4401
 //   gets a fresh token and reconnects (two refusals of a fresh token in a row, or getToken() throwing,
 //   stop the client); 4008 stops the client; 1001, 1013, network loss and every other close reconnect.
 // - Nothing missed, nothing twice: after a reconnect, and on `sync:required`, the client pages
@@ -27,8 +28,10 @@
 //   notifications whose id it already delivered (a higher seq of a known id is a collapsed notification's
 //   new version; a live broadcast frame, seq null, and its stored copy with a seq are one). A failed catch-up
 //   is retried with backoff until it succeeds, the client closes or a newer catch-up takes over.
-// - `unreadCount` / `unseenCount` follow `connected`, the `notification:*` frames and request results; a
-//   live frame at or below the `last_seq` the counts were read at is in them already (amendment 43). A
+// - `unreadCount` / `unseenCount` follow `connected`, the `notification:*` frames and request results,
+//   ordered by the `last_seq` each count was read with (lib/counts.js, amendments 43 and 51): an older
+//   count is dropped, a live frame at or below it is in it already, and the live frames counted above it
+//   are added to it again. A
 //   broadcast's frame (seq null) and a collapse (count > 1) into an item the client never delivered make
 //   it fetch the counts rather than add one (amendments 36, 12). With shared tabs the leader's client takes
 //   the counts of every tab's request results.
@@ -40,7 +43,7 @@
 // meta.replayed is true for notifications that a sync recovered.
 //
 // Modules: lib/api.js (errors, helpers, HeraldApi), lib/tracking.js (the watermark and delivered versions,
-// no I/O), lib/client.js (HeraldClient), lib/shared.js (SharedHeraldClient).
+// no I/O), lib/counts.js (counts against live frames, no I/O), lib/client.js (HeraldClient), lib/shared.js (SharedHeraldClient).
 
 import { HeraldClient } from "./lib/client.js";
 import { SharedHeraldClient } from "./lib/shared.js";

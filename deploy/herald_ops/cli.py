@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import aiormq
 import orjson
 
+from herald_client.errors import HeraldClosedError
 from herald_client.urls import url_problem
 from herald_ops import broker, dev, dlq, vapid
 from herald_ops import migrate as migrate_module
@@ -39,7 +40,13 @@ if TYPE_CHECKING:
 
 
 # The subcommands' known failures, each reported as `herald <command>: <reason>` with exit status 1.
-_FAILURES = (dlq.DeadLetterError, broker.BrokerError, aiormq.exceptions.AMQPError, OSError)
+_FAILURES = (
+    dlq.DeadLetterError,
+    broker.BrokerError,
+    aiormq.exceptions.AMQPError,
+    OSError,
+    HeraldClosedError,  # `tail`: the gateway refused the token or the connection, or stopped the client
+)
 # The subcommands that connect to RabbitMQ with HERALD_AMQP_URL, which main() checks first.
 _BROKER_CLIENTS = frozenset({"send", "dlq", "dev"})
 
@@ -158,6 +165,9 @@ def _cmd_tail(args: argparse.Namespace) -> int:
         client.on("*", print_event)  # before start(), so the `connected` frame is printed too
         async with client:
             await client.wait_closed()
+        # Only Ctrl-C ends `tail` by choice: a client that stopped on its own (4008, tokens refused on a
+        # reconnect) is a failure, which a supervisor or a script has to see.
+        raise HeraldClosedError("the client stopped", client.close_code, client.close_reason)
 
     try:
         asyncio.run(tail())
@@ -221,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, HeraldClosedError) and exc.reason not in str(exc):
+        # The gateway's close code and reason say why (4401 and its token error, 4008).
+        return f"{exc} ({exc.code}: {exc.reason})" if exc.code is not None else f"{exc}: {exc.reason}"
     if isinstance(exc, aiormq.exceptions.InvalidFrameError) and "Connection.OpenOk" in str(exc):
         # RabbitMQ answers the connection's opening with a close when the vhost is missing or the user
         # may not use it; aiormq reports only the unexpected frame, not the broker's reason.

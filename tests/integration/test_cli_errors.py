@@ -6,20 +6,27 @@ HERALD_<NAME>: ...``); 1 is a failure at run time (``herald <command>: ...``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import subprocess
 import sys
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from herald_ops.testing.stack import AMQP_BASE, ROOT, free_port, fresh_id
+from herald_ops.testing.stack import AMQP_BASE, ROOT, TEST_JWT_SECRET, free_port, fresh_id
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
     from herald_ops.testing.stack import Stack
 
 SEND = ("send", "--user", "u-cli", "--type", "GRADE_RELEASED", "--title", "Graded")
+#: A gateway's secret other than the one `herald tail` signs its tokens with.
+OTHER_SECRET = "another-secret-that-is-long-enough-for-hs256"
+assert OTHER_SECRET != TEST_JWT_SECRET
 
 
 def herald(
@@ -107,3 +114,57 @@ def test_broker_setup_without_rabbitmqctl_says_where_to_run_it(stack: Stack, tmp
     result = herald(stack, "broker", "setup", path=str(tmp_path))
     line = only_line(result, 1)
     assert line.startswith("herald broker: rabbitmqctl is not on PATH")
+
+
+def test_tail_refused_by_the_gateway_fails_in_one_line(fresh_stack: Stack) -> None:
+    gateway = fresh_stack.start_gateway(jwt_secret=OTHER_SECRET)
+    result = herald(fresh_stack, "tail", "--user", "alice", "--url", gateway.ws_url)
+    line = only_line(result, 1)
+    assert line.startswith("herald tail: authentication refused (4401")
+
+
+@contextlib.asynccontextmanager
+async def connected_tail(stack: Stack, url: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`herald tail --user alice` running, once it printed the gateway's ``connected``; killed at exit if
+    it is still running."""
+    tail = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "herald_ops.cli", "tail", "--user", "alice", "--url", url),
+        env=stack.env(),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert tail.stdout is not None
+        async with asyncio.timeout(30):
+            assert json.loads(await tail.stdout.readline())["method"] == "connected"
+        yield tail
+    finally:
+        if tail.returncode is None:
+            tail.kill()
+            await tail.wait()
+
+
+async def test_tail_refused_for_too_many_connections_fails_in_one_line(fresh_stack: Stack) -> None:
+    gateway = await asyncio.to_thread(fresh_stack.start_gateway, max_connections_per_user=1)
+    async with connected_tail(fresh_stack, gateway.ws_url):
+        result = await asyncio.to_thread(
+            herald, fresh_stack, "tail", "--user", "alice", "--url", gateway.ws_url
+        )
+    assert only_line(result, 1) == "herald tail: too many connections for this user"
+
+
+async def test_tail_fails_when_its_client_stops_after_a_working_session(fresh_stack: Stack) -> None:
+    """The gateway comes back with another secret: the reconnects' fresh tokens are refused and the
+    client stops, which `tail` reports as a failure rather than as a finished command."""
+    gateway = await asyncio.to_thread(fresh_stack.start_gateway)
+    async with connected_tail(fresh_stack, gateway.ws_url) as tail:
+        await asyncio.to_thread(gateway.stop)
+        gateway.env["HERALD_JWT_SECRET"] = OTHER_SECRET
+        await asyncio.to_thread(gateway.launch)
+        async with asyncio.timeout(90):  # the reconnects' backoff is capped at 30 s
+            _, stderr = await tail.communicate()
+    assert tail.returncode is not None
+    result = subprocess.CompletedProcess("herald tail", tail.returncode, "", stderr.decode())
+    # Warnings of the client's catch-up (this stack has no worker to answer it) may come first.
+    assert error_line(result, 1).startswith("herald tail: the client stopped (4401: authentication failed")

@@ -110,7 +110,7 @@ async def test_live_notification_updates_unread_count(herald: tuple[Stack, Heral
         page = await client.list_notifications(limit=10)
         assert [i["id"] for i in page["items"]] == [item["id"]]
         result = await client.mark_read([item["id"]])
-        assert result == {"updated": 1, "unread_count": 0, "unseen_count": 0}
+        assert result == {"updated": 1, "unread_count": 0, "unseen_count": 0, "last_seq": 1}
         assert (client.unread_count, client.unseen_count) == (0, 0)
         await wait_until(lambda: recorder.named("notification:read"), 10, "notification:read")
 

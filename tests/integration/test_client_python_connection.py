@@ -3,16 +3,19 @@
 Reconnect + sync without duplicates after the gateway is killed or shut down (1001), the gateway's
 ``sync:required`` after it lost RabbitMQ, token refresh before expiry, the close codes that stop the
 client (4401 refusals, a failing token provider, 4008), and a first session whose ``connected`` had no
-``last_seq`` anchoring its watermark once the worker answers (on a stack of its own). The ``herald``
-fixture, ``Recorder`` and ``session`` come from test_client_python.py.
+``last_seq`` anchoring its watermark once the worker answers (on a stack of its own); and the producer's
+``send`` right after the broker dropped its connection. The ``herald`` fixture, ``Recorder`` and
+``session`` come from test_client_python.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import TYPE_CHECKING
 
+import aio_pika
 import asyncpg
 import pytest
 
@@ -21,9 +24,12 @@ from herald_client.client import (
     HeraldClient,
     HeraldClosedError,
 )
+from herald_client.producer import Producer, PublishError
+from herald_client.protocol import events_exchange
 from herald_client.tokens import token_expiry
 from herald_ops.testing.client import event_body, publish
 from herald_ops.testing.stack import (
+    close_connections,
     fresh_id,
     mint,
     rabbitmqctl,
@@ -267,3 +273,45 @@ async def test_gateway_shutdown_closes_1001_and_the_client_comes_back(
         # Recovered by the catch-up sync, which re-anchors the count with a fetch after its last page.
         await wait_until(lambda: client.unread_count == 1, 20, "the count after the catch-up")
         assert client.state == "open"
+
+
+async def test_a_send_right_after_the_broker_dropped_the_producer_raises_only_publish_error(
+    fresh_stack: Stack,
+) -> None:
+    """aio-pika refuses a publish while its robust connection reconnects (ChannelInvalidStateError, for
+    its 5 s reconnect interval): ``send`` waits for the connection and publishes again, else raises
+    :class:`PublishError`; never an exception of aio-pika's."""
+    queue_name = fresh_id("events")
+    admin = await aio_pika.connect(fresh_stack.amqp_url)
+    try:
+        channel = await admin.channel()
+        exchange = await channel.declare_exchange(
+            events_exchange(), aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        await (await channel.declare_queue(queue_name, durable=True)).bind(exchange, "#")
+    finally:
+        await admin.close()
+    user = fresh_id()
+    sent: list[str] = []
+    async with Producer(fresh_stack.amqp_url) as producer:
+        sent.append(await producer.send(user, "GRADE_RELEASED", "before the drop"))
+        assert await asyncio.to_thread(close_connections, fresh_stack.name) >= 1  # the producer's
+        # PublishError is the documented outcome when the connection is not back in time.
+        with contextlib.suppress(PublishError):
+            sent.append(await producer.send(user, "GRADE_RELEASED", "right after the drop"))
+        sent.append(await producer.send(user, "GRADE_RELEASED", "after the drop"))
+
+    reader = await aio_pika.connect(fresh_stack.amqp_url)
+    try:
+        queue = await (await reader.channel()).get_queue(queue_name)
+        received: set[str | None] = set()
+
+        async def all_received() -> bool:
+            message = await queue.get(fail=False, no_ack=True)
+            if message is not None:
+                received.add(message.message_id)
+            return received >= set(sent)
+
+        await wait_until(all_received, 10, "every event sent")
+    finally:
+        await reader.close()

@@ -3,22 +3,31 @@
 The watermark with out-of-order frames, token expiry and the reconnect backoff; then, against
 ``ScriptedGateway``, the close codes and frames a real gateway sends only under failure: paging and
 de-duplication on ``sync:required``, 1013, 4401 and 1001 reconnecting at once, a failed catch-up sync
-retried, and failing over to the next gateway URL. ``session`` comes from test_client_python.py.
+retried, and failing over to the next gateway URL. Last, gateways that answer and fail every attempt (an
+HTTP 503, a session closed right after ``connected``): the backoff must grow. ``session`` comes from
+test_client_python.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
+from typing import TYPE_CHECKING
 
 import pytest
+from websockets.asyncio.server import serve
 
-from herald_client.client import HeraldClient
+from herald_client.client import HeraldClient, HeraldClosedError
 from herald_client.reconnect import backoff_delay
 from herald_client.tokens import token_expiry
 from herald_ops.testing.client import ScriptedGateway
 from herald_ops.testing.stack import free_port, mint, wait_until
 from tests.integration.test_client_python import session
+
+if TYPE_CHECKING:
+    from websockets.asyncio.server import ServerConnection
 
 
 def recorded_fetches(client: HeraldClient, monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -209,3 +218,67 @@ async def test_events_keeps_what_comes_before_its_first_read_and_ends_with_the_c
         await client.close()
         assert [e.method for e in [e async for e in taken_before_close]] == ["state", "closed"]
         assert [e async for e in client.events()] == []  # asked for once closed: ends at once
+
+
+# Gateways that answer every attempt and fail it: the backoff must grow all the same.
+
+
+async def _drop_after_connected(connection: ServerConnection) -> None:
+    """Authenticate, send ``connected``, and close the session at once, as a crashing gateway would."""
+    auth = json.loads(await connection.recv())
+    await connection.send(json.dumps({"jsonrpc": "2.0", "id": auth["id"], "result": {}}))
+    connected = {"user_id": "u1", "connection_id": "c1", "unread_count": 0, "unseen_count": 0, "last_seq": 0}
+    await connection.send(json.dumps({"jsonrpc": "2.0", "method": "connected", "params": connected}))
+    await connection.close(1011, "internal error")
+
+
+def recorded_delays(client: HeraldClient, monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The ``retry_in`` of every ``disconnected``, each the top of its jitter range."""
+    monkeypatch.setattr("herald_client.reconnect.random.uniform", lambda low, high: high)
+    delays: list[float] = []
+    client.on("disconnected", lambda event: delays.append(event.params["retry_in"]))
+    return delays
+
+
+@pytest.mark.parametrize(
+    ("gateways", "steps"),
+    [(1, [1, 2, 4, 8, 16, 32]), (2, [0, 1, 0, 2, 0, 4])],  # with 2: the other URL at once, once a round
+    ids=["one-url", "two-urls"],
+)
+async def test_sessions_closed_right_after_connected_are_backed_off(
+    monkeypatch: pytest.MonkeyPatch, gateways: int, steps: list[int]
+) -> None:
+    base = 0.01
+    async with contextlib.AsyncExitStack() as servers:
+        urls = []
+        for _ in range(gateways):
+            server = await servers.enter_async_context(serve(_drop_after_connected, "127.0.0.1", 0))
+            urls.append(f"ws://127.0.0.1:{next(iter(server.sockets)).getsockname()[1]}/notifications")
+        client = HeraldClient(urls, lambda: mint("u1"), backoff_base=base, backoff_max=60)
+        delays = recorded_delays(client, monkeypatch)
+        async with client:
+            await wait_until(lambda: len(delays) >= len(steps), 10, f"{len(steps)} sessions")
+    assert delays[: len(steps)] == [base * step for step in steps]
+
+
+async def test_a_gateway_answering_with_an_http_status_is_backed_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A load balancer's 503 while the gateways behind it are down is no gateway answering."""
+
+    async def unavailable(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    base = 0.01
+    server = await asyncio.start_server(unavailable, "127.0.0.1", 0)
+    async with server:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/notifications"
+        client = HeraldClient(url, lambda: mint("u1"), backoff_base=base, backoff_max=60)
+        delays = recorded_delays(client, monkeypatch)
+        starting = asyncio.create_task(client.start())
+        await wait_until(lambda: len(delays) >= 6, 10, "six refused attempts")
+        await client.close()
+        with pytest.raises(HeraldClosedError):
+            await starting
+    assert delays[:6] == [base * 2**attempt for attempt in range(6)]

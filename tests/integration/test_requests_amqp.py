@@ -97,13 +97,13 @@ async def test_mutation_event_is_published_to_the_users_exchange(
     await probe.bind(TOPOLOGY.users_exchange, user)
 
     reply = await rpc.call("notifications.mark_read", {"ids": [f"{user}-2", f"{user}-3"]}, user=user)
-    assert reply == {"result": {"updated": 2, "unread_count": 2, "unseen_count": 2}}
+    assert reply == {"result": {"updated": 2, "unread_count": 2, "unseen_count": 2, "last_seq": 4}}
     message = await next_message(probe, 10)
     assert message.type == "notification:read"
     assert orjson.loads(message.body) == {
         "jsonrpc": "2.0",
         "method": "notification:read",
-        "params": {"ids": [f"{user}-2", f"{user}-3"], "unread_count": 2, "unseen_count": 2},
+        "params": {"ids": [f"{user}-2", f"{user}-3"], "unread_count": 2, "unseen_count": 2, "last_seq": 4},
     }
 
 

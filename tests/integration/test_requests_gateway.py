@@ -113,21 +113,25 @@ async def test_every_method_answers_through_the_gateway(env: Env, db: asyncpg.Co
             "updated": 3,
             "unread_count": 5,
             "unseen_count": 5,
+            "last_seq": 8,
         }
         assert await client.result("notifications.mark_unread", {"ids": ids[:1]}) == {
             "updated": 1,
             "unread_count": 6,
             "unseen_count": 5,
+            "last_seq": 8,
         }
         assert await client.result("notifications.delete", {"ids": ids[:2]}) == {
             "deleted": 2,
             "unread_count": 5,
             "unseen_count": 5,
+            "last_seq": 8,
         }
         assert await client.result("notifications.mark_all_read") == {
             "updated": 5,
             "unread_count": 0,
             "unseen_count": 0,
+            "last_seq": 8,
         }
         defaults = await client.result("preferences.get")
         assert defaults["types"]["NEW_COMMENT"] == {"in_app": True, "email": False, "push": False}
@@ -217,25 +221,25 @@ async def test_a_second_connection_receives_every_event_with_the_unread_count(
                 "notifications.mark_read",
                 {"ids": ids[:2]},
                 "notification:read",
-                {"ids": ids[:2], "unread_count": 4, "unseen_count": 4},
+                {"ids": ids[:2], "unread_count": 4, "unseen_count": 4, "last_seq": 6},
             ),
             (
                 "notifications.mark_unread",
                 {"ids": ids[1:2]},
                 "notification:unread",
-                {"ids": ids[1:2], "unread_count": 5, "unseen_count": 4},
+                {"ids": ids[1:2], "unread_count": 5, "unseen_count": 4, "last_seq": 6},
             ),
             (
                 "notifications.delete",
                 {"ids": [ids[2], ids[0]]},
                 "notification:deleted",
-                {"ids": [ids[0], ids[2]], "unread_count": 4, "unseen_count": 3},
+                {"ids": [ids[0], ids[2]], "unread_count": 4, "unseen_count": 3, "last_seq": 6},
             ),
             (
                 "notifications.mark_all_read",
                 None,
                 "notification:read",
-                {"all": True, "unread_count": 0, "unseen_count": 0},
+                {"all": True, "unread_count": 0, "unseen_count": 0, "last_seq": 6},
             ),
         ]
         # Each connection's very next frame is the event: nothing else, nothing missing.
@@ -264,7 +268,7 @@ async def test_another_users_ids_change_nothing_and_reveal_nothing(env: Env, db:
             ("notifications.delete", "deleted"),
         ):
             # Someone else's ids and ids that exist nowhere get the very same answer.
-            nothing = {counted: 0, "unread_count": 1, "unseen_count": 1}
+            nothing = {counted: 0, "unread_count": 1, "unseen_count": 1, "last_seq": 1}
             assert await intruder_client.result(method, {"ids": theirs}) == nothing
             assert await intruder_client.result(method, {"ids": ["no-such-id"]}) == nothing
         listed = await intruder_client.result("notifications.list", {"limit": 100})
@@ -277,5 +281,5 @@ async def test_another_users_ids_change_nothing_and_reveal_nothing(env: Env, db:
         assert await owner_client.next_frame() == {
             "jsonrpc": "2.0",
             "method": "notification:read",
-            "params": {"ids": theirs[:1], "unread_count": 3, "unseen_count": 3},
+            "params": {"ids": theirs[:1], "unread_count": 3, "unseen_count": 3, "last_seq": 4},
         }

@@ -100,10 +100,11 @@ async def test_mark_read_unread_delete_keep_the_counter_and_publish_events(
         "updated": 3,
         "unread_count": 7,
         "unseen_count": 7,
+        "last_seq": 10,
     }
     assert await events.next() == (
         "notification:read",
-        {"ids": [f"{user}-{s}" for s in (1, 2, 3)], "unread_count": 7, "unseen_count": 7},
+        {"ids": [f"{user}-{s}" for s in (1, 2, 3)], "unread_count": 7, "unseen_count": 7, "last_seq": 10},
     )
 
     # Already read: nothing changes, nothing is published.
@@ -111,6 +112,7 @@ async def test_mark_read_unread_delete_keep_the_counter_and_publish_events(
         "updated": 0,
         "unread_count": 7,
         "unseen_count": 7,
+        "last_seq": 10,
     }
     await events.assert_none()
 
@@ -119,20 +121,26 @@ async def test_mark_read_unread_delete_keep_the_counter_and_publish_events(
     ) == {
         "updated": 1,
         "unread_count": 8,
-        "unseen_count": 7,  # unread again, but still seen
+        "unseen_count": 7,
+        "last_seq": 10,  # unread again, but still seen
     }
     assert await events.next() == (
         "notification:unread",
-        {"ids": [ids[0]], "unread_count": 8, "unseen_count": 7},
+        {"ids": [ids[0]], "unread_count": 8, "unseen_count": 7, "last_seq": 10},
     )
 
     deleted = await result(
         worker_state, "notifications.delete", {"ids": [f"{user}-1", f"{user}-4", "missing"]}, user=user
     )
-    assert deleted == {"deleted": 2, "unread_count": 7, "unseen_count": 6}  # seq 1 was read, seq 4 unread
+    assert deleted == {
+        "deleted": 2,
+        "unread_count": 7,
+        "unseen_count": 6,
+        "last_seq": 10,
+    }  # seq 1 was read, seq 4 unread
     assert await events.next() == (
         "notification:deleted",
-        {"ids": [f"{user}-1", f"{user}-4"], "unread_count": 7, "unseen_count": 6},
+        {"ids": [f"{user}-1", f"{user}-4"], "unread_count": 7, "unseen_count": 6, "last_seq": 10},
     )
     assert await unread_truth(pg, user) == (7, 7)
 
@@ -145,12 +153,17 @@ async def test_mark_read_unread_delete_keep_the_counter_and_publish_events(
         "updated": 7,
         "unread_count": 0,
         "unseen_count": 0,
+        "last_seq": 10,
     }
-    assert await events.next() == ("notification:read", {"all": True, "unread_count": 0, "unseen_count": 0})
+    assert await events.next() == (
+        "notification:read",
+        {"all": True, "unread_count": 0, "unseen_count": 0, "last_seq": 10},
+    )
     assert await result(worker_state, "notifications.mark_all_read", user=user) == {
         "updated": 0,
         "unread_count": 0,
         "unseen_count": 0,
+        "last_seq": 10,
     }
     await events.assert_none()
     assert await unread_truth(pg, user) == (0, 0)
@@ -192,6 +205,7 @@ async def test_other_users_ids_change_nothing_and_reveal_nothing(
             "updated" if method.endswith("read") else "deleted": 0,
             "unread_count": 2,
             "unseen_count": 2,
+            "last_seq": 2,
         }
     await pg.execute("UPDATE notifications SET read_at = now() WHERE user_id = $1 AND seq = 1", owner)
     await pg.execute("UPDATE users SET unread_count = 4 WHERE user_id = $1", owner)

@@ -86,6 +86,7 @@ async def act(runtime: Runtime, caller: Caller, params: ActParams) -> dict[str, 
             "acted_at": None,
             "unread_count": counted.unread,
             "unseen_count": counted.unseen,
+            "last_seq": counted.last_seq,
         }
     if params.action_id not in recorded.action_ids:
         raise bad_param("action_id", "not an action of this notification")
@@ -105,7 +106,7 @@ async def act(runtime: Runtime, caller: Caller, params: ActParams) -> dict[str, 
         )
     else:
         counted = await inbox.counts(runtime.pool, user)
-        change = mutations.Change(0, [], counted.unread, counted.unseen)
+        change = mutations.Change(0, [], counted.unread, counted.unseen, counted.last_seq)
     outcome = {
         "notification_id": recorded.id,
         "user_id": user,

@@ -71,7 +71,8 @@ def _check_names(field: str, names: list[str] | None, known: set[str] | tuple[st
 
 
 async def list_notifications(runtime: Runtime, caller: Caller, params: ListParams) -> dict[str, Any]:
-    """``notifications.list``: ``{items (newest first), next_cursor, total, unread_count, unseen_count}``."""
+    """``notifications.list``: ``{items (newest first), next_cursor, total, unread_count, unseen_count,
+    last_seq}``."""
     _check_names("types", params.types, set(runtime.catalog.types), "notification type")
     _check_names("categories", params.categories, runtime.catalog.categories, "category")
     if params.page is not None and params.before is not None:
@@ -85,6 +86,7 @@ async def list_notifications(runtime: Runtime, caller: Caller, params: ListParam
         "total": page.total,
         "unread_count": page.unread_count,
         "unseen_count": page.unseen_count,
+        "last_seq": page.last_seq,
     }
 
 

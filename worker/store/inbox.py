@@ -136,6 +136,7 @@ def list_query(params: PageQuery, user_id: str) -> tuple[str, list[Any]]:
     unread = f"(COALESCE((SELECT unread_count FROM users WHERE user_id = $1), 0) - {EXPIRED_UNREAD})"
     unseen = f"(COALESCE((SELECT unseen_count FROM users WHERE user_id = $1), 0) - {EXPIRED_UNSEEN})"
     inbox = f"(COALESCE((SELECT inbox_count FROM users WHERE user_id = $1), 0) - {EXPIRED_INBOX})"
+    last_seq = "COALESCE((SELECT last_seq FROM users WHERE user_id = $1), 0)"
     # The maintained counters answer the two totals every page load asks for, "unread, archived or not"
     # and "the inbox" (not archived), without counting; other filters count their rows.
     maintained: dict[tuple[str, ...], str] = {("read_at IS NULL",): unread, ("archived_at IS NULL",): inbox}
@@ -150,8 +151,9 @@ def list_query(params: PageQuery, user_id: str) -> tuple[str, list[Any]]:
         args.append((params.page - 1) * params.limit)
         limit += f" OFFSET ${len(args)}"
     sql = f"""
-SELECT s.total, s.unread_count, s.unseen_count, p.*
-  FROM (SELECT {total} AS total, {unread} AS unread_count, {unseen} AS unseen_count) AS s
+SELECT s.total, s.unread_count, s.unseen_count, s.last_seq, p.*
+  FROM (SELECT {total} AS total, {unread} AS unread_count, {unseen} AS unseen_count,
+               {last_seq} AS last_seq) AS s
   LEFT JOIN LATERAL (
         SELECT {NOTIFICATION_COLUMNS} FROM notifications
          WHERE {page}
@@ -164,12 +166,14 @@ SELECT s.total, s.unread_count, s.unseen_count, p.*
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """Up to ``limit + 1`` notifications, newest first, and the counts the page reports."""
+    """Up to ``limit + 1`` notifications, newest first, the counts the page reports and the ``last_seq``
+    they were read with (one statement, one snapshot)."""
 
     items: list[dict[str, Any]]
     total: int
     unread_count: int
     unseen_count: int
+    last_seq: int
 
 
 async def list_page(pool: asyncpg.Pool, params: PageQuery, user_id: str) -> Page:
@@ -177,7 +181,8 @@ async def list_page(pool: asyncpg.Pool, params: PageQuery, user_id: str) -> Page
     sql, args = list_query(params, user_id)
     rows = await pool.fetch(sql, *args)
     items = [notification_json(row) for row in rows if row["seq"] is not None]
-    return Page(items, rows[0]["total"], rows[0]["unread_count"], rows[0]["unseen_count"])
+    first = rows[0]
+    return Page(items, first["total"], first["unread_count"], first["unseen_count"], first["last_seq"])
 
 
 async def sync(pool: asyncpg.Pool, user_id: str, since: int, limit: int) -> list[dict[str, Any]]:

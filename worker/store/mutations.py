@@ -57,7 +57,7 @@ def _mutation(changed: str, *, with_ids: bool = True, then: str = "") -> str:
     ids = "ARRAY(SELECT id FROM changed ORDER BY seq)" if with_ids else "'{}'::text[]"
     return f"""
 WITH locked AS (
-    SELECT user_id, unread_count, unseen_count FROM users
+    SELECT user_id, unread_count, unseen_count, last_seq FROM users
      WHERE user_id = $1 AND xmin = (SELECT xmin FROM users WHERE user_id = $1)
        FOR UPDATE
 ), changed AS (
@@ -67,13 +67,14 @@ WITH locked AS (
                      unseen_count = unseen_count + (SELECT sum(unseen_delta) FROM changed),
                      inbox_count = inbox_count + (SELECT sum(inbox_delta) FROM changed)
      WHERE user_id = $1 AND EXISTS (SELECT FROM changed)
- RETURNING unread_count, unseen_count
+ RETURNING unread_count, unseen_count, last_seq
 )
 SELECT EXISTS (SELECT FROM locked) AS locked, (SELECT count(*) FROM changed) AS changed, {ids} AS ids,
        COALESCE((SELECT unread_count FROM counter), (SELECT unread_count FROM locked), 0)
            - {EXPIRED_UNREAD} AS unread_count,
        COALESCE((SELECT unseen_count FROM counter), (SELECT unseen_count FROM locked), 0)
-           - {EXPIRED_UNSEEN} AS unseen_count
+           - {EXPIRED_UNSEEN} AS unseen_count,
+       COALESCE((SELECT last_seq FROM counter), (SELECT last_seq FROM locked), 0) AS last_seq
 """
 
 
@@ -166,16 +167,23 @@ SELECT id, type, data, actions, acted_at, action_id FROM notifications
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """What a mutation did: rows changed, their ids (when collected), the visible counts after it."""
+    """What a mutation did: rows changed, their ids (when collected), the visible counts after it and the
+    user's ``last_seq`` they were read with (from the same users row: they count exactly the
+    notifications up to it, which lets a client order counts against the frames it receives)."""
 
     changed: int
     ids: list[str]
     unread_count: int
     unseen_count: int
+    last_seq: int
 
     def counts(self) -> dict[str, int]:
-        """``{"unread_count", "unseen_count"}``: what every mutation's result and event carry."""
-        return {"unread_count": self.unread_count, "unseen_count": self.unseen_count}
+        """``{"unread_count", "unseen_count", "last_seq"}``: what every mutation's result and event carry."""
+        return {
+            "unread_count": self.unread_count,
+            "unseen_count": self.unseen_count,
+            "last_seq": self.last_seq,
+        }
 
 
 async def mark_read(pool: asyncpg.Pool, user_id: str, ids: list[str]) -> Change:
@@ -265,4 +273,4 @@ async def _mutate(pool: asyncpg.Pool, sql: str, user_id: str, *args: Any) -> Cha
             if attempt == DEADLOCK_RETRIES - 1:
                 raise
     assert row is not None
-    return Change(row["changed"], list(row["ids"]), row["unread_count"], row["unseen_count"])
+    return Change(row["changed"], list(row["ids"]), row["unread_count"], row["unseen_count"], row["last_seq"])

@@ -1,5 +1,6 @@
 // What both browser clients share: the errors, small helpers and HeraldApi (events, counts, the typed
 // request helpers). See herald.js for the semantics.
+import { CountAnchor } from "./counts.js";
 
 /** A JSON-RPC error reply: `code` (docs/protocol.md), `message`, optional `data` (e.g. the bad field). */
 export class HeraldRequestError extends Error {
@@ -88,6 +89,7 @@ export class HeraldApi {
     this.connectionId = null;
     this.unreadCount = null;
     this.unseenCount = null;
+    this._counts = new CountAnchor(); // orders counts against live frames by their last_seq (amendment 51)
     this.watermark = null;
     this.closeCode = null;
     this.closeReason = "";
@@ -174,10 +176,14 @@ export class HeraldApi {
     this._emit("unseen", { count });
   }
 
-  _takeCounts(result) {
+  /** Take counts the server read with `result.last_seq` (amendment 51; `unread` is the unread count, the
+   * `count` of notifications.unread_count): dropped when read before the counts shown (counts.js). */
+  _takeCounts(result, unread = result?.unread_count) {
     if (!result || typeof result !== "object") return;
-    this._setUnread(result.unread_count);
-    this._setUnseen(result.unseen_count);
+    const taken = this._counts.take(unread, result.unseen_count, result.last_seq);
+    if (taken === null) return;
+    this._setUnread(taken[0]);
+    this._setUnseen(taken[1]);
   }
 
   // -------------------------------------------------------------------------------------------- helpers
@@ -189,8 +195,7 @@ export class HeraldApi {
   _took(method, result) {
     if (!result || typeof result !== "object") return result;
     if (method === "notifications.unread_count") {
-      this._setUnread(result.count);
-      this._setUnseen(result.unseen_count);
+      this._takeCounts(result, result.count);
       if (typeof result.last_seq === "number") this._anchor(result.last_seq);
     } else if (COUNTED.has(method)) {
       this._takeCounts(result);

@@ -2,15 +2,15 @@
 // watermark, token refresh). See herald.js for the semantics.
 
 import { DEFAULTS, HeraldApi, HeraldConnectionError, HeraldRequestError, backoffDelay, tokenExpiry, urlList } from "./api.js";
-import { advance, anchor, coalesced, syncedUpTo, takeVersion } from "./tracking.js";
+import { advance, anchor, catchUpDue, coalesced, syncedUpTo, takeVersion, undelivered } from "./tracking.js";
 
 const CLOSE_UNAUTHORIZED = 4401;
 const CLOSE_TOO_MANY_CONNECTIONS = 4008;
 const CLOSE_GOING_AWAY = 1001;
 const MAX_AUTH_FAILURES = 2;
-const SEEN_IDS = 10000;
 const SYNC_PAGE = 500;
 const MAX_TIMER_MS = 2 ** 31 - 1; // the longest delay setTimeout keeps
+const STABLE_SESSION_MS = 10000; // a shorter session is a failure: it does not restart the backoff
 
 export class HeraldClient extends HeraldApi {
   /**
@@ -42,7 +42,6 @@ export class HeraldClient extends HeraldApi {
     this._syncing = null;
     this._syncRun = 0; // which catch-up may retry: a newer one, or close(), ends the others
     this._syncRetry = null; // {timer, resolve} of the backoff a failed catch-up waits out
-    this._countedThrough = null; // the last_seq the counts were read at (`connected`, unread_count)
     // Fetches the counts again (they re-anchor unread and unseen): once more after the fetch in flight for
     // the frames that ask meanwhile; a failure waits for the next frame, request result or catch-up.
     this._recount = coalesced(() => this.fetchUnreadCount());
@@ -166,14 +165,14 @@ export class HeraldClient extends HeraldApi {
     // First session: history is what list() is for; live starts now (_anchor). Without last_seq (the
     // worker did not answer in time) the catch-up below anchors it once the worker answers.
     if (typeof serverSeq === "number") this._anchor(serverSeq);
-    else this._countedThrough = null; // counts from a session without a lookup (or none at all)
+    this._counts.reset(); // a session's counts replace the last one's, whatever they were read with
     // Sync when no anchor is known yet, or when live frames came before it (a gap may lie below last_seq).
     const unanchored = this.watermark === null || (resumeFrom === null && this.watermark < serverSeq);
     this._takeCounts(params);
     const reconnected = this._everOpened || this._resume;
     this._everOpened = true;
     this._resume = false;
-    this._attempt = 0;
+    this._openedAt = Date.now();
     this._authFailures = 0;
     this._setState("open");
     this._scheduleRefresh(token);
@@ -208,11 +207,10 @@ export class HeraldClient extends HeraldApi {
     }
     // Fail over: a gateway that never answered, or that is shutting down, is left for the next one.
     if (!opened || code === CLOSE_GOING_AWAY) this._urlIndex = (this._urlIndex + 1) % this.urls.length;
-    // An expired token or a server restart after a working session retries at once.
-    const retryIn =
-      opened && (code === CLOSE_UNAUTHORIZED || code === CLOSE_GOING_AWAY)
-        ? 0
-        : backoffDelay(this._attempt, this.options.backoffBaseMs, this.options.backoffMaxMs);
+    if (opened && Date.now() - this._openedAt >= STABLE_SESSION_MS) this._attempt = 0;
+    // An expired token or a shutdown ending a session retries at once, unless the attempt before failed too.
+    const immediate = opened && this._attempt === 0 && (code === CLOSE_UNAUTHORIZED || code === CLOSE_GOING_AWAY);
+    const retryIn = immediate ? 0 : backoffDelay(this._attempt, this.options.backoffBaseMs, this.options.backoffMaxMs);
     this._attempt += 1;
     this._emit("disconnected", { code, reason, retryIn });
     this._setState("reconnecting");
@@ -249,34 +247,31 @@ export class HeraldClient extends HeraldApi {
    * unread does not move) and a broadcast frame (seq null; amendment 36: its copy may be in the counts). */
   _deliver(item, replayed) {
     const seq = item.seq;
+    const held = this._aboveWatermark.size;
     if (typeof seq === "number") this.watermark = advance(this.watermark, this._aboveWatermark, seq);
+    if (catchUpDue(this.watermark, this._aboveWatermark, held)) this._catchUp(); // to pass the gap holding them
     const version = takeVersion(this._seen, item);
     if (!version) return;
     if (version === "newer") {
       this._recount();
-    } else if (!replayed && !this._counted(seq)) {
+    } else if (!replayed && !this._counts.counted(seq)) {
       // Replayed items are counted by the unread-count fetch that ends every catch-up.
       if (typeof seq !== "number" || item.count > 1) {
         this._recount();
       } else {
-        if (item.read_at == null && this.unreadCount !== null) this._setUnread(this.unreadCount + 1);
-        if (item.seen_at == null && this.unseenCount !== null) this._setUnseen(this.unseenCount + 1);
+        const unread = item.read_at == null && this.unreadCount !== null ? 1 : 0;
+        const unseen = item.seen_at == null && this.unseenCount !== null ? 1 : 0;
+        if (unread) this._setUnread(this.unreadCount + 1);
+        if (unseen) this._setUnseen(this.unseenCount + 1);
+        this._counts.added(seq, unread, unseen);
       }
     }
     this._emit("notification:new", item, replayed);
   }
 
-  /** Whether a live frame's notification is in the counts already: stored at or below their last_seq (the
-   * gateway writes the frames it held back during the session's lookup right after `connected`). */
-  _counted(seq) {
-    return typeof seq === "number" && this._countedThrough !== null && seq <= this._countedThrough;
-  }
-
-  /** Take a count's last_seq: it gives a client without a watermark one (tracking.js `anchor`), and bounds
-   * what the counts cover (`_countedThrough`). */
+  /** Take a count's last_seq: it gives a client without a watermark one (tracking.js `anchor`). */
   _anchor(lastSeq) {
     if (this.watermark === null) this.watermark = anchor(this._aboveWatermark, lastSeq);
-    this._countedThrough = lastSeq;
   }
 
   /** Page notifications.sync from the watermark until has_more is false, then refresh the count.
@@ -317,9 +312,8 @@ export class HeraldClient extends HeraldApi {
       const page = await this.sync(this.watermark, SYNC_PAGE);
       const items = page.items ?? [];
       recovered ||= items.length > 0;
-      for (const item of items) this._deliver(item, true);
-      const last = items.length ? items[items.length - 1].seq : null;
-      if (typeof last === "number") this.watermark = syncedUpTo(this.watermark, this._aboveWatermark, last);
+      for (const item of undelivered(this.watermark, this._aboveWatermark, items)) this._deliver(item, true);
+      this.watermark = syncedUpTo(this.watermark, this._aboveWatermark, items[items.length - 1]?.seq);
       if (!page.has_more || !items.length) break;
     }
     // Re-anchor the count: it covers what the sync recovered and any frame counted twice between

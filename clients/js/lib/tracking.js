@@ -5,6 +5,11 @@
 /** Ids remembered for de-duplication, and seqs remembered while there is no watermark yet. */
 export const SEEN_IDS = 10000;
 
+/** Seqs held above the watermark at which the client catches up, and again at each further multiple (as
+ * tracking.py's advance asks): far fewer than SEEN_IDS, so the sync that passes the gap finds every id it
+ * returns still remembered. */
+export const HELD_SEQS = 1000;
+
 /** Record the delivery of `item` in `seen` (id → highest seq, null for a live broadcast frame): "new" for
  * an id not seen before, "newer" for a higher seq of a known id (a collapsed notification's new version),
  * false for a repeat. A null seq is new only for an unknown id, and a live broadcast frame (no seq, amendment
@@ -38,6 +43,30 @@ export function advance(watermark, above, seq) {
   return moveOver(watermark, above);
 }
 
+/** Whether `advance` held one more seq (`held` were held before it), bringing them to a multiple of HELD_SEQS:
+ * the client catches up then. A gap that never fills live (a broadcast's own seq: its frame has none, amendment
+ * 36) is passed by a sync (syncedUpTo), unless every item above it is gone (deleted or expired): asking again
+ * only per further HELD_SEQS, not at every frame, keeps such a gap from setting off a sync per frame. Without a
+ * watermark the seqs are only remembered for `anchor`; the catch-up that anchors it is under way. */
+export function catchUpDue(watermark, above, held) {
+  return watermark !== null && above.size > held && above.size % HELD_SEQS === 0;
+}
+
+/** Whether a sync item's seq was delivered: at or below the watermark, or held. Ask before `advance`: a
+ * broadcast's copy moves the watermark over every seq held above it, and the ids of the items after it may be
+ * forgotten by then. Sound for sync items only: a sync returns seqs above `since`, and the watermark passes
+ * only seqs delivered live or by a sync page; a live frame the gateway held back during the session lookup
+ * may be at or below a first session's watermark (last_seq) and still be new. */
+export function deliveredBefore(watermark, above, seq) {
+  return typeof seq === "number" && (above.has(seq) || (watermark !== null && seq <= watermark));
+}
+
+/** The items of a sync page whose seq was not delivered (deliveredBefore), asked for all before any is: a
+ * page's seqs are distinct, so delivering some of them does not change the answer for the others. */
+export function undelivered(watermark, above, items) {
+  return items.filter((item) => !deliveredBefore(watermark, above, item.seq));
+}
+
 function moveOver(watermark, above) {
   if (watermark === null) return null;
   let mark = watermark;
@@ -62,9 +91,10 @@ export function anchor(above, lastSeq) {
   return moveOver(mark, above);
 }
 
-/** A sync page ended at `last`: sync returns every seq above `since`, so everything up to it is known. */
+/** A sync page ended at `last` (its last item's seq; none for an empty page): sync returns every seq above
+ * `since`, so everything up to it is known. */
 export function syncedUpTo(watermark, above, last) {
-  if (watermark === null || last <= watermark) return watermark;
+  if (watermark === null || typeof last !== "number" || last <= watermark) return watermark;
   forgetUpTo(above, last);
   return last;
 }

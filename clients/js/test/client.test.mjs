@@ -156,7 +156,7 @@ test("a live notification arrives and the unread count follows", async () => {
 
   const page = await client.list({ limit: 5 });
   assert.deepEqual(page.items.map((n) => n.id), [item.id]);
-  assert.deepEqual(await client.markRead([item.id]), { updated: 1, unread_count: 0, unseen_count: 0 });
+  assert.deepEqual(await client.markRead([item.id]), { updated: 1, unread_count: 0, unseen_count: 0, last_seq: 1 });
   assert.equal(client.unreadCount, 0);
   await waitUntil(() => named("notification:read").length === 1, 10000, "notification:read");
 

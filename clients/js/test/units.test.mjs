@@ -127,3 +127,88 @@ test("a token that lives longer than setTimeout's range is not refreshed at once
     client.close();
   }
 });
+
+/** A WebSocket stand-in whose gateway authenticates and sends `connected`; the test ends each session with
+ * `drop(code)`, or every session ends at once with `dropAtOnce`. */
+function gatewaySockets({ dropAtOnce = null } = {}) {
+  const sockets = [];
+  class FakeSocket {
+    constructor(url) {
+      this.url = url;
+      sockets.push(this);
+      setTimeout(() => this.onopen?.(), 1);
+    }
+    send(text) {
+      const { id } = JSON.parse(text);
+      const connected = { user_id: "u1", connection_id: `c${sockets.length}`, unread_count: 0, unseen_count: 0, last_seq: 0 };
+      setTimeout(() => {
+        this.onmessage?.({ data: JSON.stringify({ jsonrpc: "2.0", id, result: {} }) });
+        this.onmessage?.({ data: JSON.stringify({ jsonrpc: "2.0", method: "connected", params: connected }) });
+        if (dropAtOnce !== null) this.drop(dropAtOnce);
+      }, 1);
+    }
+    close() {}
+    drop(code) {
+      setTimeout(() => this.onclose?.({ code, reason: "gateway failing" }), 1);
+    }
+  }
+  return { sockets, FakeSocket };
+}
+
+async function waitUntil(predicate, timeoutMs, what) {
+  const deadline = Date.now() + timeoutMs;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((later) => setTimeout(later, 5));
+  }
+}
+
+/** A client on `FakeSocket` whose every backoff is its cap (Math.random() = 1), and its `retryIn`s. */
+function cappedClient(FakeSocket) {
+  const client = new HeraldClient("ws://gw/notifications", { getToken: () => "t", WebSocket: FakeSocket, backoffBaseMs: 1, backoffMaxMs: 60000 });
+  const delays = [];
+  client.on("disconnected", ({ retryIn }) => delays.push(retryIn));
+  return { client, delays };
+}
+
+test("sessions closed right after connected are backed off; only one that stayed open restarts the backoff", async () => {
+  const { sockets, FakeSocket } = gatewaySockets();
+  const { client, delays } = cappedClient(FakeSocket);
+  const random = Math.random;
+  const realNow = Date.now;
+  let skipped = 0; // added to Date.now(): a session's length is set by the test, not waited for
+  Math.random = () => 1;
+  Date.now = () => realNow() + skipped;
+  try {
+    await client.connect();
+    for (const [index, expected] of [1, 2, 4].entries()) {
+      sockets.at(-1).drop(1011);
+      await waitUntil(() => delays.length === index + 1 && client.state === "open", 5000, `the retry after ${expected} ms`);
+    }
+    skipped += 10000; // this session stayed open for 10 s
+    sockets.at(-1).drop(1011);
+    await waitUntil(() => delays.length === 4, 5000, "the retry after a stable session");
+    assert.deepEqual(delays, [1, 2, 4, 1]);
+  } finally {
+    Math.random = random;
+    Date.now = realNow;
+    client.close();
+  }
+});
+
+for (const code of [1001, 4401]) {
+  test(`a gateway that closes every session with ${code} at once is retried at once only the first time`, async () => {
+    const { FakeSocket } = gatewaySockets({ dropAtOnce: code });
+    const { client, delays } = cappedClient(FakeSocket);
+    const random = Math.random;
+    Math.random = () => 1;
+    try {
+      client.connect().catch(() => {});
+      await waitUntil(() => delays.length >= 5, 5000, "five sessions");
+      assert.deepEqual(delays.slice(0, 5), [0, 2, 4, 8, 16]);
+    } finally {
+      Math.random = random;
+      client.close();
+    }
+  });
+}

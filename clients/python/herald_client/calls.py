@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from websockets.exceptions import ConnectionClosed
 
 from herald_client.errors import HeraldConnectionError, HeraldRequestError, HeraldTimeoutError
+from herald_client.protocol import ErrorCode
 
 if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection
@@ -50,8 +51,12 @@ class PendingCalls:
             return
         error = reply.get("error")
         if isinstance(error, dict):
-            code, message = error.get("code", -32603), str(error.get("message", ""))
-            future.set_exception(HeraldRequestError(int(code), message, error.get("data")))
+            code, message = error.get("code", ErrorCode.INTERNAL_ERROR), str(error.get("message", ""))
+            if not isinstance(code, int) or isinstance(code, bool):
+                # JSON-RPC codes are integers. Another is a protocol error that fails this call (as an
+                # internal error naming it) instead of raising here, in the reader, ending the client.
+                code, message = ErrorCode.INTERNAL_ERROR, f"malformed error reply (code {code!r}): {message}"
+            future.set_exception(HeraldRequestError(code, message, error.get("data")))
         else:
             future.set_result(reply.get("result"))
 

@@ -6,7 +6,7 @@ Semantics (the same as ``clients/js/herald.js``):
   async callable returning a JWT) is called on every (re)connect and again shortly before the current
   token's ``exp`` (read from the JWT payload, not verified) to send ``auth.refresh``.
 - **Reconnects** go to the next of the gateway URLs given (one or several) and, once every URL failed in
-  a row, wait with exponential backoff with full jitter, which starts over as soon as a gateway answers.
+  a row, wait with exponential backoff with full jitter (:mod:`herald_client.reconnect`).
   Close code 4401 fetches a fresh token and reconnects (the client stops after two authentication
   failures in a row, or when the token provider raises); 4008 (too many connections) stops the client;
   every other close — 1001 shutdown, 1013 slow reader, network loss — reconnects.
@@ -52,7 +52,6 @@ from herald_client.errors import (
 )
 from herald_client.events import Event, EventStream
 from herald_client.inbox import InboxView
-from herald_client.protocol import CloseCode
 from herald_client.reconnect import Reconnect
 from herald_client.tokens import fetch_token, token_expiry
 from herald_client.urls import url_problem
@@ -79,10 +78,6 @@ __all__ = [
 
 log = logging.getLogger("herald.client")
 
-CLOSE_UNAUTHORIZED: Final = CloseCode.UNAUTHORIZED
-CLOSE_TOO_MANY_CONNECTIONS: Final = CloseCode.TOO_MANY_CONNECTIONS
-#: Consecutive authentication failures (4401 or a failed ``auth``) after which the client gives up.
-MAX_AUTH_FAILURES: Final = 2
 #: Largest server frame accepted: a full sync page of maximal notifications (~10.5 KiB each) fits.
 MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
 
@@ -142,6 +137,7 @@ class HeraldClient(InboxView):
         self._stream = EventStream(self._spawn)
         self._ws: ClientConnection | None = None
         self._open = asyncio.Event()
+        self._opened_at = 0.0  # when the current session's ``connected`` arrived (time.monotonic)
         self._runner: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._first_open: asyncio.Future[None] | None = None
@@ -166,12 +162,20 @@ class HeraldClient(InboxView):
 
         Raises :class:`HeraldAuthError` / :class:`HeraldClosedError` when the client stops before that;
         network failures are retried with backoff, so this waits as long as the gateway is unreachable.
+        Cancelled (or timed out), it closes the client.
         """
         if self._runner is None:
             self._first_open = asyncio.get_running_loop().create_future()
             self._runner = asyncio.create_task(self._run(), name="herald-client")
         assert self._first_open is not None
-        await asyncio.shield(self._first_open)
+        try:
+            await asyncio.shield(self._first_open)
+        except BaseException:
+            # ``__aexit__`` does not run when ``__aenter__`` fails, and the shield keeps the runner going:
+            # without this, a timed-out start would leave a client reconnecting for the life of the loop.
+            await self.close()
+            self._first_open.exception()  # taken: no "exception never retrieved" for the wait given up
+            raise
 
     async def close(self) -> None:
         """Stop for good: close the socket, fail pending requests, end every :meth:`events` iterator."""
@@ -246,43 +250,38 @@ class HeraldClient(InboxView):
     # ------------------------------------------------------------------------------------ connection loop
 
     async def _run(self) -> None:
-        auth_failures = 0
         while not self._closing:
             self._set_state("connecting" if self.state in ("idle", "connecting") else "reconnecting")
             try:
                 token = await fetch_token(self._token_provider)
             except Exception as exc:
-                self._stop(
-                    None, f"token provider failed: {exc}", HeraldAuthError(f"token provider failed: {exc}")
-                )
+                reason = f"token provider failed: {exc}"
+                self._stop(None, reason, HeraldAuthError(reason))
                 return
-            code: int | None
-            answered = True
             try:
                 code, reason = await self._session(token)
-            except InvalidHandshake as exc:  # the gateway answered, with something else than 101
+            except (InvalidHandshake, OSError, TimeoutError) as exc:  # refused, timed out, an HTTP status
                 code, reason = None, f"{type(exc).__name__}: {exc}"
-            except (OSError, TimeoutError) as exc:
-                answered = False
-                code, reason = None, f"{type(exc).__name__}: {exc}"
+            except Exception as exc:
+                # A bug or an unusable environment (a SOCKS proxy without python-socks): stopping says why,
+                # where a dead runner would leave start() and every request waiting forever.
+                log.exception("herald client: stopped by an unexpected error")
+                reason = f"{type(exc).__name__}: {exc}"
+                self._stop(None, reason, HeraldClosedError(f"client failed: {reason}", None, reason))
+                return
             opened = self._open.is_set()
+            open_for = time.monotonic() - self._opened_at if opened else None
             self._open.clear()
             self._ws = None
             self._calls.fail_all()
             if self._closing:
                 return
             self.close_code, self.close_reason = code, reason
-            if code == CLOSE_TOO_MANY_CONNECTIONS:
-                self._stop(
-                    code, reason, HeraldClosedError("too many connections for this user", code, reason)
-                )
+            refusal = self._reconnect.refusal(code, reason, opened=opened)
+            if refusal is not None:
+                self._stop(code, reason, refusal)
                 return
-            # A 4401 after a working session is an expired token: only refusals of fresh tokens count.
-            auth_failures = auth_failures + 1 if code == CLOSE_UNAUTHORIZED and not opened else 0
-            if auth_failures >= MAX_AUTH_FAILURES:
-                self._stop(code, reason, HeraldAuthError("authentication refused", code, reason))
-                return
-            delay = self._reconnect.ended(opened=opened, answered=answered, code=code)
+            delay = self._reconnect.ended(open_for=open_for, code=code)
             self._emit("disconnected", {"code": code, "reason": reason, "retry_in": delay})
             self._set_state("reconnecting")
             await asyncio.sleep(delay)
@@ -346,6 +345,7 @@ class HeraldClient(InboxView):
         self.user_id = params.get("user_id")
         self.connection_id = params.get("connection_id")
         catch_up = self._take_connected(params)
+        self._opened_at = time.monotonic()
         self._open.set()
         self._set_state("open")
         self._emit("connected", params)
@@ -369,9 +369,8 @@ class HeraldClient(InboxView):
                 # The server closes with 4401 at expiry; the reconnect asks for a token again.
                 return
             except Exception as exc:
-                self._stop(
-                    None, f"token provider failed: {exc}", HeraldAuthError(f"token provider failed: {exc}")
-                )
+                reason = f"token provider failed: {exc}"
+                self._stop(None, reason, HeraldAuthError(reason))
                 await ws.close(1000, "token provider failed")
                 return
 

@@ -5,15 +5,19 @@ stream, tasks). Semantics (the same as ``clients/js/herald.js``):
 
 - **Nothing missed, nothing twice**: after a reconnect, or on ``sync:required``, the client calls
   ``notifications.sync`` from its *watermark* and pages while ``has_more``; notifications it already
-  delivered are dropped by ``id``. The watermark is the highest ``seq`` below which no notification can be
-  missing: it advances over contiguous ``seq`` values of live frames and to the last item of each sync
-  page, so a frame published out of order by a second worker just before a disconnect is not skipped.
+  delivered are dropped by ``seq`` (at or below the watermark, or held above it) and by ``id``. The
+  watermark is the highest ``seq`` below which no notification can be missing: it advances over contiguous
+  ``seq`` values of live frames and to the last item of each sync page, so a frame published out of order
+  by a second worker just before a disconnect is not skipped.
+  Live ``seq`` values held above a gap that never fills live (a broadcast's own ``seq``) start a catch-up
+  once there are :data:`~herald_client.tracking.HELD_SEQS` of them.
   A first ``connected`` without ``last_seq`` (the worker did not answer the gateway in time) leaves no
   watermark: the client then anchors it from the ``last_seq`` of a ``notifications.unread_count`` reply,
   which it fetches at once, retried until the worker answers, so its next reconnect can still catch up.
   A failed catch-up is retried with backoff until it succeeds.
 - **unread_count** and **unseen_count** (the bell's badge, PROTOCOL §10) follow ``connected``,
-  ``notification:*`` frames and request results.
+  ``notification:*`` frames and request results, ordered by the ``last_seq`` each was read with
+  (:class:`~herald_client.counts.CountAnchor`, amendments 43 and 51).
 - **Collapsed notifications** come back with the same ``id`` and a higher ``seq``: they are delivered
   again as ``notification:new`` with ``Event.replaces`` true (replace the item, do not add it), and the
   counts are fetched again (the client cannot tell whether the replaced item had been seen). A repeat
@@ -32,6 +36,7 @@ import logging
 from abc import abstractmethod
 from typing import TYPE_CHECKING, Any, Final
 
+from herald_client.counts import CountAnchor
 from herald_client.errors import HeraldError
 from herald_client.methods import InboxMethods
 from herald_client.reconnect import backoff_delay
@@ -66,10 +71,8 @@ class InboxView(InboxMethods):
         #: The user's unseen count (the badge) as last reported or derived; ``None`` until known.
         self.unseen_count: int | None = None
         self.tracker = DeliveryTracker()
-        #: The ``last_seq`` the counts were read at (``connected``, ``notifications.unread_count``): a live
-        #: frame at or below it is in them already. The gateway writes the frames it held back during the
-        #: session's lookup right after ``connected``, and some were stored before the lookup read the counts.
-        self._counted_through: int | None = None
+        #: Orders the counts against live frames by the ``last_seq`` they were read with (amendments 43, 51).
+        self._counts = CountAnchor()
         self._sync_lock = asyncio.Lock()
         self._recount: asyncio.Task[None] | None = None
         self._recount_again = False
@@ -92,6 +95,12 @@ class InboxView(InboxMethods):
     def watermark(self, value: int | None) -> None:
         self.tracker.watermark = value
 
+    def _take_counts(self, unread: Any, unseen: Any, last_seq: Any) -> None:
+        taken = self._counts.take(unread, unseen, last_seq)
+        if taken is not None:  # else read before the counts shown: a late reply or event
+            self._set_unread(taken[0])
+            self._set_unseen(taken[1])
+
     def _set_unread(self, count: Any) -> None:
         if isinstance(count, int) and count != self.unread_count:
             self.unread_count = count
@@ -103,10 +112,9 @@ class InboxView(InboxMethods):
             self._emit("unseen", {"count": count})
 
     def _anchor(self, last_seq: Any) -> None:
-        """Take a count's ``last_seq``: it anchors a missing watermark and bounds what the count covers."""
+        """Take a count's ``last_seq``: it anchors a missing watermark."""
         if isinstance(last_seq, int):
             self.tracker.anchor(last_seq)  # a no-op once there is a watermark
-            self._counted_through = last_seq
 
     def _take_connected(self, params: dict[str, Any]) -> bool:
         """Take the counts and ``last_seq`` of ``connected``; ``True`` when a catch-up must follow."""
@@ -115,10 +123,8 @@ class InboxView(InboxMethods):
         # First session: history is what notifications.list is for; live starts now. Live frames seen by an
         # earlier session that never got a last_seq keep the watermark below them (anchor).
         self._anchor(server_seq)
-        if not isinstance(server_seq, int):
-            self._counted_through = None  # counts from a session without a lookup (or none at all)
-        self._set_unread(params.get("unread_count"))
-        self._set_unseen(params.get("unseen_count"))
+        self._counts.reset()  # a session's counts replace the last one's, whatever they were read with
+        self._take_counts(params.get("unread_count"), params.get("unseen_count"), server_seq)
         if resume_from is not None:
             return not isinstance(server_seq, int) or server_seq > resume_from
         # No last_seq: the catch-up anchors the watermark with notifications.unread_count. Anchored below
@@ -131,8 +137,7 @@ class InboxView(InboxMethods):
             self._deliver(params, replayed=False)
             return
         if isinstance(params, dict) and method.startswith("notification:"):
-            self._set_unread(params.get("unread_count"))
-            self._set_unseen(params.get("unseen_count"))
+            self._take_counts(params.get("unread_count"), params.get("unseen_count"), params.get("last_seq"))
         self._emit(method, params)
         if method == "sync:required":
             self._spawn(self._catch_up())
@@ -140,29 +145,28 @@ class InboxView(InboxMethods):
     def _deliver(self, item: dict[str, Any], replayed: bool) -> None:
         """Emit a notification unless this version was delivered already; advance the watermark."""
         seq = item.get("seq")
-        if isinstance(seq, int):
-            self.tracker.advance(seq)
+        if isinstance(seq, int) and self.tracker.advance(seq):
+            self._spawn(self._catch_up())  # the held seqs reached another HELD_SEQS: a sync passes their gap
         delivery = self.tracker.deliver(str(item.get("id")), seq if isinstance(seq, int) else None)
         if delivery == "repeat":
             return
         # Replayed items are counted by the unread_count fetch that ends every catch-up.
         if delivery == "replacement" and not replayed:
             self._spawn(self._recount_soon())
-        elif not replayed and not self._counted(seq):
+        elif not replayed and not self._counts.counted(seq):
             if not isinstance(seq, int) or _collapsed(item):
                 # The counts may hold it already: fetch them rather than add one (see the module's docstring).
                 self._spawn(self._recount_soon())
             else:
+                unread = unseen = 0
                 if item.get("read_at") is None and self.unread_count is not None:
                     self._set_unread(self.unread_count + 1)
+                    unread = 1
                 if item.get("seen_at") is None and self.unseen_count is not None:
                     self._set_unseen(self.unseen_count + 1)
+                    unseen = 1
+                self._counts.added(seq, unread, unseen)
         self._emit("notification:new", item, replayed, delivery == "replacement")
-
-    def _counted(self, seq: Any) -> bool:
-        """Whether a live frame's notification is in the counts already (stored at or below their
-        ``last_seq``)."""
-        return isinstance(seq, int) and self._counted_through is not None and seq <= self._counted_through
 
     async def _recount_soon(self) -> None:
         """Fetch the counts again; replacements arriving meanwhile are covered by one more fetch."""
@@ -212,7 +216,9 @@ class InboxView(InboxMethods):
                 items = page.get("items") or []
                 recovered = recovered or bool(items)
                 for item in items:
-                    self._deliver(item, replayed=True)
+                    # By seq, before _deliver() passes the held seqs: a long session's first ids are gone.
+                    if not self.tracker.delivered_before(item.get("seq")):
+                        self._deliver(item, replayed=True)
                 if items:
                     last = items[-1].get("seq")
                     if isinstance(last, int):

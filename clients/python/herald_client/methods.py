@@ -24,17 +24,13 @@ class InboxMethods(ABC):
         """Send one request and return its result."""
 
     @abstractmethod
-    def _set_unread(self, count: Any) -> None:
-        """Record the user's unread count from a result."""
-
-    @abstractmethod
-    def _set_unseen(self, count: Any) -> None:
-        """Record the user's unseen count from a result."""
+    def _take_counts(self, unread: Any, unseen: Any, last_seq: Any) -> None:
+        """Record the user's counts from a result, read with ``last_seq`` (amendment 51)."""
 
     @abstractmethod
     def _anchor(self, last_seq: Any) -> None:
         """Take a count result's ``last_seq`` (an ``int``; anything else is ignored): it anchors a missing
-        watermark, and live frames at or below it are not counted again."""
+        watermark."""
 
     async def list_notifications(
         self,
@@ -69,8 +65,7 @@ class InboxMethods(ABC):
         connection was attached to the user's exchange, so every later notification arrives live."""
         result = await self.request("notifications.unread_count")
         count: int = result["count"]
-        self._set_unread(count)
-        self._set_unseen(result.get("unseen_count"))
+        self._take_counts(count, result.get("unseen_count"), result.get("last_seq"))
         self._anchor(result.get("last_seq"))
         return count
 
@@ -170,6 +165,5 @@ class InboxMethods(ABC):
 
     async def _counting(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = await self.request(method, params)
-        self._set_unread(result.get("unread_count"))
-        self._set_unseen(result.get("unseen_count"))
+        self._take_counts(result.get("unread_count"), result.get("unseen_count"), result.get("last_seq"))
         return result

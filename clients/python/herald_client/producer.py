@@ -8,10 +8,15 @@ Example::
 Every event gets an ``event_id`` (a random one unless given) that is also its AMQP ``message_id``, so a
 retried ``send`` after a lost confirm stores nothing twice. ``Producer(..., source="billing")`` scopes
 those ids to this producer: another producer's equal ``event_id`` is then a different event.
+
+Publishing raises :class:`InvalidEvent` (checked before anything is sent) or :class:`PublishError` (the
+broker did not take the event), nothing else: after a dropped broker connection it waits up to
+:data:`RECONNECT_WAIT_SECONDS` for the robust connection to come back and publishes once more.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import re
 import uuid
@@ -21,10 +26,16 @@ from typing import TYPE_CHECKING, Any, Final, Self
 import aio_pika
 import aiormq
 import orjson
-from aio_pika.exceptions import DeliveryError
+from aio_pika.exceptions import (
+    AMQPChannelError,
+    AMQPConnectionError,
+    ChannelInvalidStateError,
+    DeliveryError,
+)
 
 from herald_client.protocol import (
     BROADCAST_ROUTING_KEY,
+    CHANNELS,
     MAX_ACTION_LABEL_CHARS,
     MAX_ACTIONS,
     MAX_COLLAPSE_KEY_CHARS,
@@ -47,12 +58,18 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from types import TracebackType
 
-    from aio_pika.abc import AbstractExchange, AbstractRobustConnection
+    from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
 
 
 _USER_ID = re.compile(USER_ID_PATTERN)
 _TYPE = re.compile(TYPE_PATTERN)
 _SOURCE = re.compile(SOURCE_PATTERN)
+#: How long a publish on a dropped broker connection waits for aio-pika's robust connection to be back
+#: (it reconnects every 5 s) before :class:`PublishError`.
+RECONNECT_WAIT_SECONDS: Final = 15.0
+# What a publish raises while the connection or channel is down: aio-pika checks the channel before it
+# waits for a reconnect (ChannelInvalidStateError), aiormq fails a publish in flight with the close reason.
+_CONNECTION_LOST = (AMQPConnectionError, AMQPChannelError, ChannelInvalidStateError, ConnectionError)
 
 
 class Unset(enum.Enum):
@@ -74,12 +91,17 @@ class InvalidEvent(ValueError):
 
 
 class PublishError(RuntimeError):
-    """The broker did not take the event (unroutable: no worker has declared the input queue yet), or
-    the events exchange does not exist and this broker user may not declare it."""
+    """The broker did not take the event (unroutable: no worker has declared the input queue yet), the
+    events exchange does not exist and this broker user may not declare it, or the broker connection was
+    lost and did not come back within :data:`RECONNECT_WAIT_SECONDS`."""
 
 
 class Producer:
     """Publishes Herald events to the events exchange and waits for the broker's confirm.
+
+    :meth:`send`, :meth:`broadcast` and :meth:`profile` raise :class:`InvalidEvent` or
+    :class:`PublishError` only (see the module docstring): a dropped connection is waited out and the
+    event published again with the same ``message_id``, which the worker stores once.
 
     Args:
         amqp_url: RabbitMQ URL.
@@ -103,13 +125,14 @@ class Producer:
         self._url = amqp_url
         self._exchange_name = events_exchange(prefix)
         self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractRobustChannel | None = None
         self._exchange: AbstractExchange | None = None
 
     async def __aenter__(self) -> Self:
         connection = self._connection = await aio_pika.connect_robust(self._url)
         try:
             await self._ensure_exchange(connection)
-            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            channel = self._channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             self._exchange = await channel.get_exchange(self._exchange_name, ensure=False)
         except BaseException:
             # __aexit__ is not called when __aenter__ fails: a robust connection left open would keep
@@ -154,6 +177,8 @@ class Producer:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        # Forgotten first: a send after this is refused at once, not waited out as a dropped connection.
+        self._channel = self._exchange = None
         if self._connection is not None:
             await self._connection.close()
 
@@ -180,7 +205,7 @@ class Producer:
 
         Raises:
             InvalidEvent: the event breaks a PROTOCOL §4 rule (checked before anything is sent).
-            PublishError: the broker returned the message as unroutable.
+            PublishError: the broker returned the message as unroutable, or the connection stayed lost.
         """
         recipients = [user_ids] if isinstance(user_ids, str) else list(user_ids)
         body: dict[str, Any] = {"user_ids": recipients}
@@ -233,7 +258,7 @@ class Producer:
         Raises:
             InvalidEvent: a bad ``user_id`` or a ``changed_at`` without an offset (the worker checks the
                 fields themselves, and dead-letters an event with a bad one, with its reason).
-            PublishError: the broker returned the message as unroutable.
+            PublishError: the broker returned the message as unroutable, or the connection stayed lost.
         """
         if not isinstance(user_id, str) or not _USER_ID.fullmatch(user_id):
             raise InvalidEvent(f"user_id: {user_id!r} is not a valid user id")
@@ -261,7 +286,7 @@ class Producer:
             "type": type,
             "title": title,
             "message": message,
-            "data": data or {},
+            "data": {} if data is None else data,
         }
         if self._source is not None:
             body["source"] = self._source
@@ -272,7 +297,7 @@ class Producer:
         return body
 
     async def _publish(self, body: dict[str, Any], routing_key: str, message_id: str) -> None:
-        if self._exchange is None:
+        if self._exchange is None or self._channel is None:
             raise RuntimeError("use `async with Producer(...)` before publishing")
         message = aio_pika.Message(
             orjson.dumps(body),
@@ -280,12 +305,25 @@ class Producer:
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=message_id,
         )
+        exchange, channel = self._exchange, self._channel
         try:
-            await self._exchange.publish(message, routing_key=routing_key, mandatory=True)
+            try:
+                await exchange.publish(message, routing_key=routing_key, mandatory=True)
+            except _CONNECTION_LOST:
+                # The robust connection restores the channel in the background but does not replay a
+                # publish. Sent again with the same message_id, the event is still stored once.
+                async with asyncio.timeout(RECONNECT_WAIT_SECONDS):
+                    await channel.ready()
+                await exchange.publish(message, routing_key=routing_key, mandatory=True)
         except DeliveryError as exc:
             raise PublishError(
                 f"{self._exchange_name} returned the event as unroutable: "
                 "start a worker once so the input queue exists"
+            ) from exc
+        except (*_CONNECTION_LOST, TimeoutError) as exc:
+            raise PublishError(
+                f"the broker connection was lost (waited up to {RECONNECT_WAIT_SECONDS:g}s for it): "
+                f"{type(exc).__name__}: {exc}"
             ) from exc
 
 
@@ -308,8 +346,13 @@ def _check_common(body: dict[str, Any]) -> None:
         raise InvalidEvent(f"message: must be at most {MAX_MESSAGE_CHARS} characters")
     if len(body["event_id"].encode("utf-8", "surrogatepass")) > MAX_EVENT_ID_BYTES:
         raise InvalidEvent(f"event_id: must be at most {MAX_EVENT_ID_BYTES} bytes in UTF-8")
+    if not isinstance(body["data"], dict):
+        raise InvalidEvent("data: must be a JSON object (a dict)")
     if len(orjson.dumps(body["data"])) > MAX_DATA_BYTES:
         raise InvalidEvent(f"data: must serialize to at most {MAX_DATA_BYTES} bytes")
+    unknown = [name for name in body.get("channels", ()) if name not in CHANNELS]
+    if unknown:
+        raise InvalidEvent(f"channels: {unknown!r} not among {', '.join(CHANNELS)}")
 
 
 def _check_url(field: str, url: object) -> None:

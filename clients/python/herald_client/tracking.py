@@ -8,7 +8,10 @@ overlaps live frames) is dropped; a higher ``seq`` is a replacement.
 The watermark is the highest ``seq`` below which no notification can be missing. It advances over
 contiguous ``seq`` values of live frames (a frame published out of order by a second worker leaves a gap
 that holds it back) and jumps to the last item of each ``notifications.sync`` page, since a sync returns
-every ``seq`` above ``since``.
+every ``seq`` above ``since``. A gap that never fills live (a broadcast's own ``seq``: its live frame has
+none, PROTOCOL amendment 36) holds every later ``seq``; once :data:`HELD_SEQS` are held, :meth:`advance`
+asks for the sync that passes it. A replayed (sync) item is a repeat when its ``seq`` was delivered
+(:meth:`delivered_before`), whether or not its id is still remembered.
 
 A client whose first ``connected`` carried no ``last_seq`` (the worker did not answer the gateway in time)
 has no watermark yet. It remembers the live ``seq`` values it sees (a bounded number) and takes the
@@ -26,6 +29,11 @@ Delivery = Literal["new", "replacement", "repeat"]
 
 #: How many notification ids are remembered for de-duplication.
 REMEMBERED_IDS: Final = 10_000
+
+#: How many live ``seq`` values held above the watermark make :meth:`DeliveryTracker.advance` ask for a
+#: catch-up (again at each further multiple): far fewer than :data:`REMEMBERED_IDS`, so the sync that passes
+#: the gap finds every id it returns still remembered.
+HELD_SEQS: Final = 1_000
 
 
 class DeliveryTracker:
@@ -58,20 +66,38 @@ class DeliveryTracker:
             self._delivered.popitem(last=False)
         return "new"
 
-    def advance(self, seq: int) -> None:
-        """A live frame with ``seq`` arrived: move the watermark over any now-contiguous run.
+    def advance(self, seq: int) -> bool:
+        """A notification with ``seq`` arrived (live or by a sync): move the watermark over a contiguous run.
+
+        ``True`` when the client should catch up: ``seq`` is held above a gap and the held ``seq`` values
+        reached a multiple of :data:`HELD_SEQS`. A sync passes the gap (:meth:`synced_up_to`), unless every
+        item above it is gone (deleted or expired): asking again only per further :data:`HELD_SEQS`, not at
+        every frame, keeps such a gap from setting off a sync per frame.
 
         Without a watermark the ``seq`` is only remembered (at most :data:`REMEMBERED_IDS` of them, so an
-        unanchored client does not grow without limit) for :meth:`anchor`."""
+        unanchored client does not grow without limit) for :meth:`anchor`; its catch-up is under way."""
         mark = self.watermark
         if mark is None:
             if len(self._above_watermark) < self._remembered:
                 self._above_watermark.add(seq)
-            return
-        if seq <= mark:
-            return
+            return False
+        if seq <= mark or seq in self._above_watermark:
+            return False
         self._above_watermark.add(seq)
         self._advance_from(mark)
+        return seq in self._above_watermark and len(self._above_watermark) % HELD_SEQS == 0
+
+    def delivered_before(self, seq: object) -> bool:
+        """Whether a sync item's ``seq`` was delivered: at or below the watermark, or held.
+
+        Ask before :meth:`advance`: a broadcast's copy moves the watermark over every ``seq`` held above it,
+        and the ids of the items after it may be forgotten by then. Sound for sync items only: a sync returns
+        ``seq`` values above ``since``, and the watermark passes only ``seq`` values delivered live or by a
+        sync page; a live frame the gateway held back during the session lookup may be at or below a first
+        session's watermark (``last_seq``) and still be new."""
+        if not isinstance(seq, int):
+            return False
+        return seq in self._above_watermark or (self.watermark is not None and seq <= self.watermark)
 
     def anchor(self, last_seq: int) -> None:
         """Set the missing watermark from a reply's ``last_seq``; a no-op once there is one.
