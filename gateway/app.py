@@ -82,8 +82,8 @@ class Gateway:
         settings = self.settings
         if settings.dev_tokens:
             log.warning(
-                "HERALD_DEV_TOKENS=1: /dev/token mints a valid token for ANY user without credentials; "
-                "never enable this outside local development"
+                "HERALD_DEV_TOKENS=1: /dev/token mints a valid token for ANY user without credentials, for "
+                "anyone who can reach this port; never enable this outside local development"
             )
         if self.verifier.lacks_audience:
             log.warning(

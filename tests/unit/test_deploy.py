@@ -324,6 +324,14 @@ def test_image_listens_beyond_loopback_for_every_process() -> None:
     assert {name: image_env.get(name) for name in hosts} == dict.fromkeys(hosts, "0.0.0.0")
 
 
+def test_compose_publishes_ports_on_this_machine_only() -> None:
+    """A published port reachable from other machines would make the opt-in ``/dev/token`` of a trial an
+    open door: its loopback ``Host`` check stops browsers, not a client that sends ``Host: localhost``."""
+    published = [port for service in compose()["services"].values() for port in service.get("ports", [])]
+    assert published
+    assert all(str(port).startswith("127.0.0.1:") for port in published), published
+
+
 def test_prometheus_scrapes_every_herald_service_of_compose_on_its_health_port() -> None:
     """Each compose service running the Herald image is a target of deploy/prometheus/prometheus.yml, at
     the port its healthcheck reads (the one that serves /metrics too)."""
