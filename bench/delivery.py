@@ -199,6 +199,7 @@ async def run(stack: Stack, jobs: int, smtp_connections: int, rounds: int) -> li
             push_concurrency=PUSH_CONCURRENCY,
             vapid_private_key=private_pem,
             push_allow_http="true",
+            push_hosts="127.0.0.1",  # the loopback receiver
             log_level="WARNING",
         )
         for number in range(rounds):

@@ -7,6 +7,8 @@ at start with a single line that names the variable, instead of a traceback minu
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Final, Literal, NoReturn
@@ -22,6 +24,39 @@ def _split_commas(value: object) -> object:
     if isinstance(value, str):
         return tuple(item.strip() for item in value.split(",") if item.strip())
     return value
+
+
+#: The browsers' push services: Chrome and the other Chromium browsers (FCM), Firefox (Mozilla autopush),
+#: Safari (``web.push.apple.com``), Edge (WNS, ``<node>.notify.windows.com``).
+DEFAULT_PUSH_HOSTS: Final = (
+    "fcm.googleapis.com",
+    "updates.push.services.mozilla.com",
+    ".push.apple.com",
+    ".notify.windows.com",
+)
+_HOST_NAME: Final = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*")
+
+
+def push_host_entry(entry: str) -> str:
+    """One ``push_hosts`` entry, normalised: ``*``, an IP address, a host name (lower case, no trailing
+    dot) or ``.`` and a domain (its subdomains); ``ValueError`` for anything else (a scheme, port, path)."""
+    entry = entry.strip().lower()
+    if entry == "*":
+        return entry
+    dot = "." if entry.startswith(".") else ""
+    name = entry.removeprefix(dot).removesuffix(".")
+    try:
+        address = ipaddress.ip_address(name.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        if _HOST_NAME.fullmatch(name):
+            return dot + name
+    else:
+        if not dot:
+            return str(address)
+    raise ValueError(
+        f"{entry!r} is not a host name: give host names without scheme, port or path "
+        "('.example.com' for its subdomains, '*' for any host)"
+    )
 
 
 #: HS secrets shorter than this are refused: RFC 7518 §3.2 asks for a key at least as long as the hash.
@@ -116,7 +151,13 @@ class Settings(BaseSettings):
     Web Push (the worker answers ``push.*`` requests, ``herald-delivery`` sends)
         vapid_private_key: the VAPID key pair's private half, PEM text or ``@path`` (``herald vapid``
             prints one); unset = ``push.vapid_key`` and push sending are unavailable.
-        push_allow_http: accept ``http://`` push endpoints (development and tests only) [false].
+        push_allow_http: accept ``http://`` push endpoints, and under ``push_hosts`` ``*`` hosts that
+            are not public (development and tests only) [false].
+        push_hosts: comma-separated hosts push endpoints may name, checked at ``push.subscribe`` and
+            again before each push; ``.example.com`` matches its subdomains; ``*`` any public host: not
+            a loopback, private, link-local or other non-global IP address, ``localhost`` or a name
+            without a dot (unless ``push_allow_http``) [the browsers' push services,
+            :data:`DEFAULT_PUSH_HOSTS`].
         push_max_subscriptions: subscriptions kept per user; one more drops the oldest [20].
 
     Logging
@@ -189,6 +230,7 @@ class Settings(BaseSettings):
 
     vapid_private_key: SecretStr | None = None
     push_allow_http: bool = False
+    push_hosts: Annotated[tuple[str, ...], NoDecode] = DEFAULT_PUSH_HOSTS
     push_max_subscriptions: int = Field(default=20, ge=1, le=1000)
 
     log_format: Literal["json", "console", "auto"] = "auto"
@@ -234,6 +276,18 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_origins(cls, value: object) -> object:
         return _split_commas(value) if value != "" else None
+
+    @field_validator("push_hosts", mode="before")
+    @classmethod
+    def _parse_push_hosts(cls, value: object) -> object:
+        return DEFAULT_PUSH_HOSTS if value == "" else _split_commas(value)  # "": compose's `${VAR:-}`
+
+    @field_validator("push_hosts", mode="after")
+    @classmethod
+    def _check_push_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one host (or '*') is required")
+        return tuple(push_host_entry(entry) for entry in value)
 
     @property
     def amqp_user(self) -> str:

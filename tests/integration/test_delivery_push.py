@@ -3,6 +3,7 @@ push service that checks the VAPID JWT and decrypts the ``aes128gcm`` body like 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from typing import TYPE_CHECKING
 
@@ -24,7 +25,8 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.timeout(180)
 PRIVATE_PEM, PUBLIC_KEY = new_key_pair()
-PUSH = {"vapid_private_key": PRIVATE_PEM, "push_allow_http": "true"}
+# The loopback receiver: http://, and its host allowed (HERALD_PUSH_HOSTS, the browsers' services by default).
+PUSH = {"vapid_private_key": PRIVATE_PEM, "push_allow_http": "true", "push_hosts": "127.0.0.1"}
 
 
 @pytest.fixture(scope="module")
@@ -265,3 +267,50 @@ async def test_a_stored_endpoint_httpx_cannot_post_to_does_not_repeat_the_push_t
     assert orjson.loads(browser.decrypt(push.body))["title"] == "Essay graded"
     listed = (await rpc.call("push.list", user=user))["result"]["items"]
     assert [item["endpoint"] for item in listed] == [receiver.endpoint(working)]
+
+
+async def test_a_stored_endpoint_whose_host_is_not_allowed_fails_without_a_connection(
+    delivery: HeraldProcess, rpc: AmqpRpc, watcher: Watcher, pg: asyncpg.Connection
+) -> None:
+    # A row stored before HERALD_PUSH_HOSTS came in (or while it allowed more): herald-delivery checks the
+    # host again before it posts, and refuses it for good without connecting. This stack allows 127.0.0.1.
+    accepted: list[object] = []
+
+    async def listen(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer.get_extra_info("peername"))
+        writer.close()
+
+    server = await asyncio.start_server(listen, "127.0.0.2", 0)
+    user, subscription = fresh_id(), fresh_id("p")
+    endpoint = f"http://127.0.0.2:{server.sockets[0].getsockname()[1]}/push/{fresh_id('s')}"
+    keys = BrowserKeys().subscription(endpoint)["keys"]
+    try:
+        await pg.execute(
+            "INSERT INTO push_subscriptions (id, user_id, endpoint, p256dh, auth)"
+            " VALUES ($1, $2, $3, $4, $5)",
+            subscription,
+            user,
+            endpoint,
+            keys["p256dh"],
+            keys["auth"],
+        )
+        await watcher.publish(event(user, "GRADE_RELEASED"))
+
+        async def settled() -> bool:
+            status: str | None = await pg.fetchval(
+                "SELECT status FROM delivery_jobs WHERE user_id = $1", user
+            )
+            return status not in (None, "scheduled")
+
+        await wait_until(settled, 60, "the push job settled")
+    finally:
+        server.close()
+    job = await pg.fetchrow("SELECT status, attempts, last_error FROM delivery_jobs WHERE user_id = $1", user)
+    assert (job["status"], job["attempts"]) == ("failed", 1)
+    assert job["last_error"] == (
+        f"push subscription {subscription}: endpoint refused"
+        " (host 127.0.0.2 is not one of the push services in HERALD_PUSH_HOSTS)"
+    )
+    assert accepted == []
+    listed = (await rpc.call("push.list", user=user))["result"]["items"]
+    assert [item["endpoint"] for item in listed] == [endpoint]  # kept: the setting may allow it again

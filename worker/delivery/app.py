@@ -146,6 +146,8 @@ class _Delivery:
             max_connections=settings.push_concurrency,
             pool=pool,
             is_critical=self._is_critical,
+            hosts=settings.push_hosts,
+            allow_local=settings.push_allow_http,
         )
 
     def _is_critical(self, notification_type: str) -> bool:

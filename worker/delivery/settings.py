@@ -47,7 +47,8 @@ class DeliverySettings(Settings):
         vapid_subject: ``mailto:`` or ``https:`` contact in the VAPID claims [``mailto:admin@localhost``].
         push_rate: pushes per second per process [200].
         push_ttl: ``TTL`` header, seconds the push service keeps an undelivered message [86400].
-        push_timeout: seconds per push request [10].
+        push_timeout: seconds a push request may take in all (a pool slot, connecting, sending, the
+            reply's status and the first KiB of its body), not per read [10].
     """
 
     delivery_http_host: str = "127.0.0.1"

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final
 from pydantic import AfterValidator, ConfigDict, Field, StringConstraints
 
 from shared.jsonrpc import ErrorCode, JsonRpcError
-from worker.push_endpoint import parse_endpoint
+from worker.push_endpoint import check_host, parse_endpoint
 from worker.requests.common import Method, NoParams, Params, bad_param
 from worker.store import push as store
 from worker.text import refuse_control_characters
@@ -71,10 +71,12 @@ class UnsubscribeParams(Params):
     endpoint: Endpoint
 
 
-def _check_endpoint(endpoint: str, allow_http: bool) -> None:
-    """Parsed as the sender's httpx will parse it, so what is stored can be posted to."""
+def _check_endpoint(endpoint: str, allow_http: bool, hosts: tuple[str, ...]) -> None:
+    """Parsed as the sender's httpx will parse it, so what is stored can be posted to, and naming a host
+    of ``HERALD_PUSH_HOSTS``, so herald-delivery posts to push services only (not inside its network)."""
     try:
-        parse_endpoint(endpoint, ("https", "http") if allow_http else ("https",))
+        url = parse_endpoint(endpoint, ("https", "http") if allow_http else ("https",))
+        check_host(url, hosts, allow_local=allow_http)
     except ValueError as exc:
         raise bad_param("endpoint", str(exc)) from None
 
@@ -105,7 +107,7 @@ async def subscribe(runtime: Runtime, caller: Caller, params: SubscribeParams) -
     settings = runtime.settings
     if settings.vapid_private_key is None:
         raise _unavailable()
-    _check_endpoint(params.endpoint, settings.push_allow_http)
+    _check_endpoint(params.endpoint, settings.push_allow_http, settings.push_hosts)
     _check_key("p256dh", params.keys.p256dh)
     _check_key("auth", params.keys.auth)
     subscription_id = await store.subscribe(

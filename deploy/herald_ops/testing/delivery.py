@@ -301,8 +301,16 @@ def job_message(
     )
 
 
-def web_push_sender(pool: asyncpg.Pool, *, timeout: float = 10.0, max_connections: int = 4) -> WebPushSender:
-    """A Web Push sender with a fresh VAPID key, for tests that send through it directly."""
+def web_push_sender(
+    pool: asyncpg.Pool,
+    *,
+    timeout: float = 10.0,
+    max_connections: int = 4,
+    hosts: tuple[str, ...] = ("127.0.0.1",),
+    allow_local: bool = True,
+) -> WebPushSender:
+    """A Web Push sender with a fresh VAPID key, for tests that send through it directly; by default it
+    posts to loopback receivers (``HERALD_PUSH_HOSTS=127.0.0.1``, ``HERALD_PUSH_ALLOW_HTTP=true``)."""
     return WebPushSender(
         load_vapid(new_key_pair()[0]),
         subject="mailto:ops@herald.test",
@@ -311,4 +319,6 @@ def web_push_sender(pool: asyncpg.Pool, *, timeout: float = 10.0, max_connection
         max_connections=max_connections,
         pool=pool,
         is_critical=lambda _: False,
+        hosts=hosts,
+        allow_local=allow_local,
     )

@@ -5,8 +5,16 @@ the POSTs go through one pooled ``httpx.AsyncClient`` (keep-alive per push servi
 push. A job goes to every subscription of its user at once. Per subscription: 2xx delivered; 404/410
 the subscription is gone and removed; 429, 5xx and network errors transient; any other 4xx (400, 403,
 413, ...) permanent. An endpoint httpx cannot post to (stored before ``push.subscribe`` parsed endpoints)
-is removed like a gone one; keys that do not decode are permanent. A subscription's failure, whatever it
-is, is that subscription's outcome: it never fails the sends to the others.
+is removed like a gone one; one whose host ``HERALD_PUSH_HOSTS`` does not allow (stored before the setting
+came in or changed) and keys that do not decode are permanent, and nothing is posted. A subscription's
+failure, whatever it is, is that subscription's outcome: it never fails the sends to the others.
+
+A push service's reply is bounded in time and size: a request (a pool slot, connecting, sending, the
+reply's status and the first :data:`REPLY_BYTES` of its body) has ``HERALD_PUSH_TIMEOUT`` seconds in all,
+not per read, so an endpoint that trickles its reply cannot hold a connection of the pool; a reply whose
+status came in time is classed by that status even if its body is cut short. The body is asked for
+unencoded (``Accept-Encoding: identity``), never decoded, and read only as far as the error text needs: a
+compressed reply (a gzip bomb) is not read at all.
 
 While one device failed transiently, the job is retried for that device alone: the devices that accepted
 it or refused it for good are kept as receipts (``push_receipts``) and skipped by the retry, so no device
@@ -21,6 +29,7 @@ import base64
 import hashlib
 import os
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import http_ece
@@ -30,7 +39,7 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from worker.delivery.jobs import Outcome
-from worker.push_endpoint import audience, parse_endpoint
+from worker.push_endpoint import audience, check_host, parse_endpoint
 from worker.store import push as store
 
 if TYPE_CHECKING:
@@ -49,6 +58,9 @@ MAX_PAYLOAD_BYTES: Final = 3800
 _PAYLOAD_FIELDS: Final = ("id", "type", "category", "title", "message", "data", "url", "created_at")
 _VAPID_TTL_SECONDS: Final = 12 * 3600
 _GONE: Final = frozenset({404, 410})
+#: The most of a reply's body read, raw (for the error text); the rest is never read.
+REPLY_BYTES: Final = 1024
+_ERROR_TEXT_CHARS: Final = 200
 
 
 def push_payload(notification: dict[str, Any], limit: int = MAX_PAYLOAD_BYTES) -> bytes:
@@ -102,14 +114,22 @@ class WebPushSender:
         max_connections: int,
         pool: asyncpg.Pool,
         is_critical: Callable[[str], bool],
+        hosts: tuple[str, ...],
+        allow_local: bool,
     ) -> None:
         self._vapid = vapid
         self._subject = subject
         self._ttl = ttl
+        self._timeout = timeout
         self._pool = pool
         self._is_critical = is_critical
+        self._hosts = hosts  # HERALD_PUSH_HOSTS, and HERALD_PUSH_ALLOW_HTTP (see check_host)
+        self._allow_local = allow_local
         self._client = httpx.AsyncClient(
-            timeout=timeout, limits=httpx.Limits(max_connections=max_connections), follow_redirects=False
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=max_connections),
+            follow_redirects=False,
+            headers={"Accept-Encoding": "identity"},  # a reply is never decoded
         )
         self._authorization: dict[str, tuple[float, str]] = {}  # audience → (expires, header)
 
@@ -174,31 +194,69 @@ class WebPushSender:
             log.warning("push endpoint unusable; removed", subscription_id=subscription.id, error=str(exc))
             return Outcome.skipped(f"push subscription {subscription.id}: unusable endpoint ({exc})")
         try:
+            check_host(url, self._hosts, allow_local=self._allow_local)
+        except ValueError as exc:  # kept: the setting may change back; nothing is posted meanwhile
+            log.warning("push endpoint refused", subscription_id=subscription.id, error=str(exc))
+            return Outcome.permanent(f"push subscription {subscription.id}: endpoint refused ({exc})")
+        try:
             body = encrypt(payload, subscription.p256dh, subscription.auth)
         except Exception as exc:  # keys the browser gave us that do not decode or are not on the curve
             return Outcome.permanent(f"push subscription {subscription.id}: unusable keys ({exc!r})")
-        authorization = self._vapid_header(url)
+        reply = _Reply()
+        failure: Exception | None = None
         try:
-            response = await self._client.post(
-                url, content=body, headers={**headers, "Authorization": authorization}
-            )
-        except httpx.HTTPError as exc:
-            return Outcome.transient(f"push {subscription.id}: {exc!r}")
-        status = response.status_code
+            async with asyncio.timeout(self._timeout):
+                await self._exchange(url, body, {**headers, "Authorization": self._vapid_header(url)}, reply)
+        except (TimeoutError, httpx.HTTPError) as exc:  # after the status: classed by the status
+            failure = exc
+        status = reply.status
+        if status is None:  # no answer: transient, like a refused connection
+            if isinstance(failure, TimeoutError):
+                return Outcome.transient(
+                    f"push {subscription.id}: timed out, no reply in {self._timeout:g} s"
+                )
+            return Outcome.transient(f"push {subscription.id}: {failure!r}")
         if 200 <= status < 300:
             return Outcome.sent()
         if status in _GONE:
             await store.remove(self._pool, subscription.id)
             log.info("push subscription gone; removed", subscription_id=subscription.id, status=status)
             return Outcome.skipped(f"push {status}")
-        error = f"push {status}: {response.text[:200]}"
+        error = f"push {status}: {reply.text()}"
         if status == 429 or status >= 500:
             return Outcome.transient(error)
         return Outcome.permanent(error)
 
+    async def _exchange(self, url: httpx.URL, body: bytes, headers: dict[str, str], reply: _Reply) -> None:
+        """POST, filling ``reply`` as the answer comes in (what came survives a timeout)."""
+        async with self._client.stream("POST", url, content=body, headers=headers) as response:
+            reply.status = response.status_code
+            reply.encoding = response.headers.get("Content-Encoding", "").strip().lower()
+            if reply.encoding not in ("", "identity"):
+                return  # never decoded, so not read
+            async for chunk in response.aiter_raw():
+                reply.head += chunk[: REPLY_BYTES - len(reply.head)]
+                if len(reply.head) >= REPLY_BYTES:
+                    break  # the connection is closed, not reused, with the rest unread
+
     async def close(self) -> None:
         """Close the pooled connections."""
         await self._client.aclose()
+
+
+@dataclass(slots=True)
+class _Reply:
+    """A push service's answer as far as it came: the status, and the start of the body."""
+
+    status: int | None = None
+    encoding: str = ""
+    head: bytearray = field(default_factory=bytearray)
+
+    def text(self) -> str:
+        """The error text: the body's start as sent (an encoded one is not read)."""
+        if self.encoding not in ("", "identity"):
+            return f"(a {self.encoding[:40]}-encoded body, not read)"
+        return self.head.decode(errors="replace")[:_ERROR_TEXT_CHARS]
 
 
 def _outcome(subscription: store.Subscription, result: Outcome | BaseException) -> Outcome:
