@@ -177,3 +177,73 @@ async def test_an_applied_script_missing_from_the_directory_is_a_warning(dsn: st
 async def test_a_malformed_database_url_is_a_configuration_error(url: str) -> None:
     result = await asyncio.to_thread(run_module, url, "herald_ops.cli", "migrate")
     assert only_line(result, 2).startswith("herald: configuration error: HERALD_DATABASE_URL:")
+
+
+RECOUNT = "014_recount_counters.sql"
+COUNTERS = "SELECT user_id, unread_count, unseen_count, inbox_count FROM users ORDER BY user_id"
+# A writer of a release before sql/008: it bumps unread and unseen but not inbox_count.
+OLD_INSERT = """
+WITH bumped AS (UPDATE users SET last_seq = last_seq + 1, unread_count = unread_count + 1,
+                                 unseen_count = unseen_count + 1
+                 WHERE user_id = $1 RETURNING last_seq)
+INSERT INTO notifications (user_id, seq, id, type, category, title, message)
+SELECT $1, last_seq, 'n' || last_seq, 'NEW_COMMENT', 'social', 't', 'm' FROM bumped"""
+
+
+@pytest.fixture
+async def before_recount(dsn: str, tmp_path: Path) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to ``dsn``'s database, migrated up to the script before the counters' recount."""
+    sql_dir = tmp_path / "sql"
+    shutil.copytree(default_sql_dir(), sql_dir)
+    for script in sql_dir.glob("*.sql"):
+        if script.name >= RECOUNT:
+            script.unlink()
+    await migrate(dsn, sql_dir)
+    conn = await asyncpg.connect(dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def test_drifted_counters_are_recounted_and_exact_ones_left_alone(
+    dsn: str, before_recount: asyncpg.Connection
+) -> None:
+    """Writers of an older release left counters off (sql/014); expired rows still count."""
+    db = before_recount
+    await db.execute(
+        "INSERT INTO users (user_id, unread_count, unseen_count, inbox_count)"
+        " VALUES ('exact', 1, 0, 1), ('high', 5, 5, 5), ('low', 0, 0, 0), ('nothing', 2, 1, 3)"
+    )
+    await db.execute(
+        """INSERT INTO notifications (user_id, seq, id, type, category, title, message, read_at, seen_at,
+                                      archived_at, expires_at)
+           VALUES ('exact', 1, 'a', 'NEW_COMMENT', 'social', 't', 'm', NULL, now(), NULL, NULL),
+                  ('exact', 2, 'b', 'NEW_COMMENT', 'social', 't', 'm', now(), now(), now(), NULL),
+                  ('high', 1, 'a', 'NEW_COMMENT', 'social', 't', 'm', now(), now(), now(), NULL),
+                  ('low', 1, 'a', 'NEW_COMMENT', 'social', 't', 'm', NULL, NULL, NULL, now())"""
+    )
+    untouched = await db.fetchval("SELECT xmin::text FROM users WHERE user_id = 'exact'")
+    assert RECOUNT in await migrate(dsn)
+    assert [tuple(row) for row in await db.fetch(COUNTERS)] == [
+        ("exact", 1, 0, 1),
+        ("high", 0, 0, 0),
+        ("low", 1, 1, 1),
+        ("nothing", 0, 0, 0),
+    ]
+    assert await db.fetchval("SELECT xmin::text FROM users WHERE user_id = 'exact'") == untouched
+
+
+async def test_the_recount_run_again_after_an_older_writer_recounts_again(
+    dsn: str, before_recount: asyncpg.Connection
+) -> None:
+    db = before_recount
+    await db.execute("INSERT INTO users (user_id) VALUES ('alice')")
+    await db.execute(OLD_INSERT, "alice")
+    assert RECOUNT in await migrate(dsn)
+    assert tuple(await db.fetchrow(COUNTERS)) == ("alice", 1, 1, 1)
+
+    await db.execute(OLD_INSERT, "alice")  # an older worker still running after the migration
+    assert tuple(await db.fetchrow(COUNTERS)) == ("alice", 2, 2, 1)
+    await db.execute((default_sql_dir() / RECOUNT).read_text())  # psql -f sql/014_recount_counters.sql
+    assert tuple(await db.fetchrow(COUNTERS)) == ("alice", 2, 2, 2)

@@ -104,6 +104,11 @@ _INSERT_WAITING: Final = f"""
 # for a job without a copy of its notification (sql/009), the in-app row as that copy (the same jsonb
 # notifications.delete writes into such jobs). Such a job whose row is gone (retention deleted it) has
 # nothing to send: it ends cancelled, like a delayed job whose copy was read or deleted.
+# `candidates` locks each row's latest version, but `decided` reads the rows from the statement's snapshot:
+# a higher version merged in between (committed after the snapshot, before the lock) is not what is sent.
+# So the claim returns the version its content came from (`seen_version`), never the locked row's, and
+# _FINISH leaves the newer version waiting as a job of its own (amendment 54); a cancellation decided on
+# the older version leaves the newer one waiting too (released: the next claim decides it).
 _CLAIM: Final = f"""
     WITH candidates AS (
         SELECT id FROM delivery_jobs
@@ -112,7 +117,7 @@ _CLAIM: Final = f"""
          ORDER BY due_at LIMIT $2
            FOR UPDATE SKIP LOCKED
     ), decided AS (
-        SELECT j.id, j.user_id, coalesce(j.notification, s.copy) AS notification,
+        SELECT j.id, j.user_id, j.version AS seen_version, coalesce(j.notification, s.copy) AS notification,
                (j.cancel_if_read AND NOT EXISTS (
                    SELECT 1 FROM notifications n
                     WHERE n.user_id = j.user_id AND n.id = j.notification_id AND n.read_at IS NULL))
@@ -124,14 +129,15 @@ _CLAIM: Final = f"""
                ) AS s ON true
     )
     UPDATE delivery_jobs j
-       SET status = CASE WHEN d.cancel THEN 'cancelled' ELSE j.status END,
+       SET status = CASE WHEN d.cancel AND j.version IS NOT DISTINCT FROM d.seen_version THEN 'cancelled'
+                         ELSE j.status END,
            attempts = j.attempts + CASE WHEN d.cancel THEN 0 ELSE 1 END,
            claims = j.claims + 1,
            locked_until = CASE WHEN d.cancel THEN NULL ELSE now() + make_interval(secs => $3) END
       FROM decided d LEFT JOIN user_profiles p ON p.user_id = d.user_id
      WHERE j.id = d.id
-    RETURNING j.id, j.user_id, j.channel, d.notification, j.attempts, d.cancel AS cancelled, j.version,
-              p.email, p.name, p.locale, p.timezone, j.claims"""
+    RETURNING j.id, j.user_id, j.channel, d.notification, j.attempts, d.cancel AS cancelled,
+              d.seen_version AS version, p.email, p.name, p.locale, p.timezone, j.claims"""
 
 # The outcomes of a batch of sends. A retry ($5 not null: seconds until due) releases the lease and keeps
 # the row scheduled. A final state is written for the version sent ($4); a higher version that replaced
@@ -182,7 +188,7 @@ class Claimed:
     notification: dict[str, Any]
     attempts: int
     cancelled: bool
-    #: The notification version the row held when claimed (``None``: a job without a key).
+    #: The version of ``notification`` (``None``: a job without a key); the row may hold a newer one by now.
     version: int | None
     #: The user's contact data (``email``, ``name``, ``locale``, ``timezone``; ``None`` when unknown).
     profile: dict[str, Any]
