@@ -88,6 +88,10 @@ class Settings(BaseSettings):
         amqp_prefix: prefix of every exchange and queue name [``herald``].
         database_url: PostgreSQL DSN [``postgresql://postgres@127.0.0.1:5432/herald``].
         db_pool_min, db_pool_max: asyncpg pool bounds per process [2, 10].
+        db_command_timeout: seconds one statement of the pool may take before its connection is given
+            up (terminated; the batch or request retried on another as an outage). Above the slowest
+            legitimate statement (a broadcast chunk, a retention batch, a lock wait); it is what ends a
+            connection that went silent without a reset (a failover, a dropped route) [30].
 
     JWT (the gateway needs one of secret, public key or JWKS URL)
         jwt_secret: HS256 secret; also what ``herald token`` and ``/dev/token`` sign with. At least 32
@@ -178,6 +182,7 @@ class Settings(BaseSettings):
     database_url: str = "postgresql://postgres@127.0.0.1:5432/herald"
     db_pool_min: int = Field(default=2, ge=1)
     db_pool_max: int = Field(default=10, ge=1)
+    db_command_timeout: float = Field(default=30.0, gt=0)
 
     jwt_secret: SecretStr | None = None
     jwt_public_key: str | None = None

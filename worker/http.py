@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from typing import TYPE_CHECKING, Final
+
+from shared.settings import exit_with_config_error
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
@@ -54,6 +57,12 @@ async def serve(
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    # reuse_port: `faststream run --factory worker.app:create_app --workers N` starts N processes on the
-    # same port.
-    return await asyncio.start_server(handle, host, port, limit=_MAX_HEADER_BYTES, reuse_port=True)
+    # No reuse_port: a second process on the same port would share it, and each scrape would reach one of
+    # them at random (metrics mixed, one's /readyz hidden). Every process needs a port of its own.
+    try:
+        return await asyncio.start_server(handle, host, port, limit=_MAX_HEADER_BYTES)
+    except OSError as exc:
+        exit_with_config_error(
+            f"cannot listen for HTTP on {host}:{port}: {os.strerror(exc.errno) if exc.errno else exc}"
+            " (another process on this port? each worker and delivery process needs its own HTTP port)"
+        )

@@ -51,6 +51,20 @@ class DatabaseUnreachable(Exception):
     """
 
 
+class _Connection(asyncpg.Connection):
+    """A connection whose graceful close gives up on a silent server: terminated, not an error.
+
+    ``close`` waits (``command_timeout``) for the server to acknowledge; a connection that went silent
+    never does, and the pool's close at shutdown would raise and exit non-zero.
+    """
+
+    async def close(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109 (asyncpg's signature)
+        try:
+            await super().close(timeout=timeout)
+        except TimeoutError:
+            self.terminate()
+
+
 async def _connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
     """asyncpg's ``connect``, the server's refusals raised as :class:`DatabaseUnreachable`."""
     try:
@@ -141,7 +155,13 @@ async def create_pool(settings: Settings, *, custom_plans: bool = False) -> asyn
     """
     pool: asyncpg.Pool = await asyncpg.create_pool(
         settings.database_url,
+        # A connection that goes silent (no reset: a failover, a dropped route) would otherwise hold its
+        # statement, and the batch loop behind it, for good. On the timeout asyncpg raises TimeoutError (an
+        # outage: the work is retried) and, once its cancel request is not answered either, terminates
+        # the connection, so the retry gets a fresh one.
+        command_timeout=settings.db_command_timeout,
         connect=_connect,
+        connection_class=_Connection,
         min_size=settings.db_pool_min,
         max_size=settings.db_pool_max,
         init=_init_connection,
@@ -151,6 +171,15 @@ async def create_pool(settings: Settings, *, custom_plans: bool = False) -> asyn
     return pool
 
 
+#: Seconds the readiness probe's ``SELECT 1`` may take, and its connection's release after it.
+PING_TIMEOUT: Final = 1.0
+
+
 async def ping(pool: asyncpg.Pool) -> None:
-    """One round trip to the database (the readiness probe)."""
-    await pool.fetchval("SELECT 1")
+    """One round trip to the database (the readiness probe), given up after about ``2 * PING_TIMEOUT``.
+
+    The timeout also bounds the release: a connection whose ``SELECT 1`` timed out waits for its cancel
+    request's answer, which a silent connection never sends; past the timeout it is terminated.
+    """
+    async with pool.acquire(timeout=PING_TIMEOUT) as conn:
+        await conn.fetchval("SELECT 1", timeout=PING_TIMEOUT)
